@@ -7,6 +7,7 @@ import (
 	"os"
 	"sync"
 	"syscall"
+	"time"
 )
 
 // Op names a kind of device operation, for fault injection.
@@ -64,6 +65,9 @@ type SimOptions struct {
 	Alignment Alignment
 	// Seed makes tearing reproducible.
 	Seed uint64
+	// SyncLatency is how long each Sync takes, as a real fdatasync would
+	// (other calls proceed meanwhile). Default 0.
+	SyncLatency time.Duration
 }
 
 // Sim is an in-memory Device for tests that keeps synced and unsynced data
@@ -72,6 +76,7 @@ type Sim struct {
 	mu      sync.Mutex
 	name    string
 	align   Alignment
+	latency time.Duration
 	rng     *rand.Rand
 	data    []byte     // what reads see now
 	durable []byte     // what survives a crash
@@ -107,7 +112,7 @@ func NewSim(opts SimOptions) *Sim {
 	if name == "" {
 		name = "dev"
 	}
-	return &Sim{name: "sim:" + name, align: a, rng: rand.New(rand.NewPCG(opts.Seed, opts.Seed^0x9e3779b97f4a7c15))}
+	return &Sim{name: "sim:" + name, align: a, latency: opts.SyncLatency, rng: rand.New(rand.NewPCG(opts.Seed, opts.Seed^0x9e3779b97f4a7c15))}
 }
 
 // NewSimFrom returns a simulated device whose synced content is image (which
@@ -306,6 +311,9 @@ func (s *Sim) WriteAt(p []byte, off int64) (int, error) {
 }
 
 func (s *Sim) Sync() error {
+	if s.latency > 0 {
+		time.Sleep(s.latency)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if _, err := s.enterLocked(OpSync); err != nil {

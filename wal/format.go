@@ -1,0 +1,324 @@
+// Package wal is the record layer of one segment file: the frame format, a
+// group-commit writer over a blockdev.Device, and a scanner that recovers a
+// torn tail and reports corruption.
+//
+// A file is a header block followed by frames. Each frame carries a batch of
+// records with consecutive offsets; its checksum covers the file's identity
+// and the frame's own position, so a frame read from the wrong place or the
+// wrong file is detected. Zero bytes are never a valid header: the zeroed,
+// preallocated rest of a file is the clean end of the log.
+package wal
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+)
+
+// File header, at position 0, little endian:
+//
+//	0       8       12      16              24              32              40      44              60      64
+//	+-------+-------+-------+---------------+---------------+---------------+-------+---------------+-------+
+//	| magic |version| flags |  segment id   |  base offset  | created (ns)  |maxWrite  reserved (0) | crc32c|
+//	+-------+-------+-------+---------------+---------------+---------------+-------+---------------+-------+
+//
+// The header region is DataStart bytes long; frames start at DataStart.
+const (
+	// Magic identifies a segstore wal file.
+	Magic = "segstore"
+	// Version is the format version this package writes and reads. A file
+	// with a larger version is refused with ErrVersion.
+	Version = 1
+	// FileHeaderLen is the encoded size of the file header.
+	FileHeaderLen = 64
+	// DataStart is where the first frame begins. 4096 is the largest block
+	// size common devices and filesystems use, so on them the header block is
+	// never rewritten by appends; on a device with larger blocks the writer
+	// rewrites it with identical bytes, which is safe.
+	DataStart = 4096
+)
+
+// Frame, at a position that is a multiple of FrameAlign, little endian:
+//
+//	0       4    5     6       8        12       16              24              32
+//	+-------+----+-----+-------+--------+--------+---------------+---------------+------------ - -
+//	| crc32c|type|flags| resv  | length | count  | first offset  | timestamp(ns) | payload (length bytes),
+//	+-------+----+-----+-------+--------+--------+---------------+---------------+------------ - -
+//	                                                                then zero padding to FrameAlign
+//
+// payload = count records, each a 4-byte little-endian length and its bytes.
+// crc32c (Castagnoli) covers, in order: the segment id (8 bytes LE), the
+// frame's position in the file (8 bytes LE), header bytes [4:32] and the
+// payload.
+const (
+	FrameHeaderLen = 32
+	// FrameAlign: frames start on 8-byte boundaries, so a header never
+	// straddles a sector boundary that a torn write could split unevenly
+	// within its first 8 bytes, and scanners can skip impossible positions.
+	FrameAlign = 8
+	// RecordHeaderLen is the length prefix of each record in a payload.
+	RecordHeaderLen = 4
+	// MaxFramePayload bounds every length read from disk before allocation.
+	MaxFramePayload = 64 << 20
+	// MaxRecordSize is the largest record: one record per maximal frame.
+	MaxRecordSize = MaxFramePayload - RecordHeaderLen
+)
+
+// FrameType values; zero is never valid.
+const (
+	frameInvalid = 0
+	FrameRecords = 1
+)
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// Errors. Decoding errors other than these are *CorruptionError values.
+var (
+	// ErrCorrupt matches every *CorruptionError.
+	ErrCorrupt = errors.New("wal: corrupt data")
+	// ErrNotWAL: the file does not start with a segstore header.
+	ErrNotWAL = errors.New("wal: not a segstore wal file")
+	// ErrVersion: the file was written by a newer format version.
+	ErrVersion = errors.New("wal: unsupported format version")
+	// ErrRecordTooLarge / ErrBatchTooLarge: an Append exceeds the limits.
+	ErrRecordTooLarge = errors.New("wal: record too large")
+	ErrBatchTooLarge  = errors.New("wal: batch too large for one frame")
+	// ErrEmptyBatch: Append was called without records.
+	ErrEmptyBatch = errors.New("wal: empty batch")
+	// ErrClosed: the writer was closed.
+	ErrClosed = errors.New("wal: writer closed")
+	// ErrFailed wraps the first write or sync error; the writer refuses
+	// every later write with it (fsync is never retried).
+	ErrFailed = errors.New("wal: writer failed earlier; nothing after the last successful sync is known to be durable; reopen the file to recover")
+)
+
+// CorruptionError reports damage in a wal file: what, where, and the cause.
+type CorruptionError struct {
+	File    string // device name (path)
+	Segment uint64 // base offset of the file, if known
+	Pos     int64  // byte position of the damaged frame or header
+	Reason  string
+	Err     error // underlying cause, may be nil
+}
+
+func (e *CorruptionError) Error() string {
+	s := fmt.Sprintf("wal: corruption in %s (segment %d) at byte %d: %s", e.File, e.Segment, e.Pos, e.Reason)
+	if e.Err != nil {
+		s += ": " + e.Err.Error()
+	}
+	return s + " (data before this position is intact; the file was not modified: inspect it and repair explicitly)"
+}
+
+func (e *CorruptionError) Unwrap() []error {
+	if e.Err != nil {
+		return []error{ErrCorrupt, e.Err}
+	}
+	return []error{ErrCorrupt}
+}
+
+// FileHeader is the decoded file header.
+type FileHeader struct {
+	SegmentID  uint64 // random identity, mixed into every frame checksum
+	BaseOffset uint64 // offset of the file's first record
+	Created    int64  // unix nanoseconds
+	// MaxWrite is the largest single write the writer issues, in bytes, and
+	// so the most data a crash can leave torn past the last synced frame.
+	MaxWrite uint32
+}
+
+// EncodeFileHeader writes h into b[:FileHeaderLen].
+func EncodeFileHeader(b []byte, h FileHeader) {
+	_ = b[FileHeaderLen-1]
+	clear(b[:FileHeaderLen])
+	copy(b[0:8], Magic)
+	binary.LittleEndian.PutUint32(b[8:12], Version)
+	binary.LittleEndian.PutUint64(b[16:24], h.SegmentID)
+	binary.LittleEndian.PutUint64(b[24:32], h.BaseOffset)
+	binary.LittleEndian.PutUint64(b[32:40], uint64(h.Created))
+	binary.LittleEndian.PutUint32(b[40:44], h.MaxWrite)
+	binary.LittleEndian.PutUint32(b[60:64], crc32.Checksum(b[:60], castagnoli))
+}
+
+// DecodeFileHeader parses and checks a file header.
+func DecodeFileHeader(b []byte) (FileHeader, error) {
+	if len(b) < FileHeaderLen {
+		return FileHeader{}, fmt.Errorf("%w: header is %d bytes, need %d", ErrNotWAL, len(b), FileHeaderLen)
+	}
+	if string(b[0:8]) != Magic {
+		return FileHeader{}, fmt.Errorf("%w: magic %q", ErrNotWAL, b[0:8])
+	}
+	if v := binary.LittleEndian.Uint32(b[8:12]); v != Version {
+		if v > Version {
+			return FileHeader{}, fmt.Errorf("%w: file has version %d, this build reads %d: upgrade segstore", ErrVersion, v, Version)
+		}
+		return FileHeader{}, fmt.Errorf("%w: version %d", ErrNotWAL, v)
+	}
+	if got, want := crc32.Checksum(b[:60], castagnoli), binary.LittleEndian.Uint32(b[60:64]); got != want {
+		return FileHeader{}, fmt.Errorf("header checksum %#x, want %#x", got, want)
+	}
+	h := FileHeader{
+		SegmentID:  binary.LittleEndian.Uint64(b[16:24]),
+		BaseOffset: binary.LittleEndian.Uint64(b[24:32]),
+		Created:    int64(binary.LittleEndian.Uint64(b[32:40])),
+		MaxWrite:   binary.LittleEndian.Uint32(b[40:44]),
+	}
+	if h.MaxWrite < FrameHeaderLen {
+		return FileHeader{}, fmt.Errorf("header max write %d is implausible", h.MaxWrite)
+	}
+	return h, nil
+}
+
+// FrameHeader is the decoded fixed part of a frame.
+type FrameHeader struct {
+	Type       uint8
+	Length     uint32 // payload bytes
+	Count      uint32 // records
+	First      uint64 // offset of the first record
+	Timestamp  int64  // unix nanoseconds, set by the writer
+	checksum   uint32
+	headerTail [FrameHeaderLen - 4]byte
+}
+
+// FrameSize is the number of bytes a frame with a payload of n bytes
+// occupies, padding included.
+func FrameSize(payload int) int { return alignUp(FrameHeaderLen+payload, FrameAlign) }
+
+// PayloadSize is the payload length of a batch of records.
+func PayloadSize(records [][]byte) int {
+	n := 0
+	for _, r := range records {
+		n += RecordHeaderLen + len(r)
+	}
+	return n
+}
+
+// EncodeFrame writes a frame holding records into b, which must have at
+// least FrameSize(PayloadSize(records)) bytes, and returns the bytes used.
+// pos is the frame's position in the file with identity segID.
+func EncodeFrame(b []byte, segID uint64, pos int64, first uint64, ts int64, records [][]byte) int {
+	plen := PayloadSize(records)
+	size := FrameSize(plen)
+	_ = b[size-1]
+	b[4] = FrameRecords
+	b[5], b[6], b[7] = 0, 0, 0
+	binary.LittleEndian.PutUint32(b[8:12], uint32(plen))
+	binary.LittleEndian.PutUint32(b[12:16], uint32(len(records)))
+	binary.LittleEndian.PutUint64(b[16:24], first)
+	binary.LittleEndian.PutUint64(b[24:32], uint64(ts))
+	p := FrameHeaderLen
+	for _, r := range records {
+		binary.LittleEndian.PutUint32(b[p:], uint32(len(r)))
+		p += RecordHeaderLen
+		p += copy(b[p:], r)
+	}
+	clear(b[p:size])
+	binary.LittleEndian.PutUint32(b[0:4], frameChecksum(segID, pos, b[4:FrameHeaderLen], b[FrameHeaderLen:p]))
+	return size
+}
+
+func frameChecksum(segID uint64, pos int64, headerTail, payload []byte) uint32 {
+	var seed [16]byte
+	binary.LittleEndian.PutUint64(seed[0:8], segID)
+	binary.LittleEndian.PutUint64(seed[8:16], uint64(pos))
+	c := crc32.Update(0, castagnoli, seed[:])
+	c = crc32.Update(c, castagnoli, headerTail)
+	return crc32.Update(c, castagnoli, payload)
+}
+
+// DecodeFrameHeader parses the fixed part of a frame and checks what can be
+// checked without the payload: type, reserved bytes, and that the lengths
+// are within limit (and so safe to allocate for). It returns errZeroHeader
+// for an all-zero header.
+func DecodeFrameHeader(b []byte, limit int) (FrameHeader, error) {
+	if len(b) < FrameHeaderLen {
+		return FrameHeader{}, errShortHeader
+	}
+	b = b[:FrameHeaderLen]
+	if isZero(b) {
+		return FrameHeader{}, errZeroHeader
+	}
+	h := FrameHeader{
+		Type:      b[4],
+		Length:    binary.LittleEndian.Uint32(b[8:12]),
+		Count:     binary.LittleEndian.Uint32(b[12:16]),
+		First:     binary.LittleEndian.Uint64(b[16:24]),
+		Timestamp: int64(binary.LittleEndian.Uint64(b[24:32])),
+		checksum:  binary.LittleEndian.Uint32(b[0:4]),
+	}
+	copy(h.headerTail[:], b[4:])
+	switch {
+	case h.Type != FrameRecords:
+		return h, fmt.Errorf("unknown frame type %d", h.Type)
+	case b[5] != 0 || b[6] != 0 || b[7] != 0:
+		return h, fmt.Errorf("reserved header bytes are %x, want zero", b[5:8])
+	case h.Count == 0:
+		return h, errors.New("frame with zero records")
+	case int64(h.Length) > int64(min(limit, MaxFramePayload)):
+		return h, fmt.Errorf("payload length %d exceeds the limit %d", h.Length, min(limit, MaxFramePayload))
+	case int64(h.Count)*RecordHeaderLen > int64(h.Length):
+		return h, fmt.Errorf("%d records cannot fit in %d payload bytes", h.Count, h.Length)
+	}
+	return h, nil
+}
+
+// VerifyFrame checks the checksum and the record table of a frame whose
+// header h was decoded from position pos; payload is its Length bytes.
+func VerifyFrame(h FrameHeader, segID uint64, pos int64, payload []byte) error {
+	if got := frameChecksum(segID, pos, h.headerTail[:], payload); got != h.checksum {
+		return fmt.Errorf("frame checksum %#08x, want %#08x (damaged, or a frame of another file or position)", got, h.checksum)
+	}
+	n, p := uint32(0), 0
+	for p < len(payload) {
+		if len(payload)-p < RecordHeaderLen {
+			return fmt.Errorf("record %d: length prefix cut at payload byte %d", n, p)
+		}
+		l := int(binary.LittleEndian.Uint32(payload[p:]))
+		p += RecordHeaderLen
+		if l > len(payload)-p {
+			return fmt.Errorf("record %d: length %d runs past the payload (%d bytes left)", n, l, len(payload)-p)
+		}
+		p += l
+		n++
+	}
+	if n != h.Count {
+		return fmt.Errorf("payload holds %d records, header says %d", n, h.Count)
+	}
+	return nil
+}
+
+// Records calls fn for each record of a verified payload. The record slices
+// alias payload.
+func Records(payload []byte, fn func(i int, rec []byte) bool) {
+	for i, p := 0, 0; p+RecordHeaderLen <= len(payload); i++ {
+		l := int(binary.LittleEndian.Uint32(payload[p:]))
+		p += RecordHeaderLen
+		if !fn(i, payload[p:p+l]) {
+			return
+		}
+		p += l
+	}
+}
+
+var (
+	errZeroHeader  = errors.New("all-zero frame header")
+	errShortHeader = errors.New("frame header cut by the end of the file")
+)
+
+func alignUp(n, a int) int { return (n + a - 1) &^ (a - 1) }
+
+var zeros [4096]byte
+
+// isZero reports whether b holds only zero bytes (bytes.Equal against a zero
+// page runs at memory speed).
+func isZero(b []byte) bool {
+	for len(b) > 0 {
+		n := min(len(b), len(zeros))
+		if !bytes.Equal(b[:n], zeros[:n]) {
+			return false
+		}
+		b = b[n:]
+	}
+	return true
+}

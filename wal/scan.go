@@ -1,0 +1,289 @@
+package wal
+
+import (
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/segstore/segstore/alignedbuf"
+	"github.com/segstore/segstore/blockdev"
+)
+
+// scanChunk is how much the scanner reads at once, in bytes: large enough to
+// run at the device's sequential bandwidth, small enough to keep memory flat.
+const scanChunk = 1 << 20
+
+// Frame is one valid frame returned by a Scanner.
+type Frame struct {
+	Pos     int64  // position in the file
+	Size    int    // bytes occupied, header and padding included
+	First   uint64 // offset of the first record
+	Count   int    // number of records
+	Time    int64  // unix nanoseconds
+	Payload []byte // the records (see Records); valid until the next Next
+}
+
+// End is the position just past the frame.
+func (f Frame) End() int64 { return f.Pos + int64(f.Size) }
+
+// TornTail describes damage at the end of a file that a crash during the
+// last, unsynced write explains: it is cut on open and reported.
+type TornTail struct {
+	Pos    int64 // where the last valid frame ends
+	Bytes  int64 // bytes from Pos to the last non-zero byte
+	Reason string
+}
+
+// Scanner reads the frames of a wal file in order, verifying each. It stops
+// at the clean end (a zeroed header with nothing after it, or the end of the
+// file), at a torn tail (Torn) or at corruption (Err). It never modifies the
+// device.
+type Scanner struct {
+	dev        blockdev.Device
+	hdr        FileHeader
+	size       int64
+	pos        int64
+	nextOffset uint64
+	records    int64
+
+	win              []byte // aligned read window
+	winStart, winEnd int64
+
+	frame Frame
+	torn  *TornTail
+	err   error
+	done  bool
+}
+
+// NewScanner reads and checks the file header and positions the scanner at
+// the first frame.
+func NewScanner(dev blockdev.Device) (*Scanner, error) {
+	size, err := dev.Size()
+	if err != nil {
+		return nil, fmt.Errorf("wal: size of %s: %w", dev.Name(), err)
+	}
+	s := &Scanner{dev: dev, size: size, pos: DataStart}
+	b, err := s.fetch(0, DataStart)
+	if err != nil {
+		return nil, err
+	}
+	if len(b) < FileHeaderLen || isZero(b[:FileHeaderLen]) {
+		return nil, fmt.Errorf("%w: %s has no header (%d bytes; a file created but never initialized, remove it)", ErrNotWAL, dev.Name(), size)
+	}
+	s.hdr, err = DecodeFileHeader(b)
+	if err != nil {
+		if errors.Is(err, ErrNotWAL) || errors.Is(err, ErrVersion) {
+			return nil, fmt.Errorf("%s: %w", dev.Name(), err)
+		}
+		return nil, &CorruptionError{File: dev.Name(), Pos: 0, Reason: "file header", Err: err}
+	}
+	s.nextOffset = s.hdr.BaseOffset
+	return s, nil
+}
+
+// Header returns the file header.
+func (s *Scanner) Header() FileHeader { return s.hdr }
+
+// Next advances to the next valid frame and reports whether there is one.
+func (s *Scanner) Next() bool {
+	if s.done {
+		return false
+	}
+	ok, err := s.next()
+	if err != nil {
+		s.err = err
+	}
+	if !ok {
+		s.done = true
+	}
+	return ok
+}
+
+// Frame returns the current frame.
+func (s *Scanner) Frame() Frame { return s.frame }
+
+// Err returns the error that stopped the scan: nil at a clean end or a torn
+// tail, a *CorruptionError for damage a crash cannot explain, or an I/O error.
+func (s *Scanner) Err() error { return s.err }
+
+// Torn returns the torn tail the scan stopped at, or nil.
+func (s *Scanner) Torn() *TornTail { return s.torn }
+
+// End is the position after the last valid frame.
+func (s *Scanner) End() int64 { return s.pos }
+
+// NextOffset is the offset after the last valid frame's records.
+func (s *Scanner) NextOffset() uint64 { return s.nextOffset }
+
+func (s *Scanner) next() (bool, error) {
+	p := s.pos
+	if p >= s.size {
+		return false, nil
+	}
+	limit := int(s.hdr.MaxWrite)
+	b, err := s.fetch(p, FrameHeaderLen)
+	if err != nil {
+		return false, err
+	}
+	if len(b) < FrameHeaderLen {
+		return false, s.stop(p, p+int64(len(b)), true, errShortHeader)
+	}
+	h, err := DecodeFrameHeader(b, limit)
+	if err != nil {
+		return false, s.stop(p, p+FrameHeaderLen, false, err)
+	}
+	size := FrameSize(int(h.Length))
+	if p+int64(size) > s.size {
+		return false, s.stop(p, s.size, true, fmt.Errorf("frame of %d bytes runs past the end of the file (%d)", size, s.size))
+	}
+	b, err = s.fetch(p, size)
+	if err != nil {
+		return false, err
+	}
+	payload := b[FrameHeaderLen : FrameHeaderLen+int(h.Length)]
+	if err := VerifyFrame(h, s.hdr.SegmentID, p, payload); err != nil {
+		return false, s.stop(p, p+int64(size), false, err)
+	}
+	if h.First != s.nextOffset {
+		// A valid frame cannot come from a tear: this is a frame out of place.
+		return false, s.corrupt(p, fmt.Sprintf("frame holds offsets from %d, expected %d", h.First, s.nextOffset), nil)
+	}
+	s.frame = Frame{Pos: p, Size: size, First: h.First, Count: int(h.Count), Time: h.Timestamp, Payload: payload}
+	s.pos = p + int64(size)
+	s.nextOffset += uint64(h.Count)
+	s.records += int64(h.Count)
+	return true, nil
+}
+
+// stop classifies what the scan found at p, where the frame that should be
+// there (extending to end, as far as its header can be believed) is not
+// valid. The device writes sectors atomically but in any order, and the
+// writer never has more than MaxWrite unsynced bytes past the last synced
+// frame, whose old content is zeros. So damage is a torn tail when both hold:
+//   - the frame has the mark of a tear: it runs past the end of the file, or
+//     its bytes within some sector are all zero (the sector was not written);
+//   - nothing non-zero lies more than MaxWrite bytes past p.
+//
+// Otherwise the damage cannot come from a crash and is corruption.
+func (s *Scanner) stop(p, end int64, pastEOF bool, why error) error {
+	nz, err := s.lastNonZero(p)
+	if err != nil {
+		return err
+	}
+	if nz <= p {
+		return nil // zeros (or nothing) from p on: the clean end
+	}
+	tear := pastEOF
+	if !tear {
+		if tear, err = s.hasZeroSector(p, min(end, s.size)); err != nil {
+			return err
+		}
+	}
+	window := int64(s.hdr.MaxWrite)
+	switch {
+	case tear && nz-p <= window:
+		s.torn = &TornTail{Pos: p, Bytes: nz - p, Reason: why.Error()}
+		return nil
+	case tear:
+		return s.corrupt(p, fmt.Sprintf("%v, and %d bytes of data follow, more than the %d a torn write can leave", why, nz-p, window), nil)
+	default:
+		return s.corrupt(p, "damaged frame (no sector of it is unwritten, so a crash cannot explain it)", why)
+	}
+}
+
+func (s *Scanner) corrupt(p int64, reason string, err error) error {
+	return &CorruptionError{File: s.dev.Name(), Segment: s.hdr.BaseOffset, Pos: p, Reason: reason, Err: err}
+}
+
+// hasZeroSector reports whether some sector overlapping [p, end) holds only
+// zeros within that range.
+func (s *Scanner) hasZeroSector(p, end int64) (bool, error) {
+	for sec := alignedbuf.AlignDown(p, blockdev.SectorSize); sec < end; sec += blockdev.SectorSize {
+		from, to := max(p, sec), min(end, sec+blockdev.SectorSize)
+		b, err := s.fetch(from, int(to-from))
+		if err != nil {
+			return false, err
+		}
+		if isZero(b) {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// lastNonZero returns the position just past the last non-zero byte at or
+// after p, or p if there is none. It reads the rest of the file.
+func (s *Scanner) lastNonZero(p int64) (int64, error) {
+	last := p
+	for q := p; q < s.size; {
+		n := min(scanChunk, s.size-q)
+		b, err := s.fetch(q, int(n))
+		if err != nil {
+			return 0, err
+		}
+		if !isZero(b) {
+			i := len(b) - 1
+			for b[i] == 0 {
+				i--
+			}
+			last = q + int64(i) + 1
+		}
+		q += int64(len(b))
+		if len(b) == 0 {
+			break
+		}
+	}
+	return last, nil
+}
+
+// fetch returns the file bytes [p, p+n), fewer at the end of the file. The
+// slice is valid until the next fetch.
+func (s *Scanner) fetch(p int64, n int) ([]byte, error) {
+	if p >= s.winStart && p+int64(n) <= s.winEnd {
+		return s.win[p-s.winStart : p-s.winStart+int64(n)], nil
+	}
+	a := s.dev.Alignment()
+	start := alignedbuf.AlignDown(p, int64(a.Offset))
+	length := max(alignedbuf.AlignUp(p+int64(n), int64(a.Offset))-start, scanChunk)
+	if int64(len(s.win)) < length {
+		s.win = a.Alloc(int(length))
+	}
+	m, err := s.dev.ReadAt(s.win[:length], start)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("wal: read %s at %d (%d bytes): %w", s.dev.Name(), start, length, err)
+	}
+	s.winStart, s.winEnd = start, start+int64(m)
+	avail := max(min(int64(n), s.winEnd-p), 0)
+	return s.win[p-start : p-start+avail], nil
+}
+
+// Recovery is what a scan of a whole file found.
+type Recovery struct {
+	Header     FileHeader
+	End        int64     // position after the last valid frame
+	NextOffset uint64    // offset the next record gets
+	Frames     int       // valid frames
+	Records    int64     // records in them
+	LastTime   int64     // timestamp of the last valid frame (0 if none)
+	Torn       *TornTail // the torn tail found, nil if the file ended cleanly
+}
+
+// Recover scans a whole file read-only and reports where its valid frames
+// end. It returns a *CorruptionError (errors.Is(err, ErrCorrupt)) for damage
+// that a crash cannot explain; it never returns corrupt data as valid.
+func Recover(dev blockdev.Device) (*Recovery, error) {
+	s, err := NewScanner(dev)
+	if err != nil {
+		return nil, err
+	}
+	r := &Recovery{Header: s.hdr}
+	for s.Next() {
+		r.Frames++
+		r.LastTime = s.frame.Time
+	}
+	if s.Err() != nil {
+		return nil, s.Err()
+	}
+	r.End, r.NextOffset, r.Records, r.Torn = s.End(), s.NextOffset(), s.records, s.Torn()
+	return r, nil
+}
