@@ -50,7 +50,7 @@ const (
 // Injected counts the faults a Sim has injected.
 type Injected struct {
 	ReadErrors, WriteErrors, SyncErrors int
-	BitFlips, Misdirected              int
+	BitFlips, Misdirected               int
 	// TornSectors and DroppedWrites describe Crash: sectors of unsynced
 	// writes lost by tearing, and unsynced writes lost whole.
 	TornSectors, DroppedWrites int
