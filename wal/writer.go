@@ -1,7 +1,9 @@
 package wal
 
 import (
+	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"sync"
 	"time"
@@ -235,7 +237,7 @@ func cutTail(dev blockdev.Device, t *TornTail) error {
 	start := alignedbuf.AlignDown(t.Pos, off)
 	end := alignedbuf.AlignUp(t.Pos+t.Bytes, off)
 	buf := dev.Alignment().Alloc(int(end - start))
-	if _, err := dev.ReadAt(buf[:off], start); err != nil {
+	if _, err := dev.ReadAt(buf[:off], start); err != nil && !errors.Is(err, io.EOF) {
 		return fmt.Errorf("wal: cut torn tail of %s at %d: %w", dev.Name(), t.Pos, err)
 	}
 	clear(buf[t.Pos-start:])
@@ -266,7 +268,7 @@ func newWriter(dev blockdev.Device, hdr FileHeader, end int64, next uint64, last
 	w.spare = &wbuf{b: dev.Alignment().Alloc(int(maxWrite))}
 	// Load the partial last block: the next flush rewrites it.
 	if tail := end - w.cur.start; tail > 0 {
-		if _, err := dev.ReadAt(w.cur.b[:blk], w.cur.start); err != nil {
+		if _, err := dev.ReadAt(w.cur.b[:blk], w.cur.start); err != nil && !errors.Is(err, io.EOF) {
 			return nil, fmt.Errorf("wal: open %s: read tail block at %d: %w", dev.Name(), w.cur.start, err)
 		}
 		clear(w.cur.b[tail:blk])
