@@ -92,13 +92,24 @@ type Stats struct {
 	SyncTime   time.Duration // total time spent in fdatasync
 }
 
-// Writer appends batches of records to one wal file. Many goroutines may
-// call Append at once: their frames are copied into a shared aligned buffer
-// and a single flusher goroutine writes the buffer with one O_DIRECT write
-// and one fdatasync per flush (group commit). While a flush is in flight new
-// frames go to a second buffer, which starts with a copy of the partial last
-// block; the next flush rewrites that block. See ARCHITECTURE.md for why
-// rewriting it is safe.
+// Writer appends batches of records to one wal file.
+//
+// Group commit: many goroutines may call Append at once. Each reserves room
+// for its frame in a shared aligned buffer under the lock, encodes (copies)
+// its records outside the lock, then waits until the frame is durable. In
+// SyncAlways mode there is no flusher goroutine: the first waiter that finds
+// no flush in progress becomes the leader, takes the whole buffer (every
+// frame reserved so far, its own and others'), and does the one O_DIRECT
+// write and the one fdatasync for all of them; the others wait on the cond
+// and one of them leads the next flush. A leader first lingers, up to a
+// quarter of the recent flush time, until as many appends are pending as
+// the last group had: without it, appenders split into two cohorts that
+// alternate flushes at half the possible batch. In the other modes a
+// background goroutine leads the flushes.
+//
+// While a flush is in flight new frames go to the second buffer, which
+// starts with a copy of the partial last block; the next flush rewrites that
+// block. See ARCHITECTURE.md for why rewriting it is safe.
 //
 // All methods are safe for concurrent use. The Writer does not own the
 // device: close the device after Close.
@@ -110,34 +121,38 @@ type Writer struct {
 	maxWrite int64 // buffer size, <= hdr.MaxWrite
 	maxFrame int   // largest frame that always fits in a buffer
 
-	flusherDone chan struct{}
-	tickerStop  chan struct{}
+	background chan struct{} // closed when the background flusher exits; nil in SyncAlways
+	tickerStop chan struct{}
 
 	mu   sync.Mutex
 	cond *sync.Cond // signals any change of the state below
 	// Guarded by mu.
 	cur        *wbuf // the buffer appenders reserve space in
 	spare      *wbuf // the other buffer; nil while a write of it is in flight
-	sealed     bool  // cur takes no reservations: the flusher is taking it
+	sealed     bool  // cur takes no reservations: a leader is taking it
+	flushing   bool  // a leader holds the device (only it writes or syncs)
 	nextOffset uint64
 	lastTime   int64
 	written    int64  // file position covered by completed writes
 	writtenOff uint64 // offset after the records those writes hold
 	durable    int64  // file position covered by a completed fdatasync
 	durableOff uint64
-	syncWanted bool
-	err        error // sticky: the first write or sync failure
+	syncWanted bool          // a Sync, Close or the interval ticker asks for fdatasync
+	group      int           // appends the last flush carried plus those pending at its end
+	flushTime  time.Duration // moving average of write+sync time
+	err        error         // sticky: the first write or sync failure
 	closing    bool
 	stats      Stats
 }
 
 // wbuf is an aligned buffer holding the file bytes [start, end).
 type wbuf struct {
-	b      []byte
-	start  int64 // block aligned
-	end    int64
-	endOff uint64 // the offset after the last record reserved in it
-	users  int    // appenders still encoding into b
+	b       []byte
+	start   int64 // block aligned
+	end     int64
+	endOff  uint64 // the offset after the last record reserved in it
+	appends int    // Append calls that reserved room in it
+	users   int    // appenders still encoding into b
 }
 
 // Create writes a new file header (base is the offset of the first record),
@@ -258,9 +273,8 @@ func newWriter(dev blockdev.Device, hdr FileHeader, end int64, next uint64, last
 	}
 	w := &Writer{
 		dev: dev, hdr: hdr, opts: opts, blk: blk, maxWrite: maxWrite,
-		maxFrame:    int(maxWrite - blk),
-		flusherDone: make(chan struct{}),
-		nextOffset:  next, lastTime: lastTime,
+		maxFrame:   int(maxWrite - blk),
+		nextOffset: next, lastTime: lastTime,
 		written: end, writtenOff: next, durable: end, durableOff: next,
 	}
 	w.cond = sync.NewCond(&w.mu)
@@ -279,7 +293,10 @@ func newWriter(dev blockdev.Device, hdr FileHeader, end int64, next uint64, last
 	if err := dev.Sync(); err != nil {
 		return nil, fmt.Errorf("wal: open %s: %w", dev.Name(), err)
 	}
-	go w.flushLoop()
+	if opts.SyncMode != SyncAlways {
+		w.background = make(chan struct{})
+		go w.flushInBackground()
+	}
 	if opts.SyncMode == SyncInterval {
 		w.tickerStop = make(chan struct{})
 		go w.tick(opts.SyncInterval)
@@ -328,7 +345,11 @@ func (w *Writer) Append(records ...[]byte) (first uint64, err error) {
 		if !w.sealed && w.cur.end+int64(size) <= w.cur.start+int64(len(w.cur.b)) {
 			break
 		}
-		w.cond.Broadcast() // make sure the flusher takes the full buffer
+		// The buffer is full: flush it (or wait for the flush under way).
+		if !w.flushing {
+			w.leadLocked(w.opts.SyncMode == SyncAlways)
+			continue
+		}
 		w.cond.Wait()
 	}
 	buf := w.cur
@@ -337,6 +358,7 @@ func (w *Writer) Append(records ...[]byte) (first uint64, err error) {
 	w.nextOffset += uint64(len(records))
 	buf.end += int64(size)
 	buf.endOff = w.nextOffset
+	buf.appends++
 	buf.users++
 	ts := max(w.opts.Now().UnixNano(), w.lastTime) // frame times never go back
 	w.lastTime = ts
@@ -348,13 +370,9 @@ func (w *Writer) Append(records ...[]byte) (first uint64, err error) {
 	defer w.mu.Unlock()
 	buf.users--
 	w.cond.Broadcast()
-	end := pos + int64(size)
 	if w.opts.SyncMode == SyncAlways {
-		for w.durable < end && w.err == nil {
-			w.cond.Wait()
-		}
-		if w.durable < end {
-			return 0, w.err
+		if err := w.awaitDurableLocked(pos+int64(size), true); err != nil {
+			return 0, err
 		}
 	}
 	w.stats.Appends++
@@ -363,20 +381,191 @@ func (w *Writer) Append(records ...[]byte) (first uint64, err error) {
 	return first, nil
 }
 
-// Sync returns once every record appended before the call is durable.
-func (w *Writer) Sync() error {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	target := w.cur.end
-	for w.durable < target && w.err == nil {
-		w.syncWanted = true
-		w.cond.Broadcast()
-		w.cond.Wait()
+// awaitDurableLocked returns once the file is durable up to end, leading
+// flushes itself whenever no other goroutine is.
+func (w *Writer) awaitDurableLocked(end int64, linger bool) error {
+	for w.durable < end && w.err == nil {
+		if w.flushing {
+			w.cond.Wait()
+			continue
+		}
+		if linger {
+			w.lingerLocked()
+			if w.durable >= end || w.flushing || w.err != nil {
+				continue // another goroutine flushed while we lingered
+			}
+		}
+		w.leadLocked(true)
 	}
-	if w.durable < target {
+	if w.durable < end {
 		return w.err
 	}
 	return nil
+}
+
+// lingerLocked waits, at most a quarter of the recent flush time, until as
+// many appends are pending as the last group carried. A lone appender
+// (group 1) never waits.
+func (w *Writer) lingerLocked() {
+	if w.cur.appends >= w.group || w.flushTime <= 0 {
+		return
+	}
+	expired := false
+	t := time.AfterFunc(w.flushTime/4, func() {
+		w.mu.Lock()
+		expired = true
+		w.cond.Broadcast()
+		w.mu.Unlock()
+	})
+	for !expired && !w.flushing && w.cur.appends < w.group && w.err == nil {
+		w.cond.Wait()
+	}
+	t.Stop()
+}
+
+// leadLocked performs one flush as the leader: it takes the current buffer,
+// writes it, and syncs if doSync (or if asked to). It is called with mu
+// held and flushing false, and returns with mu held.
+func (w *Writer) leadLocked(doSync bool) {
+	w.flushing = true
+	buf := w.takeLocked()
+	doSync = doSync || w.syncWanted || w.closing
+	if buf == nil && w.durable == w.written {
+		doSync = false // nothing new to make durable
+	}
+	w.syncWanted = false
+	durable, written, writtenOff := w.durable, w.written, w.writtenOff
+	w.mu.Unlock()
+
+	start := time.Now()
+	var wrote int64
+	var presynced bool
+	var err error
+	if buf != nil {
+		wrote, presynced, err = w.write(buf, durable)
+	}
+	var syncTime time.Duration
+	if err == nil && doSync {
+		syncStart := time.Now()
+		if err = w.dev.Sync(); err != nil {
+			err = fmt.Errorf("fdatasync %s: %w", w.dev.Name(), err)
+		}
+		syncTime = time.Since(syncStart)
+	}
+	elapsed := time.Since(start)
+
+	w.mu.Lock()
+	w.flushing = false
+	w.cond.Broadcast()
+	if err != nil {
+		w.err = fmt.Errorf("%w: %w", ErrFailed, err)
+		return
+	}
+	if presynced {
+		w.durable, w.durableOff = written, writtenOff
+		w.stats.Syncs++
+	}
+	if buf != nil {
+		w.written, w.writtenOff = buf.end, buf.endOff
+		w.group = buf.appends + w.cur.appends
+		w.spare = buf
+		w.stats.Writes++
+		w.stats.WriteBytes += wrote
+		w.flushTime += (elapsed - w.flushTime) / 8
+	}
+	if doSync {
+		w.durable, w.durableOff = w.written, w.writtenOff
+		w.stats.Syncs++
+		w.stats.SyncTime += syncTime
+	}
+}
+
+// takeLocked hands the current buffer to the leader and makes the spare
+// current, starting with a copy of the partial last block. It returns nil if
+// there is nothing new to write.
+func (w *Writer) takeLocked() *wbuf {
+	if w.cur.end == w.written {
+		return nil
+	}
+	w.sealed = true
+	for w.cur.users > 0 {
+		w.cond.Wait()
+	}
+	buf, next := w.cur, w.spare
+	tail := alignedbuf.AlignDown(buf.end, w.blk)
+	copy(next.b, buf.b[tail-buf.start:buf.end-buf.start])
+	next.start, next.end, next.endOff, next.appends, next.users = tail, buf.end, buf.endOff, 0, 0
+	w.cur, w.spare, w.sealed = next, nil, false
+	w.cond.Broadcast()
+	return buf
+}
+
+// write issues the single device write for buf, padding its last block with
+// zeros. In modes that do not sync every flush it first syncs if the write
+// would leave more than maxWrite bytes unsynced past the durable end, the
+// bound recovery relies on to tell a torn tail from corruption. It returns
+// the bytes written and whether it synced first.
+func (w *Writer) write(buf *wbuf, durable int64) (n int64, presynced bool, err error) {
+	wend := alignedbuf.AlignUp(buf.end, w.blk)
+	clear(buf.b[buf.end-buf.start : wend-buf.start])
+	if w.opts.SyncMode != SyncAlways && wend-alignedbuf.AlignDown(durable, w.blk) > w.maxWrite {
+		if err := w.dev.Sync(); err != nil {
+			return 0, false, fmt.Errorf("fdatasync %s: %w", w.dev.Name(), err)
+		}
+		presynced = true
+	}
+	m, err := w.dev.WriteAt(buf.b[:wend-buf.start], buf.start)
+	if err != nil {
+		return 0, presynced, fmt.Errorf("write %s at %d (%d bytes): %w", w.dev.Name(), buf.start, wend-buf.start, err)
+	}
+	return int64(m), presynced, nil
+}
+
+// flushInBackground leads flushes in SyncInterval and SyncNever modes,
+// where Append does not wait.
+func (w *Writer) flushInBackground() {
+	defer close(w.background)
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for w.err == nil {
+		if w.flushing || !(w.cur.end > w.written || (w.syncWanted && w.durable < w.written)) {
+			if w.closing {
+				return
+			}
+			w.cond.Wait()
+			continue
+		}
+		w.leadLocked(false)
+	}
+}
+
+func (w *Writer) tick(every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-w.tickerStop:
+			return
+		case <-t.C:
+			w.mu.Lock()
+			if w.durable < w.cur.end {
+				w.syncWanted = true
+				w.cond.Broadcast()
+			}
+			w.mu.Unlock()
+		}
+	}
+}
+
+// Sync returns once every record appended before the call is durable, or
+// the sticky error if the writer has failed.
+func (w *Writer) Sync() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if err := w.awaitDurableLocked(w.cur.end, false); err != nil {
+		return err
+	}
+	return w.err
 }
 
 // Durable returns the file position and the record offset below which
@@ -417,9 +606,9 @@ func (w *Writer) Stats() Stats {
 	return w.stats
 }
 
-// Close writes and syncs everything appended (whatever the SyncMode), stops
-// the flusher and returns the sticky error if the writer failed. It does not
-// close the device.
+// Close refuses new appends, writes and syncs everything appended before
+// (whatever the SyncMode), stops the background goroutines, and returns the
+// sticky error if the writer failed. It does not close the device.
 func (w *Writer) Close() error {
 	w.mu.Lock()
 	if w.closing {
@@ -427,141 +616,19 @@ func (w *Writer) Close() error {
 		return ErrClosed
 	}
 	w.closing = true
-	w.syncWanted = true
 	w.cond.Broadcast()
+	// Appends that reserved room before closing are still encoding: the
+	// flush waits for them (takeLocked), and their end is covered by cur.end.
+	err := w.awaitDurableLocked(w.cur.end, false)
+	if err == nil {
+		err = w.err
+	}
 	w.mu.Unlock()
-	<-w.flusherDone
+	if w.background != nil {
+		<-w.background
+	}
 	if w.tickerStop != nil {
 		close(w.tickerStop)
 	}
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.err
-}
-
-func (w *Writer) tick(every time.Duration) {
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-w.tickerStop:
-			return
-		case <-t.C:
-			w.mu.Lock()
-			if w.durable < w.cur.end {
-				w.syncWanted = true
-				w.cond.Broadcast()
-			}
-			w.mu.Unlock()
-		}
-	}
-}
-
-// hasWorkLocked reports whether the flusher has something to do.
-func (w *Writer) hasWorkLocked() bool {
-	return w.cur.end > w.written || (w.syncWanted && w.durable < w.written)
-}
-
-// flushLoop is the only goroutine that writes or syncs the device, and the
-// only one that changes written, durable, spare and err.
-func (w *Writer) flushLoop() {
-	defer close(w.flusherDone)
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	for {
-		for w.err == nil && !w.hasWorkLocked() {
-			if w.closing && w.cur.users == 0 {
-				w.syncWanted = false
-				return
-			}
-			w.cond.Wait()
-		}
-		if w.err != nil {
-			return
-		}
-		buf := w.takeLocked()
-		doSync := w.opts.SyncMode == SyncAlways || w.syncWanted || w.closing
-		w.syncWanted = false
-		durable, written, writtenOff := w.durable, w.written, w.writtenOff
-		w.mu.Unlock()
-
-		var wrote int64
-		var presynced bool
-		var err error
-		if buf != nil {
-			wrote, presynced, err = w.write(buf, durable)
-		}
-		var syncTime time.Duration
-		if err == nil && doSync {
-			start := time.Now()
-			if err = w.dev.Sync(); err != nil {
-				err = fmt.Errorf("fdatasync %s: %w", w.dev.Name(), err)
-			}
-			syncTime = time.Since(start)
-		}
-
-		w.mu.Lock()
-		if err != nil {
-			w.err = fmt.Errorf("%w: %w", ErrFailed, err)
-			w.cond.Broadcast()
-			return
-		}
-		if presynced {
-			w.durable, w.durableOff = written, writtenOff
-			w.stats.Syncs++
-		}
-		if buf != nil {
-			w.written, w.writtenOff = buf.end, buf.endOff
-			w.spare = buf
-			w.stats.Writes++
-			w.stats.WriteBytes += wrote
-		}
-		if doSync {
-			w.durable, w.durableOff = w.written, w.writtenOff
-			w.stats.Syncs++
-			w.stats.SyncTime += syncTime
-		}
-		w.cond.Broadcast()
-	}
-}
-
-// takeLocked hands the current buffer to the flusher and makes the spare
-// current, starting with a copy of the partial last block. It returns nil if
-// there is nothing new to write.
-func (w *Writer) takeLocked() *wbuf {
-	if w.cur.end == w.written {
-		return nil
-	}
-	w.sealed = true
-	for w.cur.users > 0 {
-		w.cond.Wait()
-	}
-	buf, next := w.cur, w.spare
-	tail := alignedbuf.AlignDown(buf.end, w.blk)
-	copy(next.b, buf.b[tail-buf.start:buf.end-buf.start])
-	next.start, next.end, next.endOff, next.users = tail, buf.end, buf.endOff, 0
-	w.cur, w.spare, w.sealed = next, nil, false
-	w.cond.Broadcast()
-	return buf
-}
-
-// write issues the single device write for buf, padding its last block with
-// zeros. In modes that do not sync every flush it first syncs if the write
-// would leave more than maxWrite bytes unsynced past the durable end, the
-// bound recovery relies on to tell a torn tail from corruption. It returns
-// the bytes written and whether it synced first.
-func (w *Writer) write(buf *wbuf, durable int64) (n int64, presynced bool, err error) {
-	wend := alignedbuf.AlignUp(buf.end, w.blk)
-	clear(buf.b[buf.end-buf.start : wend-buf.start])
-	if w.opts.SyncMode != SyncAlways && wend-alignedbuf.AlignDown(durable, w.blk) > w.maxWrite {
-		if err := w.dev.Sync(); err != nil {
-			return 0, false, fmt.Errorf("fdatasync %s: %w", w.dev.Name(), err)
-		}
-		presynced = true
-	}
-	m, err := w.dev.WriteAt(buf.b[:wend-buf.start], buf.start)
-	if err != nil {
-		return 0, presynced, fmt.Errorf("write %s at %d (%d bytes): %w", w.dev.Name(), buf.start, wend-buf.start, err)
-	}
-	return int64(m), presynced, nil
+	return err
 }
