@@ -182,3 +182,42 @@ func TestTimestampsNeverGoBack(t *testing.T) {
 	}
 	require.NoError(t, s.Err())
 }
+
+func TestSyncIntervalMakesRecordsDurableWithoutSync(t *testing.T) {
+	dev := newSim(7)
+	w, err := Create(dev, 0, Options{SyncMode: SyncInterval, SyncInterval: time.Millisecond})
+	require.NoError(t, err)
+	_, err = w.Append([]byte("a"), []byte("b"))
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		_, off := w.Durable()
+		return off == 2
+	}, 5*time.Second, time.Millisecond, "the interval ticker must sync without a Sync call")
+	img := dev.Crash(blockdev.CrashDropUnsynced)
+	got, _ := readAll(t, blockdev.NewSimFrom(img, blockdev.SimOptions{}))
+	assert.Equal(t, []byte("b"), got[1])
+}
+
+func TestSyncNeverSyncsOnlyWhenAskedOrWindowFull(t *testing.T) {
+	dev := newSim(8)
+	w, err := Create(dev, 0, Options{SyncMode: SyncNever, MaxWrite: 16 << 10})
+	require.NoError(t, err)
+	syncsAtStart := dev.Calls(blockdev.OpSync)
+	_, err = w.Append([]byte("x"))
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { pos, _ := w.Written(); return pos > DataStart }, 5*time.Second, time.Millisecond)
+	assert.Equal(t, syncsAtStart, dev.Calls(blockdev.OpSync), "no sync without a reason")
+	_, off := w.Durable()
+	assert.Zero(t, off)
+
+	// More than MaxWrite unsynced bytes force a sync: the torn-tail bound.
+	for i := 0; i < 40; i++ {
+		_, err = w.Append(make([]byte, 1000))
+		require.NoError(t, err)
+	}
+	require.NoError(t, w.Sync())
+	_, off = w.Durable()
+	assert.Equal(t, uint64(41), off)
+	assert.Greater(t, dev.Calls(blockdev.OpSync)-syncsAtStart, 1, "the window rule must have synced before the explicit Sync")
+	require.NoError(t, w.Close())
+}
