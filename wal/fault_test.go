@@ -130,3 +130,43 @@ func TestFailNthSweep(t *testing.T) {
 		}
 	}
 }
+
+// TestMediaFaultsThroughTheWriter: faults injected by the device under a
+// live writer (a misdirected write landing on synced frames, a bit flipped
+// in synced data) are reported as corruption at the damaged frame on the
+// next open, never cut as a torn tail and never returned as data.
+func TestMediaFaultsThroughTheWriter(t *testing.T) {
+	write := func(t *testing.T, dev *blockdev.Sim, n int) {
+		w, err := Create(dev, 0, Options{MaxWrite: 16 << 10})
+		require.NoError(t, err)
+		for i := 0; i < n; i++ {
+			_, err := w.Append(batch(uint64(i)*2, 2)...)
+			require.NoError(t, err)
+		}
+		require.NoError(t, w.Close())
+	}
+	t.Run("misdirected write", func(t *testing.T) {
+		dev := newSim(9)
+		// Writes: 1 header; appends then write 4 KiB blocks from position
+		// 4096 on. Send the 40th write 8 KiB back, over synced frames.
+		dev.MisdirectNth(40, -8192)
+		write(t, dev, 60)
+		require.Equal(t, 1, dev.Injected().Misdirected)
+		_, err := Recover(blockdev.NewSimFrom(dev.Crash(blockdev.CrashDropUnsynced), blockdev.SimOptions{}))
+		var ce *CorruptionError
+		require.ErrorAs(t, err, &ce)
+		assert.Contains(t, ce.Error(), "checksum")
+	})
+	t.Run("bit flip in synced data", func(t *testing.T) {
+		dev := newSim(10)
+		write(t, dev, 60)
+		tf, err := Recover(dev)
+		require.NoError(t, err)
+		dev.FlipBit(DataStart+100, 3)
+		_, err = Recover(dev)
+		var ce *CorruptionError
+		require.ErrorAs(t, err, &ce)
+		assert.Equal(t, int64(DataStart), ce.Pos, "the first frame holds byte 100")
+		assert.Less(t, ce.Pos, tf.End)
+	})
+}

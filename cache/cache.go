@@ -1,0 +1,122 @@
+// Package cache is segstore's user-space cache of verified frame bytes, on
+// ristretto (TinyLFU admission, sampled LFU eviction), bounded by a budget
+// in bytes that several logs can share.
+//
+// What is cached: the bytes of a frame whose checksum was verified when they
+// came from the device. A hit is served without checking the checksum again
+// (invariant 7: re-checking a 64 KiB frame per point read costs
+// microseconds). Values are immutable: the cache never reuses a buffer, so a
+// reader may keep a slice it got from Get for as long as it likes.
+//
+// Keys are (namespace, position). Each open segment file takes a fresh
+// namespace from NewNamespace, so entries of a deleted or rewritten file can
+// never be returned for another one; they age out under the budget.
+package cache
+
+import (
+	"errors"
+	"fmt"
+	"sync/atomic"
+
+	"github.com/dgraph-io/ristretto/v2"
+)
+
+// Namespace identifies one file's entries. Zero is never handed out.
+type Namespace uint32
+
+// MaxPos is the largest position a key can hold: positions are stored in
+// units of 8 bytes (frames are 8-byte aligned) in 32 bits.
+const MaxPos = (1<<32 - 1) * 8
+
+// Stats are the cache's counters since New.
+type Stats struct {
+	Hits, Misses int64
+	Added        int64 // values admitted
+	Evicted      int64 // values evicted to stay within the budget
+	Refused      int64 // values the admission policy (or a full buffer) turned away
+	Bytes        int64 // bytes held now: values plus ristretto's per-entry bookkeeping
+	MaxBytes     int64
+}
+
+// HitRatio is Hits / (Hits + Misses), or 0.
+func (s Stats) HitRatio() float64 {
+	if s.Hits+s.Misses == 0 {
+		return 0
+	}
+	return float64(s.Hits) / float64(s.Hits+s.Misses)
+}
+
+// Cache is safe for concurrent use.
+type Cache struct {
+	rc       *ristretto.Cache[uint64, []byte]
+	maxBytes int64
+	nextNS   atomic.Uint32
+}
+
+// ErrTooSmall: the budget cannot hold anything useful.
+var ErrTooSmall = errors.New("cache: budget must be at least 64 KiB")
+
+// New returns a cache holding at most maxBytes of values (plus ristretto's
+// per-entry bookkeeping, which counts against the budget too).
+func New(maxBytes int64) (*Cache, error) {
+	if maxBytes < 64<<10 {
+		return nil, fmt.Errorf("%w (got %d)", ErrTooSmall, maxBytes)
+	}
+	// ristretto advises 10 counters per expected entry; entries are frames
+	// of ~4 KiB and more.
+	rc, err := ristretto.NewCache(&ristretto.Config[uint64, []byte]{
+		NumCounters: max(maxBytes/4096*10, 1000),
+		MaxCost:     maxBytes,
+		BufferItems: 64,
+		Metrics:     true, // sharded atomic counters: the source of Stats
+		// A value for a key is the same verified bytes whoever sets it.
+		ShouldUpdate: func(cur, prev []byte) bool { return false },
+	})
+	if err != nil {
+		return nil, fmt.Errorf("cache: %w", err)
+	}
+	return &Cache{rc: rc, maxBytes: maxBytes}, nil
+}
+
+// NewNamespace returns a namespace no other caller has.
+func (c *Cache) NewNamespace() Namespace {
+	for {
+		if ns := Namespace(c.nextNS.Add(1)); ns != 0 {
+			return ns
+		}
+	}
+}
+
+func key(ns Namespace, pos int64) uint64 { return uint64(ns)<<32 | uint64(pos/8) }
+
+// Get returns the value cached for (ns, pos).
+func (c *Cache) Get(ns Namespace, pos int64) ([]byte, bool) {
+	return c.rc.Get(key(ns, pos))
+}
+
+// Set offers a verified, immutable value; the admission policy may refuse
+// it. pos must be a multiple of 8 and at most MaxPos.
+func (c *Cache) Set(ns Namespace, pos int64, v []byte) {
+	if pos < 0 || pos > MaxPos || pos%8 != 0 {
+		panic(fmt.Sprintf("cache: position %d is not a multiple of 8 in [0, %d]", pos, int64(MaxPos)))
+	}
+	c.rc.Set(key(ns, pos), v, int64(cap(v)))
+}
+
+// Wait blocks until every Set so far has been applied (for tests and
+// benchmarks: Set is asynchronous).
+func (c *Cache) Wait() { c.rc.Wait() }
+
+// Stats returns the counters.
+func (c *Cache) Stats() Stats {
+	m := c.rc.Metrics
+	return Stats{
+		Hits: int64(m.Hits()), Misses: int64(m.Misses()),
+		Added: int64(m.KeysAdded()), Evicted: int64(m.KeysEvicted()),
+		Refused: int64(m.SetsDropped() + m.SetsRejected()),
+		Bytes:   int64(m.CostAdded()) - int64(m.CostEvicted()), MaxBytes: c.maxBytes,
+	}
+}
+
+// Close releases the cache's goroutines and memory.
+func (c *Cache) Close() { c.rc.Close() }
