@@ -162,11 +162,11 @@ func TestMediaFaultsThroughTheWriter(t *testing.T) {
 		write(t, dev, 60)
 		tf, err := Recover(dev)
 		require.NoError(t, err)
-		dev.FlipBit(DataStart+100, 3)
+		dev.FlipBit(DataStart+FrameHeaderLen+2, 3)
 		_, err = Recover(dev)
 		var ce *CorruptionError
 		require.ErrorAs(t, err, &ce)
-		assert.Equal(t, int64(DataStart), ce.Pos, "the first frame holds byte 100")
+		assert.Equal(t, int64(DataStart), ce.Pos, "the flipped byte is in the first frame")
 		assert.Less(t, ce.Pos, tf.End)
 	})
 }
