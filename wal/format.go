@@ -69,7 +69,25 @@ const (
 // FrameType values; zero is never valid.
 const (
 	frameInvalid = 0
+	// FrameRecords holds count >= 1 records.
 	FrameRecords = 1
+	// FrameFooter seals a file: it is the last frame, count is 0, first
+	// offset is the offset after the file's last record, and the payload is
+	// the caller's footer bytes followed by FooterTailLen bytes:
+	//
+	//	 0                8                16
+	//	 +----------------+----------------+
+	//	 | footer position| "segfootr"     |
+	//	 +----------------+----------------+
+	//
+	// The file ends exactly at the end of this frame (it is a multiple of 8
+	// and the tail is its last 16 bytes), so a reader finds the footer from
+	// the file size alone; the checksum covers the tail.
+	FrameFooter = 2
+	// FooterTailLen is the fixed tail of a footer payload.
+	FooterTailLen = 16
+	// FooterMagic ends every sealed file.
+	FooterMagic = "segfootr"
 )
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
@@ -87,6 +105,10 @@ var (
 	ErrBatchTooLarge  = errors.New("wal: batch too large for one frame")
 	// ErrEmptyBatch: Append was called without records.
 	ErrEmptyBatch = errors.New("wal: empty batch")
+	// ErrSealed: Open was given a sealed file; sealed files are read-only.
+	ErrSealed = errors.New("wal: file is sealed (read-only)")
+	// ErrNotSealed: ReadSealed found no footer tail at the end of the file.
+	ErrNotSealed = errors.New("wal: file is not sealed")
 	// ErrClosed: the writer was closed.
 	ErrClosed = errors.New("wal: writer closed")
 	// ErrFailed wraps the first write or sync error; the writer refuses
@@ -101,6 +123,9 @@ type CorruptionError struct {
 	Pos     int64  // byte position of the damaged frame or header
 	Reason  string
 	Err     error // underlying cause, may be nil
+	// InFooter: the damaged frame's header claims to be the footer of a
+	// sealed file; every record frame before Pos is intact.
+	InFooter bool
 }
 
 func (e *CorruptionError) Error() string {
@@ -201,12 +226,7 @@ func EncodeFrame(b []byte, segID uint64, pos int64, first uint64, ts int64, reco
 	plen := PayloadSize(records)
 	size := FrameSize(plen)
 	_ = b[size-1]
-	b[4] = FrameRecords
-	b[5], b[6], b[7] = 0, 0, 0
-	binary.LittleEndian.PutUint32(b[8:12], uint32(plen))
-	binary.LittleEndian.PutUint32(b[12:16], uint32(len(records)))
-	binary.LittleEndian.PutUint64(b[16:24], first)
-	binary.LittleEndian.PutUint64(b[24:32], uint64(ts))
+	putFrameHeader(b, FrameRecords, plen, len(records), first, ts)
 	p := FrameHeaderLen
 	for _, r := range records {
 		binary.LittleEndian.PutUint32(b[p:], uint32(len(r)))
@@ -215,6 +235,36 @@ func EncodeFrame(b []byte, segID uint64, pos int64, first uint64, ts int64, reco
 	}
 	clear(b[p:size])
 	binary.LittleEndian.PutUint32(b[0:4], frameChecksum(segID, pos, b[4:FrameHeaderLen], b[FrameHeaderLen:p]))
+	return size
+}
+
+func putFrameHeader(b []byte, typ uint8, plen, count int, first uint64, ts int64) {
+	b[4] = typ
+	b[5], b[6], b[7] = 0, 0, 0
+	binary.LittleEndian.PutUint32(b[8:12], uint32(plen))
+	binary.LittleEndian.PutUint32(b[12:16], uint32(count))
+	binary.LittleEndian.PutUint64(b[16:24], first)
+	binary.LittleEndian.PutUint64(b[24:32], uint64(ts))
+}
+
+// FooterFrameSize is the size of a footer frame carrying n bytes of the
+// caller's footer. A footer payload is padded so the frame has no padding
+// of its own: its tail is the last 16 bytes of the frame and of the file.
+func FooterFrameSize(n int) int { return FrameHeaderLen + alignUp(n+FooterTailLen, FrameAlign) }
+
+// EncodeFooter writes a footer frame carrying footer at position pos into b
+// (at least FooterFrameSize(len(footer)) bytes); next is the offset after
+// the file's last record. A decoder gets footer back followed by up to 7
+// zero bytes.
+func EncodeFooter(b []byte, segID uint64, pos int64, next uint64, ts int64, footer []byte) int {
+	size := FooterFrameSize(len(footer))
+	_ = b[size-1]
+	putFrameHeader(b, FrameFooter, size-FrameHeaderLen, 0, next, ts)
+	p := FrameHeaderLen + copy(b[FrameHeaderLen:], footer)
+	clear(b[p:size])
+	binary.LittleEndian.PutUint64(b[size-FooterTailLen:], uint64(pos))
+	copy(b[size-8:size], FooterMagic)
+	binary.LittleEndian.PutUint32(b[0:4], frameChecksum(segID, pos, b[4:FrameHeaderLen], b[FrameHeaderLen:size]))
 	return size
 }
 
@@ -249,25 +299,37 @@ func DecodeFrameHeader(b []byte, limit int) (FrameHeader, error) {
 	}
 	copy(h.headerTail[:], b[4:])
 	switch {
-	case h.Type != FrameRecords:
+	case h.Type != FrameRecords && h.Type != FrameFooter:
 		return h, fmt.Errorf("unknown frame type %d", h.Type)
 	case b[5] != 0 || b[6] != 0 || b[7] != 0:
 		return h, fmt.Errorf("reserved header bytes are %x, want zero", b[5:8])
-	case h.Count == 0:
-		return h, errors.New("frame with zero records")
 	case int64(h.Length) > int64(min(limit, MaxFramePayload)):
 		return h, fmt.Errorf("payload length %d exceeds the limit %d", h.Length, min(limit, MaxFramePayload))
-	case int64(h.Count)*RecordHeaderLen > int64(h.Length):
+	case h.Type == FrameRecords && h.Count == 0:
+		return h, errors.New("frame with zero records")
+	case h.Type == FrameRecords && int64(h.Count)*RecordHeaderLen > int64(h.Length):
 		return h, fmt.Errorf("%d records cannot fit in %d payload bytes", h.Count, h.Length)
+	case h.Type == FrameFooter && h.Count != 0:
+		return h, fmt.Errorf("footer frame with record count %d", h.Count)
+	case h.Type == FrameFooter && h.Length < FooterTailLen:
+		return h, fmt.Errorf("footer payload of %d bytes is shorter than its tail", h.Length)
 	}
 	return h, nil
 }
 
-// VerifyFrame checks the checksum and the record table of a frame whose
-// header h was decoded from position pos; payload is its Length bytes.
+// VerifyFrame checks the checksum and the contents of a frame whose header
+// h was decoded from position pos; payload is its Length bytes (for a
+// footer: up to the end of the frame, padding included).
 func VerifyFrame(h FrameHeader, segID uint64, pos int64, payload []byte) error {
 	if got := frameChecksum(segID, pos, h.headerTail[:], payload); got != h.checksum {
 		return fmt.Errorf("frame checksum %#08x, want %#08x (damaged, or a frame of another file or position)", got, h.checksum)
+	}
+	if h.Type == FrameFooter {
+		tail := payload[len(payload)-FooterTailLen:]
+		if at := int64(binary.LittleEndian.Uint64(tail)); at != pos || string(tail[8:]) != FooterMagic {
+			return fmt.Errorf("footer tail names position %d (magic %q), the frame is at %d", at, tail[8:], pos)
+		}
+		return nil
 	}
 	n, p := uint32(0), 0
 	for p < len(payload) {

@@ -1,6 +1,7 @@
 package wal
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -26,6 +27,17 @@ type Frame struct {
 // End is the position just past the frame.
 func (f Frame) End() int64 { return f.Pos + int64(f.Size) }
 
+// Footer is the footer frame of a sealed file.
+type Footer struct {
+	Pos  int64  // position of the footer frame: the end of the records
+	End  int64  // end of the frame: the file's size
+	Next uint64 // offset after the file's last record
+	Time int64  // when the file was sealed, unix nanoseconds
+	// Data is the caller's footer bytes, followed by up to 7 zero bytes of
+	// padding. It is a copy, owned by the caller.
+	Data []byte
+}
+
 // TornTail describes damage at the end of a file that a crash during the
 // last, unsynced write explains: it is cut on open and reported.
 type TornTail struct {
@@ -49,10 +61,11 @@ type Scanner struct {
 	win              []byte // aligned read window
 	winStart, winEnd int64
 
-	frame Frame
-	torn  *TornTail
-	err   error
-	done  bool
+	frame  Frame
+	footer *Footer
+	torn   *TornTail
+	err    error
+	done   bool
 }
 
 // NewScanner reads and checks the file header and positions the scanner at
@@ -106,6 +119,9 @@ func (s *Scanner) Frame() Frame { return s.frame }
 // tail, a *CorruptionError for damage a crash cannot explain, or an I/O error.
 func (s *Scanner) Err() error { return s.err }
 
+// Footer returns the footer the scan stopped at (the file is sealed), or nil.
+func (s *Scanner) Footer() *Footer { return s.footer }
+
 // Torn returns the torn tail the scan stopped at, or nil.
 func (s *Scanner) Torn() *TornTail { return s.torn }
 
@@ -147,6 +163,19 @@ func (s *Scanner) next() (bool, error) {
 	if h.First != s.nextOffset {
 		// A valid frame cannot come from a tear: this is a frame out of place.
 		return false, s.corrupt(p, fmt.Sprintf("frame holds offsets from %d, expected %d", h.First, s.nextOffset), nil)
+	}
+	if h.Type == FrameFooter {
+		s.footer = &Footer{Pos: p, End: p + int64(size), Next: h.First, Time: h.Timestamp,
+			Data: append([]byte(nil), payload[:len(payload)-FooterTailLen]...)}
+		s.pos = p // the records end here
+		// A sealed file ends at its footer; zeros after it are a seal whose
+		// final truncate did not happen yet. Anything else is damage.
+		if nz, err := s.lastNonZero(s.footer.End); err != nil {
+			return false, err
+		} else if nz > s.footer.End {
+			return false, s.corrupt(s.footer.End, fmt.Sprintf("%d bytes of data after the footer", nz-s.footer.End), nil)
+		}
+		return false, nil
 	}
 	s.frame = Frame{Pos: p, Size: size, First: h.First, Count: int(h.Count), Time: h.Timestamp, Payload: payload}
 	s.pos = p + int64(size)
@@ -192,7 +221,13 @@ func (s *Scanner) stop(p, end int64, pastEOF bool, why error) error {
 }
 
 func (s *Scanner) corrupt(p int64, reason string, err error) error {
-	return &CorruptionError{File: s.dev.Name(), Segment: s.hdr.BaseOffset, Pos: p, Reason: reason, Err: err}
+	ce := &CorruptionError{File: s.dev.Name(), Segment: s.hdr.BaseOffset, Pos: p, Reason: reason, Err: err}
+	// Say whether the damaged frame claims to be the footer: a caller can
+	// then rebuild the footer from the records, which are all intact.
+	if b, ferr := s.fetch(p, FrameHeaderLen); ferr == nil && len(b) == FrameHeaderLen {
+		ce.InFooter = b[4] == FrameFooter
+	}
+	return ce
 }
 
 // hasZeroSector reports whether some sector overlapping [p, end) holds only
@@ -266,6 +301,7 @@ type Recovery struct {
 	Records    int64     // records in them
 	LastTime   int64     // timestamp of the last valid frame (0 if none)
 	Torn       *TornTail // the torn tail found, nil if the file ended cleanly
+	Footer     *Footer   // the footer of a sealed file, nil if not sealed
 }
 
 // Recover scans a whole file read-only and reports where its valid frames
@@ -284,6 +320,51 @@ func Recover(dev blockdev.Device) (*Recovery, error) {
 	if s.Err() != nil {
 		return nil, s.Err()
 	}
-	r.End, r.NextOffset, r.Records, r.Torn = s.End(), s.NextOffset(), s.records, s.Torn()
+	r.End, r.NextOffset, r.Records, r.Torn, r.Footer = s.End(), s.NextOffset(), s.records, s.Torn(), s.Footer()
 	return r, nil
+}
+
+// ReadSealed reads the header and the footer of a sealed file without
+// scanning its records: the footer is found from the file's last 16 bytes
+// and verified (checksum, position, type). It returns ErrNotSealed when the
+// file does not end with a footer tail (an unsealed file, or a seal whose
+// final truncate did not happen: Recover handles both), and a
+// *CorruptionError with InFooter set when the footer is damaged.
+func ReadSealed(dev blockdev.Device) (FileHeader, *Footer, error) {
+	s, err := NewScanner(dev)
+	if err != nil {
+		return FileHeader{}, nil, err
+	}
+	size := s.size
+	if size < DataStart+FrameHeaderLen+FooterTailLen || size%FrameAlign != 0 {
+		return s.hdr, nil, fmt.Errorf("%s: %w (size %d)", dev.Name(), ErrNotSealed, size)
+	}
+	tail, err := s.fetch(size-FooterTailLen, FooterTailLen)
+	if err != nil {
+		return s.hdr, nil, err
+	}
+	if len(tail) < FooterTailLen || string(tail[8:]) != FooterMagic {
+		return s.hdr, nil, fmt.Errorf("%s: %w", dev.Name(), ErrNotSealed)
+	}
+	pos := int64(binary.LittleEndian.Uint64(tail))
+	footerErr := func(reason string, err error) error {
+		return &CorruptionError{File: dev.Name(), Segment: s.hdr.BaseOffset, Pos: pos, Reason: reason, Err: err, InFooter: true}
+	}
+	if pos < DataStart || pos%FrameAlign != 0 || pos > size-FrameHeaderLen-FooterTailLen {
+		return s.hdr, nil, footerErr(fmt.Sprintf("footer tail names impossible position %d in a file of %d bytes", pos, size), nil)
+	}
+	b, err := s.fetch(pos, int(size-pos))
+	if err != nil {
+		return s.hdr, nil, err
+	}
+	h, err := DecodeFrameHeader(b, int(size-pos))
+	if err != nil || h.Type != FrameFooter || int64(FrameHeaderLen)+int64(h.Length) != size-pos {
+		return s.hdr, nil, footerErr("footer header", err)
+	}
+	payload := b[FrameHeaderLen:]
+	if err := VerifyFrame(h, s.hdr.SegmentID, pos, payload); err != nil {
+		return s.hdr, nil, footerErr("footer", err)
+	}
+	return s.hdr, &Footer{Pos: pos, End: size, Next: h.First, Time: h.Timestamp,
+		Data: append([]byte(nil), payload[:len(payload)-FooterTailLen]...)}, nil
 }

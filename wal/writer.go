@@ -231,6 +231,9 @@ func Open(dev blockdev.Device, opts Options) (*Writer, *Recovery, error) {
 	if err != nil {
 		return nil, nil, err
 	}
+	if rec.Footer != nil {
+		return nil, rec, fmt.Errorf("wal: open %s for writing: %w", dev.Name(), ErrSealed)
+	}
 	if rec.Torn != nil {
 		if err := cutTail(dev, rec.Torn); err != nil {
 			return nil, nil, err
@@ -333,36 +336,11 @@ func (w *Writer) Append(records ...[]byte) (first uint64, err error) {
 	}
 
 	w.mu.Lock()
-	for {
-		if w.err != nil {
-			w.mu.Unlock()
-			return 0, w.err
-		}
-		if w.closing {
-			w.mu.Unlock()
-			return 0, ErrClosed
-		}
-		if !w.sealed && w.cur.end+int64(size) <= w.cur.start+int64(len(w.cur.b)) {
-			break
-		}
-		// The buffer is full: flush it (or wait for the flush under way).
-		if !w.flushing {
-			w.leadLocked(w.opts.SyncMode == SyncAlways)
-			continue
-		}
-		w.cond.Wait()
-	}
-	buf := w.cur
-	pos := buf.end
-	first = w.nextOffset
-	w.nextOffset += uint64(len(records))
-	buf.end += int64(size)
-	buf.endOff = w.nextOffset
-	buf.appends++
-	buf.users++
-	ts := max(w.opts.Now().UnixNano(), w.lastTime) // frame times never go back
-	w.lastTime = ts
+	buf, pos, first, ts, err := w.reserveLocked(size, len(records))
 	w.mu.Unlock()
+	if err != nil {
+		return 0, err
+	}
 
 	EncodeFrame(buf.b[pos-buf.start:], w.hdr.SegmentID, pos, first, ts, records)
 
@@ -379,6 +357,84 @@ func (w *Writer) Append(records ...[]byte) (first uint64, err error) {
 	w.stats.Records += int64(len(records))
 	w.stats.FrameBytes += int64(size)
 	return first, nil
+}
+
+// reserveLocked waits for room for a frame of size bytes holding n records
+// in the current buffer, reserves it, and assigns offsets and a timestamp.
+// The caller encodes into buf at pos and then decrements buf.users.
+func (w *Writer) reserveLocked(size, n int) (buf *wbuf, pos int64, first uint64, ts int64, err error) {
+	for {
+		if w.err != nil {
+			return nil, 0, 0, 0, w.err
+		}
+		if w.closing {
+			return nil, 0, 0, 0, ErrClosed
+		}
+		if !w.sealed && w.cur.end+int64(size) <= w.cur.start+int64(len(w.cur.b)) {
+			break
+		}
+		// The buffer is full: flush it (or wait for the flush under way).
+		if !w.flushing {
+			w.leadLocked(w.opts.SyncMode == SyncAlways)
+			continue
+		}
+		w.cond.Wait()
+	}
+	buf = w.cur
+	pos = buf.end
+	first = w.nextOffset
+	w.nextOffset += uint64(n)
+	buf.end += int64(size)
+	buf.endOff = w.nextOffset
+	buf.appends++
+	buf.users++
+	ts = max(w.opts.Now().UnixNano(), w.lastTime) // frame times never go back
+	w.lastTime = ts
+	return buf, pos, first, ts, nil
+}
+
+// Seal appends a footer frame carrying footer (the caller's index; at most
+// MaxBatchBytes-FooterTailLen bytes), makes it durable, cuts the file to end
+// exactly at the footer, syncs again, and closes the writer. The final
+// fdatasync is the seal's commit point; a crash before it leaves either an
+// unsealed file (the footer torn and cut on open) or a sealed one followed
+// by zeros (the truncate not yet done), which scanners accept.
+func (w *Writer) Seal(footer []byte) (*Footer, error) {
+	size := FooterFrameSize(len(footer))
+	if size > w.maxFrame {
+		return nil, fmt.Errorf("%w: footer of %d bytes, at most %d with MaxWrite %d", ErrBatchTooLarge, len(footer), w.maxFrame-FrameHeaderLen-FooterTailLen, w.maxWrite)
+	}
+	w.mu.Lock()
+	buf, pos, next, ts, err := w.reserveLocked(size, 0)
+	if err != nil {
+		w.mu.Unlock()
+		return nil, err
+	}
+	w.closing = true // nothing may follow the footer
+	w.mu.Unlock()
+
+	EncodeFooter(buf.b[pos-buf.start:], w.hdr.SegmentID, pos, next, ts, footer)
+
+	w.mu.Lock()
+	buf.users--
+	w.cond.Broadcast()
+	err = w.awaitDurableLocked(pos+int64(size), false)
+	if err == nil {
+		err = w.err
+	}
+	w.mu.Unlock()
+	w.stopBackground()
+	if err != nil {
+		return nil, err
+	}
+	end := pos + int64(size)
+	if err := w.dev.Truncate(end); err != nil {
+		return nil, fmt.Errorf("wal: seal %s: %w", w.dev.Name(), err)
+	}
+	if err := w.dev.Sync(); err != nil {
+		return nil, fmt.Errorf("wal: seal %s: fdatasync after truncate: %w", w.dev.Name(), err)
+	}
+	return &Footer{Pos: pos, End: end, Next: next, Time: ts, Data: append([]byte(nil), footer...)}, nil
 }
 
 // awaitDurableLocked returns once the file is durable up to end, leading
@@ -624,11 +680,17 @@ func (w *Writer) Close() error {
 		err = w.err
 	}
 	w.mu.Unlock()
+	w.stopBackground()
+	return err
+}
+
+// stopBackground waits for the background flusher (which exits once closing
+// is set and nothing is left to do) and stops the ticker.
+func (w *Writer) stopBackground() {
 	if w.background != nil {
 		<-w.background
 	}
 	if w.tickerStop != nil {
 		close(w.tickerStop)
 	}
-	return err
 }
