@@ -40,6 +40,9 @@ func TestKillChild(t *testing.T) {
 	var w *Writer
 	if size, _ := dev.Size(); size == 0 {
 		w, err = Create(dev, 0, Options{Preallocate: 1 << 20, PreZero: true, MaxWrite: 64 << 10})
+		if err == nil {
+			err = blockdev.SyncDir(filepath.Dir(path)) // the new file's name: its commit point
+		}
 	} else {
 		w, _, err = Open(dev, Options{})
 	}
@@ -98,54 +101,79 @@ func TestKillLoop(t *testing.T) {
 	want := map[uint64][]byte{}
 	var totalAcks, tornCuts int
 	for cycle := 0; cycle < cycles; cycle++ {
-		cmd := exec.Command(os.Args[0], "-test.run=^TestKillChild$", "-test.count=1")
-		cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%d,%s", killChildEnv, cycle, path))
-		stdout, err := cmd.StdoutPipe()
-		require.NoError(t, err)
-		var stderr safeBuffer
-		cmd.Stderr = &stderr
-		require.NoError(t, cmd.Start())
-		acks := make(chan ack, 1<<16)
-		go func() {
-			defer close(acks)
-			sc := bufio.NewScanner(stdout)
-			for sc.Scan() {
-				var k ack
-				if _, err := fmt.Sscanf(sc.Text(), "%d %d %d %d", &k.first, &k.n, &k.a, &k.seq); err == nil {
-					acks <- k
-				}
-			}
-		}()
-		// Kill at a random moment once the child is appending.
-		first, ok := <-acks
-		require.True(t, ok, "cycle %d: child made no progress: %s", cycle, stderr.String())
-		time.Sleep(time.Duration(1+rng.IntN(30)) * time.Millisecond)
-		require.NoError(t, cmd.Process.Signal(syscall.SIGKILL))
-		_ = cmd.Wait()
-		all := []ack{first}
-		for k := range acks {
-			all = append(all, k)
-		}
-		for _, k := range all {
-			for j := 0; j < k.n; j++ {
-				want[k.first+uint64(j)] = crashRecord(k.a, k.seq, j)
-			}
-			totalAcks++
-		}
-
-		dev, err := blockdev.Open(path, blockdev.Options{ReadOnly: true})
-		require.NoError(t, err)
-		got, rec, err := tryReadAll(dev)
-		dev.Close()
-		require.NoError(t, err, "cycle %d: recovery after SIGKILL", cycle)
-		if rec.Torn != nil {
+		acks := runChild(t, rng, cycle, path, func() {})
+		totalAcks += len(acks)
+		addAcks(want, acks)
+		if checkAcked(t, path, want, cycle) {
 			tornCuts++
-		}
-		for off, r := range want {
-			require.Equal(t, r, got[off], "cycle %d: acknowledged record %d lost or changed", cycle, off)
 		}
 	}
 	t.Logf("kill cycles=%d acknowledged batches=%d records=%d torn tails seen=%d", cycles, totalAcks, len(want), tornCuts)
+}
+
+// runChild starts TestKillChild appending to path, waits for its first
+// acknowledgement and a random 1-30 ms more, calls interrupt (which may cut
+// the power), kills the child with SIGKILL, and returns every
+// acknowledgement it printed.
+func runChild(t *testing.T, rng *rand.Rand, cycle int, path string, interrupt func()) []ack {
+	cmd := exec.Command(os.Args[0], "-test.run=^TestKillChild$", "-test.count=1")
+	cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%d,%s", killChildEnv, cycle, path))
+	stdout, err := cmd.StdoutPipe()
+	require.NoError(t, err)
+	var stderr safeBuffer
+	cmd.Stderr = &stderr
+	require.NoError(t, cmd.Start())
+	defer func() { // also when interrupt fails the test: never leave the child running
+		_ = cmd.Process.Signal(syscall.SIGKILL)
+		_ = cmd.Wait()
+	}()
+	acks := make(chan ack, 1<<16)
+	go func() {
+		defer close(acks)
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			var k ack
+			// A line is one write of less than PIPE_BUF bytes: it arrives whole.
+			if _, err := fmt.Sscanf(sc.Text(), "%d %d %d %d", &k.first, &k.n, &k.a, &k.seq); err == nil {
+				acks <- k
+			}
+		}
+	}()
+	first, ok := <-acks
+	if !ok {
+		t.Fatalf("cycle %d: child made no progress: %s", cycle, stderr.String())
+	}
+	time.Sleep(time.Duration(1+rng.IntN(30)) * time.Millisecond)
+	interrupt()
+	require.NoError(t, cmd.Process.Signal(syscall.SIGKILL))
+	_ = cmd.Wait()
+	all := []ack{first}
+	for k := range acks {
+		all = append(all, k)
+	}
+	return all
+}
+
+func addAcks(want map[uint64][]byte, acks []ack) {
+	for _, k := range acks {
+		for j := 0; j < k.n; j++ {
+			want[k.first+uint64(j)] = crashRecord(k.a, k.seq, j)
+		}
+	}
+}
+
+// checkAcked opens path read-only and requires every acknowledged record
+// with its exact bytes; it reports whether recovery found a torn tail.
+func checkAcked(t *testing.T, path string, want map[uint64][]byte, cycle int) (torn bool) {
+	dev, err := blockdev.Open(path, blockdev.Options{ReadOnly: true})
+	require.NoError(t, err, "cycle %d: the log file must exist once anything in it was acknowledged", cycle)
+	got, rec, err := tryReadAll(dev)
+	dev.Close()
+	require.NoError(t, err, "cycle %d: recovery", cycle)
+	for off, r := range want {
+		require.Equal(t, r, got[off], "cycle %d: acknowledged record %d lost or changed", cycle, off)
+	}
+	return rec.Torn != nil
 }
 
 type safeBuffer struct {

@@ -131,6 +131,7 @@ type Writer struct {
 	spare      *wbuf // the other buffer; nil while a write of it is in flight
 	sealed     bool  // cur takes no reservations: a leader is taking it
 	flushing   bool  // a leader holds the device (only it writes or syncs)
+	lingering  bool  // a would-be leader is lingering for its group
 	nextOffset uint64
 	lastTime   int64
 	written    int64  // file position covered by completed writes
@@ -441,7 +442,7 @@ func (w *Writer) Seal(footer []byte) (*Footer, error) {
 // flushes itself whenever no other goroutine is.
 func (w *Writer) awaitDurableLocked(end int64, linger bool) error {
 	for w.durable < end && w.err == nil {
-		if w.flushing {
+		if w.flushing || w.lingering {
 			w.cond.Wait()
 			continue
 		}
@@ -473,9 +474,12 @@ func (w *Writer) lingerLocked() {
 		w.cond.Broadcast()
 		w.mu.Unlock()
 	})
+	w.lingering = true
 	for !expired && !w.flushing && w.cur.appends < w.group && w.err == nil {
 		w.cond.Wait()
 	}
+	w.lingering = false
+	w.cond.Broadcast()
 	t.Stop()
 }
 
