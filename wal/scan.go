@@ -368,3 +368,43 @@ func ReadSealed(dev blockdev.Device) (FileHeader, *Footer, error) {
 	return s.hdr, &Footer{Pos: pos, End: size, Next: h.First, Time: h.Timestamp,
 		Data: append([]byte(nil), payload[:len(payload)-FooterTailLen]...)}, nil
 }
+
+// DecodeFrames walks the frames in b, which holds the bytes starting at
+// position pos of the file whose header is hdr; the first frame must hold
+// offset next. It verifies each frame (header limits, checksum, record
+// table, offset contiguity) before calling fn, which may stop the walk by
+// returning false; Frame.Payload aliases b. It stops without error at an
+// all-zero header or where b ends inside a frame, and returns the position
+// and offset where it stopped. Any invalid frame is an error naming its
+// position; callers that know the bytes were acknowledged report it as
+// corruption.
+func DecodeFrames(b []byte, hdr FileHeader, pos int64, next uint64, fn func(Frame) bool) (end int64, nextOffset uint64, err error) {
+	p := 0
+	for len(b)-p >= FrameHeaderLen {
+		h, err := DecodeFrameHeader(b[p:], int(hdr.MaxWrite))
+		if errors.Is(err, errZeroHeader) {
+			break
+		}
+		if err != nil {
+			return pos + int64(p), next, fmt.Errorf("frame at %d: %w", pos+int64(p), err)
+		}
+		size := FrameSize(int(h.Length))
+		if h.Type == FrameFooter || len(b)-p < size {
+			break
+		}
+		payload := b[p+FrameHeaderLen : p+FrameHeaderLen+int(h.Length)]
+		if err := VerifyFrame(h, hdr.SegmentID, pos+int64(p), payload); err != nil {
+			return pos + int64(p), next, fmt.Errorf("frame at %d: %w", pos+int64(p), err)
+		}
+		if h.First != next {
+			return pos + int64(p), next, fmt.Errorf("frame at %d holds offsets from %d, expected %d", pos+int64(p), h.First, next)
+		}
+		f := Frame{Pos: pos + int64(p), Size: size, First: h.First, Count: int(h.Count), Time: h.Timestamp, Payload: payload}
+		p += size
+		next += uint64(h.Count)
+		if !fn(f) {
+			break
+		}
+	}
+	return pos + int64(p), next, nil
+}

@@ -63,6 +63,15 @@ type Options struct {
 	PreZero bool
 	// Now is the clock for frame timestamps. Default time.Now.
 	Now func() time.Time
+	// OnReserve, if set, is called for every records frame when room for
+	// it is reserved: in file order, with the writer's lock held. It must
+	// be quick and must not call the Writer. (The engine builds its sparse
+	// index with it.)
+	OnReserve func(first uint64, pos int64, ts int64)
+	// OnDurable, if set, is called with the new durable position and offset
+	// each time they advance, with the writer's lock held. It must be quick
+	// and must not call the Writer. (The engine wakes tailing readers.)
+	OnDurable func(pos int64, offset uint64)
 }
 
 // DefaultMaxWrite is Options.MaxWrite's default, in bytes.
@@ -391,6 +400,9 @@ func (w *Writer) reserveLocked(size, n int) (buf *wbuf, pos int64, first uint64,
 	buf.users++
 	ts = max(w.opts.Now().UnixNano(), w.lastTime) // frame times never go back
 	w.lastTime = ts
+	if n > 0 && w.opts.OnReserve != nil {
+		w.opts.OnReserve(first, pos, ts)
+	}
 	return buf, pos, first, ts, nil
 }
 
@@ -537,6 +549,9 @@ func (w *Writer) leadLocked(doSync bool) {
 		w.durable, w.durableOff = w.written, w.writtenOff
 		w.stats.Syncs++
 		w.stats.SyncTime += syncTime
+	}
+	if (presynced || doSync) && w.opts.OnDurable != nil {
+		w.opts.OnDurable(w.durable, w.durableOff)
 	}
 }
 
