@@ -102,7 +102,7 @@ func (d *OSDir) List() ([]string, error) {
 	return names, nil
 }
 
-func (d *OSDir) Sync() error { return SyncDir(d.path) }
+func (d *OSDir) Sync() error  { return SyncDir(d.path) }
 func (d *OSDir) Path() string { return d.path }
 
 // Lock takes an exclusive advisory lock (flock) on the named file in the
