@@ -60,6 +60,7 @@ type Scanner struct {
 
 	win              []byte // aligned read window
 	winStart, winEnd int64
+	readAhead        int64 // bytes fetch reads at least (0: just what is asked)
 
 	frame  Frame
 	footer *Footer
@@ -91,6 +92,7 @@ func NewScanner(dev blockdev.Device) (*Scanner, error) {
 		return nil, &CorruptionError{File: dev.Name(), Pos: 0, Reason: "file header", Err: err}
 	}
 	s.nextOffset = s.hdr.BaseOffset
+	s.readAhead = scanChunk // from here on the scanner reads sequentially
 	return s, nil
 }
 
@@ -279,7 +281,9 @@ func (s *Scanner) fetch(p int64, n int) ([]byte, error) {
 	}
 	a := s.dev.Alignment()
 	start := alignedbuf.AlignDown(p, int64(a.Offset))
-	length := max(alignedbuf.AlignUp(p+int64(n), int64(a.Offset))-start, scanChunk)
+	length := alignedbuf.AlignUp(p+int64(n), int64(a.Offset)) - start
+	// Read ahead, but not past the end of the file.
+	length = max(length, min(s.readAhead, alignedbuf.AlignUp(s.size, int64(a.Offset))-start))
 	if int64(len(s.win)) < length {
 		s.win = a.Alloc(int(length))
 	}
@@ -335,6 +339,7 @@ func ReadSealed(dev blockdev.Device) (FileHeader, *Footer, error) {
 	if err != nil {
 		return FileHeader{}, nil, err
 	}
+	s.readAhead = 0 // two exact reads: the tail, then the footer
 	size := s.size
 	if size < DataStart+FrameHeaderLen+FooterTailLen || size%FrameAlign != 0 {
 		return s.hdr, nil, fmt.Errorf("%s: %w (size %d)", dev.Name(), ErrNotSealed, size)

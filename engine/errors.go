@@ -1,0 +1,42 @@
+package engine
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/segstore/segstore/wal"
+)
+
+// Errors returned by a Log. Damage is reported as a *CorruptionError.
+var (
+	// ErrCorrupt matches every *CorruptionError (and wal.ErrCorrupt).
+	ErrCorrupt = wal.ErrCorrupt
+	// ErrClosed: the log was closed.
+	ErrClosed = errors.New("engine: log closed")
+	// ErrReadOnly: a change was asked of a log opened with ReadOnly.
+	ErrReadOnly = errors.New("engine: log is read-only")
+	// ErrOutOfRange: the offset is not in [StartOffset, EndOffset), or not
+	// durable yet. The error says which bound it crossed.
+	ErrOutOfRange = errors.New("engine: offset out of range")
+	// ErrBatchTooLarge: one Append's records do not fit in one frame
+	// (Options.MaxWrite); nothing was written. Split the batch.
+	ErrBatchTooLarge = wal.ErrBatchTooLarge
+	// ErrRecordTooLarge: a record exceeds wal.MaxRecordSize.
+	ErrRecordTooLarge = wal.ErrRecordTooLarge
+)
+
+// CorruptionError reports damage: which segment, where in its file, during
+// which operation, and the cause.
+type CorruptionError struct {
+	Segment  uint64 // base offset of the segment
+	File     string
+	Position int64 // byte position in the file
+	Op       string
+	Err      error
+}
+
+func (e *CorruptionError) Error() string {
+	return fmt.Sprintf("engine: %s: segment %d (%s) at byte %d: %v", e.Op, e.Segment, e.File, e.Position, e.Err)
+}
+
+func (e *CorruptionError) Unwrap() []error { return []error{ErrCorrupt, e.Err} }

@@ -1,0 +1,160 @@
+package engine
+
+import (
+	"errors"
+	"time"
+
+	"github.com/segstore/segstore/wal"
+)
+
+// readAhead is how much an Iterator reads at once: O_DIRECT gets no kernel
+// read-ahead, so the iterator does its own, in large aligned reads.
+const readAhead = 1 << 20
+
+// Iterator reads records in offset order from a starting offset up to the
+// durable end. When it has caught up, Next returns false with a nil Err;
+// calling Next again later continues with records that became durable
+// since (use Log.Wait to block for them). Iterators read around the cache,
+// so a scan does not evict the point-read working set. An Iterator is not
+// safe for concurrent use.
+type Iterator struct {
+	l    *Log
+	next uint64 // offset of the next record to return
+
+	seg    *segment
+	pos    int64  // file position of the next frame to decode in seg
+	posOff uint64 // offset of that frame's first record
+	buf    []byte // verified frames: file bytes [bufPos, bufPos+len(buf))
+	bufPos int64
+
+	frame   wal.Frame // the frame being returned record by record
+	recPos  int       // cursor in frame.Payload
+	recNext uint64    // offset of the record at recPos
+
+	off  uint64
+	rec  []byte
+	time int64
+	err  error
+}
+
+// NewIterator returns an iterator positioned before the record at from.
+func (l *Log) NewIterator(from uint64) *Iterator { return &Iterator{l: l, next: from} }
+
+// Next advances to the next record and reports whether there is one.
+func (it *Iterator) Next() bool {
+	for it.err == nil {
+		if it.nextInFrame() {
+			return true
+		}
+		ok, err := it.nextFrame()
+		if err != nil {
+			it.err = err
+		}
+		if !ok {
+			return false
+		}
+	}
+	return false
+}
+
+// nextInFrame moves to the next wanted record of the current frame.
+func (it *Iterator) nextInFrame() bool {
+	p := it.frame.Payload
+	for it.recPos+wal.RecordHeaderLen <= len(p) {
+		n := int(uint32(p[it.recPos]) | uint32(p[it.recPos+1])<<8 | uint32(p[it.recPos+2])<<16 | uint32(p[it.recPos+3])<<24)
+		rec := p[it.recPos+wal.RecordHeaderLen : it.recPos+wal.RecordHeaderLen+n]
+		off := it.recNext
+		it.recPos += wal.RecordHeaderLen + n
+		it.recNext++
+		if off >= it.next {
+			it.off, it.rec, it.time = off, rec, it.frame.Time
+			it.next = off + 1
+			return true
+		}
+	}
+	return false
+}
+
+// nextFrame loads the next verified frame, crossing into the next segment
+// at the end of a sealed one. It returns false when caught up.
+func (it *Iterator) nextFrame() (bool, error) {
+	for {
+		if it.seg == nil {
+			s, err := it.l.segmentFor(it.next)
+			if errors.Is(err, ErrOutOfRange) && it.next >= it.l.DurableOffset() && it.next >= it.l.StartOffset() {
+				return false, nil // caught up
+			}
+			if err != nil {
+				return false, err
+			}
+			start, _, _ := s.chunk(it.next, s.vis())
+			it.seg, it.pos, it.posOff, it.buf = s, start.pos, start.off, nil
+		}
+		vis := it.seg.vis()
+		if it.pos >= vis.pos {
+			it.seg.mu.RLock()
+			sealed := it.seg.sealed
+			it.seg.mu.RUnlock()
+			if !sealed {
+				return false, nil // caught up with the active segment
+			}
+			it.seg = nil
+			continue
+		}
+		if it.pos < it.bufPos || it.pos >= it.bufPos+int64(len(it.buf)) {
+			if err := it.fill(vis.pos); err != nil {
+				return false, err
+			}
+		}
+		b := it.buf[it.pos-it.bufPos:]
+		h, err := wal.DecodeFrameHeader(b, len(b))
+		if err != nil { // verified in fill: cannot happen unless memory is damaged
+			return false, &CorruptionError{Segment: it.seg.base, File: it.seg.name, Position: it.pos, Op: "iterate", Err: err}
+		}
+		size := wal.FrameSize(int(h.Length))
+		it.frame = wal.Frame{Pos: it.pos, Size: size, First: h.First, Count: int(h.Count), Time: h.Timestamp,
+			Payload: b[wal.FrameHeaderLen : wal.FrameHeaderLen+int(h.Length)]}
+		it.recPos, it.recNext = 0, h.First
+		it.pos += int64(size)
+		it.posOff = h.First + uint64(h.Count)
+		return true, nil
+	}
+}
+
+// fill reads and verifies whole frames from it.pos, up to readAhead bytes
+// (or one frame, if larger) but never past end.
+func (it *Iterator) fill(end int64) error {
+	s := it.seg
+	to := min(it.pos+max(readAhead, int64(s.hdr.MaxWrite)), end)
+	raw, err := s.readRange(it.pos, to)
+	if err != nil {
+		return err
+	}
+	stop, _, err := wal.DecodeFrames(raw, s.hdr, it.pos, it.posOff, func(wal.Frame) bool { return true })
+	if err == nil && stop == it.pos {
+		err = errors.New("no whole frame fits before the durable end")
+	}
+	if err != nil {
+		return &CorruptionError{Segment: s.base, File: s.name, Position: stop, Op: "iterate", Err: err}
+	}
+	it.buf, it.bufPos = raw[:stop-it.pos], it.pos
+	return nil
+}
+
+// Offset is the current record's offset.
+func (it *Iterator) Offset() uint64 { return it.off }
+
+// Record is the current record; valid until the next call to Next.
+func (it *Iterator) Record() []byte { return it.rec }
+
+// Time is when the current record was appended.
+func (it *Iterator) Time() time.Time { return time.Unix(0, it.time) }
+
+// Err is the error that stopped the iterator, or nil.
+func (it *Iterator) Err() error { return it.err }
+
+// Close releases the iterator's buffer.
+func (it *Iterator) Close() error {
+	it.buf, it.frame, it.seg = nil, wal.Frame{}, nil
+	return nil
+}

@@ -1,0 +1,643 @@
+// Package engine is the segment log: records with dense uint64 offsets in
+// segment files named by base offset, written through the wal group-commit
+// writer, sealed with a self-describing footer (sparse index), and read
+// through segstore's own cache with O_DIRECT.
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/segstore/segstore/blockdev"
+	"github.com/segstore/segstore/cache"
+	"github.com/segstore/segstore/wal"
+)
+
+// minSegmentSize is the smallest Options.SegmentSize, in bytes.
+const minSegmentSize = 64 << 10
+
+// lockName is the file a writer flocks so that two processes cannot write
+// one store.
+const lockName = "LOCK"
+
+// Log is an append-only log of records. All methods are safe for
+// concurrent use.
+type Log struct {
+	name     string
+	opts     Options
+	dir      blockdev.Dir
+	cache    *cache.Cache
+	ownCache bool
+	unlock   func() error
+
+	// mu: Append holds it shared; Roll and Close hold it exclusively, so a
+	// segment is never sealed under an append. Readers never take it.
+	mu     sync.RWMutex
+	active *segment // guarded by mu; nil when read-only
+	closed bool     // guarded by mu
+
+	segs atomic.Pointer[[]*segment] // immutable snapshot, ascending by base
+
+	durMu  sync.Mutex
+	durCh  chan struct{} // closed and replaced whenever durability advances
+	sealed atomic.Pointer[wal.Stats]
+	report Recovery
+}
+
+// Recovery is what the last Open found and did.
+type Recovery struct {
+	Segments     int           // segment files opened
+	Sealed       int           // of them sealed (trusted through their footer)
+	Resealed     []uint64      // unsealed segments before the last one, sealed on open
+	ActiveFrames int           // frames scanned in the active segment
+	Torn         *wal.TornTail // torn tail cut from the active segment
+	Duration     time.Duration
+}
+
+// Open opens (creating if needed) the log in dir.
+func Open(dir string, opts Options) (*Log, error) {
+	start := time.Now()
+	opts = opts.withDefaults()
+	if opts.SegmentSize < minSegmentSize {
+		return nil, fmt.Errorf("engine: SegmentSize %d is below the minimum %d", opts.SegmentSize, minSegmentSize)
+	}
+	l := &Log{name: dir, opts: opts, dir: opts.Dir, durCh: make(chan struct{})}
+	l.sealed.Store(&wal.Stats{})
+	if l.dir == nil {
+		d, err := blockdev.OpenDir(dir, opts.Buffered)
+		if err != nil {
+			return nil, err
+		}
+		l.dir = d
+		if !opts.ReadOnly {
+			if l.unlock, err = d.Lock(lockName); err != nil {
+				return nil, err
+			}
+		}
+	}
+	l.cache, l.ownCache = opts.Cache, opts.Cache == nil
+	if l.ownCache {
+		c, err := cache.New(opts.CacheBytes)
+		if err != nil {
+			l.release()
+			return nil, err
+		}
+		l.cache = c
+	}
+	if err := l.load(); err != nil {
+		l.closeFiles()
+		l.release()
+		return nil, err
+	}
+	l.report.Duration = time.Since(start)
+	opts.Logger.Debug("segstore: opened log", "dir", dir, "segments", l.report.Segments, "torn", l.report.Torn, "took", l.report.Duration)
+	return l, nil
+}
+
+func (l *Log) release() {
+	if l.ownCache && l.cache != nil {
+		l.cache.Close()
+	}
+	if l.unlock != nil {
+		l.unlock()
+	}
+}
+
+// load opens every segment: sealed ones through their footer, the last one
+// by scanning (and cutting its torn tail).
+func (l *Log) load() error {
+	names, err := l.dir.List()
+	if err != nil {
+		return err
+	}
+	var bases []uint64
+	for _, n := range names {
+		if b, ok := parseSegName(n); ok {
+			bases = append(bases, b)
+		}
+	}
+	slices.Sort(bases)
+	var segs []*segment
+	for i, base := range bases {
+		s, err := l.openSegment(base, i == len(bases)-1)
+		if s != nil {
+			segs = append(segs, s)
+		}
+		if err != nil {
+			l.segs.Store(&segs)
+			return err
+		}
+		if n := len(segs); n > 1 {
+			if prev := segs[n-2].vis().off; prev != s.base {
+				l.segs.Store(&segs)
+				return &CorruptionError{Segment: s.base, File: s.name, Position: 0, Op: "open",
+					Err: fmt.Errorf("segment %s ends at offset %d but the next file starts at %d: a segment is missing or damaged", segs[n-2].name, prev, s.base)}
+			}
+		}
+	}
+	l.report.Segments = len(segs)
+	l.segs.Store(&segs)
+	if l.opts.ReadOnly {
+		return nil
+	}
+	if len(segs) == 0 || segs[len(segs)-1].w == nil {
+		next := uint64(0)
+		if len(segs) > 0 {
+			next = segs[len(segs)-1].vis().off
+		}
+		s, err := l.createSegment(next)
+		if err != nil {
+			return err
+		}
+		segs = append(segs, s)
+		l.segs.Store(&segs)
+	}
+	l.active = segs[len(segs)-1]
+	return nil
+}
+
+// openSegment opens one file. A sealed file is trusted through its footer
+// (checked, O(1)); an unsealed one is scanned: the last becomes the active
+// segment, an earlier one (a crash between its records and its seal) is
+// sealed now.
+func (l *Log) openSegment(base uint64, last bool) (*segment, error) {
+	name := segName(base)
+	dev, err := l.dir.Open(name, blockdev.Options{ReadOnly: l.opts.ReadOnly})
+	if err != nil {
+		return nil, err
+	}
+	s := &segment{base: base, name: name, dev: dev, ns: l.cache.NewNamespace(), interval: int64(l.opts.IndexInterval)}
+	hdr, foot, err := wal.ReadSealed(dev)
+	if err == nil {
+		s.hdr = hdr
+		if err := s.decodeFooter(foot); err != nil {
+			return s, &CorruptionError{Segment: base, File: name, Position: foot.Pos, Op: "open", Err: err}
+		}
+		l.report.Sealed++
+		return s, l.checkHeader(s)
+	}
+	if !errors.Is(err, wal.ErrNotSealed) {
+		return s, err
+	}
+	// Not sealed (or sealed without its final truncate): scan it.
+	sc, err := wal.NewScanner(dev)
+	if err != nil {
+		return s, err
+	}
+	s.hdr = sc.Header()
+	if err := l.checkHeader(s); err != nil {
+		return s, err
+	}
+	frames := 0
+	for sc.Next() {
+		f := sc.Frame()
+		s.addIndex(f.First, f.Pos, f.Time)
+		frames++
+	}
+	if sc.Err() != nil {
+		return s, sc.Err()
+	}
+	end := position{pos: sc.End(), off: sc.NextOffset()}
+	s.visible.Store(&end)
+	if foot := sc.Footer(); foot != nil {
+		if err := s.decodeFooter(foot); err != nil {
+			return s, &CorruptionError{Segment: base, File: name, Position: foot.Pos, Op: "open", Err: err}
+		}
+		l.report.Sealed++
+		return s, nil
+	}
+	if l.opts.ReadOnly {
+		// Serve what is valid; repair nothing. A torn tail stays on disk.
+		s.mu.Lock()
+		s.sealed = !last
+		s.mu.Unlock()
+		return s, nil
+	}
+	w, rec, err := wal.Open(dev, l.walOptions(s))
+	if err != nil {
+		return s, err
+	}
+	s.w = w
+	if last {
+		l.report.ActiveFrames, l.report.Torn = frames, rec.Torn
+		if rec.Torn != nil {
+			l.opts.Logger.Warn("segstore: cut a torn tail", "segment", name, "at", rec.Torn.Pos, "bytes", rec.Torn.Bytes, "reason", rec.Torn.Reason)
+		}
+		return s, nil
+	}
+	if err := l.seal(s); err != nil {
+		return s, err
+	}
+	l.report.Resealed = append(l.report.Resealed, base)
+	return s, nil
+}
+
+func (l *Log) checkHeader(s *segment) error {
+	if s.hdr.BaseOffset != s.base {
+		return &CorruptionError{Segment: s.base, File: s.name, Op: "open",
+			Err: fmt.Errorf("file header says base offset %d, the name says %d", s.hdr.BaseOffset, s.base)}
+	}
+	return nil
+}
+
+// walOptions returns the writer options of segment s, with its hooks.
+func (l *Log) walOptions(s *segment) wal.Options {
+	o := wal.Options{
+		SyncMode: l.opts.SyncMode, SyncInterval: l.opts.SyncInterval, MaxWrite: l.opts.MaxWrite, Now: l.opts.Now,
+		OnReserve: s.addIndex,
+		OnDurable: func(pos int64, off uint64) {
+			s.visible.Store(&position{pos: pos, off: off})
+			l.notifyDurable()
+		},
+	}
+	if l.opts.Preallocate {
+		o.Preallocate, o.PreZero = l.opts.SegmentSize, true
+	}
+	return o
+}
+
+// createSegment creates the file for a new active segment at base. Commit
+// points: the wal header's fdatasync (content), then the directory fsync
+// (name).
+func (l *Log) createSegment(base uint64) (*segment, error) {
+	name := segName(base)
+	dev, err := l.dir.Open(name, blockdev.Options{Create: true})
+	if err != nil {
+		return nil, err
+	}
+	s := &segment{base: base, name: name, dev: dev, ns: l.cache.NewNamespace(), interval: int64(l.opts.IndexInterval)}
+	s.visible.Store(&position{pos: wal.DataStart, off: base})
+	w, err := wal.Create(dev, base, l.walOptions(s))
+	if err != nil {
+		dev.Close()
+		return nil, err
+	}
+	if err := l.dir.Sync(); err != nil {
+		w.Close()
+		dev.Close()
+		return nil, err
+	}
+	s.w, s.hdr = w, w.Header()
+	return s, nil
+}
+
+// seal writes s's footer and makes it immutable. Its commit point is the
+// wal seal's final fdatasync.
+func (l *Log) seal(s *segment) error {
+	// No append is in flight (the caller holds l.mu exclusively, or is
+	// opening): once synced, the records end where the footer will go.
+	if err := s.w.Sync(); err != nil {
+		return err
+	}
+	end, next := s.w.Durable()
+	foot, err := s.w.Seal(s.encodeFooter(next, end))
+	if err != nil {
+		return err
+	}
+	st := s.w.Stats()
+	l.addSealedStats(st)
+	s.w = nil
+	s.mu.Lock()
+	s.sealed = true
+	s.mu.Unlock()
+	s.visible.Store(&position{pos: foot.Pos, off: foot.Next})
+	return nil
+}
+
+func (l *Log) addSealedStats(st wal.Stats) {
+	for {
+		old := l.sealed.Load()
+		sum := *old
+		sum.Appends += st.Appends
+		sum.Records += st.Records
+		sum.FrameBytes += st.FrameBytes
+		sum.Writes += st.Writes
+		sum.WriteBytes += st.WriteBytes
+		sum.Syncs += st.Syncs
+		sum.SyncTime += st.SyncTime
+		if l.sealed.CompareAndSwap(old, &sum) {
+			return
+		}
+	}
+}
+
+func (l *Log) notifyDurable() {
+	l.durMu.Lock()
+	close(l.durCh)
+	l.durCh = make(chan struct{})
+	l.durMu.Unlock()
+}
+
+// Append writes records as one batch (one frame, atomic after a crash) and
+// returns the offset of the first. In SyncAlways mode it returns after the
+// batch is durable.
+func (l *Log) Append(records ...[]byte) (first uint64, err error) {
+	l.mu.RLock()
+	if l.closed {
+		l.mu.RUnlock()
+		return 0, ErrClosed
+	}
+	s := l.active
+	if s == nil {
+		l.mu.RUnlock()
+		return 0, ErrReadOnly
+	}
+	first, err = s.w.Append(records...)
+	l.mu.RUnlock()
+	if err != nil {
+		return 0, err
+	}
+	if l.shouldRoll(s) {
+		if err := l.rollIf(s); err != nil {
+			return first, fmt.Errorf("engine: records at %d appended, but rolling the segment failed: %w", first, err)
+		}
+	}
+	return first, nil
+}
+
+func (l *Log) shouldRoll(s *segment) bool {
+	s.mu.RLock()
+	last := s.index[len(s.index)-1]
+	first := s.index[0]
+	s.mu.RUnlock()
+	if last.pos+int64(l.opts.MaxWrite) >= l.opts.SegmentSize {
+		return true
+	}
+	return l.opts.SegmentAge > 0 && l.opts.Now().Sub(time.Unix(0, first.time)) >= l.opts.SegmentAge
+}
+
+// Roll seals the active segment now and starts a new one (an empty active
+// segment is left as it is).
+func (l *Log) Roll() error {
+	l.mu.RLock()
+	s := l.active
+	l.mu.RUnlock()
+	if s == nil {
+		return ErrReadOnly
+	}
+	return l.rollIf(s)
+}
+
+// rollIf seals s and starts the next segment, unless s is no longer the
+// active segment (another goroutine rolled it) or holds no records.
+func (l *Log) rollIf(s *segment) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return ErrClosed
+	}
+	if l.active != s || s.w.NextOffset() == s.base {
+		return nil
+	}
+	if err := l.seal(s); err != nil {
+		return err
+	}
+	next, err := l.createSegment(s.vis().off)
+	if err != nil {
+		return err
+	}
+	segs := append(slices.Clone(*l.segs.Load()), next)
+	l.segs.Store(&segs)
+	l.active = next
+	return nil
+}
+
+// Read appends the record at offset to dst and returns it. Records are
+// visible once durable.
+func (l *Log) Read(offset uint64, dst []byte) ([]byte, error) {
+	s, err := l.segmentFor(offset)
+	if err != nil {
+		return dst, err
+	}
+	vis := s.vis()
+	start, end, complete := s.chunk(offset, vis)
+	data, err := l.chunkBytes(s, start, end, complete)
+	if err != nil {
+		return dst, err
+	}
+	// Hop frame headers inside the verified chunk, then walk the records.
+	for p := 0; p+wal.FrameHeaderLen <= len(data); {
+		h, err := wal.DecodeFrameHeader(data[p:], len(data))
+		if err != nil {
+			return dst, &CorruptionError{Segment: s.base, File: s.name, Position: start.pos + int64(p), Op: "read", Err: err}
+		}
+		if offset < h.First+uint64(h.Count) {
+			var rec []byte
+			wal.Records(data[p+wal.FrameHeaderLen:p+wal.FrameHeaderLen+int(h.Length)], func(i int, r []byte) bool {
+				if h.First+uint64(i) == offset {
+					rec = r
+					return false
+				}
+				return true
+			})
+			return append(dst, rec...), nil
+		}
+		p += wal.FrameSize(int(h.Length))
+	}
+	return dst, &CorruptionError{Segment: s.base, File: s.name, Position: start.pos, Op: "read",
+		Err: fmt.Errorf("offset %d is not in the index interval [%d, %d) that should hold it", offset, start.pos, end)}
+}
+
+// segmentFor finds the segment holding offset, or says which bound offset
+// is outside of.
+func (l *Log) segmentFor(offset uint64) (*segment, error) {
+	segs := *l.segs.Load()
+	if len(segs) == 0 {
+		return nil, fmt.Errorf("%w: the log is empty", ErrOutOfRange)
+	}
+	if offset < segs[0].base {
+		return nil, fmt.Errorf("%w: offset %d is below the start %d", ErrOutOfRange, offset, segs[0].base)
+	}
+	i := sort.Search(len(segs), func(i int) bool { return segs[i].base > offset }) - 1
+	s := segs[i]
+	if vis := s.vis(); offset >= vis.off {
+		return nil, fmt.Errorf("%w: offset %d is at or past the durable end %d", ErrOutOfRange, offset, vis.off)
+	}
+	return s, nil
+}
+
+// chunkBytes returns the verified bytes of one index interval: from the
+// cache, or read with O_DIRECT, verified frame by frame, and cached if the
+// interval is complete (it will never grow).
+func (l *Log) chunkBytes(s *segment, start indexEntry, end int64, complete bool) ([]byte, error) {
+	if complete {
+		if b, ok := l.cache.Get(s.ns, start.pos); ok {
+			return b, nil
+		}
+	}
+	raw, err := s.readRange(start.pos, end)
+	if err != nil {
+		return nil, err
+	}
+	stop, _, err := wal.DecodeFrames(raw, s.hdr, start.pos, start.off, func(wal.Frame) bool { return true })
+	if err == nil && stop != end {
+		err = fmt.Errorf("frames end at %d inside an interval that ends at %d", stop, end)
+	}
+	if err != nil {
+		return nil, &CorruptionError{Segment: s.base, File: s.name, Position: stop, Op: "read", Err: err}
+	}
+	b := append(make([]byte, 0, len(raw)), raw...) // exact size: the cache's cost is honest
+	if complete {
+		l.cache.Set(s.ns, start.pos, b)
+	}
+	return b, nil
+}
+
+// StartOffset is the first offset in the log.
+func (l *Log) StartOffset() uint64 {
+	segs := *l.segs.Load()
+	if len(segs) == 0 {
+		return 0
+	}
+	return segs[0].base
+}
+
+// EndOffset is the offset the next appended record gets.
+func (l *Log) EndOffset() uint64 {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	if l.active != nil && l.active.w != nil {
+		return l.active.w.NextOffset()
+	}
+	return l.DurableOffset()
+}
+
+// DurableOffset: every offset below it is durable (and readable).
+func (l *Log) DurableOffset() uint64 {
+	segs := *l.segs.Load()
+	if len(segs) == 0 {
+		return 0
+	}
+	return segs[len(segs)-1].vis().off
+}
+
+// Wait returns once offset is durable (DurableOffset() > offset), or when
+// ctx is done.
+func (l *Log) Wait(ctx context.Context, offset uint64) error {
+	for {
+		l.durMu.Lock()
+		ch := l.durCh
+		l.durMu.Unlock()
+		if l.DurableOffset() > offset {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-ch:
+		}
+	}
+}
+
+// Sync returns once every record appended so far is durable.
+func (l *Log) Sync() error {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	if l.closed {
+		return ErrClosed
+	}
+	if l.active == nil {
+		return nil
+	}
+	return l.active.w.Sync()
+}
+
+// SegmentInfo describes one segment.
+type SegmentInfo struct {
+	Base   uint64 // first offset
+	Next   uint64 // offset after the last durable record
+	Bytes  int64  // file size
+	Sealed bool
+	File   string
+}
+
+// Segments lists the segments, oldest first.
+func (l *Log) Segments() []SegmentInfo {
+	segs := *l.segs.Load()
+	out := make([]SegmentInfo, len(segs))
+	for i, s := range segs {
+		size, _ := s.dev.Size()
+		s.mu.RLock()
+		sealed := s.sealed
+		s.mu.RUnlock()
+		out[i] = SegmentInfo{Base: s.base, Next: s.vis().off, Bytes: size, Sealed: sealed, File: s.name}
+	}
+	return out
+}
+
+// Stats are counters of the log's work since Open.
+type Stats struct {
+	Appends, Records int64 // batches and records appended
+	Writes, Syncs    int64 // device writes and fdatasyncs
+	MeanBatch        float64
+	MeanSync         time.Duration
+	Cache            cache.Stats
+	Segments         int
+	Bytes            int64 // segment files on disk
+	StartOffset      uint64
+	EndOffset        uint64
+	DurableOffset    uint64
+	LastOpenRecovery Recovery
+}
+
+// Stats returns the counters.
+func (l *Log) Stats() Stats {
+	w := *l.sealed.Load()
+	l.mu.RLock()
+	if l.active != nil && l.active.w != nil {
+		a := l.active.w.Stats()
+		w.Appends += a.Appends
+		w.Records += a.Records
+		w.Writes += a.Writes
+		w.Syncs += a.Syncs
+		w.SyncTime += a.SyncTime
+	}
+	l.mu.RUnlock()
+	st := Stats{Appends: w.Appends, Records: w.Records, Writes: w.Writes, Syncs: w.Syncs,
+		Cache: l.cache.Stats(), StartOffset: l.StartOffset(), EndOffset: l.EndOffset(),
+		DurableOffset: l.DurableOffset(), LastOpenRecovery: l.report}
+	if w.Writes > 0 {
+		st.MeanBatch = float64(w.Appends) / float64(w.Writes)
+	}
+	if w.Syncs > 0 {
+		st.MeanSync = w.SyncTime / time.Duration(w.Syncs)
+	}
+	for _, si := range l.Segments() {
+		st.Segments++
+		st.Bytes += si.Bytes
+	}
+	return st
+}
+
+// Close syncs and closes the active segment and every file. Reads after
+// Close fail.
+func (l *Log) Close() error {
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return ErrClosed
+	}
+	l.closed = true
+	var err error
+	if l.active != nil && l.active.w != nil {
+		err = l.active.w.Close()
+	}
+	l.mu.Unlock()
+	l.closeFiles()
+	l.release()
+	return err
+}
+
+func (l *Log) closeFiles() {
+	if p := l.segs.Load(); p != nil {
+		for _, s := range *p {
+			s.dev.Close()
+		}
+	}
+}

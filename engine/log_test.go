@@ -1,0 +1,192 @@
+package engine
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/segstore/segstore/blockdev"
+	"github.com/segstore/segstore/cache"
+)
+
+func testOptions(dir blockdev.Dir) Options {
+	o := DefaultOptions()
+	o.Dir, o.SegmentSize, o.MaxWrite, o.CacheBytes, o.IndexInterval, o.Logger = dir, 128<<10, 32<<10, 1<<20, 4096, quiet
+	return o
+}
+
+func appendN(t *testing.T, l *Log, n int) {
+	t.Helper()
+	for i := 0; i < n; i++ {
+		_, err := l.Append([]byte(fmt.Sprintf("record-%06d", l.EndOffset())))
+		require.NoError(t, err)
+	}
+}
+
+func TestRealDirectoryRollReopen(t *testing.T) {
+	path := t.TempDir()
+	opts := DefaultOptions()
+	opts.SegmentSize, opts.MaxWrite, opts.Logger = 256<<10, 64<<10, quiet
+	l, err := Open(path, opts)
+	require.NoError(t, err)
+	for i := 0; i < 3000; i++ {
+		_, err := l.Append([]byte(fmt.Sprintf("record-%06d-%s", i, make([]byte, 100))))
+		require.NoError(t, err)
+	}
+	segs := l.Segments()
+	require.Greater(t, len(segs), 1, "3000 records of ~116 B must roll 256 KiB segments")
+	for _, s := range segs[:len(segs)-1] {
+		assert.True(t, s.Sealed)
+	}
+	_, err = Open(path, opts)
+	assert.ErrorIs(t, err, blockdev.ErrLocked, "a second writer is refused")
+	require.NoError(t, l.Close())
+
+	l, err = Open(path, opts)
+	require.NoError(t, err)
+	defer l.Close()
+	rec := l.Stats().LastOpenRecovery
+	assert.Equal(t, len(segs), rec.Segments)
+	assert.Equal(t, len(segs)-1, rec.Sealed, "sealed segments are opened through their footer")
+	assert.Nil(t, rec.Torn)
+	for _, off := range []uint64{0, 1, 1234, 2999} {
+		got, err := l.Read(off, nil)
+		require.NoError(t, err)
+		assert.Equal(t, fmt.Sprintf("record-%06d-%s", off, make([]byte, 100)), string(got))
+	}
+	st := l.Stats()
+	assert.Equal(t, uint64(3000), st.EndOffset)
+	assert.Positive(t, st.Cache.Hits+st.Cache.Misses)
+}
+
+func TestBadInput(t *testing.T) {
+	dir := blockdev.NewSimDir(blockdev.SimOptions{})
+	l, err := Open("sim", testOptions(dir))
+	require.NoError(t, err)
+	appendN(t, l, 10)
+
+	_, err = l.Read(10, nil)
+	assert.ErrorIs(t, err, ErrOutOfRange)
+	assert.ErrorContains(t, err, "durable end 10")
+	_, err = l.Append()
+	assert.Error(t, err, "an empty batch is refused")
+	_, err = l.Append(make([]byte, 40<<10))
+	assert.ErrorIs(t, err, ErrBatchTooLarge)
+	assert.Equal(t, uint64(10), l.EndOffset(), "nothing was written")
+
+	require.NoError(t, l.Close())
+	_, err = l.Append([]byte("x"))
+	assert.ErrorIs(t, err, ErrClosed)
+	assert.ErrorIs(t, l.Sync(), ErrClosed)
+	assert.ErrorIs(t, l.Close(), ErrClosed)
+
+	opts := testOptions(dir)
+	opts.ReadOnly = true
+	ro, err := Open("sim", opts)
+	require.NoError(t, err)
+	_, err = ro.Append([]byte("x"))
+	assert.ErrorIs(t, err, ErrReadOnly)
+	assert.ErrorIs(t, ro.Roll(), ErrReadOnly)
+	got, err := ro.Read(9, nil)
+	require.NoError(t, err)
+	assert.Equal(t, "record-000009", string(got))
+	require.NoError(t, ro.Close())
+	_, err = Open("sim", Options{Dir: dir, SegmentSize: 1024})
+	assert.ErrorContains(t, err, "below the minimum")
+}
+
+func TestMissingMiddleSegmentIsAnError(t *testing.T) {
+	dir := blockdev.NewSimDir(blockdev.SimOptions{})
+	l, err := Open("sim", testOptions(dir))
+	require.NoError(t, err)
+	for i := 0; i < 3; i++ {
+		appendN(t, l, 5)
+		require.NoError(t, l.Roll())
+	}
+	require.NoError(t, l.Close())
+	require.NoError(t, dir.Remove(segName(5)))
+
+	_, err = Open("sim", testOptions(dir))
+	var ce *CorruptionError
+	require.ErrorAs(t, err, &ce)
+	assert.ErrorIs(t, err, ErrCorrupt)
+	assert.Equal(t, uint64(10), ce.Segment)
+	assert.ErrorContains(t, err, "ends at offset 5 but the next file starts at 10")
+}
+
+func TestWaitForDurability(t *testing.T) {
+	l, err := Open("sim", testOptions(blockdev.NewSimDir(blockdev.SimOptions{})))
+	require.NoError(t, err)
+	defer l.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Millisecond)
+	defer cancel()
+	assert.ErrorIs(t, l.Wait(ctx, 0), context.DeadlineExceeded, "nothing appended yet")
+
+	done := make(chan error)
+	go func() { done <- l.Wait(context.Background(), 4) }()
+	appendN(t, l, 5)
+	select {
+	case err := <-done:
+		assert.NoError(t, err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("Wait did not return after the offset became durable")
+	}
+}
+
+func TestSharedCacheAcrossLogs(t *testing.T) {
+	c, err := cache.New(1 << 20)
+	require.NoError(t, err)
+	defer c.Close()
+	var logs []*Log
+	for i := 0; i < 2; i++ {
+		o := testOptions(blockdev.NewSimDir(blockdev.SimOptions{}))
+		o.Cache = c
+		l, err := Open(fmt.Sprint("sim", i), o)
+		require.NoError(t, err)
+		appendN(t, l, 20)
+		require.NoError(t, l.Roll())
+		logs = append(logs, l)
+	}
+	for _, l := range logs {
+		for i := 0; i < 3; i++ {
+			got, err := l.Read(7, nil)
+			require.NoError(t, err)
+			assert.Equal(t, "record-000007", string(got), "each log reads its own data through one cache")
+			c.Wait() // Set is asynchronous
+		}
+	}
+	st := c.Stats()
+	assert.Equal(t, int64(2), st.Misses, "one miss per log")
+	assert.Equal(t, int64(4), st.Hits)
+	for _, l := range logs {
+		require.NoError(t, l.Close())
+	}
+	assert.Equal(t, st, c.Stats(), "closing a log leaves a shared cache alone")
+}
+
+func TestIteratorTailsTheActiveSegment(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "log")
+	opts := DefaultOptions()
+	opts.Logger = quiet
+	l, err := Open(path, opts)
+	require.NoError(t, err)
+	defer l.Close()
+	appendN(t, l, 3)
+	it := l.NewIterator(0)
+	var got []uint64
+	for it.Next() {
+		got = append(got, it.Offset())
+	}
+	require.NoError(t, it.Err())
+	appendN(t, l, 2)
+	for it.Next() {
+		got = append(got, it.Offset())
+	}
+	require.NoError(t, it.Err())
+	assert.Equal(t, []uint64{0, 1, 2, 3, 4}, got, "a caught-up iterator continues with new durable records")
+}

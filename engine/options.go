@@ -1,0 +1,104 @@
+package engine
+
+import (
+	"log/slog"
+	"time"
+
+	"github.com/segstore/segstore/blockdev"
+	"github.com/segstore/segstore/cache"
+	"github.com/segstore/segstore/wal"
+)
+
+// SyncMode says when appended records are durable; see wal.SyncMode.
+type SyncMode = wal.SyncMode
+
+const (
+	SyncAlways   = wal.SyncAlways
+	SyncInterval = wal.SyncInterval
+	SyncNever    = wal.SyncNever
+)
+
+// Options configure a Log. Start from DefaultOptions.
+type Options struct {
+	// SegmentSize: the active segment is sealed and a new one started once
+	// its file reaches this many bytes. Default 64 MiB; at least 64 KiB.
+	SegmentSize int64
+	// SegmentAge: the active segment is also sealed once it is this old and
+	// holds records (checked on append). Default 0: no age limit.
+	SegmentAge time.Duration
+	// SyncMode: default SyncAlways (Append returns after fdatasync).
+	SyncMode SyncMode
+	// SyncInterval for SyncInterval mode. Default 10ms.
+	SyncInterval time.Duration
+	// CacheBytes is the budget of the log's own block cache, in bytes, when
+	// Cache is nil. Default 64 MiB.
+	CacheBytes int64
+	// Cache, if set, is shared with other logs (one budget for all); the
+	// Log does not close it.
+	Cache *cache.Cache
+	// IndexInterval is the spacing of the sparse index in bytes of segment
+	// file; it is also the unit read from disk and cached for point reads.
+	// Default 64 KiB.
+	IndexInterval int
+	// Preallocate reserves and zeroes each new segment file to SegmentSize
+	// up front (fdatasyncs then overwrite blocks instead of growing the
+	// file). Default true in DefaultOptions.
+	Preallocate bool
+	// ReadOnly opens without taking the directory lock and refuses every
+	// change: for tools on a live or damaged store. Nothing is repaired.
+	ReadOnly bool
+	// Buffered opens segment files with the buffered (page-cache) fallback
+	// instead of O_DIRECT: the explicit choice for filesystems that refuse
+	// or ignore O_DIRECT (tmpfs). Default false.
+	Buffered bool
+	// MaxWrite is the wal writer's buffer and largest write; it bounds one
+	// Append's batch (see wal.Options.MaxWrite). Default 4 MiB.
+	MaxWrite int
+	// Logger receives recovery reports and warnings. Default slog.Default().
+	Logger *slog.Logger
+	// Now is the clock (record timestamps, segment age). Default time.Now.
+	Now func() time.Time
+	// Dir, if set, replaces the directory named in Open (for the simulated
+	// directory in tests); the name passed to Open is then only used in
+	// messages.
+	Dir blockdev.Dir
+}
+
+// DefaultOptions returns the documented defaults.
+func DefaultOptions() Options {
+	return Options{
+		SegmentSize:   64 << 20,
+		SyncMode:      SyncAlways,
+		SyncInterval:  10 * time.Millisecond,
+		CacheBytes:    64 << 20,
+		IndexInterval: 64 << 10,
+		Preallocate:   true,
+		MaxWrite:      wal.DefaultMaxWrite,
+	}
+}
+
+func (o Options) withDefaults() Options {
+	d := DefaultOptions()
+	if o.SegmentSize <= 0 {
+		o.SegmentSize = d.SegmentSize
+	}
+	if o.SyncInterval <= 0 {
+		o.SyncInterval = d.SyncInterval
+	}
+	if o.CacheBytes <= 0 {
+		o.CacheBytes = d.CacheBytes
+	}
+	if o.IndexInterval <= 0 {
+		o.IndexInterval = d.IndexInterval
+	}
+	if o.MaxWrite <= 0 {
+		o.MaxWrite = d.MaxWrite
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	return o
+}

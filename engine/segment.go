@@ -1,0 +1,183 @@
+package engine
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/segstore/segstore/alignedbuf"
+	"github.com/segstore/segstore/blockdev"
+	"github.com/segstore/segstore/cache"
+	"github.com/segstore/segstore/wal"
+)
+
+// segSuffix ends every segment file name; the rest is the base offset in
+// 20 decimal digits, so names sort in offset order.
+const segSuffix = ".seg"
+
+func segName(base uint64) string { return fmt.Sprintf("%020d%s", base, segSuffix) }
+
+// parseSegName returns the base offset of a segment file name.
+func parseSegName(name string) (uint64, bool) {
+	digits, ok := strings.CutSuffix(name, segSuffix)
+	if !ok || len(digits) != 20 {
+		return 0, false
+	}
+	base, err := strconv.ParseUint(digits, 10, 64)
+	return base, err == nil
+}
+
+// indexEntry marks the frame holding off at position pos, written at time.
+type indexEntry struct {
+	off  uint64
+	pos  int64
+	time int64
+}
+
+// position is a (file position, record offset) pair that belong together.
+type position struct {
+	pos int64
+	off uint64
+}
+
+// segment is one file of the log. A sealed segment is immutable; the
+// active one (w != nil) grows, and readers see it up to visible.
+type segment struct {
+	base uint64
+	name string
+	dev  blockdev.Device
+	hdr  wal.FileHeader
+	ns   cache.Namespace
+
+	visible atomic.Pointer[position] // readers see records below it
+	w       *wal.Writer              // the active segment's writer; nil once sealed
+
+	mu       sync.RWMutex // guards index and sealed
+	index    []indexEntry // sparse, ascending; the first frame is always in it
+	interval int64
+	sealed   bool
+}
+
+func (s *segment) vis() position { return *s.visible.Load() }
+
+// addIndex records a frame if it starts a new index interval. Called in
+// file order (wal OnReserve, or a scan).
+func (s *segment) addIndex(first uint64, pos, ts int64) {
+	s.mu.Lock()
+	if n := len(s.index); n == 0 || pos >= s.index[n-1].pos+s.interval {
+		s.index = append(s.index, indexEntry{off: first, pos: pos, time: ts})
+	}
+	s.mu.Unlock()
+}
+
+// chunk returns the index interval holding offset off: its start entry and
+// the position where it ends (the next entry, or the visible end).
+func (s *segment) chunk(off uint64, vis position) (start indexEntry, end int64, complete bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	i := sort.Search(len(s.index), func(i int) bool { return s.index[i].off > off }) - 1
+	start = s.index[max(i, 0)]
+	if i+1 < len(s.index) && s.index[i+1].pos <= vis.pos {
+		return start, s.index[i+1].pos, true
+	}
+	return start, vis.pos, s.sealed
+}
+
+// Footer layout (the engine's bytes inside the wal footer frame), little
+// endian:
+//
+//	0        4        8                16               24      28       32
+//	+--------+--------+----------------+----------------+-------+--------+---- - -
+//	|version | flags  | record count   | data end (pos) |interv.|entries | entries × (offset u64 | position u64 | time i64)
+//	+--------+--------+----------------+----------------+-------+--------+---- - -
+const (
+	footerVersion   = 1
+	footerHeaderLen = 32
+	footerEntryLen  = 24
+)
+
+func (s *segment) encodeFooter(next uint64, dataEnd int64) []byte {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	b := make([]byte, footerHeaderLen+footerEntryLen*len(s.index))
+	binary.LittleEndian.PutUint32(b[0:], footerVersion)
+	binary.LittleEndian.PutUint64(b[8:], next-s.base)
+	binary.LittleEndian.PutUint64(b[16:], uint64(dataEnd))
+	binary.LittleEndian.PutUint32(b[24:], uint32(s.interval))
+	binary.LittleEndian.PutUint32(b[28:], uint32(len(s.index)))
+	for i, e := range s.index {
+		p := b[footerHeaderLen+i*footerEntryLen:]
+		binary.LittleEndian.PutUint64(p[0:], e.off)
+		binary.LittleEndian.PutUint64(p[8:], uint64(e.pos))
+		binary.LittleEndian.PutUint64(p[16:], uint64(e.time))
+	}
+	return b
+}
+
+// decodeFooter checks a footer against the wal footer frame it came in and
+// loads the index. Entries must ascend inside the segment's record range.
+func (s *segment) decodeFooter(f *wal.Footer) error {
+	b := f.Data
+	if len(b) < footerHeaderLen {
+		return fmt.Errorf("footer of %d bytes is shorter than its header", len(b))
+	}
+	if v := binary.LittleEndian.Uint32(b[0:]); v != footerVersion {
+		return fmt.Errorf("footer version %d, this build reads %d", v, footerVersion)
+	}
+	count := binary.LittleEndian.Uint64(b[8:])
+	dataEnd := int64(binary.LittleEndian.Uint64(b[16:]))
+	interval := int64(binary.LittleEndian.Uint32(b[24:]))
+	n := int(binary.LittleEndian.Uint32(b[28:]))
+	switch {
+	case s.base+count != f.Next:
+		return fmt.Errorf("footer counts %d records from %d, the frame says the next offset is %d", count, s.base, f.Next)
+	case dataEnd != f.Pos:
+		return fmt.Errorf("footer says records end at %d, the footer frame is at %d", dataEnd, f.Pos)
+	case n > (len(b)-footerHeaderLen)/footerEntryLen:
+		return fmt.Errorf("footer claims %d index entries in %d bytes", n, len(b))
+	case interval <= 0:
+		return fmt.Errorf("footer index interval %d", interval)
+	}
+	index := make([]indexEntry, n)
+	for i := range index {
+		p := b[footerHeaderLen+i*footerEntryLen:]
+		e := indexEntry{off: binary.LittleEndian.Uint64(p[0:]), pos: int64(binary.LittleEndian.Uint64(p[8:])), time: int64(binary.LittleEndian.Uint64(p[16:]))}
+		if e.off < s.base || e.off >= f.Next || e.pos < wal.DataStart || e.pos >= dataEnd ||
+			(i > 0 && (e.off <= index[i-1].off || e.pos <= index[i-1].pos)) {
+			return fmt.Errorf("footer index entry %d (offset %d at %d) is out of order or range", i, e.off, e.pos)
+		}
+		index[i] = e
+	}
+	if count > 0 && (n == 0 || index[0].off != s.base || index[0].pos != wal.DataStart) {
+		return errors.New("footer index does not start at the first frame")
+	}
+	s.mu.Lock()
+	s.index, s.interval, s.sealed = index, interval, true
+	s.mu.Unlock()
+	s.visible.Store(&position{pos: dataEnd, off: f.Next})
+	return nil
+}
+
+// readRange reads the file bytes [from, to) with aligned O_DIRECT reads and
+// returns them (a slice of a fresh aligned buffer).
+func (s *segment) readRange(from, to int64) ([]byte, error) {
+	a := s.dev.Alignment()
+	start := alignedbuf.AlignDown(from, int64(a.Offset))
+	end := alignedbuf.AlignUp(to, int64(a.Offset))
+	buf := a.Alloc(int(end - start))
+	n, err := s.dev.ReadAt(buf, start)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("engine: read segment %d (%s) bytes [%d, %d): %w", s.base, s.name, start, end, err)
+	}
+	if int64(n) < to-start {
+		return nil, &CorruptionError{Segment: s.base, File: s.name, Position: start + int64(n), Op: "read",
+			Err: fmt.Errorf("file ends at %d, records were acknowledged up to %d", start+int64(n), to)}
+	}
+	return buf[from-start : to-start], nil
+}
