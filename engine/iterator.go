@@ -79,6 +79,9 @@ func (it *Iterator) nextInFrame() bool {
 // at the end of a sealed one. It returns false when caught up.
 func (it *Iterator) nextFrame() (bool, error) {
 	for {
+		if it.l.isClosed.Load() {
+			return false, ErrClosed
+		}
 		if it.seg == nil {
 			s, err := it.l.segmentFor(it.next)
 			if errors.Is(err, ErrOutOfRange) && it.next >= it.l.DurableOffset() && it.next >= it.l.StartOffset() {
@@ -98,6 +101,7 @@ func (it *Iterator) nextFrame() (bool, error) {
 			if !sealed {
 				return false, nil // caught up with the active segment
 			}
+			it.seg.release()
 			it.seg = nil
 			continue
 		}
@@ -153,8 +157,11 @@ func (it *Iterator) Time() time.Time { return time.Unix(0, it.time) }
 // Err is the error that stopped the iterator, or nil.
 func (it *Iterator) Err() error { return it.err }
 
-// Close releases the iterator's buffer.
+// Close releases the iterator's buffer and its hold on a segment file.
 func (it *Iterator) Close() error {
+	if it.seg != nil {
+		it.seg.release()
+	}
 	it.buf, it.frame, it.seg = nil, wal.Frame{}, nil
 	return nil
 }

@@ -38,11 +38,13 @@ type Log struct {
 
 	// mu: Append holds it shared; Roll and Close hold it exclusively, so a
 	// segment is never sealed under an append. Readers never take it.
-	mu     sync.RWMutex
-	active *segment // guarded by mu; nil when read-only
-	closed bool     // guarded by mu
+	mu       sync.RWMutex
+	active   *segment    // guarded by mu; nil when read-only
+	closed   bool        // guarded by mu
+	isClosed atomic.Bool // closed, for readers that do not take mu
 
-	segs atomic.Pointer[[]*segment] // immutable snapshot, ascending by base
+	segs  atomic.Pointer[[]*segment] // immutable snapshot, ascending by base
+	start atomic.Uint64              // first retained offset (TruncateFront, retention)
 
 	durMu  sync.Mutex
 	durCh  chan struct{} // closed and replaced whenever durability advances
@@ -112,6 +114,9 @@ func (l *Log) release() {
 // load opens every segment: sealed ones through their footer, the last one
 // by scanning (and cutting its torn tail).
 func (l *Log) load() error {
+	if err := l.redoTruncate(); err != nil {
+		return err
+	}
 	names, err := l.dir.List()
 	if err != nil {
 		return err
@@ -143,6 +148,9 @@ func (l *Log) load() error {
 	}
 	l.report.Segments = len(segs)
 	l.segs.Store(&segs)
+	if err := l.loadStart(); err != nil {
+		return err
+	}
 	if l.opts.ReadOnly {
 		return nil
 	}
@@ -172,7 +180,7 @@ func (l *Log) openSegment(base uint64, last bool) (*segment, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &segment{base: base, name: name, dev: dev, ns: l.cache.NewNamespace(), interval: int64(l.opts.IndexInterval)}
+	s := newSegment(base, name, dev, l.cache.NewNamespace(), l.opts.IndexInterval)
 	hdr, foot, err := wal.ReadSealed(dev)
 	if err == nil {
 		s.hdr = hdr
@@ -238,6 +246,12 @@ func (l *Log) openSegment(base uint64, last bool) (*segment, error) {
 	return s, nil
 }
 
+func newSegment(base uint64, name string, dev blockdev.Device, ns cache.Namespace, interval int) *segment {
+	s := &segment{base: base, name: name, dev: dev, ns: ns, interval: int64(interval)}
+	s.refs.Store(1)
+	return s
+}
+
 func (l *Log) checkHeader(s *segment) error {
 	if s.hdr.BaseOffset != s.base {
 		return &CorruptionError{Segment: s.base, File: s.name, Op: "open",
@@ -271,7 +285,7 @@ func (l *Log) createSegment(base uint64) (*segment, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &segment{base: base, name: name, dev: dev, ns: l.cache.NewNamespace(), interval: int64(l.opts.IndexInterval)}
+	s := newSegment(base, name, dev, l.cache.NewNamespace(), l.opts.IndexInterval)
 	s.visible.Store(&position{pos: wal.DataStart, off: base})
 	w, err := wal.Create(dev, base, l.walOptions(s))
 	if err != nil {
@@ -304,7 +318,7 @@ func (l *Log) seal(s *segment) error {
 	l.addSealedStats(st)
 	s.w = nil
 	s.mu.Lock()
-	s.sealed = true
+	s.sealed, s.sealedAt = true, foot.Time
 	s.mu.Unlock()
 	s.visible.Store(&position{pos: foot.Pos, off: foot.Next})
 	return nil
@@ -405,16 +419,20 @@ func (l *Log) rollIf(s *segment) error {
 	segs := append(slices.Clone(*l.segs.Load()), next)
 	l.segs.Store(&segs)
 	l.active = next
-	return nil
+	return l.applyRetentionLocked()
 }
 
 // Read appends the record at offset to dst and returns it. Records are
 // visible once durable.
 func (l *Log) Read(offset uint64, dst []byte) ([]byte, error) {
+	if l.isClosed.Load() {
+		return dst, ErrClosed
+	}
 	s, err := l.segmentFor(offset)
 	if err != nil {
 		return dst, err
 	}
+	defer s.release()
 	vis := s.vis()
 	start, end, complete := s.chunk(offset, vis)
 	data, err := l.chunkBytes(s, start, end, complete)
@@ -444,22 +462,27 @@ func (l *Log) Read(offset uint64, dst []byte) ([]byte, error) {
 		Err: fmt.Errorf("offset %d is not in the index interval [%d, %d) that should hold it", offset, start.pos, end)}
 }
 
-// segmentFor finds the segment holding offset, or says which bound offset
-// is outside of.
+// segmentFor finds the segment holding offset and takes a reference on it
+// (release it when done), or says which bound offset is outside of.
 func (l *Log) segmentFor(offset uint64) (*segment, error) {
-	segs := *l.segs.Load()
-	if len(segs) == 0 {
-		return nil, fmt.Errorf("%w: the log is empty", ErrOutOfRange)
+	for attempt := 0; ; attempt++ {
+		segs := *l.segs.Load()
+		if len(segs) == 0 {
+			return nil, fmt.Errorf("%w: the log is empty", ErrOutOfRange)
+		}
+		if start := l.StartOffset(); offset < start {
+			return nil, fmt.Errorf("%w: offset %d is below the start %d (truncated)", ErrOutOfRange, offset, start)
+		}
+		i := sort.Search(len(segs), func(i int) bool { return segs[i].base > offset }) - 1
+		s := segs[max(i, 0)]
+		if vis := s.vis(); offset >= vis.off {
+			return nil, fmt.Errorf("%w: offset %d is at or past the durable end %d", ErrOutOfRange, offset, vis.off)
+		}
+		if s.acquire() {
+			return s, nil
+		}
+		// Dropped between the snapshot and the reference: look again.
 	}
-	if offset < segs[0].base {
-		return nil, fmt.Errorf("%w: offset %d is below the start %d", ErrOutOfRange, offset, segs[0].base)
-	}
-	i := sort.Search(len(segs), func(i int) bool { return segs[i].base > offset }) - 1
-	s := segs[i]
-	if vis := s.vis(); offset >= vis.off {
-		return nil, fmt.Errorf("%w: offset %d is at or past the durable end %d", ErrOutOfRange, offset, vis.off)
-	}
-	return s, nil
 }
 
 // chunkBytes returns the verified bytes of one index interval: from the
@@ -489,13 +512,13 @@ func (l *Log) chunkBytes(s *segment, start indexEntry, end int64, complete bool)
 	return b, nil
 }
 
-// StartOffset is the first offset in the log.
+// StartOffset is the first retained offset.
 func (l *Log) StartOffset() uint64 {
 	segs := *l.segs.Load()
 	if len(segs) == 0 {
-		return 0
+		return l.start.Load()
 	}
-	return segs[0].base
+	return max(segs[0].base, l.start.Load())
 }
 
 // EndOffset is the offset the next appended record gets.
@@ -624,6 +647,7 @@ func (l *Log) Close() error {
 		return ErrClosed
 	}
 	l.closed = true
+	l.isClosed.Store(true)
 	var err error
 	if l.active != nil && l.active.w != nil {
 		err = l.active.w.Close()
@@ -634,10 +658,12 @@ func (l *Log) Close() error {
 	return err
 }
 
+// closeFiles drops the log's references: each file closes now, or when its
+// last reader lets go.
 func (l *Log) closeFiles() {
-	if p := l.segs.Load(); p != nil {
+	if p := l.segs.Swap(&[]*segment{}); p != nil {
 		for _, s := range *p {
-			s.dev.Close()
+			s.release()
 		}
 	}
 }

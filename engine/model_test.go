@@ -9,7 +9,9 @@ import (
 	"math/rand/v2"
 	"os"
 	"strconv"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -53,23 +55,29 @@ func modelRecord(rng *rand.Rand, off uint64) []byte {
 // checks every answer against a slice of the records appended. SyncAlways:
 // every acknowledged append survives every crash.
 func TestModel(t *testing.T) {
-	var ops [8]int
+	var ops [12]int
 	for _, seed := range seeds(t, 500, 5000) {
 		if !t.Run(fmt.Sprint("seed=", seed), func(t *testing.T) { runModel(t, seed, &ops) }) {
 			t.Fatalf("seed %d failed; replay: SEGSTORE_SEED=%d go test ./engine -run TestModel", seed, seed)
 		}
 	}
-	t.Logf("ops: append=%d read=%d iterate=%d roll=%d sync=%d reopen=%d crash=%d refused=%d", ops[0], ops[1], ops[2], ops[3], ops[4], ops[5], ops[6], ops[7])
+	t.Logf("ops: append=%d read=%d iterate=%d roll=%d sync=%d reopen=%d crash=%d refused=%d truncate-front=%d truncate-back=%d seek-time=%d read-below-start=%d",
+		ops[0], ops[1], ops[2], ops[3], ops[4], ops[5], ops[6], ops[7], ops[8], ops[9], ops[10], ops[11])
 }
 
-func runModel(t *testing.T, seed uint64, ops *[8]int) {
+func runModel(t *testing.T, seed uint64, ops *[12]int) {
 	rng := rand.New(rand.NewPCG(seed, 7))
 	dir := blockdev.NewSimDir(blockdev.SimOptions{Seed: seed})
+	var clock atomic.Int64 // every reading is a new millisecond
 	opts := Options{
 		Dir: dir, SegmentSize: 256 << 10, MaxWrite: 64 << 10, CacheBytes: 256 << 10,
 		IndexInterval: []int{512, 4096, 16 << 10}[rng.IntN(3)],
 		Preallocate:   rng.IntN(2) == 0,
 		Logger:        quiet,
+		Now:           func() time.Time { return time.UnixMilli(clock.Add(1)) },
+	}
+	if rng.IntN(4) == 0 {
+		opts.RetentionBytes = 600 << 10 // retention drops whole old segments
 	}
 	open := func() *Log {
 		l, err := Open("sim", opts)
@@ -77,7 +85,9 @@ func runModel(t *testing.T, seed uint64, ops *[8]int) {
 		return l
 	}
 	l := open()
-	var model [][]byte
+	var model [][]byte   // every record ever at each offset below the end
+	var batchOf []uint64 // the first offset of each record's batch
+	start := uint64(0)   // model's first retained offset
 	check := func(what string, off uint64, got []byte, err error) {
 		t.Helper()
 		require.NoError(t, err, "%s %d", what, off)
@@ -100,19 +110,28 @@ func runModel(t *testing.T, seed uint64, ops *[8]int) {
 			require.NoError(t, err)
 			require.Equal(t, uint64(len(model)), first)
 			model = append(model, recs...)
-		case r < 70:
+			for range recs {
+				batchOf = append(batchOf, first)
+			}
+			start = max(start, l.StartOffset()) // retention may have moved it
+		case r < 65:
 			ops[1]++
-			if len(model) == 0 {
+			if uint64(len(model)) == start {
 				continue
 			}
-			off := uint64(rng.IntN(len(model)))
+			off := start + uint64(rng.IntN(len(model)-int(start)))
 			got, err := l.Read(off, nil)
 			check("read", off, got, err)
-		case r < 80:
+			if start > 0 {
+				ops[11]++
+				_, err := l.Read(start-1, nil)
+				require.ErrorIs(t, err, ErrOutOfRange, "read below the start")
+			}
+		case r < 72:
 			ops[2]++
-			from := uint64(0)
-			if len(model) > 0 {
-				from = uint64(rng.IntN(len(model)))
+			from := start
+			if uint64(len(model)) > start {
+				from += uint64(rng.IntN(len(model) - int(start)))
 			}
 			it := l.NewIterator(from)
 			next := from
@@ -124,9 +143,34 @@ func runModel(t *testing.T, seed uint64, ops *[8]int) {
 			require.NoError(t, it.Err())
 			require.Equal(t, uint64(len(model)), max(next, from), "the iterator must reach the end")
 			it.Close()
+		case r < 76:
+			ops[8]++
+			before := start + uint64(rng.IntN(len(model)-int(start)+1))
+			require.NoError(t, l.TruncateFront(before))
+			start = max(start, before)
+			require.Equal(t, start, l.StartOffset())
+		case r < 80:
+			ops[9]++
+			from := start + uint64(rng.IntN(len(model)-int(start)+1))
+			require.NoError(t, l.TruncateBack(from))
+			model, batchOf = model[:from], batchOf[:from]
+		case r < 83:
+			ops[10]++
+			if uint64(len(model)) == start {
+				continue
+			}
+			off := start + uint64(rng.IntN(len(model)-int(start)))
+			it := l.NewIterator(off)
+			require.True(t, it.Next())
+			ts := it.Time()
+			it.Close()
+			got, err := l.SeekTime(ts)
+			require.NoError(t, err)
+			require.Equal(t, max(start, batchOf[off]), got, "SeekTime(time of record %d)", off)
 		case r < 86:
 			ops[3]++
 			require.NoError(t, l.Roll())
+			start = max(start, l.StartOffset())
 		case r < 90:
 			ops[4]++
 			require.NoError(t, l.Sync())
@@ -143,6 +187,7 @@ func runModel(t *testing.T, seed uint64, ops *[8]int) {
 		}
 		require.Equal(t, uint64(len(model)), l.EndOffset(), "step %d", step)
 		require.Equal(t, uint64(len(model)), l.DurableOffset(), "step %d", step)
+		require.Equal(t, start, l.StartOffset(), "step %d", step)
 	}
 	_, err := l.Read(uint64(len(model)), nil)
 	require.True(t, errors.Is(err, ErrOutOfRange), "reading at the end: %v", err)

@@ -36,6 +36,13 @@ type Options struct {
 	// Cache, if set, is shared with other logs (one budget for all); the
 	// Log does not close it.
 	Cache *cache.Cache
+	// RetentionBytes: after each roll, the oldest sealed segments are
+	// deleted while the log's files hold more than this many bytes.
+	// Default 0: no limit.
+	RetentionBytes int64
+	// RetentionAge: after each roll, sealed segments whose last record is
+	// older than this are deleted. Default 0: no limit.
+	RetentionAge time.Duration
 	// IndexInterval is the spacing of the sparse index in bytes of segment
 	// file; it is also the unit read from disk and cached for point reads.
 	// Default 64 KiB.

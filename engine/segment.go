@@ -57,14 +57,53 @@ type segment struct {
 
 	visible atomic.Pointer[position] // readers see records below it
 	w       *wal.Writer              // the active segment's writer; nil once sealed
+	// refs: one for the log's segment list, one per reader using the file.
+	// The device is closed when it drops to zero, so a segment dropped by
+	// truncation or retention stays readable for readers that hold it.
+	refs atomic.Int64
 
-	mu       sync.RWMutex // guards index and sealed
+	mu       sync.RWMutex // guards index, sealed and sealedAt
 	index    []indexEntry // sparse, ascending; the first frame is always in it
 	interval int64
 	sealed   bool
+	sealedAt int64 // unix nanoseconds, from the footer frame
+}
+
+// lastTime is when the segment's last record was appended, at the latest:
+// its seal time, or for the active segment the newest index entry's time.
+func (s *segment) lastTime() int64 {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.sealed {
+		return s.sealedAt
+	}
+	if len(s.index) == 0 {
+		return 0
+	}
+	return s.index[len(s.index)-1].time
 }
 
 func (s *segment) vis() position { return *s.visible.Load() }
+
+// acquire takes a reference, unless the segment is already released.
+func (s *segment) acquire() bool {
+	for {
+		r := s.refs.Load()
+		if r <= 0 {
+			return false
+		}
+		if s.refs.CompareAndSwap(r, r+1) {
+			return true
+		}
+	}
+}
+
+// release drops a reference and closes the device with the last one.
+func (s *segment) release() {
+	if s.refs.Add(-1) == 0 {
+		s.dev.Close()
+	}
+}
 
 // addIndex records a frame if it starts a new index interval. Called in
 // file order (wal OnReserve, or a scan).
@@ -158,7 +197,7 @@ func (s *segment) decodeFooter(f *wal.Footer) error {
 		return errors.New("footer index does not start at the first frame")
 	}
 	s.mu.Lock()
-	s.index, s.interval, s.sealed = index, interval, true
+	s.index, s.interval, s.sealed, s.sealedAt = index, interval, true, f.Time
 	s.mu.Unlock()
 	s.visible.Store(&position{pos: dataEnd, off: f.Next})
 	return nil

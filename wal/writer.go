@@ -261,19 +261,39 @@ func Open(dev blockdev.Device, opts Options) (*Writer, *Recovery, error) {
 
 // cutTail zeroes the torn bytes and syncs: the commit point of the cut.
 func cutTail(dev blockdev.Device, t *TornTail) error {
-	off := int64(dev.Alignment().Offset)
-	start := alignedbuf.AlignDown(t.Pos, off)
-	end := alignedbuf.AlignUp(t.Pos+t.Bytes, off)
-	buf := dev.Alignment().Alloc(int(end - start))
-	if _, err := dev.ReadAt(buf[:off], start); err != nil && !errors.Is(err, io.EOF) {
-		return fmt.Errorf("wal: cut torn tail of %s at %d: %w", dev.Name(), t.Pos, err)
+	if err := Cut(dev, t.Pos, t.Pos+t.Bytes); err != nil {
+		return fmt.Errorf("wal: cut torn tail: %w", err)
 	}
-	clear(buf[t.Pos-start:])
-	if _, err := dev.WriteAt(buf, start); err != nil {
-		return fmt.Errorf("wal: cut torn tail of %s at %d: %w", dev.Name(), t.Pos, err)
+	return nil
+}
+
+// Cut zeroes the file bytes [pos, end), keeping the bytes before pos in the
+// first sector, and fdatasyncs: the commit point of dropping everything
+// from pos on. pos must be a frame boundary (or a damaged footer's
+// position); the file must have no writer.
+func Cut(dev blockdev.Device, pos, end int64) error {
+	if end <= pos {
+		return dev.Sync()
+	}
+	a := dev.Alignment()
+	off := int64(a.Offset)
+	start := alignedbuf.AlignDown(pos, off)
+	last := alignedbuf.AlignUp(end, off)
+	buf := a.Alloc(int(min(last-start, scanChunk)))
+	if _, err := dev.ReadAt(buf[:off], start); err != nil && !errors.Is(err, io.EOF) {
+		return fmt.Errorf("cut %s at %d: %w", dev.Name(), pos, err)
+	}
+	clear(buf[pos-start:])
+	for p := start; p < last; {
+		n := min(int64(len(buf)), last-p)
+		if _, err := dev.WriteAt(buf[:n], p); err != nil {
+			return fmt.Errorf("cut %s at %d: %w", dev.Name(), pos, err)
+		}
+		clear(buf[:off]) // only the first sector keeps old bytes
+		p += n
 	}
 	if err := dev.Sync(); err != nil {
-		return fmt.Errorf("wal: cut torn tail of %s at %d: %w", dev.Name(), t.Pos, err)
+		return fmt.Errorf("cut %s at %d: %w", dev.Name(), pos, err)
 	}
 	return nil
 }

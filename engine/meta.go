@@ -1,0 +1,98 @@
+package engine
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"io/fs"
+
+	"github.com/segstore/segstore/alignedbuf"
+	"github.com/segstore/segstore/blockdev"
+)
+
+// A metadata file holds one small record, written whole:
+//
+//	0        8        12       16              16+n     20+n
+//	+--------+--------+--------+---------- - - -+--------+
+//	| magic  | kind   | n      | payload (n)    | crc32c |  then zeros to the block
+//	+--------+--------+--------+---------- - - -+--------+
+//
+// Commit point: write to NAME.tmp, fdatasync, rename to NAME, fsync the
+// directory. A crash before the rename leaves the old file (or none).
+const (
+	metaMagic  = "segmeta1"
+	metaStart  = 1 // START: the first retained offset (TruncateFront)
+	metaTrunc  = 2 // TRUNC: a TruncateBack being applied (redo record)
+	startName  = "START"
+	truncName  = "TRUNC"
+	tmpSuffix  = ".tmp"
+	metaHeader = 16
+)
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+func writeMeta(dir blockdev.Dir, name string, kind uint32, payload []byte) error {
+	tmp := name + tmpSuffix
+	_ = dir.Remove(tmp) // a leftover of a crash
+	dev, err := dir.Open(tmp, blockdev.Options{Create: true})
+	if err != nil {
+		return err
+	}
+	defer dev.Close()
+	a := dev.Alignment()
+	n := metaHeader + len(payload) + 4
+	buf := a.Alloc(int(alignedbuf.AlignUp(int64(n), int64(a.Block))))
+	copy(buf, metaMagic)
+	binary.LittleEndian.PutUint32(buf[8:], kind)
+	binary.LittleEndian.PutUint32(buf[12:], uint32(len(payload)))
+	copy(buf[metaHeader:], payload)
+	binary.LittleEndian.PutUint32(buf[n-4:], crc32.Checksum(buf[:n-4], castagnoli))
+	if _, err := dev.WriteAt(buf, 0); err != nil {
+		return fmt.Errorf("engine: write %s: %w", tmp, err)
+	}
+	if err := dev.Sync(); err != nil {
+		return fmt.Errorf("engine: write %s: %w", tmp, err)
+	}
+	if err := dir.Rename(tmp, name); err != nil {
+		return err
+	}
+	return dir.Sync()
+}
+
+// readMeta returns the payload of a metadata file, fs.ErrNotExist if there
+// is none, or a *CorruptionError.
+func readMeta(dir blockdev.Dir, name string, kind uint32) ([]byte, error) {
+	dev, err := dir.Open(name, blockdev.Options{ReadOnly: true})
+	if err != nil {
+		return nil, err
+	}
+	defer dev.Close()
+	size, err := dev.Size()
+	if err != nil {
+		return nil, err
+	}
+	a := dev.Alignment()
+	buf := a.Alloc(int(alignedbuf.AlignUp(max(size, 1), int64(a.Offset))))
+	if _, err := dev.ReadAt(buf, 0); err != nil && !errors.Is(err, io.EOF) {
+		return nil, err
+	}
+	bad := func(why string) error {
+		return &CorruptionError{File: name, Op: "open", Err: errors.New(why)}
+	}
+	if size < metaHeader+4 || string(buf[:8]) != metaMagic {
+		return nil, bad("not a segstore metadata file")
+	}
+	n := int64(binary.LittleEndian.Uint32(buf[12:]))
+	if binary.LittleEndian.Uint32(buf[8:]) != kind || metaHeader+n+4 > size {
+		return nil, bad("metadata of the wrong kind or length")
+	}
+	end := metaHeader + n
+	if crc32.Checksum(buf[:end], castagnoli) != binary.LittleEndian.Uint32(buf[end:]) {
+		return nil, bad("metadata checksum mismatch")
+	}
+	return append([]byte(nil), buf[metaHeader:end]...), nil
+}
+
+func isNotExist(err error) bool { return errors.Is(err, fs.ErrNotExist) }

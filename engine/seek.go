@@ -1,0 +1,58 @@
+package engine
+
+import (
+	"sort"
+	"time"
+)
+
+// SeekTime returns the first offset whose record was appended at or after
+// t, or DurableOffset() if there is none yet. It uses the sparse index
+// (each entry carries its frame's time) to find the index interval, then
+// reads frames from there. Times are as the Options.Now clock gave them;
+// within a segment they never go back.
+func (l *Log) SeekTime(t time.Time) (uint64, error) {
+	if l.isClosed.Load() {
+		return 0, ErrClosed
+	}
+	ts := t.UnixNano()
+	segs := *l.segs.Load()
+	// The last segment whose first index entry is before t holds the
+	// answer, or its successor does.
+	i := sort.Search(len(segs), func(i int) bool {
+		first, ok := segs[i].firstEntry()
+		return !ok || first.time >= ts
+	}) - 1
+	from := l.StartOffset()
+	if i >= 0 {
+		from = max(from, segs[i].entryBefore(ts).off)
+	}
+	it := l.NewIterator(from)
+	defer it.Close()
+	for it.Next() {
+		if it.time >= ts {
+			return it.Offset(), nil
+		}
+	}
+	if it.Err() != nil {
+		return 0, it.Err()
+	}
+	return l.DurableOffset(), nil
+}
+
+func (s *segment) firstEntry() (indexEntry, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if len(s.index) == 0 {
+		return indexEntry{}, false
+	}
+	return s.index[0], true
+}
+
+// entryBefore is the last index entry whose time is before ts (the first
+// entry if none is).
+func (s *segment) entryBefore(ts int64) indexEntry {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	j := sort.Search(len(s.index), func(j int) bool { return s.index[j].time >= ts }) - 1
+	return s.index[max(j, 0)]
+}
