@@ -54,12 +54,13 @@ type Log struct {
 
 // Recovery is what the last Open found and did.
 type Recovery struct {
-	Segments     int           // segment files opened
-	Sealed       int           // of them sealed (trusted through their footer)
-	Resealed     []uint64      // unsealed segments before the last one, sealed on open
-	ActiveFrames int           // frames scanned in the active segment
-	Torn         *wal.TornTail // torn tail cut from the active segment
-	Duration     time.Duration
+	Segments       int           // segment files opened
+	Sealed         int           // of them sealed (trusted through their footer)
+	Resealed       []uint64      // unsealed segments before the last one, sealed on open
+	RebuiltFooters []uint64      // segments whose damaged footer was rebuilt from their records
+	ActiveFrames   int           // frames scanned in the active segment
+	Torn           *wal.TornTail // torn tail cut from the active segment
+	Duration       time.Duration
 }
 
 // Open opens (creating if needed) the log in dir.
@@ -130,7 +131,12 @@ func (l *Log) load() error {
 	slices.Sort(bases)
 	var segs []*segment
 	for i, base := range bases {
-		s, err := l.openSegment(base, i == len(bases)-1)
+		last := i == len(bases)-1
+		next := uint64(0)
+		if !last {
+			next = bases[i+1]
+		}
+		s, err := l.openSegment(base, last, next)
 		if s != nil {
 			segs = append(segs, s)
 		}
@@ -171,29 +177,38 @@ func (l *Log) load() error {
 }
 
 // openSegment opens one file. A sealed file is trusted through its footer
-// (checked, O(1)); an unsealed one is scanned: the last becomes the active
-// segment, an earlier one (a crash between its records and its seal) is
-// sealed now.
-func (l *Log) openSegment(base uint64, last bool) (*segment, error) {
+// (checked, O(1)). Otherwise it is scanned: the last file becomes the active
+// segment; an earlier one must end exactly at nextBase (a crash between its
+// last append and its seal) and is sealed now. A damaged footer is rebuilt
+// from the records, which the footer's checksum does not cover, and
+// reported. Read-only opens repair nothing: they serve what is valid.
+func (l *Log) openSegment(base uint64, last bool, nextBase uint64) (*segment, error) {
 	name := segName(base)
 	dev, err := l.dir.Open(name, blockdev.Options{ReadOnly: l.opts.ReadOnly})
 	if err != nil {
 		return nil, err
 	}
 	s := newSegment(base, name, dev, l.cache.NewNamespace(), l.opts.IndexInterval)
+	damaged := int64(-1) // position of a damaged footer
 	hdr, foot, err := wal.ReadSealed(dev)
-	if err == nil {
+	var ce *wal.CorruptionError
+	switch {
+	case err == nil:
 		s.hdr = hdr
-		if err := s.decodeFooter(foot); err != nil {
-			return s, &CorruptionError{Segment: base, File: name, Position: foot.Pos, Op: "open", Err: err}
+		if err := l.checkHeader(s); err != nil {
+			return s, err
 		}
-		l.report.Sealed++
-		return s, l.checkHeader(s)
-	}
-	if !errors.Is(err, wal.ErrNotSealed) {
+		if err := s.decodeFooter(foot); err == nil {
+			l.report.Sealed++
+			return s, nil
+		}
+		damaged = foot.Pos
+	case errors.As(err, &ce) && ce.InFooter:
+		damaged = ce.Pos
+	case !errors.Is(err, wal.ErrNotSealed):
 		return s, err
 	}
-	// Not sealed (or sealed without its final truncate): scan it.
+
 	sc, err := wal.NewScanner(dev)
 	if err != nil {
 		return s, err
@@ -208,24 +223,43 @@ func (l *Log) openSegment(base uint64, last bool) (*segment, error) {
 		s.addIndex(f.First, f.Pos, f.Time)
 		frames++
 	}
-	if sc.Err() != nil {
-		return s, sc.Err()
+	switch err := sc.Err(); {
+	case errors.As(err, &ce) && ce.InFooter:
+		damaged = ce.Pos
+	case err != nil:
+		return s, err
+	case sc.Footer() != nil && damaged < 0:
+		// Sealed, but its final truncate did not happen: the footer is good.
+		if err := s.decodeFooter(sc.Footer()); err == nil {
+			l.report.Sealed++
+			return s, nil
+		}
+		damaged = sc.Footer().Pos
 	}
 	end := position{pos: sc.End(), off: sc.NextOffset()}
 	s.visible.Store(&end)
-	if foot := sc.Footer(); foot != nil {
-		if err := s.decodeFooter(foot); err != nil {
-			return s, &CorruptionError{Segment: base, File: name, Position: foot.Pos, Op: "open", Err: err}
-		}
-		l.report.Sealed++
-		return s, nil
+	if !last && end.off != nextBase {
+		return s, &CorruptionError{Segment: base, File: name, Position: end.pos, Op: "open",
+			Err: fmt.Errorf("unsealed segment ends at offset %d, but the next segment starts at %d: records are missing (file left untouched)", end.off, nextBase)}
+	}
+	if damaged >= 0 {
+		l.report.RebuiltFooters = append(l.report.RebuiltFooters, base)
+		l.opts.Logger.Warn("segstore: damaged footer, index rebuilt from the records", "segment", name, "footer", damaged)
 	}
 	if l.opts.ReadOnly {
-		// Serve what is valid; repair nothing. A torn tail stays on disk.
 		s.mu.Lock()
-		s.sealed = !last
+		s.sealed = !last || damaged >= 0
 		s.mu.Unlock()
 		return s, nil
+	}
+	if damaged >= 0 {
+		size, err := dev.Size()
+		if err != nil {
+			return s, err
+		}
+		if err := wal.Cut(dev, damaged, size); err != nil {
+			return s, err
+		}
 	}
 	w, rec, err := wal.Open(dev, l.walOptions(s))
 	if err != nil {

@@ -327,7 +327,7 @@ func (l *Log) redoTruncate() error {
 // no cached bytes of the old contents are served.
 func (l *Log) reopenActiveLocked(old *segment) error {
 	segs := *l.segs.Load()
-	s, err := l.openSegment(old.base, true)
+	s, err := l.openSegment(old.base, true, 0)
 	if err != nil {
 		return err
 	}

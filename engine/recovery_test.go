@@ -1,0 +1,160 @@
+package engine
+
+import (
+	"fmt"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/segstore/segstore/blockdev"
+	"github.com/segstore/segstore/wal"
+)
+
+// fourSegments builds a log of three sealed segments of 30 records and an
+// active one of 30, then closes it.
+func fourSegments(t *testing.T) (*blockdev.SimDir, []uint64) {
+	dir := blockdev.NewSimDir(blockdev.SimOptions{})
+	l, err := Open("sim", testOptions(dir))
+	require.NoError(t, err)
+	var bases []uint64
+	for i := 0; i < 4; i++ {
+		bases = append(bases, l.EndOffset())
+		for j := 0; j < 10; j++ {
+			_, err := l.Append(batchOf3(l.EndOffset())...)
+			require.NoError(t, err)
+		}
+		if i < 3 {
+			require.NoError(t, l.Roll())
+		}
+	}
+	require.NoError(t, l.Close())
+	return dir, bases
+}
+
+func batchOf3(first uint64) [][]byte {
+	return [][]byte{[]byte(fmt.Sprint("r", first)), []byte(fmt.Sprint("r", first+1)), []byte(fmt.Sprint("r", first+2))}
+}
+
+func requireAll(t *testing.T, l *Log, n uint64) {
+	t.Helper()
+	require.Equal(t, n, l.EndOffset())
+	for o := uint64(0); o < n; o++ {
+		got, err := l.Read(o, nil)
+		require.NoError(t, err, "offset %d", o)
+		require.Equal(t, fmt.Sprint("r", o), string(got))
+	}
+}
+
+func footerPos(t *testing.T, dev blockdev.Device) int64 {
+	_, f, err := wal.ReadSealed(dev)
+	require.NoError(t, err)
+	return f.Pos
+}
+
+func TestSegmentRecoveryTable(t *testing.T) {
+	tests := []struct {
+		name    string
+		damage  func(t *testing.T, dir *blockdev.SimDir, seg *blockdev.Sim)
+		wantErr string // "" when Open must succeed with every record
+		check   func(t *testing.T, rec Recovery, base uint64)
+	}{
+		{"damaged footer is rebuilt and reported", func(t *testing.T, _ *blockdev.SimDir, seg *blockdev.Sim) {
+			seg.FlipBit(footerPos(t, seg)+wal.FrameHeaderLen+40, 2)
+		}, "", func(t *testing.T, rec Recovery, base uint64) {
+			assert.Equal(t, []uint64{base}, rec.RebuiltFooters)
+		}},
+		{"unsealed middle segment (crash before its seal) is sealed", func(t *testing.T, _ *blockdev.SimDir, seg *blockdev.Sim) {
+			size, _ := seg.Size()
+			require.NoError(t, wal.Cut(seg, footerPos(t, seg), size))
+		}, "", func(t *testing.T, rec Recovery, base uint64) {
+			assert.Equal(t, []uint64{base}, rec.Resealed)
+		}},
+		{"missing segment in the middle", func(t *testing.T, dir *blockdev.SimDir, _ *blockdev.Sim) {
+			require.NoError(t, dir.Remove(segName(30)))
+		}, "a segment is missing", nil},
+		{"truncated sealed file", func(t *testing.T, _ *blockdev.SimDir, seg *blockdev.Sim) {
+			size, _ := seg.Size()
+			require.NoError(t, seg.Truncate(size/2))
+		}, "records are missing (file left untouched)", nil},
+		{"garbage after the footer", func(t *testing.T, _ *blockdev.SimDir, seg *blockdev.Sim) {
+			size, _ := seg.Size()
+			junk := seg.Alignment().Alloc(512)
+			junk[7] = 0xee
+			_, err := seg.WriteAt(junk, (size+511)&^511)
+			require.NoError(t, err)
+		}, "after the footer", nil},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			dir, bases := fourSegments(t)
+			seg := dir.File(segName(bases[1]))
+			tc.damage(t, dir, seg)
+			before := seg.Bytes()
+			l, err := Open("sim", testOptions(dir))
+			if tc.wantErr != "" {
+				require.Error(t, err)
+				assert.ErrorIs(t, err, ErrCorrupt)
+				assert.ErrorContains(t, err, tc.wantErr)
+				assert.Equal(t, before, seg.Bytes(), "a refused open must not modify the damaged file")
+				return
+			}
+			require.NoError(t, err)
+			tc.check(t, l.Stats().LastOpenRecovery, bases[1])
+			requireAll(t, l, 120)
+			require.NoError(t, l.Close())
+			// The repair is durable: the next open finds four sound segments.
+			l, err = Open("sim", testOptions(dir))
+			require.NoError(t, err)
+			rec := l.Stats().LastOpenRecovery
+			assert.Empty(t, rec.RebuiltFooters)
+			assert.Empty(t, rec.Resealed)
+			assert.Equal(t, 3, rec.Sealed)
+			requireAll(t, l, 120)
+			require.NoError(t, l.Close())
+		})
+	}
+}
+
+// TestInterruptedTruncateBackIsRedone: a crash right after TruncateBack's
+// commit point (TRUNC durable, nothing applied), or while applying it with
+// torn writes, is finished by the next Open.
+func TestInterruptedTruncateBackIsRedone(t *testing.T) {
+	for _, mode := range []blockdev.CrashMode{blockdev.CrashDropUnsynced, blockdev.CrashTear, blockdev.CrashKeepAll} {
+		for _, applied := range []bool{false, true} {
+			t.Run(fmt.Sprintf("mode=%d/applied=%v", mode, applied), func(t *testing.T) {
+				dir, bases := fourSegments(t)
+				l, err := Open("sim", testOptions(dir))
+				require.NoError(t, err)
+				const from = 44 // inside a batch of segment 1 (records 30..59)
+				s := (*l.segs.Load())[1]
+				plan, err := l.planCut(s, from)
+				require.NoError(t, err)
+				require.NotEmpty(t, plan.frame, "the cut splits a batch")
+				require.NoError(t, writeMeta(l.dir, truncName, metaTrunc, plan.encode()))
+				if applied { // partway: later segments gone, the rewrite begun, unsynced
+					require.NoError(t, l.dropLocked(reverse((*l.segs.Load())[2:]), (*l.segs.Load())[:2]))
+					sector := s.dev.Alignment().Alloc(512)
+					_, err := s.dev.ReadAt(sector, plan.pos&^511)
+					require.NoError(t, err)
+					clear(sector[plan.pos&511:]) // the bytes before the cut never change
+					_, err = s.dev.WriteAt(sector, plan.pos&^511)
+					require.NoError(t, err)
+				}
+				crashed := dir.Crash(mode)
+				l.Close()
+
+				l, err = Open("sim", testOptions(crashed))
+				require.NoError(t, err)
+				requireAll(t, l, from)
+				names, _ := crashed.List()
+				assert.NotContains(t, names, truncName, "the redo record is removed once applied")
+				assert.NotContains(t, names, segName(bases[3]))
+				first, err := l.Append([]byte("next"))
+				require.NoError(t, err)
+				assert.Equal(t, uint64(from), first)
+				require.NoError(t, l.Close())
+			})
+		}
+	}
+}
