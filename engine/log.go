@@ -5,9 +5,11 @@
 package engine
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"slices"
 	"sort"
 	"sync"
@@ -54,13 +56,16 @@ type Log struct {
 
 // Recovery is what the last Open found and did.
 type Recovery struct {
-	Segments       int           // segment files opened
-	Sealed         int           // of them sealed (trusted through their footer)
-	Resealed       []uint64      // unsealed segments before the last one, sealed on open
-	RebuiltFooters []uint64      // segments whose damaged footer was rebuilt from their records
-	ActiveFrames   int           // frames scanned in the active segment
-	Torn           *wal.TornTail // torn tail cut from the active segment
-	Duration       time.Duration
+	Segments       int      // segment files opened
+	Sealed         int      // of them sealed (trusted through their footer)
+	Resealed       []uint64 // unsealed segments before the last one, sealed on open
+	RebuiltFooters []uint64 // segments whose damaged footer was rebuilt from their records
+	// RemovedIncomplete: a last segment file whose creation a crash
+	// interrupted (no header, all zeros), removed.
+	RemovedIncomplete []uint64
+	ActiveFrames      int           // frames scanned in the active segment
+	Torn              *wal.TornTail // torn tail cut from the active segment
+	Duration          time.Duration
 }
 
 // Open opens (creating if needed) the log in dir.
@@ -144,6 +149,9 @@ func (l *Log) load() error {
 			l.segs.Store(&segs)
 			return err
 		}
+		if s == nil {
+			continue // an interrupted creation, removed
+		}
 		if n := len(segs); n > 1 {
 			if prev := segs[n-2].vis().off; prev != s.base {
 				l.segs.Store(&segs)
@@ -205,6 +213,22 @@ func (l *Log) openSegment(base uint64, last bool, nextBase uint64) (*segment, er
 		damaged = foot.Pos
 	case errors.As(err, &ce) && ce.InFooter:
 		damaged = ce.Pos
+	case last && errors.Is(err, wal.ErrNotWAL):
+		// A crash while the file was being created: its header never became
+		// durable, so nothing in it was ever acknowledged. Drop it if it is
+		// all zeros; anything else is damage.
+		if empty, zerr := allZero(dev); zerr != nil || !empty {
+			return s, errors.Join(err, zerr)
+		}
+		l.report.RemovedIncomplete = append(l.report.RemovedIncomplete, base)
+		s.release()
+		if l.opts.ReadOnly {
+			return nil, nil
+		}
+		if err := l.dir.Remove(name); err != nil {
+			return nil, err
+		}
+		return nil, l.dir.Sync()
 	case !errors.Is(err, wal.ErrNotSealed):
 		return s, err
 	}
@@ -278,6 +302,27 @@ func (l *Log) openSegment(base uint64, last bool, nextBase uint64) (*segment, er
 	}
 	l.report.Resealed = append(l.report.Resealed, base)
 	return s, nil
+}
+
+// allZero reports whether every byte of dev is zero (or it is empty).
+func allZero(dev blockdev.Device) (bool, error) {
+	size, err := dev.Size()
+	if err != nil {
+		return false, err
+	}
+	a := dev.Alignment()
+	buf := a.Alloc(1 << 20)
+	zero := make([]byte, len(buf))
+	for p := int64(0); p < size; p += int64(len(buf)) {
+		n, err := dev.ReadAt(buf, p)
+		if err != nil && !errors.Is(err, io.EOF) {
+			return false, err
+		}
+		if !bytes.Equal(buf[:n], zero[:n]) {
+			return false, nil
+		}
+	}
+	return true, nil
 }
 
 func newSegment(base uint64, name string, dev blockdev.Device, ns cache.Namespace, interval int) *segment {
