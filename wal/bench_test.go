@@ -1,16 +1,15 @@
-package wal
+package wal_test
 
 import (
+	"bytes"
 	"fmt"
-	"os"
 	"path/filepath"
 	"runtime"
-	"sync"
 	"testing"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/segstore/segstore/blockdev"
+	"github.com/segstore/segstore/wal"
+	"github.com/segstore/segstore/wal/waltest"
 )
 
 // BenchmarkAppend is the durable append matrix: record size × batch ×
@@ -47,12 +46,12 @@ type appender interface {
 func benchAppend(b *testing.B, impl string, size, batchLen, appenders int) {
 	recs := make([][]byte, batchLen)
 	for i := range recs {
-		recs[i] = record(uint64(i), size)
+		recs[i] = bytes.Repeat([]byte{byte(i + 1)}, size)
 	}
 	path := filepath.Join(b.TempDir(), "bench.wal")
-	perOp := int64(FrameSize(PayloadSize(recs)))
+	perOp := int64(wal.FrameSize(wal.PayloadSize(recs)))
 	var w appender
-	var stats func() Stats
+	var stats func() wal.Stats
 	switch impl {
 	case "direct", "buffered":
 		dev, err := blockdev.Open(path, blockdev.Options{Create: true, Buffered: impl == "buffered"})
@@ -60,13 +59,13 @@ func benchAppend(b *testing.B, impl string, size, batchLen, appenders int) {
 			b.Fatal(err)
 		}
 		defer dev.Close()
-		ww, err := Create(dev, 0, Options{Preallocate: perOp*int64(b.N) + 8<<20, PreZero: true, MaxWrite: 8 << 20})
+		ww, err := wal.Create(dev, 0, wal.Options{Preallocate: perOp*int64(b.N) + 8<<20, PreZero: true, MaxWrite: 8 << 20})
 		if err != nil {
 			b.Fatal(err)
 		}
 		w, stats = ww, ww.Stats
 	case "pagecache":
-		pl, err := newPageCacheLog(path)
+		pl, err := waltest.NewPageCacheLog(path)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -103,46 +102,5 @@ func benchAppend(b *testing.B, impl string, size, batchLen, appenders int) {
 		b.Fatal(err)
 	}
 }
-
-// pageCacheLog is the baseline: the same frames, written through the page
-// cache to a growing file, one write and one fdatasync per batch under a
-// mutex.
-type pageCacheLog struct {
-	mu   sync.Mutex
-	f    *os.File
-	pos  int64
-	next uint64
-	buf  []byte
-}
-
-func newPageCacheLog(path string) (*pageCacheLog, error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
-	if err != nil {
-		return nil, err
-	}
-	return &pageCacheLog{f: f, pos: DataStart}, nil
-}
-
-func (l *pageCacheLog) Append(records ...[]byte) (uint64, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	n := FrameSize(PayloadSize(records))
-	if cap(l.buf) < n {
-		l.buf = make([]byte, n)
-	}
-	EncodeFrame(l.buf[:n], 1, l.pos, l.next, 0, records)
-	if _, err := l.f.WriteAt(l.buf[:n], l.pos); err != nil {
-		return 0, err
-	}
-	if err := unix.Fdatasync(int(l.f.Fd())); err != nil {
-		return 0, err
-	}
-	first := l.next
-	l.pos += int64(n)
-	l.next += uint64(len(records))
-	return first, nil
-}
-
-func (l *pageCacheLog) Close() error { return l.f.Close() }
 
 func runtimeProcs() int { return runtime.GOMAXPROCS(0) }

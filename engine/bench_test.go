@@ -1,0 +1,416 @@
+package engine_test
+
+import (
+	"bytes"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/segstore/segstore/cache"
+	"github.com/segstore/segstore/engine"
+	"github.com/segstore/segstore/wal"
+	"github.com/segstore/segstore/wal/waltest"
+)
+
+// BenchmarkEngineAppend is the durable append matrix through engine.Append
+// (64 MiB segments, pre-zeroed, rolling as they fill: the cost of rolling is
+// in the figures), beside the plain page-cache log.
+//
+//	go test ./engine -run NONE -bench BenchmarkEngineAppend -count 5
+func BenchmarkEngineAppend(b *testing.B) {
+	for _, size := range []int{128, 1 << 10, 64 << 10} {
+		for _, batch := range []int{1, 64} {
+			if size == 64<<10 && batch == 64 {
+				batch = 16 // 4 MiB batches would exceed MaxWrite
+			}
+			for _, appenders := range []int{1, 16} {
+				for _, impl := range []string{"engine", "pagecache"} {
+					b.Run(fmt.Sprintf("size=%d/batch=%d/appenders=%d/impl=%s", size, batch, appenders, impl), func(b *testing.B) {
+						benchEngineAppend(b, impl, size, batch, appenders)
+					})
+				}
+			}
+		}
+	}
+}
+
+type appender interface {
+	Append(records ...[]byte) (uint64, error)
+	Close() error
+}
+
+func benchEngineAppend(b *testing.B, impl string, size, batch, appenders int) {
+	recs := make([][]byte, batch)
+	for i := range recs {
+		recs[i] = bytes.Repeat([]byte{byte(i + 1)}, size)
+	}
+	var a appender
+	var log *engine.Log
+	if impl == "engine" {
+		opts := engine.DefaultOptions()
+		opts.MaxWrite = 8 << 20
+		l, err := engine.Open(filepath.Join(b.TempDir(), "log"), opts)
+		if err != nil {
+			b.Fatal(err)
+		}
+		a, log = l, l
+	} else {
+		pl, err := waltest.NewPageCacheLog(filepath.Join(b.TempDir(), "pagecache.wal"))
+		if err != nil {
+			b.Fatal(err)
+		}
+		a = pl
+	}
+	b.SetBytes(int64(size * batch))
+	b.ResetTimer()
+	if appenders == 1 {
+		for i := 0; i < b.N; i++ {
+			if _, err := a.Append(recs...); err != nil {
+				b.Fatal(err)
+			}
+		}
+	} else {
+		b.SetParallelism(max(1, appenders/runtime.GOMAXPROCS(0)))
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				if _, err := a.Append(recs...); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(b.N*batch)/b.Elapsed().Seconds(), "records/s")
+	if log != nil {
+		st := log.Stats()
+		b.ReportMetric(st.MeanBatch, "appends/flush")
+		b.ReportMetric(float64(st.Segments), "segments")
+	}
+	if err := a.Close(); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// The benchmarks below need large logs: they run only with
+// SEGSTORE_BENCH_DIR set to a directory on the disk under test (it keeps
+// the logs between runs: about 13 GiB). Cold runs drop the page cache
+// (root only).
+//
+//	SEGSTORE_BENCH_DIR=/var/tmp/segbench go test ./engine -run NONE -bench 'Scan|PointRead|Open' -benchtime 3x
+func benchDir(b testing.TB) string {
+	d := os.Getenv("SEGSTORE_BENCH_DIR")
+	if d == "" {
+		b.Skip("set SEGSTORE_BENCH_DIR to run the large-log benchmarks")
+	}
+	return d
+}
+
+const benchRecord = 1 << 10
+
+// bigLog returns a log directory holding about size bytes of 1 KiB records,
+// building it (bulk load: SyncNever, then one Sync) the first time.
+func bigLog(b testing.TB, name string, size int64) string {
+	dir := filepath.Join(benchDir(b), name)
+	done := filepath.Join(dir, "COMPLETE")
+	if _, err := os.Stat(done); err == nil {
+		return dir
+	}
+	os.RemoveAll(dir)
+	opts := engine.DefaultOptions()
+	opts.SyncMode = engine.SyncNever
+	l, err := engine.Open(dir, opts)
+	if err != nil {
+		b.Fatal(err)
+	}
+	n := size / benchRecord
+	var wg sync.WaitGroup
+	for w := 0; w < 2; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			recs := make([][]byte, 64)
+			for i := range recs {
+				recs[i] = bytes.Repeat([]byte{byte(w*64 + i)}, benchRecord)
+			}
+			for i := int64(0); i < n/2/64; i++ {
+				if _, err := l.Append(recs...); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if err := l.Close(); err != nil {
+		b.Fatal(err)
+	}
+	if err := os.WriteFile(done, nil, 0o644); err != nil {
+		b.Fatal(err)
+	}
+	return dir
+}
+
+func dropPageCache(b testing.TB) {
+	if err := os.WriteFile("/proc/sys/vm/drop_caches", []byte("3"), 0); err != nil {
+		b.Skipf("cold runs need root to drop the page cache: %v", err)
+	}
+}
+
+func openRO(b testing.TB, dir string, c *cache.Cache) *engine.Log {
+	opts := engine.DefaultOptions()
+	opts.ReadOnly, opts.Cache = true, c
+	l, err := engine.Open(dir, opts)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return l
+}
+
+// BenchmarkScanCold iterates a 2 GiB log from the start with a cold page
+// cache. Compare with fio's O_DIRECT sequential read run beside it:
+// fio --name=r --filename=$SEGSTORE_BENCH_DIR/fio --size=2G --direct=1 --rw=read --bs=1m --ioengine=psync
+func BenchmarkScanCold(b *testing.B) {
+	dir := bigLog(b, "log-2g", 2<<30)
+	l := openRO(b, dir, nil)
+	defer l.Close()
+	var bytesRead int64
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		dropPageCache(b)
+		b.StartTimer()
+		it := l.NewIterator(l.StartOffset())
+		n := int64(0)
+		for it.Next() {
+			n += int64(len(it.Record()))
+		}
+		if it.Err() != nil {
+			b.Fatal(it.Err())
+		}
+		it.Close()
+		bytesRead = n
+	}
+	b.SetBytes(bytesRead)
+}
+
+// preadIndex is the page-cache baseline's in-memory index: where every
+// record's bytes are, found by scanning the segment files once.
+type preadIndex struct {
+	files []*os.File
+	locs  []recLoc // by offset
+}
+
+type recLoc struct {
+	file int32
+	n    int32
+	pos  int64
+}
+
+func buildPreadIndex(b testing.TB, dir string) *preadIndex {
+	names, _ := filepath.Glob(filepath.Join(dir, "*.seg"))
+	sort.Strings(names)
+	idx := &preadIndex{}
+	for fi, name := range names {
+		f, err := os.Open(name)
+		if err != nil {
+			b.Fatal(err)
+		}
+		idx.files = append(idx.files, f)
+		data, err := os.ReadFile(name)
+		if err != nil {
+			b.Fatal(err)
+		}
+		hdr, err := wal.DecodeFileHeader(data)
+		if err != nil {
+			b.Fatal(err)
+		}
+		_, _, err = wal.DecodeFrames(data[wal.DataStart:], hdr, wal.DataStart, hdr.BaseOffset, func(f wal.Frame) bool {
+			p := 0
+			wal.Records(f.Payload, func(i int, r []byte) bool {
+				p += wal.RecordHeaderLen
+				idx.locs = append(idx.locs, recLoc{file: int32(fi), n: int32(len(r)), pos: f.Pos + wal.FrameHeaderLen + int64(p)})
+				p += len(r)
+				return true
+			})
+			return true
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+	return idx
+}
+
+func (x *preadIndex) read(off uint64, dst []byte) ([]byte, error) {
+	loc := x.locs[off]
+	dst = dst[:loc.n]
+	_, err := x.files[loc.file].ReadAt(dst, loc.pos)
+	return dst, err
+}
+
+// BenchmarkPointRead: random 1 KiB reads over a 1 GiB log, uniform and
+// Zipf(1.1), warm (the working set cached: ours in a 2 GiB cache, the
+// baseline's in the page cache) and cold (ours with a minimal cache, the
+// baseline after dropping the page cache), 1 and 16 readers, against pread
+// through the page cache with an in-memory index of every record.
+func BenchmarkPointRead(b *testing.B) {
+	dir := bigLog(b, "log-1g", 1<<30)
+	idx := buildPreadIndex(b, dir)
+	n := uint64(len(idx.locs))
+	for _, dist := range []string{"uniform", "zipf"} {
+		for _, state := range []string{"warm", "cold"} {
+			for _, readers := range []int{1, 16} {
+				for _, impl := range []string{"engine", "pagecache"} {
+					b.Run(fmt.Sprintf("dist=%s/state=%s/readers=%d/impl=%s", dist, state, readers, impl), func(b *testing.B) {
+						benchPointRead(b, dir, idx, n, dist, state, readers, impl)
+					})
+				}
+			}
+		}
+	}
+}
+
+func benchPointRead(b *testing.B, dir string, idx *preadIndex, n uint64, dist, state string, readers int, impl string) {
+	var read func(off uint64, dst []byte) ([]byte, error)
+	if impl == "engine" {
+		budget := int64(64 << 10)
+		if state == "warm" {
+			budget = 2 << 30
+		}
+		c, err := cache.New(budget)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer c.Close()
+		l := openRO(b, dir, c)
+		defer l.Close()
+		read = l.Read
+		if state == "warm" { // load every index interval once
+			for off := uint64(0); off < n; off += 16 {
+				if _, err := l.Read(off, nil); err != nil {
+					b.Fatal(err)
+				}
+			}
+			c.Wait()
+		}
+	} else {
+		read = idx.read
+		if state == "warm" {
+			for off := uint64(0); off < n; off += 2 {
+				idx.read(off, make([]byte, benchRecord))
+			}
+		}
+	}
+	if state == "cold" {
+		dropPageCache(b)
+	}
+	var seed sync.Mutex
+	seq := uint64(1)
+	next := func() func() uint64 {
+		seed.Lock()
+		seq++
+		r := rand.New(rand.NewPCG(seq, 99))
+		seed.Unlock()
+		if dist == "uniform" {
+			return func() uint64 { return r.Uint64N(n) }
+		}
+		z := rand.NewZipf(r, 1.1, 1, n-1)
+		return func() uint64 { return z.Uint64() * 2654435761 % n } // scatter the hot ranks
+	}
+	b.SetBytes(benchRecord)
+	b.ResetTimer()
+	work := func(pick func() uint64, count func() bool) {
+		buf := make([]byte, 0, benchRecord)
+		for count() {
+			var err error
+			if buf, err = read(pick(), buf[:0]); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	}
+	if readers == 1 {
+		i := 0
+		work(next(), func() bool { i++; return i <= b.N })
+	} else {
+		b.SetParallelism(max(1, readers/runtime.GOMAXPROCS(0)))
+		b.RunParallel(func(pb *testing.PB) { work(next(), pb.Next) })
+	}
+}
+
+// BenchmarkOpen opens a 1 GiB and a 10 GiB log with a cold page cache:
+// read-only (sealed footers only) and read-write (which also scans the
+// active segment).
+func BenchmarkOpen(b *testing.B) {
+	for _, size := range []int64{1 << 30, 10 << 30} {
+		dir := bigLog(b, fmt.Sprintf("log-%dg", size>>30), size)
+		for _, mode := range []string{"ro", "rw"} {
+			b.Run(fmt.Sprintf("size=%dGiB/mode=%s", size>>30, mode), func(b *testing.B) {
+				var segs int
+				for i := 0; i < b.N; i++ {
+					b.StopTimer()
+					dropPageCache(b)
+					b.StartTimer()
+					opts := engine.DefaultOptions()
+					opts.ReadOnly = mode == "ro"
+					l, err := engine.Open(dir, opts)
+					if err != nil {
+						b.Fatal(err)
+					}
+					segs = len(l.Segments())
+					b.StopTimer()
+					l.Close()
+					b.StartTimer()
+				}
+				b.ReportMetric(float64(segs), "segments")
+			})
+		}
+	}
+}
+
+// TestPeakRSS reads a 10 GiB log through a 256 MiB cache (random point
+// reads, then a full scan) and reports the process's peak RSS (VmHWM).
+// Runs only with SEGSTORE_BENCH_DIR set.
+func TestPeakRSS(t *testing.T) {
+	dir := bigLog(t, "log-10g", 10<<30)
+	c, err := cache.New(256 << 20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	l := openRO(t, dir, c)
+	defer l.Close()
+	end := l.DurableOffset()
+	r := rand.New(rand.NewPCG(1, 2))
+	start := time.Now()
+	buf := make([]byte, 0, benchRecord)
+	for i := 0; i < 300_000; i++ {
+		if buf, err = l.Read(r.Uint64N(end), buf[:0]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	it := l.NewIterator(0)
+	var n int64
+	for it.Next() {
+		n++
+	}
+	if it.Err() != nil {
+		t.Fatal(it.Err())
+	}
+	status, _ := os.ReadFile("/proc/self/status")
+	var hwm string
+	for _, line := range strings.Split(string(status), "\n") {
+		if strings.HasPrefix(line, "VmHWM:") {
+			hwm = strings.TrimSpace(strings.TrimPrefix(line, "VmHWM:"))
+		}
+	}
+	t.Logf("10 GiB log, 256 MiB cache: 300k random reads + scan of %d records in %v; peak RSS %s; cache %+v", n, time.Since(start), hwm, c.Stats())
+}

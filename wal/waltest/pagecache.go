@@ -1,0 +1,57 @@
+// Package waltest holds the baselines that segstore's benchmarks compare
+// against, so every benchmark measures the same thing.
+package waltest
+
+import (
+	"os"
+	"sync"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/segstore/segstore/wal"
+)
+
+// PageCacheLog is the plain log people write by hand: the same frames as
+// package wal, written through the page cache to a growing file, one write
+// and one fdatasync per batch under a mutex (no group commit, no direct
+// I/O). It is a benchmark baseline, not a log to use: it has no recovery.
+type PageCacheLog struct {
+	mu   sync.Mutex
+	f    *os.File
+	pos  int64
+	next uint64
+	buf  []byte
+}
+
+// NewPageCacheLog creates the file at path.
+func NewPageCacheLog(path string) (*PageCacheLog, error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	return &PageCacheLog{f: f, pos: wal.DataStart}, nil
+}
+
+// Append writes one frame and fdatasyncs it.
+func (l *PageCacheLog) Append(records ...[]byte) (uint64, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := wal.FrameSize(wal.PayloadSize(records))
+	if cap(l.buf) < n {
+		l.buf = make([]byte, n)
+	}
+	wal.EncodeFrame(l.buf[:n], 1, l.pos, l.next, 0, records)
+	if _, err := l.f.WriteAt(l.buf[:n], l.pos); err != nil {
+		return 0, err
+	}
+	if err := unix.Fdatasync(int(l.f.Fd())); err != nil {
+		return 0, err
+	}
+	first := l.next
+	l.pos += int64(n)
+	l.next += uint64(len(records))
+	return first, nil
+}
+
+// Close closes the file.
+func (l *PageCacheLog) Close() error { return l.f.Close() }
