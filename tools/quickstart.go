@@ -8,22 +8,25 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
+	"math/rand/v2"
 	"os"
-	"path/filepath"
 	"sync"
 	"time"
 
 	"github.com/segstore/segstore/blockdev"
-	"github.com/segstore/segstore/wal"
+	"github.com/segstore/segstore/engine"
 )
 
 // QuickstartOptions configure Quickstart.
 type QuickstartOptions struct {
-	Dir        string // where to create the store; default a new temporary directory
-	Appenders  int    // concurrent appenders; default 8
-	Appends    int    // Append calls per appender; default 2000
-	Batch      int    // records per Append; default 4
-	RecordSize int    // bytes per record; default 1024
+	Dir         string // where to create the store; default a new temporary directory
+	Appenders   int    // concurrent appenders; default 8
+	Appends     int    // Append calls per appender; default 2000
+	Batch       int    // records per Append; default 4
+	RecordSize  int    // bytes per record; default 1024
+	SegmentSize int64  // bytes per segment file; default 16 MiB
+	Reads       int    // random point reads; default 20000
 }
 
 func (o *QuickstartOptions) defaults() {
@@ -39,11 +42,18 @@ func (o *QuickstartOptions) defaults() {
 	if o.RecordSize < 16 {
 		o.RecordSize = 1024
 	}
+	if o.SegmentSize <= 0 {
+		o.SegmentSize = 16 << 20
+	}
+	if o.Reads <= 0 {
+		o.Reads = 20000
+	}
 }
 
-// Quickstart creates a log file, appends a durable workload from concurrent
-// appenders (group commit), reopens it through recovery, reads every record
-// back, checks each one, and prints what it did.
+// Quickstart creates a store, appends a durable workload from concurrent
+// appenders (group commit, segments rolling), reopens it (bounded
+// recovery), reads records back at random through the cache and by a full
+// scan, checks every byte, and prints what it did.
 func Quickstart(out io.Writer, opts QuickstartOptions) error {
 	opts.defaults()
 	dir := opts.Dir
@@ -52,42 +62,25 @@ func Quickstart(out io.Writer, opts QuickstartOptions) error {
 		if dir, err = os.MkdirTemp("", "segstore-quickstart-"); err != nil {
 			return fmt.Errorf("quickstart: %w", err)
 		}
-	} else if err := os.MkdirAll(dir, 0o755); err != nil {
-		return fmt.Errorf("quickstart: %w", err)
+	} else if entries, _ := os.ReadDir(dir); len(entries) > 0 {
+		return fmt.Errorf("quickstart: %s already exists and is not empty: choose an empty --dir", dir)
 	}
-	path := filepath.Join(dir, fmt.Sprintf("%020d.wal", 0))
-	if _, err := os.Stat(path); err == nil {
-		return fmt.Errorf("quickstart: %s already exists: choose an empty --dir", path)
-	}
-	fmt.Fprintf(out, "store:       %s\n", dir)
+	fmt.Fprintf(out, "store:        %s\n", dir)
 
-	dev, err := blockdev.Open(path, blockdev.Options{Create: true})
+	eopts := engine.DefaultOptions()
+	eopts.SegmentSize = opts.SegmentSize
+	eopts.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	l, err := engine.Open(dir, eopts)
 	if errors.Is(err, blockdev.ErrDirectIOUnsupported) {
-		fmt.Fprintf(out, "warning:     %v\n             continuing with the buffered fallback\n", err)
-		dev, err = blockdev.Open(path, blockdev.Options{Create: true, Buffered: true})
+		fmt.Fprintf(out, "warning:      %v\n              continuing with the buffered fallback\n", err)
+		eopts.Buffered = true
+		l, err = engine.Open(dir, eopts)
 	}
 	if err != nil {
 		return fmt.Errorf("quickstart: %w", err)
 	}
-	defer dev.Close()
-	mode := "O_DIRECT"
-	if !dev.Direct() {
-		mode = "buffered (page cache)"
-	}
-	fmt.Fprintf(out, "device:      %s on %s, %s, alignment %v\n", filepath.Base(path), dev.Filesystem(), mode, dev.Alignment())
-
-	total := int64(opts.Appenders) * int64(opts.Appends) * int64(opts.Batch)
-	payload := total * int64(opts.RecordSize+wal.RecordHeaderLen)
-	w, err := wal.Create(dev, 0, wal.Options{Preallocate: payload + payload/8 + 1<<20, PreZero: true})
-	if err != nil {
-		return fmt.Errorf("quickstart: %w", err)
-	}
-	if err := blockdev.SyncDir(dir); err != nil { // commit point of the new file's name
-		return fmt.Errorf("quickstart: %w", err)
-	}
-
-	fmt.Fprintf(out, "appending:   %d appenders x %d batches x %d records of %d B, fdatasync before each ack\n",
-		opts.Appenders, opts.Appends, opts.Batch, opts.RecordSize)
+	fmt.Fprintf(out, "appending:    %d appenders x %d batches x %d records of %d B, fdatasync before each ack, %d MiB segments\n",
+		opts.Appenders, opts.Appends, opts.Batch, opts.RecordSize, opts.SegmentSize>>20)
 	start := time.Now()
 	var wg sync.WaitGroup
 	errs := make([]error, opts.Appenders)
@@ -103,7 +96,7 @@ func Quickstart(out io.Writer, opts QuickstartOptions) error {
 				for j, r := range recs {
 					fillRecord(r, a, i, j)
 				}
-				if _, err := w.Append(recs...); err != nil {
+				if _, err := l.Append(recs...); err != nil {
 					errs[a] = err
 					return
 				}
@@ -113,43 +106,75 @@ func Quickstart(out io.Writer, opts QuickstartOptions) error {
 	wg.Wait()
 	elapsed := time.Since(start)
 	if err := errors.Join(errs...); err != nil {
+		l.Close()
 		return fmt.Errorf("quickstart: %w", err)
 	}
-	st := w.Stats()
-	if err := w.Close(); err != nil {
-		return fmt.Errorf("quickstart: %w", err)
-	}
+	st := l.Stats()
 	mb := float64(st.Records*int64(opts.RecordSize)) / 1e6
-	fmt.Fprintf(out, "appended:    %d records in %v: %.0f records/s, %.1f MB/s\n",
+	fmt.Fprintf(out, "appended:     %d records in %v: %.0f records/s, %.1f MB/s\n",
 		st.Records, elapsed.Round(time.Millisecond), float64(st.Records)/elapsed.Seconds(), mb/elapsed.Seconds())
 	fmt.Fprintf(out, "group commit: %d appends in %d writes and %d fdatasyncs: %.1f appends per flush, mean fdatasync %v\n",
-		st.Appends, st.Writes, st.Syncs, float64(st.Appends)/float64(max(st.Writes, 1)),
-		(st.SyncTime / time.Duration(max(st.Syncs, 1))).Round(time.Microsecond))
+		st.Appends, st.Writes, st.Syncs, st.MeanBatch, st.MeanSync.Round(time.Microsecond))
+	if err := l.Close(); err != nil {
+		return fmt.Errorf("quickstart: %w", err)
+	}
 
-	start = time.Now()
-	w, rec, err := wal.Open(dev, wal.Options{})
+	l, err = engine.Open(dir, eopts)
 	if err != nil {
 		return fmt.Errorf("quickstart: reopen: %w", err)
 	}
-	if err := w.Close(); err != nil {
-		return fmt.Errorf("quickstart: %w", err)
-	}
-	torn := "clean end"
-	if rec.Torn != nil {
-		torn = fmt.Sprintf("torn tail of %d bytes cut at %d", rec.Torn.Bytes, rec.Torn.Pos)
-	}
-	fmt.Fprintf(out, "recovered:   %d frames, offsets [0, %d), %s, in %v\n", rec.Frames, rec.NextOffset, torn, time.Since(start).Round(time.Microsecond))
+	defer l.Close()
+	rec := l.Stats().LastOpenRecovery
+	fmt.Fprintf(out, "reopened:     %d segments (%d sealed, opened through their footers), offsets [%d, %d), in %v\n",
+		rec.Segments, rec.Sealed, l.StartOffset(), l.EndOffset(), rec.Duration.Round(time.Microsecond))
 
+	total := uint64(st.Records)
+	want := make([]byte, opts.RecordSize)
+	r := rand.New(rand.NewPCG(1, 2))
+	buf := make([]byte, 0, opts.RecordSize)
 	start = time.Now()
-	n, err := verifyQuickstart(dev, opts)
-	if err != nil {
-		return fmt.Errorf("quickstart: read back: %w", err)
+	for i := 0; i < opts.Reads; i++ {
+		off := r.Uint64N(total)
+		if buf, err = l.Read(off, buf[:0]); err != nil {
+			return fmt.Errorf("quickstart: read %d: %w", off, err)
+		}
+		if err := checkRecord(buf, want); err != nil {
+			return fmt.Errorf("quickstart: record %d: %w", off, err)
+		}
 	}
 	elapsed = time.Since(start)
-	fmt.Fprintf(out, "read back:   %d records checked byte for byte in %v (%.0f MB/s, O_DIRECT scan)\n",
+	cs := l.Stats().Cache
+	fmt.Fprintf(out, "point reads:  %d random reads checked in %v (%.0f reads/s), cache hit ratio %.2f\n",
+		opts.Reads, elapsed.Round(time.Millisecond), float64(opts.Reads)/elapsed.Seconds(), cs.HitRatio())
+
+	start = time.Now()
+	it := l.NewIterator(0)
+	defer it.Close()
+	seen := make(map[[3]uint32]bool, total)
+	var n uint64
+	for it.Next() {
+		if it.Offset() != n {
+			return fmt.Errorf("quickstart: scan returned offset %d, expected %d", it.Offset(), n)
+		}
+		r := it.Record()
+		if err := checkRecord(r, want); err != nil {
+			return fmt.Errorf("quickstart: record %d: %w", n, err)
+		}
+		id := [3]uint32{binary.LittleEndian.Uint32(r), binary.LittleEndian.Uint32(r[4:]), binary.LittleEndian.Uint32(r[8:])}
+		if seen[id] {
+			return fmt.Errorf("quickstart: record %d appears twice", n)
+		}
+		seen[id] = true
+		n++
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("quickstart: scan: %w", err)
+	}
+	elapsed = time.Since(start)
+	fmt.Fprintf(out, "scan:         %d records checked byte for byte in %v (%.0f MB/s, O_DIRECT read-ahead)\n",
 		n, elapsed.Round(time.Millisecond), mb/elapsed.Seconds())
 	if n != total {
-		return fmt.Errorf("quickstart: read back %d records, appended %d", n, total)
+		return fmt.Errorf("quickstart: scanned %d records, appended %d", n, total)
 	}
 	return nil
 }
@@ -165,31 +190,14 @@ func fillRecord(r []byte, a, i, j int) {
 	}
 }
 
-func verifyQuickstart(dev blockdev.Device, opts QuickstartOptions) (int64, error) {
-	s, err := wal.NewScanner(dev)
-	if err != nil {
-		return 0, err
+// checkRecord compares r with the record its identity names.
+func checkRecord(r, want []byte) error {
+	if len(r) != len(want) {
+		return fmt.Errorf("%d bytes, want %d", len(r), len(want))
 	}
-	var n int64
-	want := make([]byte, opts.RecordSize)
-	seen := make(map[[3]uint32]bool)
-	var bad error
-	for s.Next() {
-		f := s.Frame()
-		wal.Records(f.Payload, func(k int, r []byte) bool {
-			id := [3]uint32{binary.LittleEndian.Uint32(r), binary.LittleEndian.Uint32(r[4:]), binary.LittleEndian.Uint32(r[8:])}
-			fillRecord(want, int(id[0]), int(id[1]), int(id[2]))
-			if len(r) != len(want) || string(r) != string(want) || seen[id] {
-				bad = fmt.Errorf("record at offset %d has unexpected content", f.First+uint64(k))
-				return false
-			}
-			seen[id] = true
-			n++
-			return true
-		})
-		if bad != nil {
-			return n, bad
-		}
+	fillRecord(want, int(binary.LittleEndian.Uint32(r)), int(binary.LittleEndian.Uint32(r[4:])), int(binary.LittleEndian.Uint32(r[8:])))
+	if string(r) != string(want) {
+		return errors.New("content differs from what was appended")
 	}
-	return n, s.Err()
+	return nil
 }

@@ -20,22 +20,25 @@ func runSegtool(t *testing.T, args ...string) (stdout string, err error) {
 
 func TestQuickstart(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "store")
-	out, err := runSegtool(t, "quickstart", "--dir", dir, "--appenders", "4", "--appends", "50", "--batch", "3", "--record-size", "100")
+	out, err := runSegtool(t, "quickstart", "--dir", dir, "--appenders", "4", "--appends", "300", "--batch", "3",
+		"--record-size", "200", "--segment-size", "65536", "--reads", "500")
 	require.NoError(t, err)
 	for _, want := range []string{
-		"store:       " + dir,
-		"O_DIRECT",
-		"appended:    600 records",
-		"group commit: 200 appends",
-		"recovered:   200 frames, offsets [0, 600), clean end",
-		"read back:   600 records checked byte for byte",
+		"store:        " + dir,
+		"appended:     3600 records",
+		"group commit: 1200 appends",
+		"offsets [0, 3600)",
+		"point reads:  500 random reads checked",
+		"scan:         3600 records checked byte for byte",
 	} {
 		assert.Contains(t, out, want)
 	}
 
+	assert.Regexp(t, `reopened:     \d+ segments \(\d+ sealed`, out, "64 KiB segments must roll")
+
 	// A second run into the same directory refuses instead of overwriting.
 	_, err = runSegtool(t, "quickstart", "--dir", dir)
-	assert.ErrorContains(t, err, "already exists")
+	assert.ErrorContains(t, err, "not empty")
 }
 
 func TestUnknownFlagIsAnError(t *testing.T) {
