@@ -41,8 +41,9 @@ type Log struct {
 	// mu: Append holds it shared; Roll and Close hold it exclusively, so a
 	// segment is never sealed under an append. Readers never take it.
 	mu       sync.RWMutex
-	active   *segment    // guarded by mu; nil when read-only
+	active   *segment    // guarded by mu; nil when read-only or failed
 	closed   bool        // guarded by mu
+	failed   error       // guarded by mu: a roll or truncation stopped halfway; no more changes
 	isClosed atomic.Bool // closed, for readers that do not take mu
 
 	segs  atomic.Pointer[[]*segment] // immutable snapshot, ascending by base
@@ -432,15 +433,11 @@ func (l *Log) notifyDurable() {
 // batch is durable.
 func (l *Log) Append(records ...[]byte) (first uint64, err error) {
 	l.mu.RLock()
-	if l.closed {
+	if err := l.writableLocked(); err != nil {
 		l.mu.RUnlock()
-		return 0, ErrClosed
+		return 0, err
 	}
 	s := l.active
-	if s == nil {
-		l.mu.RUnlock()
-		return 0, ErrReadOnly
-	}
 	first, err = s.w.Append(records...)
 	l.mu.RUnlock()
 	if err != nil {
@@ -465,14 +462,22 @@ func (l *Log) shouldRoll(s *segment) bool {
 	return l.opts.SegmentAge > 0 && l.opts.Now().Sub(time.Unix(0, first.time)) >= l.opts.SegmentAge
 }
 
+// fail records a change that stopped halfway: the log refuses further
+// changes until it is reopened (recovery finishes or undoes it).
+func (l *Log) fail(what string, err error) error {
+	l.failed = fmt.Errorf("engine: %s failed; the log takes no more changes, reopen it to recover: %w", what, err)
+	l.active = nil
+	return l.failed
+}
+
 // Roll seals the active segment now and starts a new one (an empty active
 // segment is left as it is).
 func (l *Log) Roll() error {
 	l.mu.RLock()
-	s := l.active
+	s, err := l.active, l.writableLocked()
 	l.mu.RUnlock()
-	if s == nil {
-		return ErrReadOnly
+	if err != nil {
+		return err
 	}
 	return l.rollIf(s)
 }
@@ -485,15 +490,18 @@ func (l *Log) rollIf(s *segment) error {
 	if l.closed {
 		return ErrClosed
 	}
+	if l.failed != nil {
+		return l.failed
+	}
 	if l.active != s || s.w.NextOffset() == s.base {
 		return nil
 	}
 	if err := l.seal(s); err != nil {
-		return err
+		return l.fail("sealing segment "+s.name, err)
 	}
 	next, err := l.createSegment(s.vis().off)
 	if err != nil {
-		return err
+		return l.fail("creating the segment after "+s.name, err)
 	}
 	segs := append(slices.Clone(*l.segs.Load()), next)
 	l.segs.Store(&segs)
@@ -644,8 +652,11 @@ func (l *Log) Sync() error {
 	if l.closed {
 		return ErrClosed
 	}
+	if l.failed != nil {
+		return l.failed
+	}
 	if l.active == nil {
-		return nil
+		return nil // read-only: nothing to sync
 	}
 	return l.active.w.Sync()
 }

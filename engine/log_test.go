@@ -190,3 +190,32 @@ func TestIteratorTailsTheActiveSegment(t *testing.T) {
 	require.NoError(t, it.Err())
 	assert.Equal(t, []uint64{0, 1, 2, 3, 4}, got, "a caught-up iterator continues with new durable records")
 }
+
+// TestFailedRollIsStickyAndRecoverable: an fdatasync failure while a roll
+// seals the segment stops all changes with an error saying to reopen;
+// reads go on; the reopened log holds every acknowledged record.
+func TestFailedRollIsStickyAndRecoverable(t *testing.T) {
+	dir := blockdev.NewSimDir(blockdev.SimOptions{})
+	l, err := Open("sim", testOptions(dir))
+	require.NoError(t, err)
+	appendN(t, l, 20)
+	active := dir.File(segName(0))
+	active.FailNth(blockdev.OpSync, active.Calls(blockdev.OpSync)+1)
+
+	err = l.Roll()
+	require.Error(t, err)
+	assert.ErrorContains(t, err, "reopen it to recover")
+	_, err = l.Append([]byte("x"))
+	assert.ErrorContains(t, err, "reopen it to recover", "sticky")
+	assert.ErrorContains(t, l.TruncateBack(5), "reopen it to recover")
+	got, err := l.Read(19, nil)
+	require.NoError(t, err, "reads go on")
+	assert.Equal(t, "record-000019", string(got))
+	l.Close()
+
+	l, err = Open("sim", testOptions(dir))
+	require.NoError(t, err)
+	defer l.Close()
+	assert.Equal(t, uint64(20), l.EndOffset())
+	appendN(t, l, 1)
+}

@@ -150,6 +150,14 @@ func (l *Log) TruncateBack(from uint64) error {
 		return fmt.Errorf("%w: TruncateBack(%d) outside [%d, %d]", ErrOutOfRange, from, l.StartOffset(), end)
 	}
 	// The active writer stops; the segment holding from becomes active.
+	// From here a failure leaves the log halfway: fail() makes that sticky.
+	if err := l.truncateBackLocked(from); err != nil {
+		return l.fail(fmt.Sprintf("TruncateBack(%d)", from), err)
+	}
+	return nil
+}
+
+func (l *Log) truncateBackLocked(from uint64) error {
 	if err := l.active.w.Close(); err != nil {
 		return err
 	}
@@ -351,10 +359,12 @@ func (l *Log) startActiveLocked(base uint64) error {
 }
 
 func (l *Log) writableLocked() error {
-	if l.closed {
+	switch {
+	case l.closed:
 		return ErrClosed
-	}
-	if l.active == nil {
+	case l.failed != nil:
+		return l.failed
+	case l.active == nil:
 		return ErrReadOnly
 	}
 	return nil
