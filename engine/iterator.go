@@ -26,6 +26,7 @@ type Iterator struct {
 	posOff uint64 // offset of that frame's first record
 	buf    []byte // verified frames: file bytes [bufPos, bufPos+len(buf))
 	bufPos int64
+	raw    []byte // the aligned read buffer, reused by every fill
 
 	frame   wal.Frame // the frame being returned record by record
 	recPos  int       // cursor in frame.Payload
@@ -130,9 +131,12 @@ func (it *Iterator) nextFrame() (bool, error) {
 func (it *Iterator) fill(end int64) error {
 	s := it.seg
 	to := min(it.pos+max(readAhead, int64(s.hdr.MaxWrite)), end)
-	raw, err := s.readRange(it.pos, to)
+	raw, aligned, err := s.readRange(it.pos, to, it.raw)
 	if err != nil {
 		return err
+	}
+	if len(aligned) > len(it.raw) { // keep the largest buffer for the next fill
+		it.raw = aligned[:cap(aligned)]
 	}
 	stop, _, err := wal.DecodeFrames(raw, s.hdr, it.pos, it.posOff, func(wal.Frame) bool { return true })
 	if err == nil && stop == it.pos {
@@ -162,6 +166,6 @@ func (it *Iterator) Close() error {
 	if it.seg != nil {
 		it.seg.release()
 	}
-	it.buf, it.frame, it.seg = nil, wal.Frame{}, nil
+	it.buf, it.raw, it.frame, it.seg = nil, nil, wal.Frame{}, nil
 	return nil
 }

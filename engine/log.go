@@ -581,7 +581,7 @@ func (l *Log) chunkBytes(s *segment, start indexEntry, end int64, complete bool)
 			return b, nil
 		}
 	}
-	raw, err := s.readRange(start.pos, end)
+	raw, _, err := s.readRange(start.pos, end, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -592,11 +592,12 @@ func (l *Log) chunkBytes(s *segment, start indexEntry, end int64, complete bool)
 	if err != nil {
 		return nil, &CorruptionError{Segment: s.base, File: s.name, Position: stop, Op: "read", Err: err}
 	}
-	b := append(make([]byte, 0, len(raw)), raw...) // exact size: the cache's cost is honest
+	// The freshly read buffer itself is cached (no copy): it is never
+	// written again. Its alignment slack (under two sectors) rides along.
 	if complete {
-		l.cache.Set(s.ns, start.pos, b)
+		l.cache.Set(s.ns, start.pos, raw)
 	}
-	return b, nil
+	return raw, nil
 }
 
 // StartOffset is the first retained offset.

@@ -203,20 +203,24 @@ func (s *segment) decodeFooter(f *wal.Footer) error {
 	return nil
 }
 
-// readRange reads the file bytes [from, to) with aligned O_DIRECT reads and
-// returns them (a slice of a fresh aligned buffer).
-func (s *segment) readRange(from, to int64) ([]byte, error) {
+// readRange reads the file bytes [from, to) with one aligned O_DIRECT read
+// into buf (or a new aligned buffer if buf is too small) and returns them,
+// and the aligned buffer they sit in (to reuse).
+func (s *segment) readRange(from, to int64, buf []byte) (data, aligned []byte, err error) {
 	a := s.dev.Alignment()
 	start := alignedbuf.AlignDown(from, int64(a.Offset))
 	end := alignedbuf.AlignUp(to, int64(a.Offset))
-	buf := a.Alloc(int(end - start))
+	if int64(len(buf)) < end-start {
+		buf = a.Alloc(int(end - start))
+	}
+	buf = buf[:end-start]
 	n, err := s.dev.ReadAt(buf, start)
 	if err != nil && !errors.Is(err, io.EOF) {
-		return nil, fmt.Errorf("engine: read segment %d (%s) bytes [%d, %d): %w", s.base, s.name, start, end, err)
+		return nil, nil, fmt.Errorf("engine: read segment %d (%s) bytes [%d, %d): %w", s.base, s.name, start, end, err)
 	}
 	if int64(n) < to-start {
-		return nil, &CorruptionError{Segment: s.base, File: s.name, Position: start + int64(n), Op: "read",
+		return nil, nil, &CorruptionError{Segment: s.base, File: s.name, Position: start + int64(n), Op: "read",
 			Err: fmt.Errorf("file ends at %d, records were acknowledged up to %d", start+int64(n), to)}
 	}
-	return buf[from-start : to-start], nil
+	return buf[from-start : to-start], buf, nil
 }

@@ -236,7 +236,7 @@ func (l *Log) planCut(s *segment, from uint64) (cutPlan, error) {
 		plan.end = min(size, alignedbuf.AlignUp(vis.pos, int64(s.dev.Alignment().Block)))
 	}
 	start, chunkEnd, _ := s.chunk(from, vis)
-	raw, err := s.readRange(start.pos, chunkEnd)
+	raw, _, err := s.readRange(start.pos, chunkEnd, nil)
 	if err != nil {
 		return cutPlan{}, err
 	}
