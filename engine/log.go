@@ -487,11 +487,8 @@ func (l *Log) Roll() error {
 func (l *Log) rollIf(s *segment) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.closed {
-		return ErrClosed
-	}
-	if l.failed != nil {
-		return l.failed
+	if err := l.writableLocked(); err != nil {
+		return err
 	}
 	if l.active != s || s.w.NextOffset() == s.base {
 		return nil
