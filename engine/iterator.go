@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"encoding/binary"
 	"errors"
 	"time"
 
@@ -62,7 +63,7 @@ func (it *Iterator) Next() bool {
 func (it *Iterator) nextInFrame() bool {
 	p := it.frame.Payload
 	for it.recPos+wal.RecordHeaderLen <= len(p) {
-		n := int(uint32(p[it.recPos]) | uint32(p[it.recPos+1])<<8 | uint32(p[it.recPos+2])<<16 | uint32(p[it.recPos+3])<<24)
+		n := int(binary.LittleEndian.Uint32(p[it.recPos:]))
 		rec := p[it.recPos+wal.RecordHeaderLen : it.recPos+wal.RecordHeaderLen+n]
 		off := it.recNext
 		it.recPos += wal.RecordHeaderLen + n
@@ -82,6 +83,10 @@ func (it *Iterator) nextFrame() (bool, error) {
 	for {
 		if it.l.isClosed.Load() {
 			return false, ErrClosed
+		}
+		if it.seg != nil && it.seg.gone.Load() { // truncated or rewritten
+			it.seg.release()
+			it.seg, it.buf = nil, nil
 		}
 		if it.seg == nil {
 			s, err := it.l.segmentFor(it.next)

@@ -12,6 +12,7 @@ import (
 	"io"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -121,9 +122,6 @@ func (l *Log) release() {
 // load opens every segment: sealed ones through their footer, the last one
 // by scanning (and cutting its torn tail).
 func (l *Log) load() error {
-	if err := l.redoTruncate(); err != nil {
-		return err
-	}
 	names, err := l.dir.List()
 	if err != nil {
 		return err
@@ -132,6 +130,13 @@ func (l *Log) load() error {
 	for _, n := range names {
 		if b, ok := parseSegName(n); ok {
 			bases = append(bases, b)
+		}
+		if strings.HasSuffix(n, tmpSuffix) && !l.opts.ReadOnly {
+			// A file being written when the process stopped (a truncation's
+			// rewrite, a metadata update): never committed, so discarded.
+			if err := l.dir.Remove(n); err != nil {
+				return err
+			}
 		}
 	}
 	slices.Sort(bases)

@@ -24,10 +24,8 @@ import (
 const (
 	metaMagic  = "segmeta1"
 	metaStart  = 1 // START: the first retained offset (TruncateFront)
-	metaTrunc  = 2 // TRUNC: a TruncateBack being applied (redo record)
 	startName  = "START"
-	truncName  = "TRUNC"
-	tmpSuffix  = ".tmp"
+	tmpSuffix  = ".tmp" // files being written; open removes leftovers
 	metaHeader = 16
 )
 

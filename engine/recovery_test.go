@@ -131,44 +131,49 @@ func TestSegmentRecoveryTable(t *testing.T) {
 	}
 }
 
-// TestInterruptedTruncateBackIsRedone: a crash right after TruncateBack's
-// commit point (TRUNC durable, nothing applied), or while applying it with
-// torn writes, is finished by the next Open.
-func TestInterruptedTruncateBackIsRedone(t *testing.T) {
-	for _, mode := range []blockdev.CrashMode{blockdev.CrashDropUnsynced, blockdev.CrashTear, blockdev.CrashKeepAll} {
-		for _, applied := range []bool{false, true} {
-			t.Run(fmt.Sprintf("mode=%d/applied=%v", mode, applied), func(t *testing.T) {
-				dir, bases := fourSegments(t)
+// TestInterruptedTruncateBack crashes TruncateBack at each step: with the
+// rewrite of the segment holding from written but not renamed, renamed but
+// the directory not synced, and committed. Before the commit point the log
+// must be a prefix of the old one (every record below from intact); after
+// it, it ends at from. No .tmp file survives an open.
+func TestInterruptedTruncateBack(t *testing.T) {
+	const from = 44 // inside a batch of segment 1 (records 30..59)
+	for _, step := range []string{"written", "renamed", "committed"} {
+		for _, mode := range []blockdev.CrashMode{blockdev.CrashDropUnsynced, blockdev.CrashTear, blockdev.CrashKeepAll} {
+			t.Run(fmt.Sprintf("%s/mode=%d", step, mode), func(t *testing.T) {
+				dir, _ := fourSegments(t)
 				l, err := Open("sim", testOptions(dir))
 				require.NoError(t, err)
-				const from = 44 // inside a batch of segment 1 (records 30..59)
-				s := (*l.segs.Load())[1]
-				plan, err := l.planCut(s, from)
+				segs := *l.segs.Load()
+				require.NoError(t, l.dropLocked(reverse(segs[2:]), segs[:2]))
+				tmp, err := l.writePrefix(segs[1], from)
 				require.NoError(t, err)
-				require.NotEmpty(t, plan.frame, "the cut splits a batch")
-				require.NoError(t, writeMeta(l.dir, truncName, metaTrunc, plan.encode()))
-				if applied { // partway: later segments gone, the rewrite begun, unsynced
-					require.NoError(t, l.dropLocked(reverse((*l.segs.Load())[2:]), (*l.segs.Load())[:2]))
-					sector := s.dev.Alignment().Alloc(512)
-					_, err := s.dev.ReadAt(sector, plan.pos&^511)
-					require.NoError(t, err)
-					clear(sector[plan.pos&511:]) // the bytes before the cut never change
-					_, err = s.dev.WriteAt(sector, plan.pos&^511)
-					require.NoError(t, err)
+				if step != "written" {
+					require.NoError(t, dir.Rename(tmp, segs[1].name))
+				}
+				if step == "committed" {
+					require.NoError(t, dir.Sync())
 				}
 				crashed := dir.Crash(mode)
 				l.Close()
 
 				l, err = Open("sim", testOptions(crashed))
 				require.NoError(t, err)
-				requireAll(t, l, from)
+				defer l.Close()
+				end := l.EndOffset()
+				if step == "committed" {
+					assert.Equal(t, uint64(from), end)
+				} else {
+					assert.GreaterOrEqual(t, end, uint64(from), "before the commit point nothing below from is lost")
+				}
+				requireAll(t, l, end)
 				names, _ := crashed.List()
-				assert.NotContains(t, names, truncName, "the redo record is removed once applied")
-				assert.NotContains(t, names, segName(bases[3]))
+				for _, n := range names {
+					assert.NotContains(t, n, tmpSuffix)
+				}
 				first, err := l.Append([]byte("next"))
 				require.NoError(t, err)
-				assert.Equal(t, uint64(from), first)
-				require.NoError(t, l.Close())
+				assert.Equal(t, end, first)
 			})
 		}
 	}

@@ -61,6 +61,9 @@ type segment struct {
 	// The device is closed when it drops to zero, so a segment dropped by
 	// truncation or retention stays readable for readers that hold it.
 	refs atomic.Int64
+	// gone: dropped or replaced by a rewritten file; an iterator holding it
+	// looks its position up again.
+	gone atomic.Bool
 
 	mu       sync.RWMutex // guards index, sealed and sealedAt
 	index    []indexEntry // sparse, ascending; the first frame is always in it

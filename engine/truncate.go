@@ -2,11 +2,11 @@ package engine
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"slices"
 	"time"
 
-	"github.com/segstore/segstore/alignedbuf"
 	"github.com/segstore/segstore/blockdev"
 	"github.com/segstore/segstore/wal"
 )
@@ -81,7 +81,7 @@ func (l *Log) dropLocked(gone, keep []*segment) error {
 	keep = slices.Clone(keep)
 	l.segs.Store(&keep)
 	for _, s := range gone {
-		s.visible.Store(&position{pos: wal.DataStart, off: s.base}) // iterators holding it stop
+		s.gone.Store(true) // iterators holding it move on
 		if err := l.dir.Remove(s.name); err != nil && !isNotExist(err) {
 			return err
 		}
@@ -125,14 +125,16 @@ func (l *Log) applyRetentionLocked() error {
 
 // TruncateBack drops the records at from and after, durably: when it
 // returns, they are gone and stay gone after a crash, and the next append
-// gets offset from. Iterators positioned past from stop.
+// gets offset from.
 //
-// Cutting inside a batch rewrites that batch's frame with the records
-// before from. To survive a crash during the rewrite, the new frame is
-// first saved in TRUNC (write, fdatasync, rename, directory fsync: the
-// commit point); then later segments are removed, the frame rewritten and
-// the rest of the file zeroed and synced, and TRUNC removed. Open replays
-// a TRUNC it finds.
+// Segments after the one holding from are removed, newest first, each with
+// a directory fsync. The segment holding from is rewritten copy-on-write:
+// its records below from (the same batches, the same times) go to
+// NAME.tmp, which is fdatasynced and renamed over NAME; the rename's
+// directory fsync is the commit point. A crash before it leaves the old
+// file (the log is then a prefix of what it was) and a .tmp that open
+// removes. Nothing is modified in place, so readers that hold the old file
+// keep reading it safely; iterators move to the new one at their next frame.
 func (l *Log) TruncateBack(from uint64) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -149,7 +151,6 @@ func (l *Log) TruncateBack(from uint64) error {
 	case from > end || from < l.StartOffset():
 		return fmt.Errorf("%w: TruncateBack(%d) outside [%d, %d]", ErrOutOfRange, from, l.StartOffset(), end)
 	}
-	// The active writer stops; the segment holding from becomes active.
 	// From here a failure leaves the log halfway: fail() makes that sticky.
 	if err := l.truncateBackLocked(from); err != nil {
 		return l.fail(fmt.Sprintf("TruncateBack(%d)", from), err)
@@ -162,8 +163,7 @@ func (l *Log) truncateBackLocked(from uint64) error {
 		return err
 	}
 	l.addSealedStats(l.active.w.Stats())
-	l.active.w = nil
-	l.active = nil
+	l.active.w, l.active = nil, nil
 
 	segs := *l.segs.Load()
 	k := len(segs) - 1 // the segment holding from
@@ -171,23 +171,23 @@ func (l *Log) truncateBackLocked(from uint64) error {
 		k--
 	}
 	if segs[k].base == from {
-		// Cut at a segment boundary: drop k and after, start a new segment.
+		// At a segment boundary: drop k and after, start a new segment.
 		if err := l.dropLocked(reverse(segs[k:]), segs[:k]); err != nil {
 			return err
 		}
 		return l.startActiveLocked(from)
 	}
-	plan, err := l.planCut(segs[k], from)
-	if err != nil {
-		return err
-	}
-	if err := writeMeta(l.dir, truncName, metaTrunc, plan.encode()); err != nil {
-		return err
-	}
 	if err := l.dropLocked(reverse(segs[k+1:]), segs[:k+1]); err != nil {
 		return err
 	}
-	if err := l.applyCut(segs[k], plan); err != nil {
+	tmp, err := l.writePrefix(segs[k], from)
+	if err != nil {
+		return err
+	}
+	if err := l.dir.Rename(tmp, segs[k].name); err != nil {
+		return err
+	}
+	if err := l.dir.Sync(); err != nil {
 		return err
 	}
 	return l.reopenActiveLocked(segs[k])
@@ -195,144 +195,63 @@ func (l *Log) truncateBackLocked(from uint64) error {
 
 func reverse(s []*segment) []*segment { r := slices.Clone(s); slices.Reverse(r); return r }
 
-// cutPlan is the redo record of a TruncateBack inside a segment.
-type cutPlan struct {
-	base  uint64 // segment
-	pos   int64  // position of the frame holding from
-	end   int64  // where the segment's bytes end (zero up to here)
-	frame []byte // the frame rewritten with the records before from, or nil
-}
-
-func (p cutPlan) encode() []byte {
-	b := binary.LittleEndian.AppendUint64(nil, p.base)
-	b = binary.LittleEndian.AppendUint64(b, uint64(p.pos))
-	b = binary.LittleEndian.AppendUint64(b, uint64(p.end))
-	return append(b, p.frame...)
-}
-
-func decodeCutPlan(b []byte) (cutPlan, error) {
-	if len(b) < 24 {
-		return cutPlan{}, fmt.Errorf("TRUNC holds %d bytes", len(b))
+// writePrefix copies the records of s below from into a new file NAME.tmp,
+// in the same batches with the same timestamps, and makes it durable. It
+// returns the temporary name.
+func (l *Log) writePrefix(s *segment, from uint64) (string, error) {
+	tmp := s.name + tmpSuffix
+	if err := l.dir.Remove(tmp); err != nil && !isNotExist(err) {
+		return "", err
 	}
-	return cutPlan{base: binary.LittleEndian.Uint64(b), pos: int64(binary.LittleEndian.Uint64(b[8:])),
-		end: int64(binary.LittleEndian.Uint64(b[16:])), frame: b[24:]}, nil
-}
-
-// planCut finds the frame of s holding from and builds its replacement.
-func (l *Log) planCut(s *segment, from uint64) (cutPlan, error) {
-	size, err := s.dev.Size()
+	dev, err := l.dir.Open(tmp, blockdev.Options{Create: true})
 	if err != nil {
-		return cutPlan{}, err
+		return "", err
 	}
-	// Zero everything after the cut: a sealed file to its end (the footer
-	// goes too); an active one to its durable end (its writer is closed, and
-	// past that the file is zeros).
-	vis := s.vis()
-	s.mu.RLock()
-	sealed := s.sealed
-	s.mu.RUnlock()
-	plan := cutPlan{base: s.base, end: size}
-	if !sealed {
-		plan.end = min(size, alignedbuf.AlignUp(vis.pos, int64(s.dev.Alignment().Block)))
-	}
-	start, chunkEnd, _ := s.chunk(from, vis)
-	raw, _, err := s.readRange(start.pos, chunkEnd, nil)
+	defer dev.Close()
+	var frameTime int64 // the writer's clock: each copied frame keeps its time
+	w, err := wal.Create(dev, s.base, wal.Options{SyncMode: wal.SyncNever, MaxWrite: int(s.hdr.MaxWrite),
+		Now: func() time.Time { return time.Unix(0, frameTime) }})
 	if err != nil {
-		return cutPlan{}, err
+		return "", err
 	}
-	found := false
-	_, _, err = wal.DecodeFrames(raw, s.hdr, start.pos, start.off, func(f wal.Frame) bool {
-		if from >= f.First+uint64(f.Count) {
-			return true
+	defer w.Close()
+	pos, off, vis := int64(wal.DataStart), s.base, s.vis()
+	var buf []byte
+	for off < from {
+		raw, aligned, err := s.readRange(pos, min(pos+max(readAhead, int64(s.hdr.MaxWrite)), vis.pos), buf)
+		if err != nil {
+			return "", err
 		}
-		plan.pos, found = f.Pos, true
-		if keep := int(from - f.First); keep > 0 {
-			var recs [][]byte
+		buf = aligned
+		var appendErr error
+		end, next, err := wal.DecodeFrames(raw, s.hdr, pos, off, func(f wal.Frame) bool {
+			keep := int(min(uint64(f.Count), from-f.First))
+			recs := make([][]byte, 0, keep)
 			wal.Records(f.Payload, func(i int, r []byte) bool { recs = append(recs, r); return i+1 < keep })
-			plan.frame = make([]byte, wal.FrameSize(wal.PayloadSize(recs)))
-			wal.EncodeFrame(plan.frame, s.hdr.SegmentID, f.Pos, f.First, f.Time, recs)
+			frameTime = f.Time
+			_, appendErr = w.Append(recs...)
+			return appendErr == nil && f.First+uint64(f.Count) < from
+		})
+		if err == nil && end == pos {
+			err = errors.New("no whole frame before the durable end")
 		}
-		return false
-	})
-	if err == nil && !found {
-		err = fmt.Errorf("offset %d not found in its index interval", from)
+		if err != nil {
+			return "", &CorruptionError{Segment: s.base, File: s.name, Position: end, Op: "truncate", Err: err}
+		}
+		if appendErr != nil {
+			return "", appendErr
+		}
+		pos, off = end, next
 	}
-	if err != nil {
-		return cutPlan{}, &CorruptionError{Segment: s.base, File: s.name, Position: start.pos, Op: "truncate", Err: err}
+	if err := w.Close(); err != nil { // writes and syncs everything
+		return "", err
 	}
-	return plan, nil
+	return tmp, nil
 }
 
-// applyCut rewrites the frame (if any) and zeroes the rest of the segment,
-// then removes TRUNC. It is idempotent, for replay on open.
-func (l *Log) applyCut(s *segment, p cutPlan) error {
-	cutAt := p.pos
-	if len(p.frame) > 0 {
-		a := s.dev.Alignment()
-		first := alignedbuf.AlignDown(p.pos, int64(a.Offset))
-		last := alignedbuf.AlignUp(p.pos+int64(len(p.frame)), int64(a.Offset))
-		buf := a.Alloc(int(last - first))
-		if _, err := s.dev.ReadAt(buf[:a.Offset], first); err != nil {
-			return fmt.Errorf("engine: truncate segment %s: %w", s.name, err)
-		}
-		clear(buf[p.pos-first:])
-		copy(buf[p.pos-first:], p.frame)
-		if _, err := s.dev.WriteAt(buf, first); err != nil {
-			return fmt.Errorf("engine: truncate segment %s: %w", s.name, err)
-		}
-		cutAt += int64(len(p.frame))
-	}
-	if err := wal.Cut(s.dev, cutAt, p.end); err != nil {
-		return fmt.Errorf("engine: truncate segment %s: %w", s.name, err)
-	}
-	if err := l.dir.Remove(truncName); err != nil && !isNotExist(err) {
-		return err
-	}
-	return l.dir.Sync()
-}
-
-// redoTruncate replays a TruncateBack that a crash interrupted.
-func (l *Log) redoTruncate() error {
-	b, err := readMeta(l.dir, truncName, metaTrunc)
-	if isNotExist(err) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	if l.opts.ReadOnly {
-		return fmt.Errorf("engine: a truncation was interrupted (TRUNC exists): open the log read-write once to finish it")
-	}
-	p, err := decodeCutPlan(b)
-	if err != nil {
-		return &CorruptionError{File: truncName, Op: "open", Err: err}
-	}
-	names, err := l.dir.List()
-	if err != nil {
-		return err
-	}
-	for _, n := range slices.Backward(names) { // newest first
-		if base, ok := parseSegName(n); ok && base > p.base {
-			if err := l.dir.Remove(n); err != nil {
-				return err
-			}
-			if err := l.dir.Sync(); err != nil {
-				return err
-			}
-		}
-	}
-	dev, err := l.dir.Open(segName(p.base), blockdev.Options{})
-	if err != nil {
-		return err
-	}
-	s := newSegment(p.base, segName(p.base), dev, 0, l.opts.IndexInterval)
-	defer s.release()
-	return l.applyCut(s, p)
-}
-
-// reopenActiveLocked makes s, just cut, the active segment again: a fresh
-// wal writer (recovery rebuilds its index) and a fresh cache namespace, so
-// no cached bytes of the old contents are served.
+// reopenActiveLocked opens the rewritten file of old as the active
+// segment: a fresh wal writer (recovery rebuilds its index) and a fresh
+// cache namespace, so no cached bytes of the old contents are served.
 func (l *Log) reopenActiveLocked(old *segment) error {
 	segs := *l.segs.Load()
 	s, err := l.openSegment(old.base, true, 0)
@@ -341,6 +260,7 @@ func (l *Log) reopenActiveLocked(old *segment) error {
 	}
 	segs = append(slices.Clone(segs[:len(segs)-1]), s)
 	l.segs.Store(&segs)
+	old.gone.Store(true)
 	old.release()
 	l.active = s
 	return nil
