@@ -27,7 +27,12 @@ type Iterator struct {
 	posOff uint64 // offset of that frame's first record
 	buf    []byte // verified frames: file bytes [bufPos, bufPos+len(buf))
 	bufPos int64
-	raw    []byte // the aligned read buffer, reused by every fill
+	// Two aligned read buffers: the current one (under buf) and the one the
+	// read-ahead goroutine fills with the bytes after it, so the device
+	// reads while the caller consumes records.
+	raw   [2][]byte
+	cur   int
+	ahead *readAheadOp
 
 	frame   wal.Frame // the frame being returned record by record
 	recPos  int       // cursor in frame.Payload
@@ -85,8 +90,7 @@ func (it *Iterator) nextFrame() (bool, error) {
 			return false, ErrClosed
 		}
 		if it.seg != nil && it.seg.gone.Load() { // truncated or rewritten
-			it.seg.release()
-			it.seg, it.buf = nil, nil
+			it.leaveSegment()
 		}
 		if it.seg == nil {
 			s, err := it.l.segmentFor(it.next)
@@ -107,8 +111,7 @@ func (it *Iterator) nextFrame() (bool, error) {
 			if !sealed {
 				return false, nil // caught up with the active segment
 			}
-			it.seg.release()
-			it.seg = nil
+			it.leaveSegment()
 			continue
 		}
 		if it.pos < it.bufPos || it.pos >= it.bufPos+int64(len(it.buf)) {
@@ -131,17 +134,57 @@ func (it *Iterator) nextFrame() (bool, error) {
 	}
 }
 
+// readAheadOp is one read of the segment in flight.
+type readAheadOp struct {
+	seg           *segment
+	from, to      int64
+	done          chan struct{}
+	data, aligned []byte
+	err           error
+}
+
+// startReadAhead reads [from, to) of the current segment into the buffer
+// not in use, in a goroutine.
+func (it *Iterator) startReadAhead(from, to int64) {
+	op := &readAheadOp{seg: it.seg, from: from, to: to, done: make(chan struct{})}
+	buf := it.raw[1-it.cur]
+	go func() {
+		defer close(op.done)
+		op.data, op.aligned, op.err = op.seg.readRange(op.from, op.to, buf)
+	}()
+	it.ahead = op
+}
+
+// waitReadAhead waits for the read in flight, if any, and forgets it.
+func (it *Iterator) waitReadAhead() *readAheadOp {
+	op := it.ahead
+	if op != nil {
+		<-op.done
+		it.ahead = nil
+	}
+	return op
+}
+
 // fill reads and verifies whole frames from it.pos, up to readAhead bytes
-// (or one frame, if larger) but never past end.
+// (or one frame, if larger) but never past end; then starts reading what
+// follows.
 func (it *Iterator) fill(end int64) error {
 	s := it.seg
-	to := min(it.pos+max(readAhead, int64(s.hdr.MaxWrite)), end)
-	raw, aligned, err := s.readRange(it.pos, to, it.raw)
+	span := max(readAhead, int64(s.hdr.MaxWrite))
+	to := min(it.pos+span, end)
+	var raw, aligned []byte
+	var err error
+	if op := it.waitReadAhead(); op != nil && op.seg == s && op.from == it.pos && op.to == to {
+		raw, aligned, err = op.data, op.aligned, op.err
+		it.cur = 1 - it.cur
+	} else {
+		raw, aligned, err = s.readRange(it.pos, to, it.raw[it.cur])
+	}
 	if err != nil {
 		return err
 	}
-	if len(aligned) > len(it.raw) { // keep the largest buffer for the next fill
-		it.raw = aligned[:cap(aligned)]
+	if len(aligned) > len(it.raw[it.cur]) { // keep the larger buffer for later fills
+		it.raw[it.cur] = aligned[:cap(aligned)]
 	}
 	stop, _, err := wal.DecodeFrames(raw, s.hdr, it.pos, it.posOff, func(wal.Frame) bool { return true })
 	if err == nil && stop == it.pos {
@@ -151,6 +194,9 @@ func (it *Iterator) fill(end int64) error {
 		return &CorruptionError{Segment: s.base, File: s.name, Position: stop, Op: "iterate", Err: err}
 	}
 	it.buf, it.bufPos = raw[:stop-it.pos], it.pos
+	if stop < end {
+		it.startReadAhead(stop, min(stop+span, end))
+	}
 	return nil
 }
 
@@ -166,11 +212,18 @@ func (it *Iterator) Time() time.Time { return time.Unix(0, it.time) }
 // Err is the error that stopped the iterator, or nil.
 func (it *Iterator) Err() error { return it.err }
 
-// Close releases the iterator's buffer and its hold on a segment file.
+// leaveSegment waits for the read in flight and lets go of the segment.
+func (it *Iterator) leaveSegment() {
+	it.waitReadAhead()
+	it.seg.release()
+	it.seg, it.buf = nil, nil
+}
+
+// Close releases the iterator's buffers and its hold on a segment file.
 func (it *Iterator) Close() error {
 	if it.seg != nil {
-		it.seg.release()
+		it.leaveSegment()
 	}
-	it.buf, it.raw, it.frame, it.seg = nil, nil, wal.Frame{}, nil
+	it.raw, it.frame = [2][]byte{}, wal.Frame{}
 	return nil
 }

@@ -17,6 +17,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/segstore/segstore/alignedbuf"
 	"github.com/segstore/segstore/blockdev"
 	"github.com/segstore/segstore/cache"
 	"github.com/segstore/segstore/wal"
@@ -50,11 +51,23 @@ type Log struct {
 	segs  atomic.Pointer[[]*segment] // immutable snapshot, ascending by base
 	start atomic.Uint64              // first retained offset (TruncateFront, retention)
 
-	durMu  sync.Mutex
-	durCh  chan struct{} // closed and replaced whenever durability advances
-	sealed atomic.Pointer[wal.Stats]
-	report Recovery
+	durMu    sync.Mutex
+	durCh    chan struct{}    // closed and replaced whenever durability advances
+	readPool *alignedbuf.Pool // aligned buffers for point-read misses (copied into the cache)
+	sealed   atomic.Pointer[wal.Stats]
+	reportMu sync.Mutex // guards report while segments open in parallel
+	report   Recovery
 }
+
+// poolAlign is the alignment of pooled read buffers: it covers the direct
+// I/O memory alignment of the devices seen (512 here, 4096 on 4Kn disks); a
+// device that needs more gets freshly allocated buffers instead.
+const poolAlign = 4096
+
+// openParallelism is how many sealed segments Open reads at once: their
+// footers are small reads, which the device serves much faster at queue
+// depth than one after another (measured here: 10k IOPS at QD1, 76k at QD16).
+const openParallelism = 16
 
 // Recovery is what the last Open found and did.
 type Recovery struct {
@@ -78,6 +91,13 @@ func Open(dir string, opts Options) (*Log, error) {
 		return nil, fmt.Errorf("engine: SegmentSize %d is below the minimum %d", opts.SegmentSize, minSegmentSize)
 	}
 	l := &Log{name: dir, opts: opts, dir: opts.Dir, durCh: make(chan struct{})}
+	// One pool block holds an index interval plus a batch that starts at
+	// its end; larger reads allocate.
+	pool, err := alignedbuf.NewPool(int(alignedbuf.AlignUp(int64(2*opts.IndexInterval), 1<<16)), poolAlign)
+	if err != nil {
+		return nil, err
+	}
+	l.readPool = pool
 	l.sealed.Store(&wal.Stats{})
 	if l.dir == nil {
 		d, err := blockdev.OpenDir(dir, opts.Buffered)
@@ -140,31 +160,50 @@ func (l *Log) load() error {
 		}
 	}
 	slices.Sort(bases)
+	// Sealed segments in parallel, then the last one (which may create or
+	// repair files) alone.
+	type opened struct {
+		s   *segment
+		err error
+	}
+	results := make([]opened, len(bases))
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, openParallelism)
+	for i := 0; i < len(bases)-1; i++ {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			results[i].s, results[i].err = l.openSegment(bases[i], false, bases[i+1])
+		}()
+	}
+	wg.Wait()
+	sealedOK := !slices.ContainsFunc(results, func(r opened) bool { return r.err != nil })
+	if n := len(bases); n > 0 && sealedOK {
+		results[n-1].s, results[n-1].err = l.openSegment(bases[n-1], true, 0)
+	}
 	var segs []*segment
-	for i, base := range bases {
-		last := i == len(bases)-1
-		next := uint64(0)
-		if !last {
-			next = bases[i+1]
+	var firstErr error
+	for _, r := range results {
+		if r.s != nil {
+			segs = append(segs, r.s)
 		}
-		s, err := l.openSegment(base, last, next)
-		if s != nil {
-			segs = append(segs, s)
+		if firstErr == nil && r.err != nil {
+			firstErr = r.err
 		}
-		if err != nil {
-			l.segs.Store(&segs)
-			return err
-		}
-		if s == nil {
-			continue // an interrupted creation, removed
+		if firstErr != nil || r.s == nil {
+			continue // keep collecting, so every opened file gets closed
 		}
 		if n := len(segs); n > 1 {
-			if prev := segs[n-2].vis().off; prev != s.base {
-				l.segs.Store(&segs)
-				return &CorruptionError{Segment: s.base, File: s.name, Position: 0, Op: "open",
-					Err: fmt.Errorf("segment %s ends at offset %d but the next file starts at %d: a segment is missing or damaged", segs[n-2].name, prev, s.base)}
+			if prev := segs[n-2].vis().off; prev != r.s.base {
+				firstErr = &CorruptionError{Segment: r.s.base, File: r.s.name, Position: 0, Op: "open",
+					Err: fmt.Errorf("segment %s ends at offset %d but the next file starts at %d: a segment is missing or damaged", segs[n-2].name, prev, r.s.base)}
 			}
 		}
+	}
+	if firstErr != nil {
+		l.segs.Store(&segs)
+		return firstErr
 	}
 	l.report.Segments = len(segs)
 	l.segs.Store(&segs)
@@ -213,7 +252,7 @@ func (l *Log) openSegment(base uint64, last bool, nextBase uint64) (*segment, er
 			return s, err
 		}
 		if err := s.decodeFooter(foot); err == nil {
-			l.report.Sealed++
+			l.noteReport(func(r *Recovery) { r.Sealed++ })
 			return s, nil
 		}
 		damaged = foot.Pos
@@ -226,7 +265,7 @@ func (l *Log) openSegment(base uint64, last bool, nextBase uint64) (*segment, er
 		if empty, zerr := allZero(dev); zerr != nil || !empty {
 			return s, errors.Join(err, zerr)
 		}
-		l.report.RemovedIncomplete = append(l.report.RemovedIncomplete, base)
+		l.noteReport(func(r *Recovery) { r.RemovedIncomplete = append(r.RemovedIncomplete, base) })
 		s.release()
 		if l.opts.ReadOnly {
 			return nil, nil
@@ -261,7 +300,7 @@ func (l *Log) openSegment(base uint64, last bool, nextBase uint64) (*segment, er
 	case sc.Footer() != nil && damaged < 0:
 		// Sealed, but its final truncate did not happen: the footer is good.
 		if err := s.decodeFooter(sc.Footer()); err == nil {
-			l.report.Sealed++
+			l.noteReport(func(r *Recovery) { r.Sealed++ })
 			return s, nil
 		}
 		damaged = sc.Footer().Pos
@@ -273,7 +312,7 @@ func (l *Log) openSegment(base uint64, last bool, nextBase uint64) (*segment, er
 			Err: fmt.Errorf("unsealed segment ends at offset %d, but the next segment starts at %d: records are missing (file left untouched)", end.off, nextBase)}
 	}
 	if damaged >= 0 {
-		l.report.RebuiltFooters = append(l.report.RebuiltFooters, base)
+		l.noteReport(func(r *Recovery) { r.RebuiltFooters = append(r.RebuiltFooters, base) })
 		l.opts.Logger.Warn("segstore: damaged footer, index rebuilt from the records", "segment", name, "footer", damaged)
 	}
 	if l.opts.ReadOnly {
@@ -282,6 +321,8 @@ func (l *Log) openSegment(base uint64, last bool, nextBase uint64) (*segment, er
 		s.mu.Unlock()
 		return s, nil
 	}
+	var w *wal.Writer
+	var torn *wal.TornTail
 	if damaged >= 0 {
 		size, err := dev.Size()
 		if err != nil {
@@ -290,23 +331,29 @@ func (l *Log) openSegment(base uint64, last bool, nextBase uint64) (*segment, er
 		if err := wal.Cut(dev, damaged, size); err != nil {
 			return s, err
 		}
-	}
-	w, rec, err := wal.Open(dev, l.walOptions(s))
-	if err != nil {
-		return s, err
+		w, _, err = wal.Open(dev, l.walOptions(s)) // rare: scan again after the cut
+		if err != nil {
+			return s, err
+		}
+	} else {
+		rec := sc.Recovery()
+		torn = rec.Torn
+		if w, err = wal.Resume(dev, rec, l.walOptions(s)); err != nil {
+			return s, err
+		}
 	}
 	s.w = w
 	if last {
-		l.report.ActiveFrames, l.report.Torn = frames, rec.Torn
-		if rec.Torn != nil {
-			l.opts.Logger.Warn("segstore: cut a torn tail", "segment", name, "at", rec.Torn.Pos, "bytes", rec.Torn.Bytes, "reason", rec.Torn.Reason)
+		l.noteReport(func(r *Recovery) { r.ActiveFrames, r.Torn = frames, torn })
+		if torn != nil {
+			l.opts.Logger.Warn("segstore: cut a torn tail", "segment", name, "at", torn.Pos, "bytes", torn.Bytes, "reason", torn.Reason)
 		}
 		return s, nil
 	}
 	if err := l.seal(s); err != nil {
 		return s, err
 	}
-	l.report.Resealed = append(l.report.Resealed, base)
+	l.noteReport(func(r *Recovery) { r.Resealed = append(r.Resealed, base) })
 	return s, nil
 }
 
@@ -335,6 +382,12 @@ func newSegment(base uint64, name string, dev blockdev.Device, ns cache.Namespac
 	s := &segment{base: base, name: name, dev: dev, ns: ns, interval: int64(interval)}
 	s.refs.Store(1)
 	return s
+}
+
+func (l *Log) noteReport(f func(*Recovery)) {
+	l.reportMu.Lock()
+	f(&l.report)
+	l.reportMu.Unlock()
 }
 
 func (l *Log) checkHeader(s *segment) error {
@@ -524,31 +577,16 @@ func (l *Log) Read(offset uint64, dst []byte) ([]byte, error) {
 	defer s.release()
 	vis := s.vis()
 	start, end, complete := s.chunk(offset, vis)
-	data, err := l.chunkBytes(s, start, end, complete)
+	c, err := l.chunkBytes(s, start, end, complete)
 	if err != nil {
 		return dst, err
 	}
-	// Hop frame headers inside the verified chunk, then walk the records.
-	for p := 0; p+wal.FrameHeaderLen <= len(data); {
-		h, err := wal.DecodeFrameHeader(data[p:], len(data))
-		if err != nil {
-			return dst, &CorruptionError{Segment: s.base, File: s.name, Position: start.pos + int64(p), Op: "read", Err: err}
-		}
-		if offset < h.First+uint64(h.Count) {
-			var rec []byte
-			wal.Records(data[p+wal.FrameHeaderLen:p+wal.FrameHeaderLen+int(h.Length)], func(i int, r []byte) bool {
-				if h.First+uint64(i) == offset {
-					rec = r
-					return false
-				}
-				return true
-			})
-			return append(dst, rec...), nil
-		}
-		p += wal.FrameSize(int(h.Length))
+	rec, ok := c.record(offset - start.off)
+	if !ok {
+		return dst, &CorruptionError{Segment: s.base, File: s.name, Position: start.pos, Op: "read",
+			Err: fmt.Errorf("offset %d is not in the index interval [%d, %d) that should hold it", offset, start.pos, end)}
 	}
-	return dst, &CorruptionError{Segment: s.base, File: s.name, Position: start.pos, Op: "read",
-		Err: fmt.Errorf("offset %d is not in the index interval [%d, %d) that should hold it", offset, start.pos, end)}
+	return append(dst, rec...), nil
 }
 
 // segmentFor finds the segment holding offset and takes a reference on it
@@ -574,32 +612,37 @@ func (l *Log) segmentFor(offset uint64) (*segment, error) {
 	}
 }
 
-// chunkBytes returns the verified bytes of one index interval: from the
-// cache, or read with O_DIRECT, verified frame by frame, and cached if the
-// interval is complete (it will never grow).
-func (l *Log) chunkBytes(s *segment, start indexEntry, end int64, complete bool) ([]byte, error) {
+// chunkBytes returns one index interval, verified: from the cache, or read
+// with O_DIRECT and verified frame by frame (and cached if the interval is
+// complete: it will never grow).
+func (l *Log) chunkBytes(s *segment, start indexEntry, end int64, complete bool) (chunk, error) {
 	if complete {
 		if b, ok := l.cache.Get(s.ns, start.pos); ok {
-			return b, nil
+			return chunk(b), nil
 		}
 	}
-	raw, _, err := s.readRange(start.pos, end, nil)
+	var buf []byte
+	a := s.dev.Alignment()
+	need := alignedbuf.AlignUp(end, int64(a.Offset)) - alignedbuf.AlignDown(start.pos, int64(a.Offset))
+	if need <= int64(l.readPool.Size()) && a.Memory <= poolAlign {
+		buf = l.readPool.Get()
+		defer l.readPool.Put(buf) // buildChunk copies what it keeps
+	}
+	raw, _, err := s.readRange(start.pos, end, buf)
 	if err != nil {
 		return nil, err
 	}
-	stop, _, err := wal.DecodeFrames(raw, s.hdr, start.pos, start.off, func(wal.Frame) bool { return true })
+	c, stop, err := buildChunk(raw, s.hdr, start)
 	if err == nil && stop != end {
 		err = fmt.Errorf("frames end at %d inside an interval that ends at %d", stop, end)
 	}
 	if err != nil {
 		return nil, &CorruptionError{Segment: s.base, File: s.name, Position: stop, Op: "read", Err: err}
 	}
-	// The freshly read buffer itself is cached (no copy): it is never
-	// written again. Its alignment slack (under two sectors) rides along.
 	if complete {
-		l.cache.Set(s.ns, start.pos, raw)
+		l.cache.Set(s.ns, start.pos, c)
 	}
-	return raw, nil
+	return c, nil
 }
 
 // StartOffset is the first retained offset.

@@ -227,3 +227,53 @@ func (s *segment) readRange(from, to int64, buf []byte) (data, aligned []byte, e
 	}
 	return buf[from-start : to-start], buf, nil
 }
+
+// chunk is one index interval as the cache holds it: the verified frame
+// bytes, then where each record starts, so a point read finds its record in
+// O(1) instead of walking the batch's length prefixes (a chain of cache
+// misses, measured at 60% of a warm read):
+//
+//	+---------------- - - -+----------------------------------+----------+
+//	| frames (verified)    | record k's position, uint32 LE …  | count u32|
+//	+---------------- - - -+----------------------------------+----------+
+//
+// Record k holds offset start.off + k; its position is that of its length
+// prefix, relative to the chunk.
+type chunk []byte
+
+// buildChunk verifies the frames in raw (file bytes from start.pos) and
+// lays them out as a chunk, returning where the frames stopped.
+func buildChunk(raw []byte, hdr wal.FileHeader, start indexEntry) (chunk, int64, error) {
+	var pos []uint32
+	stop, _, err := wal.DecodeFrames(raw, hdr, start.pos, start.off, func(f wal.Frame) bool {
+		p := uint32(f.Pos-start.pos) + wal.FrameHeaderLen
+		for range f.Count {
+			pos = append(pos, p)
+			p += wal.RecordHeaderLen + binary.LittleEndian.Uint32(raw[p:])
+		}
+		return true
+	})
+	if err != nil {
+		return nil, stop, err
+	}
+	n := int(stop - start.pos)
+	c := make([]byte, n+4*len(pos)+4)
+	copy(c, raw[:n])
+	for i, p := range pos {
+		binary.LittleEndian.PutUint32(c[n+4*i:], p)
+	}
+	binary.LittleEndian.PutUint32(c[len(c)-4:], uint32(len(pos)))
+	return c, stop, nil
+}
+
+// record returns record k of the chunk.
+func (c chunk) record(k uint64) ([]byte, bool) {
+	n := uint64(binary.LittleEndian.Uint32(c[len(c)-4:]))
+	if k >= n {
+		return nil, false
+	}
+	table := len(c) - 4 - 4*int(n)
+	p := int(binary.LittleEndian.Uint32(c[table+4*int(k):]))
+	l := int(binary.LittleEndian.Uint32(c[p:]))
+	return c[p+wal.RecordHeaderLen : p+wal.RecordHeaderLen+l], true
+}

@@ -57,6 +57,8 @@ type Scanner struct {
 	pos        int64
 	nextOffset uint64
 	records    int64
+	frames     int
+	lastTime   int64
 
 	win              []byte // aligned read window
 	winStart, winEnd int64
@@ -183,6 +185,8 @@ func (s *Scanner) next() (bool, error) {
 	s.pos = p + int64(size)
 	s.nextOffset += uint64(h.Count)
 	s.records += int64(h.Count)
+	s.frames++
+	s.lastTime = h.Timestamp
 	return true, nil
 }
 
@@ -308,6 +312,13 @@ type Recovery struct {
 	Footer     *Footer   // the footer of a sealed file, nil if not sealed
 }
 
+// Recovery summarizes the scan; it is complete once Next has returned
+// false with a nil Err.
+func (s *Scanner) Recovery() *Recovery {
+	return &Recovery{Header: s.hdr, End: s.pos, NextOffset: s.nextOffset, Frames: s.frames, Records: s.records,
+		LastTime: s.lastTime, Torn: s.torn, Footer: s.footer}
+}
+
 // Recover scans a whole file read-only and reports where its valid frames
 // end. It returns a *CorruptionError (errors.Is(err, ErrCorrupt)) for damage
 // that a crash cannot explain; it never returns corrupt data as valid.
@@ -316,16 +327,12 @@ func Recover(dev blockdev.Device) (*Recovery, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &Recovery{Header: s.hdr}
 	for s.Next() {
-		r.Frames++
-		r.LastTime = s.frame.Time
 	}
 	if s.Err() != nil {
 		return nil, s.Err()
 	}
-	r.End, r.NextOffset, r.Records, r.Torn, r.Footer = s.End(), s.NextOffset(), s.records, s.Torn(), s.Footer()
-	return r, nil
+	return s.Recovery(), nil
 }
 
 // ReadSealed reads the header and the footer of a sealed file without

@@ -236,27 +236,35 @@ func writeSize(req int, blk int64) (int64, error) {
 // the Recovery; corruption is returned as a *CorruptionError and the file is
 // left untouched.
 func Open(dev blockdev.Device, opts Options) (*Writer, *Recovery, error) {
-	opts = opts.withDefaults()
 	rec, err := Recover(dev)
 	if err != nil {
 		return nil, nil, err
 	}
+	w, err := Resume(dev, rec, opts)
+	if err != nil {
+		return nil, rec, err
+	}
+	return w, rec, nil
+}
+
+// Resume is Open for a caller that has just scanned the file itself: rec
+// must be the Recovery of a complete scan of this device (Recover, or a
+// Scanner run to its end) with nothing written since. It saves a second
+// scan.
+func Resume(dev blockdev.Device, rec *Recovery, opts Options) (*Writer, error) {
+	opts = opts.withDefaults()
 	if rec.Footer != nil {
-		return nil, rec, fmt.Errorf("wal: open %s for writing: %w", dev.Name(), ErrSealed)
+		return nil, fmt.Errorf("wal: open %s for writing: %w", dev.Name(), ErrSealed)
 	}
 	if rec.Torn != nil {
 		if err := cutTail(dev, rec.Torn); err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 	}
 	// The header's MaxWrite bounds what recovery will accept as torn, so the
 	// writer must never issue a larger write: it takes the header's value.
 	opts.MaxWrite = int(rec.Header.MaxWrite)
-	w, err := newWriter(dev, rec.Header, rec.End, rec.NextOffset, rec.LastTime, opts)
-	if err != nil {
-		return nil, nil, err
-	}
-	return w, rec, nil
+	return newWriter(dev, rec.Header, rec.End, rec.NextOffset, rec.LastTime, opts)
 }
 
 // cutTail zeroes the torn bytes and syncs: the commit point of the cut.
