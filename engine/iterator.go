@@ -169,8 +169,13 @@ func (it *Iterator) waitReadAhead() *readAheadOp {
 // (or one frame, if larger) but never past end; then starts reading what
 // follows.
 func (it *Iterator) fill(end int64) error {
+	return it.fillSpan(end, readAhead)
+}
+
+// fillSpan is fill reading span bytes at a time; it widens to the largest
+// possible frame when one frame does not fit.
+func (it *Iterator) fillSpan(end, span int64) error {
 	s := it.seg
-	span := max(readAhead, int64(s.hdr.MaxWrite))
 	to := min(it.pos+span, end)
 	var raw, aligned []byte
 	var err error
@@ -188,6 +193,9 @@ func (it *Iterator) fill(end int64) error {
 	}
 	stop, _, err := wal.DecodeFrames(raw, s.hdr, it.pos, it.posOff, func(wal.Frame) bool { return true })
 	if err == nil && stop == it.pos {
+		if wide := int64(s.hdr.MaxWrite); span < wide && to < end {
+			return it.fillSpan(end, wide) // one frame larger than the read-ahead
+		}
 		err = errors.New("no whole frame fits before the durable end")
 	}
 	if err != nil {

@@ -210,9 +210,11 @@ func (s *segment) decodeFooter(f *wal.Footer) error {
 // into buf (or a new aligned buffer if buf is too small) and returns them,
 // and the aligned buffer they sit in (to reuse).
 func (s *segment) readRange(from, to int64, buf []byte) (data, aligned []byte, err error) {
+	// Whole device blocks: reads that start inside a 4 KiB physical block
+	// measured slower here than block-aligned ones.
 	a := s.dev.Alignment()
-	start := alignedbuf.AlignDown(from, int64(a.Offset))
-	end := alignedbuf.AlignUp(to, int64(a.Offset))
+	start := alignedbuf.AlignDown(from, int64(a.Block))
+	end := alignedbuf.AlignUp(to, int64(a.Block))
 	if int64(len(buf)) < end-start {
 		buf = a.Alloc(int(end - start))
 	}
