@@ -56,6 +56,11 @@ func benchEngineAppend(b *testing.B, impl string, size, batch, appenders int) {
 	if impl == "engine" {
 		opts := engine.DefaultOptions()
 		opts.MaxWrite = 8 << 20
+		if s := os.Getenv("SEGSTORE_BENCH_SEGMENT_MIB"); s != "" {
+			var mib int64
+			fmt.Sscan(s, &mib)
+			opts.SegmentSize = mib << 20
+		}
 		l, err := engine.Open(filepath.Join(b.TempDir(), "log"), opts)
 		if err != nil {
 			b.Fatal(err)

@@ -54,6 +54,8 @@ type Log struct {
 	durMu    sync.Mutex
 	durCh    chan struct{}    // closed and replaced whenever durability advances
 	readPool *alignedbuf.Pool // aligned buffers for point-read misses (copied into the cache)
+	spareMu  sync.Mutex
+	spare    *spareFile // guarded by spareMu: the next segment file, being prepared
 	sealed   atomic.Pointer[wal.Stats]
 	reportMu sync.Mutex // guards report while segments open in parallel
 	report   Recovery
@@ -121,6 +123,7 @@ func Open(dir string, opts Options) (*Log, error) {
 		l.cache = c
 	}
 	if err := l.load(); err != nil {
+		l.dropSpare()
 		l.closeFiles()
 		l.release()
 		return nil, err
@@ -414,18 +417,114 @@ func (l *Log) walOptions(s *segment) wal.Options {
 	return o
 }
 
-// createSegment creates the file for a new active segment at base. Commit
-// points: the wal header's fdatasync (content), then the directory fsync
-// (name).
+// spareName is the file prepared (pre-zeroed) in the background to become
+// the next segment; like every .tmp file it is discarded on open.
+const spareName = "spare" + tmpSuffix
+
+// zeroSpareBelow: the spare is zeroed when the active segment's writes
+// average less than this many bytes, and only reserved (fallocate) above.
+const zeroSpareBelow = 256 << 10
+
+// spareFile is the next segment's file, zeroed by a goroutine while the
+// active segment fills, so a roll only renames it and writes a header
+// instead of zeroing SegmentSize bytes with appends stalled.
+type spareFile struct {
+	done chan struct{}
+	dev  blockdev.Device
+	err  error
+}
+
+// prepareSpare starts preparing the spare file for the segment after s,
+// unless preallocation is off or a spare exists. Append calls it once s is
+// half full: by then s's writes tell whether to zero the spare, and there
+// is time to finish before the roll.
+func (l *Log) prepareSpare(s *segment) {
+	if !l.opts.Preallocate || l.opts.ReadOnly {
+		return
+	}
+	l.spareMu.Lock()
+	defer l.spareMu.Unlock()
+	if l.spare != nil {
+		return
+	}
+	// Zero the spare for small appends, where it makes each fdatasync
+	// cheaper; only reserve it for large ones, where zeroing would double
+	// the bytes written while the appends are bandwidth-bound (measured:
+	// 1 KiB x 64 at 1.9x with zeroed blocks; 64 KiB x 16 as fast without).
+	zero := true
+	if st := s.w.Stats(); st.Writes > 0 && st.WriteBytes/st.Writes >= zeroSpareBelow {
+		zero = false
+	}
+	sp := &spareFile{done: make(chan struct{})}
+	l.spare = sp
+	go func() {
+		defer close(sp.done)
+		_ = l.dir.Remove(spareName)
+		dev, err := l.dir.Open(spareName, blockdev.Options{Create: true})
+		if err == nil {
+			if err = wal.Prepare(dev, l.opts.SegmentSize, zero); err != nil {
+				dev.Close()
+				dev = nil
+			}
+		}
+		sp.dev, sp.err = dev, err
+	}()
+}
+
+// takeSpare waits for the spare and hands it over, or returns nil if
+// there is none or preparing it failed (the caller creates a file itself).
+func (l *Log) takeSpare() blockdev.Device {
+	l.spareMu.Lock()
+	sp := l.spare
+	l.spare = nil
+	l.spareMu.Unlock()
+	if sp == nil {
+		return nil
+	}
+	<-sp.done
+	if sp.err != nil {
+		l.opts.Logger.Warn("segstore: preparing the next segment failed; creating it on the spot", "err", sp.err)
+		return nil
+	}
+	return sp.dev
+}
+
+// dropSpare waits for the spare and closes it (on Close; the file is
+// discarded at the next open).
+func (l *Log) dropSpare() {
+	if dev := l.takeSpare(); dev != nil {
+		dev.Close()
+	}
+}
+
+// createSegment creates the file for a new active segment at base: the
+// prepared spare renamed into place, or a new file. Commit points: the wal
+// header's fdatasync (content), then the directory fsync (name). A crash
+// between the rename and the header's sync leaves a named file of zeros,
+// which open removes as an interrupted creation.
 func (l *Log) createSegment(base uint64) (*segment, error) {
 	name := segName(base)
-	dev, err := l.dir.Open(name, blockdev.Options{Create: true})
-	if err != nil {
-		return nil, err
+	var dev blockdev.Device
+	prepared := false
+	if spare := l.takeSpare(); spare != nil {
+		if err := l.dir.Rename(spareName, name); err != nil {
+			spare.Close()
+			return nil, err
+		}
+		dev, prepared = spare, true
+	} else {
+		var err error
+		if dev, err = l.dir.Open(name, blockdev.Options{Create: true}); err != nil {
+			return nil, err
+		}
 	}
 	s := newSegment(base, name, dev, l.cache.NewNamespace(), l.opts.IndexInterval)
 	s.visible.Store(&position{pos: wal.DataStart, off: base})
-	w, err := wal.Create(dev, base, l.walOptions(s))
+	create := wal.Create
+	if prepared {
+		create = wal.CreatePrepared
+	}
+	w, err := create(dev, base, l.walOptions(s))
 	if err != nil {
 		dev.Close()
 		return nil, err
@@ -501,7 +600,11 @@ func (l *Log) Append(records ...[]byte) (first uint64, err error) {
 	if err != nil {
 		return 0, err
 	}
-	if l.shouldRoll(s) {
+	roll, half := l.shouldRoll(s)
+	if half {
+		l.prepareSpare(s)
+	}
+	if roll {
 		if err := l.rollIf(s); err != nil {
 			return first, fmt.Errorf("engine: records at %d appended, but rolling the segment failed: %w", first, err)
 		}
@@ -509,15 +612,18 @@ func (l *Log) Append(records ...[]byte) (first uint64, err error) {
 	return first, nil
 }
 
-func (l *Log) shouldRoll(s *segment) bool {
+// shouldRoll reports whether s is full (or too old), and whether it is
+// half full (time to prepare the next file).
+func (l *Log) shouldRoll(s *segment) (roll, half bool) {
 	s.mu.RLock()
 	last := s.index[len(s.index)-1]
 	first := s.index[0]
 	s.mu.RUnlock()
+	half = last.pos >= l.opts.SegmentSize/2
 	if last.pos+int64(l.opts.MaxWrite) >= l.opts.SegmentSize {
-		return true
+		return true, half
 	}
-	return l.opts.SegmentAge > 0 && l.opts.Now().Sub(time.Unix(0, first.time)) >= l.opts.SegmentAge
+	return l.opts.SegmentAge > 0 && l.opts.Now().Sub(time.Unix(0, first.time)) >= l.opts.SegmentAge, half
 }
 
 // fail records a change that stopped halfway: the log refuses further
@@ -788,6 +894,7 @@ func (l *Log) Close() error {
 	if l.active != nil && l.active.w != nil {
 		err = l.active.w.Close()
 	}
+	l.dropSpare()
 	l.mu.Unlock()
 	l.closeFiles()
 	l.release()

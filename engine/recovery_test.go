@@ -169,7 +169,7 @@ func TestInterruptedTruncateBack(t *testing.T) {
 				requireAll(t, l, end)
 				names, _ := crashed.List()
 				for _, n := range names {
-					assert.NotContains(t, n, tmpSuffix)
+					assert.NotContains(t, n, segSuffix+tmpSuffix, "the uncommitted rewrite is discarded")
 				}
 				first, err := l.Append([]byte("next"))
 				require.NoError(t, err)

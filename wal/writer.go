@@ -176,6 +176,12 @@ func Create(dev blockdev.Device, base uint64, opts Options) (*Writer, error) {
 	} else if size != 0 {
 		return nil, fmt.Errorf("wal: create %s: device is not empty (%d bytes); use Open", dev.Name(), size)
 	}
+	return create(dev, base, opts, false)
+}
+
+// create writes the header (and preallocates, unless the device was
+// prepared), fdatasyncs, and returns the writer.
+func create(dev blockdev.Device, base uint64, opts Options, prepared bool) (*Writer, error) {
 	blk := int64(dev.Alignment().Block)
 	maxWrite, err := writeSize(opts.MaxWrite, blk)
 	if err != nil {
@@ -187,13 +193,38 @@ func Create(dev blockdev.Device, base uint64, opts Options) (*Writer, error) {
 	if _, err := dev.WriteAt(head, 0); err != nil {
 		return nil, fmt.Errorf("wal: create %s: write header: %w", dev.Name(), err)
 	}
-	if err := preallocate(dev, int64(len(head)), opts); err != nil {
-		return nil, err
+	if !prepared {
+		if err := preallocate(dev, int64(len(head)), opts); err != nil {
+			return nil, err
+		}
 	}
 	if err := dev.Sync(); err != nil {
 		return nil, fmt.Errorf("wal: create %s: %w", dev.Name(), err)
 	}
 	return newWriter(dev, hdr, DataStart, base, 0, opts)
+}
+
+// Prepare reserves size bytes of dev, zeroing them if zero is set, and
+// fdatasyncs, so that a later CreatePrepared needs only to write a header:
+// callers prepare the next file in the background while the current one
+// fills. Zeroed blocks make small durable appends cheaper (their fdatasync
+// overwrites instead of converting unwritten extents); for appends large
+// enough to be bandwidth-bound the zeroing only doubles the bytes written.
+func Prepare(dev blockdev.Device, size int64, zero bool) error {
+	if err := preallocate(dev, 0, Options{Preallocate: size, PreZero: zero}); err != nil {
+		return err
+	}
+	if err := dev.Sync(); err != nil {
+		return fmt.Errorf("wal: prepare %s: %w", dev.Name(), err)
+	}
+	return nil
+}
+
+// CreatePrepared is Create on a device made by Prepare (all zeros): it
+// writes and fdatasyncs the header only. Options.Preallocate is ignored.
+func CreatePrepared(dev blockdev.Device, base uint64, opts Options) (*Writer, error) {
+	opts = opts.withDefaults()
+	return create(dev, base, opts, true)
 }
 
 func preallocate(dev blockdev.Device, from int64, opts Options) error {
