@@ -20,8 +20,8 @@ import (
 )
 
 // BenchmarkEngineAppend is the durable append matrix through engine.Append
-// (64 MiB segments, pre-zeroed, rolling as they fill: the cost of rolling is
-// in the figures), beside the plain page-cache log.
+// (64 MiB segments, or SEGSTORE_BENCH_SEGMENT_MIB, rolling as they fill:
+// the cost of rolling is in the figures), beside the plain page-cache log.
 //
 //	go test ./engine -run NONE -bench BenchmarkEngineAppend -count 5
 func BenchmarkEngineAppend(b *testing.B) {
@@ -42,7 +42,7 @@ func BenchmarkEngineAppend(b *testing.B) {
 }
 
 type appender interface {
-	Append(records ...[]byte) (uint64, error)
+	waltest.Appender
 	Close() error
 }
 
@@ -73,27 +73,7 @@ func benchEngineAppend(b *testing.B, impl string, size, batch, appenders int) {
 		}
 		a = pl
 	}
-	b.SetBytes(int64(size * batch))
-	b.ResetTimer()
-	if appenders == 1 {
-		for i := 0; i < b.N; i++ {
-			if _, err := a.Append(recs...); err != nil {
-				b.Fatal(err)
-			}
-		}
-	} else {
-		b.SetParallelism(max(1, appenders/runtime.GOMAXPROCS(0)))
-		b.RunParallel(func(pb *testing.PB) {
-			for pb.Next() {
-				if _, err := a.Append(recs...); err != nil {
-					b.Error(err)
-					return
-				}
-			}
-		})
-	}
-	b.StopTimer()
-	b.ReportMetric(float64(b.N*batch)/b.Elapsed().Seconds(), "records/s")
+	waltest.BenchAppends(b, a, recs, appenders)
 	if log != nil {
 		st := log.Stats()
 		b.ReportMetric(st.MeanBatch, "appends/flush")

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"fmt"
 	"path/filepath"
-	"runtime"
 	"testing"
 
 	"github.com/segstore/segstore/blockdev"
@@ -39,7 +38,7 @@ func BenchmarkAppend(b *testing.B) {
 }
 
 type appender interface {
-	Append(records ...[]byte) (uint64, error)
+	waltest.Appender
 	Close() error
 }
 
@@ -71,27 +70,7 @@ func benchAppend(b *testing.B, impl string, size, batchLen, appenders int) {
 		}
 		w = pl
 	}
-	b.SetBytes(int64(size * batchLen))
-	b.ResetTimer()
-	if appenders == 1 {
-		for i := 0; i < b.N; i++ {
-			if _, err := w.Append(recs...); err != nil {
-				b.Fatal(err)
-			}
-		}
-	} else {
-		b.SetParallelism(max(1, appenders/max(1, runtimeProcs())))
-		b.RunParallel(func(pb *testing.PB) {
-			for pb.Next() {
-				if _, err := w.Append(recs...); err != nil {
-					b.Error(err)
-					return
-				}
-			}
-		})
-	}
-	b.StopTimer()
-	b.ReportMetric(float64(b.N*batchLen)/b.Elapsed().Seconds(), "records/s")
+	waltest.BenchAppends(b, w, recs, appenders)
 	if stats != nil {
 		st := stats()
 		if st.Writes > 0 {
@@ -102,5 +81,3 @@ func benchAppend(b *testing.B, impl string, size, batchLen, appenders int) {
 		b.Fatal(err)
 	}
 }
-
-func runtimeProcs() int { return runtime.GOMAXPROCS(0) }

@@ -4,7 +4,9 @@ package waltest
 
 import (
 	"os"
+	"runtime"
 	"sync"
+	"testing"
 
 	"golang.org/x/sys/unix"
 
@@ -55,3 +57,40 @@ func (l *PageCacheLog) Append(records ...[]byte) (uint64, error) {
 
 // Close closes the file.
 func (l *PageCacheLog) Close() error { return l.f.Close() }
+
+// Appender is what the append benchmarks drive: a wal.Writer, an
+// engine.Log, or the PageCacheLog baseline.
+type Appender interface {
+	Append(records ...[]byte) (uint64, error)
+}
+
+// BenchAppends runs b.N appends of recs, from one goroutine or, with
+// appenders > 1, from that many goroutines at once, and reports records/s
+// and the bytes per op (b.SetBytes). Setup belongs before the call.
+func BenchAppends(b *testing.B, a Appender, recs [][]byte, appenders int) {
+	size := 0
+	for _, r := range recs {
+		size += len(r)
+	}
+	b.SetBytes(int64(size))
+	b.ResetTimer()
+	if appenders <= 1 {
+		for i := 0; i < b.N; i++ {
+			if _, err := a.Append(recs...); err != nil {
+				b.Fatal(err)
+			}
+		}
+	} else {
+		b.SetParallelism(max(1, appenders/runtime.GOMAXPROCS(0)))
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				if _, err := a.Append(recs...); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(b.N*len(recs))/b.Elapsed().Seconds(), "records/s")
+}
