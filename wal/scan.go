@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 
 	"github.com/segstore/segstore/alignedbuf"
 	"github.com/segstore/segstore/blockdev"
@@ -13,6 +14,10 @@ import (
 // scanChunk is how much the scanner reads at once, in bytes: large enough to
 // run at the device's sequential bandwidth, small enough to keep memory flat.
 const scanChunk = 1 << 20
+
+// scanParallel is how many reads lastNonZero keeps in flight (so up to this
+// many scanChunk buffers).
+const scanParallel = 4
 
 // Frame is one valid frame returned by a Scanner.
 type Frame struct {
@@ -253,28 +258,74 @@ func (s *Scanner) hasZeroSector(p, end int64) (bool, error) {
 }
 
 // lastNonZero returns the position just past the last non-zero byte at or
-// after p, or p if there is none. It reads the rest of the file.
+// after p, or p if there is none. It reads the rest of the file: the part
+// in the read window directly, the rest in scanChunk pieces with up to
+// scanParallel reads in flight (a preallocated active segment is mostly
+// zeros that must all be read, and the device serves several reads at once
+// much faster than one after another).
 func (s *Scanner) lastNonZero(p int64) (int64, error) {
 	last := p
-	for q := p; q < s.size; {
-		n := min(scanChunk, s.size-q)
-		b, err := s.fetch(q, int(n))
-		if err != nil {
-			return 0, err
+	q := p
+	if p >= s.winStart && p < s.winEnd { // what is already read
+		b := s.win[p-s.winStart : s.winEnd-s.winStart]
+		if i := lastNonZeroIn(b); i > 0 {
+			last = p + int64(i)
 		}
-		if !isZero(b) {
-			i := len(b) - 1
-			for b[i] == 0 {
-				i--
+		q = s.winEnd
+	}
+	a := s.dev.Alignment()
+	from := q // examine bytes from here on; pieces start on a sector boundary
+	q = alignedbuf.AlignDown(q, int64(a.Offset))
+	type piece struct {
+		at   int64
+		last int64
+		err  error
+	}
+	var pieces []piece
+	for at := q; at < s.size; at += scanChunk {
+		pieces = append(pieces, piece{at: at})
+	}
+	sem := make(chan struct{}, scanParallel)
+	var wg sync.WaitGroup
+	for i := range pieces {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			pc := &pieces[i]
+			buf := a.Alloc(int(min(scanChunk, alignedbuf.AlignUp(s.size-pc.at, int64(a.Offset)))))
+			n, err := s.dev.ReadAt(buf, pc.at)
+			if err != nil && !errors.Is(err, io.EOF) {
+				pc.err = fmt.Errorf("wal: read %s at %d (%d bytes): %w", s.dev.Name(), pc.at, len(buf), err)
+				return
 			}
-			last = q + int64(i) + 1
+			skip := min(max(from-pc.at, 0), int64(n)) // bytes before from belong to frames
+			if i := lastNonZeroIn(buf[skip:n]); i > 0 {
+				pc.last = pc.at + skip + int64(i)
+			}
+		}()
+	}
+	wg.Wait()
+	for _, pc := range pieces {
+		if pc.err != nil {
+			return 0, pc.err
 		}
-		q += int64(len(b))
-		if len(b) == 0 {
-			break
-		}
+		last = max(last, pc.last)
 	}
 	return last, nil
+}
+
+// lastNonZeroIn returns the index just past the last non-zero byte of b,
+// or 0.
+func lastNonZeroIn(b []byte) int {
+	if isZero(b) {
+		return 0
+	}
+	i := len(b) - 1
+	for b[i] == 0 {
+		i--
+	}
+	return i + 1
 }
 
 // fetch returns the file bytes [p, p+n), fewer at the end of the file. The
