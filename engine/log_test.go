@@ -269,3 +269,73 @@ func TestReadersDuringTruncateBack(t *testing.T) {
 	close(stop)
 	wg.Wait()
 }
+
+// TestIteratorReadAheadOverLargeSegments: segments larger than the
+// read-ahead make the iterator read ahead in the background (and cross
+// segments) while another goroutine appends; every record comes back in
+// order with its bytes.
+func TestIteratorReadAheadOverLargeSegments(t *testing.T) {
+	o := testOptions(blockdev.NewSimDir(blockdev.SimOptions{}))
+	o.SegmentSize, o.MaxWrite = 4<<20, 256<<10
+	l, err := Open("sim", o)
+	require.NoError(t, err)
+	defer l.Close()
+	rec := func(off uint64) []byte { return []byte(fmt.Sprintf("%08d-%0900d", off, off)) }
+	appendRecs := func(n int) {
+		for i := 0; i < n; i++ {
+			batch := make([][]byte, 16)
+			for j := range batch {
+				batch[j] = rec(l.EndOffset() + uint64(j))
+			}
+			_, err := l.Append(batch...)
+			require.NoError(t, err)
+		}
+	}
+	appendRecs(600) // ~8.6 MB: three segments, each several read-aheads long
+	require.Greater(t, len(l.Segments()), 2)
+
+	done := make(chan struct{})
+	go func() { defer close(done); appendRecs(100) }() // the log grows meanwhile
+	for _, from := range []uint64{0, 3333} {
+		it := l.NewIterator(from)
+		next := from
+		for it.Next() {
+			require.Equal(t, next, it.Offset())
+			require.Equal(t, rec(next), it.Record())
+			next++
+		}
+		require.NoError(t, it.Err())
+		require.GreaterOrEqual(t, next, uint64(9600))
+		require.NoError(t, it.Close())
+	}
+	<-done
+}
+
+// TestRetentionByAge: after a roll, sealed segments whose last record is
+// older than RetentionAge are deleted; the active one never is.
+func TestRetentionByAge(t *testing.T) {
+	now := time.Unix(1_000_000, 0)
+	var mu sync.Mutex
+	o := testOptions(blockdev.NewSimDir(blockdev.SimOptions{}))
+	o.RetentionAge = time.Hour
+	o.Now = func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	advance := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
+	l, err := Open("sim", o)
+	require.NoError(t, err)
+	defer l.Close()
+	for i := 0; i < 3; i++ { // three sealed segments, 30 minutes apart
+		appendN(t, l, 10)
+		require.NoError(t, l.Roll())
+		advance(30 * time.Minute)
+	}
+	// Now: segment 0 sealed 90 min ago, 1 sealed 60 min ago, 2 sealed 30.
+	appendN(t, l, 10)
+	advance(time.Minute)
+	require.NoError(t, l.Roll())
+	assert.Equal(t, uint64(20), l.StartOffset(), "segments sealed more than an hour ago are gone")
+	_, err = l.Read(19, nil)
+	assert.ErrorIs(t, err, ErrOutOfRange)
+	got, err := l.Read(20, nil)
+	require.NoError(t, err)
+	assert.Equal(t, "record-000020", string(got))
+}
