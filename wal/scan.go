@@ -15,6 +15,12 @@ import (
 // run at the device's sequential bandwidth, small enough to keep memory flat.
 const scanChunk = 1 << 20
 
+// footerReadBack is how much of a sealed file's end ReadSealed reads at
+// once: the tail and, usually, the footer (an engine index of 24 bytes per
+// 64 KiB interval fits for segments up to ~170 MiB), so one read instead
+// of two.
+const footerReadBack = 64 << 10
+
 // scanParallel is how many reads lastNonZero keeps in flight (so up to this
 // many scanChunk buffers).
 const scanParallel = 4
@@ -397,10 +403,15 @@ func ReadSealed(dev blockdev.Device) (FileHeader, *Footer, error) {
 	if err != nil {
 		return FileHeader{}, nil, err
 	}
-	s.readAhead = 0 // two exact reads: the tail, then the footer
+	s.readAhead = 0
 	size := s.size
 	if size < DataStart+FrameHeaderLen+FooterTailLen || size%FrameAlign != 0 {
 		return s.hdr, nil, fmt.Errorf("%s: %w (size %d)", dev.Name(), ErrNotSealed, size)
+	}
+	// One read for the tail and, usually, the whole footer behind it.
+	back := min(footerReadBack, size-DataStart)
+	if _, err := s.fetch(size-back, int(back)); err != nil {
+		return s.hdr, nil, err
 	}
 	tail, err := s.fetch(size-FooterTailLen, FooterTailLen)
 	if err != nil {
