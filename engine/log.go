@@ -489,11 +489,13 @@ func (l *Log) takeSpare() blockdev.Device {
 	return sp.dev
 }
 
-// dropSpare waits for the spare and closes it (on Close; the file is
-// discarded at the next open).
+// dropSpare waits for the spare, closes it and removes its file (on Close,
+// so a closed log does not keep a segment's worth of zeros; a leftover after
+// a crash is discarded at the next open).
 func (l *Log) dropSpare() {
 	if dev := l.takeSpare(); dev != nil {
 		dev.Close()
+		_ = l.dir.Remove(spareName)
 	}
 }
 

@@ -339,3 +339,16 @@ func TestRetentionByAge(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, "record-000020", string(got))
 }
+
+// TestCloseRemovesTheSpare: the next segment's file, prepared in the
+// background, does not outlive Close.
+func TestCloseRemovesTheSpare(t *testing.T) {
+	dir := blockdev.NewSimDir(blockdev.SimOptions{})
+	l, err := Open("sim", testOptions(dir))
+	require.NoError(t, err)
+	appendN(t, l, 4000) // past half of a 128 KiB segment: a spare is prepared
+	require.NoError(t, l.Close())
+	names, err := dir.List()
+	require.NoError(t, err)
+	assert.NotContains(t, names, spareName)
+}
