@@ -346,9 +346,22 @@ func TestCloseRemovesTheSpare(t *testing.T) {
 	dir := blockdev.NewSimDir(blockdev.SimOptions{})
 	l, err := Open("sim", testOptions(dir))
 	require.NoError(t, err)
-	appendN(t, l, 4000) // past half of a 128 KiB segment: a spare is prepared
-	require.NoError(t, l.Close())
+	appendN(t, l, 4000) // rolls, and past half of the next segment
+	for l.EndOffset()%1000 != 0 || !hasSpare(l) {
+		appendN(t, l, 1) // until a spare is being prepared
+	}
+	<-l.spare.done
 	names, err := dir.List()
 	require.NoError(t, err)
+	require.Contains(t, names, spareName, "the test needs a prepared spare")
+	require.NoError(t, l.Close())
+	names, err = dir.List()
+	require.NoError(t, err)
 	assert.NotContains(t, names, spareName)
+}
+
+func hasSpare(l *Log) bool {
+	l.spareMu.Lock()
+	defer l.spareMu.Unlock()
+	return l.spare != nil
 }
