@@ -36,7 +36,8 @@ type CorruptionError struct {
 }
 
 func (e *CorruptionError) Error() string {
-	return fmt.Sprintf("engine: %s: segment %d (%s) at byte %d: %v", e.Op, e.Segment, e.File, e.Position, e.Err)
+	return fmt.Sprintf("engine: %s: segment %d (%s) at byte %d: %v (no damaged bytes were returned and the file was left as it is: keep a copy and inspect it before repairing)",
+		e.Op, e.Segment, e.File, e.Position, e.Err)
 }
 
 func (e *CorruptionError) Unwrap() []error { return []error{ErrCorrupt, e.Err} }

@@ -122,7 +122,7 @@ func (it *Iterator) nextFrame() (bool, error) {
 		b := it.buf[it.pos-it.bufPos:]
 		h, err := wal.DecodeFrameHeader(b, len(b))
 		if err != nil { // verified in fill: cannot happen unless memory is damaged
-			return false, &CorruptionError{Segment: it.seg.base, File: it.seg.name, Position: it.pos, Op: "iterate", Err: err}
+			return false, it.seg.corrupt("iterate", it.pos, err)
 		}
 		size := wal.FrameSize(int(h.Length))
 		it.frame = wal.Frame{Pos: it.pos, Size: size, First: h.First, Count: int(h.Count), Time: h.Timestamp,
@@ -199,7 +199,7 @@ func (it *Iterator) fillSpan(end, span int64) error {
 		err = errors.New("no whole frame fits before the durable end")
 	}
 	if err != nil {
-		return &CorruptionError{Segment: s.base, File: s.name, Position: stop, Op: "iterate", Err: err}
+		return s.corrupt("iterate", stop, err)
 	}
 	it.buf, it.bufPos = raw[:stop-it.pos], it.pos
 	if stop < end {

@@ -10,6 +10,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
+	"os"
 	"slices"
 	"sort"
 	"strings"
@@ -33,7 +35,6 @@ const lockName = "LOCK"
 // Log is an append-only log of records. All methods are safe for
 // concurrent use.
 type Log struct {
-	name     string
 	opts     Options
 	dir      blockdev.Dir
 	cache    *cache.Cache
@@ -92,7 +93,7 @@ func Open(dir string, opts Options) (*Log, error) {
 	if opts.SegmentSize < minSegmentSize {
 		return nil, fmt.Errorf("engine: SegmentSize %d is below the minimum %d", opts.SegmentSize, minSegmentSize)
 	}
-	l := &Log{name: dir, opts: opts, dir: opts.Dir, durCh: make(chan struct{})}
+	l := &Log{opts: opts, dir: opts.Dir, durCh: make(chan struct{})}
 	// One pool block holds an index interval plus a batch that starts at
 	// its end; larger reads allocate.
 	pool, err := alignedbuf.NewPool(int(alignedbuf.AlignUp(int64(2*opts.IndexInterval), 1<<16)), poolAlign)
@@ -102,6 +103,11 @@ func Open(dir string, opts Options) (*Log, error) {
 	l.readPool = pool
 	l.sealed.Store(&wal.Stats{})
 	if l.dir == nil {
+		if opts.ReadOnly {
+			if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
+				return nil, fmt.Errorf("engine: open %s read-only: not an existing directory (a read-only open creates nothing): %w", dir, errors.Join(err, fs.ErrNotExist))
+			}
+		}
 		d, err := blockdev.OpenDir(dir, opts.Buffered)
 		if err != nil {
 			return nil, err
@@ -199,8 +205,7 @@ func (l *Log) load() error {
 		}
 		if n := len(segs); n > 1 {
 			if prev := segs[n-2].vis().off; prev != r.s.base {
-				firstErr = &CorruptionError{Segment: r.s.base, File: r.s.name, Position: 0, Op: "open",
-					Err: fmt.Errorf("segment %s ends at offset %d but the next file starts at %d: a segment is missing or damaged", segs[n-2].name, prev, r.s.base)}
+				firstErr = r.s.corrupt("open", 0, fmt.Errorf("segment %s ends at offset %d but the next file starts at %d: a segment is missing or damaged", segs[n-2].name, prev, r.s.base))
 			}
 		}
 	}
@@ -311,8 +316,7 @@ func (l *Log) openSegment(base uint64, last bool, nextBase uint64) (*segment, er
 	end := position{pos: sc.End(), off: sc.NextOffset()}
 	s.visible.Store(&end)
 	if !last && end.off != nextBase {
-		return s, &CorruptionError{Segment: base, File: name, Position: end.pos, Op: "open",
-			Err: fmt.Errorf("unsealed segment ends at offset %d, but the next segment starts at %d: records are missing (file left untouched)", end.off, nextBase)}
+		return s, s.corrupt("open", end.pos, fmt.Errorf("unsealed segment ends at offset %d, but the next segment starts at %d: records are missing (file left untouched)", end.off, nextBase))
 	}
 	if damaged >= 0 {
 		l.noteReport(func(r *Recovery) { r.RebuiltFooters = append(r.RebuiltFooters, base) })
@@ -395,8 +399,7 @@ func (l *Log) noteReport(f func(*Recovery)) {
 
 func (l *Log) checkHeader(s *segment) error {
 	if s.hdr.BaseOffset != s.base {
-		return &CorruptionError{Segment: s.base, File: s.name, Op: "open",
-			Err: fmt.Errorf("file header says base offset %d, the name says %d", s.hdr.BaseOffset, s.base)}
+		return s.corrupt("open", 0, fmt.Errorf("file header says base offset %d, the name says %d", s.hdr.BaseOffset, s.base))
 	}
 	return nil
 }
@@ -691,8 +694,7 @@ func (l *Log) Read(offset uint64, dst []byte) ([]byte, error) {
 	}
 	rec, ok := c.record(offset - start.off)
 	if !ok {
-		return dst, &CorruptionError{Segment: s.base, File: s.name, Position: start.pos, Op: "read",
-			Err: fmt.Errorf("offset %d is not in the index interval [%d, %d) that should hold it", offset, start.pos, end)}
+		return dst, s.corrupt("read", start.pos, fmt.Errorf("offset %d is not in the index interval [%d, %d) that should hold it", offset, start.pos, end))
 	}
 	return append(dst, rec...), nil
 }
@@ -745,7 +747,7 @@ func (l *Log) chunkBytes(s *segment, start indexEntry, end int64, complete bool)
 		err = fmt.Errorf("frames end at %d inside an interval that ends at %d", stop, end)
 	}
 	if err != nil {
-		return nil, &CorruptionError{Segment: s.base, File: s.name, Position: stop, Op: "read", Err: err}
+		return nil, s.corrupt("read", stop, err)
 	}
 	if complete {
 		l.cache.Set(s.ns, start.pos, c)

@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"fmt"
+	"os"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -364,4 +365,45 @@ func hasSpare(l *Log) bool {
 	l.spareMu.Lock()
 	defer l.spareMu.Unlock()
 	return l.spare != nil
+}
+
+// TestReadOnlyOpenCreatesNothing: tools open stores read-only; a wrong path
+// is an error that says so, not a new empty store.
+func TestReadOnlyOpenCreatesNothing(t *testing.T) {
+	missing := filepath.Join(t.TempDir(), "no-such-store")
+	o := DefaultOptions()
+	o.ReadOnly = true
+	_, err := Open(missing, o)
+	require.ErrorContains(t, err, "not an existing directory")
+	assert.ErrorIs(t, err, os.ErrNotExist)
+	_, statErr := os.Stat(missing)
+	assert.True(t, os.IsNotExist(statErr), "nothing was created")
+}
+
+// TestCorruptionErrorsNameThePath: damage found while reading names the
+// segment's file by its full path and says the bytes were not returned.
+func TestCorruptionErrorsNameThePath(t *testing.T) {
+	path := t.TempDir()
+	o := DefaultOptions()
+	o.Logger = quiet
+	l, err := Open(path, o)
+	require.NoError(t, err)
+	appendN(t, l, 10)
+	require.NoError(t, l.Roll())
+	require.NoError(t, l.Close())
+	f, err := os.OpenFile(filepath.Join(path, segName(0)), os.O_RDWR, 0)
+	require.NoError(t, err)
+	_, err = f.WriteAt([]byte{0xff}, 4096+40) // inside the first frame's payload
+	require.NoError(t, err)
+	require.NoError(t, f.Close())
+
+	o.ReadOnly = true
+	l, err = Open(path, o) // the footer is intact: open trusts it
+	require.NoError(t, err)
+	defer l.Close()
+	_, err = l.Read(0, nil)
+	var ce *CorruptionError
+	require.ErrorAs(t, err, &ce)
+	assert.Equal(t, filepath.Join(path, segName(0)), ce.File)
+	assert.Contains(t, err.Error(), "no damaged bytes were returned")
 }

@@ -7,6 +7,7 @@ import (
 	"hash/crc32"
 	"io"
 	"io/fs"
+	"path/filepath"
 
 	"github.com/segstore/segstore/alignedbuf"
 	"github.com/segstore/segstore/blockdev"
@@ -77,7 +78,7 @@ func readMeta(dir blockdev.Dir, name string, kind uint32) ([]byte, error) {
 		return nil, err
 	}
 	bad := func(why string) error {
-		return &CorruptionError{File: name, Op: "open", Err: errors.New(why)}
+		return &CorruptionError{File: filepath.Join(dir.Path(), name), Op: "open", Err: errors.New(why)}
 	}
 	if size < metaHeader+4 || string(buf[:8]) != metaMagic {
 		return nil, bad("not a segstore metadata file")

@@ -88,6 +88,11 @@ func (s *segment) lastTime() int64 {
 
 func (s *segment) vis() position { return *s.visible.Load() }
 
+// corrupt reports damage in s at pos, naming the file by its path.
+func (s *segment) corrupt(op string, pos int64, err error) *CorruptionError {
+	return &CorruptionError{Segment: s.base, File: s.dev.Name(), Position: pos, Op: op, Err: err}
+}
+
 // acquire takes a reference, unless the segment is already released.
 func (s *segment) acquire() bool {
 	for {
@@ -224,8 +229,7 @@ func (s *segment) readRange(from, to int64, buf []byte) (data, aligned []byte, e
 		return nil, nil, fmt.Errorf("engine: read segment %d (%s) bytes [%d, %d): %w", s.base, s.name, start, end, err)
 	}
 	if int64(n) < to-start {
-		return nil, nil, &CorruptionError{Segment: s.base, File: s.name, Position: start + int64(n), Op: "read",
-			Err: fmt.Errorf("file ends at %d, records were acknowledged up to %d", start+int64(n), to)}
+		return nil, nil, s.corrupt("read", start+int64(n), fmt.Errorf("file ends at %d, records were acknowledged up to %d", start+int64(n), to))
 	}
 	return buf[from-start : to-start], buf, nil
 }

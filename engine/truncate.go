@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"slices"
 	"time"
 
@@ -22,7 +23,7 @@ func (l *Log) loadStart() error {
 		return err
 	}
 	if len(b) != 8 {
-		return &CorruptionError{File: startName, Op: "open", Err: fmt.Errorf("START holds %d bytes, want 8", len(b))}
+		return &CorruptionError{File: filepath.Join(l.dir.Path(), startName), Op: "open", Err: fmt.Errorf("START holds %d bytes, want 8", len(b))}
 	}
 	l.start.Store(binary.LittleEndian.Uint64(b))
 	if l.opts.ReadOnly {
@@ -236,7 +237,7 @@ func (l *Log) writePrefix(s *segment, from uint64) (string, error) {
 			err = errors.New("no whole frame before the durable end")
 		}
 		if err != nil {
-			return "", &CorruptionError{Segment: s.base, File: s.name, Position: end, Op: "truncate", Err: err}
+			return "", s.corrupt("truncate", end, err)
 		}
 		if appendErr != nil {
 			return "", appendErr
