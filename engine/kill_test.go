@@ -2,6 +2,7 @@ package engine
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/binary"
 	"fmt"
 	"math/rand/v2"
@@ -100,7 +101,7 @@ func TestEngineKillLoop(t *testing.T) {
 		cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%d,%s", killChildEnv, cycle, dir))
 		stdout, err := cmd.StdoutPipe()
 		require.NoError(t, err)
-		var stderr lockedBuffer
+		var stderr bytes.Buffer // read only after Wait
 		cmd.Stderr = &stderr
 		require.NoError(t, cmd.Start())
 		lines := make(chan string, 1<<16)
@@ -156,22 +157,4 @@ func TestEngineKillLoop(t *testing.T) {
 			t.Logf("engine kill cycles=%d acknowledged batches=%d records=%d segments=%d, 0 lost", cycles, batches, len(want), segs)
 		}
 	}
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  []byte
-}
-
-func (s *lockedBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.b = append(s.b, p...)
-	return len(p), nil
-}
-
-func (s *lockedBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return string(s.b)
 }

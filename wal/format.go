@@ -66,9 +66,9 @@ const (
 	MaxRecordSize = MaxFramePayload - RecordHeaderLen
 )
 
-// FrameType values; zero is never valid.
+// FrameType values; zero is never valid (an all-zero header is the clean
+// end of a file).
 const (
-	frameInvalid = 0
 	// FrameRecords holds count >= 1 records.
 	FrameRecords = 1
 	// FrameFooter seals a file: it is the last frame, count is 0, first

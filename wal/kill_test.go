@@ -2,6 +2,7 @@ package wal
 
 import (
 	"bufio"
+	"bytes"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -120,7 +121,7 @@ func runChild(t *testing.T, rng *rand.Rand, cycle int, path string, interrupt fu
 	cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%d,%s", killChildEnv, cycle, path))
 	stdout, err := cmd.StdoutPipe()
 	require.NoError(t, err)
-	var stderr safeBuffer
+	var stderr bytes.Buffer // read only after Wait
 	cmd.Stderr = &stderr
 	require.NoError(t, cmd.Start())
 	defer func() { // also when interrupt fails the test: never leave the child running
@@ -141,6 +142,7 @@ func runChild(t *testing.T, rng *rand.Rand, cycle int, path string, interrupt fu
 	}()
 	first, ok := <-acks
 	if !ok {
+		_ = cmd.Wait()
 		t.Fatalf("cycle %d: child made no progress: %s", cycle, stderr.String())
 	}
 	time.Sleep(time.Duration(1+rng.IntN(30)) * time.Millisecond)
@@ -174,22 +176,4 @@ func checkAcked(t *testing.T, path string, want map[uint64][]byte, cycle int) (t
 		require.Equal(t, r, got[off], "cycle %d: acknowledged record %d lost or changed", cycle, off)
 	}
 	return rec.Torn != nil
-}
-
-type safeBuffer struct {
-	mu sync.Mutex
-	b  []byte
-}
-
-func (s *safeBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.b = append(s.b, p...)
-	return len(p), nil
-}
-
-func (s *safeBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return string(s.b)
 }
