@@ -45,9 +45,8 @@ type Log struct {
 	// segment is never sealed under an append. Readers never take it.
 	mu       sync.RWMutex
 	active   *segment    // guarded by mu; nil when read-only or failed
-	closed   bool        // guarded by mu
 	failed   error       // guarded by mu: a roll or truncation stopped halfway; no more changes
-	isClosed atomic.Bool // closed, for readers that do not take mu
+	isClosed atomic.Bool // set once by Close, under mu; readers check it without mu
 
 	segs  atomic.Pointer[[]*segment] // immutable snapshot, ascending by base
 	start atomic.Uint64              // first retained offset (TruncateFront, retention)
@@ -805,7 +804,7 @@ func (l *Log) Wait(ctx context.Context, offset uint64) error {
 func (l *Log) Sync() error {
 	l.mu.RLock()
 	defer l.mu.RUnlock()
-	if l.closed {
+	if l.isClosed.Load() {
 		return ErrClosed
 	}
 	if l.failed != nil {
@@ -888,12 +887,10 @@ func (l *Log) Stats() Stats {
 // Close fail.
 func (l *Log) Close() error {
 	l.mu.Lock()
-	if l.closed {
+	if l.isClosed.Swap(true) {
 		l.mu.Unlock()
 		return ErrClosed
 	}
-	l.closed = true
-	l.isClosed.Store(true)
 	var err error
 	if l.active != nil && l.active.w != nil {
 		err = l.active.w.Close()

@@ -281,7 +281,7 @@ func (l *Log) startActiveLocked(base uint64) error {
 
 func (l *Log) writableLocked() error {
 	switch {
-	case l.closed:
+	case l.isClosed.Load():
 		return ErrClosed
 	case l.failed != nil:
 		return l.failed

@@ -138,7 +138,7 @@ type Writer struct {
 	// Guarded by mu.
 	cur        *wbuf // the buffer appenders reserve space in
 	spare      *wbuf // the other buffer; nil while a write of it is in flight
-	sealed     bool  // cur takes no reservations: a leader is taking it
+	taking     bool  // a leader is taking cur: no reservations in it until the swap
 	flushing   bool  // a leader holds the device (only it writes or syncs)
 	lingering  bool  // a would-be leader is lingering for its group
 	nextOffset uint64
@@ -439,7 +439,7 @@ func (w *Writer) reserveLocked(size, n int) (buf *wbuf, pos int64, first uint64,
 		if w.closing {
 			return nil, 0, 0, 0, ErrClosed
 		}
-		if !w.sealed && w.cur.end+int64(size) <= w.cur.start+int64(len(w.cur.b)) {
+		if !w.taking && w.cur.end+int64(size) <= w.cur.start+int64(len(w.cur.b)) {
 			break
 		}
 		// The buffer is full: flush it (or wait for the flush under way).
@@ -621,7 +621,7 @@ func (w *Writer) takeLocked() *wbuf {
 	if w.cur.end == w.written {
 		return nil
 	}
-	w.sealed = true
+	w.taking = true
 	for w.cur.users > 0 {
 		w.cond.Wait()
 	}
@@ -629,7 +629,7 @@ func (w *Writer) takeLocked() *wbuf {
 	tail := alignedbuf.AlignDown(buf.end, w.blk)
 	copy(next.b, buf.b[tail-buf.start:buf.end-buf.start])
 	next.start, next.end, next.endOff, next.appends, next.users = tail, buf.end, buf.endOff, 0, 0
-	w.cur, w.spare, w.sealed = next, nil, false
+	w.cur, w.spare, w.taking = next, nil, false
 	w.cond.Broadcast()
 	return buf
 }
