@@ -29,6 +29,8 @@ type Dir interface {
 	Rename(oldName, newName string) error
 	// List returns the names in the directory, sorted.
 	List() ([]string, error)
+	// Size returns the named file's size in bytes (a stat, no open).
+	Size(name string) (int64, error)
 	// Sync makes creates, removes and renames so far durable.
 	Sync() error
 	// Path names the directory in errors.
@@ -100,6 +102,17 @@ func (d *OSDir) List() ([]string, error) {
 		}
 	}
 	return names, nil
+}
+
+func (d *OSDir) Size(name string) (int64, error) {
+	if err := checkName(d.path, name); err != nil {
+		return 0, err
+	}
+	fi, err := os.Stat(filepath.Join(d.path, name))
+	if err != nil {
+		return 0, fmt.Errorf("blockdev: %w", err)
+	}
+	return fi.Size(), nil
 }
 
 func (d *OSDir) Sync() error  { return SyncDir(d.path) }
@@ -203,6 +216,16 @@ func (d *SimDir) List() ([]string, error) {
 	}
 	slices.Sort(names)
 	return names, nil
+}
+
+func (d *SimDir) Size(name string) (int64, error) {
+	d.mu.Lock()
+	s, ok := d.files[name]
+	d.mu.Unlock()
+	if !ok {
+		return 0, fmt.Errorf("blockdev: stat sim:%s: %w", name, fs.ErrNotExist)
+	}
+	return s.Size()
 }
 
 func (d *SimDir) Sync() error {

@@ -12,6 +12,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"path/filepath"
 	"slices"
 	"sort"
 	"strings"
@@ -51,14 +52,15 @@ type Log struct {
 	segs  atomic.Pointer[[]*segment] // immutable snapshot, ascending by base
 	start atomic.Uint64              // first retained offset (TruncateFront, retention)
 
-	durMu    sync.Mutex
-	durCh    chan struct{}    // closed and replaced whenever durability advances
-	readPool *alignedbuf.Pool // aligned buffers for point-read misses (copied into the cache)
-	spareMu  sync.Mutex
-	spare    *spareFile // guarded by spareMu: the next segment file, being prepared
-	sealed   atomic.Pointer[wal.Stats]
-	reportMu sync.Mutex // guards report while segments open in parallel
-	report   Recovery
+	durMu      sync.Mutex
+	durCh      chan struct{}    // closed and replaced whenever durability advances
+	readPool   *alignedbuf.Pool // aligned buffers for point-read misses (copied into the cache)
+	spareMu    sync.Mutex
+	spare      *spareFile // guarded by spareMu: the next segment file, being prepared
+	sealed     atomic.Pointer[wal.Stats]
+	manifestMu sync.Mutex // serializes manifest writes
+	reportMu   sync.Mutex // guards report while segments open in parallel
+	report     Recovery
 }
 
 // poolAlign is the alignment of pooled read buffers: it covers the direct
@@ -73,8 +75,11 @@ const openParallelism = 16
 
 // Recovery is what the last Open found and did.
 type Recovery struct {
-	Segments       int      // segment files opened
-	Sealed         int      // of them sealed (trusted through their footer)
+	Segments int // segment files in the log
+	Sealed   int // of them sealed, trusted through their footer (read at open)
+	// Deferred: of them sealed, trusted through the manifest; each one's
+	// footer is read and checked against it on first use.
+	Deferred       int
 	Resealed       []uint64 // unsealed segments before the last one, sealed on open
 	RebuiltFooters []uint64 // segments whose damaged footer was rebuilt from their records
 	// RemovedIncomplete: a last segment file whose creation a crash
@@ -82,6 +87,7 @@ type Recovery struct {
 	RemovedIncomplete []uint64
 	ActiveFrames      int           // frames scanned in the active segment
 	Torn              *wal.TornTail // torn tail cut from the active segment
+	ActiveScan        time.Duration // of Duration, opening the last segment (a scan unless sealed)
 	Duration          time.Duration
 }
 
@@ -168,8 +174,9 @@ func (l *Log) load() error {
 		}
 	}
 	slices.Sort(bases)
-	// Sealed segments in parallel, then the last one (which may create or
-	// repair files) alone.
+	manifest := l.readManifest()
+	// Sealed segments through the manifest, or in parallel through their
+	// footers; then the last one (which may create or repair files) alone.
 	type opened struct {
 		s   *segment
 		err error
@@ -182,13 +189,26 @@ func (l *Log) load() error {
 		sem <- struct{}{}
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			results[i].s, results[i].err = l.openSegment(bases[i], false, bases[i+1])
+			// Trusted through the manifest if the file is where the entry
+			// says, ends at the next file's base and has the size it was
+			// sealed with (a stat, much cheaper than reading the footer);
+			// otherwise read and checked now.
+			if e, ok := manifest[bases[i]]; ok && e.next == bases[i+1] {
+				if size, err := l.dir.Size(segName(bases[i])); err == nil && size == e.size {
+					results[i].s = l.lazySegment(e)
+					l.noteReport(func(r *Recovery) { r.Deferred++ })
+					return
+				}
+			}
+			results[i].s, results[i].err = l.openSegment(bases[i], false, bases[i+1], false)
 		}()
 	}
 	wg.Wait()
 	sealedOK := !slices.ContainsFunc(results, func(r opened) bool { return r.err != nil })
 	if n := len(bases); n > 0 && sealedOK {
-		results[n-1].s, results[n-1].err = l.openSegment(bases[n-1], true, 0)
+		t := time.Now()
+		results[n-1].s, results[n-1].err = l.openSegment(bases[n-1], true, 0, false)
+		l.report.ActiveScan = time.Since(t)
 	}
 	var segs []*segment
 	var firstErr error
@@ -233,6 +253,9 @@ func (l *Log) load() error {
 		l.segs.Store(&segs)
 	}
 	l.active = segs[len(segs)-1]
+	if current, err := readMeta(l.dir, manifestName, metaManifest); err != nil || !bytes.Equal(current, l.manifest()) {
+		return l.writeManifest(true)
+	}
 	return nil
 }
 
@@ -241,14 +264,16 @@ func (l *Log) load() error {
 // segment; an earlier one must end exactly at nextBase (a crash between its
 // last append and its seal) and is sealed now. A damaged footer is rebuilt
 // from the records, which the footer's checksum does not cover, and
-// reported. Read-only opens repair nothing: they serve what is valid.
-func (l *Log) openSegment(base uint64, last bool, nextBase uint64) (*segment, error) {
+// reported. Read-only opens, and lazy ones (a segment's first use, see
+// Log.ensure), repair nothing: they serve what is valid.
+func (l *Log) openSegment(base uint64, last bool, nextBase uint64, lazy bool) (*segment, error) {
 	name := segName(base)
-	dev, err := l.dir.Open(name, blockdev.Options{ReadOnly: l.opts.ReadOnly})
+	readOnly := l.opts.ReadOnly || lazy
+	dev, err := l.dir.Open(name, blockdev.Options{ReadOnly: readOnly})
 	if err != nil {
 		return nil, err
 	}
-	s := newSegment(base, name, dev, l.cache.NewNamespace(), l.opts.IndexInterval)
+	s := l.newSegment(base, dev)
 	damaged := int64(-1) // position of a damaged footer
 	hdr, foot, err := wal.ReadSealed(dev)
 	var ce *wal.CorruptionError
@@ -259,7 +284,9 @@ func (l *Log) openSegment(base uint64, last bool, nextBase uint64) (*segment, er
 			return s, err
 		}
 		if err := s.decodeFooter(foot); err == nil {
-			l.noteReport(func(r *Recovery) { r.Sealed++ })
+			if !lazy {
+				l.noteReport(func(r *Recovery) { r.Sealed++ })
+			}
 			return s, nil
 		}
 		damaged = foot.Pos
@@ -307,7 +334,9 @@ func (l *Log) openSegment(base uint64, last bool, nextBase uint64) (*segment, er
 	case sc.Footer() != nil && damaged < 0:
 		// Sealed, but its final truncate did not happen: the footer is good.
 		if err := s.decodeFooter(sc.Footer()); err == nil {
-			l.noteReport(func(r *Recovery) { r.Sealed++ })
+			if !lazy {
+				l.noteReport(func(r *Recovery) { r.Sealed++ })
+			}
 			return s, nil
 		}
 		damaged = sc.Footer().Pos
@@ -321,7 +350,7 @@ func (l *Log) openSegment(base uint64, last bool, nextBase uint64) (*segment, er
 		l.noteReport(func(r *Recovery) { r.RebuiltFooters = append(r.RebuiltFooters, base) })
 		l.opts.Logger.Warn("segstore: damaged footer, index rebuilt from the records", "segment", name, "footer", damaged)
 	}
-	if l.opts.ReadOnly {
+	if readOnly {
 		s.mu.Lock()
 		s.sealed = !last || damaged >= 0
 		s.mu.Unlock()
@@ -384,9 +413,14 @@ func allZero(dev blockdev.Device) (bool, error) {
 	return true, nil
 }
 
-func newSegment(base uint64, name string, dev blockdev.Device, ns cache.Namespace, interval int) *segment {
-	s := &segment{base: base, name: name, dev: dev, ns: ns, interval: int64(interval)}
+// newSegment returns the segment at base, with its file dev (nil until
+// loaded, for a lazily loaded one).
+func (l *Log) newSegment(base uint64, dev blockdev.Device) *segment {
+	name := segName(base)
+	s := &segment{base: base, name: name, path: filepath.Join(l.dir.Path(), name), dev: dev,
+		ns: l.cache.NewNamespace(), interval: int64(l.opts.IndexInterval)}
 	s.refs.Store(1)
+	s.loaded.Store(dev != nil)
 	return s
 }
 
@@ -522,7 +556,7 @@ func (l *Log) createSegment(base uint64) (*segment, error) {
 			return nil, err
 		}
 	}
-	s := newSegment(base, name, dev, l.cache.NewNamespace(), l.opts.IndexInterval)
+	s := l.newSegment(base, dev)
 	s.visible.Store(&position{pos: wal.DataStart, off: base})
 	create := wal.Create
 	if prepared {
@@ -560,6 +594,7 @@ func (l *Log) seal(s *segment) error {
 	s.w = nil
 	s.mu.Lock()
 	s.sealed, s.sealedAt = true, foot.Time
+	s.man = footerEntry(s, foot)
 	s.mu.Unlock()
 	s.visible.Store(&position{pos: foot.Pos, off: foot.Next})
 	return nil
@@ -664,6 +699,11 @@ func (l *Log) rollIf(s *segment) error {
 	if err := l.seal(s); err != nil {
 		return l.fail("sealing segment "+s.name, err)
 	}
+	// The new manifest must be in place before the next segment is: its
+	// rename is committed by createSegment's directory fsync.
+	if err := l.writeManifest(false); err != nil {
+		return l.fail("writing the manifest after sealing "+s.name, err)
+	}
 	next, err := l.createSegment(s.vis().off)
 	if err != nil {
 		return l.fail("creating the segment after "+s.name, err)
@@ -715,6 +755,10 @@ func (l *Log) segmentFor(offset uint64) (*segment, error) {
 			return nil, fmt.Errorf("%w: offset %d is at or past the durable end %d", ErrOutOfRange, offset, vis.off)
 		}
 		if s.acquire() {
+			if err := l.ensure(s); err != nil {
+				s.release()
+				return nil, err
+			}
 			return s, nil
 		}
 		// Dropped between the snapshot and the reference: look again.
@@ -830,7 +874,7 @@ func (l *Log) Segments() []SegmentInfo {
 	segs := *l.segs.Load()
 	out := make([]SegmentInfo, len(segs))
 	for i, s := range segs {
-		size, _ := s.dev.Size()
+		size := s.fileSize()
 		s.mu.RLock()
 		sealed := s.sealed
 		s.mu.RUnlock()

@@ -21,7 +21,9 @@ import (
 //	+--------+--------+--------+---------- - - -+--------+
 //
 // Commit point: write to NAME.tmp, fdatasync, rename to NAME, fsync the
-// directory. A crash before the rename leaves the old file (or none).
+// directory (here, or by the caller with syncDir false when it syncs the
+// directory for its own change next). A crash before the rename leaves
+// the old file (or none).
 const (
 	metaMagic  = "segmeta1"
 	metaStart  = 1 // START: the first retained offset (TruncateFront)
@@ -32,7 +34,7 @@ const (
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
-func writeMeta(dir blockdev.Dir, name string, kind uint32, payload []byte) error {
+func writeMeta(dir blockdev.Dir, name string, kind uint32, payload []byte, syncDir bool) error {
 	tmp := name + tmpSuffix
 	_ = dir.Remove(tmp) // a leftover of a crash
 	dev, err := dir.Open(tmp, blockdev.Options{Create: true})
@@ -54,7 +56,7 @@ func writeMeta(dir blockdev.Dir, name string, kind uint32, payload []byte) error
 	if err := dev.Sync(); err != nil {
 		return fmt.Errorf("engine: write %s: %w", tmp, err)
 	}
-	if err := dir.Rename(tmp, name); err != nil {
+	if err := dir.Rename(tmp, name); err != nil || !syncDir {
 		return err
 	}
 	return dir.Sync()

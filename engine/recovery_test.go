@@ -59,8 +59,9 @@ func TestSegmentRecoveryTable(t *testing.T) {
 		wantErr string // "" when Open must succeed with every record
 		check   func(t *testing.T, rec Recovery, base uint64)
 	}{
-		{"damaged footer is rebuilt and reported", func(t *testing.T, _ *blockdev.SimDir, seg *blockdev.Sim) {
+		{"damaged footer is rebuilt and reported", func(t *testing.T, dir *blockdev.SimDir, seg *blockdev.Sim) {
 			seg.FlipBit(footerPos(t, seg)+wal.FrameHeaderLen+40, 2)
+			require.NoError(t, dir.Remove(manifestName)) // else found at first use: TestLazyDamagedFooter
 		}, "", func(t *testing.T, rec Recovery, base uint64) {
 			assert.Equal(t, []uint64{base}, rec.RebuiltFooters)
 		}},
@@ -124,7 +125,7 @@ func TestSegmentRecoveryTable(t *testing.T) {
 			assert.Empty(t, rec.RebuiltFooters)
 			assert.Empty(t, rec.Resealed)
 			assert.Empty(t, rec.RemovedIncomplete)
-			assert.Equal(t, len(l.Segments())-1, rec.Sealed, "every segment but the active one is sealed")
+			assert.Equal(t, len(l.Segments())-1, rec.Sealed+rec.Deferred, "every segment but the active one is sealed")
 			requireAll(t, l, 120)
 			require.NoError(t, l.Close())
 		})
@@ -177,4 +178,73 @@ func TestInterruptedTruncateBack(t *testing.T) {
 			})
 		}
 	}
+}
+
+// TestLazyDamagedFooter: a sealed segment trusted through the manifest
+// whose footer is damaged is found at its first read, served from an index
+// rebuilt from its records, reported, and dropped from the manifest, so
+// the next open rebuilds the footer on disk.
+func TestLazyDamagedFooter(t *testing.T) {
+	dir, bases := fourSegments(t)
+	seg := dir.File(segName(bases[1]))
+	seg.FlipBit(footerPos(t, seg)+wal.FrameHeaderLen+40, 2)
+
+	l, err := Open("sim", testOptions(dir))
+	require.NoError(t, err)
+	rec := l.Stats().LastOpenRecovery
+	assert.Equal(t, 3, rec.Deferred, "the three sealed segments are trusted through the manifest")
+	assert.Empty(t, rec.RebuiltFooters)
+	requireAll(t, l, 120)
+	assert.Equal(t, []uint64{bases[1]}, l.Stats().LastOpenRecovery.RebuiltFooters)
+	require.NoError(t, l.Close())
+
+	l, err = Open("sim", testOptions(dir))
+	require.NoError(t, err)
+	rec = l.Stats().LastOpenRecovery
+	assert.Equal(t, []uint64{bases[1]}, rec.RebuiltFooters, "opened eagerly and rebuilt on disk")
+	requireAll(t, l, 120)
+	require.NoError(t, l.Close())
+
+	l, err = Open("sim", testOptions(dir))
+	require.NoError(t, err)
+	rec = l.Stats().LastOpenRecovery
+	assert.Empty(t, rec.RebuiltFooters)
+	assert.Equal(t, 3, rec.Deferred)
+	requireAll(t, l, 120)
+	require.NoError(t, l.Close())
+}
+
+// TestManifestDisagreesWithFile: a sealed file that was replaced after the
+// manifest described it (same name and size, different footer) is refused
+// at its first read with a corruption error naming it; nothing from it is
+// returned.
+func TestManifestDisagreesWithFile(t *testing.T) {
+	dir, bases := fourSegments(t)
+	l, err := Open("sim", testOptions(dir))
+	require.NoError(t, err)
+	require.NoError(t, l.Close())
+	// Re-encode the manifest with segment 1's checksum changed.
+	b, err := readMeta(dir, manifestName, metaManifest)
+	require.NoError(t, err)
+	m, err := decodeManifest(b)
+	require.NoError(t, err)
+	var entries []manifestEntry
+	for _, e := range m {
+		if e.base == bases[1] {
+			e.crc ^= 1
+		}
+		entries = append(entries, e)
+	}
+	require.NoError(t, writeMeta(dir, manifestName, metaManifest, encodeManifest(entries), true))
+
+	l, err = Open("sim", testOptions(dir))
+	require.NoError(t, err)
+	defer l.Close()
+	_, err = l.Read(bases[1], nil)
+	require.ErrorIs(t, err, ErrCorrupt)
+	assert.ErrorContains(t, err, "disagrees with the manifest")
+	assert.ErrorContains(t, err, segName(bases[1]))
+	got, err := l.Read(bases[2], nil)
+	require.NoError(t, err, "the other segments stay readable")
+	assert.Equal(t, fmt.Sprint("r", bases[2]), string(got))
 }

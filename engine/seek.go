@@ -3,6 +3,8 @@ package engine
 import (
 	"sort"
 	"time"
+
+	"github.com/segstore/segstore/wal"
 )
 
 // SeekTime returns the first offset whose record was appended at or after
@@ -23,8 +25,15 @@ func (l *Log) SeekTime(t time.Time) (uint64, error) {
 		return !ok || first.time >= ts
 	}) - 1
 	from := l.StartOffset()
-	if i >= 0 {
-		from = max(from, segs[i].entryBefore(ts).off)
+	if i >= 0 && segs[i].acquire() {
+		err := l.ensure(segs[i])
+		if err == nil {
+			from = max(from, segs[i].entryBefore(ts).off)
+		}
+		segs[i].release()
+		if err != nil {
+			return 0, err
+		}
 	}
 	it := l.NewIterator(from)
 	defer it.Close()
@@ -40,6 +49,9 @@ func (l *Log) SeekTime(t time.Time) (uint64, error) {
 }
 
 func (s *segment) firstEntry() (indexEntry, bool) {
+	if !s.loaded.Load() { // sealed, so never empty
+		return indexEntry{off: s.base, pos: wal.DataStart, time: s.man.firstTime}, true
+	}
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	if len(s.index) == 0 {

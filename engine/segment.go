@@ -50,7 +50,8 @@ type position struct {
 // active one (w != nil) grows, and readers see it up to visible.
 type segment struct {
 	base uint64
-	name string
+	name string // file name
+	path string // file path, for errors
 	dev  blockdev.Device
 	hdr  wal.FileHeader
 	ns   cache.Namespace
@@ -64,6 +65,16 @@ type segment struct {
 	// gone: dropped or replaced by a rewritten file; an iterator holding it
 	// looks its position up again.
 	gone atomic.Bool
+
+	// A sealed segment trusted through the manifest is loaded lazily: until
+	// loaded is set (by Log.ensure, under loadMu), dev, hdr and index are
+	// unset and man holds what it was trusted as. Eagerly opened segments
+	// are loaded from the start. man is also what the next manifest says
+	// about a sealed segment (zero while active, or if its footer is damaged).
+	loadMu    sync.Mutex
+	loaded    atomic.Bool
+	man       manifestEntry
+	footerBad atomic.Bool // footer found damaged on a lazy load; kept out of the manifest
 
 	mu       sync.RWMutex // guards index, sealed and sealedAt
 	index    []indexEntry // sparse, ascending; the first frame is always in it
@@ -88,9 +99,19 @@ func (s *segment) lastTime() int64 {
 
 func (s *segment) vis() position { return *s.visible.Load() }
 
+// fileSize is the segment file's size (for a lazily loaded segment, as the
+// manifest says).
+func (s *segment) fileSize() int64 {
+	if !s.loaded.Load() {
+		return s.man.size
+	}
+	size, _ := s.dev.Size()
+	return size
+}
+
 // corrupt reports damage in s at pos, naming the file by its path.
 func (s *segment) corrupt(op string, pos int64, err error) *CorruptionError {
-	return &CorruptionError{Segment: s.base, File: s.dev.Name(), Position: pos, Op: op, Err: err}
+	return &CorruptionError{Segment: s.base, File: s.path, Position: pos, Op: op, Err: err}
 }
 
 // acquire takes a reference, unless the segment is already released.
@@ -108,7 +129,7 @@ func (s *segment) acquire() bool {
 
 // release drops a reference and closes the device with the last one.
 func (s *segment) release() {
-	if s.refs.Add(-1) == 0 {
+	if s.refs.Add(-1) == 0 && s.loaded.Load() {
 		s.dev.Close()
 	}
 }
@@ -206,6 +227,7 @@ func (s *segment) decodeFooter(f *wal.Footer) error {
 	}
 	s.mu.Lock()
 	s.index, s.interval, s.sealed, s.sealedAt = index, interval, true, f.Time
+	s.man = footerEntry(s, f)
 	s.mu.Unlock()
 	s.visible.Store(&position{pos: dataEnd, off: f.Next})
 	return nil
@@ -226,7 +248,7 @@ func (s *segment) readRange(from, to int64, buf []byte) (data, aligned []byte, e
 	buf = buf[:end-start]
 	n, err := s.dev.ReadAt(buf, start)
 	if err != nil && !errors.Is(err, io.EOF) {
-		return nil, nil, fmt.Errorf("engine: read segment %d (%s) bytes [%d, %d): %w", s.base, s.name, start, end, err)
+		return nil, nil, fmt.Errorf("engine: read segment %d (%s) bytes [%d, %d): %w", s.base, s.path, start, end, err)
 	}
 	if int64(n) < to-start {
 		return nil, nil, s.corrupt("read", start+int64(n), fmt.Errorf("file ends at %d, records were acknowledged up to %d", start+int64(n), to))

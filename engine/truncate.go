@@ -54,7 +54,7 @@ func (l *Log) truncateFrontLocked(before uint64) error {
 		return fmt.Errorf("%w: TruncateFront(%d) is past the durable end %d", ErrOutOfRange, before, end)
 	}
 	b := binary.LittleEndian.AppendUint64(nil, before)
-	if err := writeMeta(l.dir, startName, metaStart, b); err != nil {
+	if err := writeMeta(l.dir, startName, metaStart, b, true); err != nil {
 		return err
 	}
 	l.start.Store(before)
@@ -104,7 +104,7 @@ func (l *Log) applyRetentionLocked() error {
 	var total int64
 	sizes := make([]int64, len(segs))
 	for i, s := range segs {
-		sizes[i], _ = s.dev.Size()
+		sizes[i] = s.fileSize()
 		total += sizes[i]
 	}
 	cut := uint64(0)
@@ -200,6 +200,9 @@ func reverse(s []*segment) []*segment { r := slices.Clone(s); slices.Reverse(r);
 // in the same batches with the same timestamps, and makes it durable. It
 // returns the temporary name.
 func (l *Log) writePrefix(s *segment, from uint64) (string, error) {
+	if err := l.ensure(s); err != nil {
+		return "", err
+	}
 	tmp := s.name + tmpSuffix
 	if err := l.dir.Remove(tmp); err != nil && !isNotExist(err) {
 		return "", err
@@ -255,7 +258,7 @@ func (l *Log) writePrefix(s *segment, from uint64) (string, error) {
 // cache namespace, so no cached bytes of the old contents are served.
 func (l *Log) reopenActiveLocked(old *segment) error {
 	segs := *l.segs.Load()
-	s, err := l.openSegment(old.base, true, 0)
+	s, err := l.openSegment(old.base, true, 0, false)
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,217 @@
+package engine
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"path/filepath"
+
+	"github.com/segstore/segstore/wal"
+)
+
+// The manifest lists what the sealed segments' footers say, so Open can
+// trust a sealed segment without opening its file: the file is opened and
+// its footer checked against the entry on first use (lazy loading, as
+// Kafka loads the indexes of old segments). Open's cost is then a
+// directory listing and one small read whatever the number of segments.
+//
+// MANIFEST is a metadata file (see meta.go) of kind metaManifest whose
+// payload is a count and the entries, little endian:
+//
+//	0        4        8
+//	+--------+--------+---- - -
+//	| count  | 0      | count × entry
+//	+--------+--------+---- - -
+//
+//	entry: 0      8      16        24     32         40          48      52    56
+//	       +------+------+---------+------+----------+-----------+-------+-----+
+//	       | base | next | dataEnd | size | sealedAt | firstTime | crc   | 0   |
+//	       +------+------+---------+------+----------+-----------+-------+-----+
+//
+// next is the offset after the last record, dataEnd the footer frame's
+// position, size the file's, sealedAt and firstTime unix nanoseconds (seal
+// time, first frame's time), crc the CRC-32C of the footer bytes.
+//
+// It is rewritten whole at every roll, before the directory fsync that
+// commits the new segment, so a sealed segment is never followed by a
+// newer segment while the manifest holds an older description of it. An
+// entry is only trusted for a segment that is not the last file and whose
+// next offset is the next file's base; anything else is opened eagerly.
+// A stale or missing manifest therefore costs time, never correctness.
+const (
+	manifestName     = "MANIFEST"
+	metaManifest     = 2
+	manifestEntryLen = 56
+)
+
+// manifestEntry is what a sealed segment's footer says about it. The zero
+// entry (next 0) stands for none.
+type manifestEntry struct {
+	base, next    uint64
+	dataEnd, size int64
+	sealedAt      int64
+	firstTime     int64
+	crc           uint32
+}
+
+// footerEntry describes the sealed segment s from its footer frame.
+func footerEntry(s *segment, f *wal.Footer) manifestEntry {
+	e := manifestEntry{base: s.base, next: f.Next, dataEnd: f.Pos, size: f.End, sealedAt: f.Time,
+		crc: crc32.Checksum(f.Data, castagnoli)}
+	if len(s.index) > 0 {
+		e.firstTime = s.index[0].time
+	}
+	return e
+}
+
+func encodeManifest(entries []manifestEntry) []byte {
+	b := make([]byte, 8+manifestEntryLen*len(entries))
+	binary.LittleEndian.PutUint32(b, uint32(len(entries)))
+	for i, e := range entries {
+		p := b[8+i*manifestEntryLen:]
+		binary.LittleEndian.PutUint64(p[0:], e.base)
+		binary.LittleEndian.PutUint64(p[8:], e.next)
+		binary.LittleEndian.PutUint64(p[16:], uint64(e.dataEnd))
+		binary.LittleEndian.PutUint64(p[24:], uint64(e.size))
+		binary.LittleEndian.PutUint64(p[32:], uint64(e.sealedAt))
+		binary.LittleEndian.PutUint64(p[40:], uint64(e.firstTime))
+		binary.LittleEndian.PutUint32(p[48:], e.crc)
+	}
+	return b
+}
+
+func decodeManifest(b []byte) (map[uint64]manifestEntry, error) {
+	if len(b) < 8 {
+		return nil, errors.New("manifest shorter than its header")
+	}
+	n := int(binary.LittleEndian.Uint32(b))
+	if n != (len(b)-8)/manifestEntryLen || (len(b)-8)%manifestEntryLen != 0 {
+		return nil, fmt.Errorf("manifest claims %d entries in %d bytes", n, len(b))
+	}
+	m := make(map[uint64]manifestEntry, n)
+	for i := range n {
+		p := b[8+i*manifestEntryLen:]
+		e := manifestEntry{
+			base: binary.LittleEndian.Uint64(p[0:]), next: binary.LittleEndian.Uint64(p[8:]),
+			dataEnd: int64(binary.LittleEndian.Uint64(p[16:])), size: int64(binary.LittleEndian.Uint64(p[24:])),
+			sealedAt: int64(binary.LittleEndian.Uint64(p[32:])), firstTime: int64(binary.LittleEndian.Uint64(p[40:])),
+			crc: binary.LittleEndian.Uint32(p[48:]),
+		}
+		if e.next <= e.base || e.dataEnd < wal.DataStart || e.size <= e.dataEnd {
+			return nil, fmt.Errorf("manifest entry %d (segment %d) is out of range", i, e.base)
+		}
+		m[e.base] = e
+	}
+	return m, nil
+}
+
+// readManifest returns the manifest's entries by base, or nil if there is
+// none or it cannot be used (then every segment is opened eagerly, and a
+// damaged manifest is reported: it is only a shortcut, nothing is lost).
+func (l *Log) readManifest() map[uint64]manifestEntry {
+	b, err := readMeta(l.dir, manifestName, metaManifest)
+	if err == nil {
+		var m map[uint64]manifestEntry
+		if m, err = decodeManifest(b); err == nil {
+			return m
+		}
+	}
+	if !isNotExist(err) {
+		l.opts.Logger.Warn("segstore: manifest unusable, opening every segment's footer instead",
+			"file", filepath.Join(l.dir.Path(), manifestName), "err", err)
+	}
+	return nil
+}
+
+// manifest encodes the manifest of the current sealed segments (those
+// with a trustworthy footer on disk).
+func (l *Log) manifest() []byte {
+	var entries []manifestEntry
+	for _, s := range *l.segs.Load() {
+		s.mu.RLock()
+		e := s.man
+		s.mu.RUnlock()
+		if e.next != 0 && !s.footerBad.Load() {
+			entries = append(entries, e)
+		}
+	}
+	return encodeManifest(entries)
+}
+
+// writeManifest writes the manifest; with syncDir false its commit point is
+// the caller's next directory fsync.
+func (l *Log) writeManifest(syncDir bool) error {
+	l.manifestMu.Lock()
+	defer l.manifestMu.Unlock()
+	return writeMeta(l.dir, manifestName, metaManifest, l.manifest(), syncDir)
+}
+
+// lazySegment is a sealed segment known from its manifest entry; its file
+// is opened on first use (Log.ensure).
+func (l *Log) lazySegment(e manifestEntry) *segment {
+	s := l.newSegment(e.base, nil)
+	s.man, s.sealed, s.sealedAt = e, true, e.sealedAt
+	s.visible.Store(&position{pos: e.dataEnd, off: e.next})
+	return s
+}
+
+// ensure opens a lazily loaded segment's file and checks its footer
+// against the manifest entry it was trusted through. The caller holds a
+// reference on s.
+func (l *Log) ensure(s *segment) error {
+	if s.loaded.Load() {
+		return nil
+	}
+	s.loadMu.Lock()
+	defer s.loadMu.Unlock()
+	if s.loaded.Load() {
+		return nil
+	}
+	t, err := l.openSegment(s.base, false, s.man.next, true)
+	if err == nil {
+		err = s.adopt(t)
+	}
+	if err != nil {
+		if t != nil {
+			t.release()
+		}
+		if s.gone.Load() {
+			return fmt.Errorf("%w: segment %s was dropped while being opened", ErrOutOfRange, s.name)
+		}
+		return err
+	}
+	if s.footerBad.Load() && !l.opts.ReadOnly {
+		// Out of the manifest, the next open reads the file and rebuilds
+		// its footer on disk.
+		if err := l.writeManifest(true); err != nil {
+			l.opts.Logger.Warn("segstore: could not drop a damaged footer from the manifest", "segment", s.path, "err", err)
+		}
+	}
+	return nil
+}
+
+// adopt takes the file and index of t, the same segment opened from its
+// file, if t agrees with what s was trusted as.
+func (s *segment) adopt(t *segment) error {
+	got, want := t.vis(), s.vis()
+	if got != want || (t.man.next != 0 && t.man != s.man) {
+		return s.corrupt("open", got.pos, fmt.Errorf(
+			"the file's footer (records end at %d, next offset %d, checksum %08x) disagrees with the manifest (%d, %d, %08x): the file changed after it was sealed; it was left as is, run segtool verify",
+			got.pos, got.off, t.man.crc, want.pos, want.off, s.man.crc))
+	}
+	if t.man.next == 0 {
+		// Damaged footer: served from an index rebuilt in memory; leaving it
+		// out of the next manifest makes the next open rebuild it on disk.
+		s.footerBad.Store(true)
+	}
+	t.mu.RLock()
+	index, interval := t.index, t.interval
+	t.mu.RUnlock()
+	s.mu.Lock()
+	s.index, s.interval = index, interval
+	s.mu.Unlock()
+	s.dev, s.hdr = t.dev, t.hdr
+	s.loaded.Store(true)
+	return nil
+}
