@@ -191,6 +191,13 @@ func (it *Iterator) fillSpan(end, span int64) error {
 	if len(aligned) > len(it.raw[it.cur]) { // keep the larger buffer for later fills
 		it.raw[it.cur] = aligned[:cap(aligned)]
 	}
+	// Start reading what follows before verifying these bytes, so the
+	// device works while the checksums are computed: the next range starts
+	// where the last whole frame ends, found from the frame lengths alone.
+	// If verification then stops elsewhere (damage), that read goes unused.
+	if next := frameEnds(raw, it.pos); next > it.pos && next < end {
+		it.startReadAhead(next, min(next+span, end))
+	}
 	stop, _, err := wal.DecodeFrames(raw, s.hdr, it.pos, it.posOff, func(wal.Frame) bool { return true })
 	if err == nil && stop == it.pos {
 		if wide := int64(s.hdr.MaxWrite); span < wide && to < end {
@@ -202,10 +209,24 @@ func (it *Iterator) fillSpan(end, span int64) error {
 		return s.corrupt("iterate", stop, err)
 	}
 	it.buf, it.bufPos = raw[:stop-it.pos], it.pos
-	if stop < end {
-		it.startReadAhead(stop, min(stop+span, end))
-	}
 	return nil
+}
+
+// frameEnds returns where the whole frames in raw (file bytes from pos)
+// end, going by their lengths alone (unverified).
+func frameEnds(raw []byte, pos int64) int64 {
+	p := 0
+	for {
+		h, err := wal.DecodeFrameHeader(raw[p:], len(raw)-p)
+		if err != nil || h.Type != wal.FrameRecords {
+			return pos + int64(p)
+		}
+		size := wal.FrameSize(int(h.Length))
+		if p+size > len(raw) {
+			return pos + int64(p)
+		}
+		p += size
+	}
 }
 
 // Offset is the current record's offset.
