@@ -727,11 +727,10 @@ func (l *Log) Read(offset uint64, dst []byte) ([]byte, error) {
 	defer s.release()
 	vis := s.vis()
 	start, end, complete := s.chunk(offset, vis)
-	c, release, err := l.chunkBytes(s, start, end, complete)
+	c, err := l.chunkBytes(s, start, end, complete)
 	if err != nil {
 		return dst, err
 	}
-	defer release()
 	rec, ok := c.record(offset - start.off)
 	if !ok {
 		return dst, s.corrupt("read", start.pos, fmt.Errorf("offset %d is not in the index interval [%d, %d) that should hold it", offset, start.pos, end))
@@ -768,11 +767,11 @@ func (l *Log) segmentFor(offset uint64) (*segment, error) {
 
 // chunkBytes returns one index interval, verified: from the cache, or read
 // with O_DIRECT and verified frame by frame (and cached if the interval is
-// complete: it will never grow). Call release when done with the chunk.
-func (l *Log) chunkBytes(s *segment, start indexEntry, end int64, complete bool) (c chunk, release func(), err error) {
+// complete: it will never grow).
+func (l *Log) chunkBytes(s *segment, start indexEntry, end int64, complete bool) (chunk, error) {
 	if complete {
-		if v, ok := l.cache.Get(s.ns, start.pos); ok {
-			return chunk(v.Bytes()), v.Release, nil
+		if b, ok := l.cache.Get(s.ns, start.pos); ok {
+			return chunk(b), nil
 		}
 	}
 	var buf []byte
@@ -784,39 +783,19 @@ func (l *Log) chunkBytes(s *segment, start indexEntry, end int64, complete bool)
 	}
 	raw, _, err := s.readRange(start.pos, end, buf)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	// A complete interval is laid out in a cache value (outside the Go
-	// heap); the still-growing last one is read each time, on the heap.
-	var v *cache.Value
-	var allocErr error
-	alloc := func(n int) ([]byte, error) {
-		if !complete {
-			return make([]byte, n), nil
-		}
-		if v, allocErr = l.cache.NewValue(n); allocErr != nil {
-			return nil, allocErr
-		}
-		return v.Bytes(), nil
-	}
-	c, stop, err := buildChunk(raw, s.hdr, start, alloc)
-	if allocErr != nil {
-		return nil, nil, allocErr
-	}
+	c, stop, err := buildChunk(raw, s.hdr, start)
 	if err == nil && stop != end {
 		err = fmt.Errorf("frames end at %d inside an interval that ends at %d", stop, end)
 	}
 	if err != nil {
-		if v != nil {
-			v.Release()
-		}
-		return nil, nil, s.corrupt("read", stop, err)
+		return nil, s.corrupt("read", stop, err)
 	}
-	if v == nil {
-		return c, func() {}, nil
+	if complete {
+		l.cache.Set(s.ns, start.pos, c)
 	}
-	l.cache.Set(s.ns, start.pos, v)
-	return c, v.Release, nil
+	return c, nil
 }
 
 // StartOffset is the first retained offset.

@@ -270,9 +270,8 @@ func (s *segment) readRange(from, to int64, buf []byte) (data, aligned []byte, e
 type chunk []byte
 
 // buildChunk verifies the frames in raw (file bytes from start.pos) and
-// lays them out as a chunk in memory from alloc, returning where the
-// frames stopped.
-func buildChunk(raw []byte, hdr wal.FileHeader, start indexEntry, alloc func(n int) ([]byte, error)) (chunk, int64, error) {
+// lays them out as a chunk, returning where the frames stopped.
+func buildChunk(raw []byte, hdr wal.FileHeader, start indexEntry) (chunk, int64, error) {
 	var pos []uint32
 	stop, _, err := wal.DecodeFrames(raw, hdr, start.pos, start.off, func(f wal.Frame) bool {
 		p := uint32(f.Pos-start.pos) + wal.FrameHeaderLen
@@ -286,10 +285,7 @@ func buildChunk(raw []byte, hdr wal.FileHeader, start indexEntry, alloc func(n i
 		return nil, stop, err
 	}
 	n := int(stop - start.pos)
-	c, err := alloc(n + 4*len(pos) + 4)
-	if err != nil {
-		return nil, stop, err
-	}
+	c := make([]byte, n+4*len(pos)+4)
 	copy(c, raw[:n])
 	for i, p := range pos {
 		binary.LittleEndian.PutUint32(c[n+4*i:], p)
