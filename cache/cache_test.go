@@ -68,3 +68,26 @@ func TestBadInput(t *testing.T) {
 	assert.Panics(t, func() { c.Set(1, 3, nil) }, "positions are 8-byte aligned by the format")
 	assert.Panics(t, func() { c.Set(1, MaxPos+8, nil) })
 }
+
+// TestCollectsGarbageItCreates: every MaxBytes/8 offered starts a
+// collection unless one is running (values offered are either kept or, refused or evicted,
+// garbage), and costs count what the heap really holds.
+func TestCollectsGarbageItCreates(t *testing.T) {
+	const budget = 1 << 20
+	c, err := New(budget)
+	require.NoError(t, err)
+	defer c.Close()
+	ns := c.NewNamespace()
+	for i := int64(0); i < 40; i++ { // 40 × 36 KiB (40 KiB on the heap) = 1.6 MB = 12.5 × budget/8
+		c.Set(ns, i*65536, make([]byte, 36<<10))
+	}
+	c.Wait()
+	// At most one per 128 KiB offered (fewer when one is still running).
+	got := c.Stats().Collections
+	assert.GreaterOrEqual(t, got, int64(1))
+	assert.LessOrEqual(t, got, int64(12))
+
+	assert.Equal(t, int64(40<<10), heapSize(36<<10), "large allocations take whole 8 KiB pages")
+	assert.Equal(t, int64(64<<10), heapSize(64<<10))
+	assert.Equal(t, int64(1000), heapSize(1000), "small ones are in size classes, counted as asked")
+}
