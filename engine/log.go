@@ -52,15 +52,18 @@ type Log struct {
 	segs  atomic.Pointer[[]*segment] // immutable snapshot, ascending by base
 	start atomic.Uint64              // first retained offset (TruncateFront, retention)
 
-	durMu      sync.Mutex
-	durCh      chan struct{}    // closed and replaced whenever durability advances
-	readPool   *alignedbuf.Pool // aligned buffers for point-read misses (copied into the cache)
-	spareMu    sync.Mutex
-	spare      *spareFile // guarded by spareMu: the next segment file, being prepared
-	sealed     atomic.Pointer[wal.Stats]
-	manifestMu sync.Mutex // serializes manifest writes
-	reportMu   sync.Mutex // guards report while segments open in parallel
-	report     Recovery
+	durMu    sync.Mutex
+	durCh    chan struct{}    // closed and replaced whenever durability advances
+	readPool *alignedbuf.Pool // aligned buffers for point-read misses (copied into the cache)
+	spareMu  sync.Mutex
+	spare    *spareFile // guarded by spareMu: the next segment file, being prepared
+	sealed   atomic.Pointer[wal.Stats]
+
+	exportSendfile atomic.Int64 // bytes exported by sendfile (Section.WriteTo to a socket)
+	exportCopied   atomic.Int64 // bytes exported by a copy (any other writer)
+	manifestMu     sync.Mutex   // serializes manifest writes
+	reportMu       sync.Mutex   // guards report while segments open in parallel
+	report         Recovery
 }
 
 // poolAlign is the alignment of pooled read buffers: it covers the direct
@@ -874,11 +877,7 @@ func (l *Log) Segments() []SegmentInfo {
 	segs := *l.segs.Load()
 	out := make([]SegmentInfo, len(segs))
 	for i, s := range segs {
-		size := s.fileSize()
-		s.mu.RLock()
-		sealed := s.sealed
-		s.mu.RUnlock()
-		out[i] = SegmentInfo{Base: s.base, Next: s.vis().off, Bytes: size, Sealed: sealed, File: s.name}
+		out[i] = s.info()
 	}
 	return out
 }
@@ -896,6 +895,9 @@ type Stats struct {
 	EndOffset        uint64
 	DurableOffset    uint64
 	LastOpenRecovery Recovery
+	// Exported bytes (SegmentView and Section WriteTo): sent by sendfile to
+	// a socket, or copied (any other writer, e.g. TLS or a buffer).
+	ExportSendfileBytes, ExportCopiedBytes int64
 }
 
 // Stats returns the counters.
@@ -913,7 +915,8 @@ func (l *Log) Stats() Stats {
 	l.mu.RUnlock()
 	st := Stats{Appends: w.Appends, Records: w.Records, Writes: w.Writes, Syncs: w.Syncs,
 		Cache: l.cache.Stats(), StartOffset: l.StartOffset(), EndOffset: l.EndOffset(),
-		DurableOffset: l.DurableOffset(), LastOpenRecovery: l.report}
+		DurableOffset: l.DurableOffset(), LastOpenRecovery: l.report,
+		ExportSendfileBytes: l.exportSendfile.Load(), ExportCopiedBytes: l.exportCopied.Load()}
 	if w.Writes > 0 {
 		st.MeanBatch = float64(w.Appends) / float64(w.Writes)
 	}

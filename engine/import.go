@@ -1,0 +1,192 @@
+package engine
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+
+	"github.com/segstore/segstore/blockdev"
+	"github.com/segstore/segstore/wal"
+)
+
+// ErrImport: ImportSegment refused a segment; nothing of it is visible.
+// The error says why (damage also matches ErrCorrupt).
+var ErrImport = errors.New("engine: segment import refused")
+
+// importSuffix names an import in progress; like every .tmp file it is
+// discarded by open.
+const importSuffix = ".import" + tmpSuffix
+
+// ImportSegment receives one sealed segment file of size bytes from r
+// (typically a socket; io.Copy into the file then uses splice) and appends
+// it to the log as a sealed segment, byte for byte as it was sent. The log
+// must end where the segment begins, with nothing appended to its active
+// segment yet, or hold no records at all (a new follower). The file is
+// written to NAME.import.tmp, fsynced, verified completely (header, footer,
+// every frame's checksum, offsets contiguous from base), then renamed into
+// place with a directory fsync: a partial or bad import leaves nothing
+// visible. It needs a real directory.
+func (l *Log) ImportSegment(r io.Reader, base uint64, size int64) (SegmentInfo, error) {
+	refuse := func(format string, args ...any) error {
+		return fmt.Errorf("%w: segment %d: %s", ErrImport, base, fmt.Sprintf(format, args...))
+	}
+	if _, ok := l.dir.(*blockdev.OSDir); !ok {
+		return SegmentInfo{}, refuse("imports need a real directory")
+	}
+	if err := l.importFits(base); err != nil {
+		return SegmentInfo{}, err
+	}
+	if size < wal.DataStart || size > maxImport {
+		return SegmentInfo{}, refuse("size %d is not a plausible segment file size", size)
+	}
+	tmp := segName(base) + importSuffix
+	path := filepath.Join(l.dir.Path(), tmp)
+	s, err := l.receive(r, path, tmp, base, size)
+	if err != nil {
+		_ = os.Remove(path)
+		return SegmentInfo{}, err
+	}
+	if err := l.commitImport(s, tmp); err != nil {
+		s.release()
+		_ = os.Remove(path)
+		return SegmentInfo{}, err
+	}
+	return s.info(), nil
+}
+
+// maxImport bounds one imported file: a peer cannot fill the disk with one
+// endless segment.
+const maxImport = 1 << 36
+
+// importFits checks that a segment at base would extend the log.
+func (l *Log) importFits(base uint64) error {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	return l.importFitsLocked(base)
+}
+
+func (l *Log) importFitsLocked(base uint64) error {
+	if err := l.writableLocked(); err != nil {
+		return err
+	}
+	if end := l.active.w.NextOffset(); end != l.active.base {
+		return fmt.Errorf("%w: segment %d: the log's active segment already holds records %d..%d; imports extend a log whose last segment is sealed", ErrImport, base, l.active.base, end-1)
+	}
+	// A log with no sealed segment and no records may start anywhere after
+	// its current (empty) start; otherwise the segment must continue it.
+	empty := len(*l.segs.Load()) == 1
+	if base != l.active.base && (!empty || base < l.active.base) {
+		return fmt.Errorf("%w: segment %d does not start where the log ends (offset %d): that would leave a gap or an overlap", ErrImport, base, l.active.base)
+	}
+	return nil
+}
+
+// receive copies the file from r and verifies it, returning it as a
+// sealed segment (its device open on the temporary name).
+func (l *Log) receive(r io.Reader, path, tmp string, base uint64, size int64) (*segment, error) {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644) // not O_APPEND: splice
+	if err != nil {
+		return nil, fmt.Errorf("engine: import segment %d: %w", base, err)
+	}
+	n, err := io.Copy(f, io.LimitReader(r, size))
+	if err == nil && n < size {
+		err = fmt.Errorf("%w: segment %d: the stream ended after %d of %d bytes", ErrImport, base, n, size)
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return nil, err
+	}
+	dev, err := l.dir.Open(tmp, blockdev.Options{ReadOnly: true})
+	if err != nil {
+		return nil, err
+	}
+	s := l.newSegment(base, dev)
+	if err := l.verifyImport(s); err != nil {
+		s.release()
+		return nil, fmt.Errorf("%w: %w", ErrImport, err)
+	}
+	return s, nil
+}
+
+// verifyImport checks every byte of the received file s: the header names
+// base, the footer is whole and agrees with the frames, and every frame's
+// checksum and offsets are right.
+func (l *Log) verifyImport(s *segment) error {
+	hdr, foot, err := wal.ReadSealed(s.dev)
+	if err != nil {
+		return s.corrupt("import", 0, err)
+	}
+	s.hdr = hdr
+	if err := l.checkHeader(s); err != nil {
+		return err
+	}
+	if err := s.decodeFooter(foot); err != nil {
+		return s.corrupt("import", foot.Pos, err)
+	}
+	sc, err := wal.NewScanner(s.dev)
+	if err != nil {
+		return s.corrupt("import", 0, err)
+	}
+	next := s.base
+	for sc.Next() {
+		next = sc.Frame().First + uint64(sc.Frame().Count)
+	}
+	switch {
+	case sc.Err() != nil:
+		return s.corrupt("import", sc.End(), sc.Err())
+	case sc.Recovery().Torn != nil:
+		return s.corrupt("import", sc.Recovery().Torn.Pos, fmt.Errorf("damaged frames at the end: %s", sc.Recovery().Torn.Reason))
+	case sc.Footer() == nil || sc.End() != foot.Pos || next != foot.Next:
+		return s.corrupt("import", sc.End(), fmt.Errorf("the frames end at %d with offset %d, the footer says %d and %d", sc.End(), next, foot.Pos, foot.Next))
+	}
+	return nil
+}
+
+// commitImport renames the verified file into place as the last sealed
+// segment and starts a new active segment after it. Commit point: the
+// rename's directory fsync (done by createSegment, after the manifest).
+func (l *Log) commitImport(s *segment, tmp string) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if err := l.importFitsLocked(s.base); err != nil { // checked again: the log may have moved
+		return err
+	}
+	old := l.active
+	if err := old.w.Close(); err != nil {
+		return l.fail("importing segment "+s.name, err)
+	}
+	l.active = nil
+	segs := *l.segs.Load()
+	if old.base != s.base { // an empty log taking a first segment elsewhere
+		if err := l.dir.Remove(old.name); err != nil {
+			return l.fail("importing segment "+s.name, err)
+		}
+	}
+	if err := l.dir.Rename(tmp, s.name); err != nil {
+		return l.fail("importing segment "+s.name, err)
+	}
+	old.gone.Store(true)
+	old.release()
+	segs = append(slices.Clone(segs[:len(segs)-1]), s)
+	l.segs.Store(&segs)
+	if err := l.writeManifest(false); err != nil {
+		return l.fail("writing the manifest after importing "+s.name, err)
+	}
+	next, err := l.createSegment(s.vis().off) // its directory fsync commits the rename too
+	if err != nil {
+		return l.fail("creating the segment after "+s.name, err)
+	}
+	segs = append(segs, next)
+	l.segs.Store(&segs)
+	l.active = next
+	l.notifyDurable()
+	return nil
+}

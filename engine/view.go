@@ -1,0 +1,364 @@
+package engine
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"runtime/debug"
+	"sort"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/segstore/segstore/wal"
+)
+
+// ErrNotSealed: the operation needs a sealed segment (Mmap).
+var ErrNotSealed = errors.New("engine: segment is not sealed")
+
+// SegmentView is one segment file opened for export: a sealed file whole,
+// or the active segment up to the durable end it had when the view was
+// opened (never an unacknowledged or torn byte). It holds a reference, so
+// retention and truncation delete the file only after the view, and every
+// mapping made from it, is closed. Exports read through their own
+// descriptors, opened without O_DIRECT (sendfile from an O_DIRECT
+// descriptor fails with EINVAL once a partial send leaves it at an
+// unaligned position), so they go through the page cache; see
+// Options.ExportDropCache. Safe for concurrent use.
+type SegmentView struct {
+	l      *Log
+	s      *segment
+	info   SegmentInfo
+	size   int64
+	f      *os.File // for ReadAt
+	closed atomic.Bool
+}
+
+// OpenSegment opens the segment whose first offset is base for export.
+// Close the view when done.
+func (l *Log) OpenSegment(base uint64) (*SegmentView, error) {
+	if l.isClosed.Load() {
+		return nil, ErrClosed
+	}
+	s, err := l.segmentAt(base)
+	if err != nil {
+		return nil, err
+	}
+	f, err := s.reopen()
+	if err != nil {
+		s.release()
+		return nil, err
+	}
+	v := &SegmentView{l: l, s: s, info: s.info(), f: f}
+	v.size = v.info.Bytes
+	if !v.info.Sealed {
+		v.size = s.vis().pos // the active file's bytes up to its durable end
+	}
+	return v, nil
+}
+
+// segmentAt takes a reference on the segment whose base is base and loads
+// it if it was trusted through the manifest.
+func (l *Log) segmentAt(base uint64) (*segment, error) {
+	for {
+		segs := *l.segs.Load()
+		i := sort.Search(len(segs), func(i int) bool { return segs[i].base >= base })
+		if i == len(segs) || segs[i].base != base {
+			return nil, fmt.Errorf("%w: no segment starts at offset %d (see Segments)", ErrOutOfRange, base)
+		}
+		s := segs[i]
+		if !s.acquire() {
+			continue // dropped meanwhile: look again
+		}
+		if err := l.ensure(s); err != nil {
+			s.release()
+			return nil, err
+		}
+		return s, nil
+	}
+}
+
+// info describes the segment now.
+func (s *segment) info() SegmentInfo {
+	s.mu.RLock()
+	sealed := s.sealed
+	s.mu.RUnlock()
+	return SegmentInfo{Base: s.base, Next: s.vis().off, Bytes: s.fileSize(), Sealed: sealed, File: s.name}
+}
+
+// reopen opens the segment's file again, read-only and without O_DIRECT:
+// through /proc/self/fd, so it is the very file the segment holds even if
+// its name was removed or replaced since, with a file position of its own.
+func (s *segment) reopen() (*os.File, error) {
+	f := s.dev.File()
+	if f == nil {
+		return nil, fmt.Errorf("engine: segment %s has no file to export (a simulated device)", s.path)
+	}
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	var nf *os.File
+	var openErr error
+	if err := rc.Control(func(fd uintptr) {
+		nf, openErr = os.Open(fmt.Sprintf("/proc/self/fd/%d", fd))
+	}); err != nil {
+		return nil, err
+	}
+	if openErr != nil {
+		return nil, fmt.Errorf("engine: reopen segment %s for export: %w", s.path, openErr)
+	}
+	return nf, nil
+}
+
+// Info describes the segment as it was when the view was opened.
+func (v *SegmentView) Info() SegmentInfo { return v.info }
+
+// Size is the number of bytes the view exports.
+func (v *SegmentView) Size() int64 { return v.size }
+
+// ReadAt reads the view's bytes (io.ReaderAt) through the page cache.
+func (v *SegmentView) ReadAt(p []byte, off int64) (int, error) {
+	if v.closed.Load() {
+		return 0, ErrClosed
+	}
+	if off < 0 {
+		return 0, fmt.Errorf("engine: ReadAt at negative offset %d", off)
+	}
+	if off >= v.size {
+		return 0, io.EOF
+	}
+	short := int64(len(p)) > v.size-off
+	if short {
+		p = p[:v.size-off]
+	}
+	n, err := v.f.ReadAt(p, off)
+	if err == nil && short {
+		err = io.EOF
+	}
+	return n, err
+}
+
+// WriteTo writes the whole view to w (io.WriterTo): by sendfile when w is
+// a TCP or Unix socket, otherwise by a copy (counted in Stats).
+func (v *SegmentView) WriteTo(w io.Writer) (int64, error) {
+	return v.Section(0, v.size).WriteTo(w)
+}
+
+// Section is a byte range of a view, for HTTP ranges and replication. It
+// is valid while its view is open.
+type Section struct {
+	v      *SegmentView
+	off, n int64
+	err    error
+}
+
+// Section returns the bytes [off, off+n) of the view; an invalid range
+// makes every WriteTo fail, saying why.
+func (v *SegmentView) Section(off, n int64) *Section {
+	sec := &Section{v: v, off: off, n: n}
+	if off < 0 || n < 0 || off > v.size || n > v.size-off {
+		sec.err = fmt.Errorf("%w: range [%d, %d) is outside segment %d's %d bytes", ErrOutOfRange, off, off+n, v.info.Base, v.size)
+	}
+	return sec
+}
+
+// Size is the section's length.
+func (sec *Section) Size() int64 { return sec.n }
+
+// WriteTo writes the section to w through a descriptor of its own,
+// positioned at the section and wrapped in an io.LimitedReader, so that
+// io.Copy reaches sendfile when w is a socket.
+func (sec *Section) WriteTo(w io.Writer) (int64, error) {
+	if sec.err != nil {
+		return 0, sec.err
+	}
+	v := sec.v
+	if v.closed.Load() {
+		return 0, ErrClosed
+	}
+	f, err := v.s.reopen()
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	if _, err := f.Seek(sec.off, io.SeekStart); err != nil {
+		return 0, err
+	}
+	n, err := io.Copy(w, &io.LimitedReader{R: f, N: sec.n})
+	if sendsFile(w) {
+		v.l.exportSendfile.Add(n)
+	} else {
+		v.l.exportCopied.Add(n)
+	}
+	if err == nil && n < sec.n {
+		err = fmt.Errorf("engine: export of segment %d ended after %d of %d bytes: %w", v.info.Base, n, sec.n, io.ErrUnexpectedEOF)
+	}
+	if v.l.opts.ExportDropCache {
+		_ = unix.Fadvise(int(f.Fd()), sec.off, sec.n, unix.FADV_DONTNEED) // advice only
+	}
+	return n, err
+}
+
+// sendsFile reports whether io.Copy to w uses sendfile: the standard
+// library does it for TCP and Unix sockets (not for TLS, whose bytes are
+// encrypted in user space).
+func sendsFile(w io.Writer) bool {
+	switch w.(type) {
+	case *net.TCPConn, *net.UnixConn:
+		return true
+	}
+	return false
+}
+
+// Close releases the view's hold on the segment file. Mappings made from
+// the view stay valid until they are closed.
+func (v *SegmentView) Close() error {
+	if v.closed.Swap(true) {
+		return ErrClosed
+	}
+	err := v.f.Close()
+	v.s.release()
+	return err
+}
+
+// Mapping is a sealed segment file mapped read-only into memory: records
+// are read in place, with no copy at all. It holds a reference on the
+// segment until Close.
+type Mapping struct {
+	l      *Log
+	s      *segment
+	data   []byte
+	hdr    wal.FileHeader
+	end    position // the records end here (the footer's position)
+	closed atomic.Bool
+}
+
+// Mmap maps the view's file. Only sealed segments are mapped: their bytes
+// never change. The mapping is advised for sequential access (the kernel
+// reads ahead).
+func (v *SegmentView) Mmap() (*Mapping, error) {
+	if v.closed.Load() {
+		return nil, ErrClosed
+	}
+	if !v.info.Sealed {
+		return nil, fmt.Errorf("%w: segment %d is the active segment; map it once it is sealed (or read it through the view)", ErrNotSealed, v.info.Base)
+	}
+	data, err := unix.Mmap(int(v.f.Fd()), 0, int(v.size), unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		return nil, fmt.Errorf("engine: mmap segment %s: %w", v.s.path, err)
+	}
+	_ = unix.Madvise(data, unix.MADV_SEQUENTIAL) // advice only
+	if !v.s.acquire() {
+		unix.Munmap(data)
+		return nil, ErrClosed
+	}
+	return &Mapping{l: v.l, s: v.s, data: data, hdr: v.s.hdr, end: v.s.vis()}, nil
+}
+
+// Bytes is the whole mapped file. Valid until Close; touching it after the
+// file was truncated by someone else faults the process (the iterator
+// catches that, a caller's own access does not).
+func (m *Mapping) Bytes() []byte { return m.data }
+
+// Close unmaps the file and releases the segment.
+func (m *Mapping) Close() error {
+	if m.closed.Swap(true) {
+		return ErrClosed
+	}
+	err := unix.Munmap(m.data)
+	m.s.release()
+	return err
+}
+
+// MappedIterator walks the records of a Mapping in place: Record returns
+// a slice of the mapped file. Every frame's checksum is verified before
+// its records are returned, and a fault under the mapping (the file
+// truncated or an I/O error underneath) stops the iterator with an error
+// instead of crashing the process.
+type MappedIterator struct {
+	m       *Mapping
+	pos     int64
+	next    uint64
+	frame   wal.Frame
+	recPos  int
+	recNext uint64
+	off     uint64
+	rec     []byte
+	time    int64
+	err     error
+}
+
+// NewIterator returns an iterator over the mapping's records, from the
+// segment's first.
+func (m *Mapping) NewIterator() *MappedIterator {
+	return &MappedIterator{m: m, pos: wal.DataStart, next: m.s.base}
+}
+
+// Next advances to the next record and reports whether there is one.
+func (it *MappedIterator) Next() bool {
+	if it.err != nil {
+		return false
+	}
+	if it.m.closed.Load() {
+		it.err = ErrClosed
+		return false
+	}
+	for it.recPos+wal.RecordHeaderLen > len(it.frame.Payload) {
+		if it.pos >= it.m.end.pos {
+			return false
+		}
+		if it.err = it.loadFrame(); it.err != nil {
+			return false
+		}
+	}
+	p := it.frame.Payload
+	n := int(binary.LittleEndian.Uint32(p[it.recPos:]))
+	it.rec = p[it.recPos+wal.RecordHeaderLen : it.recPos+wal.RecordHeaderLen+n : it.recPos+wal.RecordHeaderLen+n]
+	it.off, it.time = it.recNext, it.frame.Time
+	it.recPos += wal.RecordHeaderLen + n
+	it.recNext++
+	return true
+}
+
+// loadFrame verifies the frame at it.pos, catching a fault in the mapping.
+func (it *MappedIterator) loadFrame() (err error) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if r := recover(); r != nil {
+			err = it.m.s.corrupt("map", it.pos, fmt.Errorf("fault reading the mapped file (truncated or an I/O error underneath): %v", r))
+		}
+	}()
+	m := it.m
+	found := false
+	stop, _, err := wal.DecodeFrames(m.data[it.pos:m.end.pos], m.hdr, it.pos, it.next, func(f wal.Frame) bool {
+		it.frame, found = f, true
+		return false
+	})
+	if err == nil && !found {
+		err = fmt.Errorf("no whole frame at %d before the records' end %d", it.pos, m.end.pos)
+	}
+	if err != nil {
+		return m.s.corrupt("map", stop, err)
+	}
+	it.pos = it.frame.Pos + int64(it.frame.Size)
+	it.next = it.frame.First + uint64(it.frame.Count)
+	it.recPos, it.recNext = 0, it.frame.First
+	return nil
+}
+
+// Offset is the current record's offset.
+func (it *MappedIterator) Offset() uint64 { return it.off }
+
+// Record is the current record, in the mapping (valid until its Close).
+func (it *MappedIterator) Record() []byte { return it.rec }
+
+// Time is when the current record was appended.
+func (it *MappedIterator) Time() time.Time { return time.Unix(0, it.time) }
+
+// Err is the error that stopped the iterator, or nil.
+func (it *MappedIterator) Err() error { return it.err }

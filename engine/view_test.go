@@ -1,0 +1,269 @@
+package engine
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// realLog opens a log in a fresh directory with 256 KiB segments.
+func realLog(t *testing.T, path string) *Log {
+	t.Helper()
+	opts := DefaultOptions()
+	opts.SegmentSize, opts.MaxWrite, opts.Logger = 256<<10, 64<<10, quiet
+	l, err := Open(path, opts)
+	require.NoError(t, err)
+	return l
+}
+
+// fillSegments appends batches of 10 records of ~200 bytes until the log
+// has sealed at least n segments.
+func fillSegments(t *testing.T, l *Log, n int) {
+	t.Helper()
+	for len(l.Segments()) <= n {
+		batch := make([][]byte, 10)
+		for i := range batch {
+			batch[i] = []byte(fmt.Sprintf("record-%08d-%s", l.EndOffset()+uint64(i), bytes.Repeat([]byte{'x'}, 180)))
+		}
+		_, err := l.Append(batch...)
+		require.NoError(t, err)
+	}
+}
+
+// overTCP sends with send over a loopback TCP connection and returns what
+// the other end received.
+func overTCP(t *testing.T, send func(w io.Writer) (int64, error)) []byte {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	got := make(chan []byte, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			got <- nil
+			return
+		}
+		defer c.Close()
+		b, _ := io.ReadAll(c)
+		got <- b
+	}()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	require.NoError(t, err)
+	_, err = send(c)
+	require.NoError(t, err)
+	require.NoError(t, c.Close())
+	return <-got
+}
+
+func TestViewExportsExactBytes(t *testing.T) {
+	path := t.TempDir()
+	l := realLog(t, path)
+	defer l.Close()
+	fillSegments(t, l, 2)
+	info := l.Segments()[1]
+	require.True(t, info.Sealed)
+	file, err := os.ReadFile(filepath.Join(path, info.File))
+	require.NoError(t, err)
+
+	v, err := l.OpenSegment(info.Base)
+	require.NoError(t, err)
+	defer v.Close()
+	require.Equal(t, int64(len(file)), v.Size(), "a sealed view is the whole file")
+
+	all := make([]byte, v.Size())
+	n, err := v.ReadAt(all, 0)
+	require.NoError(t, err)
+	require.Equal(t, len(file), n)
+	require.Equal(t, file, all)
+	_, err = v.ReadAt(make([]byte, 10), v.Size()-4)
+	assert.ErrorIs(t, err, io.EOF)
+
+	var buf bytes.Buffer
+	_, err = v.WriteTo(&buf)
+	require.NoError(t, err)
+	require.Equal(t, file, buf.Bytes())
+	require.Equal(t, file, overTCP(t, v.WriteTo))
+
+	size := v.Size()
+	for _, r := range [][2]int64{{0, 0}, {1, 100}, {4095, 8193}, {size - 7, 7}, {513, size - 1024}} {
+		sec := v.Section(r[0], r[1])
+		require.Equal(t, r[1], sec.Size())
+		assert.Equal(t, file[r[0]:r[0]+r[1]], overTCP(t, sec.WriteTo), "section %v by sendfile", r)
+		buf.Reset()
+		_, err := sec.WriteTo(&buf)
+		require.NoError(t, err)
+		assert.Equal(t, file[r[0]:r[0]+r[1]], buf.Bytes(), "section %v by copy", r)
+	}
+	for _, r := range [][2]int64{{-1, 10}, {0, size + 1}, {size, 1}, {10, -1}} {
+		_, err := v.Section(r[0], r[1]).WriteTo(io.Discard)
+		assert.ErrorIs(t, err, ErrOutOfRange, "range %v", r)
+	}
+	st := l.Stats()
+	assert.Greater(t, st.ExportSendfileBytes, 2*size, "socket exports are counted as sendfile")
+	assert.Greater(t, st.ExportCopiedBytes, size, "buffer exports are counted as copies")
+
+	_, err = l.OpenSegment(info.Base + 1)
+	assert.ErrorIs(t, err, ErrOutOfRange, "no segment starts there")
+}
+
+func TestViewOfActiveSegmentStopsAtDurableEnd(t *testing.T) {
+	path := t.TempDir()
+	l := realLog(t, path)
+	defer l.Close()
+	fillSegments(t, l, 1)
+	appendN(t, l, 5)
+	segs := l.Segments()
+	active := segs[len(segs)-1]
+	require.False(t, active.Sealed)
+	v, err := l.OpenSegment(active.Base)
+	require.NoError(t, err)
+	defer v.Close()
+	require.Equal(t, l.active.vis().pos, v.Size())
+	file, err := os.ReadFile(filepath.Join(path, active.File))
+	require.NoError(t, err)
+	require.Greater(t, int64(len(file)), v.Size(), "the preallocated file is longer than its durable records")
+	assert.Equal(t, file[:v.Size()], overTCP(t, v.WriteTo))
+	appendN(t, l, 5)
+	assert.Equal(t, file[:v.Size()], overTCP(t, v.WriteTo), "a view keeps the durable end it was opened at")
+	_, err = v.Mmap()
+	assert.ErrorIs(t, err, ErrNotSealed)
+}
+
+func TestMappingIteratesInPlace(t *testing.T) {
+	l := realLog(t, t.TempDir())
+	defer l.Close()
+	fillSegments(t, l, 2)
+	info := l.Segments()[1]
+	v, err := l.OpenSegment(info.Base)
+	require.NoError(t, err)
+	defer v.Close()
+	m, err := v.Mmap()
+	require.NoError(t, err)
+	defer m.Close()
+	it := m.NewIterator()
+	want := info.Base
+	for it.Next() {
+		require.Equal(t, want, it.Offset())
+		got, err := l.Read(want, nil)
+		require.NoError(t, err)
+		require.Equal(t, got, it.Record())
+		want++
+	}
+	require.NoError(t, it.Err())
+	assert.Equal(t, info.Next, want, "every record of the segment")
+}
+
+// TestMappingFaultIsAnError: a mapped file truncated underneath makes the
+// iterator fail with a corruption error instead of crashing the process.
+func TestMappingFaultIsAnError(t *testing.T) {
+	path := t.TempDir()
+	l := realLog(t, path)
+	defer l.Close()
+	fillSegments(t, l, 2)
+	info := l.Segments()[1]
+	v, err := l.OpenSegment(info.Base)
+	require.NoError(t, err)
+	defer v.Close()
+	m, err := v.Mmap()
+	require.NoError(t, err)
+	defer m.Close()
+	require.NoError(t, os.Truncate(filepath.Join(path, info.File), 8192))
+	it := m.NewIterator()
+	n := 0
+	for it.Next() {
+		n++
+	}
+	require.ErrorIs(t, it.Err(), ErrCorrupt)
+	assert.ErrorContains(t, it.Err(), "fault")
+	assert.Less(t, uint64(n), info.Next-info.Base)
+}
+
+// TestViewsHoldTheFile: retention or truncation while a view and a mapping
+// are open removes the segment's name, but its file stays readable through
+// them until the last one closes, and then it goes.
+func TestViewsHoldTheFile(t *testing.T) {
+	path := t.TempDir()
+	l := realLog(t, path)
+	defer l.Close()
+	fillSegments(t, l, 3)
+	info := l.Segments()[0]
+	file, err := os.ReadFile(filepath.Join(path, info.File))
+	require.NoError(t, err)
+	v, err := l.OpenSegment(info.Base)
+	require.NoError(t, err)
+	m, err := v.Mmap()
+	require.NoError(t, err)
+	s := v.s
+
+	require.NoError(t, l.TruncateFront(l.Segments()[1].Next))
+	_, err = os.Stat(filepath.Join(path, info.File))
+	require.ErrorIs(t, err, os.ErrNotExist, "the name goes at once")
+	assert.Equal(t, file, overTCP(t, v.WriteTo), "the view still exports every byte")
+	it := m.NewIterator()
+	for it.Next() {
+	}
+	require.NoError(t, it.Err())
+	assert.Equal(t, info.Next, it.Offset()+1)
+
+	require.NoError(t, v.Close())
+	assert.Equal(t, int64(1), s.refs.Load(), "the mapping still holds the file")
+	require.NoError(t, m.Close())
+	assert.Zero(t, s.refs.Load(), "the last close lets the file go")
+	assert.ErrorIs(t, v.Close(), ErrClosed)
+}
+
+// TestWriteToUsesSendfile runs an export under strace (when installed) and
+// counts the bytes the sendfile system calls moved.
+func TestWriteToUsesSendfile(t *testing.T) {
+	if os.Getenv("SEGSTORE_EXPORT_CHILD") == "1" {
+		exportChild(t)
+		return
+	}
+	strace, err := exec.LookPath("strace")
+	if err != nil {
+		t.Skip("strace is not installed (apt-get install -y strace)")
+	}
+	cmd := exec.Command(strace, "-f", "-qq", "-e", "trace=sendfile", "-e", "signal=none", "-o", "/dev/stdout",
+		os.Args[0], "-test.run", "^TestWriteToUsesSendfile$", "-test.count", "1")
+	cmd.Env = append(os.Environ(), "SEGSTORE_EXPORT_CHILD=1")
+	out, err := cmd.CombinedOutput()
+	if err != nil && bytes.Contains(out, []byte("ptrace")) {
+		t.Skipf("strace cannot trace here: %s", out)
+	}
+	require.NoError(t, err, "%s", out)
+	var calls, moved int64
+	for _, m := range regexp.MustCompile(`(?m)sendfile.*\) += (\d+)$`).FindAllSubmatch(out, -1) {
+		n, _ := strconv.ParseInt(string(m[1]), 10, 64)
+		calls++
+		moved += n
+	}
+	exported := regexp.MustCompile(`exported (\d+) bytes`).FindSubmatch(out)
+	require.NotNil(t, exported, "%s", out)
+	want, _ := strconv.ParseInt(string(exported[1]), 10, 64)
+	t.Logf("sendfile calls %d moved %d bytes of %d exported", calls, moved, want)
+	assert.Positive(t, calls)
+	assert.Equal(t, want, moved, "every exported byte went by sendfile")
+}
+
+func exportChild(t *testing.T) {
+	l := realLog(t, t.TempDir())
+	defer l.Close()
+	fillSegments(t, l, 1)
+	v, err := l.OpenSegment(0)
+	require.NoError(t, err)
+	defer v.Close()
+	got := overTCP(t, v.WriteTo)
+	require.Equal(t, v.Size(), int64(len(got)))
+	fmt.Printf("exported %d bytes\n", len(got))
+}
