@@ -14,6 +14,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/segstore/segstore/wal"
 )
 
 // realLog opens a log in a fresh directory with 256 KiB segments.
@@ -266,4 +268,124 @@ func exportChild(t *testing.T) {
 	got := overTCP(t, v.WriteTo)
 	require.Equal(t, v.Size(), int64(len(got)))
 	fmt.Printf("exported %d bytes\n", len(got))
+}
+
+// sealedFiles returns the bytes and info of every sealed segment of l.
+func sealedFiles(t *testing.T, path string, l *Log) ([]SegmentInfo, [][]byte) {
+	t.Helper()
+	var infos []SegmentInfo
+	var files [][]byte
+	for _, si := range l.Segments() {
+		if !si.Sealed {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(path, si.File))
+		require.NoError(t, err)
+		infos, files = append(infos, si), append(files, b)
+	}
+	return infos, files
+}
+
+// requireNoImportLeft checks that a refused import left nothing behind.
+func requireNoImportLeft(t *testing.T, path string, l *Log, segments int) {
+	t.Helper()
+	left, _ := filepath.Glob(filepath.Join(path, "*"+tmpSuffix))
+	assert.Empty(t, left, "no temporary file survives a refused import")
+	assert.Len(t, l.Segments(), segments)
+}
+
+// TestImportSegments: a follower imports a leader's sealed segments over
+// TCP; its files are byte-identical and survive a reopen.
+func TestImportSegments(t *testing.T) {
+	leaderPath, followerPath := t.TempDir(), t.TempDir()
+	leader := realLog(t, leaderPath)
+	defer leader.Close()
+	fillSegments(t, leader, 3)
+	require.NoError(t, leader.TruncateFront(leader.Segments()[1].Base)) // the follower starts past 0
+	infos, files := sealedFiles(t, leaderPath, leader)
+
+	follower := realLog(t, followerPath)
+	for i, si := range infos {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		require.NoError(t, err)
+		go func() {
+			c, err := ln.Accept()
+			if err == nil {
+				c.Write(files[i])
+				c.Close()
+			}
+		}()
+		c, err := net.Dial("tcp", ln.Addr().String())
+		require.NoError(t, err)
+		got, err := follower.ImportSegment(c, si.Base, int64(len(files[i])))
+		c.Close()
+		ln.Close()
+		require.NoError(t, err, "segment %d", si.Base)
+		assert.Equal(t, si.Next, got.Next)
+	}
+	assert.Equal(t, infos[0].Base, follower.StartOffset())
+	assert.Equal(t, infos[len(infos)-1].Next, follower.EndOffset())
+	got, _ := sealedFiles(t, followerPath, follower)
+	require.Equal(t, infos, got, "same names, ranges and sizes")
+	_, fileCopies := sealedFiles(t, followerPath, follower)
+	for i := range files {
+		require.Equal(t, files[i], fileCopies[i], "segment %d byte-identical", infos[i].Base)
+	}
+	rec, err := follower.Read(infos[1].Base+3, nil)
+	require.NoError(t, err)
+	want, _ := leader.Read(infos[1].Base+3, nil)
+	assert.Equal(t, want, rec)
+	_, err = follower.Append([]byte("after the imports"))
+	require.NoError(t, err)
+	require.NoError(t, follower.Close())
+
+	follower, err = Open(followerPath, DefaultOptions())
+	require.NoError(t, err)
+	defer follower.Close()
+	assert.Equal(t, infos[len(infos)-1].Next+1, follower.EndOffset())
+}
+
+func TestImportRefusals(t *testing.T) {
+	leaderPath := t.TempDir()
+	leader := realLog(t, leaderPath)
+	defer leader.Close()
+	fillSegments(t, leader, 2)
+	infos, files := sealedFiles(t, leaderPath, leader)
+
+	flipped := bytes.Clone(files[0])
+	flipped[wal.DataStart+100] ^= 0x10
+	tests := []struct {
+		name string
+		data []byte
+		base uint64
+		size int64
+		want []error
+		msg  string
+	}{
+		{"truncated stream", files[0][:len(files[0])/2], 0, int64(len(files[0])), []error{ErrImport}, "stream ended"},
+		{"flipped byte", flipped, 0, int64(len(flipped)), []error{ErrImport, ErrCorrupt}, "checksum"},
+		{"wrong base offset", files[1], 0, int64(len(files[1])), []error{ErrImport, ErrCorrupt}, "base offset"},
+		{"gap with the log", files[1], infos[1].Base + 10, int64(len(files[1])), []error{ErrImport}, "gap"},
+		{"not a segment", bytes.Repeat([]byte{7}, 8192), 0, 8192, []error{ErrImport}, ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			path := t.TempDir()
+			l := realLog(t, path)
+			defer l.Close()
+			if tc.name == "gap with the log" {
+				_, err := l.ImportSegment(bytes.NewReader(files[0]), 0, int64(len(files[0])))
+				require.NoError(t, err)
+			}
+			before := len(l.Segments())
+			_, err := l.ImportSegment(bytes.NewReader(tc.data), tc.base, tc.size)
+			for _, w := range tc.want {
+				require.ErrorIs(t, err, w)
+			}
+			assert.ErrorContains(t, err, tc.msg)
+			requireNoImportLeft(t, path, l, before)
+			_, err = l.Append([]byte("still writable"))
+			assert.NoError(t, err)
+		})
+	}
 }
