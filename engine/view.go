@@ -1,7 +1,6 @@
 package engine
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -230,12 +229,15 @@ func (v *SegmentView) Close() error {
 // are read in place, with no copy at all. It holds a reference on the
 // segment until Close.
 type Mapping struct {
-	l      *Log
-	s      *segment
-	data   []byte
-	hdr    wal.FileHeader
-	end    position // the records end here (the footer's position)
-	closed atomic.Bool
+	l    *Log
+	s    *segment
+	data []byte
+	hdr  wal.FileHeader
+	end  position // the records end here (the footer's position)
+	// verified: frames below it were checked by an iterator of this mapping
+	// (they are contiguous from the first, so one bound says it).
+	verified atomic.Int64
+	closed   atomic.Bool
 }
 
 // Mmap maps the view's file. Only sealed segments are mapped: their bytes
@@ -277,20 +279,22 @@ func (m *Mapping) Close() error {
 
 // MappedIterator walks the records of a Mapping in place: Record returns
 // a slice of the mapped file. Every frame's checksum is verified before
-// its records are returned, and a fault under the mapping (the file
-// truncated or an I/O error underneath) stops the iterator with an error
-// instead of crashing the process.
+// its records are returned, once per mapping (a second walk of the same
+// mapping trusts what the first verified, as the cache trusts a verified
+// block). All reads of the mapping happen inside Next under
+// debug.SetPanicOnFault, so a fault (the file truncated, or an I/O error
+// underneath) stops the iterator with an error instead of crashing.
 type MappedIterator struct {
-	m       *Mapping
-	pos     int64
-	next    uint64
-	frame   wal.Frame
-	recPos  int
-	recNext uint64
-	off     uint64
-	rec     []byte
-	time    int64
-	err     error
+	m     *Mapping
+	pos   int64  // next frame's position
+	next  uint64 // next frame's first offset
+	spans []int  // the current frame's records: start, end pairs in m.data
+	k     int    // next record in spans
+	first uint64 // offset of the frame's first record
+	time  int64
+	off   uint64
+	rec   []byte
+	err   error
 }
 
 // NewIterator returns an iterator over the mapping's records, from the
@@ -308,7 +312,7 @@ func (it *MappedIterator) Next() bool {
 		it.err = ErrClosed
 		return false
 	}
-	for it.recPos+wal.RecordHeaderLen > len(it.frame.Payload) {
+	for 2*it.k >= len(it.spans) {
 		if it.pos >= it.m.end.pos {
 			return false
 		}
@@ -316,16 +320,14 @@ func (it *MappedIterator) Next() bool {
 			return false
 		}
 	}
-	p := it.frame.Payload
-	n := int(binary.LittleEndian.Uint32(p[it.recPos:]))
-	it.rec = p[it.recPos+wal.RecordHeaderLen : it.recPos+wal.RecordHeaderLen+n : it.recPos+wal.RecordHeaderLen+n]
-	it.off, it.time = it.recNext, it.frame.Time
-	it.recPos += wal.RecordHeaderLen + n
-	it.recNext++
+	a, b := it.spans[2*it.k], it.spans[2*it.k+1]
+	it.rec, it.off = it.m.data[a:b:b], it.first+uint64(it.k)
+	it.k++
 	return true
 }
 
-// loadFrame verifies the frame at it.pos, catching a fault in the mapping.
+// loadFrame reads the frame at it.pos, verifying it unless this mapping
+// already did, and lists its records; a fault in the mapping is an error.
 func (it *MappedIterator) loadFrame() (err error) {
 	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	defer func() {
@@ -334,20 +336,40 @@ func (it *MappedIterator) loadFrame() (err error) {
 		}
 	}()
 	m := it.m
-	found := false
-	stop, _, err := wal.DecodeFrames(m.data[it.pos:m.end.pos], m.hdr, it.pos, it.next, func(f wal.Frame) bool {
-		it.frame, found = f, true
-		return false
+	var f wal.Frame
+	if h, herr := wal.DecodeFrameHeader(m.data[it.pos:], int(m.hdr.MaxWrite)); herr == nil && h.Type == wal.FrameRecords &&
+		h.First == it.next && it.pos+int64(wal.FrameSize(int(h.Length))) <= m.verified.Load() {
+		f = wal.Frame{Pos: it.pos, Size: wal.FrameSize(int(h.Length)), First: h.First, Count: int(h.Count), Time: h.Timestamp,
+			Payload: m.data[it.pos+wal.FrameHeaderLen : it.pos+wal.FrameHeaderLen+int64(h.Length)]}
+	} else {
+		found := false
+		stop, _, derr := wal.DecodeFrames(m.data[it.pos:m.end.pos], m.hdr, it.pos, it.next, func(fr wal.Frame) bool {
+			f, found = fr, true
+			return false
+		})
+		if derr == nil && !found {
+			derr = fmt.Errorf("no whole frame at %d before the records' end %d", it.pos, m.end.pos)
+		}
+		if derr != nil {
+			return m.s.corrupt("map", stop, derr)
+		}
+		for end := f.Pos + int64(f.Size); ; {
+			v := m.verified.Load()
+			if v >= end || m.verified.CompareAndSwap(v, end) {
+				break
+			}
+		}
+	}
+	it.spans, it.k = it.spans[:0], 0
+	p := int(f.Pos) + wal.FrameHeaderLen
+	wal.Records(f.Payload, func(_ int, rec []byte) bool {
+		p += wal.RecordHeaderLen
+		it.spans = append(it.spans, p, p+len(rec))
+		p += len(rec)
+		return true
 	})
-	if err == nil && !found {
-		err = fmt.Errorf("no whole frame at %d before the records' end %d", it.pos, m.end.pos)
-	}
-	if err != nil {
-		return m.s.corrupt("map", stop, err)
-	}
-	it.pos = it.frame.Pos + int64(it.frame.Size)
-	it.next = it.frame.First + uint64(it.frame.Count)
-	it.recPos, it.recNext = 0, it.frame.First
+	it.pos, it.next = f.Pos+int64(f.Size), f.First+uint64(f.Count)
+	it.first, it.time = f.First, f.Time
 	return nil
 }
 
