@@ -35,6 +35,7 @@ func TestQuickstart(t *testing.T) {
 	}
 
 	assert.Regexp(t, `reopened:     \d+ segments \(\d+ sealed`, out, "64 KiB segments must roll")
+	assert.Regexp(t, `export:       segment \d+\.seg \((\d+) bytes\) sent .* bytes sent by sendfile \d+, copied 0`, out)
 
 	// A second run into the same directory refuses instead of overwriting.
 	_, err = runSegtool(t, "quickstart", "--dir", dir)
