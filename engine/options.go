@@ -61,9 +61,10 @@ type Options struct {
 	// MaxWrite is the wal writer's buffer and largest write; it bounds one
 	// Append's batch (see wal.Options.MaxWrite). Default 4 MiB.
 	MaxWrite int
-	// ExportDropCache: after a Section or SegmentView WriteTo, advise the
-	// kernel to drop the exported range from the page cache
-	// (posix_fadvise DONTNEED). sendfile and mmap read through the page
+	// ExportDropCache: after a Section or SegmentView WriteTo, and again
+	// when the view closes (pages still in socket buffers cannot be dropped
+	// before they are sent), advise the kernel to drop the exported range
+	// from the page cache (posix_fadvise DONTNEED). sendfile and mmap read through the page
 	// cache; with this set, exports do not fill it with segments that
 	// direct I/O keeps out of it, at the price of reading them from the
 	// device again for the next export. Default false.

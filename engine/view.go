@@ -198,6 +198,8 @@ func (sec *Section) WriteTo(w io.Writer) (int64, error) {
 		err = fmt.Errorf("engine: export of segment %d ended after %d of %d bytes: %w", v.info.Base, n, sec.n, io.ErrUnexpectedEOF)
 	}
 	if v.l.opts.ExportDropCache {
+		// Pages still in socket buffers cannot be dropped yet; Close
+		// advises again for the whole view.
 		_ = unix.Fadvise(int(f.Fd()), sec.off, sec.n, unix.FADV_DONTNEED) // advice only
 	}
 	return n, err
@@ -219,6 +221,9 @@ func sendsFile(w io.Writer) bool {
 func (v *SegmentView) Close() error {
 	if v.closed.Swap(true) {
 		return ErrClosed
+	}
+	if v.l.opts.ExportDropCache {
+		_ = unix.Fadvise(int(v.f.Fd()), 0, v.size, unix.FADV_DONTNEED) // advice only
 	}
 	err := v.f.Close()
 	v.s.release()
