@@ -10,8 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
-	"os"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -111,12 +109,11 @@ func Open(dir string, opts Options) (*Log, error) {
 	l.readPool = pool
 	l.sealed.Store(&wal.Stats{})
 	if l.dir == nil {
-		if opts.ReadOnly {
-			if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
-				return nil, fmt.Errorf("engine: open %s read-only: not an existing directory (a read-only open creates nothing): %w", dir, errors.Join(err, fs.ErrNotExist))
-			}
+		open := blockdev.OpenDir
+		if opts.ReadOnly { // a read-only open creates nothing
+			open = openExistingDir
 		}
-		d, err := blockdev.OpenDir(dir, opts.Buffered)
+		d, err := open(dir, opts.Buffered)
 		if err != nil {
 			return nil, err
 		}

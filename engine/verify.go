@@ -1,0 +1,208 @@
+package engine
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+
+	"github.com/segstore/segstore/blockdev"
+	"github.com/segstore/segstore/wal"
+)
+
+// Problem kinds reported by Verify.
+const (
+	ProblemTornTail   = "torn-tail"  // a crash's unfinished write at the end of the last segment: open cuts it
+	ProblemFooter     = "footer"     // a damaged or wrong footer over sound records: open rebuilds it
+	ProblemUnsealed   = "unsealed"   // a segment before the last without a footer (a crash before its seal): open seals it
+	ProblemCorruption = "corruption" // damaged records: not repairable without losing data
+	ProblemMissing    = "missing"    // records missing between two segments (a gap)
+)
+
+// Problem is one piece of damage Verify found.
+type Problem struct {
+	Segment    uint64 `json:"segment"`
+	File       string `json:"file"`
+	Position   int64  `json:"position"`
+	Kind       string `json:"kind"`
+	Repairable bool   `json:"repairable"` // by opening the log read-write (or segtool repair)
+	Detail     string `json:"detail"`
+}
+
+func (p Problem) String() string {
+	fix := "not repairable without losing records"
+	if p.Repairable {
+		fix = "repairable"
+	}
+	return fmt.Sprintf("segment %d (%s) at byte %d: %s: %s (%s)", p.Segment, p.File, p.Position, p.Kind, p.Detail, fix)
+}
+
+// VerifyReport is what Verify read and found.
+type VerifyReport struct {
+	Segments int       `json:"segments"`
+	Sealed   int       `json:"sealed"`
+	Frames   int64     `json:"frames"`
+	Records  uint64    `json:"records"`
+	Bytes    int64     `json:"bytes"` // file bytes read
+	Start    uint64    `json:"start"` // first offset of the first segment
+	End      uint64    `json:"end"`   // offset after the last valid record
+	Problems []Problem `json:"problems"`
+
+	endUnknown bool // the last segment read stopped at damage: skip the contiguity check
+}
+
+// Clean reports whether no problem was found.
+func (r *VerifyReport) Clean() bool { return len(r.Problems) == 0 }
+
+// VerifyOptions configure Verify.
+type VerifyOptions struct {
+	Buffered bool // read with the buffered fallback instead of O_DIRECT
+	// Progress, if set, is called after each segment with the bytes read
+	// so far and the total.
+	Progress func(done, total int64)
+}
+
+// Verify reads every frame and footer of the store in dir without
+// changing anything (and without the directory lock, so it works beside
+// a live writer): every frame's checksum and offsets, every footer against
+// the frames (range, sizes, each index entry), the contiguity of the
+// segments. Damage is reported as Problems, saying whether opening the log
+// would repair it; the error is for what stops the check itself.
+func Verify(dir string, opts VerifyOptions) (*VerifyReport, error) {
+	d, err := openExistingDir(dir, opts.Buffered)
+	if err != nil {
+		return nil, err
+	}
+	names, err := d.List()
+	if err != nil {
+		return nil, err
+	}
+	var bases []uint64
+	var total int64
+	for _, n := range names {
+		if b, ok := parseSegName(n); ok {
+			bases = append(bases, b)
+			size, err := d.Size(n)
+			if err != nil {
+				return nil, err
+			}
+			total += size
+		}
+	}
+	slices.Sort(bases)
+	r := &VerifyReport{}
+	for i, base := range bases {
+		if err := r.verifySegment(d, base, i == len(bases)-1); err != nil {
+			return r, err
+		}
+		if opts.Progress != nil {
+			opts.Progress(r.Bytes, total)
+		}
+	}
+	return r, nil
+}
+
+// openExistingDir opens dir for reading, refusing (not creating) a
+// missing directory.
+func openExistingDir(dir string, buffered bool) (*blockdev.OSDir, error) {
+	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
+		return nil, fmt.Errorf("engine: %s is not an existing directory: %w", dir, errors.Join(err, fs.ErrNotExist))
+	}
+	return blockdev.OpenDir(dir, buffered)
+}
+
+func (r *VerifyReport) verifySegment(d blockdev.Dir, base uint64, last bool) error {
+	name := segName(base)
+	path := filepath.Join(d.Path(), name)
+	problem := func(pos int64, kind string, repairable bool, format string, args ...any) {
+		r.Problems = append(r.Problems, Problem{Segment: base, File: path, Position: pos, Kind: kind, Repairable: repairable,
+			Detail: fmt.Sprintf(format, args...)})
+	}
+	dev, err := d.Open(name, blockdev.Options{ReadOnly: true})
+	if err != nil {
+		return err
+	}
+	defer dev.Close()
+	size, err := dev.Size()
+	if err != nil {
+		return err
+	}
+	r.Segments++
+	r.Bytes += size
+	if r.Segments == 1 {
+		r.Start, r.End = base, base
+	}
+	if base != r.End && !r.endUnknown {
+		problem(0, ProblemMissing, false, "the segment starts at offset %d, the one before ends at %d", base, r.End)
+	}
+	r.endUnknown = true // until this segment is read to its end
+	sc, err := wal.NewScanner(dev)
+	if err != nil {
+		problem(0, ProblemCorruption, false, "%v", err)
+		return nil
+	}
+	if h := sc.Header(); h.BaseOffset != base {
+		problem(0, ProblemCorruption, false, "the file header says base offset %d, the name says %d", h.BaseOffset, base)
+	}
+	type frameStart struct {
+		first uint64
+		pos   int64
+		time  int64
+	}
+	var frames []frameStart
+	for sc.Next() {
+		f := sc.Frame()
+		frames = append(frames, frameStart{f.First, f.Pos, f.Time})
+		r.Frames++
+		r.Records += uint64(f.Count)
+	}
+	r.End = sc.NextOffset()
+	var ce *wal.CorruptionError
+	switch err := sc.Err(); {
+	case errors.As(err, &ce) && ce.InFooter:
+		problem(ce.Pos, ProblemFooter, true, "%v", err)
+		r.endUnknown = false // the records are whole
+		return nil
+	case errors.As(err, &ce):
+		problem(ce.Pos, ProblemCorruption, false, "%v", err)
+		return nil
+	case err != nil:
+		return err
+	}
+	r.endUnknown = false
+	if t := sc.Torn(); t != nil {
+		if last {
+			problem(t.Pos, ProblemTornTail, true, "%d bytes of an unfinished write: %s", t.Bytes, t.Reason)
+		} else {
+			problem(t.Pos, ProblemCorruption, false, "damaged bytes at the end of a segment that is not the last: %s", t.Reason)
+		}
+	}
+	foot := sc.Footer()
+	if foot == nil {
+		if !last {
+			problem(sc.End(), ProblemUnsealed, true, "no footer: the log was stopped between the segment's last append and its seal")
+		}
+		return nil
+	}
+	r.Sealed++
+	s := &segment{base: base, name: name, path: path}
+	if err := s.decodeFooter(foot); err != nil {
+		problem(foot.Pos, ProblemFooter, true, "%v", err)
+		return nil
+	}
+	// Every index entry must be a frame the scan found, with its offset and time.
+	at := make(map[int64]frameStart, len(frames))
+	for _, f := range frames {
+		at[f.pos] = f
+	}
+	for i, e := range s.index {
+		f, ok := at[e.pos]
+		if !ok || f.first != e.off || f.time != e.time {
+			problem(foot.Pos, ProblemFooter, true, "index entry %d (offset %d at byte %d) does not match a frame", i, e.off, e.pos)
+			return nil
+		}
+	}
+	return nil
+}

@@ -1,0 +1,113 @@
+package engine
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/segstore/segstore/wal"
+)
+
+// damagedStore builds a closed store of four sealed segments and an active
+// one, then applies damage to it; it returns the directory and the
+// segments as they were.
+func damagedStore(t *testing.T, damage func(t *testing.T, path string, segs []SegmentInfo, activeEnd int64)) (string, []SegmentInfo) {
+	t.Helper()
+	path := t.TempDir()
+	l := realLog(t, path)
+	fillSegments(t, l, 4)
+	appendN(t, l, 3)
+	segs := l.Segments()
+	end := l.active.vis().pos
+	require.NoError(t, l.Close())
+	damage(t, path, segs, end)
+	return path, segs
+}
+
+func flipByte(t *testing.T, file string, pos int64) {
+	t.Helper()
+	b, err := os.ReadFile(file)
+	require.NoError(t, err)
+	b[pos] ^= 0x40
+	require.NoError(t, os.WriteFile(file, b, 0o644))
+}
+
+func footerAt(t *testing.T, file string) int64 {
+	t.Helper()
+	l, err := Open(filepath.Dir(file), Options{ReadOnly: true, Logger: quiet})
+	require.NoError(t, err)
+	defer l.Close()
+	for _, s := range *l.segs.Load() {
+		if s.path == file {
+			require.NoError(t, l.ensure(s))
+			return s.vis().pos
+		}
+	}
+	t.Fatalf("no segment %s", file)
+	return 0
+}
+
+func TestVerify(t *testing.T) {
+	file := func(path string, s SegmentInfo) string { return filepath.Join(path, s.File) }
+	tests := []struct {
+		name       string
+		damage     func(t *testing.T, path string, segs []SegmentInfo, activeEnd int64)
+		kind       string // "" for a clean store
+		segment    int    // index of the damaged segment
+		repairable bool
+	}{
+		{"clean", func(*testing.T, string, []SegmentInfo, int64) {}, "", 0, false},
+		{"torn tail", func(t *testing.T, path string, segs []SegmentInfo, end int64) {
+			f, err := os.OpenFile(file(path, segs[4]), os.O_WRONLY, 0)
+			require.NoError(t, err)
+			defer f.Close()
+			// A frame whose last sector never reached the disk.
+			frame := make([]byte, wal.FrameSize(wal.PayloadSize([][]byte{make([]byte, 2000)})))
+			n := wal.EncodeFrame(frame, 0, end, segs[4].Next, 1, [][]byte{bytes.Repeat([]byte{'t'}, 2000)})
+			clear(frame[n-400 : n])
+			_, err = f.WriteAt(frame[:n], end)
+			require.NoError(t, err)
+		}, ProblemTornTail, 4, true},
+		{"flipped byte in a record", func(t *testing.T, path string, segs []SegmentInfo, _ int64) {
+			flipByte(t, file(path, segs[1]), wal.DataStart+wal.FrameHeaderLen+50)
+		}, ProblemCorruption, 1, false},
+		{"damaged footer", func(t *testing.T, path string, segs []SegmentInfo, _ int64) {
+			flipByte(t, file(path, segs[2]), footerAt(t, file(path, segs[2]))+wal.FrameHeaderLen+40)
+		}, ProblemFooter, 2, true},
+		{"missing segment", func(t *testing.T, path string, segs []SegmentInfo, _ int64) {
+			require.NoError(t, os.Remove(file(path, segs[2])))
+		}, ProblemMissing, 3, false},
+		{"unsealed segment before the last", func(t *testing.T, path string, segs []SegmentInfo, _ int64) {
+			f := file(path, segs[1])
+			pos := footerAt(t, f)
+			require.NoError(t, os.Truncate(f, pos))
+		}, ProblemUnsealed, 1, true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			path, segs := damagedStore(t, tc.damage)
+			r, err := Verify(path, VerifyOptions{})
+			require.NoError(t, err)
+			if tc.kind == "" {
+				require.True(t, r.Clean(), "%v", r.Problems)
+				assert.Equal(t, 5, r.Segments)
+				assert.Equal(t, 4, r.Sealed)
+				assert.Equal(t, segs[4].Next, r.End)
+				assert.Equal(t, r.End-r.Start, r.Records)
+				return
+			}
+			require.Len(t, r.Problems, 1, "%v", r.Problems)
+			p := r.Problems[0]
+			assert.Equal(t, tc.kind, p.Kind, "%v", p)
+			assert.Equal(t, segs[tc.segment].Base, p.Segment)
+			assert.Equal(t, tc.repairable, p.Repairable)
+			assert.Contains(t, p.String(), segs[tc.segment].File)
+		})
+	}
+	_, err := Verify(filepath.Join(t.TempDir(), "nothing"), VerifyOptions{})
+	assert.ErrorIs(t, err, os.ErrNotExist)
+}
