@@ -351,6 +351,9 @@ func (l *Log) openSegment(base uint64, last bool, nextBase uint64, lazy bool) (*
 		l.opts.Logger.Warn("segstore: damaged footer, index rebuilt from the records", "segment", name, "footer", damaged)
 	}
 	if readOnly {
+		if last {
+			l.noteReport(func(r *Recovery) { r.ActiveFrames = frames })
+		}
 		s.mu.Lock()
 		s.sealed = !last || damaged >= 0
 		s.mu.Unlock()
@@ -867,6 +870,34 @@ type SegmentInfo struct {
 	Bytes  int64  // file size
 	Sealed bool
 	File   string
+	// FirstTime is when the first record was appended, SealedAt when the
+	// segment was sealed (zero while active).
+	FirstTime, SealedAt time.Time
+	// IndexEntries is the size of the sparse index; -1 for a sealed segment
+	// whose file has not been read since open (trusted through the manifest).
+	IndexEntries int
+}
+
+// StorageInfo describes how the log's files are accessed.
+type StorageInfo struct {
+	Direct     bool   // O_DIRECT (false: the buffered fallback)
+	Filesystem string // e.g. "ext4"; "" if unknown
+	Alignment  blockdev.Alignment
+}
+
+// Storage describes the files of the newest segment.
+func (l *Log) Storage() StorageInfo {
+	segs := *l.segs.Load()
+	if len(segs) == 0 || !segs[len(segs)-1].acquire() {
+		return StorageInfo{}
+	}
+	s := segs[len(segs)-1]
+	defer s.release()
+	si := StorageInfo{Direct: s.dev.Direct(), Alignment: s.dev.Alignment()}
+	if fs, ok := s.dev.(interface{ Filesystem() string }); ok {
+		si.Filesystem = fs.Filesystem()
+	}
+	return si
 }
 
 // Segments lists the segments, oldest first.

@@ -83,10 +83,21 @@ func (l *Log) segmentAt(base uint64) (*segment, error) {
 
 // info describes the segment now.
 func (s *segment) info() SegmentInfo {
+	first, _ := s.firstEntry()
 	s.mu.RLock()
-	sealed := s.sealed
+	si := SegmentInfo{Base: s.base, Next: s.vis().off, Sealed: s.sealed, File: s.name, IndexEntries: len(s.index)}
+	if s.sealed {
+		si.SealedAt = time.Unix(0, s.sealedAt)
+	}
 	s.mu.RUnlock()
-	return SegmentInfo{Base: s.base, Next: s.vis().off, Bytes: s.fileSize(), Sealed: sealed, File: s.name}
+	if !s.loaded.Load() {
+		si.IndexEntries = -1
+	}
+	if si.Next > si.Base {
+		si.FirstTime = time.Unix(0, first.time)
+	}
+	si.Bytes = s.fileSize()
+	return si
 }
 
 // reopen opens the segment's file again, read-only and without O_DIRECT:

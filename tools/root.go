@@ -1,12 +1,16 @@
 package tools
 
 import (
+	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/term"
 )
 
 // NewRootCommand returns the segtool command tree writing to out and errOut.
@@ -19,6 +23,7 @@ func NewRootCommand(out, errOut io.Writer) *cobra.Command {
 	}
 	root.SetOut(out)
 	root.SetErr(errOut)
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 
 	var qs QuickstartOptions
 	quick := &cobra.Command{
@@ -38,7 +43,109 @@ func NewRootCommand(out, errOut io.Writer) *cobra.Command {
 	quick.Flags().IntVar(&qs.Reads, "reads", 20000, "random point reads")
 	root.AddCommand(quick)
 	root.AddCommand(newBenchCommand())
+	root.AddCommand(newAppendCommand(), newCatCommand(), newInspectCommand(), newVerifyCommand(errOut))
 	return root
+}
+
+// oneDir accepts exactly one argument, the store's directory.
+func oneDir(_ *cobra.Command, args []string) error {
+	if len(args) != 1 {
+		return usageError{fmt.Errorf("want one argument, the store's directory; got %d", len(args))}
+	}
+	return nil
+}
+
+func newAppendCommand() *cobra.Command {
+	var o AppendOptions
+	cmd := &cobra.Command{
+		Use:   "append DIR [FILE...]",
+		Short: "Append records from stdin or files (one per line, or length-prefixed with --binary); print their offsets",
+		Args: func(_ *cobra.Command, args []string) error {
+			if len(args) == 0 {
+				return usageError{errors.New("want the store's directory, then optional input files")}
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			inputs := []io.Reader{cmd.InOrStdin()}
+			if len(args) > 1 {
+				inputs = nil
+				for _, name := range args[1:] {
+					f, err := os.Open(name)
+					if err != nil {
+						return err
+					}
+					defer f.Close()
+					inputs = append(inputs, f)
+				}
+			}
+			return Append(cmd.OutOrStdout(), args[0], inputs, o)
+		},
+	}
+	cmd.Flags().BoolVar(&o.Binary, "binary", false, "records are a uint32 little-endian length and that many bytes")
+	cmd.Flags().IntVar(&o.Batch, "batch", 64, "records per append (one durable commit)")
+	cmd.Flags().BoolVar(&o.JSON, "json", false, "print {\"offset\": N} lines")
+	return cmd
+}
+
+func newCatCommand() *cobra.Command {
+	var o CatOptions
+	var since string
+	cmd := &cobra.Command{
+		Use:   "cat DIR",
+		Short: "Print records from an offset or a time, as text, hex or JSON",
+		Args:  oneDir,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if since != "" {
+				if d, err := time.ParseDuration(since); err == nil {
+					o.Since = d
+				} else if t, err := time.Parse(time.RFC3339, since); err == nil {
+					o.At = t
+				} else {
+					return usageError{fmt.Errorf("--since %q: want a duration (10m) or an RFC 3339 time", since)}
+				}
+			}
+			return Cat(cmd.OutOrStdout(), args[0], o)
+		},
+	}
+	cmd.Flags().Int64Var(&o.From, "from", -1, "first offset (default: the log's start)")
+	cmd.Flags().StringVar(&since, "since", "", "start at records appended since a duration ago (10m) or an RFC 3339 time")
+	cmd.Flags().IntVar(&o.Count, "count", 0, "records to print (default: all)")
+	cmd.Flags().StringVar(&o.Format, "format", "text", "text, hex or json")
+	return cmd
+}
+
+func newInspectCommand() *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "inspect DIR",
+		Short: "Show segments, totals, what opening found, and health warnings (read-only)",
+		Args:  oneDir,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return Inspect(cmd.OutOrStdout(), args[0], asJSON)
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print one JSON document")
+	return cmd
+}
+
+func newVerifyCommand(errOut io.Writer) *cobra.Command {
+	var o VerifyOptions
+	var quiet bool
+	cmd := &cobra.Command{
+		Use:   "verify DIR",
+		Short: "Check every checksum, footer and index entry; exit 0 clean, 1 damage, 2 usage error",
+		Args:  oneDir,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if f, ok := errOut.(*os.File); ok && !quiet && term.IsTerminal(int(f.Fd())) {
+				o.Progress = errOut
+			}
+			return Verify(cmd.OutOrStdout(), args[0], o)
+		},
+	}
+	cmd.Flags().BoolVar(&o.JSON, "json", false, "print one JSON document")
+	cmd.Flags().BoolVar(&quiet, "quiet", false, "no progress bar")
+	return cmd
 }
 
 func newBenchCommand() *cobra.Command {

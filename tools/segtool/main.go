@@ -12,6 +12,6 @@ import (
 func main() {
 	if err := tools.NewRootCommand(os.Stdout, os.Stderr).Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "segtool:", err)
-		os.Exit(1)
+		os.Exit(tools.ExitCode(err))
 	}
 }

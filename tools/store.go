@@ -1,0 +1,377 @@
+package tools
+
+import (
+	"bufio"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"text/tabwriter"
+	"time"
+	"unicode/utf8"
+
+	"github.com/schollz/progressbar/v3"
+
+	"github.com/segstore/segstore/engine"
+)
+
+// ErrDamage: verify found damage (exit status 1).
+var ErrDamage = errors.New("damage found")
+
+// usageError is a mistake in the command line (exit status 2).
+type usageError struct{ error }
+
+func (e usageError) Unwrap() error { return e.error }
+
+// ExitCode is the exit status for an error a command returned: 0 for none,
+// 2 for a usage error, 1 for anything else (including ErrDamage).
+func ExitCode(err error) int {
+	var ue usageError
+	switch {
+	case err == nil:
+		return 0
+	case errors.As(err, &ue):
+		return 2
+	}
+	return 1
+}
+
+var quietLogger = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+// openStore opens the store in dir: read-only (no lock: beside a live
+// writer) unless write, and creating it only when create is set.
+func openStore(dir string, write, create bool) (*engine.Log, error) {
+	if !create {
+		if err := isStore(dir); err != nil {
+			return nil, err
+		}
+	}
+	opts := engine.DefaultOptions()
+	opts.ReadOnly, opts.Logger = !write, quietLogger
+	return engine.Open(dir, opts)
+}
+
+// isStore says, as a usage error, why dir is not a store directory.
+func isStore(dir string) error {
+	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
+		return usageError{fmt.Errorf("%s is not a segstore directory (no such directory)", dir)}
+	}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		if len(e.Name()) == 24 && e.Name()[20:] == ".seg" {
+			return nil
+		}
+	}
+	return usageError{fmt.Errorf("%s is not a segstore directory (no segment files in it)", dir)}
+}
+
+// AppendOptions configure Append.
+type AppendOptions struct {
+	Binary bool // records are length-prefixed (uint32 little endian) instead of lines
+	Batch  int  // records per Append (one commit); default 64
+	JSON   bool
+}
+
+// Append appends the records read from each input to the store in dir
+// (created if missing) and prints their offsets, one per line.
+func Append(out io.Writer, dir string, inputs []io.Reader, opts AppendOptions) error {
+	if opts.Batch <= 0 {
+		opts.Batch = 64
+	}
+	l, err := openStore(dir, true, true)
+	if err != nil {
+		return err
+	}
+	w := bufio.NewWriter(out)
+	defer w.Flush()
+	var batch [][]byte
+	flush := func() error {
+		if len(batch) == 0 {
+			return nil
+		}
+		first, err := l.Append(batch...)
+		if err != nil {
+			return err
+		}
+		for i := range batch {
+			if opts.JSON {
+				fmt.Fprintf(w, "{\"offset\":%d}\n", first+uint64(i))
+			} else {
+				fmt.Fprintln(w, first+uint64(i))
+			}
+		}
+		batch = batch[:0]
+		return nil
+	}
+	for _, in := range inputs {
+		err := readRecords(in, opts.Binary, func(rec []byte) error {
+			batch = append(batch, rec)
+			if len(batch) == opts.Batch {
+				return flush()
+			}
+			return nil
+		})
+		if err != nil {
+			l.Close()
+			return err
+		}
+	}
+	return errors.Join(flush(), l.Close())
+}
+
+// readRecords calls fn with each record of in: a line (without its
+// newline), or a length-prefixed record.
+func readRecords(in io.Reader, binaryRecs bool, fn func([]byte) error) error {
+	r := bufio.NewReaderSize(in, 1<<20)
+	for {
+		var rec []byte
+		if binaryRecs {
+			var n [4]byte
+			if _, err := io.ReadFull(r, n[:]); err == io.EOF {
+				return nil
+			} else if err != nil {
+				return fmt.Errorf("reading a record length: %w", err)
+			}
+			rec = make([]byte, binary.LittleEndian.Uint32(n[:]))
+			if _, err := io.ReadFull(r, rec); err != nil {
+				return fmt.Errorf("reading a record of %d bytes: %w", len(rec), err)
+			}
+		} else {
+			line, err := r.ReadBytes('\n')
+			if len(line) == 0 && err == io.EOF {
+				return nil
+			}
+			if err != nil && err != io.EOF {
+				return err
+			}
+			rec = line[:len(line)-btoi(line[len(line)-1] == '\n')]
+		}
+		if err := fn(rec); err != nil {
+			return err
+		}
+	}
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// CatOptions configure Cat.
+type CatOptions struct {
+	From   int64         // first offset; -1 for the log's start
+	Since  time.Duration // if set, start at the first record appended at most this long ago
+	At     time.Time     // if set, start at the first record appended at or after it
+	Count  int           // records to print; 0 for all
+	Format string        // text, hex or json
+	Now    func() time.Time
+}
+
+// Cat prints records of the store in dir: as text (one per line), hex
+// (offset, tab, hex bytes) or JSON (one object per line).
+func Cat(out io.Writer, dir string, opts CatOptions) error {
+	if opts.Format == "" {
+		opts.Format = "text"
+	}
+	if opts.Format != "text" && opts.Format != "hex" && opts.Format != "json" {
+		return usageError{fmt.Errorf("--format %q: want text, hex or json", opts.Format)}
+	}
+	l, err := openStore(dir, false, false)
+	if err != nil {
+		return err
+	}
+	defer l.Close()
+	from := uint64(max(opts.From, 0))
+	if opts.From < 0 {
+		from = l.StartOffset()
+	}
+	if opts.Since > 0 && opts.At.IsZero() {
+		now := time.Now
+		if opts.Now != nil {
+			now = opts.Now
+		}
+		opts.At = now().Add(-opts.Since)
+	}
+	if !opts.At.IsZero() {
+		if from, err = l.SeekTime(opts.At); err != nil {
+			return err
+		}
+	}
+	if end := l.DurableOffset(); from < l.StartOffset() || (from > end) {
+		return usageError{fmt.Errorf("offset %d is outside the log's records [%d, %d)", from, l.StartOffset(), end)}
+	}
+	w := bufio.NewWriter(out)
+	defer w.Flush()
+	it := l.NewIterator(from)
+	defer it.Close()
+	enc := json.NewEncoder(w)
+	for n := 0; (opts.Count == 0 || n < opts.Count) && it.Next(); n++ {
+		rec := it.Record()
+		switch opts.Format {
+		case "text":
+			w.Write(rec)
+			w.WriteByte('\n')
+		case "hex":
+			fmt.Fprintf(w, "%d\t%s\n", it.Offset(), hex.EncodeToString(rec))
+		case "json":
+			enc.Encode(recordJSON(it.Offset(), it.Time(), rec))
+		}
+	}
+	return it.Err()
+}
+
+// recordJSON is a record as JSON: its bytes as a string when they are
+// UTF-8, else base64 (encoding/json's []byte).
+func recordJSON(off uint64, t time.Time, rec []byte) any {
+	type text struct {
+		Offset uint64    `json:"offset"`
+		Time   time.Time `json:"time"`
+		Size   int       `json:"size"`
+		Value  string    `json:"value"`
+	}
+	type binary struct {
+		Offset uint64    `json:"offset"`
+		Time   time.Time `json:"time"`
+		Size   int       `json:"size"`
+		Base64 []byte    `json:"value_base64"`
+	}
+	if utf8.Valid(rec) {
+		return text{off, t.UTC(), len(rec), string(rec)}
+	}
+	return binary{off, t.UTC(), len(rec), rec}
+}
+
+// InspectReport is what Inspect prints.
+type InspectReport struct {
+	Dir      string               `json:"dir"`
+	Storage  engine.StorageInfo   `json:"storage"`
+	Segments []engine.SegmentInfo `json:"segments"`
+	Start    uint64               `json:"start"`
+	End      uint64               `json:"end"`
+	Records  uint64               `json:"records"`
+	Bytes    int64                `json:"bytes"`
+	Recovery engine.Recovery      `json:"last_open"`
+	Warnings []string             `json:"warnings"`
+}
+
+// Inspect prints the segments of the store in dir, totals, what opening it
+// found, and health warnings. It opens read-only and reads each sealed
+// segment's footer (for its index).
+func Inspect(out io.Writer, dir string, asJSON bool) error {
+	l, err := openStore(dir, false, false)
+	if err != nil {
+		return err
+	}
+	defer l.Close()
+	for _, s := range l.Segments() { // load lazily trusted footers, for the index sizes
+		v, err := l.OpenSegment(s.Base)
+		if err != nil {
+			return err
+		}
+		v.Close()
+	}
+	r := InspectReport{Dir: dir, Storage: l.Storage(), Segments: l.Segments(), Start: l.StartOffset(), End: l.DurableOffset(),
+		Recovery: l.Stats().LastOpenRecovery}
+	r.Records = r.End - r.Start
+	for _, s := range r.Segments {
+		r.Bytes += s.Bytes
+	}
+	if !r.Storage.Direct {
+		r.Warnings = append(r.Warnings, "files are read through the page cache (buffered fallback), not O_DIRECT")
+	}
+	if r.Recovery.Torn != nil {
+		r.Warnings = append(r.Warnings, fmt.Sprintf("the last segment has a torn tail at byte %d (%d bytes): a read-write open cuts it", r.Recovery.Torn.Pos, r.Recovery.Torn.Bytes))
+	}
+	if len(r.Recovery.RebuiltFooters) > 0 {
+		r.Warnings = append(r.Warnings, fmt.Sprintf("damaged footers in segments %v: a read-write open rebuilds them", r.Recovery.RebuiltFooters))
+	}
+	if asJSON {
+		enc := json.NewEncoder(out)
+		enc.SetIndent("", "  ")
+		return enc.Encode(r)
+	}
+	fmt.Fprintf(out, "store %s: %d segments, offsets [%d, %d) (%d records), %d bytes\n", dir, len(r.Segments), r.Start, r.End, r.Records, r.Bytes)
+	fmt.Fprintf(out, "storage: direct=%v filesystem=%s alignment: %d-byte offsets, %d-byte memory, %d-byte blocks (from %s)\n",
+		r.Storage.Direct, r.Storage.Filesystem, r.Storage.Alignment.Offset, r.Storage.Alignment.Memory, r.Storage.Alignment.Block, r.Storage.Alignment.Source)
+	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "base\tlast\trecords\tbytes\tsealed\tfirst record\tsealed at\tindex entries\tfile\t")
+	for _, s := range r.Segments {
+		last, sealedAt, first := "-", "-", "-"
+		if s.Next > s.Base {
+			last, first = fmt.Sprint(s.Next-1), s.FirstTime.UTC().Format(timeFormat)
+		}
+		if s.Sealed {
+			sealedAt = s.SealedAt.UTC().Format(timeFormat)
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%d\t%d\t%v\t%s\t%s\t%d\t%s\t\n", s.Base, last, s.Next-s.Base, s.Bytes, s.Sealed, first, sealedAt, s.IndexEntries, s.File)
+	}
+	tw.Flush()
+	rec := r.Recovery
+	fmt.Fprintf(out, "open: %d sealed segments trusted (%d through their footers, %d through the manifest), last segment scanned: %d frames\n",
+		rec.Sealed+rec.Deferred, rec.Sealed, rec.Deferred, rec.ActiveFrames)
+	for _, w := range r.Warnings {
+		fmt.Fprintln(out, "warning:", w)
+	}
+	return nil
+}
+
+// VerifyOptions configure Verify.
+type VerifyOptions struct {
+	JSON     bool
+	Progress io.Writer // where a progress bar goes; nil for none
+}
+
+// Verify checks every frame and footer of the store in dir and prints a
+// report; it returns an error wrapping ErrDamage if it found any.
+func Verify(out io.Writer, dir string, opts VerifyOptions) error {
+	if err := isStore(dir); err != nil {
+		return err
+	}
+	vo := engine.VerifyOptions{}
+	if opts.Progress != nil {
+		var bar *progressbar.ProgressBar
+		vo.Progress = func(done, total int64) {
+			if bar == nil {
+				bar = progressbar.NewOptions64(total, progressbar.OptionSetWriter(opts.Progress), progressbar.OptionShowBytes(true),
+					progressbar.OptionSetDescription("verifying"), progressbar.OptionClearOnFinish())
+			}
+			bar.Set64(done)
+		}
+	}
+	r, err := engine.Verify(dir, vo)
+	if err != nil {
+		return err
+	}
+	if opts.JSON {
+		enc := json.NewEncoder(out)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(r); err != nil {
+			return err
+		}
+	} else {
+		fmt.Fprintf(out, "%d segments (%d sealed), %d frames, %d records, offsets [%d, %d), %d bytes read\n",
+			r.Segments, r.Sealed, r.Frames, r.Records, r.Start, r.End, r.Bytes)
+		for _, p := range r.Problems {
+			fmt.Fprintln(out, "problem:", p)
+		}
+		if r.Clean() {
+			fmt.Fprintln(out, "clean: every checksum, footer and index entry verified")
+		}
+	}
+	if !r.Clean() {
+		return fmt.Errorf("%w: %d problems in %s", ErrDamage, len(r.Problems), dir)
+	}
+	return nil
+}
+
+// timeFormat prints times in tables: UTC, milliseconds.
+const timeFormat = "2006-01-02T15:04:05.000Z"

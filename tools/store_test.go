@@ -1,0 +1,181 @@
+package tools
+
+import (
+	"bytes"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/segstore/segstore/engine"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files in testdata/golden")
+
+// smallStore builds a store of 3 sealed 64 KiB segments and an active one,
+// with a clock that starts at a fixed time and ticks a millisecond per
+// append, so every run writes the same bytes.
+func smallStore(t *testing.T) string {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "store")
+	opts := engine.DefaultOptions()
+	opts.SegmentSize, opts.MaxWrite, opts.IndexInterval, opts.Logger = 64<<10, 16<<10, 4096, quietLogger
+	now := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+	opts.Now = func() time.Time { now = now.Add(time.Millisecond); return now }
+	l, err := engine.Open(dir, opts)
+	require.NoError(t, err)
+	for i := 0; len(l.Segments()) < 4; i++ {
+		_, err := l.Append([]byte(fmt.Sprintf("record %04d: %s", i, strings.Repeat("ab", 100))), []byte(fmt.Sprintf("second %04d", i)))
+		require.NoError(t, err)
+	}
+	require.NoError(t, l.Close())
+	return dir
+}
+
+// golden compares out with testdata/golden/name after replacing the
+// store's directory with STORE and dropping lines that depend on the
+// machine; -update rewrites the file.
+func golden(t *testing.T, name, dir, out string) {
+	t.Helper()
+	out = strings.ReplaceAll(out, dir, "STORE")
+	out = regexp.MustCompile(`(?m)^storage: .*\n`).ReplaceAllString(out, "")
+	path := filepath.Join("testdata", "golden", name)
+	if *update {
+		require.NoError(t, os.MkdirAll(filepath.Dir(path), 0o755))
+		require.NoError(t, os.WriteFile(path, []byte(out), 0o644))
+	}
+	want, err := os.ReadFile(path)
+	require.NoError(t, err, "run with -update to create it")
+	assert.Equal(t, string(want), out)
+}
+
+func TestGoldenOutputs(t *testing.T) {
+	dir := smallStore(t)
+	for _, tc := range []struct {
+		name string
+		args []string
+	}{
+		{"inspect.txt", []string{"inspect", dir}},
+		{"verify.txt", []string{"verify", dir}},
+		{"cat-text.txt", []string{"cat", dir, "--from", "500", "--count", "4"}},
+		{"cat-hex.txt", []string{"cat", dir, "--from", "1", "--count", "2", "--format", "hex"}},
+		{"cat-json.txt", []string{"cat", dir, "--since", "2026-11-25T12:00:00.300Z", "--count", "3", "--format", "json"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			out, err := runSegtool(t, tc.args...)
+			require.NoError(t, err)
+			golden(t, tc.name, dir, out)
+		})
+	}
+}
+
+func TestJSONOutputsParse(t *testing.T) {
+	dir := smallStore(t)
+	out, err := runSegtool(t, "inspect", dir, "--json")
+	require.NoError(t, err)
+	var ins InspectReport
+	require.NoError(t, json.Unmarshal([]byte(out), &ins))
+	assert.Len(t, ins.Segments, 4)
+	assert.Equal(t, ins.End-ins.Start, ins.Records)
+	assert.True(t, ins.Storage.Direct)
+
+	out, err = runSegtool(t, "verify", dir, "--json")
+	require.NoError(t, err)
+	var ver engine.VerifyReport
+	require.NoError(t, json.Unmarshal([]byte(out), &ver))
+	assert.True(t, ver.Clean())
+	assert.Equal(t, ins.Records, ver.Records)
+
+	out, err = runSegtool(t, "cat", dir, "--format", "json")
+	require.NoError(t, err)
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	require.Len(t, lines, int(ins.Records))
+	var rec struct {
+		Offset uint64 `json:"offset"`
+		Value  string `json:"value"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(lines[7]), &rec))
+	assert.Equal(t, uint64(7), rec.Offset)
+	assert.Equal(t, "second 0003", rec.Value)
+}
+
+func TestAppendThenCat(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "new")
+	var out bytes.Buffer
+	cmd := NewRootCommand(&out, &out)
+	cmd.SetIn(strings.NewReader("one\ntwo\n\nfour without newline"))
+	cmd.SetArgs([]string{"append", dir})
+	require.NoError(t, cmd.Execute())
+	assert.Equal(t, "0\n1\n2\n3\n", out.String(), "an empty line is an empty record")
+
+	bin := filepath.Join(t.TempDir(), "records.bin")
+	var b []byte
+	for _, r := range []string{"x", "", "binary\x00\xff"} {
+		b = append(b, byte(len(r)), 0, 0, 0)
+		b = append(b, r...)
+	}
+	require.NoError(t, os.WriteFile(bin, b, 0o644))
+	got, err := runSegtool(t, "append", dir, "--binary", "--json", bin)
+	require.NoError(t, err)
+	assert.Equal(t, "{\"offset\":4}\n{\"offset\":5}\n{\"offset\":6}\n", got)
+
+	got, err = runSegtool(t, "cat", dir, "--from", "2", "--count", "2")
+	require.NoError(t, err)
+	assert.Equal(t, "\nfour without newline\n", got)
+	got, err = runSegtool(t, "cat", dir, "--from", "6", "--format", "json")
+	require.NoError(t, err)
+	assert.Contains(t, got, `"value_base64":"YmluYXJ5AP8="`, "bytes that are not UTF-8 are base64")
+}
+
+// TestBadInput: each mistake is one clear error and the right exit code,
+// never a panic.
+func TestBadInput(t *testing.T) {
+	dir := smallStore(t)
+	empty := t.TempDir()
+	for _, tc := range []struct {
+		args []string
+		msg  string
+		code int
+	}{
+		{[]string{"inspect", filepath.Join(empty, "missing")}, "not a segstore directory (no such directory)", 2},
+		{[]string{"verify", empty}, "not a segstore directory (no segment files in it)", 2},
+		{[]string{"cat", empty}, "no segment files", 2},
+		{[]string{"cat", dir, "--from", "99999"}, "outside the log's records", 2},
+		{[]string{"cat", dir, "--format", "xml"}, "want text, hex or json", 2},
+		{[]string{"cat", dir, "--since", "yesterday"}, "want a duration", 2},
+		{[]string{"inspect"}, "want one argument", 2},
+		{[]string{"verify", dir, "--no-such-flag"}, "unknown flag", 2},
+		{[]string{"append"}, "want the store's directory", 2},
+	} {
+		_, err := runSegtool(t, tc.args...)
+		require.Error(t, err, "%v", tc.args)
+		assert.ErrorContains(t, err, tc.msg, "%v", tc.args)
+		assert.Equal(t, tc.code, ExitCode(err), "%v", tc.args)
+	}
+}
+
+// TestVerifyFindsDamage: verify exits 1 naming the segment and position,
+// and says whether the damage is repairable.
+func TestVerifyFindsDamage(t *testing.T) {
+	dir := smallStore(t)
+	names, _ := filepath.Glob(filepath.Join(dir, "*.seg"))
+	b, err := os.ReadFile(names[1])
+	require.NoError(t, err)
+	b[4096+100] ^= 1
+	require.NoError(t, os.WriteFile(names[1], b, 0o644))
+	out, err := runSegtool(t, "verify", dir)
+	require.ErrorIs(t, err, ErrDamage)
+	assert.Equal(t, 1, ExitCode(err))
+	assert.Contains(t, out, "problem: segment")
+	assert.Contains(t, out, filepath.Base(names[1]))
+	assert.Contains(t, out, "at byte 4096: corruption")
+	assert.Contains(t, out, "not repairable without losing records")
+}
