@@ -68,7 +68,7 @@ func TestVerify(t *testing.T) {
 			// A frame whose last sector never reached the disk.
 			frame := make([]byte, wal.FrameSize(wal.PayloadSize([][]byte{make([]byte, 2000)})))
 			n := wal.EncodeFrame(frame, 0, end, segs[4].Next, 1, [][]byte{bytes.Repeat([]byte{'t'}, 2000)})
-			clear(frame[n-400 : n])
+			clear(frame[(end+1024+511)&^511-end : n]) // whole sectors of it never reached the disk
 			_, err = f.WriteAt(frame[:n], end)
 			require.NoError(t, err)
 		}, ProblemTornTail, 4, true},

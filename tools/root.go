@@ -43,7 +43,7 @@ func NewRootCommand(out, errOut io.Writer) *cobra.Command {
 	quick.Flags().IntVar(&qs.Reads, "reads", 20000, "random point reads")
 	root.AddCommand(quick)
 	root.AddCommand(newBenchCommand())
-	root.AddCommand(newAppendCommand(), newCatCommand(), newInspectCommand(), newVerifyCommand(errOut))
+	root.AddCommand(newAppendCommand(), newCatCommand(), newInspectCommand(), newVerifyCommand(errOut), newRepairCommand())
 	return root
 }
 
@@ -192,4 +192,19 @@ func parseSize(s string) (int64, error) {
 		}
 	}
 	panic("unreachable: the empty suffix matches")
+}
+
+func newRepairCommand() *cobra.Command {
+	var o RepairOptions
+	cmd := &cobra.Command{
+		Use:   "repair DIR",
+		Short: "Say how damage a crash explains would be repaired; with --apply, keep the damaged files aside and repair",
+		Args:  oneDir,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return Repair(cmd.OutOrStdout(), args[0], o)
+		},
+	}
+	cmd.Flags().BoolVar(&o.Apply, "apply", false, "make the repairs (default: a dry run)")
+	cmd.Flags().BoolVar(&o.JSON, "json", false, "print one JSON document")
+	return cmd
 }

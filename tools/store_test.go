@@ -15,7 +15,9 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/segstore/segstore/blockdev"
 	"github.com/segstore/segstore/engine"
+	"github.com/segstore/segstore/wal"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata/golden")
@@ -178,4 +180,110 @@ func TestVerifyFindsDamage(t *testing.T) {
 	assert.Contains(t, out, filepath.Base(names[1]))
 	assert.Contains(t, out, "at byte 4096: corruption")
 	assert.Contains(t, out, "not repairable without losing records")
+}
+
+// scanEnd returns where the valid frames of a segment file end, and the
+// offset after them.
+func scanEnd(t *testing.T, file string) (int64, uint64) {
+	t.Helper()
+	dev, err := blockdev.Open(file, blockdev.Options{ReadOnly: true})
+	require.NoError(t, err)
+	defer dev.Close()
+	sc, err := wal.NewScanner(dev)
+	require.NoError(t, err)
+	for sc.Next() {
+	}
+	require.NoError(t, sc.Err())
+	return sc.End(), sc.NextOffset()
+}
+
+func TestRepair(t *testing.T) {
+	segFiles := func(dir string) []string { n, _ := filepath.Glob(filepath.Join(dir, "*.seg")); return n }
+	tests := []struct {
+		name     string
+		damage   func(t *testing.T, files []string)
+		action   string
+		fixable  bool
+		problems int
+	}{
+		{"torn tail", func(t *testing.T, files []string) {
+			last := files[len(files)-1]
+			end, next := scanEnd(t, last)
+			frame := make([]byte, wal.FrameSize(wal.PayloadSize([][]byte{make([]byte, 2000)})))
+			n := wal.EncodeFrame(frame, 0, end, next, 1, [][]byte{bytes.Repeat([]byte{'t'}, 2000)})
+			clear(frame[(end+1024+511)&^511-end : n]) // its last sectors never reached the disk
+			f, err := os.OpenFile(last, os.O_WRONLY, 0)
+			require.NoError(t, err)
+			_, err = f.WriteAt(frame[:n], end)
+			require.NoError(t, err)
+			require.NoError(t, f.Close())
+		}, "cut the torn tail of", true, 1},
+		{"damaged footer", func(t *testing.T, files []string) {
+			end, _ := scanEnd(t, files[1])
+			flip(t, files[1], end+wal.FrameHeaderLen+40)
+		}, "rebuild the footer of", true, 1},
+		{"unsealed segment", func(t *testing.T, files []string) {
+			end, _ := scanEnd(t, files[1])
+			require.NoError(t, os.Truncate(files[1], end))
+		}, "seal ", true, 1},
+		{"flipped byte in a record", func(t *testing.T, files []string) {
+			flip(t, files[1], 4096+100)
+		}, "cannot be repaired without dropping records", false, 1},
+		{"missing segment", func(t *testing.T, files []string) {
+			require.NoError(t, os.Remove(files[1]))
+		}, "cannot be repaired without dropping records", false, 1},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := smallStore(t)
+			tc.damage(t, segFiles(dir))
+			before := snapshot(t, dir)
+
+			out, err := runSegtool(t, "repair", dir)
+			assert.Contains(t, out, tc.action)
+			assert.Equal(t, before, snapshot(t, dir), "a dry run changes nothing")
+			if !tc.fixable {
+				require.ErrorIs(t, err, ErrDamage)
+				_, err = runSegtool(t, "repair", dir, "--apply")
+				require.ErrorIs(t, err, ErrDamage)
+				assert.ErrorContains(t, err, "nothing was changed")
+				assert.Equal(t, before, snapshot(t, dir), "unrepairable damage is left as it is")
+				return
+			}
+			require.NoError(t, err)
+			assert.Contains(t, out, "dry run: nothing changed")
+
+			out, err = runSegtool(t, "repair", dir, "--apply")
+			require.NoError(t, err, out)
+			assert.Contains(t, out, "did: "+tc.action)
+			assert.Contains(t, out, "after the repair: 0 problems")
+			kept, _ := filepath.Glob(filepath.Join(dir, "damaged-*", "*.seg"))
+			assert.Len(t, kept, tc.problems, "each damaged file is kept as it was")
+			_, err = runSegtool(t, "verify", dir)
+			require.NoError(t, err)
+		})
+	}
+}
+
+func flip(t *testing.T, file string, pos int64) {
+	t.Helper()
+	b, err := os.ReadFile(file)
+	require.NoError(t, err)
+	b[pos] ^= 0x20
+	require.NoError(t, os.WriteFile(file, b, 0o644))
+}
+
+// snapshot is every file of dir with its bytes.
+func snapshot(t *testing.T, dir string) map[string][]byte {
+	t.Helper()
+	m := map[string][]byte{}
+	names, _ := filepath.Glob(filepath.Join(dir, "*"))
+	for _, n := range names {
+		if fi, err := os.Stat(n); err == nil && fi.Mode().IsRegular() {
+			b, err := os.ReadFile(n)
+			require.NoError(t, err)
+			m[filepath.Base(n)] = b
+		}
+	}
+	return m
 }
