@@ -43,7 +43,7 @@ func NewRootCommand(out, errOut io.Writer) *cobra.Command {
 	quick.Flags().IntVar(&qs.Reads, "reads", 20000, "random point reads")
 	root.AddCommand(quick)
 	root.AddCommand(newBenchCommand())
-	root.AddCommand(newAppendCommand(), newCatCommand(), newInspectCommand(), newVerifyCommand(errOut), newRepairCommand())
+	root.AddCommand(newAppendCommand(), newCatCommand(), newInspectCommand(), newVerifyCommand(errOut), newRepairCommand(), newDumpCommand())
 	return root
 }
 
@@ -206,5 +206,22 @@ func newRepairCommand() *cobra.Command {
 	}
 	cmd.Flags().BoolVar(&o.Apply, "apply", false, "make the repairs (default: a dry run)")
 	cmd.Flags().BoolVar(&o.JSON, "json", false, "print one JSON document")
+	return cmd
+}
+
+func newDumpCommand() *cobra.Command {
+	var o DumpOptions
+	cmd := &cobra.Command{
+		Use:   "dump DIR",
+		Short: "Show segment headers, frames (positions, sizes, checksums, batch boundaries) and footers",
+		Args:  oneDir,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return Dump(cmd.OutOrStdout(), args[0], o)
+		},
+	}
+	cmd.Flags().Int64Var(&o.From, "from", -1, "start at the frame holding this offset (default: the first)")
+	cmd.Flags().IntVar(&o.Frames, "count", 0, "frames to show (default: all)")
+	cmd.Flags().BoolVar(&o.Records, "records", false, "show each frame's records (text, cut at 64 bytes)")
+	cmd.Flags().BoolVar(&o.JSON, "json", false, "one JSON object per line")
 	return cmd
 }

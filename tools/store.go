@@ -11,6 +11,8 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
 	"unicode/utf8"
@@ -19,6 +21,7 @@ import (
 
 	"github.com/segstore/segstore/blockdev"
 	"github.com/segstore/segstore/engine"
+	"github.com/segstore/segstore/wal"
 )
 
 // ErrDamage: verify found damage (exit status 1).
@@ -524,4 +527,105 @@ func copyFile(src, dst string) error {
 		return err
 	}
 	return out.Close()
+}
+
+// DumpOptions configure Dump.
+type DumpOptions struct {
+	From    int64 // first offset whose frame to show; -1 for all
+	Frames  int   // frames to show; 0 for all
+	Records bool  // show each frame's records too (text, cut at 64 bytes)
+	JSON    bool  // one JSON object per segment, frame and footer line
+}
+
+// Dump shows the structure of the store in dir: each segment file's
+// header, each frame (position, size, checksum, offsets, time: the batch
+// boundaries) and the footer. It reads the files directly (no lock), and
+// stops at the first damage, which it reports.
+func Dump(out io.Writer, dir string, opts DumpOptions) error {
+	if err := isStore(dir); err != nil {
+		return err
+	}
+	names, _ := filepath.Glob(filepath.Join(dir, "*.seg"))
+	w := bufio.NewWriter(out)
+	defer w.Flush()
+	enc := json.NewEncoder(w)
+	shown := 0
+	for i, name := range names {
+		if opts.From >= 0 && i+1 < len(names) {
+			if next, err := strconv.ParseUint(strings.TrimSuffix(filepath.Base(names[i+1]), ".seg"), 10, 64); err == nil && next <= uint64(opts.From) {
+				continue // wholly below --from
+			}
+		}
+		more, err := dumpSegment(w, enc, name, opts, &shown)
+		if err != nil || !more {
+			return err
+		}
+	}
+	return nil
+}
+
+func dumpSegment(w *bufio.Writer, enc *json.Encoder, name string, opts DumpOptions, shown *int) (more bool, err error) {
+	dev, err := blockdev.Open(name, blockdev.Options{ReadOnly: true})
+	if errors.Is(err, blockdev.ErrDirectIOUnsupported) {
+		dev, err = blockdev.Open(name, blockdev.Options{ReadOnly: true, Buffered: true})
+	}
+	if err != nil {
+		return false, err
+	}
+	defer dev.Close()
+	size, _ := dev.Size()
+	sc, err := wal.NewScanner(dev)
+	if err != nil {
+		return false, err
+	}
+	h := sc.Header()
+	if opts.JSON {
+		enc.Encode(map[string]any{"segment": filepath.Base(name), "base": h.BaseOffset, "segment_id": fmt.Sprintf("%016x", h.SegmentID),
+			"created": time.Unix(0, h.Created).UTC(), "max_write": h.MaxWrite, "bytes": size})
+	} else {
+		fmt.Fprintf(w, "segment %s: base %d, id %016x, created %s, max write %d, %d bytes\n",
+			filepath.Base(name), h.BaseOffset, h.SegmentID, time.Unix(0, h.Created).UTC().Format(timeFormat), h.MaxWrite, size)
+	}
+	for sc.Next() {
+		f := sc.Frame()
+		if opts.From >= 0 && f.First+uint64(f.Count) <= uint64(opts.From) {
+			continue
+		}
+		if opts.Frames > 0 && *shown >= opts.Frames {
+			return false, nil
+		}
+		*shown++
+		if opts.JSON {
+			enc.Encode(map[string]any{"frame": f.Pos, "size": f.Size, "checksum": fmt.Sprintf("%08x", f.Checksum),
+				"first": f.First, "count": f.Count, "time": time.Unix(0, f.Time).UTC()})
+		} else {
+			fmt.Fprintf(w, "  frame at %d: %d bytes, crc32c %08x, offsets %d..%d (%d records), %s\n",
+				f.Pos, f.Size, f.Checksum, f.First, f.First+uint64(f.Count)-1, f.Count, time.Unix(0, f.Time).UTC().Format(timeFormat))
+		}
+		if opts.Records && !opts.JSON {
+			wal.Records(f.Payload, func(i int, rec []byte) bool {
+				shownRec := rec[:min(len(rec), 64)]
+				ellipsis := ""
+				if len(rec) > len(shownRec) {
+					ellipsis = "…"
+				}
+				fmt.Fprintf(w, "    %d: %q%s (%d bytes)\n", f.First+uint64(i), shownRec, ellipsis, len(rec))
+				return true
+			})
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return false, err
+	}
+	switch foot, torn := sc.Footer(), sc.Torn(); {
+	case foot != nil && opts.JSON:
+		enc.Encode(map[string]any{"footer": foot.Pos, "next": foot.Next, "sealed": time.Unix(0, foot.Time).UTC(), "bytes": len(foot.Data)})
+	case foot != nil:
+		fmt.Fprintf(w, "  footer at %d: next offset %d, sealed %s, %d bytes of index\n", foot.Pos, foot.Next, time.Unix(0, foot.Time).UTC().Format(timeFormat), len(foot.Data))
+	case torn != nil && !opts.JSON:
+		fmt.Fprintf(w, "  torn tail at %d: %d bytes (%s)\n", torn.Pos, torn.Bytes, torn.Reason)
+	case !opts.JSON:
+		fmt.Fprintf(w, "  end of records at %d (active or unsealed)\n", sc.End())
+	}
+	return true, nil
 }

@@ -27,12 +27,13 @@ const scanParallel = 4
 
 // Frame is one valid frame returned by a Scanner.
 type Frame struct {
-	Pos     int64  // position in the file
-	Size    int    // bytes occupied, header and padding included
-	First   uint64 // offset of the first record
-	Count   int    // number of records
-	Time    int64  // unix nanoseconds
-	Payload []byte // the records (see Records); valid until the next Next
+	Pos      int64  // position in the file
+	Size     int    // bytes occupied, header and padding included
+	First    uint64 // offset of the first record
+	Count    int    // number of records
+	Time     int64  // unix nanoseconds
+	Checksum uint32 // the frame's CRC-32C, as stored (and verified)
+	Payload  []byte // the records (see Records); valid until the next Next
 }
 
 // End is the position just past the frame.
@@ -192,7 +193,7 @@ func (s *Scanner) next() (bool, error) {
 		}
 		return false, nil
 	}
-	s.frame = Frame{Pos: p, Size: size, First: h.First, Count: int(h.Count), Time: h.Timestamp, Payload: payload}
+	s.frame = Frame{Pos: p, Size: size, First: h.First, Count: int(h.Count), Time: h.Timestamp, Checksum: h.checksum, Payload: payload}
 	s.pos = p + int64(size)
 	s.nextOffset += uint64(h.Count)
 	s.records += int64(h.Count)
@@ -473,7 +474,7 @@ func DecodeFrames(b []byte, hdr FileHeader, pos int64, next uint64, fn func(Fram
 		if h.First != next {
 			return pos + int64(p), next, fmt.Errorf("frame at %d holds offsets from %d, expected %d", pos+int64(p), h.First, next)
 		}
-		f := Frame{Pos: pos + int64(p), Size: size, First: h.First, Count: int(h.Count), Time: h.Timestamp, Payload: payload}
+		f := Frame{Pos: pos + int64(p), Size: size, First: h.First, Count: int(h.Count), Time: h.Timestamp, Checksum: h.checksum, Payload: payload}
 		p += size
 		next += uint64(h.Count)
 		if !fn(f) {
