@@ -40,3 +40,31 @@ func TestBenchExportBadSize(t *testing.T) {
 		assert.ErrorContains(t, err, "want a positive number", "size %q", size)
 	}
 }
+
+func TestBenchAppendAndRead(t *testing.T) {
+	var doc struct {
+		Results []BenchResult `json:"results"`
+	}
+	out, err := runSegtool(t, "bench", "append", "--duration", "200ms", "--workers", "2", "--batch", "4", "--segment-size", "1MiB", "--json")
+	require.NoError(t, err)
+	require.NoError(t, json.Unmarshal([]byte(out), &doc), out)
+	require.Len(t, doc.Results, 1)
+	a := doc.Results[0]
+	assert.Equal(t, "append", a.Op)
+	assert.Equal(t, 4*a.Ops, a.Records)
+	assert.Positive(t, a.Syncs, "sync always: every append durable")
+	assert.LessOrEqual(t, a.P50us, a.P99us)
+
+	out, err = runSegtool(t, "bench", "read", "--duration", "200ms", "--segment-size", "1MiB", "--dist", "zipf", "--json")
+	require.NoError(t, err)
+	require.NoError(t, json.Unmarshal([]byte(out), &doc), out)
+	require.Len(t, doc.Results, 2)
+	assert.Equal(t, "read-zipf", doc.Results[0].Op)
+	assert.Positive(t, doc.Results[0].Ops)
+	assert.Equal(t, "scan", doc.Results[1].Op)
+	assert.Positive(t, doc.Results[1].Records)
+
+	_, err = runSegtool(t, "bench", "append", "--sync", "sometimes")
+	assert.Equal(t, 2, ExitCode(err))
+	assert.ErrorContains(t, err, "want always, interval or never")
+}

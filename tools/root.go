@@ -159,7 +159,7 @@ func newBenchCommand() *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			n, err := parseSize(size)
 			if err != nil {
-				return err
+				return usageError{err}
 			}
 			eo.Size = n
 			_, err = ExportBench(cmd.OutOrStdout(), eo)
@@ -173,6 +173,60 @@ func newBenchCommand() *cobra.Command {
 	export.Flags().IntVar(&eo.Runs, "runs", 3, "rounds over all paths, interleaved; figures are medians")
 	export.Flags().StringVar(&eo.Dir, "dir", "", "directory to build the segment in (default: a new temporary directory)")
 	bench.AddCommand(export)
+
+	var bo BenchOptions
+	var segSize, cacheSize string
+	common := func(cmd *cobra.Command) {
+		cmd.Flags().StringVar(&bo.Dir, "dir", "", "store directory (default: a new temporary directory, removed after)")
+		cmd.Flags().IntVar(&bo.RecordSize, "record-size", 1024, "bytes per record")
+		cmd.Flags().IntVar(&bo.Batch, "batch", 16, "records per Append")
+		cmd.Flags().IntVar(&bo.Workers, "workers", 4, "concurrent appenders or readers")
+		cmd.Flags().StringVar(&bo.Sync, "sync", "always", "always, interval or never")
+		cmd.Flags().DurationVar(&bo.Duration, "duration", 5*time.Second, "how long to run")
+		cmd.Flags().StringVar(&segSize, "segment-size", "64MiB", "segment file size")
+		cmd.Flags().BoolVar(&bo.JSON, "json", false, "print one JSON document")
+	}
+	sizes := func() error {
+		var err error
+		if bo.SegmentSize, err = parseSize(segSize); err != nil {
+			return usageError{err}
+		}
+		if cacheSize != "" {
+			if bo.CacheBytes, err = parseSize(cacheSize); err != nil {
+				return usageError{err}
+			}
+		}
+		return nil
+	}
+	appendCmd := &cobra.Command{
+		Use:   "append",
+		Short: "Durable appends from concurrent appenders: throughput, latency, group commit",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := sizes(); err != nil {
+				return err
+			}
+			_, err := BenchAppend(cmd.OutOrStdout(), bo)
+			return err
+		},
+	}
+	common(appendCmd)
+	readCmd := &cobra.Command{
+		Use:   "read",
+		Short: "Random point reads (uniform or Zipf) from concurrent readers over a store of two segments, then a scan",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := sizes(); err != nil {
+				return err
+			}
+			_, err := BenchRead(cmd.OutOrStdout(), bo)
+			return err
+		},
+	}
+	common(readCmd)
+	readCmd.Flags().StringVar(&bo.Dist, "dist", "uniform", "uniform or zipf")
+	readCmd.Flags().StringVar(&cacheSize, "cache", "64MiB", "cache budget")
+	bench.AddCommand(appendCmd, readCmd)
 	return bench
 }
 

@@ -1,0 +1,277 @@
+package tools
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"slices"
+	"sync"
+	"text/tabwriter"
+	"time"
+
+	"github.com/segstore/segstore/engine"
+)
+
+// BenchOptions configure the append and read benchmarks.
+type BenchOptions struct {
+	Dir         string        // store directory; default a new temporary one (removed after)
+	RecordSize  int           // bytes per record; default 1024
+	Batch       int           // records per Append; default 16
+	Workers     int           // concurrent appenders or readers; default 4
+	Sync        string        // always, interval or never; default always
+	Duration    time.Duration // how long to run; default 5s
+	SegmentSize int64         // default 64 MiB
+	Dist        string        // reads: uniform or zipf; default uniform
+	CacheBytes  int64         // reads: cache budget; default 64 MiB
+	JSON        bool
+}
+
+func (o *BenchOptions) defaults() error {
+	if o.RecordSize <= 0 {
+		o.RecordSize = 1024
+	}
+	if o.Batch <= 0 {
+		o.Batch = 16
+	}
+	if o.Workers <= 0 {
+		o.Workers = 4
+	}
+	if o.Duration <= 0 {
+		o.Duration = 5 * time.Second
+	}
+	if o.SegmentSize <= 0 {
+		o.SegmentSize = 64 << 20
+	}
+	if o.CacheBytes <= 0 {
+		o.CacheBytes = 64 << 20
+	}
+	switch o.Sync {
+	case "", "always", "interval", "never":
+	default:
+		return usageError{fmt.Errorf("--sync %q: want always, interval or never", o.Sync)}
+	}
+	switch o.Dist {
+	case "", "uniform", "zipf":
+	default:
+		return usageError{fmt.Errorf("--dist %q: want uniform or zipf", o.Dist)}
+	}
+	return nil
+}
+
+// BenchResult is one benchmark's figures.
+type BenchResult struct {
+	Op         string  `json:"op"`
+	Ops        int64   `json:"ops"` // appends or reads
+	Records    int64   `json:"records"`
+	Seconds    float64 `json:"seconds"`
+	OpsPerSec  float64 `json:"ops_per_s"`
+	RecsPerSec float64 `json:"records_per_s"`
+	MBPerSec   float64 `json:"mb_per_s"`
+	P50us      float64 `json:"p50_us"`
+	P99us      float64 `json:"p99_us"`
+	Syncs      int64   `json:"fsyncs,omitempty"`
+	MeanBatch  float64 `json:"appends_per_flush,omitempty"`
+	MeanSyncUs float64 `json:"mean_fsync_us,omitempty"`
+	HitRatio   float64 `json:"cache_hit_ratio,omitempty"`
+}
+
+// benchStore opens the benchmark's store, in a temporary directory unless
+// one is given; done closes it (and removes a temporary directory).
+func benchStore(o BenchOptions) (l *engine.Log, done func() error, err error) {
+	dir := o.Dir
+	cleanup := func() error { return nil }
+	if dir == "" {
+		d, err := os.MkdirTemp("", "segtool-bench-")
+		if err != nil {
+			return nil, nil, err
+		}
+		dir, cleanup = d, func() error { return os.RemoveAll(d) }
+	}
+	opts := engine.DefaultOptions()
+	opts.SegmentSize, opts.CacheBytes, opts.Logger = o.SegmentSize, o.CacheBytes, quietLogger
+	opts.SyncMode = map[string]engine.SyncMode{"": engine.SyncAlways, "always": engine.SyncAlways,
+		"interval": engine.SyncInterval, "never": engine.SyncNever}[o.Sync]
+	if l, err = engine.Open(dir, opts); err != nil {
+		cleanup()
+		return nil, nil, err
+	}
+	return l, func() error { err := l.Close(); cleanup(); return err }, nil
+}
+
+// percentile returns the p-th percentile of sorted latencies in µs.
+func percentile(sorted []time.Duration, p float64) float64 {
+	if len(sorted) == 0 {
+		return 0
+	}
+	return float64(sorted[min(len(sorted)-1, int(p*float64(len(sorted))))].Nanoseconds()) / 1e3
+}
+
+// run calls op from o.Workers goroutines until o.Duration has passed and
+// returns the operations' latencies, sorted, and the time taken.
+func run(workers int, d time.Duration, op func(worker int, i int) error) ([]time.Duration, time.Duration, error) {
+	lat := make([][]time.Duration, workers)
+	errs := make([]error, workers)
+	start := time.Now()
+	deadline := start.Add(d)
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; time.Now().Before(deadline); i++ {
+				t := time.Now()
+				if errs[w] = op(w, i); errs[w] != nil {
+					return
+				}
+				lat[w] = append(lat[w], time.Since(t))
+			}
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	all := slices.Concat(lat...)
+	slices.Sort(all)
+	for _, err := range errs {
+		if err != nil {
+			return nil, 0, err
+		}
+	}
+	return all, elapsed, nil
+}
+
+// BenchAppend appends batches from concurrent appenders for a while and
+// reports throughput, latency and group commit.
+func BenchAppend(out io.Writer, o BenchOptions) (BenchResult, error) {
+	if err := o.defaults(); err != nil {
+		return BenchResult{}, err
+	}
+	l, done, err := benchStore(o)
+	if err != nil {
+		return BenchResult{}, err
+	}
+	batches := make([][][]byte, o.Workers)
+	for w := range batches {
+		batches[w] = make([][]byte, o.Batch)
+		for i := range batches[w] {
+			batches[w][i] = make([]byte, o.RecordSize)
+			for j := range batches[w][i] {
+				batches[w][i][j] = byte(w + i + j)
+			}
+		}
+	}
+	lat, elapsed, err := run(o.Workers, o.Duration, func(w, _ int) error {
+		_, err := l.Append(batches[w]...)
+		return err
+	})
+	st := l.Stats()
+	if cerr := done(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return BenchResult{}, err
+	}
+	r := BenchResult{Op: "append", Ops: int64(len(lat)), Records: int64(len(lat) * o.Batch), Seconds: elapsed.Seconds(),
+		P50us: percentile(lat, 0.5), P99us: percentile(lat, 0.99), Syncs: st.Syncs, MeanBatch: st.MeanBatch,
+		MeanSyncUs: float64(st.MeanSync.Nanoseconds()) / 1e3}
+	r.rates(o.RecordSize)
+	return r, printBench(out, o, r)
+}
+
+// BenchRead fills a store with about SegmentSize*2 bytes, then reads
+// random records (uniform or Zipf) from concurrent readers for a while,
+// then scans it all once.
+func BenchRead(out io.Writer, o BenchOptions) ([]BenchResult, error) {
+	if err := o.defaults(); err != nil {
+		return nil, err
+	}
+	syncMode := o.Sync
+	o.Sync = "never" // the fill; reads do not depend on it
+	l, done, err := benchStore(o)
+	o.Sync = syncMode
+	if err != nil {
+		return nil, err
+	}
+	defer done()
+	rec := make([][]byte, o.Batch)
+	for i := range rec {
+		rec[i] = make([]byte, o.RecordSize)
+	}
+	for written := int64(0); written < 2*o.SegmentSize; written += int64(o.Batch * o.RecordSize) {
+		if _, err := l.Append(rec...); err != nil {
+			return nil, err
+		}
+	}
+	if err := l.Sync(); err != nil {
+		return nil, err
+	}
+	n := l.EndOffset()
+	pick := make([]func() uint64, o.Workers)
+	for w := range pick {
+		r := rand.New(rand.NewPCG(uint64(w), 7))
+		if o.Dist == "zipf" {
+			z := rand.NewZipf(r, 1.1, 1, n-1)
+			pick[w] = z.Uint64
+		} else {
+			pick[w] = func() uint64 { return r.Uint64N(n) }
+		}
+	}
+	bufs := make([][]byte, o.Workers)
+	lat, elapsed, err := run(o.Workers, o.Duration, func(w, _ int) error {
+		var err error
+		bufs[w], err = l.Read(pick[w](), bufs[w][:0])
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	dist := o.Dist
+	if dist == "" {
+		dist = "uniform"
+	}
+	reads := BenchResult{Op: "read-" + dist, Ops: int64(len(lat)), Records: int64(len(lat)),
+		Seconds: elapsed.Seconds(), P50us: percentile(lat, 0.5), P99us: percentile(lat, 0.99), HitRatio: l.Stats().Cache.HitRatio()}
+	reads.rates(o.RecordSize)
+
+	start := time.Now()
+	it := l.NewIterator(0)
+	var scanned int64
+	for it.Next() {
+		scanned++
+	}
+	it.Close()
+	if it.Err() != nil {
+		return nil, it.Err()
+	}
+	scan := BenchResult{Op: "scan", Ops: 1, Records: scanned, Seconds: time.Since(start).Seconds()}
+	scan.rates(o.RecordSize)
+	results := []BenchResult{reads, scan}
+	return results, printBench(out, o, results...)
+}
+
+func (r *BenchResult) rates(recordSize int) {
+	r.OpsPerSec = float64(r.Ops) / r.Seconds
+	r.RecsPerSec = float64(r.Records) / r.Seconds
+	r.MBPerSec = float64(r.Records) * float64(recordSize) / r.Seconds / 1e6
+}
+
+func printBench(out io.Writer, o BenchOptions, rs ...BenchResult) error {
+	if o.JSON {
+		enc := json.NewEncoder(out)
+		enc.SetIndent("", "  ")
+		return enc.Encode(map[string]any{"options": o, "results": rs})
+	}
+	syncMode := o.Sync
+	if syncMode == "" {
+		syncMode = "always"
+	}
+	fmt.Fprintf(out, "%d B records, batches of %d, %d workers, sync %s, %v\n", o.RecordSize, o.Batch, o.Workers, syncMode, o.Duration)
+	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "op\tops/s\trecords/s\tMB/s\tp50 µs\tp99 µs\tfsyncs\tappends/flush\tmean fsync µs\tcache hits\t")
+	for _, r := range rs {
+		fmt.Fprintf(tw, "%s\t%.0f\t%.0f\t%.1f\t%.1f\t%.1f\t%d\t%.1f\t%.0f\t%.2f\t\n", r.Op, r.OpsPerSec, r.RecsPerSec, r.MBPerSec,
+			r.P50us, r.P99us, r.Syncs, r.MeanBatch, r.MeanSyncUs, r.HitRatio)
+	}
+	return tw.Flush()
+}
