@@ -6,6 +6,7 @@ package tools
 import (
 	"bytes"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -30,6 +31,27 @@ type QuickstartOptions struct {
 	RecordSize  int    // bytes per record; default 1024
 	SegmentSize int64  // bytes per segment file; default 16 MiB
 	Reads       int    // random point reads; default 20000
+	JSON        bool   // print one JSON document (QuickstartReport) instead of text
+}
+
+// QuickstartReport is what Quickstart measured.
+type QuickstartReport struct {
+	Dir             string  `json:"dir"`
+	Buffered        bool    `json:"buffered_fallback"`
+	Records         int64   `json:"records"`
+	RecordsPerSec   float64 `json:"records_per_s"`
+	AppendMBPerSec  float64 `json:"append_mb_per_s"`
+	Appends         int64   `json:"appends"`
+	Fsyncs          int64   `json:"fsyncs"`
+	AppendsPerFlush float64 `json:"appends_per_flush"`
+	MeanFsyncUs     float64 `json:"mean_fsync_us"`
+	Segments        int     `json:"segments"`
+	OpenMs          float64 `json:"reopen_ms"`
+	ReadsPerSec     float64 `json:"point_reads_per_s"`
+	CacheHitRatio   float64 `json:"cache_hit_ratio"`
+	ScanMBPerSec    float64 `json:"scan_mb_per_s"`
+	ExportedBytes   int64   `json:"exported_bytes"`
+	SendfileBytes   int64   `json:"bytes_sent_by_sendfile"`
 }
 
 func (o *QuickstartOptions) defaults() {
@@ -59,6 +81,18 @@ func (o *QuickstartOptions) defaults() {
 // scan, checks every byte, and prints what it did.
 func Quickstart(out io.Writer, opts QuickstartOptions) error {
 	opts.defaults()
+	rep := &QuickstartReport{}
+	if opts.JSON {
+		jsonOut := out
+		out = io.Discard
+		defer func() {
+			if rep.Records > 0 {
+				enc := json.NewEncoder(jsonOut)
+				enc.SetIndent("", "  ")
+				enc.Encode(rep)
+			}
+		}()
+	}
 	dir := opts.Dir
 	if dir == "" {
 		var err error
@@ -69,6 +103,7 @@ func Quickstart(out io.Writer, opts QuickstartOptions) error {
 		return fmt.Errorf("quickstart: %s already exists and is not empty: choose an empty --dir", dir)
 	}
 	fmt.Fprintf(out, "store:        %s\n", dir)
+	rep.Dir = dir
 
 	eopts := engine.DefaultOptions()
 	eopts.SegmentSize = opts.SegmentSize
@@ -76,7 +111,7 @@ func Quickstart(out io.Writer, opts QuickstartOptions) error {
 	l, err := engine.Open(dir, eopts)
 	if errors.Is(err, blockdev.ErrDirectIOUnsupported) {
 		fmt.Fprintf(out, "warning:      %v\n              continuing with the buffered fallback\n", err)
-		eopts.Buffered = true
+		eopts.Buffered, rep.Buffered = true, true
 		l, err = engine.Open(dir, eopts)
 	}
 	if err != nil {
@@ -114,6 +149,8 @@ func Quickstart(out io.Writer, opts QuickstartOptions) error {
 	}
 	st := l.Stats()
 	mb := float64(st.Records*int64(opts.RecordSize)) / 1e6
+	rep.Records, rep.RecordsPerSec, rep.AppendMBPerSec = st.Records, float64(st.Records)/elapsed.Seconds(), mb/elapsed.Seconds()
+	rep.Appends, rep.Fsyncs, rep.AppendsPerFlush, rep.MeanFsyncUs = st.Appends, st.Syncs, st.MeanBatch, float64(st.MeanSync.Nanoseconds())/1e3
 	fmt.Fprintf(out, "appended:     %d records in %v: %.0f records/s, %.1f MB/s\n",
 		st.Records, elapsed.Round(time.Millisecond), float64(st.Records)/elapsed.Seconds(), mb/elapsed.Seconds())
 	fmt.Fprintf(out, "group commit: %d appends in %d writes and %d fdatasyncs: %.1f appends per flush, mean fdatasync %v\n",
@@ -128,6 +165,7 @@ func Quickstart(out io.Writer, opts QuickstartOptions) error {
 	}
 	defer l.Close()
 	rec := l.Stats().LastOpenRecovery
+	rep.Segments, rep.OpenMs = rec.Segments, float64(rec.Duration.Microseconds())/1e3
 	fmt.Fprintf(out, "reopened:     %d segments (%d sealed, trusted through the manifest), offsets [%d, %d), in %v\n",
 		rec.Segments, rec.Sealed+rec.Deferred, l.StartOffset(), l.EndOffset(), rec.Duration.Round(time.Microsecond))
 
@@ -147,6 +185,7 @@ func Quickstart(out io.Writer, opts QuickstartOptions) error {
 	}
 	elapsed = time.Since(start)
 	cs := l.Stats().Cache
+	rep.ReadsPerSec, rep.CacheHitRatio = float64(opts.Reads)/elapsed.Seconds(), cs.HitRatio()
 	fmt.Fprintf(out, "point reads:  %d random reads checked in %v (%.0f reads/s), cache hit ratio %.2f\n",
 		opts.Reads, elapsed.Round(time.Millisecond), float64(opts.Reads)/elapsed.Seconds(), cs.HitRatio())
 
@@ -174,18 +213,19 @@ func Quickstart(out io.Writer, opts QuickstartOptions) error {
 		return fmt.Errorf("quickstart: scan: %w", err)
 	}
 	elapsed = time.Since(start)
+	rep.ScanMBPerSec = mb / elapsed.Seconds()
 	fmt.Fprintf(out, "scan:         %d records checked byte for byte in %v (%.0f MB/s, O_DIRECT read-ahead)\n",
 		n, elapsed.Round(time.Millisecond), mb/elapsed.Seconds())
 	if n != total {
 		return fmt.Errorf("quickstart: scanned %d records, appended %d", n, total)
 	}
-	return exportOnce(out, dir, l)
+	return exportOnce(out, dir, l, rep)
 }
 
 // exportOnce sends the first sealed segment over loopback TCP through the
 // zero-copy path (SegmentView.WriteTo: sendfile) and checks that the
 // bytes received are the file's.
-func exportOnce(out io.Writer, dir string, l *engine.Log) error {
+func exportOnce(out io.Writer, dir string, l *engine.Log, rep *QuickstartReport) error {
 	segs := l.Segments()
 	if len(segs) < 2 {
 		fmt.Fprintf(out, "export:       skipped (no sealed segment yet)\n")
@@ -232,6 +272,7 @@ func exportOnce(out io.Writer, dir string, l *engine.Log) error {
 	if !bytes.Equal(file, received) {
 		return fmt.Errorf("quickstart: export of %s delivered %d bytes that differ from the file's %d", seg.File, len(received), len(file))
 	}
+	rep.ExportedBytes, rep.SendfileBytes = int64(len(received)), l.Stats().ExportSendfileBytes
 	fmt.Fprintf(out, "export:       segment %s (%d bytes) sent over loopback TCP and checked in %v; bytes sent by sendfile %d, copied %d\n",
 		seg.File, len(received), elapsed.Round(time.Microsecond), l.Stats().ExportSendfileBytes, l.Stats().ExportCopiedBytes)
 	return nil

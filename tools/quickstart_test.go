@@ -2,6 +2,7 @@ package tools
 
 import (
 	"bytes"
+	"encoding/json"
 	"path/filepath"
 	"testing"
 
@@ -36,6 +37,16 @@ func TestQuickstart(t *testing.T) {
 
 	assert.Regexp(t, `reopened:     \d+ segments \(\d+ sealed`, out, "64 KiB segments must roll")
 	assert.Regexp(t, `export:       segment \d+\.seg \((\d+) bytes\) sent .* bytes sent by sendfile \d+, copied 0`, out)
+
+	out, err = runSegtool(t, "quickstart", "--dir", dir+"-json", "--appenders", "2", "--appends", "100", "--segment-size", "65536",
+		"--reads", "100", "--json")
+	require.NoError(t, err)
+	var rep QuickstartReport
+	require.NoError(t, json.Unmarshal([]byte(out), &rep), out)
+	assert.Equal(t, int64(800), rep.Records)
+	assert.Positive(t, rep.Fsyncs)
+	assert.Positive(t, rep.SendfileBytes)
+	assert.Equal(t, rep.ExportedBytes, rep.SendfileBytes)
 
 	// A second run into the same directory refuses instead of overwriting.
 	_, err = runSegtool(t, "quickstart", "--dir", dir)

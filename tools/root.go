@@ -41,6 +41,7 @@ func NewRootCommand(out, errOut io.Writer) *cobra.Command {
 	quick.Flags().IntVar(&qs.RecordSize, "record-size", 1024, "bytes per record (at least 16)")
 	quick.Flags().Int64Var(&qs.SegmentSize, "segment-size", 16<<20, "bytes per segment file")
 	quick.Flags().IntVar(&qs.Reads, "reads", 20000, "random point reads")
+	quick.Flags().BoolVar(&qs.JSON, "json", false, "print one JSON document instead of text")
 	root.AddCommand(quick)
 	root.AddCommand(newBenchCommand())
 	root.AddCommand(newAppendCommand(), newCatCommand(), newInspectCommand(), newVerifyCommand(errOut), newRepairCommand(), newDumpCommand())

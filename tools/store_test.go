@@ -303,3 +303,60 @@ func snapshot(t *testing.T, dir string) map[string][]byte {
 	}
 	return m
 }
+
+// TestNewerFormatVersion: a store written by a newer format is refused
+// with one line that says so, by every command that reads it.
+func TestNewerFormatVersion(t *testing.T) {
+	dir := smallStore(t)
+	names, _ := filepath.Glob(filepath.Join(dir, "*.seg"))
+	f, err := os.OpenFile(names[0], os.O_WRONLY, 0)
+	require.NoError(t, err)
+	_, err = f.WriteAt([]byte{wal.Version + 1}, 8) // the header's version field
+	require.NoError(t, err)
+	require.NoError(t, f.Close())
+	require.NoError(t, os.Remove(filepath.Join(dir, "MANIFEST"))) // else the file is opened at first use
+	for _, args := range [][]string{{"inspect", dir}, {"cat", dir}, {"dump", dir}} {
+		_, err := runSegtool(t, args...)
+		require.ErrorIs(t, err, wal.ErrVersion, "%v", args)
+		assert.ErrorContains(t, err, "upgrade segstore")
+		assert.NotContains(t, err.Error(), "\n")
+	}
+	out, err := runSegtool(t, "verify", dir)
+	require.ErrorIs(t, err, ErrDamage)
+	assert.Contains(t, out, "upgrade segstore")
+}
+
+// TestReadOnlyCommandsBesideAWriter: inspect, cat, dump and verify work on
+// a store another writer holds open (and locked) and appends to.
+func TestReadOnlyCommandsBesideAWriter(t *testing.T) {
+	dir := smallStore(t)
+	opts := engine.DefaultOptions()
+	opts.SegmentSize, opts.Logger = 64<<10, quietLogger
+	l, err := engine.Open(dir, opts)
+	require.NoError(t, err)
+	defer l.Close()
+	stop := make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		for {
+			select {
+			case <-stop:
+				done <- nil
+				return
+			default:
+			}
+			if _, err := l.Append([]byte("live record")); err != nil {
+				done <- err
+				return
+			}
+		}
+	}()
+	for _, args := range [][]string{{"inspect", dir}, {"cat", dir, "--count", "100"}, {"dump", dir, "--count", "10"}} {
+		_, err := runSegtool(t, args...)
+		assert.NoError(t, err, "%v", args)
+	}
+	close(stop)
+	require.NoError(t, <-done)
+	out, err := runSegtool(t, "verify", dir)
+	require.NoError(t, err, "with the writer idle the store verifies clean: %s", out)
+}
