@@ -98,12 +98,9 @@ func newCatCommand() *cobra.Command {
 		Args:  oneDir,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if since != "" {
-				if d, err := time.ParseDuration(since); err == nil {
-					o.Since = d
-				} else if t, err := time.Parse(time.RFC3339, since); err == nil {
-					o.At = t
-				} else {
-					return usageError{fmt.Errorf("--since %q: want a duration (10m) or an RFC 3339 time", since)}
+				var err error
+				if o.At, err = parseSince(since, time.Now()); err != nil {
+					return err
 				}
 			}
 			return Cat(cmd.OutOrStdout(), args[0], o)
@@ -266,17 +263,39 @@ func newRepairCommand() *cobra.Command {
 
 func newDumpCommand() *cobra.Command {
 	var o DumpOptions
+	var since string
 	cmd := &cobra.Command{
 		Use:   "dump DIR",
 		Short: "Show segment headers, frames (positions, sizes, checksums, batch boundaries) and footers",
 		Args:  oneDir,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if since != "" {
+				at, err := parseSince(since, time.Now())
+				if err != nil {
+					return err
+				}
+				if o.From, err = offsetAt(args[0], at); err != nil {
+					return err
+				}
+			}
 			return Dump(cmd.OutOrStdout(), args[0], o)
 		},
 	}
+	cmd.Flags().StringVar(&since, "since", "", "start at the frame of the first record appended since a duration ago (10m) or an RFC 3339 time")
 	cmd.Flags().Int64Var(&o.From, "from", -1, "start at the frame holding this offset (default: the first)")
 	cmd.Flags().IntVar(&o.Frames, "count", 0, "frames to show (default: all)")
 	cmd.Flags().BoolVar(&o.Records, "records", false, "show each frame's records (text, cut at 64 bytes)")
 	cmd.Flags().BoolVar(&o.JSON, "json", false, "one JSON object per line")
 	return cmd
+}
+
+// parseSince reads --since: a duration before now, or an RFC 3339 time.
+func parseSince(since string, now time.Time) (time.Time, error) {
+	if d, err := time.ParseDuration(since); err == nil {
+		return now.Add(-d), nil
+	}
+	if t, err := time.Parse(time.RFC3339, since); err == nil {
+		return t, nil
+	}
+	return time.Time{}, usageError{fmt.Errorf("--since %q: want a duration (10m) or an RFC 3339 time", since)}
 }

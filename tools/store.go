@@ -173,12 +173,10 @@ func btoi(b bool) int {
 
 // CatOptions configure Cat.
 type CatOptions struct {
-	From   int64         // first offset; -1 for the log's start
-	Since  time.Duration // if set, start at the first record appended at most this long ago
-	At     time.Time     // if set, start at the first record appended at or after it
-	Count  int           // records to print; 0 for all
-	Format string        // text, hex or json
-	Now    func() time.Time
+	From   int64     // first offset; -1 for the log's start
+	At     time.Time // if set, start at the first record appended at or after it
+	Count  int       // records to print; 0 for all
+	Format string    // text, hex or json
 }
 
 // Cat prints records of the store in dir: as text (one per line), hex
@@ -198,13 +196,6 @@ func Cat(out io.Writer, dir string, opts CatOptions) error {
 	from := uint64(max(opts.From, 0))
 	if opts.From < 0 {
 		from = l.StartOffset()
-	}
-	if opts.Since > 0 && opts.At.IsZero() {
-		now := time.Now
-		if opts.Now != nil {
-			now = opts.Now
-		}
-		opts.At = now().Add(-opts.Since)
 	}
 	if !opts.At.IsZero() {
 		if from, err = l.SeekTime(opts.At); err != nil {
@@ -628,4 +619,15 @@ func dumpSegment(w *bufio.Writer, enc *json.Encoder, name string, opts DumpOptio
 		fmt.Fprintf(w, "  end of records at %d (active or unsealed)\n", sc.End())
 	}
 	return true, nil
+}
+
+// offsetAt is the first offset of the store in dir appended at or after t.
+func offsetAt(dir string, t time.Time) (int64, error) {
+	l, err := openStore(dir, false, false)
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	off, err := l.SeekTime(t)
+	return int64(off), err
 }

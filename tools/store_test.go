@@ -74,6 +74,7 @@ func TestGoldenOutputs(t *testing.T) {
 		{"cat-json.txt", []string{"cat", dir, "--since", "2026-11-25T12:00:00.300Z", "--count", "3", "--format", "json"}},
 		{"dump.txt", []string{"dump", dir, "--from", "700", "--count", "6", "--records"}},
 		{"dump-json.txt", []string{"dump", dir, "--from", "1058", "--json"}},
+		{"dump-since.txt", []string{"dump", dir, "--since", "2026-11-25T12:00:00.536Z"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			out, err := runSegtool(t, tc.args...)
