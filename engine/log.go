@@ -876,6 +876,10 @@ type SegmentInfo struct {
 	// IndexEntries is the size of the sparse index; -1 for a sealed segment
 	// whose file has not been read since open (trusted through the manifest).
 	IndexEntries int
+	// FooterCRC is the CRC-32C of a sealed segment's footer bytes (which
+	// hold its range, sizes and index): with Bytes, it identifies the
+	// file's contents (frames carry their own checksums). 0 while active.
+	FooterCRC uint32
 }
 
 // StorageInfo describes how the log's files are accessed.

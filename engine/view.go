@@ -87,7 +87,7 @@ func (s *segment) info() SegmentInfo {
 	s.mu.RLock()
 	si := SegmentInfo{Base: s.base, Next: s.vis().off, Sealed: s.sealed, File: s.name, IndexEntries: len(s.index)}
 	if s.sealed {
-		si.SealedAt = time.Unix(0, s.sealedAt)
+		si.SealedAt, si.FooterCRC = time.Unix(0, s.sealedAt), s.man.crc
 	}
 	s.mu.RUnlock()
 	if !s.loaded.Load() {
@@ -216,13 +216,23 @@ func (sec *Section) WriteTo(w io.Writer) (int64, error) {
 	return n, err
 }
 
+// FileSender is a writer that says whether io.Copy from a file to it ends
+// in sendfile: a wrapper around an http.ResponseWriter on a plain TCP
+// connection does (net/http hands the copy to the connection), one on TLS
+// does not.
+type FileSender interface {
+	SendsFile() bool
+}
+
 // sendsFile reports whether io.Copy to w uses sendfile: the standard
 // library does it for TCP and Unix sockets (not for TLS, whose bytes are
-// encrypted in user space).
+// encrypted in user space); other writers may say so (FileSender).
 func sendsFile(w io.Writer) bool {
-	switch w.(type) {
+	switch w := w.(type) {
 	case *net.TCPConn, *net.UnixConn:
 		return true
+	case FileSender:
+		return w.SendsFile()
 	}
 	return false
 }

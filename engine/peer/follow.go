@@ -1,0 +1,263 @@
+package peer
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"strconv"
+	"time"
+
+	"github.com/segstore/segstore/engine"
+)
+
+// ErrDiverged: the leader's log no longer extends the follower's (it was
+// truncated behind the follower, or rewritten). Following stops.
+var ErrDiverged = errors.New("peer: the leader's log diverged from the follower's")
+
+// FollowOptions configure Follow.
+type FollowOptions struct {
+	Name       string       // the log's name on the leader
+	Token      string       // bearer token, if the leader wants one
+	Client     *http.Client // default: a client with a 10s dial and header timeout
+	Wait       time.Duration
+	MinBackoff time.Duration // first pause after a failure; default 100ms
+	MaxBackoff time.Duration // longest pause; default 5s
+	Logger     *slog.Logger  // default slog.Default()
+	// Progress, if set, receives the follower's figures after each step.
+	Progress func(FollowStats)
+}
+
+// FollowStats say how far a follower is.
+type FollowStats struct {
+	Applied     uint64 // the follower log's end: records below it are replicated and durable
+	LeaderEnd   uint64 // the leader's durable end, as last seen
+	Staged      int64  // bytes of the leader's active segment received, imported once it is sealed
+	Imported    int    // segments imported
+	Failures    int    // failed steps (retried with backoff)
+	LastFailure string
+}
+
+// Lag is how many records the follower is behind, as last seen.
+func (s FollowStats) Lag() uint64 { return s.LeaderEnd - min(s.Applied, s.LeaderEnd) }
+
+// follower is the state of one Follow.
+type follower struct {
+	base   *url.URL
+	log    *engine.Log
+	opts   FollowOptions
+	stats  FollowStats
+	staged []byte // the leader's active segment from byte 0, while it is not sealed
+	stBase uint64 // the segment staged
+}
+
+// Follow replicates the log named opts.Name from the server at leaderURL
+// into l until ctx is done or the logs diverge. It imports the leader's
+// sealed segments (verified, byte for byte), and receives the active
+// segment's durable bytes as they come (long-polling the tail), importing
+// it when the leader seals it. l must not be appended to by anyone else.
+// After a disconnect it retries with backoff; after a restart it resumes
+// from l's end (the active segment's bytes are fetched again). It returns
+// ctx's error, or an error wrapping ErrDiverged.
+func Follow(ctx context.Context, leaderURL string, l *engine.Log, opts FollowOptions) error {
+	u, err := url.Parse(leaderURL)
+	if err != nil {
+		return fmt.Errorf("peer: leader URL %q: %w", leaderURL, err)
+	}
+	if opts.Client == nil {
+		opts.Client = &http.Client{Transport: &http.Transport{ResponseHeaderTimeout: 10*time.Second + opts.Wait + 30*time.Second}}
+	}
+	if opts.Wait <= 0 {
+		opts.Wait = 10 * time.Second
+	}
+	if opts.MinBackoff <= 0 {
+		opts.MinBackoff = 100 * time.Millisecond
+	}
+	if opts.MaxBackoff <= 0 {
+		opts.MaxBackoff = 5 * time.Second
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	f := &follower{base: u, log: l, opts: opts}
+	backoff := opts.MinBackoff
+	for {
+		err := f.step(ctx)
+		f.stats.Applied = l.EndOffset()
+		f.stats.Staged = int64(len(f.staged))
+		switch {
+		case ctx.Err() != nil:
+			return ctx.Err()
+		case errors.Is(err, ErrDiverged):
+			return err
+		case err != nil:
+			f.stats.Failures++
+			f.stats.LastFailure = err.Error()
+			opts.Logger.Warn("segstore: follow step failed, retrying", "leader", leaderURL, "err", err, "in", backoff)
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(backoff):
+			}
+			backoff = min(2*backoff, opts.MaxBackoff)
+		default:
+			backoff = opts.MinBackoff
+		}
+		if opts.Progress != nil {
+			opts.Progress(f.stats)
+		}
+	}
+}
+
+func (f *follower) get(ctx context.Context, path string, query url.Values) (*http.Response, error) {
+	u := f.base.JoinPath(path)
+	u.RawQuery = query.Encode()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+	if f.opts.Token != "" {
+		req.Header.Set("Authorization", "Bearer "+f.opts.Token)
+	}
+	resp, err := f.opts.Client.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode >= 300 {
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
+		resp.Body.Close()
+		return nil, fmt.Errorf("peer: GET %s: %s: %s", u.Redacted(), resp.Status, bytes.TrimSpace(msg))
+	}
+	return resp, nil
+}
+
+// step makes one move: import the next sealed segment, or receive more of
+// the active one.
+func (f *follower) step(ctx context.Context) error {
+	resp, err := f.get(ctx, "/v1/logs/"+url.PathEscape(f.opts.Name)+"/segments", nil)
+	if err != nil {
+		return err
+	}
+	var segs []SegmentEntry
+	err = json.NewDecoder(resp.Body).Decode(&segs)
+	resp.Body.Close()
+	if err != nil {
+		return fmt.Errorf("peer: segment list: %w", err)
+	}
+	if len(segs) == 0 {
+		return errors.New("peer: the leader lists no segments")
+	}
+	f.stats.LeaderEnd = segs[len(segs)-1].Next
+	next, err := f.nextSegment(segs)
+	if err != nil {
+		return err
+	}
+	if next == nil { // caught up with a leader whose active segment is empty and ahead
+		return f.waitTail(ctx, segs[len(segs)-1])
+	}
+	if f.stBase != next.Base {
+		f.staged, f.stBase = f.staged[:0], next.Base
+	}
+	if next.Sealed && len(f.staged) == 0 {
+		return f.importSealed(ctx, *next)
+	}
+	return f.waitTail(ctx, *next)
+}
+
+// nextSegment finds the leader's segment that continues the follower's
+// log, checking that the leader still holds what the follower has.
+func (f *follower) nextSegment(segs []SegmentEntry) (*SegmentEntry, error) {
+	mine := f.log.Segments()
+	end := f.log.EndOffset()
+	empty := end == f.log.StartOffset()
+	if !empty {
+		// The follower's last sealed segment must be the leader's too.
+		for i := len(mine) - 1; i >= 0; i-- {
+			if !mine[i].Sealed {
+				continue
+			}
+			for _, s := range segs {
+				if s.Base == mine[i].Base && (!s.Sealed || s.Checksum != fmt.Sprintf("%08x", mine[i].FooterCRC) || s.Next != mine[i].Next) {
+					return nil, fmt.Errorf("%w: the leader's segment %d (next %d, checksum %q) differs from the follower's (next %d, checksum %08x)",
+						ErrDiverged, s.Base, s.Next, s.Checksum, mine[i].Next, mine[i].FooterCRC)
+				}
+			}
+			break
+		}
+	}
+	for i := range segs {
+		s := &segs[i]
+		switch {
+		case s.Base == end:
+			return s, nil
+		case empty && i == 0 && s.Base > end:
+			return s, nil // a new follower starts at the leader's first segment
+		case s.Base < end && end < s.Next:
+			return nil, fmt.Errorf("%w: the follower ends at %d, inside the leader's segment [%d, %d)", ErrDiverged, end, s.Base, s.Next)
+		}
+	}
+	if first := segs[0].Base; end < first {
+		return nil, fmt.Errorf("%w: the leader starts at %d, past the follower's end %d (truncated behind the follower)", ErrDiverged, first, end)
+	}
+	if last := segs[len(segs)-1]; end > last.Next {
+		return nil, fmt.Errorf("%w: the follower ends at %d, past the leader's end %d (the leader lost or truncated records)", ErrDiverged, end, last.Next)
+	}
+	return nil, nil
+}
+
+func (f *follower) importSealed(ctx context.Context, s SegmentEntry) error {
+	resp, err := f.get(ctx, fmt.Sprintf("/v1/logs/%s/segments/%d", url.PathEscape(f.opts.Name), s.Base), nil)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.ContentLength != s.Size {
+		return fmt.Errorf("peer: segment %d: the leader sent %d bytes, its list said %d", s.Base, resp.ContentLength, s.Size)
+	}
+	if _, err := f.log.ImportSegment(resp.Body, s.Base, s.Size); err != nil {
+		return err
+	}
+	f.stats.Imported++
+	return nil
+}
+
+// waitTail asks for the bytes of segment s past what is staged, waiting
+// for new ones; once the segment is sealed and whole, it is imported.
+func (f *follower) waitTail(ctx context.Context, s SegmentEntry) error {
+	q := url.Values{"base": {strconv.FormatUint(s.Base, 10)}, "pos": {strconv.Itoa(len(f.staged))}, "wait": {f.opts.Wait.String()}}
+	resp, err := f.get(ctx, "/v1/logs/"+url.PathEscape(f.opts.Name)+"/tail", q)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode == http.StatusOK {
+		if f.stBase != s.Base {
+			f.staged, f.stBase = f.staged[:0], s.Base
+		}
+		var buf bytes.Buffer
+		if _, err := io.Copy(&buf, resp.Body); err != nil {
+			return err
+		}
+		f.staged = append(f.staged, buf.Bytes()...)
+	}
+	sealed, _ := strconv.ParseBool(resp.Header.Get("Segstore-Sealed"))
+	size, _ := strconv.ParseInt(resp.Header.Get("Segstore-Size"), 10, 64)
+	if next, err := strconv.ParseUint(resp.Header.Get("Segstore-Next"), 10, 64); err == nil {
+		f.stats.LeaderEnd = max(f.stats.LeaderEnd, next)
+	}
+	if !sealed || int64(len(f.staged)) != size || f.stBase != s.Base {
+		return nil
+	}
+	if _, err := f.log.ImportSegment(bytes.NewReader(f.staged), s.Base, size); err != nil {
+		f.staged = f.staged[:0] // fetch it whole again
+		return err
+	}
+	f.staged = f.staged[:0]
+	f.stats.Imported++
+	return nil
+}

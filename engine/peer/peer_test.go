@@ -1,0 +1,340 @@
+package peer
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/segstore/segstore/engine"
+)
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+func openLog(t *testing.T, dir string) *engine.Log {
+	t.Helper()
+	opts := engine.DefaultOptions()
+	opts.SegmentSize, opts.MaxWrite, opts.Logger = 256<<10, 64<<10, quiet
+	l, err := engine.Open(dir, opts)
+	require.NoError(t, err)
+	return l
+}
+
+func appendBatches(t *testing.T, l *engine.Log, n int) {
+	t.Helper()
+	for range n {
+		batch := make([][]byte, 8)
+		for i := range batch {
+			batch[i] = []byte(fmt.Sprintf("record %08d %s", l.EndOffset()+uint64(i), strings.Repeat("z", 100)))
+		}
+		_, err := l.Append(batch...)
+		require.NoError(t, err)
+	}
+}
+
+func getBody(t *testing.T, url string, header http.Header) (*http.Response, []byte) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	require.NoError(t, err)
+	for k, v := range header {
+		req.Header[k] = v
+	}
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	return resp, b
+}
+
+func TestServerEndpoints(t *testing.T) {
+	dir := t.TempDir()
+	l := openLog(t, dir)
+	defer l.Close()
+	appendBatches(t, l, 600) // several sealed 256 KiB segments
+	srv := NewServer(map[string]*engine.Log{"main": l}, ServerOptions{})
+	ts := httptest.NewServer(srv)
+	defer ts.Close()
+
+	resp, b := getBody(t, ts.URL+"/v1/logs", nil)
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	var logs []LogInfo
+	require.NoError(t, json.Unmarshal(b, &logs))
+	require.Equal(t, []LogInfo{{Name: "main", Start: 0, End: l.DurableOffset(), Segments: len(l.Segments())}}, logs)
+
+	resp, b = getBody(t, ts.URL+"/v1/logs/main/segments", nil)
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	var segs []SegmentEntry
+	require.NoError(t, json.Unmarshal(b, &segs))
+	require.Greater(t, len(segs), 2)
+	sealed := segs[1]
+	require.True(t, sealed.Sealed)
+	require.Len(t, sealed.Checksum, 8)
+	file, err := os.ReadFile(filepath.Join(dir, fmt.Sprintf("%020d.seg", sealed.Base)))
+	require.NoError(t, err)
+	require.Equal(t, int64(len(file)), sealed.Size)
+
+	segURL := fmt.Sprintf("%s/v1/logs/main/segments/%d", ts.URL, sealed.Base)
+	resp, b = getBody(t, segURL, nil)
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	require.Equal(t, file, b, "the whole sealed file")
+	etag := resp.Header.Get("ETag")
+	require.NotEmpty(t, etag)
+	resp, _ = getBody(t, segURL, http.Header{"If-None-Match": {etag}})
+	assert.Equal(t, http.StatusNotModified, resp.StatusCode)
+
+	for _, rg := range []struct {
+		header   string
+		from, to int // expected bytes [from, to)
+	}{{"bytes=0-99", 0, 100}, {"bytes=4093-8200", 4093, 8201}, {"bytes=1000-", 1000, len(file)}, {"bytes=-17", len(file) - 17, len(file)}} {
+		resp, b = getBody(t, segURL, http.Header{"Range": {rg.header}})
+		require.Equal(t, http.StatusPartialContent, resp.StatusCode, rg.header)
+		assert.Equal(t, file[rg.from:rg.to], b, rg.header)
+	}
+	for _, bad := range []string{"bytes=99999999-", "bytes=5-2", "bytes=0-1,5-6", "items=0-1"} {
+		resp, _ = getBody(t, segURL, http.Header{"Range": {bad}})
+		assert.Equal(t, http.StatusRequestedRangeNotSatisfiable, resp.StatusCode, bad)
+	}
+	for path, code := range map[string]int{
+		"/v1/logs/nope/segments":                 http.StatusNotFound,
+		"/v1/logs/main/segments/12x":             http.StatusBadRequest,
+		"/v1/logs/main/segments/1":               http.StatusNotFound,
+		"/v1/logs/main/segments/..%2Fetc":        http.StatusBadRequest,
+		"/v1/logs/main/tail?base=0":              http.StatusBadRequest,
+		"/v1/logs/main/tail?base=0&pos=-1":       http.StatusBadRequest,
+		"/v1/logs/main/tail?base=0&pos=0&wait=x": http.StatusBadRequest,
+	} {
+		resp, _ = getBody(t, ts.URL+path, nil)
+		assert.Equal(t, code, resp.StatusCode, path)
+	}
+
+	// The active segment: up to its durable end, and the tail waits.
+	active := segs[len(segs)-1]
+	require.False(t, active.Sealed)
+	tailURL := fmt.Sprintf("%s/v1/logs/main/tail?base=%d&pos=%d&wait=50ms", ts.URL, active.Base, active.Size)
+	resp, _ = getBody(t, tailURL, nil)
+	assert.Equal(t, http.StatusNoContent, resp.StatusCode, "nothing new within the wait")
+	go func() {
+		time.Sleep(20 * time.Millisecond)
+		appendBatches(t, l, 1)
+	}()
+	resp, b = getBody(t, strings.Replace(tailURL, "wait=50ms", "wait=10s", 1), nil)
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	assert.NotEmpty(t, b, "the new frame, as soon as it is durable")
+
+	resp, b = getBody(t, ts.URL+"/metrics", nil)
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	for _, m := range []string{`segstore_peer_requests_total{code="206",endpoint="segment"}`, `segstore_peer_sent_bytes_total{path="sendfile"}`,
+		`segstore_appends_total{log="main"}`, `segstore_cache_hits_total{log="main"}`, "segstore_peer_tail_waiters"} {
+		assert.Contains(t, string(b), m)
+	}
+	assert.Positive(t, l.Stats().ExportSendfileBytes, "responses went by sendfile")
+}
+
+func TestServerSecurity(t *testing.T) {
+	l := openLog(t, t.TempDir())
+	defer l.Close()
+	appendBatches(t, l, 10)
+	ts := httptest.NewServer(NewServer(map[string]*engine.Log{"main": l}, ServerOptions{Token: "s3cret"}))
+	defer ts.Close()
+	resp, _ := getBody(t, ts.URL+"/v1/logs", nil)
+	assert.Equal(t, http.StatusUnauthorized, resp.StatusCode)
+	resp, _ = getBody(t, ts.URL+"/v1/logs", http.Header{"Authorization": {"Bearer wrong"}})
+	assert.Equal(t, http.StatusUnauthorized, resp.StatusCode)
+	resp, _ = getBody(t, ts.URL+"/v1/logs", http.Header{"Authorization": {"Bearer s3cret"}})
+	assert.Equal(t, http.StatusOK, resp.StatusCode)
+
+	// Without a token only loopback clients are served.
+	open := NewServer(map[string]*engine.Log{"main": l}, ServerOptions{})
+	for addr, code := range map[string]int{"127.0.0.1:5000": http.StatusOK, "[::1]:5000": http.StatusOK, "10.1.2.3:5000": http.StatusForbidden} {
+		req := httptest.NewRequest(http.MethodGet, "/v1/logs", nil)
+		req.RemoteAddr = addr
+		rec := httptest.NewRecorder()
+		open.ServeHTTP(rec, req)
+		assert.Equal(t, code, rec.Code, addr)
+	}
+}
+
+func TestCurl(t *testing.T) {
+	curl, err := exec.LookPath("curl")
+	if err != nil {
+		t.Skip("curl is not installed")
+	}
+	dir := t.TempDir()
+	l := openLog(t, dir)
+	defer l.Close()
+	appendBatches(t, l, 300)
+	ts := httptest.NewServer(NewServer(map[string]*engine.Log{"main": l}, ServerOptions{}))
+	defer ts.Close()
+	out := filepath.Join(t.TempDir(), "seg")
+	got, err := exec.Command(curl, "-sS", "-f", "-o", out, "-w", "%{http_code}", ts.URL+"/v1/logs/main/segments/0").CombinedOutput()
+	require.NoError(t, err, "%s", got)
+	assert.Equal(t, "200", string(got))
+	want, _ := os.ReadFile(filepath.Join(dir, fmt.Sprintf("%020d.seg", 0)))
+	have, _ := os.ReadFile(out)
+	assert.Equal(t, want, have)
+}
+
+// server runs a Server for l on addr ("127.0.0.1:0" picks a port) and
+// returns its address and a stop function.
+func server(t *testing.T, addr string, l *engine.Log) (string, func()) {
+	t.Helper()
+	var ln net.Listener
+	var err error
+	for range 50 { // a restart on the same port may wait for the old socket
+		if ln, err = net.Listen("tcp", addr); err == nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	require.NoError(t, err)
+	hs := NewServer(map[string]*engine.Log{"main": l}, ServerOptions{MaxWait: time.Second}).HTTPServer("")
+	go hs.Serve(ln)
+	return ln.Addr().String(), func() { hs.Close() }
+}
+
+// maxStaged is the most bytes of an active segment any follower staged.
+var maxStaged atomic.Int64
+
+// follow runs Follow in a goroutine; stop cancels it and returns its error.
+func follow(url string, l *engine.Log) (stop func() error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- Follow(ctx, url, l, FollowOptions{Name: "main", Wait: 200 * time.Millisecond, MaxBackoff: 200 * time.Millisecond, Logger: quiet,
+			Progress: func(s FollowStats) {
+				if s.Staged > maxStaged.Load() {
+					maxStaged.Store(s.Staged)
+				}
+			}})
+	}()
+	return func() error { cancel(); return <-done }
+}
+
+// waitFor polls cond for up to a minute (a liveness wait, not a timing check).
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if cond() {
+			return
+		}
+	}
+	t.Fatalf("timed out waiting for %s", what)
+}
+
+// TestFollowerReplicatesByteForByte: a follower catches up and tails while
+// the leader appends; it is killed mid-segment and restarted, the leader
+// is restarted; in the end the follower's segments equal the leader's.
+func TestFollowerReplicatesByteForByte(t *testing.T) {
+	leaderDir, followerDir := t.TempDir(), t.TempDir()
+	leader := openLog(t, leaderDir)
+	appendBatches(t, leader, 500) // a backlog to catch up on
+	addr, stopServer := server(t, "127.0.0.1:0", leader)
+	url := "http://" + addr
+
+	var mu sync.Mutex // guards leader across its restart
+	appending := make(chan struct{})
+	appendDone := make(chan struct{})
+	go func() {
+		defer close(appendDone)
+		for {
+			select {
+			case <-appending:
+				return
+			default:
+			}
+			mu.Lock()
+			appendBatches(t, leader, 5)
+			mu.Unlock()
+			time.Sleep(2 * time.Millisecond)
+		}
+	}()
+
+	follower := openLog(t, followerDir)
+	stop := follow(url, follower)
+	waitFor(t, "the follower to import a segment", func() bool { return follower.EndOffset() > 0 })
+	require.ErrorIs(t, stop(), context.Canceled, "killed mid-segment")
+	require.NoError(t, follower.Close())
+
+	follower = openLog(t, followerDir) // restarted
+	stop = follow(url, follower)
+	waitFor(t, "the follower to move on after its restart", func() bool { return follower.EndOffset() > 4000 })
+
+	mu.Lock() // the leader restarts
+	stopServer()
+	require.NoError(t, leader.Close())
+	leader = openLog(t, leaderDir)
+	_, stopServer = server(t, addr, leader)
+	mu.Unlock()
+	waitFor(t, "the follower to follow the restarted leader", func() bool { return follower.EndOffset() > leader.StartOffset()+8000 })
+
+	close(appending)
+	<-appendDone
+	require.NoError(t, leader.Roll()) // seal everything
+	end := leader.EndOffset()
+	waitFor(t, "the follower to catch up", func() bool { return follower.EndOffset() == end })
+	require.ErrorIs(t, stop(), context.Canceled)
+	stopServer()
+
+	mine, theirs := follower.Segments(), leader.Segments()
+	require.Equal(t, len(theirs), len(mine))
+	for i, s := range theirs {
+		if !s.Sealed {
+			continue
+		}
+		a, err := os.ReadFile(filepath.Join(leaderDir, s.File))
+		require.NoError(t, err)
+		b, err := os.ReadFile(filepath.Join(followerDir, mine[i].File))
+		require.NoError(t, err)
+		require.True(t, bytes.Equal(a, b), "segment %s byte for byte", s.File)
+	}
+	rec, err := follower.Read(end-1, nil)
+	require.NoError(t, err)
+	want, _ := leader.Read(end-1, nil)
+	assert.Equal(t, want, rec)
+	assert.Positive(t, maxStaged.Load(), "the follower tailed an active segment")
+	require.NoError(t, follower.Close())
+	require.NoError(t, leader.Close())
+}
+
+// TestFollowerStopsOnDivergence: a leader truncated behind its follower
+// and grown again makes Follow stop with ErrDiverged.
+func TestFollowerStopsOnDivergence(t *testing.T) {
+	leader := openLog(t, t.TempDir())
+	defer leader.Close()
+	appendBatches(t, leader, 400)
+	require.NoError(t, leader.Roll())
+	addr, stopServer := server(t, "127.0.0.1:0", leader)
+	defer stopServer()
+	follower := openLog(t, t.TempDir())
+	defer follower.Close()
+	stop := follow("http://"+addr, follower)
+	end := leader.EndOffset()
+	waitFor(t, "the follower to catch up", func() bool { return follower.EndOffset() == end })
+	require.NoError(t, leader.TruncateBack(end/2))
+	appendBatches(t, leader, 400)
+	require.NoError(t, leader.Roll())
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	err := Follow(ctx, "http://"+addr, follower, FollowOptions{Name: "main", Logger: quiet})
+	require.ErrorIs(t, err, ErrDiverged)
+	assert.ErrorContains(t, err, "differs from the follower's")
+	stop() // the running follower stops too, on divergence or on cancel
+	assert.Equal(t, end, follower.EndOffset(), "nothing of the diverged leader was imported")
+}
