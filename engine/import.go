@@ -180,7 +180,10 @@ func (l *Log) commitImport(s *segment, tmp string) error {
 	if err := l.writeManifest(false); err != nil {
 		return l.fail("writing the manifest after importing "+s.name, err)
 	}
-	next, err := l.createSegment(s.vis().off) // its directory fsync commits the rename too
+	// Not preallocated: the next import usually replaces it at once (its
+	// file grows as needed if appends come instead). Its directory fsync
+	// commits the rename too.
+	next, err := l.createSegment(s.vis().off, false)
 	if err != nil {
 		return l.fail("creating the segment after "+s.name, err)
 	}

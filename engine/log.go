@@ -245,7 +245,7 @@ func (l *Log) load() error {
 		if len(segs) > 0 {
 			next = segs[len(segs)-1].vis().off
 		}
-		s, err := l.createSegment(next)
+		s, err := l.createSegment(next, true)
 		if err != nil {
 			return err
 		}
@@ -542,8 +542,10 @@ func (l *Log) dropSpare() {
 // prepared spare renamed into place, or a new file. Commit points: the wal
 // header's fdatasync (content), then the directory fsync (name). A crash
 // between the rename and the header's sync leaves a named file of zeros,
-// which open removes as an interrupted creation.
-func (l *Log) createSegment(base uint64) (*segment, error) {
+// which open removes as an interrupted creation. Without preallocate (and
+// no spare ready), the file is not reserved and zeroed up front, whatever
+// Options.Preallocate says.
+func (l *Log) createSegment(base uint64, preallocate bool) (*segment, error) {
 	name := segName(base)
 	var dev blockdev.Device
 	prepared := false
@@ -565,7 +567,11 @@ func (l *Log) createSegment(base uint64) (*segment, error) {
 	if prepared {
 		create = wal.CreatePrepared
 	}
-	w, err := create(dev, base, l.walOptions(s))
+	wo := l.walOptions(s)
+	if !preallocate && !prepared {
+		wo.Preallocate, wo.PreZero = 0, false
+	}
+	w, err := create(dev, base, wo)
 	if err != nil {
 		dev.Close()
 		return nil, err
@@ -707,7 +713,7 @@ func (l *Log) rollIf(s *segment) error {
 	if err := l.writeManifest(false); err != nil {
 		return l.fail("writing the manifest after sealing "+s.name, err)
 	}
-	next, err := l.createSegment(s.vis().off)
+	next, err := l.createSegment(s.vis().off, true)
 	if err != nil {
 		return l.fail("creating the segment after "+s.name, err)
 	}

@@ -272,7 +272,7 @@ func (l *Log) reopenActiveLocked(old *segment) error {
 
 // startActiveLocked starts a new, empty active segment at base.
 func (l *Log) startActiveLocked(base uint64) error {
-	s, err := l.createSegment(base)
+	s, err := l.createSegment(base, true)
 	if err != nil {
 		return err
 	}

@@ -31,6 +31,7 @@ func TestQuickstart(t *testing.T) {
 		"offsets [0, 3600)",
 		"point reads:  500 random reads checked",
 		"scan:         3600 records checked byte for byte",
+		"replicated:   3600 records into " + dir + "-replica",
 	} {
 		assert.Contains(t, out, want)
 	}
@@ -47,6 +48,8 @@ func TestQuickstart(t *testing.T) {
 	assert.Positive(t, rep.Fsyncs)
 	assert.Positive(t, rep.SendfileBytes)
 	assert.Equal(t, rep.ExportedBytes, rep.SendfileBytes)
+	assert.Equal(t, uint64(800), rep.ReplicatedRecords)
+	assert.Positive(t, rep.ReplicaSendfileBytes)
 
 	// A second run into the same directory refuses instead of overwriting.
 	_, err = runSegtool(t, "quickstart", "--dir", dir)

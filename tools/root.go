@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -44,7 +46,8 @@ func NewRootCommand(out, errOut io.Writer) *cobra.Command {
 	quick.Flags().BoolVar(&qs.JSON, "json", false, "print one JSON document instead of text")
 	root.AddCommand(quick)
 	root.AddCommand(newBenchCommand())
-	root.AddCommand(newAppendCommand(), newCatCommand(), newInspectCommand(), newVerifyCommand(errOut), newRepairCommand(), newDumpCommand())
+	root.AddCommand(newAppendCommand(), newCatCommand(), newInspectCommand(), newVerifyCommand(errOut), newRepairCommand(), newDumpCommand(),
+		newServeCommand(), newReplicateCommand())
 	return root
 }
 
@@ -298,4 +301,51 @@ func parseSince(since string, now time.Time) (time.Time, error) {
 		return t, nil
 	}
 	return time.Time{}, usageError{fmt.Errorf("--since %q: want a duration (10m) or an RFC 3339 time", since)}
+}
+
+func newServeCommand() *cobra.Command {
+	var o ServeOptions
+	cmd := &cobra.Command{
+		Use:   "serve DIR...",
+		Short: "Serve logs to peers over HTTP (segments by sendfile, tail, metrics); this process becomes each log's writer",
+		Args: func(_ *cobra.Command, args []string) error {
+			if len(args) == 0 {
+				return usageError{errors.New("want one or more store directories")}
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return Serve(ctx, cmd.OutOrStdout(), args, o, nil)
+		},
+	}
+	cmd.Flags().StringVar(&o.Listen, "listen", "127.0.0.1:7070", "address to listen on")
+	cmd.Flags().StringVar(&o.Token, "token", "", "bearer token clients must send (without one, only loopback clients are served)")
+	cmd.Flags().BoolVar(&o.AllowRemote, "allow-remote", false, "serve non-loopback clients without a token")
+	cmd.Flags().Int64Var(&o.RateLimit, "rate-limit", 0, "bytes per second per response (0: unlimited)")
+	return cmd
+}
+
+func newReplicateCommand() *cobra.Command {
+	var o ReplicateOptions
+	cmd := &cobra.Command{
+		Use:   "replicate URL DIR",
+		Short: "Follow a served log into DIR: sealed segments byte for byte, then the tail; until interrupted",
+		Args: func(_ *cobra.Command, args []string) error {
+			if len(args) != 2 {
+				return usageError{errors.New("want the leader's URL and the follower's directory")}
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return Replicate(ctx, cmd.OutOrStdout(), args[0], args[1], o)
+		},
+	}
+	cmd.Flags().StringVar(&o.Name, "name", "", "the log's name on the leader (default: DIR's base name)")
+	cmd.Flags().StringVar(&o.Token, "token", "", "bearer token for the leader")
+	cmd.Flags().DurationVar(&o.Wait, "wait", 10*time.Second, "long-poll wait for new records")
+	return cmd
 }

@@ -257,6 +257,8 @@ type InspectReport struct {
 	Bytes    int64                `json:"bytes"`
 	Recovery engine.Recovery      `json:"last_open"`
 	Warnings []string             `json:"warnings"`
+	// Replication: set when the store is a follower (segtool replicate).
+	Replication *ReplicationStatus `json:"replication,omitempty"`
 }
 
 // Inspect prints the segments of the store in dir, totals, what opening it
@@ -276,7 +278,7 @@ func Inspect(out io.Writer, dir string, asJSON bool) error {
 		v.Close()
 	}
 	r := InspectReport{Dir: dir, Storage: l.Storage(), Segments: l.Segments(), Start: l.StartOffset(), End: l.DurableOffset(),
-		Recovery: l.Stats().LastOpenRecovery}
+		Recovery: l.Stats().LastOpenRecovery, Replication: readReplication(dir)}
 	r.Records = r.End - r.Start
 	for _, s := range r.Segments {
 		r.Bytes += s.Bytes
@@ -314,6 +316,10 @@ func Inspect(out io.Writer, dir string, asJSON bool) error {
 	rec := r.Recovery
 	fmt.Fprintf(out, "open: %d sealed segments trusted (%d through their footers, %d through the manifest), last segment scanned: %d frames\n",
 		rec.Sealed+rec.Deferred, rec.Sealed, rec.Deferred, rec.ActiveFrames)
+	if rp := r.Replication; rp != nil {
+		fmt.Fprintf(out, "follower of %s (log %q): applied %d, leader at %d, lag %d records, %d bytes of the active segment staged, %d segments imported, as of %s\n",
+			rp.Leader, rp.Name, rp.Applied, rp.LeaderEnd, rp.Lag, rp.Staged, rp.Imported, rp.Updated.Format(timeFormat))
+	}
 	for _, w := range r.Warnings {
 		fmt.Fprintln(out, "warning:", w)
 	}

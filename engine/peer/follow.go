@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"time"
 
@@ -163,10 +164,26 @@ func (f *follower) step(ctx context.Context) error {
 	if f.stBase != next.Base {
 		f.staged, f.stBase = f.staged[:0], next.Base
 	}
-	if next.Sealed && len(f.staged) == 0 {
-		return f.importSealed(ctx, *next)
+	if !next.Sealed || len(f.staged) > 0 {
+		return f.waitTail(ctx, *next)
 	}
-	return f.waitTail(ctx, *next)
+	// Import the run of sealed segments that follows, in order.
+	for i := slices.IndexFunc(segs, func(s SegmentEntry) bool { return s.Base == next.Base }); i < len(segs) && segs[i].Sealed; i++ {
+		if segs[i].Base != f.log.EndOffset() && i > 0 {
+			break // not contiguous with what was just imported: list again
+		}
+		if err := f.importSealed(ctx, segs[i]); err != nil {
+			return err
+		}
+		f.stats.Applied = f.log.EndOffset()
+		if f.opts.Progress != nil {
+			f.opts.Progress(f.stats)
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+	}
+	return nil
 }
 
 // nextSegment finds the leader's segment that continues the follower's

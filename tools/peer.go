@@ -1,0 +1,150 @@
+package tools
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/segstore/segstore/engine"
+	"github.com/segstore/segstore/engine/peer"
+)
+
+// ServeOptions configure Serve.
+type ServeOptions struct {
+	Listen      string // address; default 127.0.0.1:7070
+	Token       string
+	AllowRemote bool // serve non-loopback clients without a token
+	RateLimit   int64
+}
+
+// Serve opens each directory as a log (read-write: this process becomes
+// its writer) named by its base name, and serves them until ctx is done.
+// ready, if set, is called with the address once it listens.
+func Serve(ctx context.Context, out io.Writer, dirs []string, opts ServeOptions, ready func(addr string)) error {
+	if opts.Listen == "" {
+		opts.Listen = "127.0.0.1:7070"
+	}
+	logs := map[string]*engine.Log{}
+	defer func() {
+		for _, l := range logs {
+			l.Close()
+		}
+	}()
+	for _, dir := range dirs {
+		name := filepath.Base(filepath.Clean(dir))
+		if _, dup := logs[name]; dup {
+			return usageError{fmt.Errorf("two directories named %q: each log is served under its directory's base name", name)}
+		}
+		if err := isStore(dir); err != nil {
+			return err
+		}
+		l, err := openStore(dir, true, false)
+		if err != nil {
+			return err
+		}
+		logs[name] = l
+	}
+	ln, err := net.Listen("tcp", opts.Listen)
+	if err != nil {
+		return err
+	}
+	hs := peer.NewServer(logs, peer.ServerOptions{Token: opts.Token, AllowRemote: opts.AllowRemote, RateLimit: opts.RateLimit}).HTTPServer("")
+	fmt.Fprintf(out, "serving %d logs on http://%s (GET /v1/logs, /metrics)\n", len(logs), ln.Addr())
+	if ready != nil {
+		ready(ln.Addr().String())
+	}
+	done := make(chan error, 1)
+	go func() { done <- hs.Serve(ln) }()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		err := hs.Shutdown(shutdown)
+		if errors.Is(<-done, http.ErrServerClosed) {
+			return err
+		}
+		return err
+	}
+}
+
+// replicationFile, in a follower's directory, says what it follows and how
+// far it is (written by Replicate, shown by inspect).
+const replicationFile = "REPLICATION.json"
+
+// ReplicationStatus is the content of REPLICATION.json.
+type ReplicationStatus struct {
+	Leader    string    `json:"leader"`
+	Name      string    `json:"name"`
+	Applied   uint64    `json:"applied"`
+	LeaderEnd uint64    `json:"leader_end"`
+	Lag       uint64    `json:"lag"`
+	Staged    int64     `json:"staged_bytes"`
+	Imported  int       `json:"imported_segments"`
+	Failures  int       `json:"failures"`
+	Updated   time.Time `json:"updated"`
+}
+
+// ReplicateOptions configure Replicate.
+type ReplicateOptions struct {
+	Name  string // the log's name on the leader; default the directory's base name
+	Token string
+	Wait  time.Duration
+}
+
+// Replicate follows the log at leaderURL into the store in dir (created if
+// missing) until ctx is done or the logs diverge, keeping
+// DIR/REPLICATION.json up to date.
+func Replicate(ctx context.Context, out io.Writer, leaderURL, dir string, opts ReplicateOptions) error {
+	if opts.Name == "" {
+		opts.Name = filepath.Base(filepath.Clean(dir))
+	}
+	l, err := openStore(dir, true, true)
+	if err != nil {
+		return err
+	}
+	defer l.Close()
+	fmt.Fprintf(out, "replicating %s (log %q) into %s from offset %d\n", leaderURL, opts.Name, dir, l.EndOffset())
+	var last time.Time
+	err = peer.Follow(ctx, leaderURL, l, peer.FollowOptions{Name: opts.Name, Token: opts.Token, Wait: opts.Wait, Logger: quietLogger,
+		Progress: func(s peer.FollowStats) {
+			if time.Since(last) < 200*time.Millisecond {
+				return
+			}
+			last = time.Now()
+			st := ReplicationStatus{Leader: leaderURL, Name: opts.Name, Applied: s.Applied, LeaderEnd: s.LeaderEnd, Lag: s.Lag(),
+				Staged: s.Staged, Imported: s.Imported, Failures: s.Failures, Updated: last.UTC()}
+			if b, err := json.MarshalIndent(st, "", "  "); err == nil {
+				tmp := filepath.Join(dir, replicationFile+".tmp") // .tmp: removed by a log open if left behind
+				if os.WriteFile(tmp, b, 0o644) == nil {
+					os.Rename(tmp, filepath.Join(dir, replicationFile))
+				}
+			}
+		}})
+	if errors.Is(err, context.Canceled) {
+		fmt.Fprintf(out, "stopped at offset %d\n", l.EndOffset())
+		return nil
+	}
+	return err
+}
+
+// readReplication returns dir's replication status, if it is a follower.
+func readReplication(dir string) *ReplicationStatus {
+	b, err := os.ReadFile(filepath.Join(dir, replicationFile))
+	if err != nil {
+		return nil
+	}
+	var st ReplicationStatus
+	if json.Unmarshal(b, &st) != nil {
+		return nil
+	}
+	return &st
+}
