@@ -57,6 +57,8 @@ type Log struct {
 	spare    *spareFile // guarded by spareMu: the next segment file, being prepared
 	sealed   atomic.Pointer[wal.Stats]
 
+	syncHist, batchHist *hist // fdatasync latency, appends per flush
+
 	exportSendfile atomic.Int64 // bytes exported by sendfile (Section.WriteTo to a socket)
 	exportCopied   atomic.Int64 // bytes exported by a copy (any other writer)
 	manifestMu     sync.Mutex   // serializes manifest writes
@@ -99,7 +101,7 @@ func Open(dir string, opts Options) (*Log, error) {
 	if opts.SegmentSize < minSegmentSize {
 		return nil, fmt.Errorf("engine: SegmentSize %d is below the minimum %d", opts.SegmentSize, minSegmentSize)
 	}
-	l := &Log{opts: opts, dir: opts.Dir, durCh: make(chan struct{})}
+	l := &Log{opts: opts, dir: opts.Dir, durCh: make(chan struct{}), syncHist: newHist(syncBuckets), batchHist: newHist(batchBuckets)}
 	// One pool block holds an index interval plus a batch that starts at
 	// its end; larger reads allocate.
 	pool, err := alignedbuf.NewPool(int(alignedbuf.AlignUp(int64(2*opts.IndexInterval), 1<<16)), poolAlign)
@@ -449,6 +451,7 @@ func (l *Log) walOptions(s *segment) wal.Options {
 			s.visible.Store(&position{pos: pos, off: off})
 			l.notifyDurable()
 		},
+		OnFlush: l.noteFlush,
 	}
 	if l.opts.Preallocate {
 		o.Preallocate, o.PreZero = l.opts.SegmentSize, true
@@ -936,6 +939,9 @@ type Stats struct {
 	// Exported bytes (SegmentView and Section WriteTo): sent by sendfile to
 	// a socket, or copied (any other writer, e.g. TLS or a buffer).
 	ExportSendfileBytes, ExportCopiedBytes int64
+	// SyncLatency: fdatasync durations in seconds; FlushBatch: appends per
+	// group-commit flush. Since Open.
+	SyncLatency, FlushBatch Histogram
 }
 
 // Stats returns the counters.
@@ -954,7 +960,8 @@ func (l *Log) Stats() Stats {
 	st := Stats{Appends: w.Appends, Records: w.Records, Writes: w.Writes, Syncs: w.Syncs,
 		Cache: l.cache.Stats(), StartOffset: l.StartOffset(), EndOffset: l.EndOffset(),
 		DurableOffset: l.DurableOffset(), LastOpenRecovery: l.report,
-		ExportSendfileBytes: l.exportSendfile.Load(), ExportCopiedBytes: l.exportCopied.Load()}
+		ExportSendfileBytes: l.exportSendfile.Load(), ExportCopiedBytes: l.exportCopied.Load(),
+		SyncLatency: l.syncHist.snapshot(), FlushBatch: l.batchHist.snapshot()}
 	if w.Writes > 0 {
 		st.MeanBatch = float64(w.Appends) / float64(w.Writes)
 	}

@@ -72,6 +72,11 @@ type Options struct {
 	// each time they advance, with the writer's lock held. It must be quick
 	// and must not call the Writer. (The engine wakes tailing readers.)
 	OnDurable func(pos int64, offset uint64)
+	// OnFlush, if set, is called after each flush that wrote a buffer,
+	// with the appends it carried (the group-commit batch) and the
+	// fdatasync's duration (0 if it did not sync). Under the writer's
+	// lock: keep it short.
+	OnFlush func(appends int, sync time.Duration)
 }
 
 // DefaultMaxWrite is Options.MaxWrite's default, in bytes.
@@ -611,6 +616,9 @@ func (w *Writer) leadLocked(doSync bool) {
 	}
 	if (presynced || doSync) && w.opts.OnDurable != nil {
 		w.opts.OnDurable(w.durable, w.durableOff)
+	}
+	if buf != nil && w.opts.OnFlush != nil {
+		w.opts.OnFlush(buf.appends, syncTime)
 	}
 }
 

@@ -141,7 +141,8 @@ func TestServerEndpoints(t *testing.T) {
 	resp, b = getBody(t, ts.URL+"/metrics", nil)
 	require.Equal(t, http.StatusOK, resp.StatusCode)
 	for _, m := range []string{`segstore_peer_requests_total{code="206",endpoint="segment"}`, `segstore_peer_sent_bytes_total{path="sendfile"}`,
-		`segstore_appends_total{log="main"}`, `segstore_cache_hits_total{log="main"}`, "segstore_peer_tail_waiters"} {
+		`segstore_appends_total{log="main"}`, `segstore_cache_hits_total{log="main"}`, "segstore_peer_tail_waiters",
+		`segstore_fsync_seconds_bucket{log="main",le="0.001"}`, `segstore_flush_appends_count{log="main"}`} {
 		assert.Contains(t, string(b), m)
 	}
 	assert.Positive(t, l.Stats().ExportSendfileBytes, "responses went by sendfile")

@@ -482,10 +482,12 @@ var (
 	descBytes    = prometheus.NewDesc("segstore_bytes", "Bytes of segment files.", []string{"log"}, nil)
 	descEnd      = prometheus.NewDesc("segstore_durable_offset", "Offset below which every record is durable.", []string{"log"}, nil)
 	descExported = prometheus.NewDesc("segstore_exported_bytes_total", "Bytes exported from segment views.", []string{"log", "path"}, nil)
+	descSyncHist = prometheus.NewDesc("segstore_fsync_seconds", "fdatasync latency of group-commit flushes.", []string{"log"}, nil)
+	descBatch2   = prometheus.NewDesc("segstore_flush_appends", "Appends carried by each group-commit flush.", []string{"log"}, nil)
 )
 
 func (c *logCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descAppends, descRecords, descSyncs, descBatch, descSyncTime, descHits, descMisses, descSegments, descBytes, descEnd, descExported} {
+	for _, d := range []*prometheus.Desc{descAppends, descRecords, descSyncs, descBatch, descSyncTime, descHits, descMisses, descSegments, descBytes, descEnd, descExported, descSyncHist, descBatch2} {
 		ch <- d
 	}
 }
@@ -511,5 +513,12 @@ func (c *logCollector) Collect(ch chan<- prometheus.Metric) {
 		gauge(descEnd, float64(st.DurableOffset))
 		counter(descExported, float64(st.ExportSendfileBytes), "sendfile")
 		counter(descExported, float64(st.ExportCopiedBytes), "copy")
+		for d, h := range map[*prometheus.Desc]engine.Histogram{descSyncHist: st.SyncLatency, descBatch2: st.FlushBatch} {
+			buckets := make(map[float64]uint64, len(h.Bounds))
+			for i, b := range h.Bounds {
+				buckets[b] = h.Counts[i]
+			}
+			ch <- prometheus.MustNewConstHistogram(d, h.Count, h.Sum, buckets, name)
+		}
 	}
 }
