@@ -12,7 +12,11 @@ import (
 	"net/url"
 	"slices"
 	"strconv"
+	"strings"
+	"sync/atomic"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/segstore/segstore/engine"
 )
@@ -32,6 +36,9 @@ type FollowOptions struct {
 	Logger     *slog.Logger  // default slog.Default()
 	// Progress, if set, receives the follower's figures after each step.
 	Progress func(FollowStats)
+	// Registry, if set, receives the follower's gauges (applied offset,
+	// leader end, lag, staged bytes, imports, failures), labelled by Name.
+	Registry *prometheus.Registry
 }
 
 // FollowStats say how far a follower is.
@@ -55,6 +62,7 @@ type follower struct {
 	stats  FollowStats
 	staged []byte // the leader's active segment from byte 0, while it is not sealed
 	stBase uint64 // the segment staged
+	pub    atomic.Pointer[FollowStats]
 }
 
 // Follow replicates the log named opts.Name from the server at leaderURL
@@ -86,19 +94,26 @@ func Follow(ctx context.Context, leaderURL string, l *engine.Log, opts FollowOpt
 		opts.Logger = slog.Default()
 	}
 	f := &follower{base: u, log: l, opts: opts}
+	if opts.Registry != nil {
+		unregister := f.register(opts.Registry)
+		defer unregister()
+	}
 	backoff := opts.MinBackoff
 	for {
 		err := f.step(ctx)
 		f.stats.Applied = l.EndOffset()
 		f.stats.Staged = int64(len(f.staged))
+		if err != nil && ctx.Err() == nil && !errors.Is(err, ErrDiverged) {
+			f.stats.Failures++
+			f.stats.LastFailure = err.Error()
+		}
+		f.publish()
 		switch {
 		case ctx.Err() != nil:
 			return ctx.Err()
 		case errors.Is(err, ErrDiverged):
 			return err
 		case err != nil:
-			f.stats.Failures++
-			f.stats.LastFailure = err.Error()
 			opts.Logger.Warn("segstore: follow step failed, retrying", "leader", leaderURL, "err", err, "in", backoff)
 			select {
 			case <-ctx.Done():
@@ -108,9 +123,6 @@ func Follow(ctx context.Context, leaderURL string, l *engine.Log, opts FollowOpt
 			backoff = min(2*backoff, opts.MaxBackoff)
 		default:
 			backoff = opts.MinBackoff
-		}
-		if opts.Progress != nil {
-			opts.Progress(f.stats)
 		}
 	}
 }
@@ -176,9 +188,7 @@ func (f *follower) step(ctx context.Context) error {
 			return err
 		}
 		f.stats.Applied = f.log.EndOffset()
-		if f.opts.Progress != nil {
-			f.opts.Progress(f.stats)
-		}
+		f.publish()
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -277,4 +287,44 @@ func (f *follower) waitTail(ctx context.Context, s SegmentEntry) error {
 	f.staged = f.staged[:0]
 	f.stats.Imported++
 	return nil
+}
+
+// register exports the follower's figures as gauges, read at scrape
+// time from the last published snapshot.
+func (f *follower) register(r *prometheus.Registry) (unregister func()) {
+	labels := prometheus.Labels{"log": f.opts.Name}
+	var cs []prometheus.Collector
+	for name, get := range map[string]func(FollowStats) float64{
+		"applied_offset":    func(s FollowStats) float64 { return float64(s.Applied) },
+		"leader_end_offset": func(s FollowStats) float64 { return float64(s.LeaderEnd) },
+		"lag_records":       func(s FollowStats) float64 { return float64(s.Lag()) },
+		"staged_bytes":      func(s FollowStats) float64 { return float64(s.Staged) },
+		"imported_segments": func(s FollowStats) float64 { return float64(s.Imported) },
+		"failures":          func(s FollowStats) float64 { return float64(s.Failures) },
+	} {
+		c := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "segstore_follower_" + name, Help: "Follower " + strings.ReplaceAll(name, "_", " ") + ".", ConstLabels: labels},
+			func() float64 {
+				if s := f.pub.Load(); s != nil {
+					return get(*s)
+				}
+				return 0
+			})
+		if r.Register(c) == nil {
+			cs = append(cs, c)
+		}
+	}
+	return func() {
+		for _, c := range cs {
+			r.Unregister(c)
+		}
+	}
+}
+
+// publish makes the current figures visible to Progress and the gauges.
+func (f *follower) publish() {
+	snap := f.stats
+	f.pub.Store(&snap)
+	if f.opts.Progress != nil {
+		f.opts.Progress(snap)
+	}
 }

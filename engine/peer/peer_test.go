@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -210,18 +211,28 @@ func server(t *testing.T, addr string, l *engine.Log) (string, func()) {
 	return ln.Addr().String(), func() { hs.Close() }
 }
 
-// maxStaged is the most bytes of an active segment any follower staged.
-var maxStaged atomic.Int64
+// maxStaged is the most bytes of an active segment any follower staged;
+// lastLag the lag a follower's gauge showed last.
+var maxStaged, lastLag atomic.Int64
 
 // follow runs Follow in a goroutine; stop cancels it and returns its error.
 func follow(url string, l *engine.Log) (stop func() error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
+	reg := prometheus.NewRegistry()
 	go func() {
 		done <- Follow(ctx, url, l, FollowOptions{Name: "main", Wait: 200 * time.Millisecond, MaxBackoff: 200 * time.Millisecond, Logger: quiet,
+			Registry: reg,
 			Progress: func(s FollowStats) {
 				if s.Staged > maxStaged.Load() {
 					maxStaged.Store(s.Staged)
+				}
+				if mfs, err := reg.Gather(); err == nil {
+					for _, mf := range mfs {
+						if mf.GetName() == "segstore_follower_lag_records" {
+							lastLag.Store(int64(mf.GetMetric()[0].GetGauge().GetValue()))
+						}
+					}
 				}
 			}})
 	}()
@@ -292,6 +303,7 @@ func TestFollowerReplicatesByteForByte(t *testing.T) {
 	waitFor(t, "the follower to catch up", func() bool { return follower.EndOffset() == end })
 	require.ErrorIs(t, stop(), context.Canceled)
 	stopServer()
+	assert.Zero(t, lastLag.Load(), "no lag once caught up")
 
 	mine, theirs := follower.Segments(), leader.Segments()
 	require.Equal(t, len(theirs), len(mine))
@@ -333,9 +345,32 @@ func TestFollowerStopsOnDivergence(t *testing.T) {
 	require.NoError(t, leader.Roll())
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	err := Follow(ctx, "http://"+addr, follower, FollowOptions{Name: "main", Logger: quiet})
+	reg := prometheus.NewRegistry()
+	err := Follow(ctx, "http://"+addr, follower, FollowOptions{Name: "main", Logger: quiet, Registry: reg})
 	require.ErrorIs(t, err, ErrDiverged)
 	assert.ErrorContains(t, err, "differs from the follower's")
 	stop() // the running follower stops too, on divergence or on cancel
 	assert.Equal(t, end, follower.EndOffset(), "nothing of the diverged leader was imported")
+}
+
+// TestTLSBodiesAreCountedAsCopies: over TLS there is no sendfile (no kTLS
+// here); the bytes are right and counted as copied.
+func TestTLSBodiesAreCountedAsCopies(t *testing.T) {
+	dir := t.TempDir()
+	l := openLog(t, dir)
+	defer l.Close()
+	appendBatches(t, l, 300)
+	ts := httptest.NewTLSServer(NewServer(map[string]*engine.Log{"main": l}, ServerOptions{AllowRemote: true}))
+	defer ts.Close()
+	resp, err := ts.Client().Get(ts.URL + "/v1/logs/main/segments/0")
+	require.NoError(t, err)
+	b, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	require.NoError(t, err)
+	want, err := os.ReadFile(filepath.Join(dir, fmt.Sprintf("%020d.seg", 0)))
+	require.NoError(t, err)
+	assert.Equal(t, want, b)
+	st := l.Stats()
+	assert.Equal(t, int64(len(want)), st.ExportCopiedBytes)
+	assert.Zero(t, st.ExportSendfileBytes)
 }
