@@ -114,21 +114,26 @@ func Replicate(ctx context.Context, out io.Writer, leaderURL, dir string, opts R
 	defer l.Close()
 	fmt.Fprintf(out, "replicating %s (log %q) into %s from offset %d\n", leaderURL, opts.Name, dir, l.EndOffset())
 	var last time.Time
+	var latest peer.FollowStats
+	write := func(s peer.FollowStats) {
+		last = time.Now()
+		st := ReplicationStatus{Leader: leaderURL, Name: opts.Name, Applied: s.Applied, LeaderEnd: s.LeaderEnd, Lag: s.Lag(),
+			Staged: s.Staged, Imported: s.Imported, Failures: s.Failures, Updated: last.UTC()}
+		if b, err := json.MarshalIndent(st, "", "  "); err == nil {
+			tmp := filepath.Join(dir, replicationFile+".tmp") // .tmp: removed by a log open if left behind
+			if os.WriteFile(tmp, b, 0o644) == nil {
+				os.Rename(tmp, filepath.Join(dir, replicationFile))
+			}
+		}
+	}
 	err = peer.Follow(ctx, leaderURL, l, peer.FollowOptions{Name: opts.Name, Token: opts.Token, Wait: opts.Wait, Logger: quietLogger,
 		Progress: func(s peer.FollowStats) {
-			if time.Since(last) < 200*time.Millisecond {
-				return
-			}
-			last = time.Now()
-			st := ReplicationStatus{Leader: leaderURL, Name: opts.Name, Applied: s.Applied, LeaderEnd: s.LeaderEnd, Lag: s.Lag(),
-				Staged: s.Staged, Imported: s.Imported, Failures: s.Failures, Updated: last.UTC()}
-			if b, err := json.MarshalIndent(st, "", "  "); err == nil {
-				tmp := filepath.Join(dir, replicationFile+".tmp") // .tmp: removed by a log open if left behind
-				if os.WriteFile(tmp, b, 0o644) == nil {
-					os.Rename(tmp, filepath.Join(dir, replicationFile))
-				}
+			latest = s
+			if time.Since(last) >= 200*time.Millisecond { // a status file, not a log: at most 5 writes a second
+				write(s)
 			}
 		}})
+	write(latest)
 	if errors.Is(err, context.Canceled) {
 		fmt.Fprintf(out, "stopped at offset %d\n", l.EndOffset())
 		return nil
