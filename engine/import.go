@@ -57,6 +57,24 @@ func (l *Log) ImportSegment(r io.Reader, base uint64, size int64) (SegmentInfo, 
 	return s.info(), nil
 }
 
+// Stream is a byte stream whose first bytes were already read (Head: say,
+// what a bufio.Reader took in with an HTTP response's headers) and whose
+// rest comes from Body, typically a socket. ImportSegment writes Head,
+// then copies Body, which splices when Body is a TCP connection.
+type Stream struct {
+	Head []byte
+	Body io.Reader
+}
+
+func (s *Stream) Read(p []byte) (int, error) {
+	if len(s.Head) > 0 {
+		n := copy(p, s.Head)
+		s.Head = s.Head[n:]
+		return n, nil
+	}
+	return s.Body.Read(p)
+}
+
 // maxImport bounds one imported file: a peer cannot fill the disk with one
 // endless segment.
 const maxImport = 1 << 36
@@ -91,7 +109,17 @@ func (l *Log) receive(r io.Reader, path, tmp string, base uint64, size int64) (*
 	if err != nil {
 		return nil, fmt.Errorf("engine: import segment %d: %w", base, err)
 	}
-	n, err := io.Copy(f, io.LimitReader(r, size))
+	var n int64
+	if st, ok := r.(*Stream); ok && int64(len(st.Head)) <= size {
+		var m int
+		m, err = f.Write(st.Head)
+		n, r = int64(m), st.Body
+	}
+	if err == nil {
+		var m int64
+		m, err = io.Copy(f, io.LimitReader(r, size-n))
+		n += m
+	}
 	if err == nil && n < size {
 		err = fmt.Errorf("%w: segment %d: the stream ended after %d of %d bytes", ErrImport, base, n, size)
 	}

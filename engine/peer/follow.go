@@ -1,6 +1,7 @@
 package peer
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -8,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/url"
 	"slices"
@@ -27,9 +29,12 @@ var ErrDiverged = errors.New("peer: the leader's log diverged from the follower'
 
 // FollowOptions configure Follow.
 type FollowOptions struct {
-	Name       string       // the log's name on the leader
-	Token      string       // bearer token, if the leader wants one
-	Client     *http.Client // default: a client with a 10s dial and header timeout
+	Name  string // the log's name on the leader
+	Token string // bearer token, if the leader wants one
+	// Client makes the requests; default a client with a header timeout.
+	// Without one, sealed segments of an http:// leader are fetched over
+	// a connection of their own and spliced into the file.
+	Client     *http.Client
 	Wait       time.Duration
 	MinBackoff time.Duration // first pause after a failure; default 100ms
 	MaxBackoff time.Duration // longest pause; default 5s
@@ -62,6 +67,7 @@ type follower struct {
 	stats  FollowStats
 	staged []byte // the leader's active segment from byte 0, while it is not sealed
 	stBase uint64 // the segment staged
+	client *http.Client
 	pub    atomic.Pointer[FollowStats]
 }
 
@@ -78,9 +84,6 @@ func Follow(ctx context.Context, leaderURL string, l *engine.Log, opts FollowOpt
 	if err != nil {
 		return fmt.Errorf("peer: leader URL %q: %w", leaderURL, err)
 	}
-	if opts.Client == nil {
-		opts.Client = &http.Client{Transport: &http.Transport{ResponseHeaderTimeout: 10*time.Second + opts.Wait + 30*time.Second}}
-	}
 	if opts.Wait <= 0 {
 		opts.Wait = 10 * time.Second
 	}
@@ -93,7 +96,10 @@ func Follow(ctx context.Context, leaderURL string, l *engine.Log, opts FollowOpt
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	f := &follower{base: u, log: l, opts: opts}
+	f := &follower{base: u, log: l, opts: opts, client: opts.Client}
+	if f.client == nil {
+		f.client = &http.Client{Transport: &http.Transport{ResponseHeaderTimeout: 10*time.Second + opts.Wait}}
+	}
 	if opts.Registry != nil {
 		unregister := f.register(opts.Registry)
 		defer unregister()
@@ -137,7 +143,7 @@ func (f *follower) get(ctx context.Context, path string, query url.Values) (*htt
 	if f.opts.Token != "" {
 		req.Header.Set("Authorization", "Bearer "+f.opts.Token)
 	}
-	resp, err := f.opts.Client.Do(req)
+	resp, err := f.client.Do(req)
 	if err != nil {
 		return nil, err
 	}
@@ -238,7 +244,11 @@ func (f *follower) nextSegment(segs []SegmentEntry) (*SegmentEntry, error) {
 }
 
 func (f *follower) importSealed(ctx context.Context, s SegmentEntry) error {
-	resp, err := f.get(ctx, fmt.Sprintf("/v1/logs/%s/segments/%d", url.PathEscape(f.opts.Name), s.Base), nil)
+	path := fmt.Sprintf("/v1/logs/%s/segments/%d", url.PathEscape(f.opts.Name), s.Base)
+	if f.base.Scheme == "http" && f.opts.Client == nil {
+		return f.importRaw(ctx, path, s)
+	}
+	resp, err := f.get(ctx, path, nil)
 	if err != nil {
 		return err
 	}
@@ -247,6 +257,47 @@ func (f *follower) importSealed(ctx context.Context, s SegmentEntry) error {
 		return fmt.Errorf("peer: segment %d: the leader sent %d bytes, its list said %d", s.Base, resp.ContentLength, s.Size)
 	}
 	if _, err := f.log.ImportSegment(resp.Body, s.Base, s.Size); err != nil {
+		return err
+	}
+	f.stats.Imported++
+	return nil
+}
+
+// importRaw fetches a segment over a connection of its own: one GET, the
+// response parsed with net/http, then the body read straight from the
+// socket, so that ImportSegment splices it into the file (net/http's
+// body reader would make that a copy through user space).
+func (f *follower) importRaw(ctx context.Context, path string, s SegmentEntry) error {
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "tcp", f.base.Host)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Now()) })
+	defer stop()
+	req, err := http.NewRequest(http.MethodGet, f.base.JoinPath(path).String(), nil)
+	if err != nil {
+		return err
+	}
+	req.Close = true
+	if f.opts.Token != "" {
+		req.Header.Set("Authorization", "Bearer "+f.opts.Token)
+	}
+	if err := req.Write(conn); err != nil {
+		return err
+	}
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, req)
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode != http.StatusOK || resp.ContentLength != s.Size || len(resp.TransferEncoding) > 0 {
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
+		return fmt.Errorf("peer: GET %s: %s, %d bytes (the list said %d): %s", path, resp.Status, resp.ContentLength, s.Size, bytes.TrimSpace(msg))
+	}
+	head, _ := br.Peek(br.Buffered()) // body bytes read in with the headers
+	if _, err := f.log.ImportSegment(&engine.Stream{Head: head, Body: conn}, s.Base, s.Size); err != nil {
 		return err
 	}
 	f.stats.Imported++
