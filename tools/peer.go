@@ -22,6 +22,9 @@ type ServeOptions struct {
 	Token       string
 	AllowRemote bool // serve non-loopback clients without a token
 	RateLimit   int64
+	// TLSCert and TLSKey, both set, serve HTTPS (bodies are then copied
+	// through user space: this kernel has no kTLS).
+	TLSCert, TLSKey string
 }
 
 // Serve opens each directory as a log (read-write: this process becomes
@@ -56,12 +59,26 @@ func Serve(ctx context.Context, out io.Writer, dirs []string, opts ServeOptions,
 		return err
 	}
 	hs := peer.NewServer(logs, peer.ServerOptions{Token: opts.Token, AllowRemote: opts.AllowRemote, RateLimit: opts.RateLimit}).HTTPServer("")
-	fmt.Fprintf(out, "serving %d logs on http://%s (GET /v1/logs, /metrics)\n", len(logs), ln.Addr())
+	if (opts.TLSCert == "") != (opts.TLSKey == "") {
+		ln.Close()
+		return usageError{errors.New("--tls-cert and --tls-key go together")}
+	}
+	scheme := "http"
+	if opts.TLSCert != "" {
+		scheme = "https"
+	}
+	fmt.Fprintf(out, "serving %d logs on %s://%s (GET /v1/logs, /metrics)\n", len(logs), scheme, ln.Addr())
 	if ready != nil {
 		ready(ln.Addr().String())
 	}
 	done := make(chan error, 1)
-	go func() { done <- hs.Serve(ln) }()
+	go func() {
+		if opts.TLSCert != "" {
+			done <- hs.ServeTLS(ln, opts.TLSCert, opts.TLSKey)
+		} else {
+			done <- hs.Serve(ln)
+		}
+	}()
 	select {
 	case err := <-done:
 		return err

@@ -324,6 +324,8 @@ func newServeCommand() *cobra.Command {
 	cmd.Flags().StringVar(&o.Token, "token", "", "bearer token clients must send (without one, only loopback clients are served)")
 	cmd.Flags().BoolVar(&o.AllowRemote, "allow-remote", false, "serve non-loopback clients without a token")
 	cmd.Flags().Int64Var(&o.RateLimit, "rate-limit", 0, "bytes per second per response (0: unlimited)")
+	cmd.Flags().StringVar(&o.TLSCert, "tls-cert", "", "PEM certificate: serve HTTPS (with --tls-key)")
+	cmd.Flags().StringVar(&o.TLSKey, "tls-key", "", "PEM private key for --tls-cert")
 	return cmd
 }
 

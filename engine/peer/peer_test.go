@@ -433,3 +433,19 @@ func TestFollowerSplicesSegments(t *testing.T) {
 	// headers (at most a 4 KiB buffer per segment).
 	assert.GreaterOrEqual(t, spliced/2, want-4096*segs, "the imported bytes went through splice")
 }
+
+// TestRateLimitedExportIsWhole: a rate-limited body goes out in paced
+// sendfile chunks and still arrives whole.
+func TestRateLimitedExportIsWhole(t *testing.T) {
+	dir := t.TempDir()
+	l := openLog(t, dir)
+	defer l.Close()
+	appendBatches(t, l, 300)
+	ts := httptest.NewServer(NewServer(map[string]*engine.Log{"main": l}, ServerOptions{RateLimit: 4 << 20}))
+	defer ts.Close()
+	resp, b := getBody(t, ts.URL+"/v1/logs/main/segments/0", nil)
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	want, err := os.ReadFile(filepath.Join(dir, fmt.Sprintf("%020d.seg", 0)))
+	require.NoError(t, err)
+	assert.Equal(t, want, b)
+}
