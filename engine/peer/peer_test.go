@@ -449,3 +449,126 @@ func TestRateLimitedExportIsWhole(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, want, b)
 }
+
+// TestSlowlorisIsCutOff: a client that never finishes its headers is
+// closed by the header timeout while normal requests keep being served.
+func TestSlowlorisIsCutOff(t *testing.T) {
+	l := openLog(t, t.TempDir())
+	defer l.Close()
+	appendBatches(t, l, 10)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	hs := NewServer(map[string]*engine.Log{"main": l}, ServerOptions{HeaderTimeout: 200 * time.Millisecond}).HTTPServer("")
+	go hs.Serve(ln)
+	defer hs.Close()
+	slow, err := net.Dial("tcp", ln.Addr().String())
+	require.NoError(t, err)
+	defer slow.Close()
+	_, err = slow.Write([]byte("GET /v1/logs HTTP/1.1\r\nHost: x\r\n")) // and never the rest
+	require.NoError(t, err)
+	resp, _ := getBody(t, "http://"+ln.Addr().String()+"/v1/logs", nil)
+	assert.Equal(t, http.StatusOK, resp.StatusCode, "served meanwhile")
+	require.NoError(t, slow.SetReadDeadline(time.Now().Add(10*time.Second)))
+	b, err := io.ReadAll(slow) // the server answers 408 or just closes
+	require.NoError(t, err, "closed by the server, not by our deadline")
+	assert.NotContains(t, string(b), "200 OK")
+}
+
+// TestWrongTokenServesNothing: without the right token no segment byte
+// leaves the server.
+func TestWrongTokenServesNothing(t *testing.T) {
+	l := openLog(t, t.TempDir())
+	defer l.Close()
+	appendBatches(t, l, 300)
+	ts := httptest.NewServer(NewServer(map[string]*engine.Log{"main": l}, ServerOptions{Token: "right"}))
+	defer ts.Close()
+	for _, h := range []http.Header{nil, {"Authorization": {"Bearer wrong"}}, {"Authorization": {"right"}}} {
+		resp, b := getBody(t, ts.URL+"/v1/logs/main/segments/0", h)
+		assert.Equal(t, http.StatusUnauthorized, resp.StatusCode)
+		assert.NotContains(t, string(b), "segstore\x01", "no segment bytes")
+	}
+	assert.Zero(t, l.Stats().ExportSendfileBytes+l.Stats().ExportCopiedBytes)
+}
+
+// tamper flips one byte of every segment body it passes.
+type tamper struct{ http.ResponseWriter }
+
+func (w tamper) Write(b []byte) (int, error) {
+	if len(b) > 5000 {
+		b = bytes.Clone(b)
+		b[5000] ^= 1
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+// TestTamperedSegmentIsRejected: a segment changed in transit is refused
+// by the follower's import; nothing of it becomes visible.
+func TestTamperedSegmentIsRejected(t *testing.T) {
+	leader := openLog(t, t.TempDir())
+	defer leader.Close()
+	appendBatches(t, leader, 300)
+	require.NoError(t, leader.Roll())
+	srv := NewServer(map[string]*engine.Log{"main": leader}, ServerOptions{})
+	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.Contains(r.URL.Path, "/segments/") {
+			w = tamper{w} // hides ReadFrom: the body is written in slices
+		}
+		srv.ServeHTTP(w, r)
+	}))
+	defer ts.Close()
+	followerDir := t.TempDir()
+	follower := openLog(t, followerDir)
+	defer follower.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	var failures int
+	err := Follow(ctx, ts.URL, follower, FollowOptions{Name: "main", Logger: quiet, MaxBackoff: 50 * time.Millisecond,
+		Progress: func(s FollowStats) { failures = s.Failures }})
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	assert.Positive(t, failures, "every attempt refused")
+	assert.Zero(t, follower.EndOffset(), "nothing imported")
+	left, _ := filepath.Glob(filepath.Join(followerDir, "*.tmp"))
+	assert.Empty(t, left)
+}
+
+// TestSegmentEndpointUsesSendfile serves a segment under strace (when
+// installed) and counts what sendfile(2) moved.
+func TestSegmentEndpointUsesSendfile(t *testing.T) {
+	if os.Getenv("SEGSTORE_SENDFILE_CHILD") == "1" {
+		l := openLog(t, t.TempDir())
+		defer l.Close()
+		appendBatches(t, l, 300)
+		ts := httptest.NewServer(NewServer(map[string]*engine.Log{"main": l}, ServerOptions{}))
+		defer ts.Close()
+		_, b := getBody(t, ts.URL+"/v1/logs/main/segments/0", nil)
+		fmt.Printf("served %d bytes\n", len(b))
+		return
+	}
+	strace, err := exec.LookPath("strace")
+	if err != nil {
+		t.Skip("strace is not installed (apt-get install -y strace)")
+	}
+	cmd := exec.Command(strace, "-f", "-qq", "-e", "trace=sendfile", "-e", "signal=none", "-o", "/dev/stdout",
+		os.Args[0], "-test.run", "^TestSegmentEndpointUsesSendfile$", "-test.count", "1")
+	cmd.Env = append(os.Environ(), "SEGSTORE_SENDFILE_CHILD=1")
+	out, err := cmd.CombinedOutput()
+	if err != nil && bytes.Contains(out, []byte("ptrace")) {
+		t.Skipf("strace cannot trace here: %s", out)
+	}
+	require.NoError(t, err, "%s", out)
+	var moved int64
+	for _, m := range regexp.MustCompile(`(?m)sendfile.*\) += (\d+)$`).FindAllSubmatch(out, -1) {
+		var n int64
+		fmt.Sscan(string(m[1]), &n)
+		moved += n
+	}
+	served := regexp.MustCompile(`served (\d+) bytes`).FindSubmatch(out)
+	require.NotNil(t, served, "%s", out)
+	var want int64
+	fmt.Sscan(string(served[1]), &want)
+	t.Logf("sendfile moved %d of the %d bytes served", moved, want)
+	// net/http writes the first 512 bytes itself (it sniffs them before
+	// the headers go out); sendfile moves the rest.
+	assert.GreaterOrEqual(t, moved, want-512)
+	assert.Positive(t, want)
+}

@@ -40,6 +40,9 @@ type ServerOptions struct {
 	MaxWait time.Duration
 	// Registry receives the metrics served at /metrics. Default: a new one.
 	Registry *prometheus.Registry
+	// HeaderTimeout: HTTPServer's connections must send their request
+	// headers within it (against slowloris clients). Default 10s.
+	HeaderTimeout time.Duration
 }
 
 // Server is an http.Handler serving named logs:
@@ -78,6 +81,9 @@ func NewServer(logs map[string]*engine.Log, opts ServerOptions) *Server {
 	if opts.Registry == nil {
 		opts.Registry = prometheus.NewRegistry()
 	}
+	if opts.HeaderTimeout <= 0 {
+		opts.HeaderTimeout = 10 * time.Second
+	}
 	s := &Server{logs: logs, opts: opts, mux: http.NewServeMux(), exports: make(chan struct{}, opts.MaxExports)}
 	s.m = metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "segstore_peer_requests_total", Help: "HTTP requests by endpoint and status code."}, []string{"endpoint", "code"}),
@@ -99,10 +105,10 @@ func NewServer(logs map[string]*engine.Log, opts ServerOptions) *Server {
 }
 
 // HTTPServer returns an http.Server for s on addr with timeouts against
-// slow clients: headers within 10s, idle connections closed after 2 min.
-// Body writes get a deadline per response, from its size.
+// slow clients: headers within HeaderTimeout, idle connections closed
+// after 2 min. Body writes get a deadline per response, from its size.
 func (s *Server) HTTPServer(addr string) *http.Server {
-	return &http.Server{Addr: addr, Handler: s, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
+	return &http.Server{Addr: addr, Handler: s, ReadHeaderTimeout: s.opts.HeaderTimeout, IdleTimeout: 2 * time.Minute,
 		MaxHeaderBytes: 16 << 10}
 }
 
