@@ -1,0 +1,412 @@
+// Package raftstore is a hashicorp/raft LogStore and StableStore on a
+// segstore log: raft entries are records of an engine.Log (one durable
+// commit per StoreLogs batch, point reads through segstore's cache), and
+// the stable store is one small file replaced atomically on each change.
+package raftstore
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"io/fs"
+	"path/filepath"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/segstore/segstore/blockdev"
+	"github.com/segstore/segstore/engine"
+)
+
+// Store implements raft.LogStore, raft.StableStore and
+// raft.MonotonicLogStore. Safe for concurrent use.
+type Store struct {
+	log *engine.Log
+	dir blockdev.Dir
+
+	mu     sync.Mutex // serializes changes (StoreLogs, DeleteRange, Set)
+	base   uint64     // raft index = offset + base
+	stable map[string][]byte
+}
+
+var (
+	_ raft.LogStore          = (*Store)(nil)
+	_ raft.StableStore       = (*Store)(nil)
+	_ raft.MonotonicLogStore = (*Store)(nil)
+)
+
+// errNotFound is what raft expects from a StableStore for a missing key:
+// it compares the message, "not found".
+var errNotFound = errors.New("not found")
+
+// stableName is the stable store's file in the log's directory.
+const stableName = "RAFT-STABLE"
+
+// baseKey holds the index base in the stable store's file.
+const baseKey = "\x00segstore/index-base"
+
+// Open opens (creating if needed) a store in dir. opts configures the
+// log (engine.DefaultOptions() if zero: durable appends); opts.Dir, if
+// set, replaces the directory (tests).
+func Open(dir string, opts engine.Options) (*Store, error) {
+	if opts.SegmentSize == 0 {
+		opts = engine.DefaultOptions()
+	}
+	l, err := engine.Open(dir, opts) // takes the directory's lock
+	if err != nil {
+		return nil, err
+	}
+	d := opts.Dir
+	if d == nil {
+		if d, err = blockdev.OpenDir(dir, opts.Buffered); err != nil {
+			l.Close()
+			return nil, err
+		}
+	}
+	s := &Store{log: l, dir: d}
+	if s.stable, err = readStable(d); err != nil {
+		l.Close()
+		return nil, err
+	}
+	if b, ok := s.stable[baseKey]; ok && len(b) == 8 {
+		s.base = binary.LittleEndian.Uint64(b)
+	}
+	return s, nil
+}
+
+// Log is the underlying segstore log (for its Stats, Segments, ...).
+func (s *Store) Log() *engine.Log { return s.log }
+
+// Close closes the log.
+func (s *Store) Close() error { return s.log.Close() }
+
+// IsMonotonic: entries are dense, there are never gaps.
+func (s *Store) IsMonotonic() bool { return true }
+
+// FirstIndex is the first index stored, or 0 if none (O(1)).
+func (s *Store) FirstIndex() (uint64, error) {
+	start, end := s.log.StartOffset(), s.log.DurableOffset()
+	if start >= end {
+		return 0, nil
+	}
+	return start + s.loadBase(), nil
+}
+
+// LastIndex is the last index stored, or 0 if none (O(1)).
+func (s *Store) LastIndex() (uint64, error) {
+	start, end := s.log.StartOffset(), s.log.DurableOffset()
+	if start >= end {
+		return 0, nil
+	}
+	return end - 1 + s.loadBase(), nil
+}
+
+func (s *Store) loadBase() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.base
+}
+
+// GetLog reads the entry at index, or raft.ErrLogNotFound.
+func (s *Store) GetLog(index uint64, out *raft.Log) error {
+	base := s.loadBase()
+	if index < base {
+		return raft.ErrLogNotFound
+	}
+	rec, err := s.log.Read(index-base, nil)
+	if errors.Is(err, engine.ErrOutOfRange) {
+		return raft.ErrLogNotFound
+	}
+	if err != nil {
+		return err
+	}
+	if err := decodeEntry(rec, out); err != nil {
+		return fmt.Errorf("raftstore: entry %d: %w", index, err)
+	}
+	if out.Index != index {
+		return fmt.Errorf("raftstore: the record for index %d holds index %d", index, out.Index)
+	}
+	return nil
+}
+
+// StoreLog stores one entry.
+func (s *Store) StoreLog(l *raft.Log) error { return s.StoreLogs([]*raft.Log{l}) }
+
+// StoreLogs stores entries, which must continue the log (or start it
+// anywhere, if it is empty) with consecutive indexes, in one durable
+// commit: after a crash either all of them are there or none.
+func (s *Store) StoreLogs(logs []*raft.Log) error {
+	if len(logs) == 0 {
+		return nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i := 1; i < len(logs); i++ {
+		if logs[i].Index != logs[i-1].Index+1 {
+			return fmt.Errorf("raftstore: StoreLogs with index %d after %d: entries must be consecutive", logs[i].Index, logs[i-1].Index)
+		}
+	}
+	end := s.log.EndOffset()
+	if s.log.StartOffset() == end { // empty: the first entry sets the base
+		if logs[0].Index < end {
+			return fmt.Errorf("raftstore: index %d is below the log's next offset %d", logs[0].Index, end)
+		}
+		if base := logs[0].Index - end; base != s.base {
+			if err := s.setLocked(baseKey, binary.LittleEndian.AppendUint64(nil, base)); err != nil {
+				return err
+			}
+			s.base = base
+		}
+	} else if want := end + s.base; logs[0].Index != want {
+		return fmt.Errorf("raftstore: StoreLogs starting at index %d, the next index is %d (delete the conflicting suffix first)", logs[0].Index, want)
+	}
+	recs := make([][]byte, len(logs))
+	for i, l := range logs {
+		recs[i] = encodeEntry(l)
+	}
+	_, err := s.log.Append(recs...)
+	return err
+}
+
+// DeleteRange deletes the entries [min, max]: a prefix (after a snapshot,
+// TruncateFront) or a suffix (a conflicting tail, TruncateBack), or all.
+// Deleting from the middle is an error: the log has no gaps.
+func (s *Store) DeleteRange(min, max uint64) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	start, end := s.log.StartOffset(), s.log.EndOffset()
+	if start == end || max < min {
+		return nil
+	}
+	first, last := start+s.base, end-1+s.base
+	lo, hi := min, max
+	if lo < first {
+		lo = first
+	}
+	if hi > last {
+		hi = last
+	}
+	switch {
+	case lo > hi:
+		return nil // nothing stored in the range
+	case lo == first && hi == last:
+		return s.log.TruncateBack(start)
+	case lo == first:
+		return s.log.TruncateFront(hi + 1 - s.base)
+	case hi == last:
+		return s.log.TruncateBack(lo - s.base)
+	}
+	return fmt.Errorf("raftstore: DeleteRange(%d, %d) is inside the log [%d, %d]: only a prefix or a suffix can be deleted", min, max, first, last)
+}
+
+// Set stores a value durably (the whole stable file is replaced).
+func (s *Store) Set(key []byte, val []byte) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.setLocked(string(key), append([]byte(nil), val...))
+}
+
+// Get returns a value, or an error "not found".
+func (s *Store) Get(key []byte) ([]byte, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	v, ok := s.stable[string(key)]
+	if !ok {
+		return nil, errNotFound
+	}
+	return append([]byte(nil), v...), nil
+}
+
+// SetUint64 stores a number.
+func (s *Store) SetUint64(key []byte, val uint64) error {
+	return s.Set(key, binary.LittleEndian.AppendUint64(nil, val))
+}
+
+// GetUint64 returns a number, or 0 and "not found".
+func (s *Store) GetUint64(key []byte) (uint64, error) {
+	v, err := s.Get(key)
+	if err != nil {
+		return 0, err
+	}
+	if len(v) != 8 {
+		return 0, fmt.Errorf("raftstore: value of %q is %d bytes, not a uint64", key, len(v))
+	}
+	return binary.LittleEndian.Uint64(v), nil
+}
+
+func (s *Store) setLocked(key string, val []byte) error {
+	next := make(map[string][]byte, len(s.stable)+1)
+	for k, v := range s.stable {
+		next[k] = v
+	}
+	next[key] = val
+	if err := writeStable(s.dir, next); err != nil {
+		return err
+	}
+	s.stable = next
+	return nil
+}
+
+// Entry encoding, little endian:
+//
+//	index u64 | term u64 | appendedAt i64 (unix ns) | type u8 | data len uvarint | data | extensions len uvarint | extensions
+func encodeEntry(l *raft.Log) []byte {
+	b := make([]byte, 0, 25+2*binary.MaxVarintLen64+len(l.Data)+len(l.Extensions))
+	b = binary.LittleEndian.AppendUint64(b, l.Index)
+	b = binary.LittleEndian.AppendUint64(b, l.Term)
+	var at int64
+	if !l.AppendedAt.IsZero() {
+		at = l.AppendedAt.UnixNano()
+	}
+	b = binary.LittleEndian.AppendUint64(b, uint64(at))
+	b = append(b, byte(l.Type))
+	b = binary.AppendUvarint(b, uint64(len(l.Data)))
+	b = append(b, l.Data...)
+	b = binary.AppendUvarint(b, uint64(len(l.Extensions)))
+	return append(b, l.Extensions...)
+}
+
+func decodeEntry(b []byte, l *raft.Log) error {
+	if len(b) < 25 {
+		return io.ErrUnexpectedEOF
+	}
+	l.Index = binary.LittleEndian.Uint64(b)
+	l.Term = binary.LittleEndian.Uint64(b[8:])
+	l.AppendedAt = time.Time{}
+	if at := int64(binary.LittleEndian.Uint64(b[16:])); at != 0 {
+		l.AppendedAt = time.Unix(0, at)
+	}
+	l.Type = raft.LogType(b[24])
+	rest := b[25:]
+	var err error
+	if l.Data, rest, err = cutBytes(rest); err != nil {
+		return err
+	}
+	if l.Extensions, rest, err = cutBytes(rest); err != nil {
+		return err
+	}
+	if len(rest) != 0 {
+		return fmt.Errorf("%d bytes after the entry", len(rest))
+	}
+	return nil
+}
+
+// cutBytes reads a uvarint length and that many bytes (copied: a read's
+// buffer is the caller's).
+func cutBytes(b []byte) ([]byte, []byte, error) {
+	n, k := binary.Uvarint(b)
+	if k <= 0 || n > uint64(len(b)-k) {
+		return nil, nil, io.ErrUnexpectedEOF
+	}
+	if n == 0 {
+		return nil, b[k:], nil
+	}
+	return b[k : k+int(n) : k+int(n)], b[k+int(n):], nil
+}
+
+// The stable file: "segstab1", count u32, then per key (sorted): key len
+// u32 | key | value len u32 | value; then a CRC-32C of everything before.
+// Commit point: STABLE.tmp written and fdatasynced, renamed over the file,
+// directory fsynced.
+const stableMagic = "segstab1"
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+func writeStable(d blockdev.Dir, kv map[string][]byte) error {
+	keys := make([]string, 0, len(kv))
+	for k := range kv {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	b := append([]byte(stableMagic), 0, 0, 0, 0)
+	binary.LittleEndian.PutUint32(b[8:], uint32(len(keys)))
+	for _, k := range keys {
+		b = binary.LittleEndian.AppendUint32(b, uint32(len(k)))
+		b = append(b, k...)
+		b = binary.LittleEndian.AppendUint32(b, uint32(len(kv[k])))
+		b = append(b, kv[k]...)
+	}
+	b = binary.LittleEndian.AppendUint32(b, crc32.Checksum(b, castagnoli))
+
+	tmp := stableName + ".tmp"
+	_ = d.Remove(tmp)
+	dev, err := d.Open(tmp, blockdev.Options{Create: true})
+	if err != nil {
+		return err
+	}
+	defer dev.Close()
+	a := dev.Alignment()
+	buf := a.Alloc(int((int64(len(b)) + int64(a.Block) - 1) / int64(a.Block) * int64(a.Block)))
+	copy(buf, b)
+	if _, err := dev.WriteAt(buf, 0); err != nil {
+		return fmt.Errorf("raftstore: write %s: %w", tmp, err)
+	}
+	if err := dev.Sync(); err != nil {
+		return fmt.Errorf("raftstore: sync %s: %w", tmp, err)
+	}
+	if err := d.Rename(tmp, stableName); err != nil {
+		return err
+	}
+	return d.Sync()
+}
+
+func readStable(d blockdev.Dir) (map[string][]byte, error) {
+	kv := map[string][]byte{}
+	dev, err := d.Open(stableName, blockdev.Options{ReadOnly: true})
+	if errors.Is(err, fs.ErrNotExist) {
+		return kv, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer dev.Close()
+	size, err := dev.Size()
+	if err != nil {
+		return nil, err
+	}
+	a := dev.Alignment()
+	buf := a.Alloc(int((max(size, 1) + int64(a.Block) - 1) / int64(a.Block) * int64(a.Block)))
+	if _, err := dev.ReadAt(buf, 0); err != nil && !errors.Is(err, io.EOF) {
+		return nil, err
+	}
+	bad := func(why string) error {
+		return &engine.CorruptionError{File: filepath.Join(d.Path(), stableName), Op: "open", Err: errors.New(why)}
+	}
+	b := buf[:size]
+	if len(b) < 16 || string(b[:8]) != stableMagic {
+		return nil, bad("not a raftstore stable file")
+	}
+	n := binary.LittleEndian.Uint32(b[8:])
+	p := 12
+	for range n {
+		var k, v []byte
+		var ok bool
+		if k, p, ok = lenPrefixed(b, p); !ok {
+			return nil, bad("truncated key")
+		}
+		if v, p, ok = lenPrefixed(b, p); !ok {
+			return nil, bad("truncated value")
+		}
+		kv[string(k)] = append([]byte(nil), v...)
+	}
+	if p+4 > len(b) || crc32.Checksum(b[:p], castagnoli) != binary.LittleEndian.Uint32(b[p:]) {
+		return nil, bad("checksum mismatch")
+	}
+	return kv, nil
+}
+
+func lenPrefixed(b []byte, p int) ([]byte, int, bool) {
+	if p+4 > len(b) {
+		return nil, p, false
+	}
+	n := int(binary.LittleEndian.Uint32(b[p:]))
+	p += 4
+	if n > len(b)-p {
+		return nil, p, false
+	}
+	return b[p : p+n], p + n, true
+}

@@ -1,0 +1,185 @@
+package raftstore
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/segstore/segstore/blockdev"
+	"github.com/segstore/segstore/engine"
+)
+
+func simOptions(d *blockdev.SimDir) engine.Options {
+	o := engine.DefaultOptions()
+	o.Dir, o.SegmentSize, o.MaxWrite, o.IndexInterval = d, 64<<10, 16<<10, 4096
+	o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	return o
+}
+
+func entries(from, to uint64) []*raft.Log {
+	var out []*raft.Log
+	for i := from; i <= to; i++ {
+		out = append(out, &raft.Log{Index: i, Term: 1 + i/10, Type: raft.LogCommand, Data: []byte(fmt.Sprintf("cmd-%d", i)),
+			Extensions: []byte{byte(i)}, AppendedAt: time.Unix(0, int64(i)*1000)})
+	}
+	return out
+}
+
+// requireRange checks FirstIndex, LastIndex and every entry between.
+func requireRange(t *testing.T, s *Store, first, last uint64) {
+	t.Helper()
+	f, err := s.FirstIndex()
+	require.NoError(t, err)
+	l, err := s.LastIndex()
+	require.NoError(t, err)
+	require.Equal(t, [2]uint64{first, last}, [2]uint64{f, l})
+	if first == 0 {
+		return
+	}
+	for i := first; i <= last; i++ {
+		var got raft.Log
+		require.NoError(t, s.GetLog(i, &got), "index %d", i)
+		require.Equal(t, *entries(i, i)[0], got)
+	}
+	var got raft.Log
+	assert.ErrorIs(t, s.GetLog(first-1, &got), raft.ErrLogNotFound)
+	assert.ErrorIs(t, s.GetLog(last+1, &got), raft.ErrLogNotFound)
+}
+
+// TestLogStoreContract: an empty store, appends, gaps refused, deletes
+// at both ends and of everything, a new start after that, each step
+// checked again after a reopen.
+func TestLogStoreContract(t *testing.T) {
+	d := blockdev.NewSimDir(blockdev.SimOptions{})
+	s, err := Open("sim", simOptions(d))
+	require.NoError(t, err)
+	reopen := func() {
+		t.Helper()
+		require.NoError(t, s.Close())
+		s, err = Open("sim", simOptions(d))
+		require.NoError(t, err)
+	}
+	assert.True(t, s.IsMonotonic())
+	requireRange(t, s, 0, 0)
+	var l raft.Log
+	assert.ErrorIs(t, s.GetLog(1, &l), raft.ErrLogNotFound)
+
+	require.NoError(t, s.StoreLogs(entries(1, 100)))
+	require.NoError(t, s.StoreLog(entries(101, 101)[0]))
+	requireRange(t, s, 1, 101)
+	reopen()
+	requireRange(t, s, 1, 101)
+
+	assert.ErrorContains(t, s.StoreLogs(entries(103, 104)), "the next index is 102", "a gap")
+	assert.ErrorContains(t, s.StoreLogs([]*raft.Log{entries(102, 102)[0], entries(104, 104)[0]}), "consecutive")
+	requireRange(t, s, 1, 101)
+
+	require.NoError(t, s.DeleteRange(1, 40)) // compaction after a snapshot
+	requireRange(t, s, 41, 101)
+	require.NoError(t, s.DeleteRange(90, 200)) // a conflicting suffix
+	requireRange(t, s, 41, 89)
+	reopen()
+	requireRange(t, s, 41, 89)
+	assert.ErrorContains(t, s.DeleteRange(50, 60), "only a prefix or a suffix")
+	require.NoError(t, s.StoreLogs(entries(90, 120)))
+	requireRange(t, s, 41, 120)
+
+	require.NoError(t, s.DeleteRange(41, 120)) // everything, as after a snapshot restore
+	requireRange(t, s, 0, 0)
+	require.NoError(t, s.StoreLogs(entries(500, 520))) // starts again past the snapshot
+	requireRange(t, s, 500, 520)
+	reopen()
+	requireRange(t, s, 500, 520)
+	require.NoError(t, s.Close())
+}
+
+func TestStableStoreContract(t *testing.T) {
+	d := blockdev.NewSimDir(blockdev.SimOptions{})
+	s, err := Open("sim", simOptions(d))
+	require.NoError(t, err)
+	_, err = s.Get([]byte("CurrentTerm"))
+	assert.EqualError(t, err, "not found", "raft compares this message")
+	v, err := s.GetUint64([]byte("CurrentTerm"))
+	assert.EqualError(t, err, "not found")
+	assert.Zero(t, v)
+
+	require.NoError(t, s.SetUint64([]byte("CurrentTerm"), 7))
+	require.NoError(t, s.Set([]byte("LastVoteCand"), []byte("node-2")))
+	require.NoError(t, s.Set([]byte("empty"), nil))
+	require.NoError(t, s.Close())
+	s, err = Open("sim", simOptions(d))
+	require.NoError(t, err)
+	defer s.Close()
+	v, err = s.GetUint64([]byte("CurrentTerm"))
+	require.NoError(t, err)
+	assert.Equal(t, uint64(7), v)
+	b, err := s.Get([]byte("LastVoteCand"))
+	require.NoError(t, err)
+	assert.Equal(t, "node-2", string(b))
+	b, err = s.Get([]byte("empty"))
+	require.NoError(t, err)
+	assert.Empty(t, b)
+}
+
+// TestCrashAroundStoreLogs: a crash at any point leaves every
+// acknowledged StoreLogs whole and nothing of an unacknowledged one but
+// all or none of it; the stable store keeps its last acknowledged value.
+func TestCrashAroundStoreLogs(t *testing.T) {
+	for _, mode := range []blockdev.CrashMode{blockdev.CrashDropUnsynced, blockdev.CrashTear, blockdev.CrashKeepAll} {
+		for batch := 1; batch <= 5; batch++ {
+			t.Run(fmt.Sprintf("mode=%d/batches=%d", mode, batch), func(t *testing.T) {
+				d := blockdev.NewSimDir(blockdev.SimOptions{Seed: uint64(batch)})
+				s, err := Open("sim", simOptions(d))
+				require.NoError(t, err)
+				var acked uint64
+				for i := range batch {
+					from := uint64(i*20 + 1)
+					require.NoError(t, s.StoreLogs(entries(from, from+19)))
+					acked = from + 19
+					require.NoError(t, s.SetUint64([]byte("CurrentTerm"), uint64(i)))
+				}
+				crashed := d.Crash(mode)
+				s.Close()
+				s, err = Open("sim", simOptions(crashed))
+				require.NoError(t, err)
+				defer s.Close()
+				requireRange(t, s, 1, acked)
+				term, err := s.GetUint64([]byte("CurrentTerm"))
+				require.NoError(t, err)
+				assert.Equal(t, uint64(batch-1), term)
+			})
+		}
+	}
+}
+
+// TestUnacknowledgedStoreLogs: a StoreLogs whose fdatasync fails is not
+// acknowledged; after a crash the store holds the acknowledged entries
+// and the failed batch whole or not at all, never in part.
+func TestUnacknowledgedStoreLogs(t *testing.T) {
+	for _, mode := range []blockdev.CrashMode{blockdev.CrashDropUnsynced, blockdev.CrashTear, blockdev.CrashKeepAll} {
+		t.Run(fmt.Sprint("mode=", mode), func(t *testing.T) {
+			d := blockdev.NewSimDir(blockdev.SimOptions{Seed: 3})
+			s, err := Open("sim", simOptions(d))
+			require.NoError(t, err)
+			require.NoError(t, s.StoreLogs(entries(1, 30)))
+			seg := d.File(fmt.Sprintf("%020d.seg", 0))
+			seg.FailNth(blockdev.OpSync, seg.Calls(blockdev.OpSync)+1)
+			require.Error(t, s.StoreLogs(entries(31, 60)), "not acknowledged")
+			crashed := d.Crash(mode)
+			s.Close()
+			s, err = Open("sim", simOptions(crashed))
+			require.NoError(t, err)
+			defer s.Close()
+			last, err := s.LastIndex()
+			require.NoError(t, err)
+			require.Contains(t, []uint64{30, 60}, last, "the failed batch is whole or absent")
+			requireRange(t, s, 1, last)
+		})
+	}
+}
