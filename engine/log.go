@@ -739,7 +739,7 @@ func (l *Log) Read(offset uint64, dst []byte) ([]byte, error) {
 	defer s.release()
 	vis := s.vis()
 	start, end, complete := s.chunk(offset, vis)
-	c, err := l.chunkBytes(s, start, end, complete)
+	c, err := l.chunkBytes(s, start, end, complete, offset)
 	if err != nil {
 		return dst, err
 	}
@@ -780,10 +780,16 @@ func (l *Log) segmentFor(offset uint64) (*segment, error) {
 // chunkBytes returns one index interval, verified: from the cache, or read
 // with O_DIRECT and verified frame by frame (and cached if the interval is
 // complete: it will never grow).
-func (l *Log) chunkBytes(s *segment, start indexEntry, end int64, complete bool) (chunk, error) {
+func (l *Log) chunkBytes(s *segment, start indexEntry, end int64, complete bool, offset uint64) (chunk, error) {
 	if complete {
 		if b, ok := l.cache.Get(s.ns, start.pos); ok {
 			return chunk(b), nil
+		}
+	} else if t := s.tail.Load(); t != nil && t.pos == start.pos {
+		// The growing last interval, as last read: it still holds every
+		// record it held (durable bytes never change), maybe not offset.
+		if _, ok := t.c.record(offset - start.off); ok {
+			return t.c, nil
 		}
 	}
 	var buf []byte
@@ -806,6 +812,8 @@ func (l *Log) chunkBytes(s *segment, start indexEntry, end int64, complete bool)
 	}
 	if complete {
 		l.cache.Set(s.ns, start.pos, c)
+	} else {
+		s.tail.Store(&tailChunk{pos: start.pos, c: c})
 	}
 	return c, nil
 }

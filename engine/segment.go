@@ -76,6 +76,12 @@ type segment struct {
 	man       manifestEntry
 	footerBad atomic.Bool // footer found damaged on a lazy load; kept out of the manifest
 
+	// tail: the active segment's last, still-growing index interval as a
+	// read last built it (not in the cache, whose values never change), so
+	// reads of the newest records (raft's GetLog of what it just stored)
+	// do not go to the disk each time.
+	tail atomic.Pointer[tailChunk]
+
 	mu       sync.RWMutex // guards index, sealed and sealedAt
 	index    []indexEntry // sparse, ascending; the first frame is always in it
 	interval int64
@@ -254,6 +260,12 @@ func (s *segment) readRange(from, to int64, buf []byte) (data, aligned []byte, e
 		return nil, nil, s.corrupt("read", start+int64(n), fmt.Errorf("file ends at %d, records were acknowledged up to %d", start+int64(n), to))
 	}
 	return buf[from-start : to-start], buf, nil
+}
+
+// tailChunk is a chunk of the growing last interval, starting at pos.
+type tailChunk struct {
+	pos int64
+	c   chunk
 }
 
 // chunk is one index interval as the cache holds it: the verified frame

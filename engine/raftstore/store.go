@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -28,8 +29,8 @@ type Store struct {
 	log *engine.Log
 	dir blockdev.Dir
 
-	mu     sync.Mutex // serializes changes (StoreLogs, DeleteRange, Set)
-	base   uint64     // raft index = offset + base
+	mu     sync.Mutex    // serializes changes (StoreLogs, DeleteRange, Set)
+	base   atomic.Uint64 // raft index = offset + base; changed under mu
 	stable map[string][]byte
 }
 
@@ -73,7 +74,7 @@ func Open(dir string, opts engine.Options) (*Store, error) {
 		return nil, err
 	}
 	if b, ok := s.stable[baseKey]; ok && len(b) == 8 {
-		s.base = binary.LittleEndian.Uint64(b)
+		s.base.Store(binary.LittleEndian.Uint64(b))
 	}
 	return s, nil
 }
@@ -105,11 +106,7 @@ func (s *Store) LastIndex() (uint64, error) {
 	return end - 1 + s.loadBase(), nil
 }
 
-func (s *Store) loadBase() uint64 {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.base
-}
+func (s *Store) loadBase() uint64 { return s.base.Load() }
 
 // GetLog reads the entry at index, or raft.ErrLogNotFound.
 func (s *Store) GetLog(index uint64, out *raft.Log) error {
@@ -155,13 +152,13 @@ func (s *Store) StoreLogs(logs []*raft.Log) error {
 		if logs[0].Index < end {
 			return fmt.Errorf("raftstore: index %d is below the log's next offset %d", logs[0].Index, end)
 		}
-		if base := logs[0].Index - end; base != s.base {
+		if base := logs[0].Index - end; base != s.base.Load() {
 			if err := s.setLocked(baseKey, binary.LittleEndian.AppendUint64(nil, base)); err != nil {
 				return err
 			}
-			s.base = base
+			s.base.Store(base)
 		}
-	} else if want := end + s.base; logs[0].Index != want {
+	} else if want := end + s.base.Load(); logs[0].Index != want {
 		return fmt.Errorf("raftstore: StoreLogs starting at index %d, the next index is %d (delete the conflicting suffix first)", logs[0].Index, want)
 	}
 	recs := make([][]byte, len(logs))
@@ -182,7 +179,8 @@ func (s *Store) DeleteRange(min, max uint64) error {
 	if start == end || max < min {
 		return nil
 	}
-	first, last := start+s.base, end-1+s.base
+	base := s.base.Load()
+	first, last := start+base, end-1+base
 	lo, hi := min, max
 	if lo < first {
 		lo = first
@@ -196,9 +194,9 @@ func (s *Store) DeleteRange(min, max uint64) error {
 	case lo == first && hi == last:
 		return s.log.TruncateBack(start)
 	case lo == first:
-		return s.log.TruncateFront(hi + 1 - s.base)
+		return s.log.TruncateFront(hi + 1 - base)
 	case hi == last:
-		return s.log.TruncateBack(lo - s.base)
+		return s.log.TruncateBack(lo - base)
 	}
 	return fmt.Errorf("raftstore: DeleteRange(%d, %d) is inside the log [%d, %d]: only a prefix or a suffix can be deleted", min, max, first, last)
 }
