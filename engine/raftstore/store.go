@@ -1,18 +1,17 @@
 // Package raftstore is a hashicorp/raft LogStore and StableStore on a
 // segstore log: raft entries are records of an engine.Log (one durable
 // commit per StoreLogs batch, point reads through segstore's cache), and
-// the stable store is one small file replaced atomically on each change.
+// the stable store is a small wal file of key-value records, one append
+// and one fdatasync per Set.
 package raftstore
 
 import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"io"
 	"io/fs"
 	"path/filepath"
-	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -21,6 +20,7 @@ import (
 
 	"github.com/segstore/segstore/blockdev"
 	"github.com/segstore/segstore/engine"
+	"github.com/segstore/segstore/wal"
 )
 
 // Store implements raft.LogStore, raft.StableStore and
@@ -32,6 +32,8 @@ type Store struct {
 	mu     sync.Mutex    // serializes changes (StoreLogs, DeleteRange, Set)
 	base   atomic.Uint64 // raft index = offset + base; changed under mu
 	stable map[string][]byte
+	stw    *wal.Writer // appends to the stable file
+	stdev  blockdev.Device
 }
 
 var (
@@ -43,9 +45,6 @@ var (
 // errNotFound is what raft expects from a StableStore for a missing key:
 // it compares the message, "not found".
 var errNotFound = errors.New("not found")
-
-// stableName is the stable store's file in the log's directory.
-const stableName = "RAFT-STABLE"
 
 // baseKey holds the index base in the stable store's file.
 const baseKey = "\x00segstore/index-base"
@@ -69,7 +68,7 @@ func Open(dir string, opts engine.Options) (*Store, error) {
 		}
 	}
 	s := &Store{log: l, dir: d}
-	if s.stable, err = readStable(d); err != nil {
+	if s.stable, s.stw, s.stdev, err = openStable(d); err != nil {
 		l.Close()
 		return nil, err
 	}
@@ -82,8 +81,10 @@ func Open(dir string, opts engine.Options) (*Store, error) {
 // Log is the underlying segstore log (for its Stats, Segments, ...).
 func (s *Store) Log() *engine.Log { return s.log }
 
-// Close closes the log.
-func (s *Store) Close() error { return s.log.Close() }
+// Close closes the log and the stable file.
+func (s *Store) Close() error {
+	return errors.Join(s.stw.Close(), s.stdev.Close(), s.log.Close())
+}
 
 // IsMonotonic: entries are dense, there are never gaps.
 func (s *Store) IsMonotonic() bool { return true }
@@ -237,15 +238,13 @@ func (s *Store) GetUint64(key []byte) (uint64, error) {
 }
 
 func (s *Store) setLocked(key string, val []byte) error {
-	next := make(map[string][]byte, len(s.stable)+1)
-	for k, v := range s.stable {
-		next[k] = v
+	if _, err := s.stw.Append(encodeKV(key, val)); err != nil {
+		return fmt.Errorf("raftstore: set %q: %w", key, err)
 	}
-	next[key] = val
-	if err := writeStable(s.dir, next); err != nil {
-		return err
+	s.stable[key] = val
+	if end, _ := s.stw.Durable(); end > stableCompactAt {
+		return s.compactStableLocked()
 	}
-	s.stable = next
 	return nil
 }
 
@@ -306,105 +305,118 @@ func cutBytes(b []byte) ([]byte, []byte, error) {
 	return b[k : k+int(n) : k+int(n)], b[k+int(n):], nil
 }
 
-// The stable file: "segstab1", count u32, then per key (sorted): key len
-// u32 | key | value len u32 | value; then a CRC-32C of everything before.
-// Commit point: STABLE.tmp written and fdatasynced, renamed over the file,
-// directory fsynced.
-const stableMagic = "segstab1"
+// The stable store is a small wal file, RAFT-STABLE.wal, of records
+// (key length u32 | key | value), the last record of a key winning: a Set
+// is one append, one fdatasync, atomic by the frame checksum. Open
+// replays it (a torn last record is cut, as for any wal file). When the
+// file passes stableCompactAt, the current pairs are written to a new
+// file (RAFT-STABLE.wal.tmp, synced, renamed over, directory synced).
+const (
+	stableName      = "RAFT-STABLE.wal"
+	stableCompactAt = 1 << 20
+)
 
-var castagnoli = crc32.MakeTable(crc32.Castagnoli)
-
-func writeStable(d blockdev.Dir, kv map[string][]byte) error {
-	keys := make([]string, 0, len(kv))
-	for k := range kv {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	b := append([]byte(stableMagic), 0, 0, 0, 0)
-	binary.LittleEndian.PutUint32(b[8:], uint32(len(keys)))
-	for _, k := range keys {
-		b = binary.LittleEndian.AppendUint32(b, uint32(len(k)))
-		b = append(b, k...)
-		b = binary.LittleEndian.AppendUint32(b, uint32(len(kv[k])))
-		b = append(b, kv[k]...)
-	}
-	b = binary.LittleEndian.AppendUint32(b, crc32.Checksum(b, castagnoli))
-
-	tmp := stableName + ".tmp"
-	_ = d.Remove(tmp)
-	dev, err := d.Open(tmp, blockdev.Options{Create: true})
-	if err != nil {
-		return err
-	}
-	defer dev.Close()
-	a := dev.Alignment()
-	buf := a.Alloc(int((int64(len(b)) + int64(a.Block) - 1) / int64(a.Block) * int64(a.Block)))
-	copy(buf, b)
-	if _, err := dev.WriteAt(buf, 0); err != nil {
-		return fmt.Errorf("raftstore: write %s: %w", tmp, err)
-	}
-	if err := dev.Sync(); err != nil {
-		return fmt.Errorf("raftstore: sync %s: %w", tmp, err)
-	}
-	if err := d.Rename(tmp, stableName); err != nil {
-		return err
-	}
-	return d.Sync()
+func stableOptions() wal.Options {
+	return wal.Options{SyncMode: wal.SyncAlways, MaxWrite: 256 << 10, Preallocate: stableCompactAt + (256 << 10), PreZero: true}
 }
 
-func readStable(d blockdev.Dir) (map[string][]byte, error) {
+func encodeKV(k string, v []byte) []byte {
+	b := binary.LittleEndian.AppendUint32(nil, uint32(len(k)))
+	return append(append(b, k...), v...)
+}
+
+// openStable replays the stable file (creating it if missing) and returns
+// its pairs and a writer appending to it.
+func openStable(d blockdev.Dir) (map[string][]byte, *wal.Writer, blockdev.Device, error) {
 	kv := map[string][]byte{}
-	dev, err := d.Open(stableName, blockdev.Options{ReadOnly: true})
+	dev, err := d.Open(stableName, blockdev.Options{})
 	if errors.Is(err, fs.ErrNotExist) {
-		return kv, nil
+		if dev, err = d.Open(stableName, blockdev.Options{Create: true}); err != nil {
+			return nil, nil, nil, err
+		}
+		w, err := wal.Create(dev, 0, stableOptions())
+		if err == nil {
+			err = d.Sync()
+		}
+		if err != nil {
+			dev.Close()
+			return nil, nil, nil, err
+		}
+		return kv, w, dev, nil
 	}
 	if err != nil {
-		return nil, err
+		return nil, nil, nil, err
 	}
-	defer dev.Close()
-	size, err := dev.Size()
+	w, _, err := wal.Open(dev, stableOptions()) // recovery: a torn last Set is cut
+	if err == nil {
+		err = replayStable(dev, kv)
+	}
 	if err != nil {
-		return nil, err
-	}
-	a := dev.Alignment()
-	buf := a.Alloc(int((max(size, 1) + int64(a.Block) - 1) / int64(a.Block) * int64(a.Block)))
-	if _, err := dev.ReadAt(buf, 0); err != nil && !errors.Is(err, io.EOF) {
-		return nil, err
-	}
-	bad := func(why string) error {
-		return &engine.CorruptionError{File: filepath.Join(d.Path(), stableName), Op: "open", Err: errors.New(why)}
-	}
-	b := buf[:size]
-	if len(b) < 16 || string(b[:8]) != stableMagic {
-		return nil, bad("not a raftstore stable file")
-	}
-	n := binary.LittleEndian.Uint32(b[8:])
-	p := 12
-	for range n {
-		var k, v []byte
-		var ok bool
-		if k, p, ok = lenPrefixed(b, p); !ok {
-			return nil, bad("truncated key")
+		if w != nil {
+			w.Close()
 		}
-		if v, p, ok = lenPrefixed(b, p); !ok {
-			return nil, bad("truncated value")
-		}
-		kv[string(k)] = append([]byte(nil), v...)
+		dev.Close()
+		return nil, nil, nil, fmt.Errorf("raftstore: %s: %w", filepath.Join(d.Path(), stableName), err)
 	}
-	if p+4 > len(b) || crc32.Checksum(b[:p], castagnoli) != binary.LittleEndian.Uint32(b[p:]) {
-		return nil, bad("checksum mismatch")
-	}
-	return kv, nil
+	return kv, w, dev, nil
 }
 
-func lenPrefixed(b []byte, p int) ([]byte, int, bool) {
-	if p+4 > len(b) {
-		return nil, p, false
+func replayStable(dev blockdev.Device, kv map[string][]byte) error {
+	sc, err := wal.NewScanner(dev)
+	if err != nil {
+		return err
 	}
-	n := int(binary.LittleEndian.Uint32(b[p:]))
-	p += 4
-	if n > len(b)-p {
-		return nil, p, false
+	for sc.Next() {
+		var bad error
+		wal.Records(sc.Frame().Payload, func(_ int, rec []byte) bool {
+			if len(rec) < 4 || int(binary.LittleEndian.Uint32(rec)) > len(rec)-4 {
+				bad = fmt.Errorf("a malformed record in the frame at %d", sc.Frame().Pos)
+				return false
+			}
+			n := int(binary.LittleEndian.Uint32(rec))
+			kv[string(rec[4:4+n])] = append([]byte(nil), rec[4+n:]...)
+			return true
+		})
+		if bad != nil {
+			return bad
+		}
 	}
-	return b[p : p+n], p + n, true
+	return sc.Err()
+}
+
+// compactStableLocked writes kv to a new stable file and switches to it.
+func (s *Store) compactStableLocked() error {
+	tmp := stableName + ".tmp"
+	_ = s.dir.Remove(tmp)
+	dev, err := s.dir.Open(tmp, blockdev.Options{Create: true})
+	if err != nil {
+		return err
+	}
+	w, err := wal.Create(dev, 0, stableOptions())
+	if err != nil {
+		dev.Close()
+		return err
+	}
+	var recs [][]byte
+	for k, v := range s.stable {
+		recs = append(recs, encodeKV(k, v))
+	}
+	if len(recs) > 0 {
+		_, err = w.Append(recs...)
+	}
+	if err == nil {
+		err = s.dir.Rename(tmp, stableName)
+	}
+	if err == nil {
+		err = s.dir.Sync()
+	}
+	if err != nil {
+		w.Close()
+		dev.Close()
+		return err
+	}
+	s.stw.Close()
+	s.stdev.Close()
+	s.stw, s.stdev = w, dev
+	return nil
 }

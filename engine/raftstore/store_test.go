@@ -183,3 +183,35 @@ func TestUnacknowledgedStoreLogs(t *testing.T) {
 		})
 	}
 }
+
+// TestStableStoreCompacts: Sets past the compaction size rewrite the
+// stable file; every key keeps its last value across reopens and a crash.
+func TestStableStoreCompacts(t *testing.T) {
+	d := blockdev.NewSimDir(blockdev.SimOptions{})
+	s, err := Open("sim", simOptions(d))
+	require.NoError(t, err)
+	big := make([]byte, 10<<10)
+	for i := range 300 { // 3 MB of Sets: compacted at least twice
+		big[0] = byte(i)
+		require.NoError(t, s.Set([]byte(fmt.Sprint("k", i%7)), big))
+		require.NoError(t, s.SetUint64([]byte("CurrentTerm"), uint64(i)))
+	}
+	crashed := d.Crash(blockdev.CrashTear)
+	s.Close()
+	s, err = Open("sim", simOptions(crashed))
+	require.NoError(t, err)
+	defer s.Close()
+	term, err := s.GetUint64([]byte("CurrentTerm"))
+	require.NoError(t, err)
+	assert.Equal(t, uint64(299), term)
+	for k := range 7 {
+		v, err := s.Get([]byte(fmt.Sprint("k", k)))
+		require.NoError(t, err)
+		last := 299 - (299-k)%7 // the last i with i%7 == k
+		assert.Equal(t, byte(last), v[0], "key k%d", k)
+		assert.Len(t, v, 10<<10)
+	}
+	size, err := crashed.Size(stableName)
+	require.NoError(t, err)
+	assert.Less(t, size, int64(2*stableCompactAt), "compacted")
+}
