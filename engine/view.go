@@ -52,10 +52,13 @@ func (l *Log) OpenSegment(base uint64) (*SegmentView, error) {
 		s.release()
 		return nil, err
 	}
+	vis := s.vis()
 	v := &SegmentView{l: l, s: s, info: s.info(), f: f}
 	v.size = v.info.Bytes
 	if !v.info.Sealed {
-		v.size = s.vis().pos // the active file's bytes up to its durable end
+		// The active file's bytes up to its durable end, and the records
+		// below it: one snapshot for both.
+		v.size, v.info.Next = vis.pos, vis.off
 	}
 	return v, nil
 }
