@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"slices"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/segstore/segstore/blockdev"
 	"github.com/segstore/segstore/wal"
 )
@@ -49,6 +51,11 @@ type VerifyReport struct {
 	Start    uint64    `json:"start"` // first offset of the first segment
 	End      uint64    `json:"end"`   // offset after the last valid record
 	Problems []Problem `json:"problems"`
+	// LiveWriter: a writer held the store's lock during the check; damaged
+	// bytes after the last segment's records were then taken for an
+	// append in flight (TailInFlight), not reported as a torn tail.
+	LiveWriter   bool `json:"live_writer"`
+	TailInFlight bool `json:"tail_in_flight"`
 
 	endUnknown bool // the last segment read stopped at damage: skip the contiguity check
 }
@@ -92,7 +99,7 @@ func Verify(dir string, opts VerifyOptions) (*VerifyReport, error) {
 		}
 	}
 	slices.Sort(bases)
-	r := &VerifyReport{}
+	r := &VerifyReport{LiveWriter: writerLive(d.Path())}
 	for i, base := range bases {
 		if err := r.verifySegment(d, base, i == len(bases)-1); err != nil {
 			return r, err
@@ -173,9 +180,12 @@ func (r *VerifyReport) verifySegment(d blockdev.Dir, base uint64, last bool) err
 	}
 	r.endUnknown = false
 	if t := sc.Torn(); t != nil {
-		if last {
+		switch {
+		case last && r.LiveWriter:
+			r.TailInFlight = true
+		case last:
 			problem(t.Pos, ProblemTornTail, true, "%d bytes of an unfinished write: %s", t.Bytes, t.Reason)
-		} else {
+		default:
 			problem(t.Pos, ProblemCorruption, false, "damaged bytes at the end of a segment that is not the last: %s", t.Reason)
 		}
 	}
@@ -205,4 +215,20 @@ func (r *VerifyReport) verifySegment(d blockdev.Dir, base uint64, last bool) err
 		}
 	}
 	return nil
+}
+
+// writerLive reports whether a writer holds the lock of the store in dir
+// (flock is per open file, so this sees a writer in this process too). It
+// creates nothing.
+func writerLive(dir string) bool {
+	fd, err := unix.Open(filepath.Join(dir, lockName), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return false
+	}
+	defer unix.Close(fd)
+	if err := unix.Flock(fd, unix.LOCK_SH|unix.LOCK_NB); err != nil {
+		return errors.Is(err, unix.EWOULDBLOCK)
+	}
+	unix.Flock(fd, unix.LOCK_UN)
+	return false
 }

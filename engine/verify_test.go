@@ -9,6 +9,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/segstore/segstore/blockdev"
 	"github.com/segstore/segstore/wal"
 )
 
@@ -110,4 +111,36 @@ func TestVerify(t *testing.T) {
 	}
 	_, err := Verify(filepath.Join(t.TempDir(), "nothing"), VerifyOptions{})
 	assert.ErrorIs(t, err, os.ErrNotExist)
+}
+
+// TestVerifyBesideALiveWriter: with the store's lock held by a writer,
+// bytes after the last segment's records are an append in flight, not a
+// problem; without it they are a torn tail.
+func TestVerifyBesideALiveWriter(t *testing.T) {
+	path, segs := damagedStore(t, func(t *testing.T, path string, segs []SegmentInfo, end int64) {
+		f, err := os.OpenFile(filepath.Join(path, segs[4].File), os.O_WRONLY, 0)
+		require.NoError(t, err)
+		defer f.Close()
+		frame := make([]byte, wal.FrameSize(wal.PayloadSize([][]byte{make([]byte, 2000)})))
+		n := wal.EncodeFrame(frame, 0, end, segs[4].Next, 1, [][]byte{bytes.Repeat([]byte{'t'}, 2000)})
+		clear(frame[(end+1024+511)&^511-end : n])
+		_, err = f.WriteAt(frame[:n], end)
+		require.NoError(t, err)
+	})
+	d, err := blockdev.OpenDir(path, false)
+	require.NoError(t, err)
+	release, err := d.Lock(lockName) // a writer, as far as Verify can tell
+	require.NoError(t, err)
+	r, err := Verify(path, VerifyOptions{})
+	require.NoError(t, err)
+	assert.True(t, r.LiveWriter)
+	assert.True(t, r.TailInFlight)
+	assert.True(t, r.Clean(), "%v", r.Problems)
+	require.NoError(t, release())
+	r, err = Verify(path, VerifyOptions{})
+	require.NoError(t, err)
+	assert.False(t, r.LiveWriter)
+	require.Len(t, r.Problems, 1)
+	assert.Equal(t, ProblemTornTail, r.Problems[0].Kind)
+	assert.Equal(t, segs[4].Base, r.Problems[0].Segment)
 }

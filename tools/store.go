@@ -365,6 +365,9 @@ func Verify(out io.Writer, dir string, opts VerifyOptions) error {
 		for _, p := range r.Problems {
 			fmt.Fprintln(out, "problem:", p)
 		}
+		if r.TailInFlight {
+			fmt.Fprintln(out, "note: a writer holds the store; bytes after the last segment's records were taken for an append in flight")
+		}
 		if r.Clean() {
 			fmt.Fprintln(out, "clean: every checksum, footer and index entry verified")
 		}
