@@ -63,6 +63,7 @@ type Log struct {
 	exportCopied   atomic.Int64 // bytes exported by a copy (any other writer)
 	manifestMu     sync.Mutex   // serializes manifest writes
 	reportMu       sync.Mutex   // guards report while segments open in parallel
+	clean          *cleanEnd    // the manifest's clean close record, while opening
 	report         Recovery
 }
 
@@ -91,7 +92,10 @@ type Recovery struct {
 	ActiveFrames      int           // frames scanned in the active segment
 	Torn              *wal.TornTail // torn tail cut from the active segment
 	ActiveScan        time.Duration // of Duration, opening the last segment (a scan unless sealed)
-	Duration          time.Duration
+	// CleanEnd: the last segment was closed cleanly, so its preallocated
+	// tail was not read to prove it empty.
+	CleanEnd bool
+	Duration time.Duration
 }
 
 // Open opens (creating if needed) the log in dir.
@@ -176,7 +180,8 @@ func (l *Log) load() error {
 		}
 	}
 	slices.Sort(bases)
-	manifest := l.readManifest()
+	manifest, clean := l.readManifest()
+	l.clean = clean
 	// Sealed segments through the manifest, or in parallel through their
 	// footers; then the last one (which may create or repair files) alone.
 	type opened struct {
@@ -317,6 +322,12 @@ func (l *Log) openSegment(base uint64, last bool, nextBase uint64, lazy bool) (*
 	sc, err := wal.NewScanner(dev)
 	if err != nil {
 		return s, err
+	}
+	if c := l.clean; last && c != nil && c.base == base {
+		if size, err := dev.Size(); err == nil && size == c.size {
+			sc.TrustCleanEnd(c.end)
+			l.noteReport(func(r *Recovery) { r.CleanEnd = true })
+		}
 	}
 	s.hdr = sc.Header()
 	if err := l.checkHeader(s); err != nil {
@@ -993,13 +1004,28 @@ func (l *Log) Close() error {
 	}
 	var err error
 	if l.active != nil && l.active.w != nil {
-		err = l.active.w.Close()
+		if err = l.active.w.Close(); err == nil && l.failed == nil {
+			err = l.recordCleanClose(l.active)
+		}
 	}
 	l.dropSpare()
 	l.mu.Unlock()
 	l.closeFiles()
 	l.release()
 	return err
+}
+
+// recordCleanClose writes the manifest with where the closed active
+// segment s ends, so the next open need not read its preallocated tail.
+func (l *Log) recordCleanClose(s *segment) error {
+	size, err := s.dev.Size()
+	if err != nil {
+		return err
+	}
+	clean := &cleanEnd{base: s.base, end: s.vis().pos, size: size}
+	l.manifestMu.Lock()
+	defer l.manifestMu.Unlock()
+	return writeMeta(l.dir, manifestName, metaManifest, encodeManifest(l.manifestEntries(), clean), true)
 }
 
 // closeFiles drops the log's references: each file closes now, or when its

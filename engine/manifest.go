@@ -33,6 +33,18 @@ import (
 // position, size the file's, sealedAt and firstTime unix nanoseconds (seal
 // time, first frame's time), crc the CRC-32C of the footer bytes.
 //
+// A clean Close appends one more record, which the next read-write open
+// removes (rewriting the manifest) before anything is written:
+//
+//	0          8      16     24     32
+//	+----------+------+------+------+
+//	| cleanend | base | end  | size |   the last segment's records end at end; its file has size bytes
+//	+----------+------+------+------+
+//
+// An open that finds its last segment's frames ending exactly there, at a
+// zeroed header, in a file of that size, need not read the rest of the
+// preallocated file to prove it holds no torn write (wal TrustCleanEnd).
+//
 // It is rewritten whole at every roll, before the directory fsync that
 // commits the new segment, so a sealed segment is never followed by a
 // newer segment while the manifest holds an older description of it. An
@@ -43,7 +55,15 @@ const (
 	manifestName     = "MANIFEST"
 	metaManifest     = 2
 	manifestEntryLen = 56
+	cleanMagic       = "cleanend"
+	cleanLen         = 32
 )
+
+// cleanEnd is where a clean Close left the last segment.
+type cleanEnd struct {
+	base      uint64
+	end, size int64
+}
 
 // manifestEntry is what a sealed segment's footer says about it. The zero
 // entry (next 0) stands for none.
@@ -65,8 +85,8 @@ func footerEntry(s *segment, f *wal.Footer) manifestEntry {
 	return e
 }
 
-func encodeManifest(entries []manifestEntry) []byte {
-	b := make([]byte, 8+manifestEntryLen*len(entries))
+func encodeManifest(entries []manifestEntry, clean *cleanEnd) []byte {
+	b := make([]byte, 8+manifestEntryLen*len(entries), 8+manifestEntryLen*len(entries)+cleanLen)
 	binary.LittleEndian.PutUint32(b, uint32(len(entries)))
 	for i, e := range entries {
 		p := b[8+i*manifestEntryLen:]
@@ -78,16 +98,29 @@ func encodeManifest(entries []manifestEntry) []byte {
 		binary.LittleEndian.PutUint64(p[40:], uint64(e.firstTime))
 		binary.LittleEndian.PutUint32(p[48:], e.crc)
 	}
+	if clean != nil {
+		b = append(b, cleanMagic...)
+		b = binary.LittleEndian.AppendUint64(b, clean.base)
+		b = binary.LittleEndian.AppendUint64(b, uint64(clean.end))
+		b = binary.LittleEndian.AppendUint64(b, uint64(clean.size))
+	}
 	return b
 }
 
-func decodeManifest(b []byte) (map[uint64]manifestEntry, error) {
+func decodeManifest(b []byte) (map[uint64]manifestEntry, *cleanEnd, error) {
 	if len(b) < 8 {
-		return nil, errors.New("manifest shorter than its header")
+		return nil, nil, errors.New("manifest shorter than its header")
 	}
 	n := int(binary.LittleEndian.Uint32(b))
-	if n != (len(b)-8)/manifestEntryLen || (len(b)-8)%manifestEntryLen != 0 {
-		return nil, fmt.Errorf("manifest claims %d entries in %d bytes", n, len(b))
+	var clean *cleanEnd
+	switch rest := len(b) - 8 - n*manifestEntryLen; {
+	case n > (len(b)-8)/manifestEntryLen:
+		return nil, nil, fmt.Errorf("manifest claims %d entries in %d bytes", n, len(b))
+	case rest == cleanLen && string(b[len(b)-cleanLen:len(b)-cleanLen+8]) == cleanMagic:
+		c := b[len(b)-cleanLen+8:]
+		clean = &cleanEnd{base: binary.LittleEndian.Uint64(c), end: int64(binary.LittleEndian.Uint64(c[8:])), size: int64(binary.LittleEndian.Uint64(c[16:]))}
+	case rest != 0:
+		return nil, nil, fmt.Errorf("manifest claims %d entries in %d bytes", n, len(b))
 	}
 	m := make(map[uint64]manifestEntry, n)
 	for i := range n {
@@ -99,34 +132,40 @@ func decodeManifest(b []byte) (map[uint64]manifestEntry, error) {
 			crc: binary.LittleEndian.Uint32(p[48:]),
 		}
 		if e.next <= e.base || e.dataEnd < wal.DataStart || e.size <= e.dataEnd {
-			return nil, fmt.Errorf("manifest entry %d (segment %d) is out of range", i, e.base)
+			return nil, nil, fmt.Errorf("manifest entry %d (segment %d) is out of range", i, e.base)
 		}
 		m[e.base] = e
 	}
-	return m, nil
+	return m, clean, nil
 }
 
-// readManifest returns the manifest's entries by base, or nil if there is
-// none or it cannot be used (then every segment is opened eagerly, and a
-// damaged manifest is reported: it is only a shortcut, nothing is lost).
-func (l *Log) readManifest() map[uint64]manifestEntry {
+// readManifest returns the manifest's entries by base and the clean
+// close record, or nil if there is none or it cannot be used (then every
+// segment is opened eagerly, and a damaged manifest is reported: it is
+// only a shortcut, nothing is lost).
+func (l *Log) readManifest() (map[uint64]manifestEntry, *cleanEnd) {
 	b, err := readMeta(l.dir, manifestName, metaManifest)
 	if err == nil {
-		var m map[uint64]manifestEntry
-		if m, err = decodeManifest(b); err == nil {
-			return m
+		m, clean, err := decodeManifest(b)
+		if err == nil {
+			return m, clean
 		}
+		l.opts.Logger.Warn("segstore: manifest unusable, opening every segment's footer instead",
+			"file", filepath.Join(l.dir.Path(), manifestName), "err", err)
+		return nil, nil
 	}
 	if !isNotExist(err) {
 		l.opts.Logger.Warn("segstore: manifest unusable, opening every segment's footer instead",
 			"file", filepath.Join(l.dir.Path(), manifestName), "err", err)
 	}
-	return nil
+	return nil, nil
 }
 
 // manifest encodes the manifest of the current sealed segments (those
-// with a trustworthy footer on disk).
-func (l *Log) manifest() []byte {
+// with a trustworthy footer on disk), with no clean close record.
+func (l *Log) manifest() []byte { return encodeManifest(l.manifestEntries(), nil) }
+
+func (l *Log) manifestEntries() []manifestEntry {
 	var entries []manifestEntry
 	for _, s := range *l.segs.Load() {
 		s.mu.RLock()
@@ -136,7 +175,7 @@ func (l *Log) manifest() []byte {
 			entries = append(entries, e)
 		}
 	}
-	return encodeManifest(entries)
+	return entries
 }
 
 // writeManifest writes the manifest; with syncDir false its commit point is

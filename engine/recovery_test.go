@@ -226,7 +226,7 @@ func TestManifestDisagreesWithFile(t *testing.T) {
 	// Re-encode the manifest with segment 1's checksum changed.
 	b, err := readMeta(dir, manifestName, metaManifest)
 	require.NoError(t, err)
-	m, err := decodeManifest(b)
+	m, _, err := decodeManifest(b)
 	require.NoError(t, err)
 	var entries []manifestEntry
 	for _, e := range m {
@@ -235,7 +235,7 @@ func TestManifestDisagreesWithFile(t *testing.T) {
 		}
 		entries = append(entries, e)
 	}
-	require.NoError(t, writeMeta(dir, manifestName, metaManifest, encodeManifest(entries), true))
+	require.NoError(t, writeMeta(dir, manifestName, metaManifest, encodeManifest(entries, nil), true))
 
 	l, err = Open("sim", testOptions(dir))
 	require.NoError(t, err)
@@ -247,4 +247,29 @@ func TestManifestDisagreesWithFile(t *testing.T) {
 	got, err := l.Read(bases[2], nil)
 	require.NoError(t, err, "the other segments stay readable")
 	assert.Equal(t, fmt.Sprint("r", bases[2]), string(got))
+}
+
+// TestCleanCloseSkipsTheTailProof: after a clean Close the next open
+// trusts where the last segment ends (CleanEnd) and removes that record
+// before writing, so a crash later is recovered with the full proof.
+func TestCleanCloseSkipsTheTailProof(t *testing.T) {
+	dir, _ := fourSegments(t) // closed cleanly
+	l, err := Open("sim", testOptions(dir))
+	require.NoError(t, err)
+	assert.True(t, l.Stats().LastOpenRecovery.CleanEnd)
+	requireAll(t, l, 120)
+	_, clean := l.readManifest()
+	assert.Nil(t, clean, "the record is gone before anything is written")
+	for i := uint64(120); i < 150; i += 3 {
+		_, err := l.Append(batchOf3(i)...)
+		require.NoError(t, err)
+	}
+	crashed := dir.Crash(blockdev.CrashTear)
+	l.Close()
+
+	l, err = Open("sim", testOptions(crashed))
+	require.NoError(t, err)
+	assert.False(t, l.Stats().LastOpenRecovery.CleanEnd, "no clean close since")
+	requireAll(t, l, 150)
+	require.NoError(t, l.Close())
 }

@@ -76,12 +76,21 @@ type Scanner struct {
 	winStart, winEnd int64
 	readAhead        int64 // bytes fetch reads at least (0: just what is asked)
 
-	frame  Frame
-	footer *Footer
-	torn   *TornTail
-	err    error
-	done   bool
+	frame    Frame
+	footer   *Footer
+	torn     *TornTail
+	err      error
+	done     bool
+	trustEnd int64 // see TrustCleanEnd
 }
+
+// TrustCleanEnd tells the scanner that the file was closed cleanly with
+// its frames ending at pos and nothing written since: if the frames do end
+// there, at a zeroed header, the rest of the file is taken to be zeros
+// without being read (the proof otherwise reads up to the whole
+// preallocated file). Call it before Next. Only a caller that made sure
+// no write can have reached the file after that clean close may call it.
+func (s *Scanner) TrustCleanEnd(pos int64) { s.trustEnd = pos }
 
 // NewScanner reads and checks the file header and positions the scanner at
 // the first frame.
@@ -213,6 +222,9 @@ func (s *Scanner) next() (bool, error) {
 //
 // Otherwise the damage cannot come from a crash and is corruption.
 func (s *Scanner) stop(p, end int64, pastEOF bool, why error) error {
+	if p == s.trustEnd && errors.Is(why, errZeroHeader) {
+		return nil // a clean close said nothing follows
+	}
 	nz, err := s.lastNonZero(p)
 	if err != nil {
 		return err
