@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"time"
@@ -86,9 +85,7 @@ func Serve(ctx context.Context, out io.Writer, dirs []string, opts ServeOptions,
 		shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		err := hs.Shutdown(shutdown)
-		if errors.Is(<-done, http.ErrServerClosed) {
-			return err
-		}
+		<-done // http.ErrServerClosed, once Shutdown has begun
 		return err
 	}
 }
