@@ -893,11 +893,12 @@ func (l *Log) Sync() error {
 
 // SegmentInfo describes one segment.
 type SegmentInfo struct {
-	Base   uint64 // first offset
-	Next   uint64 // offset after the last durable record
-	Bytes  int64  // file size
-	Sealed bool
-	File   string
+	Base    uint64 // first offset
+	Next    uint64 // offset after the last durable record
+	Bytes   int64  // file size
+	DataEnd int64  // file position where the durable records end (a sealed file's footer starts there)
+	Sealed  bool
+	File    string
 	// FirstTime is when the first record was appended, SealedAt when the
 	// segment was sealed (zero while active).
 	FirstTime, SealedAt time.Time
@@ -908,6 +909,15 @@ type SegmentInfo struct {
 	// hold its range, sizes and index): with Bytes, it identifies the
 	// file's contents (frames carry their own checksums). 0 while active.
 	FooterCRC uint32
+}
+
+// ExportSize is how many bytes of the file a SegmentView exports: a
+// sealed file whole, the active one up to its durable end.
+func (si SegmentInfo) ExportSize() int64 {
+	if si.Sealed {
+		return si.Bytes
+	}
+	return si.DataEnd
 }
 
 // StorageInfo describes how the log's files are accessed.

@@ -52,14 +52,8 @@ func (l *Log) OpenSegment(base uint64) (*SegmentView, error) {
 		s.release()
 		return nil, err
 	}
-	vis := s.vis()
 	v := &SegmentView{l: l, s: s, info: s.info(), f: f}
-	v.size = v.info.Bytes
-	if !v.info.Sealed {
-		// The active file's bytes up to its durable end, and the records
-		// below it: one snapshot for both.
-		v.size, v.info.Next = vis.pos, vis.off
-	}
+	v.size = v.info.ExportSize()
 	return v, nil
 }
 
@@ -88,7 +82,8 @@ func (l *Log) segmentAt(base uint64) (*segment, error) {
 func (s *segment) info() SegmentInfo {
 	first, _ := s.firstEntry()
 	s.mu.RLock()
-	si := SegmentInfo{Base: s.base, Next: s.vis().off, Sealed: s.sealed, File: s.name, IndexEntries: len(s.index)}
+	vis := s.vis() // one snapshot for the record range and the data end
+	si := SegmentInfo{Base: s.base, Next: vis.off, DataEnd: vis.pos, Sealed: s.sealed, File: s.name, IndexEntries: len(s.index)}
 	if s.sealed {
 		si.SealedAt, si.FooterCRC = time.Unix(0, s.sealedAt), s.man.crc
 	}
@@ -288,7 +283,7 @@ func (v *SegmentView) Mmap() (*Mapping, error) {
 		unix.Munmap(data)
 		return nil, ErrClosed
 	}
-	return &Mapping{l: v.l, s: v.s, data: data, hdr: v.s.hdr, end: v.s.vis()}, nil
+	return &Mapping{s: v.s, data: data, hdr: v.s.hdr, end: v.s.vis()}, nil
 }
 
 // Bytes is the whole mapped file. Valid until Close; touching it after the

@@ -317,11 +317,12 @@ func (f *follower) waitTail(ctx context.Context, s SegmentEntry) error {
 		if f.stBase != s.Base {
 			f.staged, f.stBase = f.staged[:0], s.Base
 		}
-		var buf bytes.Buffer
-		if _, err := io.Copy(&buf, resp.Body); err != nil {
+		buf := bytes.NewBuffer(f.staged) // read straight onto what is staged
+		_, err := buf.ReadFrom(resp.Body)
+		f.staged = buf.Bytes()
+		if err != nil {
 			return err
 		}
-		f.staged = append(f.staged, buf.Bytes()...)
 	}
 	sealed, _ := strconv.ParseBool(resp.Header.Get("Segstore-Sealed"))
 	size, _ := strconv.ParseInt(resp.Header.Get("Segstore-Size"), 10, 64)
