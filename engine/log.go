@@ -168,7 +168,7 @@ func (l *Log) load() error {
 	}
 	var bases []uint64
 	for _, n := range names {
-		if b, ok := parseSegName(n); ok {
+		if b, ok := ParseSegmentName(n); ok {
 			bases = append(bases, b)
 		}
 		if strings.HasSuffix(n, tmpSuffix) && !l.opts.ReadOnly {
@@ -180,8 +180,11 @@ func (l *Log) load() error {
 		}
 	}
 	slices.Sort(bases)
-	manifest, clean := l.readManifest()
-	l.clean = clean
+	var manifest map[uint64]manifestEntry
+	if !l.opts.VerifyOnOpen {
+		manifest, l.clean = l.readManifest()
+	}
+	defer func() { l.clean = nil }() // it described the files as open found them
 	// Sealed segments through the manifest, or in parallel through their
 	// footers; then the last one (which may create or repair files) alone.
 	type opened struct {

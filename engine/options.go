@@ -54,6 +54,12 @@ type Options struct {
 	// ReadOnly opens without taking the directory lock and refuses every
 	// change: for tools on a live or damaged store. Nothing is repaired.
 	ReadOnly bool
+	// VerifyOnOpen: open reads every sealed segment's footer and proves
+	// the last segment's tail empty, trusting neither the manifest nor a
+	// clean close; a read-write open then repairs what a crash explains
+	// (torn tail, damaged footer, unsealed segment), as segtool repair
+	// does. Default false.
+	VerifyOnOpen bool
 	// Buffered opens segment files with the buffered (page-cache) fallback
 	// instead of O_DIRECT: the explicit choice for filesystems that refuse
 	// or ignore O_DIRECT (tmpfs). Default false.

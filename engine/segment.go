@@ -23,8 +23,9 @@ const segSuffix = ".seg"
 
 func segName(base uint64) string { return fmt.Sprintf("%020d%s", base, segSuffix) }
 
-// parseSegName returns the base offset of a segment file name.
-func parseSegName(name string) (uint64, bool) {
+// ParseSegmentName returns the base offset of a segment file name (20
+// decimal digits and ".seg"), and whether name is one.
+func ParseSegmentName(name string) (uint64, bool) {
 	digits, ok := strings.CutSuffix(name, segSuffix)
 	if !ok || len(digits) != 20 {
 		return 0, false

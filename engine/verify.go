@@ -89,7 +89,7 @@ func Verify(dir string, opts VerifyOptions) (*VerifyReport, error) {
 	var bases []uint64
 	var total int64
 	for _, n := range names {
-		if b, ok := parseSegName(n); ok {
+		if b, ok := ParseSegmentName(n); ok {
 			bases = append(bases, b)
 			size, err := d.Size(n)
 			if err != nil {

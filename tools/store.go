@@ -11,8 +11,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"text/tabwriter"
 	"time"
 	"unicode/utf8"
@@ -70,7 +68,7 @@ func isStore(dir string) error {
 		return err
 	}
 	for _, e := range ents {
-		if len(e.Name()) == 24 && e.Name()[20:] == ".seg" {
+		if _, ok := engine.ParseSegmentName(e.Name()); ok {
 			return nil
 		}
 	}
@@ -398,8 +396,8 @@ type RepairReport struct {
 
 // Repair finds damage with engine.Verify and repairs what a crash can
 // explain: it cuts a torn tail, rebuilds a damaged footer, seals a segment
-// left unsealed. It does so by opening the log read-write without its
-// manifest (so every footer is read), after copying each damaged file
+// left unsealed. It does so by opening the log read-write with
+// engine.Options.VerifyOnOpen (every footer read), after copying each damaged file
 // aside into DIR/damaged-TIME/. Damage inside the records, or records
 // missing between segments, is never repaired: that would drop data in
 // the middle of the log. Without Apply it only prints what it would do.
@@ -480,7 +478,7 @@ func Repair(out io.Writer, dir string, opts RepairOptions) error {
 }
 
 // applyRepair copies the damaged files aside, then opens the log
-// read-write without its manifest: open cuts torn tails, rebuilds damaged
+// read-write with VerifyOnOpen: open cuts torn tails, rebuilds damaged
 // footers and seals unsealed segments, each with its fsyncs.
 func applyRepair(dir string, problems []engine.Problem) (string, error) {
 	kept := filepath.Join(dir, "damaged-"+time.Now().UTC().Format("20060102T150405"))
@@ -495,11 +493,8 @@ func applyRepair(dir string, problems []engine.Problem) (string, error) {
 	if err := blockdev.SyncDir(kept); err != nil {
 		return "", err
 	}
-	if err := os.Remove(filepath.Join(dir, "MANIFEST")); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return "", err
-	}
 	opts := engine.DefaultOptions()
-	opts.Logger = quietLogger
+	opts.Logger, opts.VerifyOnOpen = quietLogger, true
 	l, err := engine.Open(dir, opts)
 	if err != nil {
 		return kept, err
@@ -545,16 +540,24 @@ func Dump(out io.Writer, dir string, opts DumpOptions) error {
 	if err := isStore(dir); err != nil {
 		return err
 	}
-	names, _ := filepath.Glob(filepath.Join(dir, "*.seg"))
+	ents, err := os.ReadDir(dir) // sorted by name: by base offset
+	if err != nil {
+		return err
+	}
+	var names []string
+	var bases []uint64
+	for _, e := range ents {
+		if base, ok := engine.ParseSegmentName(e.Name()); ok {
+			names, bases = append(names, filepath.Join(dir, e.Name())), append(bases, base)
+		}
+	}
 	w := bufio.NewWriter(out)
 	defer w.Flush()
 	enc := json.NewEncoder(w)
 	shown := 0
 	for i, name := range names {
-		if opts.From >= 0 && i+1 < len(names) {
-			if next, err := strconv.ParseUint(strings.TrimSuffix(filepath.Base(names[i+1]), ".seg"), 10, 64); err == nil && next <= uint64(opts.From) {
-				continue // wholly below --from
-			}
+		if opts.From >= 0 && i+1 < len(names) && bases[i+1] <= uint64(opts.From) {
+			continue // wholly below --from
 		}
 		more, err := dumpSegment(w, enc, name, opts, &shown)
 		if err != nil || !more {
