@@ -6,10 +6,7 @@ import (
 	"io"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"regexp"
-	"strconv"
 	"testing"
 	"unsafe"
 
@@ -17,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 
+	"github.com/segstore/segstore/engine/internal/stracetest"
 	"github.com/segstore/segstore/wal"
 )
 
@@ -230,46 +228,23 @@ func TestViewsHoldTheFile(t *testing.T) {
 // TestWriteToUsesSendfile runs an export under strace (when installed) and
 // counts the bytes the sendfile system calls moved.
 func TestWriteToUsesSendfile(t *testing.T) {
-	if os.Getenv("SEGSTORE_EXPORT_CHILD") == "1" {
-		exportChild(t)
+	if stracetest.InChild(t) {
+		l := realLog(t, t.TempDir())
+		defer l.Close()
+		fillSegments(t, l, 1)
+		v, err := l.OpenSegment(0)
+		require.NoError(t, err)
+		defer v.Close()
+		got := overTCP(t, v.WriteTo)
+		require.Equal(t, v.Size(), int64(len(got)))
+		stracetest.Report("exported", int64(len(got)))
 		return
 	}
-	strace, err := exec.LookPath("strace")
-	if err != nil {
-		t.Skip("strace is not installed (apt-get install -y strace)")
-	}
-	cmd := exec.Command(strace, "-f", "-qq", "-e", "trace=sendfile", "-e", "signal=none", "-o", "/dev/stdout",
-		os.Args[0], "-test.run", "^TestWriteToUsesSendfile$", "-test.count", "1")
-	cmd.Env = append(os.Environ(), "SEGSTORE_EXPORT_CHILD=1")
-	out, err := cmd.CombinedOutput()
-	if err != nil && bytes.Contains(out, []byte("ptrace")) {
-		t.Skipf("strace cannot trace here: %s", out)
-	}
-	require.NoError(t, err, "%s", out)
-	var calls, moved int64
-	for _, m := range regexp.MustCompile(`(?m)sendfile.*\) += (\d+)$`).FindAllSubmatch(out, -1) {
-		n, _ := strconv.ParseInt(string(m[1]), 10, 64)
-		calls++
-		moved += n
-	}
-	exported := regexp.MustCompile(`exported (\d+) bytes`).FindSubmatch(out)
-	require.NotNil(t, exported, "%s", out)
-	want, _ := strconv.ParseInt(string(exported[1]), 10, 64)
-	t.Logf("sendfile calls %d moved %d bytes of %d exported", calls, moved, want)
-	assert.Positive(t, calls)
+	out, calls := stracetest.Run(t, "sendfile")
+	want, moved := stracetest.Reported(t, out, "exported"), stracetest.Sum(calls)
+	t.Logf("sendfile calls %d moved %d bytes of %d exported", len(calls), moved, want)
+	assert.NotEmpty(t, calls)
 	assert.Equal(t, want, moved, "every exported byte went by sendfile")
-}
-
-func exportChild(t *testing.T) {
-	l := realLog(t, t.TempDir())
-	defer l.Close()
-	fillSegments(t, l, 1)
-	v, err := l.OpenSegment(0)
-	require.NoError(t, err)
-	defer v.Close()
-	got := overTCP(t, v.WriteTo)
-	require.Equal(t, v.Size(), int64(len(got)))
-	fmt.Printf("exported %d bytes\n", len(got))
 }
 
 // sealedFiles returns the bytes and info of every sealed segment of l.

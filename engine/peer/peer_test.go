@@ -13,7 +13,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -25,6 +24,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/segstore/segstore/engine"
+	"github.com/segstore/segstore/engine/internal/stracetest"
 )
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -381,7 +381,7 @@ func TestTLSBodiesAreCountedAsCopies(t *testing.T) {
 // installed): the sealed segments' bytes reach the follower's files by
 // splice(2), not through user space.
 func TestFollowerSplicesSegments(t *testing.T) {
-	if os.Getenv("SEGSTORE_SPLICE_CHILD") == "1" {
+	if stracetest.InChild(t) {
 		leader := openLog(t, t.TempDir())
 		defer leader.Close()
 		appendBatches(t, leader, 400)
@@ -399,35 +399,13 @@ func TestFollowerSplicesSegments(t *testing.T) {
 				n, k = n+s.Bytes, k+1
 			}
 		}
-		fmt.Printf("imported %d bytes in %d segments\n", n, k)
+		stracetest.Report("imported", n)
+		stracetest.Report("segments", k)
 		return
 	}
-	strace, err := exec.LookPath("strace")
-	if err != nil {
-		t.Skip("strace is not installed (apt-get install -y strace)")
-	}
-	cmd := exec.Command(strace, "-f", "-qq", "-e", "trace=splice", "-e", "signal=none", "-o", "/dev/stdout",
-		os.Args[0], "-test.run", "^TestFollowerSplicesSegments$", "-test.count", "1")
-	cmd.Env = append(os.Environ(), "SEGSTORE_SPLICE_CHILD=1")
-	out, err := cmd.CombinedOutput()
-	if err != nil && bytes.Contains(out, []byte("ptrace")) {
-		t.Skipf("strace cannot trace here: %s", out)
-	}
-	require.NoError(t, err, "%s", out)
-	var spliced int64
-	// Socket to pipe, then pipe to file: count the first leg, whose source
-	// is not the pipe (the file leg passes a file offset or NULL alike).
-	calls := regexp.MustCompile(`(?m)splice\((\d+), NULL, (\d+), NULL, \d+, [A-Z_|]+\) += (\d+)$`).FindAllSubmatch(out, -1)
-	for _, m := range calls {
-		var n int64
-		fmt.Sscan(string(m[3]), &n)
-		spliced += n
-	}
-	imported := regexp.MustCompile(`imported (\d+) bytes in (\d+) segments`).FindSubmatch(out)
-	require.NotNil(t, imported, "%s", out)
-	var want, segs int64
-	fmt.Sscan(string(imported[1]), &want)
-	fmt.Sscan(string(imported[2]), &segs)
+	out, calls := stracetest.Run(t, "splice")
+	spliced := stracetest.Sum(calls) // socket to pipe, then pipe to file: every byte twice
+	want, segs := stracetest.Reported(t, out, "imported"), stracetest.Reported(t, out, "segments")
 	t.Logf("%d splice calls moved %d bytes (both legs) for %d bytes in %d segments", len(calls), spliced, want, segs)
 	// Each leg moves every byte but those read in with the response
 	// headers (at most a 4 KiB buffer per segment).
@@ -534,38 +512,18 @@ func TestTamperedSegmentIsRejected(t *testing.T) {
 // TestSegmentEndpointUsesSendfile serves a segment under strace (when
 // installed) and counts what sendfile(2) moved.
 func TestSegmentEndpointUsesSendfile(t *testing.T) {
-	if os.Getenv("SEGSTORE_SENDFILE_CHILD") == "1" {
+	if stracetest.InChild(t) {
 		l := openLog(t, t.TempDir())
 		defer l.Close()
 		appendBatches(t, l, 300)
 		ts := httptest.NewServer(NewServer(map[string]*engine.Log{"main": l}, ServerOptions{}))
 		defer ts.Close()
 		_, b := getBody(t, ts.URL+"/v1/logs/main/segments/0", nil)
-		fmt.Printf("served %d bytes\n", len(b))
+		stracetest.Report("served", int64(len(b)))
 		return
 	}
-	strace, err := exec.LookPath("strace")
-	if err != nil {
-		t.Skip("strace is not installed (apt-get install -y strace)")
-	}
-	cmd := exec.Command(strace, "-f", "-qq", "-e", "trace=sendfile", "-e", "signal=none", "-o", "/dev/stdout",
-		os.Args[0], "-test.run", "^TestSegmentEndpointUsesSendfile$", "-test.count", "1")
-	cmd.Env = append(os.Environ(), "SEGSTORE_SENDFILE_CHILD=1")
-	out, err := cmd.CombinedOutput()
-	if err != nil && bytes.Contains(out, []byte("ptrace")) {
-		t.Skipf("strace cannot trace here: %s", out)
-	}
-	require.NoError(t, err, "%s", out)
-	var moved int64
-	for _, m := range regexp.MustCompile(`(?m)sendfile.*\) += (\d+)$`).FindAllSubmatch(out, -1) {
-		var n int64
-		fmt.Sscan(string(m[1]), &n)
-		moved += n
-	}
-	served := regexp.MustCompile(`served (\d+) bytes`).FindSubmatch(out)
-	require.NotNil(t, served, "%s", out)
-	var want int64
-	fmt.Sscan(string(served[1]), &want)
+	out, calls := stracetest.Run(t, "sendfile")
+	want, moved := stracetest.Reported(t, out, "served"), stracetest.Sum(calls)
 	t.Logf("sendfile moved %d of the %d bytes served", moved, want)
 	// net/http writes the first 512 bytes itself (it sniffs them before
 	// the headers go out); sendfile moves the rest.
