@@ -142,17 +142,25 @@ func TestViewOfActiveSegmentStopsAtDurableEnd(t *testing.T) {
 	assert.ErrorIs(t, err, ErrNotSealed)
 }
 
+// mapSegment maps the sealed segment at base through a view; both are
+// closed when the test ends.
+func mapSegment(t *testing.T, l *Log, base uint64) *Mapping {
+	t.Helper()
+	v, err := l.OpenSegment(base)
+	require.NoError(t, err)
+	t.Cleanup(func() { v.Close() })
+	m, err := v.Mmap()
+	require.NoError(t, err)
+	t.Cleanup(func() { m.Close() })
+	return m
+}
+
 func TestMappingIteratesInPlace(t *testing.T) {
 	l := realLog(t, t.TempDir())
 	defer l.Close()
 	fillSegments(t, l, 2)
 	info := l.Segments()[1]
-	v, err := l.OpenSegment(info.Base)
-	require.NoError(t, err)
-	defer v.Close()
-	m, err := v.Mmap()
-	require.NoError(t, err)
-	defer m.Close()
+	m := mapSegment(t, l, info.Base)
 	it := m.NewIterator()
 	want := info.Base
 	for it.Next() {
@@ -174,12 +182,7 @@ func TestMappingFaultIsAnError(t *testing.T) {
 	defer l.Close()
 	fillSegments(t, l, 2)
 	info := l.Segments()[1]
-	v, err := l.OpenSegment(info.Base)
-	require.NoError(t, err)
-	defer v.Close()
-	m, err := v.Mmap()
-	require.NoError(t, err)
-	defer m.Close()
+	m := mapSegment(t, l, info.Base)
 	require.NoError(t, os.Truncate(filepath.Join(path, info.File), 8192))
 	it := m.NewIterator()
 	n := 0

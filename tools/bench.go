@@ -1,7 +1,6 @@
 package tools
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -258,9 +257,7 @@ func (r *BenchResult) rates(recordSize int) {
 
 func printBench(out io.Writer, o BenchOptions, rs ...BenchResult) error {
 	if o.JSON {
-		enc := json.NewEncoder(out)
-		enc.SetIndent("", "  ")
-		return enc.Encode(map[string]any{"options": o, "results": rs})
+		return writeReport(out, map[string]any{"options": o, "results": rs})
 	}
 	syncMode := o.Sync
 	if syncMode == "" {

@@ -1,7 +1,6 @@
 package tools
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"hash/crc32"
@@ -122,9 +121,7 @@ func ExportBench(out io.Writer, opts ExportBenchOptions) ([]ExportResult, error)
 		results[i].SyscallsPerGiB = median(rs, func(r ExportResult) float64 { return r.SyscallsPerGiB })
 	}
 	if opts.JSON {
-		enc := json.NewEncoder(out)
-		enc.SetIndent("", "  ")
-		return results, enc.Encode(map[string]any{"segment_bytes": size, "pin": opts.Pin, "cold": opts.Cold, "runs": opts.Runs, "results": results})
+		return results, writeReport(out, map[string]any{"segment_bytes": size, "pin": opts.Pin, "cold": opts.Cold, "runs": opts.Runs, "results": results})
 	}
 	fmt.Fprintf(out, "segment of %d bytes sent over loopback TCP (pin=%v cold=%v), medians of %d interleaved runs; every path delivered CRC-32C %s\n",
 		size, opts.Pin, opts.Cold, opts.Runs, want)

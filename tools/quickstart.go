@@ -7,7 +7,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -93,9 +92,7 @@ func Quickstart(out io.Writer, opts QuickstartOptions) error {
 		out = io.Discard
 		defer func() {
 			if rep.Records > 0 {
-				enc := json.NewEncoder(jsonOut)
-				enc.SetIndent("", "  ")
-				enc.Encode(rep)
+				writeReport(jsonOut, rep)
 			}
 		}()
 	}

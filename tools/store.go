@@ -2,6 +2,7 @@ package tools
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
@@ -56,6 +57,13 @@ func openStore(dir string, write, create bool) (*engine.Log, error) {
 	opts := engine.DefaultOptions()
 	opts.ReadOnly, opts.Logger = !write, quietLogger
 	return engine.Open(dir, opts)
+}
+
+// writeReport prints a report as one indented JSON document (--json).
+func writeReport(out io.Writer, v any) error {
+	enc := json.NewEncoder(out)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
 }
 
 // isStore says, as a usage error, why dir is not a store directory.
@@ -154,19 +162,12 @@ func readRecords(in io.Reader, binaryRecs bool, fn func([]byte) error) error {
 			if err != nil && err != io.EOF {
 				return err
 			}
-			rec = line[:len(line)-btoi(line[len(line)-1] == '\n')]
+			rec = bytes.TrimSuffix(line, []byte{'\n'})
 		}
 		if err := fn(rec); err != nil {
 			return err
 		}
 	}
-}
-
-func btoi(b bool) int {
-	if b {
-		return 1
-	}
-	return 0
 }
 
 // CatOptions configure Cat.
@@ -291,9 +292,7 @@ func Inspect(out io.Writer, dir string, asJSON bool) error {
 		r.Warnings = append(r.Warnings, fmt.Sprintf("damaged footers in segments %v: a read-write open rebuilds them", r.Recovery.RebuiltFooters))
 	}
 	if asJSON {
-		enc := json.NewEncoder(out)
-		enc.SetIndent("", "  ")
-		return enc.Encode(r)
+		return writeReport(out, r)
 	}
 	fmt.Fprintf(out, "store %s: %d segments, offsets [%d, %d) (%d records), %d bytes\n", dir, len(r.Segments), r.Start, r.End, r.Records, r.Bytes)
 	fmt.Fprintf(out, "storage: direct=%v filesystem=%s alignment: %d-byte offsets, %d-byte memory, %d-byte blocks (from %s)\n",
@@ -352,9 +351,7 @@ func Verify(out io.Writer, dir string, opts VerifyOptions) error {
 		return err
 	}
 	if opts.JSON {
-		enc := json.NewEncoder(out)
-		enc.SetIndent("", "  ")
-		if err := enc.Encode(r); err != nil {
+		if err := writeReport(out, r); err != nil {
 			return err
 		}
 	} else {
@@ -441,9 +438,7 @@ func Repair(out io.Writer, dir string, opts RepairOptions) error {
 		}
 	}
 	if opts.JSON {
-		enc := json.NewEncoder(out)
-		enc.SetIndent("", "  ")
-		if err := enc.Encode(r); err != nil {
+		if err := writeReport(out, r); err != nil {
 			return err
 		}
 	} else {
