@@ -138,21 +138,26 @@ func Append(out io.Writer, dir string, inputs []io.Reader, opts AppendOptions) e
 }
 
 // readRecords calls fn with each record of in: a line (without its
-// newline), or a length-prefixed record.
+// newline), or a length-prefixed record. Errors say which record of the
+// input failed; the records before it were appended.
 func readRecords(in io.Reader, binaryRecs bool, fn func([]byte) error) error {
 	r := bufio.NewReaderSize(in, 1<<20)
-	for {
+	for k := 1; ; k++ {
 		var rec []byte
 		if binaryRecs {
 			var n [4]byte
 			if _, err := io.ReadFull(r, n[:]); err == io.EOF {
 				return nil
 			} else if err != nil {
-				return fmt.Errorf("reading a record length: %w", err)
+				return fmt.Errorf("input record %d: reading its 4-byte length: %w (--binary wants a uint32 little-endian length, then that many bytes; the records before it were appended)", k, err)
 			}
-			rec = make([]byte, binary.LittleEndian.Uint32(n[:]))
+			size := binary.LittleEndian.Uint32(n[:])
+			if size > wal.MaxRecordSize {
+				return fmt.Errorf("input record %d: length %d is over the %d-byte maximum (is the input really length-prefixed? the records before it were appended)", k, size, wal.MaxRecordSize)
+			}
+			rec = make([]byte, size)
 			if _, err := io.ReadFull(r, rec); err != nil {
-				return fmt.Errorf("reading a record of %d bytes: %w", len(rec), err)
+				return fmt.Errorf("input record %d: reading its %d bytes: %w (the input ends inside it; the records before it were appended)", k, size, err)
 			}
 		} else {
 			line, err := r.ReadBytes('\n')
@@ -160,7 +165,7 @@ func readRecords(in io.Reader, binaryRecs bool, fn func([]byte) error) error {
 				return nil
 			}
 			if err != nil && err != io.EOF {
-				return err
+				return fmt.Errorf("input line %d: %w (the lines before it were appended)", k, err)
 			}
 			rec = bytes.TrimSuffix(line, []byte{'\n'})
 		}
@@ -368,7 +373,7 @@ func Verify(out io.Writer, dir string, opts VerifyOptions) error {
 		}
 	}
 	if !r.Clean() {
-		return fmt.Errorf("%w: %d problems in %s", ErrDamage, len(r.Problems), dir)
+		return fmt.Errorf("%w: %d problems in %s (segtool repair says which a crash explains and can be repaired)", ErrDamage, len(r.Problems), dir)
 	}
 	return nil
 }

@@ -166,10 +166,10 @@ func (f *follower) step(ctx context.Context) error {
 	err = json.NewDecoder(resp.Body).Decode(&segs)
 	resp.Body.Close()
 	if err != nil {
-		return fmt.Errorf("peer: segment list: %w", err)
+		return fmt.Errorf("peer: the segment list of log %q at %s: %w", f.opts.Name, f.base.Redacted(), err)
 	}
 	if len(segs) == 0 {
-		return errors.New("peer: the leader lists no segments")
+		return fmt.Errorf("peer: %s lists no segments for log %q (a served log always has an active one: is this a segstore server?)", f.base.Redacted(), f.opts.Name)
 	}
 	f.stats.LeaderEnd = segs[len(segs)-1].Next
 	next, err := f.nextSegment(segs)

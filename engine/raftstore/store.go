@@ -126,7 +126,8 @@ func (s *Store) GetLog(index uint64, out *raft.Log) error {
 		return fmt.Errorf("raftstore: entry %d: %w", index, err)
 	}
 	if out.Index != index {
-		return fmt.Errorf("raftstore: the record for index %d holds index %d", index, out.Index)
+		return fmt.Errorf("%w: raftstore: the record read for index %d holds index %d: the index base in %s does not match the log (store left as is)",
+			engine.ErrCorrupt, index, out.Index, stableName)
 	}
 	return nil
 }
