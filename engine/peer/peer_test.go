@@ -327,20 +327,29 @@ func TestFollowerReplicatesByteForByte(t *testing.T) {
 	require.NoError(t, leader.Close())
 }
 
-// TestFollowerStopsOnDivergence: a leader truncated behind its follower
-// and grown again makes Follow stop with ErrDiverged.
-func TestFollowerStopsOnDivergence(t *testing.T) {
-	leader := openLog(t, t.TempDir())
-	defer leader.Close()
+// caughtUp serves a leader of sealed segments and returns it with a
+// follower that has caught up with it (and goes on following until stop).
+// Everything is closed when the test ends.
+func caughtUp(t *testing.T) (leader, follower *engine.Log, addr string, stop func() error) {
+	t.Helper()
+	leader = openLog(t, t.TempDir())
+	t.Cleanup(func() { leader.Close() })
 	appendBatches(t, leader, 400)
 	require.NoError(t, leader.Roll())
 	addr, stopServer := server(t, "127.0.0.1:0", leader)
-	defer stopServer()
-	follower := openLog(t, t.TempDir())
-	defer follower.Close()
-	stop := follow("http://"+addr, follower)
+	t.Cleanup(stopServer)
+	follower = openLog(t, t.TempDir())
+	t.Cleanup(func() { follower.Close() })
+	stop = follow("http://"+addr, follower)
+	waitFor(t, "the follower to catch up", func() bool { return follower.EndOffset() == leader.EndOffset() })
+	return leader, follower, addr, stop
+}
+
+// TestFollowerStopsOnDivergence: a leader truncated behind its follower
+// and grown again makes Follow stop with ErrDiverged.
+func TestFollowerStopsOnDivergence(t *testing.T) {
+	leader, follower, addr, stop := caughtUp(t)
 	end := leader.EndOffset()
-	waitFor(t, "the follower to catch up", func() bool { return follower.EndOffset() == end })
 	require.NoError(t, leader.TruncateBack(end/2))
 	appendBatches(t, leader, 400)
 	require.NoError(t, leader.Roll())
@@ -382,16 +391,7 @@ func TestTLSBodiesAreCountedAsCopies(t *testing.T) {
 // splice(2), not through user space.
 func TestFollowerSplicesSegments(t *testing.T) {
 	if stracetest.InChild(t) {
-		leader := openLog(t, t.TempDir())
-		defer leader.Close()
-		appendBatches(t, leader, 400)
-		require.NoError(t, leader.Roll())
-		addr, stopServer := server(t, "127.0.0.1:0", leader)
-		defer stopServer()
-		follower := openLog(t, t.TempDir())
-		defer follower.Close()
-		stop := follow("http://"+addr, follower)
-		waitFor(t, "the follower to catch up", func() bool { return follower.EndOffset() == leader.EndOffset() })
+		_, follower, _, stop := caughtUp(t)
 		stop()
 		var n, k int64
 		for _, s := range follower.Segments() {
