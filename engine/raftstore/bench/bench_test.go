@@ -17,6 +17,7 @@ import (
 	raftwal "github.com/hashicorp/raft-wal"
 	raftbench "github.com/hashicorp/raft/bench"
 
+	"github.com/segstore/segstore/blockdev"
 	"github.com/segstore/segstore/engine"
 	"github.com/segstore/segstore/engine/raftstore"
 )
@@ -84,10 +85,54 @@ func BenchmarkStoreLog(b *testing.B) {
 		raftbench.StoreLog(b, s)
 	})
 }
+
+// BenchmarkStoreLogs and BenchmarkSet also run store=floor: the least any
+// store must do per call to be durable, one 4 KiB O_DIRECT write over
+// already-written blocks and one fdatasync. It is the device's round trips
+// and nothing else, so a store's distance from it is its own overhead.
 func BenchmarkStoreLogs(b *testing.B) {
 	run(b, func(b *testing.B, s store) { raftbench.StoreLogs(b, s) })
+	b.Run("store=floor", deviceFloor)
 }
-func BenchmarkSet(b *testing.B) { run(b, func(b *testing.B, s store) { raftbench.Set(b, s) }) }
+func BenchmarkSet(b *testing.B) {
+	run(b, func(b *testing.B, s store) { raftbench.Set(b, s) })
+	b.Run("store=floor", deviceFloor)
+}
+
+// deviceFloor writes one block per call into a pre-zeroed file, moving on
+// to the next block every 32 calls as a log's tail block fills, and
+// fdatasyncs after each write.
+func deviceFloor(b *testing.B) {
+	const size = 64 << 20
+	d, err := blockdev.Open(filepath.Join(b.TempDir(), "floor"), blockdev.Options{Create: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer d.Close()
+	block := d.Alignment().Block
+	zeros := d.Alignment().Alloc(1 << 20)
+	for off := int64(0); off < size; off += int64(len(zeros)) {
+		if _, err := d.WriteAt(zeros, off); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := d.Sync(); err != nil {
+		b.Fatal(err)
+	}
+	buf := zeros[:block]
+	b.ResetTimer()
+	for n := 0; n < b.N; n++ {
+		b.StopTimer() // as raft's cases do around every call
+		buf[n%block] = byte(n) | 1
+		b.StartTimer()
+		if _, err := d.WriteAt(buf, int64(n/32*block)%size); err != nil {
+			b.Fatal(err)
+		}
+		if err := d.Sync(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
 func BenchmarkGet(b *testing.B) { run(b, func(b *testing.B, s store) { raftbench.Get(b, s) }) }
 func BenchmarkSetUint64(b *testing.B) {
 	run(b, func(b *testing.B, s store) { raftbench.SetUint64(b, s) })
