@@ -30,6 +30,22 @@ const importSuffix = ".import" + tmpSuffix
 // place with a directory fsync: a partial or bad import leaves nothing
 // visible. It needs a real directory.
 func (l *Log) ImportSegment(r io.Reader, base uint64, size int64) (SegmentInfo, error) {
+	return l.importFile(r, base, size, false)
+}
+
+// ImportActive is ImportSegment for the start of a segment that is not
+// sealed: size bytes of a segment file's header and whole frames, no
+// footer (a follower's durable copy of its leader's active segment). The
+// file becomes the log's active segment, byte for byte, and appends
+// continue after its last record. It is how a follower whose leader is
+// lost takes over what it received (peer.Promote). The same conditions
+// and checks as ImportSegment apply, and the frames must end exactly at
+// size.
+func (l *Log) ImportActive(r io.Reader, base uint64, size int64) (SegmentInfo, error) {
+	return l.importFile(r, base, size, true)
+}
+
+func (l *Log) importFile(r io.Reader, base uint64, size int64, active bool) (SegmentInfo, error) {
 	refuse := func(format string, args ...any) error {
 		return fmt.Errorf("%w: segment %d: %s", ErrImport, base, fmt.Sprintf(format, args...))
 	}
@@ -45,12 +61,26 @@ func (l *Log) ImportSegment(r io.Reader, base uint64, size int64) (SegmentInfo, 
 	tmp := segName(base) + importSuffix
 	path := filepath.Join(l.dir.Path(), tmp)
 	s, err := l.receive(r, path, tmp, base, size)
-	if err != nil {
-		_ = os.Remove(path)
-		return SegmentInfo{}, err
+	if err == nil {
+		var rec *wal.Recovery
+		if active {
+			rec, err = l.verifyActive(s, size)
+		} else {
+			err = l.verifyImport(s)
+		}
+		switch {
+		case err != nil:
+			err = fmt.Errorf("%w: %w", ErrImport, err)
+		case active:
+			err = l.commitActive(s, tmp, rec)
+		default:
+			err = l.commitImport(s, tmp)
+		}
+		if err != nil {
+			s.release()
+		}
 	}
-	if err := l.commitImport(s, tmp); err != nil {
-		s.release()
+	if err != nil {
 		_ = os.Remove(path)
 		return SegmentInfo{}, err
 	}
@@ -102,8 +132,8 @@ func (l *Log) importFitsLocked(base uint64) error {
 	return nil
 }
 
-// receive copies the file from r and verifies it, returning it as a
-// sealed segment (its device open on the temporary name).
+// receive copies the file from r into path and syncs it, returning it as
+// a segment whose device is open, read-only, on the temporary name.
 func (l *Log) receive(r io.Reader, path, tmp string, base uint64, size int64) (*segment, error) {
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644) // not O_APPEND: splice
 	if err != nil {
@@ -136,12 +166,7 @@ func (l *Log) receive(r io.Reader, path, tmp string, base uint64, size int64) (*
 	if err != nil {
 		return nil, err
 	}
-	s := l.newSegment(base, dev)
-	if err := l.verifyImport(s); err != nil {
-		s.release()
-		return nil, fmt.Errorf("%w: %w", ErrImport, err)
-	}
-	return s, nil
+	return l.newSegment(base, dev), nil
 }
 
 // verifyImport checks every byte of the received file s: the header names
@@ -218,6 +243,84 @@ func (l *Log) commitImport(s *segment, tmp string) error {
 	segs = append(segs, next)
 	l.segs.Store(&segs)
 	l.active = next
+	l.notifyDurable()
+	return nil
+}
+
+// verifyActive checks every byte of the received start of an unsealed
+// segment s: the header names base, every frame's checksum and offsets are
+// right, and the frames end exactly at size, with no footer. It builds s's
+// index on the way and returns the scan's recovery for the writer.
+func (l *Log) verifyActive(s *segment, size int64) (*wal.Recovery, error) {
+	sc, err := wal.NewScanner(s.dev)
+	if err != nil {
+		return nil, s.corrupt("import", 0, err)
+	}
+	s.hdr = sc.Header()
+	if err := l.checkHeader(s); err != nil {
+		return nil, err
+	}
+	for sc.Next() {
+		f := sc.Frame()
+		s.addIndex(f.First, f.Pos, f.Time)
+	}
+	rec := sc.Recovery()
+	switch {
+	case sc.Err() != nil:
+		return nil, s.corrupt("import", sc.End(), sc.Err())
+	case rec.Torn != nil:
+		return nil, s.corrupt("import", rec.Torn.Pos, fmt.Errorf("damaged or partial frame at the end: %s", rec.Torn.Reason))
+	case sc.Footer() != nil:
+		return nil, s.corrupt("import", sc.Footer().Pos, errors.New("the segment is sealed: import it with ImportSegment"))
+	case sc.End() != size:
+		return nil, s.corrupt("import", sc.End(), fmt.Errorf("the frames end at %d, not at the end of the %d bytes received", sc.End(), size))
+	}
+	s.visible.Store(&position{pos: sc.End(), off: sc.NextOffset()})
+	return rec, nil
+}
+
+// commitActive renames the verified file into place as the log's active
+// segment, replacing the empty one, and opens its writer after the last
+// frame. Commit point: the rename's directory fsync.
+func (l *Log) commitActive(s *segment, tmp string, rec *wal.Recovery) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if err := l.importFitsLocked(s.base); err != nil { // checked again: the log may have moved
+		return err
+	}
+	old := l.active
+	if err := old.w.Close(); err != nil {
+		return l.fail("importing active segment "+s.name, err)
+	}
+	l.active = nil
+	if old.base != s.base { // an empty log taking a first segment elsewhere
+		if err := l.dir.Remove(old.name); err != nil {
+			return l.fail("importing active segment "+s.name, err)
+		}
+	}
+	if err := l.dir.Rename(tmp, s.name); err != nil {
+		return l.fail("importing active segment "+s.name, err)
+	}
+	if err := l.dir.Sync(); err != nil {
+		return l.fail("importing active segment "+s.name, err)
+	}
+	old.gone.Store(true)
+	old.release()
+	// Reopen for writing under the final name; the scan's recovery still
+	// describes the file, which nothing has written since.
+	s.dev.Close()
+	dev, err := l.dir.Open(s.name, blockdev.Options{})
+	if err != nil {
+		return l.fail("opening imported active segment "+s.name, err)
+	}
+	s.dev = dev
+	if s.w, err = wal.Resume(dev, rec, l.walOptions(s)); err != nil {
+		return l.fail("opening imported active segment "+s.name, err)
+	}
+	segs := *l.segs.Load()
+	segs = append(slices.Clone(segs[:len(segs)-1]), s)
+	l.segs.Store(&segs)
+	l.active = s
 	l.notifyDurable()
 	return nil
 }

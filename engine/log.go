@@ -930,6 +930,9 @@ type StorageInfo struct {
 	Alignment  blockdev.Alignment
 }
 
+// Dir is the path of the log's directory ("sim" for a simulated one).
+func (l *Log) Dir() string { return l.dir.Path() }
+
 // Storage describes the files of the newest segment.
 func (l *Log) Storage() StorageInfo {
 	segs := *l.segs.Load()

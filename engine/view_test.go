@@ -370,6 +370,131 @@ func TestImportRefusals(t *testing.T) {
 	}
 }
 
+// activePrefix returns the durable start of l's active segment file (what a
+// follower tailing it has received) and the segment's info.
+func activePrefix(t *testing.T, path string, l *Log) ([]byte, SegmentInfo) {
+	t.Helper()
+	segs := l.Segments()
+	si := segs[len(segs)-1]
+	require.False(t, si.Sealed)
+	b, err := os.ReadFile(filepath.Join(path, si.File))
+	require.NoError(t, err)
+	return b[:si.ExportSize()], si
+}
+
+// TestImportActive: a follower that holds the leader's sealed segments
+// takes the durable start of its active segment as its own active segment:
+// the records are readable, appends continue after them, the file's prefix
+// is the leader's byte for byte, and all of it survives a reopen.
+func TestImportActive(t *testing.T) {
+	leaderPath, followerPath := t.TempDir(), t.TempDir()
+	leader := realLog(t, leaderPath)
+	defer leader.Close()
+	fillSegments(t, leader, 1)
+	_, err := leader.Append([]byte("in the active segment"), []byte("and another"))
+	require.NoError(t, err)
+	infos, files := sealedFiles(t, leaderPath, leader)
+	prefix, si := activePrefix(t, leaderPath, leader)
+
+	follower := realLog(t, followerPath)
+	for i := range infos {
+		_, err := follower.ImportSegment(bytes.NewReader(files[i]), infos[i].Base, int64(len(files[i])))
+		require.NoError(t, err)
+	}
+	got, err := follower.ImportActive(bytes.NewReader(prefix), si.Base, int64(len(prefix)))
+	require.NoError(t, err)
+	assert.Equal(t, si.Next, got.Next)
+	assert.False(t, got.Sealed)
+	require.Equal(t, leader.EndOffset(), follower.EndOffset())
+	rec, err := follower.Read(si.Next-1, nil)
+	require.NoError(t, err)
+	assert.Equal(t, "and another", string(rec))
+
+	first, err := follower.Append([]byte("written after the takeover"))
+	require.NoError(t, err)
+	assert.Equal(t, si.Next, first)
+	require.NoError(t, follower.Close())
+
+	follower, err = Open(followerPath, DefaultOptions())
+	require.NoError(t, err)
+	defer follower.Close()
+	assert.Equal(t, si.Next+1, follower.EndOffset())
+	for _, off := range []uint64{0, si.Base, si.Next - 1, si.Next} {
+		want, err := leader.Read(off, nil)
+		if off == si.Next {
+			want, err = []byte("written after the takeover"), nil
+		}
+		require.NoError(t, err)
+		rec, err := follower.Read(off, nil)
+		require.NoError(t, err, "offset %d", off)
+		assert.Equal(t, want, rec, "offset %d", off)
+	}
+	b, err := os.ReadFile(filepath.Join(followerPath, si.File))
+	require.NoError(t, err)
+	assert.Equal(t, prefix, b[:len(prefix)], "the leader's bytes, byte for byte")
+}
+
+func TestImportActiveRefusals(t *testing.T) {
+	leaderPath := t.TempDir()
+	leader := realLog(t, leaderPath)
+	defer leader.Close()
+	fillSegments(t, leader, 1)
+	for range 3 {
+		_, err := leader.Append([]byte("active record one"), []byte("active record two"))
+		require.NoError(t, err)
+	}
+	infos, files := sealedFiles(t, leaderPath, leader)
+	prefix, si := activePrefix(t, leaderPath, leader)
+	flipped := bytes.Clone(prefix)
+	flipped[len(flipped)-20] ^= 0x10
+
+	tests := []struct {
+		name  string
+		empty bool         // the log holds nothing; otherwise the leader's sealed segments
+		setup func(l *Log) // before the import
+		data  []byte
+		base  uint64
+		want  []error
+		msg   string
+	}{
+		{"partial last frame", false, nil, prefix[:len(prefix)-10], si.Base, []error{ErrImport, ErrCorrupt}, "partial"},
+		{"flipped byte", false, nil, flipped, si.Base, []error{ErrImport, ErrCorrupt}, "checksum"},
+		{"sealed segment", true, nil, files[0], infos[0].Base, []error{ErrImport, ErrCorrupt}, "ImportSegment"},
+		{"wrong base offset", false, nil, prefix, si.Base + 1, []error{ErrImport}, "gap"},
+		{"records already appended", false, func(l *Log) {
+			_, err := l.Append([]byte("local"))
+			require.NoError(t, err)
+		}, prefix, si.Base, []error{ErrImport}, "already holds records"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			path := t.TempDir()
+			l := realLog(t, path)
+			defer l.Close()
+			for i := range infos {
+				if tc.empty {
+					break
+				}
+				_, err := l.ImportSegment(bytes.NewReader(files[i]), infos[i].Base, int64(len(files[i])))
+				require.NoError(t, err)
+			}
+			if tc.setup != nil {
+				tc.setup(l)
+			}
+			before, end := len(l.Segments()), l.EndOffset()
+			_, err := l.ImportActive(bytes.NewReader(tc.data), tc.base, int64(len(tc.data)))
+			for _, w := range tc.want {
+				require.ErrorIs(t, err, w)
+			}
+			assert.ErrorContains(t, err, tc.msg)
+			requireNoImportLeft(t, path, l, before)
+			assert.Equal(t, end, l.EndOffset(), "nothing became visible")
+			_, err = l.Append([]byte("still writable"))
+			assert.NoError(t, err)
+		})
+	}
+}
+
 // residentPages counts the pages of the file at path in the page cache.
 func residentPages(t *testing.T, path string) int {
 	t.Helper()
