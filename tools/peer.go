@@ -167,3 +167,43 @@ func readReplication(dir string) *ReplicationStatus {
 	}
 	return &st
 }
+
+// PromoteReport is what Promote did.
+type PromoteReport struct {
+	Dir   string `json:"dir"`
+	Added uint64 `json:"added_records"` // staged records that became the log's
+	Start uint64 `json:"start"`
+	End   uint64 `json:"end"` // the log's end offset after the promotion
+	// Leader is the leader the directory followed, from REPLICATION.json
+	// (which Promote removes: the directory is no longer a follower).
+	Leader string `json:"leader,omitempty"`
+}
+
+// Promote makes the follower in dir a log of its own after its leader is
+// lost: the records it received of the leader's active segment (staged,
+// durable) become its active segment (peer.Promote), and it can be
+// appended to. Run it with no replicate running on dir.
+func Promote(out io.Writer, dir string, asJSON bool) error {
+	l, err := openStore(dir, true, false)
+	if err != nil {
+		return err
+	}
+	defer l.Close()
+	rep := PromoteReport{Dir: dir}
+	if st := readReplication(dir); st != nil {
+		rep.Leader = st.Leader
+	}
+	if rep.Added, err = peer.Promote(l); err != nil {
+		return err
+	}
+	if err := os.Remove(filepath.Join(dir, replicationFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	rep.Start, rep.End = l.StartOffset(), l.EndOffset()
+	if asJSON {
+		return writeReport(out, rep)
+	}
+	fmt.Fprintf(out, "promoted %s: %d staged records of the leader's active segment are now its own; it holds offsets %d..%d and takes appends\n",
+		dir, rep.Added, rep.Start, int64(rep.End)-1)
+	return nil
+}

@@ -3,6 +3,7 @@ package tools
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"testing"
@@ -52,6 +53,18 @@ func TestServeAndReplicate(t *testing.T) {
 	}
 	cancel()
 	require.NoError(t, <-served)
+
+	// The leader is gone: the copy takes over (its leader's active segment
+	// was empty, so only its header was staged).
+	out, err = runSegtool(t, "promote", copyDir, "--json")
+	require.NoError(t, err)
+	var rep PromoteReport
+	require.NoError(t, json.Unmarshal([]byte(out), &rep))
+	assert.Equal(t, PromoteReport{Dir: copyDir, Added: 0, Start: 0, End: 1062, Leader: url}, rep)
+	assert.NoFileExists(t, filepath.Join(copyDir, replicationFile))
+	out, err = runSegtool(t, "inspect", copyDir)
+	require.NoError(t, err)
+	assert.NotContains(t, out, "follower of")
 
 	_, err = runSegtool(t, "serve")
 	assert.Equal(t, 2, ExitCode(err))

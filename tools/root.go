@@ -47,7 +47,7 @@ func NewRootCommand(out, errOut io.Writer) *cobra.Command {
 	root.AddCommand(quick)
 	root.AddCommand(newBenchCommand())
 	root.AddCommand(newAppendCommand(), newCatCommand(), newInspectCommand(), newVerifyCommand(errOut), newRepairCommand(), newDumpCommand(),
-		newServeCommand(), newReplicateCommand())
+		newServeCommand(), newReplicateCommand(), newPromoteCommand())
 	return root
 }
 
@@ -326,6 +326,20 @@ func newServeCommand() *cobra.Command {
 	cmd.Flags().Int64Var(&o.RateLimit, "rate-limit", 0, "bytes per second per response (0: unlimited)")
 	cmd.Flags().StringVar(&o.TLSCert, "tls-cert", "", "PEM certificate: serve HTTPS (with --tls-key)")
 	cmd.Flags().StringVar(&o.TLSKey, "tls-key", "", "PEM private key for --tls-cert")
+	return cmd
+}
+
+func newPromoteCommand() *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "promote DIR",
+		Short: "Make a follower whose leader is lost a log of its own, with every record it received (run with replicate stopped)",
+		Args:  oneDir,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return Promote(cmd.OutOrStdout(), args[0], asJSON)
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print one JSON document")
 	return cmd
 }
 

@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -218,6 +219,69 @@ func BenchmarkTailLatency(b *testing.B) {
 		}
 		acked := time.Now()
 		lat = append(lat, max(0, (<-arrived).Sub(acked)))
+	}
+	b.StopTimer()
+	slices.Sort(lat)
+	b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
+	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-µs")
+}
+
+// BenchmarkFollowerDurableLag: from a durable append on the leader to the
+// moment a follower running Follow has the append's bytes durable in its
+// stage (how much a follower can lose if the leader is lost for good);
+// p50 and p99 over b.N appends, over loopback.
+//
+//	go test ./engine/peer -run NONE -bench BenchmarkFollowerDurableLag -benchtime 2000x
+func BenchmarkFollowerDurableLag(b *testing.B) {
+	leader, err := engine.Open(b.TempDir(), engine.Options{Logger: quiet})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer leader.Close()
+	follower, err := engine.Open(b.TempDir(), engine.Options{Logger: quiet})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer follower.Close()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	hs := NewServer(map[string]*engine.Log{"main": leader}, ServerOptions{}).HTTPServer("")
+	go hs.Serve(ln)
+	defer hs.Close()
+
+	var staged atomic.Int64
+	progress := make(chan struct{}, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- Follow(ctx, "http://"+ln.Addr().String(), follower, FollowOptions{Name: "main", Logger: quiet,
+			Progress: func(s FollowStats) {
+				staged.Store(s.Staged)
+				select {
+				case progress <- struct{}{}:
+				default:
+				}
+			}})
+	}()
+	defer func() { cancel(); <-done }()
+	stagedBy := func(want int64) {
+		for staged.Load() < want {
+			<-progress
+		}
+	}
+	activeSize := func() int64 { segs := leader.Segments(); return segs[len(segs)-1].ExportSize() }
+	stagedBy(activeSize()) // the header
+	lat := make([]time.Duration, 0, b.N)
+	b.ResetTimer()
+	for range b.N {
+		if _, err := leader.Append([]byte("a record to replicate")); err != nil {
+			b.Fatal(err)
+		}
+		acked := time.Now()
+		stagedBy(activeSize())
+		lat = append(lat, time.Since(acked))
 	}
 	b.StopTimer()
 	slices.Sort(lat)

@@ -50,7 +50,7 @@ type FollowOptions struct {
 type FollowStats struct {
 	Applied     uint64 // the follower log's end: records below it are replicated and durable
 	LeaderEnd   uint64 // the leader's durable end, as last seen
-	Staged      int64  // bytes of the leader's active segment received, imported once it is sealed
+	Staged      int64  // bytes of the leader's active segment received and durable (StageFile), imported once it is sealed
 	Imported    int    // segments imported
 	Failures    int    // failed steps (retried with backoff)
 	LastFailure string
@@ -65,8 +65,7 @@ type follower struct {
 	log    *engine.Log
 	opts   FollowOptions
 	stats  FollowStats
-	staged []byte // the leader's active segment from byte 0, while it is not sealed
-	stBase uint64 // the segment staged
+	stage  *stage // the start of the leader's active segment, while it is not sealed
 	client *http.Client
 	pub    atomic.Pointer[FollowStats]
 }
@@ -74,11 +73,13 @@ type follower struct {
 // Follow replicates the log named opts.Name from the server at leaderURL
 // into l until ctx is done or the logs diverge. It imports the leader's
 // sealed segments (verified, byte for byte), and receives the active
-// segment's durable bytes as they come (long-polling the tail), importing
-// it when the leader seals it. l must not be appended to by anyone else.
-// After a disconnect it retries with backoff; after a restart it resumes
-// from l's end (the active segment's bytes are fetched again). It returns
-// ctx's error, or an error wrapping ErrDiverged.
+// segment's durable bytes as they come (long-polling the tail) into
+// StageFile in l's directory, each response made durable before the next
+// is asked for, importing the segment when the leader seals it. If the
+// leader is lost, Promote makes the staged records part of l. l must not
+// be appended to by anyone else. After a disconnect it retries with
+// backoff; after a restart it resumes from l's end and what is staged. It
+// returns ctx's error, or an error wrapping ErrDiverged.
 func Follow(ctx context.Context, leaderURL string, l *engine.Log, opts FollowOptions) error {
 	u, err := url.Parse(leaderURL)
 	if err != nil {
@@ -96,7 +97,12 @@ func Follow(ctx context.Context, leaderURL string, l *engine.Log, opts FollowOpt
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	f := &follower{base: u, log: l, opts: opts, client: opts.Client}
+	st, err := openStage(l.Dir())
+	if err != nil {
+		return err
+	}
+	defer st.f.Close()
+	f := &follower{base: u, log: l, opts: opts, client: opts.Client, stage: st}
 	if f.client == nil {
 		f.client = &http.Client{Transport: &http.Transport{ResponseHeaderTimeout: 10*time.Second + opts.Wait}}
 	}
@@ -108,7 +114,7 @@ func Follow(ctx context.Context, leaderURL string, l *engine.Log, opts FollowOpt
 	for {
 		err := f.step(ctx)
 		f.stats.Applied = l.EndOffset()
-		f.stats.Staged = int64(len(f.staged))
+		f.stats.Staged = st.size
 		if err != nil && ctx.Err() == nil && !errors.Is(err, ErrDiverged) {
 			f.stats.Failures++
 			f.stats.LastFailure = err.Error()
@@ -179,10 +185,7 @@ func (f *follower) step(ctx context.Context) error {
 	if next == nil { // caught up with a leader whose active segment is empty and ahead
 		return f.waitTail(ctx, segs[len(segs)-1])
 	}
-	if f.stBase != next.Base {
-		f.staged, f.stBase = f.staged[:0], next.Base
-	}
-	if !next.Sealed || len(f.staged) > 0 {
+	if !next.Sealed || f.stage.holds(next.Base) {
 		return f.waitTail(ctx, *next)
 	}
 	// Import the run of sealed segments that follows, in order.
@@ -206,6 +209,10 @@ func (f *follower) step(ctx context.Context) error {
 // log, checking that the leader still holds what the follower has.
 func (f *follower) nextSegment(segs []SegmentEntry) (*SegmentEntry, error) {
 	mine := f.log.Segments()
+	if a := mine[len(mine)-1]; !a.Sealed && a.Next != a.Base {
+		return nil, fmt.Errorf("%w: the follower's active segment holds records %d..%d of its own (appended locally, or promoted): a follower only imports",
+			ErrDiverged, a.Base, a.Next-1)
+	}
 	end := f.log.EndOffset()
 	empty := end == f.log.StartOffset()
 	if !empty {
@@ -305,22 +312,20 @@ func (f *follower) importRaw(ctx context.Context, path string, s SegmentEntry) e
 }
 
 // waitTail asks for the bytes of segment s past what is staged, waiting
-// for new ones; once the segment is sealed and whole, it is imported.
+// for new ones, and stages them; once the segment is sealed and whole, it
+// is imported.
 func (f *follower) waitTail(ctx context.Context, s SegmentEntry) error {
-	q := url.Values{"base": {strconv.FormatUint(s.Base, 10)}, "pos": {strconv.Itoa(len(f.staged))}, "wait": {f.opts.Wait.String()}}
+	if err := f.stage.start(s.Base); err != nil {
+		return err
+	}
+	q := url.Values{"base": {strconv.FormatUint(s.Base, 10)}, "pos": {strconv.FormatInt(f.stage.size, 10)}, "wait": {f.opts.Wait.String()}}
 	resp, err := f.get(ctx, "/v1/logs/"+url.PathEscape(f.opts.Name)+"/tail", q)
 	if err != nil {
 		return err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode == http.StatusOK {
-		if f.stBase != s.Base {
-			f.staged, f.stBase = f.staged[:0], s.Base
-		}
-		buf := bytes.NewBuffer(f.staged) // read straight onto what is staged
-		_, err := buf.ReadFrom(resp.Body)
-		f.staged = buf.Bytes()
-		if err != nil {
+		if err := f.stage.append(resp.Body); err != nil {
 			return err
 		}
 	}
@@ -329,14 +334,17 @@ func (f *follower) waitTail(ctx context.Context, s SegmentEntry) error {
 	if next, err := strconv.ParseUint(resp.Header.Get("Segstore-Next"), 10, 64); err == nil {
 		f.stats.LeaderEnd = max(f.stats.LeaderEnd, next)
 	}
-	if !sealed || int64(len(f.staged)) != size || f.stBase != s.Base {
+	if !sealed || f.stage.size != size {
 		return nil
 	}
-	if _, err := f.log.ImportSegment(bytes.NewReader(f.staged), s.Base, size); err != nil {
-		f.staged = f.staged[:0] // fetch it whole again
+	_, err = f.log.ImportSegment(f.stage.reader(), s.Base, size)
+	// Imported, or refused: either way it is fetched whole again if needed.
+	if cerr := f.stage.cut(0); err == nil {
+		err = cerr
+	}
+	if err != nil {
 		return err
 	}
-	f.staged = f.staged[:0]
 	f.stats.Imported++
 	return nil
 }

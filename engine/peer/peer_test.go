@@ -213,8 +213,11 @@ func server(t *testing.T, addr string, l *engine.Log) (string, func()) {
 }
 
 // maxStaged is the most bytes of an active segment any follower staged;
-// lastLag the lag a follower's gauge showed last.
-var maxStaged, lastLag atomic.Int64
+// lastLag the lag a follower's gauge showed last; lastStats its last figures.
+var (
+	maxStaged, lastLag atomic.Int64
+	lastStats          atomic.Pointer[FollowStats]
+)
 
 // follow runs Follow in a goroutine; stop cancels it and returns its error.
 func follow(url string, l *engine.Log) (stop func() error) {
@@ -225,6 +228,7 @@ func follow(url string, l *engine.Log) (stop func() error) {
 		done <- Follow(ctx, url, l, FollowOptions{Name: "main", Wait: 200 * time.Millisecond, MaxBackoff: 200 * time.Millisecond, Logger: quiet,
 			Registry: reg,
 			Progress: func(s FollowStats) {
+				lastStats.Store(&s)
 				if s.Staged > maxStaged.Load() {
 					maxStaged.Store(s.Staged)
 				}
@@ -361,6 +365,113 @@ func TestFollowerStopsOnDivergence(t *testing.T) {
 	assert.ErrorContains(t, err, "differs from the follower's")
 	stop() // the running follower stops too, on divergence or on cancel
 	assert.Equal(t, end, follower.EndOffset(), "nothing of the diverged leader was imported")
+}
+
+// stagedAll serves a leader with sealed segments and records in its active
+// segment, and follows it until the follower has staged all of the active
+// segment's durable bytes. It returns the leader's active segment and the
+// bytes staged, and leaves the follower stopped.
+func stagedAll(t *testing.T) (leader, follower *engine.Log, addr string, active engine.SegmentInfo) {
+	t.Helper()
+	leader = openLog(t, t.TempDir())
+	t.Cleanup(func() { leader.Close() })
+	appendBatches(t, leader, 400)
+	require.NoError(t, leader.Roll())
+	appendBatches(t, leader, 30)
+	segs := leader.Segments()
+	active = segs[len(segs)-1]
+	require.False(t, active.Sealed)
+	require.Greater(t, active.Next, active.Base)
+	addr, stopServer := server(t, "127.0.0.1:0", leader)
+	t.Cleanup(stopServer)
+	follower = openLog(t, t.TempDir())
+	t.Cleanup(func() { follower.Close() })
+	lastStats.Store(nil)
+	stop := follow("http://"+addr, follower)
+	waitFor(t, "the follower to stage the active segment", func() bool {
+		s := lastStats.Load()
+		return s != nil && s.Staged == active.ExportSize()
+	})
+	require.ErrorIs(t, stop(), context.Canceled)
+	require.Equal(t, active.Base, follower.EndOffset(), "staged records are not the follower's until sealed")
+	return leader, follower, addr, active
+}
+
+// leaderFile reads a file of the leader's directory.
+func leaderFile(t *testing.T, l *engine.Log, name string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(l.Dir(), name))
+	require.NoError(t, err)
+	return b
+}
+
+// TestStageIsDurableAndResumed: what a follower received of the active
+// segment is on its disk, byte for byte; a restarted follower continues
+// from it without fetching it again, and imports the segment once sealed.
+func TestStageIsDurableAndResumed(t *testing.T) {
+	leader, follower, addr, active := stagedAll(t)
+	staged, err := os.ReadFile(filepath.Join(follower.Dir(), StageFile))
+	require.NoError(t, err)
+	assert.Equal(t, leaderFile(t, leader, active.File)[:active.ExportSize()], staged)
+
+	sent := func() int64 { st := leader.Stats(); return st.ExportSendfileBytes + st.ExportCopiedBytes }
+	before := sent()
+	appendBatches(t, leader, 5)
+	require.NoError(t, leader.Roll())
+	end := leader.EndOffset()
+	stop := follow("http://"+addr, follower) // restarted
+	segs := leader.Segments()
+	sealed, next := segs[len(segs)-2], segs[len(segs)-1]
+	require.Equal(t, active.Base, sealed.Base)
+	waitFor(t, "the follower to import the sealed segment and stage the next", func() bool {
+		s := lastStats.Load()
+		return follower.EndOffset() == end && s != nil && s.Staged == next.ExportSize()
+	})
+	require.ErrorIs(t, stop(), context.Canceled)
+	assert.Equal(t, sealed.ExportSize()-active.ExportSize()+next.ExportSize(), sent()-before,
+		"sent: what was not staged before the restart, and the next segment's header")
+	assert.Equal(t, leaderFile(t, leader, sealed.File), leaderFile(t, follower, sealed.File), "byte for byte")
+	rec, err := follower.Read(end-1, nil)
+	require.NoError(t, err)
+	want, _ := leader.Read(end-1, nil)
+	assert.Equal(t, want, rec)
+}
+
+// TestPromote: the leader is lost with records in its active segment; the
+// follower, whose stage was left with a torn write after them, promotes
+// the staged records into its log, appends after them, and refuses to
+// follow again.
+func TestPromote(t *testing.T) {
+	leader, follower, addr, active := stagedAll(t)
+	stage := filepath.Join(follower.Dir(), StageFile)
+	f, err := os.OpenFile(stage, os.O_WRONLY|os.O_APPEND, 0)
+	require.NoError(t, err)
+	_, err = f.Write(bytes.Repeat([]byte{0xa5}, 700)) // a write in flight at a crash
+	require.NoError(t, err)
+	require.NoError(t, f.Close())
+
+	added, err := Promote(follower)
+	require.NoError(t, err)
+	assert.Equal(t, active.Next-active.Base, added)
+	assert.NoFileExists(t, stage)
+	require.Equal(t, active.Next, follower.EndOffset())
+	for _, off := range []uint64{active.Base, active.Next - 1} {
+		want, err := leader.Read(off, nil)
+		require.NoError(t, err)
+		got, err := follower.Read(off, nil)
+		require.NoError(t, err)
+		assert.Equal(t, want, got, "offset %d", off)
+	}
+	_, err = follower.Append([]byte("after the promotion"))
+	require.NoError(t, err)
+
+	err = Follow(context.Background(), "http://"+addr, follower, FollowOptions{Name: "main", Logger: quiet})
+	require.ErrorIs(t, err, ErrDiverged)
+	assert.ErrorContains(t, err, "a follower only imports")
+
+	added, err = Promote(follower)
+	require.NoError(t, err)
+	assert.Zero(t, added, "nothing staged any more")
 }
 
 // TestTLSBodiesAreCountedAsCopies: over TLS there is no sendfile (no kTLS

@@ -1,0 +1,152 @@
+package peer
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/segstore/segstore/blockdev"
+	"github.com/segstore/segstore/engine"
+	"github.com/segstore/segstore/wal"
+)
+
+// StageFile is the file, in a follower log's directory, that holds what
+// the follower has received of its leader's active segment: the start of
+// that segment file, byte for byte, made durable (fdatasync) as each tail
+// response arrives. It is imported when the leader seals the segment, and
+// taken over by Promote if the leader is lost.
+const StageFile = "FOLLOW.stage"
+
+// stage is the follower's durable copy of the start of the leader's active
+// segment.
+type stage struct {
+	f    *os.File
+	path string
+	base uint64 // the segment whose start it holds
+	size int64  // bytes held, all durable
+}
+
+// openStage opens the stage in dir, keeping of what an earlier run left
+// there the longest start that is a segment header and whole, verified
+// frames (bytes past them were in flight in a crash, or cut off).
+func openStage(dir string) (*stage, error) {
+	path := filepath.Join(dir, StageFile)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("peer: the follower's stage: %w", err)
+	}
+	st := &stage{f: f, path: path}
+	if st.base, st.size, err = verifiedStart(path); err == nil {
+		err = st.cut(st.size)
+	}
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return st, nil
+}
+
+// verifiedStart returns the base offset of the segment staged at path and
+// the length of its verified start (0 if not even its header is whole).
+func verifiedStart(path string) (base uint64, size int64, err error) {
+	if fi, err := os.Stat(path); err != nil || fi.Size() == 0 {
+		return 0, 0, err
+	}
+	dev, err := blockdev.Open(path, blockdev.Options{ReadOnly: true, Buffered: true})
+	if err != nil {
+		return 0, 0, fmt.Errorf("peer: the follower's stage: %w", err)
+	}
+	defer dev.Close()
+	sc, err := wal.NewScanner(dev)
+	if err != nil {
+		return 0, 0, nil // no whole header: nothing worth keeping
+	}
+	for sc.Next() {
+	}
+	// Whatever stopped the scan (a partial frame, damage, a footer whose
+	// import did not happen), the frames before it were verified.
+	return sc.Header().BaseOffset, sc.End(), nil
+}
+
+// holds reports whether the stage holds bytes of segment base.
+func (st *stage) holds(base uint64) bool { return st.size > 0 && st.base == base }
+
+// start makes the stage hold segment base, dropping what it held of
+// another one.
+func (st *stage) start(base uint64) error {
+	if st.base == base {
+		return nil
+	}
+	st.base = base
+	return st.cut(0)
+}
+
+// cut keeps the first size bytes, durably.
+func (st *stage) cut(size int64) error {
+	if err := st.f.Truncate(size); err != nil {
+		return fmt.Errorf("peer: cutting the follower's stage %s to %d bytes: %w", st.path, size, err)
+	}
+	if err := unix.Fdatasync(int(st.f.Fd())); err != nil {
+		return fmt.Errorf("peer: fdatasync %s: %w", st.path, err)
+	}
+	st.size = size
+	return nil
+}
+
+// append copies r to the end of the stage and makes it durable. A stream
+// cut short keeps what arrived: the next request continues from there.
+// After a failed fdatasync nothing written since the last one can be
+// trusted, so the stage is emptied.
+func (st *stage) append(r io.Reader) error {
+	n, err := io.Copy(io.NewOffsetWriter(st.f, st.size), r)
+	if n == 0 {
+		return err
+	}
+	if serr := unix.Fdatasync(int(st.f.Fd())); serr != nil {
+		return errors.Join(fmt.Errorf("peer: fdatasync %s: %w", st.path, serr), st.cut(0))
+	}
+	st.size += n
+	return err
+}
+
+// reader reads what the stage holds.
+func (st *stage) reader() io.Reader { return io.NewSectionReader(st.f, 0, st.size) }
+
+// remove deletes the stage (it holds nothing the log needs).
+func (st *stage) remove() error {
+	st.f.Close()
+	if err := os.Remove(st.path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("peer: removing the follower's stage: %w", err)
+	}
+	return nil
+}
+
+// Promote makes a follower's log take over what it received of its
+// leader's active segment, for when the leader is lost for good: the
+// staged start of that segment (durable on the follower, not yet
+// readable, since it was waiting for the leader's seal) becomes l's active
+// segment, byte for byte (engine.Log.ImportActive), so every record the
+// follower received is readable and l can be appended to. l is no longer
+// a follower after that: Follow refuses a log with records of its own in
+// its active segment. Promote returns how many records it added (0 when
+// nothing was staged, or only the start of a segment l already has). Run
+// it with no Follow running on l.
+func Promote(l *engine.Log) (added uint64, err error) {
+	st, err := openStage(l.Dir())
+	if err != nil {
+		return 0, err
+	}
+	if st.size > 0 && st.base >= l.EndOffset() {
+		before := l.EndOffset()
+		if _, err := l.ImportActive(st.reader(), st.base, st.size); err != nil {
+			st.f.Close()
+			return 0, fmt.Errorf("peer: promoting the follower's stage %s (segment %d, %d bytes): %w", st.path, st.base, st.size, err)
+		}
+		added = l.EndOffset() - before
+	}
+	return added, st.remove()
+}
