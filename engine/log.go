@@ -62,6 +62,7 @@ type Log struct {
 	exportSendfile atomic.Int64 // bytes exported by sendfile (Section.WriteTo to a socket)
 	exportCopied   atomic.Int64 // bytes exported by a copy (any other writer)
 	manifestMu     sync.Mutex   // serializes manifest writes
+	refreshMu      sync.Mutex   // serializes Refresh (read-only logs)
 	reportMu       sync.Mutex   // guards report while segments open in parallel
 	clean          *cleanEnd    // the manifest's clean close record, while opening
 	report         Recovery
@@ -1026,7 +1027,9 @@ func (l *Log) Close() error {
 	}
 	l.dropSpare()
 	l.mu.Unlock()
+	l.refreshMu.Lock() // a Refresh in progress finishes with the files open
 	l.closeFiles()
+	l.refreshMu.Unlock()
 	l.release()
 	return err
 }

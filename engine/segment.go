@@ -106,6 +106,12 @@ func (s *segment) lastTime() int64 {
 
 func (s *segment) vis() position { return *s.visible.Load() }
 
+func (s *segment) isSealed() bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.sealed
+}
+
 // fileSize is the segment file's size (for a lazily loaded segment, as the
 // manifest says).
 func (s *segment) fileSize() int64 {

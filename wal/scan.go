@@ -82,6 +82,7 @@ type Scanner struct {
 	err      error
 	done     bool
 	trustEnd int64 // see TrustCleanEnd
+	live     bool  // see Continue
 }
 
 // TrustCleanEnd tells the scanner that the file was closed cleanly with
@@ -91,6 +92,24 @@ type Scanner struct {
 // preallocated file). Call it before Next. Only a caller that made sure
 // no write can have reached the file after that clean close may call it.
 func (s *Scanner) TrustCleanEnd(pos int64) { s.trustEnd = pos }
+
+// Continue makes the scanner read a file that another process may still
+// be appending to, from pos on: pos must be the end of a frame that an
+// earlier scan of the same file verified, and next the offset after that
+// frame's records (DataStart and the base offset for an empty file). Where
+// no valid frame is (yet) the scan stops without a verdict, neither Torn
+// nor Err, and without reading further: the writer may be writing there.
+// A frame out of place, and a footer followed by data, are still errors.
+// Call it before Next.
+func (s *Scanner) Continue(pos int64, next uint64) {
+	s.pos, s.nextOffset, s.live = pos, next, true
+	s.readAhead = liveChunk
+}
+
+// liveChunk is what a Continue scan reads ahead: a writer's recent frames,
+// without the megabyte of zeros a full scan's read-ahead would fetch past
+// them each time.
+const liveChunk = 64 << 10
 
 // NewScanner reads and checks the file header and positions the scanner at
 // the first frame.
@@ -222,6 +241,9 @@ func (s *Scanner) next() (bool, error) {
 //
 // Otherwise the damage cannot come from a crash and is corruption.
 func (s *Scanner) stop(p, end int64, pastEOF bool, why error) error {
+	if s.live {
+		return nil // not written yet, or being written
+	}
 	if p == s.trustEnd && errors.Is(why, errZeroHeader) {
 		return nil // a clean close said nothing follows
 	}

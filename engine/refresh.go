@@ -1,0 +1,240 @@
+package engine
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+
+	"github.com/segstore/segstore/blockdev"
+	"github.com/segstore/segstore/wal"
+)
+
+// ErrRewritten: the writer rewrote the end of the log a read-only Log was
+// following (TruncateBack), so what it read may no longer be the log's.
+// Reopen it.
+var ErrRewritten = errors.New("engine: the writer rewrote the end of the log")
+
+// Refresh brings a read-only log up to date with its directory's writer,
+// typically another process: the records appended since the last look, the
+// segments sealed and created, and the start moved by TruncateFront or
+// retention. It reports whether anything changed, and wakes Wait. A record
+// is seen once its frame is written whole, which for a SyncAlways writer
+// is at most the one group commit whose fdatasync is in flight before it
+// is durable. After a TruncateBack by the writer it returns an error
+// wrapping ErrRewritten: reopen the log. It needs a real directory.
+func (l *Log) Refresh() (changed bool, err error) {
+	if !l.opts.ReadOnly {
+		return false, errors.New("engine: Refresh is for read-only logs (a writer's log is always current)")
+	}
+	if _, ok := l.dir.(*blockdev.OSDir); !ok {
+		return false, errors.New("engine: Refresh needs a real directory")
+	}
+	l.refreshMu.Lock()
+	defer l.refreshMu.Unlock()
+	if l.isClosed.Load() {
+		return false, ErrClosed
+	}
+	defer func() {
+		if changed {
+			l.notifyDurable()
+		}
+	}()
+	names, err := l.dir.List()
+	if err != nil {
+		return false, err
+	}
+	var bases []uint64
+	for _, n := range names {
+		if b, ok := ParseSegmentName(n); ok {
+			bases = append(bases, b)
+		}
+	}
+	slices.Sort(bases)
+	start := l.start.Load()
+	if err := l.loadStart(); err != nil {
+		return false, err
+	}
+	changed = l.start.Load() != start
+
+	old := *l.segs.Load()
+	segs, err := l.refreshKnown(old, bases)
+	if err != nil {
+		return changed, err
+	}
+	if len(segs) != len(old) {
+		changed = true
+	}
+	if len(segs) > 0 {
+		last := segs[len(segs)-1]
+		if !last.isSealed() {
+			grew, err := l.follow(last, bases[len(bases)-1] > last.base)
+			if err != nil {
+				return changed, err
+			}
+			changed = changed || grew
+		}
+	}
+	added, err := l.refreshNew(&segs, bases)
+	if added {
+		changed = true
+		l.segs.Store(&segs)
+	}
+	return changed, err
+}
+
+// refreshKnown drops the segments at the front whose files the writer
+// deleted, and checks that the others are still the files this log has
+// open. It stores and returns the list kept.
+func (l *Log) refreshKnown(segs []*segment, bases []uint64) ([]*segment, error) {
+	present := func(base uint64) bool { _, ok := slices.BinarySearch(bases, base); return ok }
+	drop := 0
+	for drop < len(segs) && !present(segs[drop].base) {
+		drop++
+	}
+	if drop == len(segs) && drop > 0 && (len(bases) == 0 || bases[0] < segs[drop-1].vis().off) {
+		return nil, fmt.Errorf("%w: segments %s to %s are gone and the files left do not follow them: reopen", ErrRewritten, segs[0].name, segs[drop-1].name)
+	}
+	for _, s := range segs[drop:] {
+		if !present(s.base) {
+			return nil, fmt.Errorf("%w: segment %s is gone while earlier ones remain: reopen", ErrRewritten, s.name)
+		}
+	}
+	if n := len(segs); n > drop {
+		if same, err := l.sameFile(segs[n-1]); err != nil || !same {
+			return nil, errors.Join(err, fmt.Errorf("%w: segment %s was replaced: reopen", ErrRewritten, segs[n-1].name))
+		}
+	}
+	if drop == 0 {
+		return segs, nil
+	}
+	keep := slices.Clone(segs[drop:])
+	l.segs.Store(&keep)
+	for _, s := range segs[:drop] {
+		s.gone.Store(true)
+		s.release()
+	}
+	return keep, nil
+}
+
+// sameFile reports whether s's open file is still the one its name is.
+func (l *Log) sameFile(s *segment) (bool, error) {
+	if !s.loaded.Load() {
+		return true, nil // sealed, trusted through the manifest, not opened yet
+	}
+	named, err := os.Stat(filepath.Join(l.dir.Path(), s.name))
+	if errors.Is(err, os.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	f, ok := s.dev.(*blockdev.File)
+	if !ok {
+		return true, nil
+	}
+	open, err := f.File().Stat()
+	if err != nil {
+		return false, err
+	}
+	return os.SameFile(named, open), nil
+}
+
+// follow reads the frames the writer appended to s since the last look,
+// and seals s if the writer did (or has moved on to a later segment).
+func (l *Log) follow(s *segment, rolled bool) (grew bool, err error) {
+	sc, err := wal.NewScanner(s.dev)
+	if err != nil {
+		return false, s.corrupt("refresh", 0, err)
+	}
+	v := s.vis()
+	sc.Continue(v.pos, v.off)
+	for sc.Next() {
+		f := sc.Frame()
+		s.addIndex(f.First, f.Pos, f.Time)
+	}
+	if err := sc.Err(); err != nil {
+		return false, s.corrupt("refresh", sc.End(), err)
+	}
+	if f := sc.Footer(); f != nil {
+		if err := s.decodeFooter(f); err != nil {
+			return false, s.corrupt("refresh", f.Pos, err)
+		}
+		return true, nil
+	}
+	if sc.End() > v.pos {
+		s.visible.Store(&position{pos: sc.End(), off: sc.NextOffset()})
+		grew = true
+	}
+	if rolled {
+		// A later file exists, so the writer is done with this one; its
+		// seal went before the next file's creation, but a crash can leave
+		// it unsealed (a read-write open seals it). The next segment must
+		// start at its end, which refreshNew checks.
+		s.mu.Lock()
+		s.sealed = true
+		s.mu.Unlock()
+		grew = true
+	}
+	return grew, nil
+}
+
+// refreshNew opens the segment files after the last known one, appending
+// them to segs: sealed ones through their footer, the last one followed
+// like the active segment. A file whose header is not written yet (being
+// created) is left for the next look.
+func (l *Log) refreshNew(segs *[]*segment, bases []uint64) (added bool, err error) {
+	for i, base := range bases {
+		if n := len(*segs); n > 0 && base <= (*segs)[n-1].base {
+			continue
+		}
+		var s *segment
+		if i < len(bases)-1 {
+			s, err = l.openSegment(base, false, bases[i+1], false)
+		} else {
+			s, err = l.openLive(base)
+		}
+		if err != nil || s == nil {
+			if s != nil {
+				s.release()
+			}
+			return added, err
+		}
+		if n := len(*segs); n > 0 && (*segs)[n-1].vis().off != base {
+			s.release()
+			return added, fmt.Errorf("%w: segment %s ends at offset %d but the next file starts at %d: reopen",
+				ErrRewritten, (*segs)[n-1].name, (*segs)[n-1].vis().off, base)
+		}
+		*segs = append(*segs, s)
+		added = true
+	}
+	return added, nil
+}
+
+// openLive opens the writer's newest segment file read-only and reads what
+// is written of it; nil if its header is not written yet.
+func (l *Log) openLive(base uint64) (*segment, error) {
+	dev, err := l.dir.Open(segName(base), blockdev.Options{ReadOnly: true})
+	if err != nil {
+		return nil, err
+	}
+	s := l.newSegment(base, dev)
+	sc, err := wal.NewScanner(dev)
+	if errors.Is(err, wal.ErrNotWAL) {
+		s.release()
+		return nil, nil
+	}
+	if err != nil {
+		return s, s.corrupt("refresh", 0, err)
+	}
+	s.hdr = sc.Header()
+	if err := l.checkHeader(s); err != nil {
+		return s, err
+	}
+	s.visible.Store(&position{pos: wal.DataStart, off: base})
+	if _, err := l.follow(s, false); err != nil {
+		return s, err
+	}
+	return s, nil
+}

@@ -1,0 +1,205 @@
+package engine
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// readerOf opens the log at path read-only, as a second process would.
+func readerOf(t *testing.T, path string) *Log {
+	t.Helper()
+	opts := DefaultOptions()
+	opts.SegmentSize, opts.MaxWrite, opts.Logger, opts.ReadOnly = 256<<10, 64<<10, quiet, true
+	r, err := Open(path, opts)
+	require.NoError(t, err)
+	t.Cleanup(func() { r.Close() })
+	return r
+}
+
+// requireSameView checks that reader sees what writer has: the same
+// segments, start and end, and the same records at a few offsets.
+func requireSameView(t *testing.T, writer, reader *Log, rng *rand.Rand) {
+	t.Helper()
+	require.Equal(t, writer.StartOffset(), reader.StartOffset(), "start")
+	require.Equal(t, writer.EndOffset(), reader.EndOffset(), "end")
+	ws, rs := writer.Segments(), reader.Segments()
+	require.Len(t, rs, len(ws))
+	for i := range ws {
+		require.Equal(t, ws[i].Base, rs[i].Base)
+		require.Equal(t, ws[i].Next, rs[i].Next, "segment %d", ws[i].Base)
+		require.Equal(t, ws[i].Sealed, rs[i].Sealed, "segment %d", ws[i].Base)
+		require.Equal(t, ws[i].FooterCRC, rs[i].FooterCRC, "segment %d", ws[i].Base)
+	}
+	start, end := writer.StartOffset(), writer.EndOffset()
+	for range 5 {
+		if end == start {
+			break
+		}
+		off := start + rng.Uint64N(end-start)
+		want, err := writer.Read(off, nil)
+		require.NoError(t, err)
+		got, err := reader.Read(off, nil)
+		require.NoError(t, err, "offset %d", off)
+		require.Equal(t, want, got, "offset %d", off)
+	}
+}
+
+// TestRefreshFollowsWriter: a read-only log refreshed at random points
+// of a writer's appends, rolls and front truncations sees exactly what
+// the writer has each time, and a Refresh with nothing new reports no
+// change. SEGSTORE_LONG=1 runs 300 seeds.
+func TestRefreshFollowsWriter(t *testing.T) {
+	for _, seed := range seeds(t, 3, 300) {
+		t.Run(fmt.Sprint("seed=", seed), func(t *testing.T) { followWriter(t, seed) })
+	}
+}
+
+func followWriter(t *testing.T, seed uint64) {
+	path := t.TempDir()
+	writer := realLog(t, path)
+	defer writer.Close()
+	reader := readerOf(t, path)
+	rng := rand.New(rand.NewPCG(seed, 7))
+	changed, err := reader.Refresh()
+	require.NoError(t, err)
+	assert.False(t, changed, "nothing written yet")
+
+	seen := map[uint64]bool{} // segments the reader saw
+	for step := range 300 {
+		switch op := rng.IntN(20); {
+		case op == 0:
+			require.NoError(t, writer.Roll())
+		case op == 1 && writer.EndOffset() > writer.StartOffset():
+			start, end := writer.StartOffset(), writer.EndOffset()
+			require.NoError(t, writer.TruncateFront(start+rng.Uint64N(end-start)))
+		default:
+			batch := make([][]byte, 1+rng.IntN(20))
+			for i := range batch {
+				batch[i] = fmt.Appendf(nil, "step %d record %d %s", step, i, make([]byte, rng.IntN(400)))
+			}
+			_, err := writer.Append(batch...)
+			require.NoError(t, err)
+		}
+		if rng.IntN(3) > 0 {
+			continue // let changes pile up between looks
+		}
+		_, err := reader.Refresh()
+		require.NoError(t, err, "step %d", step)
+		requireSameView(t, writer, reader, rng)
+		for _, s := range reader.Segments() {
+			seen[s.Base] = true
+		}
+		changed, err := reader.Refresh()
+		require.NoError(t, err)
+		require.False(t, changed, "step %d: nothing new", step)
+	}
+	require.Greater(t, len(seen), 5, "the reader followed the writer across segments")
+	require.Positive(t, writer.StartOffset(), "and across front truncations")
+}
+
+// TestRefreshWakesWait: a reader waiting for an offset returns once a
+// Refresh has seen it written.
+func TestRefreshWakesWait(t *testing.T) {
+	path := t.TempDir()
+	writer := realLog(t, path)
+	defer writer.Close()
+	reader := readerOf(t, path)
+	waited := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		waited <- reader.Wait(ctx, 0)
+	}()
+	_, err := writer.Append([]byte("wake up"))
+	require.NoError(t, err)
+	changed, err := reader.Refresh()
+	require.NoError(t, err)
+	assert.True(t, changed)
+	require.NoError(t, <-waited)
+	rec, err := reader.Read(0, nil)
+	require.NoError(t, err)
+	assert.Equal(t, "wake up", string(rec))
+}
+
+// TestRefreshAfterTruncateBack: a reader of a log whose end the writer
+// rewrote is told to reopen, whether the rewrite cut inside the last
+// segment or removed whole segments.
+func TestRefreshAfterTruncateBack(t *testing.T) {
+	for _, where := range []string{"inside the active segment", "at a segment base"} {
+		t.Run(where, func(t *testing.T) {
+			path := t.TempDir()
+			writer := realLog(t, path)
+			defer writer.Close()
+			fillSegments(t, writer, 2)
+			reader := readerOf(t, path)
+			from := writer.EndOffset() - 3
+			if where == "at a segment base" {
+				from = writer.Segments()[1].Base
+			}
+			require.NoError(t, writer.TruncateBack(from))
+			_, err := writer.Append([]byte("a different record"))
+			require.NoError(t, err)
+			_, err = reader.Refresh()
+			require.ErrorIs(t, err, ErrRewritten)
+			assert.ErrorContains(t, err, "reopen")
+		})
+	}
+}
+
+func TestRefreshIsForReaders(t *testing.T) {
+	writer := realLog(t, t.TempDir())
+	defer writer.Close()
+	_, err := writer.Refresh()
+	assert.ErrorContains(t, err, "read-only")
+}
+
+// TestRefreshBesideLiveAppends: refreshes racing a writer's appends and
+// rolls never fail, never go back, and every record seen is the one
+// written at its offset.
+func TestRefreshBesideLiveAppends(t *testing.T) {
+	path := t.TempDir()
+	writer := realLog(t, path)
+	defer writer.Close()
+	reader := readerOf(t, path)
+	const total = 20000
+	done := make(chan error, 1)
+	go func() {
+		for writer.EndOffset() < total {
+			off := writer.EndOffset()
+			batch := make([][]byte, 50)
+			for i := range batch {
+				batch[i] = fmt.Appendf(nil, "record %d %0300d", off+uint64(i), 0)
+			}
+			if _, err := writer.Append(batch...); err != nil {
+				done <- err
+				return
+			}
+		}
+		done <- nil
+	}()
+	var last uint64
+	rng := rand.New(rand.NewPCG(1, 2))
+	for last < total {
+		_, err := reader.Refresh()
+		require.NoError(t, err)
+		end := reader.EndOffset()
+		require.GreaterOrEqual(t, end, last, "the end never goes back")
+		last = end
+		if end == 0 {
+			continue
+		}
+		for _, off := range []uint64{end - 1, rng.Uint64N(end)} {
+			got, err := reader.Read(off, nil)
+			require.NoError(t, err, "offset %d", off)
+			require.Equal(t, fmt.Sprintf("record %d %0300d", off, 0), string(got))
+		}
+	}
+	require.NoError(t, <-done)
+	require.Greater(t, len(reader.Segments()), 5, "the reader followed rolls")
+}
