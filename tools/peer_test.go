@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -11,6 +12,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/segstore/segstore/engine"
 )
 
 // TestServeAndReplicate runs the serve and replicate commands' functions
@@ -70,4 +73,68 @@ func TestServeAndReplicate(t *testing.T) {
 	assert.Equal(t, 2, ExitCode(err))
 	_, err = runSegtool(t, "replicate", "http://127.0.0.1:1")
 	assert.Equal(t, 2, ExitCode(err))
+}
+
+// TestServeBesideWriter: serve on a store another process writes opens
+// it read-only and refreshes it, so a replica follows the writer's new
+// records and segments; when the writer rewrites the end, serve stops and
+// says to restart.
+func TestServeBesideWriter(t *testing.T) {
+	dir := smallStore(t)
+	opts := engine.DefaultOptions()
+	opts.SegmentSize, opts.MaxWrite, opts.Logger = 64<<10, 16<<10, quietLogger
+	writer, err := engine.Open(dir, opts) // the other process
+	require.NoError(t, err)
+	defer writer.Close()
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	addr := make(chan string, 1)
+	served := make(chan error, 1)
+	var out bytes.Buffer
+	go func() {
+		served <- Serve(ctx, &out, []string{dir}, ServeOptions{Listen: "127.0.0.1:0", Refresh: 5 * time.Millisecond}, func(a string) { addr <- a })
+	}()
+	url := "http://" + <-addr
+	assert.Contains(t, out.String(), "written by another process: served read-only")
+	copyDir := filepath.Join(t.TempDir(), "copy")
+	rctx, rcancel := context.WithCancel(ctx)
+	replicated := make(chan error, 1)
+	go func() {
+		replicated <- Replicate(rctx, &bytes.Buffer{}, url, copyDir, ReplicateOptions{Name: "store", Wait: 100 * time.Millisecond})
+	}()
+
+	for i := range 300 {
+		_, err := writer.Append(fmt.Appendf(nil, "appended beside serve %d", i))
+		require.NoError(t, err)
+	}
+	require.NoError(t, writer.Roll())
+	end := writer.EndOffset()
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(20 * time.Millisecond) {
+		if st := readReplication(copyDir); st != nil && st.Applied == end {
+			break
+		}
+		require.True(t, time.Now().Before(deadline), "timed out waiting for the copy to reach %d", end)
+	}
+	rcancel()
+	require.NoError(t, <-replicated)
+	for _, s := range writer.Segments() {
+		if !s.Sealed {
+			continue
+		}
+		a, err := os.ReadFile(filepath.Join(dir, s.File))
+		require.NoError(t, err)
+		b, err := os.ReadFile(filepath.Join(copyDir, s.File))
+		require.NoError(t, err)
+		require.True(t, bytes.Equal(a, b), s.File)
+	}
+
+	require.NoError(t, writer.TruncateBack(end-10))
+	select {
+	case err := <-served:
+		require.ErrorIs(t, err, engine.ErrRewritten)
+		assert.ErrorContains(t, err, "restart serve")
+	case <-time.After(time.Minute):
+		t.Fatal("serve went on after the writer rewrote the log's end")
+	}
 }

@@ -106,13 +106,17 @@ func newCatCommand() *cobra.Command {
 					return err
 				}
 			}
-			return Cat(cmd.OutOrStdout(), args[0], o)
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return Cat(ctx, cmd.OutOrStdout(), args[0], o)
 		},
 	}
 	cmd.Flags().Int64Var(&o.From, "from", -1, "first offset (default: the log's start)")
 	cmd.Flags().StringVar(&since, "since", "", "start at records appended since a duration ago (10m) or an RFC 3339 time")
 	cmd.Flags().IntVar(&o.Count, "count", 0, "records to print (default: all)")
 	cmd.Flags().StringVar(&o.Format, "format", "text", "text, hex or json")
+	cmd.Flags().BoolVarP(&o.Follow, "follow", "f", false, "at the end, wait for new records (until interrupted or --count)")
+	cmd.Flags().DurationVar(&o.Poll, "poll", 50*time.Millisecond, "with --follow, how often to look for new records")
 	return cmd
 }
 
@@ -307,7 +311,7 @@ func newServeCommand() *cobra.Command {
 	var o ServeOptions
 	cmd := &cobra.Command{
 		Use:   "serve DIR...",
-		Short: "Serve logs to peers over HTTP (segments by sendfile, tail, metrics); this process becomes each log's writer",
+		Short: "Serve logs to peers over HTTP (segments by sendfile, tail, metrics), beside their writer or as it",
 		Args: func(_ *cobra.Command, args []string) error {
 			if len(args) == 0 {
 				return usageError{errors.New("want one or more store directories")}
@@ -326,6 +330,7 @@ func newServeCommand() *cobra.Command {
 	cmd.Flags().Int64Var(&o.RateLimit, "rate-limit", 0, "bytes per second per response (0: unlimited)")
 	cmd.Flags().StringVar(&o.TLSCert, "tls-cert", "", "PEM certificate: serve HTTPS (with --tls-key)")
 	cmd.Flags().StringVar(&o.TLSKey, "tls-key", "", "PEM private key for --tls-cert")
+	cmd.Flags().DurationVar(&o.Refresh, "refresh", 20*time.Millisecond, "how often a log another process writes is looked at for new records")
 	return cmd
 }
 

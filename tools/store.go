@@ -3,6 +3,7 @@ package tools
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
@@ -181,11 +182,16 @@ type CatOptions struct {
 	At     time.Time // if set, start at the first record appended at or after it
 	Count  int       // records to print; 0 for all
 	Format string    // text, hex or json
+	// Follow: at the end of the log, wait for the writer's next records
+	// (looking every Poll, default 50ms) until ctx is done or Count are
+	// printed, like tail -f.
+	Follow bool
+	Poll   time.Duration
 }
 
 // Cat prints records of the store in dir: as text (one per line), hex
 // (offset, tab, hex bytes) or JSON (one object per line).
-func Cat(out io.Writer, dir string, opts CatOptions) error {
+func Cat(ctx context.Context, out io.Writer, dir string, opts CatOptions) error {
 	if opts.Format == "" {
 		opts.Format = "text"
 	}
@@ -211,22 +217,57 @@ func Cat(out io.Writer, dir string, opts CatOptions) error {
 	}
 	w := bufio.NewWriter(out)
 	defer w.Flush()
-	it := l.NewIterator(from)
-	defer it.Close()
 	enc := json.NewEncoder(w)
-	for n := 0; (opts.Count == 0 || n < opts.Count) && it.Next(); n++ {
-		rec := it.Record()
-		switch opts.Format {
-		case "text":
-			w.Write(rec)
-			w.WriteByte('\n')
-		case "hex":
-			fmt.Fprintf(w, "%d\t%s\n", it.Offset(), hex.EncodeToString(rec))
-		case "json":
-			enc.Encode(recordJSON(it.Offset(), it.Time(), rec))
+	left := opts.Count // 0: no limit
+	for {
+		it := l.NewIterator(from)
+		for (opts.Count == 0 || left > 0) && it.Next() {
+			rec := it.Record()
+			switch opts.Format {
+			case "text":
+				w.Write(rec)
+				w.WriteByte('\n')
+			case "hex":
+				fmt.Fprintf(w, "%d\t%s\n", it.Offset(), hex.EncodeToString(rec))
+			case "json":
+				enc.Encode(recordJSON(it.Offset(), it.Time(), rec))
+			}
+			from, left = it.Offset()+1, left-1
+		}
+		err := it.Err()
+		it.Close()
+		if err != nil || !opts.Follow || (opts.Count > 0 && left == 0) {
+			return err
+		}
+		if err := w.Flush(); err != nil {
+			return err
+		}
+		if err := awaitRecords(ctx, l, from, opts.Poll); err != nil {
+			if ctx.Err() != nil {
+				return nil // interrupted: done following
+			}
+			return fmt.Errorf("following %s: %w", dir, err)
 		}
 	}
-	return it.Err()
+}
+
+// awaitRecords refreshes the read-only log l every poll (default 50ms)
+// until it holds offset from, or ctx is done.
+func awaitRecords(ctx context.Context, l *engine.Log, from uint64, poll time.Duration) error {
+	if poll <= 0 {
+		poll = 50 * time.Millisecond
+	}
+	for l.DurableOffset() <= from {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(poll):
+		}
+		if _, err := l.Refresh(); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // recordJSON is a record as JSON: its bytes as a string when they are

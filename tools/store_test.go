@@ -1,10 +1,13 @@
 package tools
 
 import (
+	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -152,6 +155,46 @@ func TestAppendThenCat(t *testing.T) {
 	got, err = runSegtool(t, "cat", dir, "--from", "6", "--format", "json")
 	require.NoError(t, err)
 	assert.Contains(t, got, `"value_base64":"YmluYXJ5AP8="`, "bytes that are not UTF-8 are base64")
+}
+
+// TestCatFollow: cat --follow prints what is there, then the records a
+// writer in another process appends, until --count or an interrupt.
+func TestCatFollow(t *testing.T) {
+	dir := smallStore(t)
+	opts := engine.DefaultOptions()
+	opts.SegmentSize, opts.MaxWrite, opts.Logger = 64<<10, 16<<10, quietLogger
+	writer, err := engine.Open(dir, opts)
+	require.NoError(t, err)
+	defer writer.Close()
+	from := writer.EndOffset() - 2
+
+	pr, pw := io.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		done <- Cat(context.Background(), pw, dir, CatOptions{From: int64(from), Count: 2 + 300, Follow: true, Poll: time.Millisecond})
+		pw.Close()
+	}()
+	lines := bufio.NewScanner(pr)
+	for range 2 {
+		require.True(t, lines.Scan(), "the records already there")
+	}
+	for i := range 300 {
+		_, err := writer.Append(fmt.Appendf(nil, "followed %d", i))
+		require.NoError(t, err)
+		if i == 150 {
+			require.NoError(t, writer.Roll()) // across a new segment
+		}
+	}
+	for i := range 300 {
+		require.True(t, lines.Scan(), "record %d", i)
+		require.Equal(t, fmt.Sprintf("followed %d", i), lines.Text())
+	}
+	require.NoError(t, <-done, "stops after --count records")
+
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() { done <- Cat(ctx, io.Discard, dir, CatOptions{From: -1, Follow: true}) }()
+	cancel()
+	require.NoError(t, <-done, "an interrupt ends following without an error")
 }
 
 // TestBadInput: each mistake is one clear error and the right exit code,
