@@ -253,7 +253,6 @@ func (v *SegmentView) Close() error {
 // are read in place, with no copy at all. It holds a reference on the
 // segment until Close.
 type Mapping struct {
-	l    *Log
 	s    *segment
 	data []byte
 	hdr  wal.FileHeader
