@@ -50,12 +50,13 @@ type Log struct {
 	segs  atomic.Pointer[[]*segment] // immutable snapshot, ascending by base
 	start atomic.Uint64              // first retained offset (TruncateFront, retention)
 
-	durMu    sync.Mutex
-	durCh    chan struct{}    // closed and replaced whenever durability advances
-	readPool *alignedbuf.Pool // aligned buffers for point-read misses (copied into the cache)
-	spareMu  sync.Mutex
-	spare    *spareFile // guarded by spareMu: the next segment file, being prepared
-	sealed   atomic.Pointer[wal.Stats]
+	durMu     sync.Mutex
+	durCh     chan struct{}    // closed and replaced when durability advances, if durWaited
+	durWaited bool             // guarded by durMu: a Wait took durCh
+	readPool  *alignedbuf.Pool // aligned buffers for point-read misses (copied into the cache)
+	spareMu   sync.Mutex
+	spare     *spareFile // guarded by spareMu: the next segment file, being prepared
+	sealed    atomic.Pointer[wal.Stats]
 
 	syncHist, batchHist *hist // fdatasync latency, appends per flush
 
@@ -646,8 +647,10 @@ func (l *Log) addSealedStats(st wal.Stats) {
 
 func (l *Log) notifyDurable() {
 	l.durMu.Lock()
-	close(l.durCh)
-	l.durCh = make(chan struct{})
+	if l.durWaited { // no channel to spend on appends nobody waits for
+		close(l.durCh)
+		l.durCh, l.durWaited = make(chan struct{}), false
+	}
 	l.durMu.Unlock()
 }
 
@@ -867,6 +870,7 @@ func (l *Log) Wait(ctx context.Context, offset uint64) error {
 	for {
 		l.durMu.Lock()
 		ch := l.durCh
+		l.durWaited = true
 		l.durMu.Unlock()
 		if l.DurableOffset() > offset {
 			return nil

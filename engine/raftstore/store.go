@@ -163,9 +163,16 @@ func (s *Store) StoreLogs(logs []*raft.Log) error {
 	} else if want := end + s.base.Load(); logs[0].Index != want {
 		return fmt.Errorf("raftstore: StoreLogs starting at index %d, the next index is %d (delete the conflicting suffix first)", logs[0].Index, want)
 	}
+	size := 0
+	for _, l := range logs {
+		size += entrySize(l)
+	}
+	buf := make([]byte, 0, size) // one allocation for the batch
 	recs := make([][]byte, len(logs))
 	for i, l := range logs {
-		recs[i] = encodeEntry(l)
+		start := len(buf)
+		buf = appendEntry(buf, l)
+		recs[i] = buf[start:len(buf):len(buf)]
 	}
 	_, err := s.log.Append(recs...)
 	return err
@@ -252,8 +259,12 @@ func (s *Store) setLocked(key string, val []byte) error {
 // Entry encoding, little endian:
 //
 //	index u64 | term u64 | appendedAt i64 (unix ns) | type u8 | data len uvarint | data | extensions len uvarint | extensions
-func encodeEntry(l *raft.Log) []byte {
-	b := make([]byte, 0, 25+2*binary.MaxVarintLen64+len(l.Data)+len(l.Extensions))
+
+// entrySize bounds the size of l's encoding.
+func entrySize(l *raft.Log) int { return 25 + 2*binary.MaxVarintLen64 + len(l.Data) + len(l.Extensions) }
+
+// appendEntry appends l's encoding to b.
+func appendEntry(b []byte, l *raft.Log) []byte {
 	b = binary.LittleEndian.AppendUint64(b, l.Index)
 	b = binary.LittleEndian.AppendUint64(b, l.Term)
 	var at int64

@@ -9,6 +9,7 @@ package bench
 import (
 	"io"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"testing"
 
@@ -35,26 +36,44 @@ var impls = []struct {
 	{"segstore", func(b *testing.B) store {
 		opts := engine.DefaultOptions()
 		opts.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
-		s, err := raftstore.Open(b.TempDir(), opts)
+		opts.Buffered = os.Getenv("RAFTBENCH_BUFFERED") != ""
+		s, err := raftstore.Open(tempDir(b), opts)
 		if err != nil {
 			b.Fatal(err)
 		}
 		return s
 	}},
 	{"raftwal", func(b *testing.B) store {
-		w, err := raftwal.Open(b.TempDir())
+		w, err := raftwal.Open(tempDir(b))
 		if err != nil {
 			b.Fatal(err)
 		}
 		return w
 	}},
 	{"boltdb", func(b *testing.B) store {
-		s, err := raftboltdb.NewBoltStore(filepath.Join(b.TempDir(), "raft.db"))
+		s, err := raftboltdb.NewBoltStore(filepath.Join(tempDir(b), "raft.db"))
 		if err != nil {
 			b.Fatal(err)
 		}
 		return s
 	}},
+}
+
+// tempDir is a new directory under RAFTBENCH_DIR if set (e.g. /dev/shm,
+// where fdatasync costs nothing and only the stores' own work is left;
+// segstore then needs RAFTBENCH_BUFFERED=1, as tmpfs has no O_DIRECT),
+// else under the test's temporary directory.
+func tempDir(b *testing.B) string {
+	root := os.Getenv("RAFTBENCH_DIR")
+	if root == "" {
+		return b.TempDir()
+	}
+	dir, err := os.MkdirTemp(root, "raftbench")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
 }
 
 func run(b *testing.B, f func(*testing.B, store)) {
@@ -104,7 +123,7 @@ func BenchmarkSet(b *testing.B) {
 // fdatasyncs after each write.
 func deviceFloor(b *testing.B) {
 	const size = 64 << 20
-	d, err := blockdev.Open(filepath.Join(b.TempDir(), "floor"), blockdev.Options{Create: true})
+	d, err := blockdev.Open(filepath.Join(tempDir(b), "floor"), blockdev.Options{Create: true, Buffered: os.Getenv("RAFTBENCH_BUFFERED") != ""})
 	if err != nil {
 		b.Fatal(err)
 	}
