@@ -261,7 +261,9 @@ func (s *Store) setLocked(key string, val []byte) error {
 //	index u64 | term u64 | appendedAt i64 (unix ns) | type u8 | data len uvarint | data | extensions len uvarint | extensions
 
 // entrySize bounds the size of l's encoding.
-func entrySize(l *raft.Log) int { return 25 + 2*binary.MaxVarintLen64 + len(l.Data) + len(l.Extensions) }
+func entrySize(l *raft.Log) int {
+	return 25 + 2*binary.MaxVarintLen64 + len(l.Data) + len(l.Extensions)
+}
 
 // appendEntry appends l's encoding to b.
 func appendEntry(b []byte, l *raft.Log) []byte {
