@@ -203,32 +203,44 @@ func (l *Log) verifyImport(s *segment) error {
 	return nil
 }
 
+// replaceActiveLocked puts the verified file tmp in place of the log's
+// empty active segment (a rename over it, or beside it for an empty log
+// taking its first segment elsewhere) and returns the segment list with s
+// last. The caller holds mu, commits the rename with a directory fsync and
+// stores the list.
+func (l *Log) replaceActiveLocked(s *segment, tmp string) ([]*segment, error) {
+	if err := l.importFitsLocked(s.base); err != nil { // checked again: the log may have moved
+		return nil, err
+	}
+	old := l.active
+	if err := old.w.Close(); err != nil {
+		return nil, l.fail("importing segment "+s.name, err)
+	}
+	l.active = nil
+	if old.base != s.base {
+		if err := l.dir.Remove(old.name); err != nil {
+			return nil, l.fail("importing segment "+s.name, err)
+		}
+	}
+	if err := l.dir.Rename(tmp, s.name); err != nil {
+		return nil, l.fail("importing segment "+s.name, err)
+	}
+	old.gone.Store(true)
+	old.release()
+	segs := *l.segs.Load()
+	return append(slices.Clone(segs[:len(segs)-1]), s), nil
+}
+
 // commitImport renames the verified file into place as the last sealed
 // segment and starts a new active segment after it. Commit point: the
 // rename's directory fsync (done by createSegment, after the manifest).
 func (l *Log) commitImport(s *segment, tmp string) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if err := l.importFitsLocked(s.base); err != nil { // checked again: the log may have moved
+	segs, err := l.replaceActiveLocked(s, tmp)
+	if err != nil {
 		return err
 	}
-	old := l.active
-	if err := old.w.Close(); err != nil {
-		return l.fail("importing segment "+s.name, err)
-	}
-	l.active = nil
-	segs := *l.segs.Load()
-	if old.base != s.base { // an empty log taking a first segment elsewhere
-		if err := l.dir.Remove(old.name); err != nil {
-			return l.fail("importing segment "+s.name, err)
-		}
-	}
-	if err := l.dir.Rename(tmp, s.name); err != nil {
-		return l.fail("importing segment "+s.name, err)
-	}
-	old.gone.Store(true)
-	old.release()
-	segs = append(slices.Clone(segs[:len(segs)-1]), s)
 	l.segs.Store(&segs)
 	if err := l.writeManifest(false); err != nil {
 		return l.fail("writing the manifest after importing "+s.name, err)
@@ -285,27 +297,13 @@ func (l *Log) verifyActive(s *segment, size int64) (*wal.Recovery, error) {
 func (l *Log) commitActive(s *segment, tmp string, rec *wal.Recovery) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if err := l.importFitsLocked(s.base); err != nil { // checked again: the log may have moved
+	segs, err := l.replaceActiveLocked(s, tmp)
+	if err != nil {
 		return err
-	}
-	old := l.active
-	if err := old.w.Close(); err != nil {
-		return l.fail("importing active segment "+s.name, err)
-	}
-	l.active = nil
-	if old.base != s.base { // an empty log taking a first segment elsewhere
-		if err := l.dir.Remove(old.name); err != nil {
-			return l.fail("importing active segment "+s.name, err)
-		}
-	}
-	if err := l.dir.Rename(tmp, s.name); err != nil {
-		return l.fail("importing active segment "+s.name, err)
 	}
 	if err := l.dir.Sync(); err != nil {
 		return l.fail("importing active segment "+s.name, err)
 	}
-	old.gone.Store(true)
-	old.release()
 	// Reopen for writing under the final name; the scan's recovery still
 	// describes the file, which nothing has written since.
 	s.dev.Close()
@@ -317,8 +315,6 @@ func (l *Log) commitActive(s *segment, tmp string, rec *wal.Recovery) error {
 	if s.w, err = wal.Resume(dev, rec, l.walOptions(s)); err != nil {
 		return l.fail("opening imported active segment "+s.name, err)
 	}
-	segs := *l.segs.Load()
-	segs = append(slices.Clone(segs[:len(segs)-1]), s)
 	l.segs.Store(&segs)
 	l.active = s
 	l.notifyDurable()

@@ -14,8 +14,8 @@ import (
 // readerOf opens the log at path read-only, as a second process would.
 func readerOf(t *testing.T, path string) *Log {
 	t.Helper()
-	opts := DefaultOptions()
-	opts.SegmentSize, opts.MaxWrite, opts.Logger, opts.ReadOnly = 256<<10, 64<<10, quiet, true
+	opts := realOptions()
+	opts.ReadOnly = true
 	r, err := Open(path, opts)
 	require.NoError(t, err)
 	t.Cleanup(func() { r.Close() })

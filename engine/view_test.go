@@ -21,11 +21,16 @@ import (
 // realLog opens a log in a fresh directory with 256 KiB segments.
 func realLog(t *testing.T, path string) *Log {
 	t.Helper()
-	opts := DefaultOptions()
-	opts.SegmentSize, opts.MaxWrite, opts.Logger = 256<<10, 64<<10, quiet
-	l, err := Open(path, opts)
+	l, err := Open(path, realOptions())
 	require.NoError(t, err)
 	return l
+}
+
+// realOptions are realLog's options: small segments, so tests roll.
+func realOptions() Options {
+	opts := DefaultOptions()
+	opts.SegmentSize, opts.MaxWrite, opts.Logger = 256<<10, 64<<10, quiet
+	return opts
 }
 
 // fillSegments appends batches of 10 records of ~200 bytes until the log

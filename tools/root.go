@@ -121,13 +121,19 @@ func newCatCommand() *cobra.Command {
 }
 
 func newInspectCommand() *cobra.Command {
+	return dirReportCommand("inspect DIR", "Show segments, totals, what opening found, and health warnings (read-only)", Inspect)
+}
+
+// dirReportCommand is a command on one store directory whose only flag
+// is --json.
+func dirReportCommand(use, short string, run func(out io.Writer, dir string, asJSON bool) error) *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{
-		Use:   "inspect DIR",
-		Short: "Show segments, totals, what opening found, and health warnings (read-only)",
+		Use:   use,
+		Short: short,
 		Args:  oneDir,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return Inspect(cmd.OutOrStdout(), args[0], asJSON)
+			return run(cmd.OutOrStdout(), args[0], asJSON)
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print one JSON document")
@@ -335,17 +341,7 @@ func newServeCommand() *cobra.Command {
 }
 
 func newPromoteCommand() *cobra.Command {
-	var asJSON bool
-	cmd := &cobra.Command{
-		Use:   "promote DIR",
-		Short: "Make a follower whose leader is lost a log of its own, with every record it received (run with replicate stopped)",
-		Args:  oneDir,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			return Promote(cmd.OutOrStdout(), args[0], asJSON)
-		},
-	}
-	cmd.Flags().BoolVar(&asJSON, "json", false, "print one JSON document")
-	return cmd
+	return dirReportCommand("promote DIR", "Make a follower whose leader is lost a log of its own, with every record it received (run with replicate stopped)", Promote)
 }
 
 func newReplicateCommand() *cobra.Command {
