@@ -156,10 +156,18 @@ func (f *follower) get(ctx context.Context, path string, query url.Values) (*htt
 	if resp.StatusCode >= 300 {
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
 		resp.Body.Close()
-		return nil, fmt.Errorf("peer: GET %s: %s: %s", u.Redacted(), resp.Status, bytes.TrimSpace(msg))
+		return nil, &statusError{code: resp.StatusCode, msg: fmt.Sprintf("peer: GET %s: %s: %s", u.Redacted(), resp.Status, bytes.TrimSpace(msg))}
 	}
 	return resp, nil
 }
+
+// statusError is a leader's answer other than success.
+type statusError struct {
+	code int
+	msg  string
+}
+
+func (e *statusError) Error() string { return e.msg }
 
 // step makes one move: import the next sealed segment, or receive more of
 // the active one.
@@ -320,6 +328,12 @@ func (f *follower) waitTail(ctx context.Context, s SegmentEntry) error {
 	}
 	q := url.Values{"base": {strconv.FormatUint(s.Base, 10)}, "pos": {strconv.FormatInt(f.stage.size, 10)}, "wait": {f.opts.Wait.String()}}
 	resp, err := f.get(ctx, "/v1/logs/"+url.PathEscape(f.opts.Name)+"/tail", q)
+	var se *statusError
+	if errors.As(err, &se) && se.code == http.StatusRequestedRangeNotSatisfiable {
+		// The segment is now shorter than what is staged: the leader cut
+		// it (TruncateBack). The staged bytes are not the leader's any more.
+		return errors.Join(err, f.stage.cut(0))
+	}
 	if err != nil {
 		return err
 	}

@@ -437,6 +437,26 @@ func TestStageIsDurableAndResumed(t *testing.T) {
 	assert.Equal(t, want, rec)
 }
 
+// TestStageOfARewrittenSegment: the leader cut its active segment
+// (TruncateBack) below what the follower staged; the follower drops the
+// stale stage, fetches the segment again and ends byte-identical.
+func TestStageOfARewrittenSegment(t *testing.T) {
+	leader, follower, addr, active := stagedAll(t)
+	require.NoError(t, leader.TruncateBack(active.Base+2))
+	_, err := leader.Append([]byte("after the cut"))
+	require.NoError(t, err)
+	require.NoError(t, leader.Roll())
+	end := leader.EndOffset()
+
+	stop := follow("http://"+addr, follower)
+	waitFor(t, "the follower to import the rewritten segment", func() bool { return follower.EndOffset() == end })
+	require.ErrorIs(t, stop(), context.Canceled)
+	assert.Equal(t, leaderFile(t, leader, active.File), leaderFile(t, follower, active.File), "byte for byte")
+	rec, err := follower.Read(end-1, nil)
+	require.NoError(t, err)
+	assert.Equal(t, "after the cut", string(rec))
+}
+
 // TestPromote: the leader is lost with records in its active segment; the
 // follower, whose stage was left with a torn write after them, promotes
 // the staged records into its log, appends after them, and refuses to
