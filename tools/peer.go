@@ -251,7 +251,7 @@ func Promote(out io.Writer, dir string, asJSON bool) error {
 	if asJSON {
 		return writeReport(out, rep)
 	}
-	fmt.Fprintf(out, "promoted %s: %d staged records of the leader's active segment are now its own; it holds offsets %d..%d and takes appends\n",
-		dir, rep.Added, rep.Start, int64(rep.End)-1)
+	fmt.Fprintf(out, "promoted %s: %d staged records of the leader's active segment are now its own; it holds offsets [%d, %d) and takes appends\n",
+		dir, rep.Added, rep.Start, rep.End)
 	return nil
 }
