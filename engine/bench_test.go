@@ -608,3 +608,47 @@ func BenchmarkSegmentRecords(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkRefresh: one Refresh of a read-only log beside its writer
+// (64 MiB segments, preallocated), with nothing new (idle: what a polling
+// reader pays per look) and with one 1 KiB append since the last look.
+//
+//	go test ./engine -run NONE -bench BenchmarkRefresh
+func BenchmarkRefresh(b *testing.B) {
+	dir := b.TempDir()
+	opts := engine.DefaultOptions()
+	writer, err := engine.Open(dir, opts)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer writer.Close()
+	rec := make([]byte, 1024)
+	for range 1000 {
+		if _, err := writer.Append(rec); err != nil {
+			b.Fatal(err)
+		}
+	}
+	opts.ReadOnly = true
+	reader, err := engine.Open(dir, opts)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer reader.Close()
+	for _, appends := range []int{0, 1} {
+		b.Run(fmt.Sprint("appends=", appends), func(b *testing.B) {
+			for b.Loop() {
+				b.StopTimer()
+				for range appends {
+					if _, err := writer.Append(rec); err != nil {
+						b.Fatal(err)
+					}
+				}
+				b.StartTimer()
+				changed, err := reader.Refresh()
+				if err != nil || changed != (appends > 0) {
+					b.Fatalf("Refresh: changed %v, %v", changed, err)
+				}
+			}
+		})
+	}
+}
