@@ -79,21 +79,28 @@ func readMeta(dir blockdev.Dir, name string, kind uint32) ([]byte, error) {
 	if _, err := dev.ReadAt(buf, 0); err != nil && !errors.Is(err, io.EOF) {
 		return nil, err
 	}
+	return decodeMeta(buf[:size], filepath.Join(dir.Path(), name), kind)
+}
+
+// decodeMeta returns the payload of the metadata file at path, whose bytes
+// are b, or a *CorruptionError.
+func decodeMeta(b []byte, path string, kind uint32) ([]byte, error) {
 	bad := func(why string) error {
-		return &CorruptionError{File: filepath.Join(dir.Path(), name), Op: "open", Err: errors.New(why)}
+		return &CorruptionError{File: path, Op: "open", Err: errors.New(why)}
 	}
-	if size < metaHeader+4 || string(buf[:8]) != metaMagic {
+	size := int64(len(b))
+	if size < metaHeader+4 || string(b[:8]) != metaMagic {
 		return nil, bad("not a segstore metadata file")
 	}
-	n := int64(binary.LittleEndian.Uint32(buf[12:]))
-	if binary.LittleEndian.Uint32(buf[8:]) != kind || metaHeader+n+4 > size {
+	n := int64(binary.LittleEndian.Uint32(b[12:]))
+	if binary.LittleEndian.Uint32(b[8:]) != kind || metaHeader+n+4 > size {
 		return nil, bad("metadata of the wrong kind or length")
 	}
 	end := metaHeader + n
-	if crc32.Checksum(buf[:end], castagnoli) != binary.LittleEndian.Uint32(buf[end:]) {
+	if crc32.Checksum(b[:end], castagnoli) != binary.LittleEndian.Uint32(b[end:]) {
 		return nil, bad("metadata checksum mismatch")
 	}
-	return append([]byte(nil), buf[metaHeader:end]...), nil
+	return append([]byte(nil), b[metaHeader:end]...), nil
 }
 
 func isNotExist(err error) bool { return errors.Is(err, fs.ErrNotExist) }

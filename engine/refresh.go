@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"time"
 
 	"github.com/segstore/segstore/blockdev"
 	"github.com/segstore/segstore/wal"
@@ -53,7 +54,7 @@ func (l *Log) Refresh() (changed bool, err error) {
 	}
 	slices.Sort(bases)
 	start := l.start.Load()
-	if err := l.loadStart(); err != nil {
+	if err := l.refreshStart(); err != nil {
 		return false, err
 	}
 	changed = l.start.Load() != start
@@ -82,6 +83,25 @@ func (l *Log) Refresh() (changed bool, err error) {
 		l.segs.Store(&segs)
 	}
 	return changed, err
+}
+
+// refreshStart reads START again, through the page cache: the writer
+// replaces it by a rename at each change, so an unchanged one is served
+// from memory, not read from the device at every look.
+func (l *Log) refreshStart() error {
+	path := filepath.Join(l.dir.Path(), startName)
+	raw, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	b, err := decodeMeta(raw, path, metaStart)
+	if err != nil {
+		return err
+	}
+	return l.setStart(b)
 }
 
 // refreshKnown drops the segments at the front whose files the writer
@@ -141,15 +161,31 @@ func (l *Log) sameFile(s *segment) (bool, error) {
 	return os.SameFile(named, open), nil
 }
 
+// quietFor: a look skips reading the active segment when its modification
+// time is the one the previous look saw and that look started at least
+// this long after it, so every write stamped then had completed by then.
+const quietFor = 2 * time.Second
+
 // follow reads the frames the writer appended to s since the last look,
 // and seals s if the writer did (or has moved on to a later segment).
+// A file not written since a look that started well after its last write
+// is not read again.
 func (l *Log) follow(s *segment, rolled bool) (grew bool, err error) {
-	sc, err := wal.NewScanner(s.dev)
-	if err != nil {
-		return false, s.corrupt("refresh", 0, err)
+	var mod time.Time
+	if f, ok := s.dev.(*blockdev.File); ok {
+		if fi, err := f.File().Stat(); err == nil {
+			mod = fi.ModTime()
+		}
 	}
+	if !rolled && !mod.IsZero() && mod.Equal(s.looked.mod) && s.looked.at.Sub(mod) >= quietFor {
+		return false, nil
+	}
+	s.looked.mod, s.looked.at = mod, time.Now()
 	v := s.vis()
-	sc.Continue(v.pos, v.off)
+	sc, err := wal.Continue(s.dev, s.hdr, v.pos, v.off)
+	if err != nil {
+		return false, err
+	}
 	for sc.Next() {
 		f := sc.Frame()
 		s.addIndex(f.First, f.Pos, f.Time)

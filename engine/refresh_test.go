@@ -203,3 +203,34 @@ func TestRefreshBesideLiveAppends(t *testing.T) {
 	require.NoError(t, <-done)
 	require.Greater(t, len(reader.Segments()), 5, "the reader followed rolls")
 }
+
+// TestRefreshAfterQuiet: once the active segment has been quiet for a
+// while, looks skip reading it; the next append is still seen.
+func TestRefreshAfterQuiet(t *testing.T) {
+	path := t.TempDir()
+	writer := realLog(t, path)
+	defer writer.Close()
+	reader := readerOf(t, path)
+	_, err := writer.Append([]byte("first"))
+	require.NoError(t, err)
+	time.Sleep(quietFor + 100*time.Millisecond)
+	for range 2 { // the first look reads the file and notes when
+		_, err = reader.Refresh()
+		require.NoError(t, err)
+	}
+	segs := *reader.segs.Load()
+	active := segs[len(segs)-1]
+	looked := active.looked
+	_, err = reader.Refresh()
+	require.NoError(t, err)
+	assert.Equal(t, looked, active.looked, "a quiet file is not read again")
+	require.Equal(t, uint64(1), reader.EndOffset())
+	_, err = writer.Append([]byte("second"))
+	require.NoError(t, err)
+	changed, err := reader.Refresh()
+	require.NoError(t, err)
+	assert.True(t, changed)
+	rec, err := reader.Read(1, nil)
+	require.NoError(t, err)
+	assert.Equal(t, "second", string(rec))
+}

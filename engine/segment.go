@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/segstore/segstore/alignedbuf"
 	"github.com/segstore/segstore/blockdev"
@@ -82,6 +83,10 @@ type segment struct {
 	// reads of the newest records (raft's GetLog of what it just stored)
 	// do not go to the disk each time.
 	tail atomic.Pointer[tailChunk]
+
+	// looked: the file's modification time at the last Refresh that read
+	// it, and when that look started (read-only logs; under refreshMu).
+	looked struct{ mod, at time.Time }
 
 	mu       sync.RWMutex // guards index, sealed and sealedAt
 	index    []indexEntry // sparse, ascending; the first frame is always in it

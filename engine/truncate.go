@@ -19,17 +19,25 @@ func (l *Log) loadStart() error {
 	if isNotExist(err) {
 		return nil
 	}
+	if err == nil {
+		err = l.setStart(b)
+	}
 	if err != nil {
 		return err
 	}
-	if len(b) != 8 {
-		return &CorruptionError{File: filepath.Join(l.dir.Path(), startName), Op: "open", Err: fmt.Errorf("START holds %d bytes, want 8", len(b))}
-	}
-	l.start.Store(binary.LittleEndian.Uint64(b))
 	if l.opts.ReadOnly {
 		return nil
 	}
 	return l.dropBelowLocked(l.start.Load())
+}
+
+// setStart takes the start offset from START's payload b.
+func (l *Log) setStart(b []byte) error {
+	if len(b) != 8 {
+		return &CorruptionError{File: filepath.Join(l.dir.Path(), startName), Op: "open", Err: fmt.Errorf("START holds %d bytes, want 8", len(b))}
+	}
+	l.start.Store(binary.LittleEndian.Uint64(b))
+	return nil
 }
 
 // TruncateFront drops the records below before: reads of them fail with

@@ -82,7 +82,7 @@ type Scanner struct {
 	err      error
 	done     bool
 	trustEnd int64 // see TrustCleanEnd
-	live     bool  // see Continue
+	live     bool  // a Continue scan
 }
 
 // TrustCleanEnd tells the scanner that the file was closed cleanly with
@@ -93,17 +93,20 @@ type Scanner struct {
 // no write can have reached the file after that clean close may call it.
 func (s *Scanner) TrustCleanEnd(pos int64) { s.trustEnd = pos }
 
-// Continue makes the scanner read a file that another process may still
-// be appending to, from pos on: pos must be the end of a frame that an
-// earlier scan of the same file verified, and next the offset after that
-// frame's records (DataStart and the base offset for an empty file). Where
-// no valid frame is (yet) the scan stops without a verdict, neither Torn
-// nor Err, and without reading further: the writer may be writing there.
-// A frame out of place, and a footer followed by data, are still errors.
-// Call it before Next.
-func (s *Scanner) Continue(pos int64, next uint64) {
-	s.pos, s.nextOffset, s.live = pos, next, true
-	s.readAhead = liveChunk
+// Continue returns a scanner of a file that another process may still be
+// appending to, from pos on: hdr is the file's header (from an earlier
+// scan, so it is not read again), pos the end of a frame that an earlier
+// scan of the same file verified, and next the offset after that frame's
+// records (DataStart and the base offset for an empty file). Where no
+// valid frame is (yet) the scan stops without a verdict, neither Torn nor
+// Err, and without reading further: the writer may be writing there. A
+// frame out of place, and a footer followed by data, are still errors.
+func Continue(dev blockdev.Device, hdr FileHeader, pos int64, next uint64) (*Scanner, error) {
+	size, err := dev.Size()
+	if err != nil {
+		return nil, fmt.Errorf("wal: size of %s: %w", dev.Name(), err)
+	}
+	return &Scanner{dev: dev, hdr: hdr, size: size, pos: pos, nextOffset: next, live: true, readAhead: liveChunk}, nil
 }
 
 // liveChunk is what a Continue scan reads ahead: a writer's recent frames,

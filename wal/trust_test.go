@@ -77,9 +77,8 @@ func TestContinue(t *testing.T) {
 	require.NoError(t, err)
 	defer w.Close()
 	scan := func(pos int64, next uint64) (frames []Frame, sc *Scanner) {
-		sc, err := NewScanner(sim)
+		sc, err := Continue(sim, w.Header(), pos, next)
 		require.NoError(t, err)
-		sc.Continue(pos, next)
 		for sc.Next() {
 			frames = append(frames, sc.Frame())
 		}
