@@ -351,7 +351,10 @@ func (f *follower) waitTail(ctx context.Context, s SegmentEntry) error {
 	if !sealed || f.stage.size != size {
 		return nil
 	}
-	_, err = f.log.ImportSegment(f.stage.reader(), s.Base, size)
+	r, err := f.stage.reader()
+	if err == nil {
+		_, err = f.log.ImportSegment(r, s.Base, size)
+	}
 	// Imported, or refused: either way it is fetched whole again if needed.
 	if cerr := f.stage.cut(0); err == nil {
 		err = cerr

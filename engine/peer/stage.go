@@ -113,8 +113,15 @@ func (st *stage) append(r io.Reader) error {
 	return err
 }
 
-// reader reads what the stage holds.
-func (st *stage) reader() io.Reader { return io.NewSectionReader(st.f, 0, st.size) }
+// reader reads what the stage holds (the imports read st.size bytes):
+// the file itself, from its start, so that an import copies it within the
+// kernel (copy_file_range).
+func (st *stage) reader() (io.Reader, error) {
+	if _, err := st.f.Seek(0, io.SeekStart); err != nil {
+		return nil, fmt.Errorf("peer: the follower's stage %s: %w", st.path, err)
+	}
+	return st.f, nil
+}
 
 // remove deletes the stage (it holds nothing the log needs).
 func (st *stage) remove() error {
@@ -142,7 +149,11 @@ func Promote(l *engine.Log) (added uint64, err error) {
 	}
 	if st.size > 0 && st.base >= l.EndOffset() {
 		before := l.EndOffset()
-		if _, err := l.ImportActive(st.reader(), st.base, st.size); err != nil {
+		r, err := st.reader()
+		if err == nil {
+			_, err = l.ImportActive(r, st.base, st.size)
+		}
+		if err != nil {
 			st.f.Close()
 			return 0, fmt.Errorf("peer: promoting the follower's stage %s (segment %d, %d bytes): %w", st.path, st.base, st.size, err)
 		}
