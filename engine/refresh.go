@@ -1,12 +1,15 @@
 package engine
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/segstore/segstore/blockdev"
 	"github.com/segstore/segstore/wal"
@@ -83,6 +86,64 @@ func (l *Log) Refresh() (changed bool, err error) {
 		l.segs.Store(&segs)
 	}
 	return changed, err
+}
+
+// KeepRefreshed refreshes a read-only log until ctx is done: whenever a
+// file in its directory changes (inotify: a write, a file created, renamed
+// or removed), and at least every interval, for file systems that send no
+// such events (without inotify it only polls, and logs so). Readers
+// waiting in Wait wake as records are found. It returns ctx's error, or
+// Refresh's (ErrRewritten: reopen the log).
+func (l *Log) KeepRefreshed(ctx context.Context, interval time.Duration) error {
+	changes, stop, err := l.watchDir()
+	if err != nil {
+		l.opts.Logger.Warn("segstore: no inotify on the log's directory; polling instead", "dir", l.Dir(), "every", interval, "err", err)
+	} else {
+		defer stop()
+	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		if _, err := l.Refresh(); err != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-changes: // nil without inotify: never ready
+		case <-t.C:
+		}
+	}
+}
+
+// watchDir returns a channel that is ready (events coalesced) after a file
+// in the log's directory was written, created, renamed or removed, and a
+// function that stops watching.
+func (l *Log) watchDir() (<-chan struct{}, func(), error) {
+	fd, err := unix.InotifyInit1(unix.IN_NONBLOCK | unix.IN_CLOEXEC)
+	if err != nil {
+		return nil, nil, fmt.Errorf("inotify_init1: %w", err)
+	}
+	const mask = unix.IN_MODIFY | unix.IN_CREATE | unix.IN_MOVED_TO | unix.IN_MOVED_FROM | unix.IN_DELETE
+	if _, err := unix.InotifyAddWatch(fd, l.dir.Path(), mask); err != nil {
+		unix.Close(fd)
+		return nil, nil, fmt.Errorf("inotify_add_watch %s: %w", l.dir.Path(), err)
+	}
+	f := os.NewFile(uintptr(fd), "inotify") // non-blocking: reads wait in Go's poller
+	ch := make(chan struct{}, 1)
+	go func() {
+		buf := make([]byte, 16<<10)
+		for {
+			if _, err := f.Read(buf); err != nil {
+				return // closed by stop
+			}
+			select {
+			case ch <- struct{}{}:
+			default:
+			}
+		}
+	}()
+	return ch, func() { f.Close() }, nil
 }
 
 // refreshStart reads START again, through the page cache: the writer

@@ -234,3 +234,33 @@ func TestRefreshAfterQuiet(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, "second", string(rec))
 }
+
+// TestKeepRefreshed: with polling set to an hour, a reader still sees the
+// writer's appends and new segments at once (inotify), and stops with
+// ErrRewritten after a TruncateBack.
+func TestKeepRefreshed(t *testing.T) {
+	path := t.TempDir()
+	writer := realLog(t, path)
+	defer writer.Close()
+	reader := readerOf(t, path)
+	kept := make(chan error, 1)
+	go func() { kept <- reader.KeepRefreshed(context.Background(), time.Hour) }()
+
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for range 3 {
+		_, err := writer.Append([]byte("one"))
+		require.NoError(t, err)
+		require.NoError(t, reader.Wait(ctx, writer.EndOffset()-1), "woken by the write, not by the hourly poll")
+		require.NoError(t, writer.Roll())
+	}
+	fillSegments(t, writer, 6) // and rolls of its own
+	require.NoError(t, reader.Wait(ctx, writer.EndOffset()-1))
+	require.NoError(t, writer.TruncateBack(writer.EndOffset()-5))
+	select {
+	case err := <-kept:
+		require.ErrorIs(t, err, ErrRewritten)
+	case <-ctx.Done():
+		t.Fatal("KeepRefreshed did not see the rewrite")
+	}
+}

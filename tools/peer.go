@@ -26,23 +26,24 @@ type ServeOptions struct {
 	// TLSCert and TLSKey, both set, serve HTTPS (bodies are then copied
 	// through user space: this kernel has no kTLS).
 	TLSCert, TLSKey string
-	// Refresh is how often a log written by another process is looked at
-	// for new records; default 20ms.
+	// Refresh: a log written by another process is looked at for new
+	// records whenever its files change (inotify), and at least this
+	// often; default 250ms.
 	Refresh time.Duration
 }
 
 // Serve opens each directory as a log named by its base name, and serves
 // them until ctx is done. A log no other process writes is opened
 // read-write (this process becomes its writer); one that another process
-// writes is opened read-only and refreshed every opts.Refresh, so its
-// tail is served as the writer appends. ready, if set, is called with the
+// writes is opened read-only and kept refreshed (engine.KeepRefreshed),
+// so its tail is served as the writer appends. ready, if set, is called with the
 // address once it listens.
 func Serve(ctx context.Context, out io.Writer, dirs []string, opts ServeOptions, ready func(addr string)) error {
 	if opts.Listen == "" {
 		opts.Listen = "127.0.0.1:7070"
 	}
 	if opts.Refresh <= 0 {
-		opts.Refresh = 20 * time.Millisecond
+		opts.Refresh = 250 * time.Millisecond
 	}
 	logs := map[string]*engine.Log{}
 	defer func() {
@@ -66,11 +67,13 @@ func Serve(ctx context.Context, out io.Writer, dirs []string, opts ServeOptions,
 		l, err := openStore(dir, true, false)
 		if errors.Is(err, blockdev.ErrLocked) {
 			if l, err = openStore(dir, false, false); err == nil {
-				fmt.Fprintf(out, "%s is written by another process: served read-only, refreshed every %v\n", dir, opts.Refresh)
+				fmt.Fprintf(out, "%s is written by another process: served read-only, refreshed as its files change\n", dir)
 				refreshers.Add(1)
 				go func() {
 					defer refreshers.Done()
-					keepRefreshed(ctx, cancel, dir, l, opts.Refresh)
+					if err := l.KeepRefreshed(ctx, opts.Refresh); ctx.Err() == nil {
+						cancel(fmt.Errorf("serving %s, written by another process: %w (restart serve)", dir, err))
+					}
 				}()
 			}
 		}
@@ -116,25 +119,6 @@ func Serve(ctx context.Context, out io.Writer, dirs []string, opts ServeOptions,
 			return cause // a refresher stopped serving
 		}
 		return err
-	}
-}
-
-// keepRefreshed refreshes the read-only log l every interval until ctx is
-// done; an error (the writer rewrote the log's end, or the files cannot
-// be read) stops the server through stop.
-func keepRefreshed(ctx context.Context, stop context.CancelCauseFunc, dir string, l *engine.Log, interval time.Duration) {
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		if _, err := l.Refresh(); err != nil {
-			stop(fmt.Errorf("serving %s, written by another process: %w (restart serve)", dir, err))
-			return
-		}
 	}
 }
 

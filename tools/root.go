@@ -116,7 +116,7 @@ func newCatCommand() *cobra.Command {
 	cmd.Flags().IntVar(&o.Count, "count", 0, "records to print (default: all)")
 	cmd.Flags().StringVar(&o.Format, "format", "text", "text, hex or json")
 	cmd.Flags().BoolVarP(&o.Follow, "follow", "f", false, "at the end, wait for new records (until interrupted or --count)")
-	cmd.Flags().DurationVar(&o.Poll, "poll", 50*time.Millisecond, "with --follow, how often to look for new records")
+	cmd.Flags().DurationVar(&o.Poll, "poll", 250*time.Millisecond, "with --follow, look for new records as the files change and at least this often")
 	return cmd
 }
 
@@ -336,7 +336,7 @@ func newServeCommand() *cobra.Command {
 	cmd.Flags().Int64Var(&o.RateLimit, "rate-limit", 0, "bytes per second per response (0: unlimited)")
 	cmd.Flags().StringVar(&o.TLSCert, "tls-cert", "", "PEM certificate: serve HTTPS (with --tls-key)")
 	cmd.Flags().StringVar(&o.TLSKey, "tls-key", "", "PEM private key for --tls-cert")
-	cmd.Flags().DurationVar(&o.Refresh, "refresh", 20*time.Millisecond, "how often a log another process writes is looked at for new records")
+	cmd.Flags().DurationVar(&o.Refresh, "refresh", 250*time.Millisecond, "a log another process writes is looked at as its files change, and at least this often")
 	return cmd
 }
 

@@ -183,8 +183,8 @@ type CatOptions struct {
 	Count  int       // records to print; 0 for all
 	Format string    // text, hex or json
 	// Follow: at the end of the log, wait for the writer's next records
-	// (looking every Poll, default 50ms) until ctx is done or Count are
-	// printed, like tail -f.
+	// (engine.KeepRefreshed, at least every Poll, default 250ms) until ctx
+	// is done or Count are printed, like tail -f.
 	Follow bool
 	Poll   time.Duration
 }
@@ -215,6 +215,12 @@ func Cat(ctx context.Context, out io.Writer, dir string, opts CatOptions) error 
 	if end := l.DurableOffset(); from < l.StartOffset() || (from > end) {
 		return usageError{fmt.Errorf("offset %d is outside the log's records [%d, %d)", from, l.StartOffset(), end)}
 	}
+	wait := func(uint64) error { return nil }
+	if opts.Follow {
+		var stop func()
+		wait, stop = follow(ctx, l, opts.Poll)
+		defer stop()
+	}
 	w := bufio.NewWriter(out)
 	defer w.Flush()
 	enc := json.NewEncoder(w)
@@ -242,7 +248,7 @@ func Cat(ctx context.Context, out io.Writer, dir string, opts CatOptions) error 
 		if err := w.Flush(); err != nil {
 			return err
 		}
-		if err := awaitRecords(ctx, l, from, opts.Poll); err != nil {
+		if err := wait(from); err != nil {
 			if ctx.Err() != nil {
 				return nil // interrupted: done following
 			}
@@ -251,23 +257,26 @@ func Cat(ctx context.Context, out io.Writer, dir string, opts CatOptions) error 
 	}
 }
 
-// awaitRecords refreshes the read-only log l every poll (default 50ms)
-// until it holds offset from, or ctx is done.
-func awaitRecords(ctx context.Context, l *engine.Log, from uint64, poll time.Duration) error {
+// follow keeps the read-only log l refreshed until ctx is done or stop is
+// called; wait returns once l holds offset from, or with the refresher's
+// error (or ctx's).
+func follow(ctx context.Context, l *engine.Log, poll time.Duration) (wait func(from uint64) error, stop func()) {
 	if poll <= 0 {
-		poll = 50 * time.Millisecond
+		poll = 250 * time.Millisecond
 	}
-	for l.DurableOffset() <= from {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(poll):
+	ctx, cancel := context.WithCancelCause(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		cancel(l.KeepRefreshed(ctx, poll))
+	}()
+	wait = func(from uint64) error {
+		if err := l.Wait(ctx, from); err != nil {
+			return context.Cause(ctx)
 		}
-		if _, err := l.Refresh(); err != nil {
-			return err
-		}
+		return nil
 	}
-	return nil
+	return wait, func() { cancel(nil); <-done }
 }
 
 // recordJSON is a record as JSON: its bytes as a string when they are

@@ -174,11 +174,19 @@ func TestBenchLeaderChild(t *testing.T) {
 
 // BenchmarkTailLatency: from a durable append on the leader to the
 // arrival of its bytes at a client long-polling the tail, over loopback;
-// p50 and p99 over b.N appends.
+// p50 and p99 over b.N appends. serve=writer: the server's log is the
+// writer; serve=beside: the server has the log open read-only beside its
+// writer (as another process would), kept refreshed by inotify.
 //
 //	go test ./engine/peer -run NONE -bench BenchmarkTailLatency -benchtime 2000x
 func BenchmarkTailLatency(b *testing.B) {
-	l, err := engine.Open(b.TempDir(), engine.Options{Logger: quiet})
+	b.Run("serve=writer", func(b *testing.B) { tailLatency(b, false) })
+	b.Run("serve=beside", func(b *testing.B) { tailLatency(b, true) })
+}
+
+func tailLatency(b *testing.B, beside bool) {
+	dir := b.TempDir()
+	l, err := engine.Open(dir, engine.Options{Logger: quiet})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -186,11 +194,21 @@ func BenchmarkTailLatency(b *testing.B) {
 	if _, err := l.Append([]byte("first")); err != nil {
 		b.Fatal(err)
 	}
+	served := l
+	if beside {
+		if served, err = engine.Open(dir, engine.Options{Logger: quiet, ReadOnly: true}); err != nil {
+			b.Fatal(err)
+		}
+		defer served.Close()
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		go served.KeepRefreshed(ctx, time.Second)
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
 	}
-	hs := NewServer(map[string]*engine.Log{"main": l}, ServerOptions{}).HTTPServer("")
+	hs := NewServer(map[string]*engine.Log{"main": served}, ServerOptions{}).HTTPServer("")
 	go hs.Serve(ln)
 	defer hs.Close()
 	base := l.Segments()[0].Base
