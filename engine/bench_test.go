@@ -609,12 +609,10 @@ func BenchmarkSegmentRecords(b *testing.B) {
 	}
 }
 
-// BenchmarkRefresh: one Refresh of a read-only log beside its writer
+// BenchmarkRefresh: one Refresh of a read-only log beside its live writer
 // (64 MiB segments, preallocated): after one 1 KiB append since the last
-// look; with nothing new while the last write is recent (the file is read
-// to see); and with nothing new once the file has been quiet for a look
-// that started well after its last write (what an idle log costs a
-// polling reader: no read at all).
+// look (the new frame is read), and with nothing new acknowledged (what
+// an idle log costs a polling reader: no read at all).
 //
 //	go test ./engine -run NONE -bench BenchmarkRefresh
 func BenchmarkRefresh(b *testing.B) {
@@ -637,32 +635,21 @@ func BenchmarkRefresh(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer reader.Close()
-	look := func(b *testing.B, appends int) {
-		for b.Loop() {
-			b.StopTimer()
-			for range appends {
-				if _, err := writer.Append(rec); err != nil {
-					b.Fatal(err)
+	for _, appends := range []int{1, 0} {
+		b.Run(map[int]string{1: "case=append", 0: "case=idle"}[appends], func(b *testing.B) {
+			for b.Loop() {
+				b.StopTimer()
+				for range appends {
+					if _, err := writer.Append(rec); err != nil {
+						b.Fatal(err)
+					}
+				}
+				b.StartTimer()
+				changed, err := reader.Refresh()
+				if err != nil || changed != (appends > 0) {
+					b.Fatalf("Refresh: changed %v, %v", changed, err)
 				}
 			}
-			b.StartTimer()
-			changed, err := reader.Refresh()
-			if err != nil || changed != (appends > 0) {
-				b.Fatalf("Refresh: changed %v, %v", changed, err)
-			}
-		}
+		})
 	}
-	b.Run("case=append", func(b *testing.B) { look(b, 1) })
-	b.Run("case=idle-recent", func(b *testing.B) {
-		if _, err := writer.Append(rec); err != nil {
-			b.Fatal(err)
-		}
-		reader.Refresh()
-		look(b, 0) // b.Loop's default second stays within the 2 s
-	})
-	b.Run("case=idle-quiet", func(b *testing.B) {
-		time.Sleep(2100 * time.Millisecond)
-		reader.Refresh() // a look well after the last write
-		look(b, 0)
-	})
 }

@@ -64,9 +64,13 @@ type Log struct {
 	exportCopied   atomic.Int64 // bytes exported by a copy (any other writer)
 	manifestMu     sync.Mutex   // serializes manifest writes
 	refreshMu      sync.Mutex   // serializes Refresh (read-only logs)
-	reportMu       sync.Mutex   // guards report while segments open in parallel
-	clean          *cleanEnd    // the manifest's clean close record, while opening
-	report         Recovery
+	// durable: the DURABLE file, written by a writer (under durMu) and
+	// read by read-only logs (under refreshMu; nil until the writer made
+	// it, or in a simulated directory).
+	durable  *durableFile
+	reportMu sync.Mutex // guards report while segments open in parallel
+	clean    *cleanEnd  // the manifest's clean close record, while opening
+	report   Recovery
 }
 
 // poolAlign is the alignment of pooled read buffers: it covers the direct
@@ -143,6 +147,11 @@ func Open(dir string, opts Options) (*Log, error) {
 	}
 	if err := l.load(); err != nil {
 		l.dropSpare()
+		l.closeFiles()
+		l.release()
+		return nil, err
+	}
+	if err := l.openDurable(); err != nil {
 		l.closeFiles()
 		l.release()
 		return nil, err
@@ -647,11 +656,56 @@ func (l *Log) addSealedStats(st wal.Stats) {
 
 func (l *Log) notifyDurable() {
 	l.durMu.Lock()
+	l.publishDurableLocked()
 	if l.durWaited { // no channel to spend on appends nobody waits for
 		close(l.durCh)
 		l.durCh, l.durWaited = make(chan struct{}), false
 	}
 	l.durMu.Unlock()
+}
+
+// openDurable sets up the DURABLE file: a writer creates it and publishes
+// where its active segment is durable; a read-only log maps it if it
+// exists, and hides what the writer has not acknowledged yet.
+func (l *Log) openDurable() error {
+	if _, ok := l.dir.(*blockdev.OSDir); !ok {
+		return nil
+	}
+	var err error
+	if !l.opts.ReadOnly {
+		if l.durable, err = createDurable(l.dir.Path()); err == nil {
+			l.publishDurable()
+		}
+		return err
+	}
+	if l.durable, err = openDurable(l.dir.Path()); err != nil || l.durable == nil {
+		return err
+	}
+	l.durable.live = writerLive(l.dir.Path())
+	for _, s := range *l.segs.Load() {
+		if end, bounded := l.durable.limit(s); bounded && !s.isSealed() && s.vis().pos > end.pos {
+			s.hideFrom(end)
+		}
+	}
+	return nil
+}
+
+// publishDurable tells read-only logs in other processes where the
+// active segment is durable.
+func (l *Log) publishDurable() {
+	l.durMu.Lock()
+	l.publishDurableLocked()
+	l.durMu.Unlock()
+}
+
+func (l *Log) publishDurableLocked() {
+	if l.durable == nil || l.opts.ReadOnly {
+		return
+	}
+	if segs := *l.segs.Load(); len(segs) > 0 {
+		s := segs[len(segs)-1]
+		l.durable.publish(s.base, s.vis())
+	}
 }
 
 // Append writes records as one batch (one frame, atomic after a crash) and
@@ -741,6 +795,7 @@ func (l *Log) rollIf(s *segment) error {
 	segs := append(slices.Clone(*l.segs.Load()), next)
 	l.segs.Store(&segs)
 	l.active = next
+	l.publishDurable()
 	return l.applyRetentionLocked()
 }
 
@@ -1030,9 +1085,16 @@ func (l *Log) Close() error {
 		}
 	}
 	l.dropSpare()
+	if l.durable != nil && !l.opts.ReadOnly {
+		l.publishDurable()
+		l.durable.close(true)
+	}
 	l.mu.Unlock()
 	l.refreshMu.Lock() // a Refresh in progress finishes with the files open
 	l.closeFiles()
+	if l.durable != nil && l.opts.ReadOnly {
+		l.durable.close(false)
+	}
 	l.refreshMu.Unlock()
 	l.release()
 	return err

@@ -45,6 +45,14 @@ func (l *Log) Refresh() (changed bool, err error) {
 			l.notifyDurable()
 		}
 	}()
+	if l.durable == nil { // the writer may have made it since
+		if l.durable, err = openDurable(l.dir.Path()); err != nil {
+			return false, err
+		}
+	}
+	if l.durable != nil {
+		l.durable.live = writerLive(l.dir.Path())
+	}
 	names, err := l.dir.List()
 	if err != nil {
 		return false, err
@@ -90,10 +98,11 @@ func (l *Log) Refresh() (changed bool, err error) {
 
 // KeepRefreshed refreshes a read-only log until ctx is done: whenever a
 // file in its directory changes (inotify: a write, a file created, renamed
-// or removed), and at least every interval, for file systems that send no
-// such events (without inotify it only polls, and logs so). Readers
-// waiting in Wait wake as records are found. It returns ctx's error, or
-// Refresh's (ErrRewritten: reopen the log).
+// or removed; the writer also writes to its DURABLE file each time it
+// acknowledges appends), and at least every interval, for file systems
+// that send no such events (without inotify it only polls, and logs so).
+// Readers waiting in Wait wake as records are found. It returns ctx's
+// error, or Refresh's (ErrRewritten: reopen the log).
 func (l *Log) KeepRefreshed(ctx context.Context, interval time.Duration) error {
 	changes, stop, err := l.watchDir()
 	if err != nil {
@@ -224,44 +233,57 @@ func (l *Log) sameFile(s *segment) (bool, error) {
 
 // quietFor: a look skips reading the active segment when its modification
 // time is the one the previous look saw and that look started at least
-// this long after it, so every write stamped then had completed by then.
+// this long after it, so every write stamped then had completed. (Used
+// when no live writer publishes its durable end.)
 const quietFor = 2 * time.Second
 
 // follow reads the frames the writer appended to s since the last look,
-// and seals s if the writer did (or has moved on to a later segment).
-// A file not written since a look that started well after its last write
-// is not read again.
+// as far as the writer has acknowledged them (its DURABLE file), and seals
+// s if the writer did (or has moved on to a later segment). Nothing is
+// read when nothing more is durable, or, without a live writer's word,
+// when the file was not written since a look that started well after its
+// last write.
 func (l *Log) follow(s *segment, rolled bool) (grew bool, err error) {
+	v := s.vis()
+	limit, bounded := l.durable.limit(s) // what is durable now
+	if bounded && !rolled && v.pos >= limit.pos {
+		return false, nil
+	}
 	var mod time.Time
 	if f, ok := s.dev.(*blockdev.File); ok {
 		if fi, err := f.File().Stat(); err == nil {
 			mod = fi.ModTime()
 		}
 	}
-	if !rolled && !mod.IsZero() && mod.Equal(s.looked.mod) && s.looked.at.Sub(mod) >= quietFor {
+	if !bounded && !rolled && !mod.IsZero() && mod.Equal(s.looked.mod) && s.looked.at.Sub(mod) >= quietFor {
 		return false, nil
 	}
 	s.looked.mod, s.looked.at = mod, time.Now()
-	v := s.vis()
 	sc, err := wal.Continue(s.dev, s.hdr, v.pos, v.off)
 	if err != nil {
 		return false, err
 	}
+	end := v
 	for sc.Next() {
 		f := sc.Frame()
+		if bounded && f.End() > limit.pos {
+			break // written, not acknowledged yet
+		}
 		s.addIndex(f.First, f.Pos, f.Time)
+		end = position{pos: f.End(), off: f.First + uint64(f.Count)}
 	}
 	if err := sc.Err(); err != nil {
 		return false, s.corrupt("refresh", sc.End(), err)
 	}
-	if f := sc.Footer(); f != nil {
+	// A footer is written after the records before it are durable.
+	if f := sc.Footer(); f != nil && f.Pos == end.pos {
 		if err := s.decodeFooter(f); err != nil {
 			return false, s.corrupt("refresh", f.Pos, err)
 		}
 		return true, nil
 	}
-	if sc.End() > v.pos {
-		s.visible.Store(&position{pos: sc.End(), off: sc.NextOffset()})
+	if end.pos > v.pos {
+		s.visible.Store(&end)
 		grew = true
 	}
 	if rolled {

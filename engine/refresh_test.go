@@ -4,11 +4,16 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/segstore/segstore/blockdev"
+	"github.com/segstore/segstore/wal"
 )
 
 // readerOf opens the log at path read-only, as a second process would.
@@ -190,6 +195,7 @@ func TestRefreshBesideLiveAppends(t *testing.T) {
 		require.NoError(t, err)
 		end := reader.EndOffset()
 		require.GreaterOrEqual(t, end, last, "the end never goes back")
+		require.LessOrEqual(t, end, writer.DurableOffset(), "nothing is seen before the writer acknowledges it")
 		last = end
 		if end == 0 {
 			continue
@@ -204,12 +210,14 @@ func TestRefreshBesideLiveAppends(t *testing.T) {
 	require.Greater(t, len(reader.Segments()), 5, "the reader followed rolls")
 }
 
-// TestRefreshAfterQuiet: once the active segment has been quiet for a
-// while, looks skip reading it; the next append is still seen.
+// TestRefreshAfterQuiet: without a writer's DURABLE file (a writer of an
+// earlier version), once the active segment has been quiet for a while,
+// looks skip reading it; the next append is still seen.
 func TestRefreshAfterQuiet(t *testing.T) {
 	path := t.TempDir()
 	writer := realLog(t, path)
 	defer writer.Close()
+	require.NoError(t, os.Remove(filepath.Join(path, durableName)))
 	reader := readerOf(t, path)
 	_, err := writer.Append([]byte("first"))
 	require.NoError(t, err)
@@ -263,4 +271,38 @@ func TestKeepRefreshed(t *testing.T) {
 	case <-ctx.Done():
 		t.Fatal("KeepRefreshed did not see the rewrite")
 	}
+}
+
+// TestReaderSeesOnlyAcknowledged: a read-only log shows no record past
+// what a live writer has published as acknowledged (DURABLE); once no
+// writer holds the lock, what a dead one last published no longer hides
+// the frames on disk.
+func TestReaderSeesOnlyAcknowledged(t *testing.T) {
+	path := t.TempDir()
+	writer := realLog(t, path)
+	_, err := writer.Append([]byte("a"), []byte("b"), []byte("c"))
+	require.NoError(t, err)
+	require.NoError(t, writer.Close())
+	// As a writer that died having acknowledged nothing would leave it.
+	d, err := createDurable(path)
+	require.NoError(t, err)
+	d.publish(0, position{pos: wal.DataStart, off: 0})
+	d.close(false)
+
+	assert.Equal(t, uint64(3), readerOf(t, path).EndOffset(), "no live writer: everything on disk")
+
+	dir, err := blockdev.OpenDir(path, false)
+	require.NoError(t, err)
+	unlock, err := dir.Lock(lockName) // a live writer that has acknowledged nothing
+	require.NoError(t, err)
+	reader := readerOf(t, path)
+	assert.Equal(t, uint64(0), reader.EndOffset(), "nothing acknowledged is shown")
+	_, err = reader.Read(0, nil)
+	require.ErrorIs(t, err, ErrOutOfRange)
+
+	require.NoError(t, unlock())
+	changed, err := reader.Refresh()
+	require.NoError(t, err)
+	assert.True(t, changed)
+	assert.Equal(t, uint64(3), reader.EndOffset(), "the writer is gone: what it wrote is the log's")
 }

@@ -111,6 +111,16 @@ func (s *segment) lastTime() int64 {
 
 func (s *segment) vis() position { return *s.visible.Load() }
 
+// hideFrom makes s end at p for readers, dropping index entries at or
+// past it: what a read-only log does with frames its writer (another
+// process) has written but not acknowledged yet.
+func (s *segment) hideFrom(p position) {
+	s.mu.Lock()
+	s.index = s.index[:sort.Search(len(s.index), func(i int) bool { return s.index[i].pos >= p.pos })]
+	s.mu.Unlock()
+	s.visible.Store(&p)
+}
+
 func (s *segment) isSealed() bool {
 	s.mu.RLock()
 	defer s.mu.RUnlock()

@@ -1,0 +1,167 @@
+package engine
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/segstore/segstore/wal"
+)
+
+// durableName is a small file through which the writer tells read-only
+// logs in other processes how far its active segment is durable, so that
+// they never show a record before the writer has acknowledged it (a frame
+// is on the device, and readable, before its fdatasync returns). It is
+// mapped shared by the writer and its readers; the kernel writes it back
+// like any file, but nothing depends on it surviving a crash.
+//
+//	0        8        16       24       32       40       48
+//	+--------+--------+--------+--------+--------+--------+
+//	| magic  | seq    | base   | pos    | offset | open   |   magic "segdur01"; u64 little endian (native) words
+//	+--------+--------+--------+--------+--------+--------+
+//
+// seq is a sequence lock: odd while the writer updates base, pos and
+// offset (the active segment, its durable end as a file position and as a
+// record offset); open is 1 while a writer has the log open.
+const durableName = "DURABLE"
+
+const (
+	durableMagic = "segdur01"
+	durableSize  = 4096
+	durSeq       = 8
+	durBase      = 16
+	durPos       = 24
+	durOffset    = 32
+	durOpen      = 40
+)
+
+// durableFile is the mapped DURABLE file.
+type durableFile struct {
+	mem []byte
+	// f (the writer's): one byte is written to it after each publish, so
+	// that readers watching the directory (inotify) wake; the mapping's
+	// stores make no file event.
+	f *os.File
+	// live: a writer holds the log's lock (a reader's view, checked at
+	// each look). Without one, what it last published says nothing: a
+	// writer that died left frames that the next open keeps.
+	live bool
+}
+
+func (d *durableFile) word(off int) *atomic.Uint64 {
+	return (*atomic.Uint64)(unsafe.Pointer(&d.mem[off]))
+}
+
+// createDurable opens (creating) the DURABLE file of the writer of dir and
+// maps it for writing.
+func createDurable(dir string) (*durableFile, error) {
+	f, err := os.OpenFile(filepath.Join(dir, durableName), os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("engine: the durable-position file: %w", err)
+	}
+	if err := f.Truncate(durableSize); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("engine: the durable-position file: %w", err)
+	}
+	mem, err := unix.Mmap(int(f.Fd()), 0, durableSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("engine: mapping the durable-position file: %w", err)
+	}
+	copy(mem, durableMagic)
+	d := &durableFile{mem: mem, f: f}
+	if d.word(durSeq).Load()%2 == 1 {
+		d.word(durSeq).Add(1) // left odd by a writer that died mid-update
+	}
+	return d, nil
+}
+
+// openDurable maps the DURABLE file of dir read-only; nil if there is
+// none (no writer has opened the log with this version).
+func openDurable(dir string) (*durableFile, error) {
+	f, err := os.Open(filepath.Join(dir, durableName))
+	if os.IsNotExist(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	if fi, err := f.Stat(); err != nil || fi.Size() < durableSize {
+		return nil, err // being created: look again later
+	}
+	mem, err := unix.Mmap(int(f.Fd()), 0, durableSize, unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		return nil, fmt.Errorf("engine: mapping the durable-position file: %w", err)
+	}
+	if string(mem[:8]) != durableMagic {
+		unix.Munmap(mem)
+		return nil, nil
+	}
+	return &durableFile{mem: mem}, nil
+}
+
+// publish records segment base as durable up to p (writer; callers
+// serialize).
+func (d *durableFile) publish(base uint64, p position) {
+	seq := d.word(durSeq)
+	seq.Add(1)
+	d.word(durBase).Store(base)
+	d.word(durPos).Store(uint64(p.pos))
+	d.word(durOffset).Store(p.off)
+	seq.Add(1)
+	d.word(durOpen).Store(1)
+	d.f.WriteAt(poke[:], durablePoke) // a wake-up only: nothing reads it
+}
+
+// durablePoke is where publish writes its wake-up byte, away from the words.
+const durablePoke = durableSize - 1
+
+var poke = [1]byte{1}
+
+// close marks the log closed by its writer and unmaps the file.
+func (d *durableFile) close(writer bool) {
+	if writer {
+		d.word(durOpen).Store(0)
+		d.f.WriteAt(poke[:], durablePoke)
+		d.f.Close()
+	}
+	unix.Munmap(d.mem)
+}
+
+// limit says how far segment s may be shown to a reader: all of it when no
+// writer has the log open or the writer has moved past s (bounded false),
+// up to the published durable end when s is the writer's active segment,
+// and nothing of a segment newer than that (created, nothing durable yet).
+func (d *durableFile) limit(s *segment) (end position, bounded bool) {
+	if d == nil || !d.live {
+		return position{}, false
+	}
+	for range 1 << 16 {
+		seq := d.word(durSeq).Load()
+		if seq%2 == 1 {
+			continue // an update in progress: a few stores
+		}
+		open := d.word(durOpen).Load()
+		base := d.word(durBase).Load()
+		end = position{pos: int64(d.word(durPos).Load()), off: d.word(durOffset).Load()}
+		if d.word(durSeq).Load() != seq {
+			continue
+		}
+		switch {
+		case open == 0 || base > s.base:
+			return position{}, false
+		case base == s.base:
+			return end, true
+		default:
+			return position{pos: wal.DataStart, off: s.base}, true
+		}
+	}
+	// Odd for that long: a writer died in the middle of an update. The
+	// next writer's open resets it; until then show what is on disk.
+	return position{}, false
+}
