@@ -415,6 +415,12 @@ func TestStageIsDurableAndResumed(t *testing.T) {
 	assert.Equal(t, leaderFile(t, leader, active.File)[:active.ExportSize()], staged)
 
 	sent := func() int64 { st := leader.Stats(); return st.ExportSendfileBytes + st.ExportCopiedBytes }
+	// The stopped follower's last long poll may still be ending on the
+	// leader's side: count from when no response is in flight.
+	waitFor(t, "the leader to finish the stopped follower's requests", func() bool {
+		_, b := getBody(t, "http://"+addr+"/metrics", nil)
+		return strings.Contains(string(b), "\nsegstore_peer_active_exports 0\n")
+	})
 	before := sent()
 	appendBatches(t, leader, 5)
 	require.NoError(t, leader.Roll())
