@@ -27,6 +27,16 @@ func readerOf(t *testing.T, path string) *Log {
 	return r
 }
 
+// besideWriter opens a writer in a fresh directory and a read-only log of
+// it, as another process would; both are closed when the test ends.
+func besideWriter(t *testing.T) (writer, reader *Log) {
+	t.Helper()
+	path := t.TempDir()
+	writer = realLog(t, path)
+	t.Cleanup(func() { writer.Close() })
+	return writer, readerOf(t, path)
+}
+
 // requireSameView checks that reader sees what writer has: the same
 // segments, start and end, and the same records at a few offsets.
 func requireSameView(t *testing.T, writer, reader *Log, rng *rand.Rand) {
@@ -66,10 +76,7 @@ func TestRefreshFollowsWriter(t *testing.T) {
 }
 
 func followWriter(t *testing.T, seed uint64) {
-	path := t.TempDir()
-	writer := realLog(t, path)
-	defer writer.Close()
-	reader := readerOf(t, path)
+	writer, reader := besideWriter(t)
 	rng := rand.New(rand.NewPCG(seed, 7))
 	changed, err := reader.Refresh()
 	require.NoError(t, err)
@@ -111,10 +118,7 @@ func followWriter(t *testing.T, seed uint64) {
 // TestRefreshWakesWait: a reader waiting for an offset returns once a
 // Refresh has seen it written.
 func TestRefreshWakesWait(t *testing.T) {
-	path := t.TempDir()
-	writer := realLog(t, path)
-	defer writer.Close()
-	reader := readerOf(t, path)
+	writer, reader := besideWriter(t)
 	waited := make(chan error, 1)
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -168,10 +172,7 @@ func TestRefreshIsForReaders(t *testing.T) {
 // rolls never fail, never go back, and every record seen is the one
 // written at its offset.
 func TestRefreshBesideLiveAppends(t *testing.T) {
-	path := t.TempDir()
-	writer := realLog(t, path)
-	defer writer.Close()
-	reader := readerOf(t, path)
+	writer, reader := besideWriter(t)
 	const total = 20000
 	done := make(chan error, 1)
 	go func() {
@@ -247,10 +248,7 @@ func TestRefreshAfterQuiet(t *testing.T) {
 // writer's appends and new segments at once (inotify), and stops with
 // ErrRewritten after a TruncateBack.
 func TestKeepRefreshed(t *testing.T) {
-	path := t.TempDir()
-	writer := realLog(t, path)
-	defer writer.Close()
-	reader := readerOf(t, path)
+	writer, reader := besideWriter(t)
 	kept := make(chan error, 1)
 	go func() { kept <- reader.KeepRefreshed(context.Background(), time.Hour) }()
 
