@@ -21,7 +21,7 @@ import (
 //
 //	0        8        16       24       32       40       48
 //	+--------+--------+--------+--------+--------+--------+
-//	| magic  | seq    | base   | pos    | offset | open   |   magic "segdur01"; u64 little endian (native) words
+//	| magic  | seq    | base   | pos    | offset | open   |   magic "segdur01"; native-endian u64 words
 //	+--------+--------+--------+--------+--------+--------+
 //
 // seq is a sequence lock: odd while the writer updates base, pos and

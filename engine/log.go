@@ -1085,15 +1085,21 @@ func (l *Log) Close() error {
 		}
 	}
 	l.dropSpare()
-	if l.durable != nil && !l.opts.ReadOnly {
-		l.publishDurable()
-		l.durable.close(true)
+	if !l.opts.ReadOnly {
+		l.durMu.Lock()
+		if l.durable != nil {
+			l.publishDurableLocked()
+			l.durable.close(true)
+			l.durable = nil
+		}
+		l.durMu.Unlock()
 	}
 	l.mu.Unlock()
 	l.refreshMu.Lock() // a Refresh in progress finishes with the files open
 	l.closeFiles()
 	if l.durable != nil && l.opts.ReadOnly {
 		l.durable.close(false)
+		l.durable = nil
 	}
 	l.refreshMu.Unlock()
 	l.release()
