@@ -100,8 +100,23 @@ func Verify(dir string, opts VerifyOptions) (*VerifyReport, error) {
 	}
 	slices.Sort(bases)
 	r := &VerifyReport{LiveWriter: writerLive(d.Path())}
+	var published *durableFile // a live writer's acknowledged end
+	if r.LiveWriter {
+		if published, err = openDurable(d.Path()); err != nil {
+			return nil, err
+		}
+		if published != nil {
+			published.live = true
+			defer published.close(false)
+		}
+	}
 	for i, base := range bases {
-		if err := r.verifySegment(d, base, i == len(bases)-1); err != nil {
+		last := i == len(bases)-1
+		acked := int64(-1) // unknown
+		if end, bounded := published.limit(&segment{base: base}); last && bounded {
+			acked = end.pos // read before the scan, so the scan must find all of it
+		}
+		if err := r.verifySegment(d, base, last, acked); err != nil {
 			return r, err
 		}
 		if opts.Progress != nil {
@@ -120,7 +135,9 @@ func openExistingDir(dir string, buffered bool) (*blockdev.OSDir, error) {
 	return blockdev.OpenDir(dir, buffered)
 }
 
-func (r *VerifyReport) verifySegment(d blockdev.Dir, base uint64, last bool) error {
+// verifySegment checks one segment file. acked, if not -1, is how far a
+// live writer had acknowledged the last segment before it was read.
+func (r *VerifyReport) verifySegment(d blockdev.Dir, base uint64, last bool, acked int64) error {
 	name := segName(base)
 	path := filepath.Join(d.Path(), name)
 	problem := func(pos int64, kind string, repairable bool, format string, args ...any) {
@@ -181,6 +198,8 @@ func (r *VerifyReport) verifySegment(d blockdev.Dir, base uint64, last bool) err
 	r.endUnknown = false
 	if t := sc.Torn(); t != nil {
 		switch {
+		case last && r.LiveWriter && t.Pos < acked:
+			problem(t.Pos, ProblemCorruption, false, "damaged bytes before byte %d, which the writer has acknowledged as durable: %s", acked, t.Reason)
 		case last && r.LiveWriter:
 			r.TailInFlight = true
 		case last:
@@ -190,6 +209,9 @@ func (r *VerifyReport) verifySegment(d blockdev.Dir, base uint64, last bool) err
 		}
 	}
 	foot := sc.Footer()
+	if foot == nil && sc.Torn() == nil && sc.End() < acked {
+		problem(sc.End(), ProblemCorruption, false, "the frames end at byte %d, but the writer has acknowledged records up to byte %d", sc.End(), acked)
+	}
 	if foot == nil {
 		if !last {
 			problem(sc.End(), ProblemUnsealed, true, "no footer: the log was stopped between the segment's last append and its seal")

@@ -144,3 +144,34 @@ func TestVerifyBesideALiveWriter(t *testing.T) {
 	assert.Equal(t, ProblemTornTail, r.Problems[0].Kind)
 	assert.Equal(t, segs[4].Base, r.Problems[0].Segment)
 }
+
+// TestVerifyBesideALiveWriterKnowsWhatIsAcknowledged: beside a live
+// writer, damage that looks like an unfinished write but lies before the
+// end the writer has acknowledged (its DURABLE file) is corruption, not
+// an append in flight.
+func TestVerifyBesideALiveWriterKnowsWhatIsAcknowledged(t *testing.T) {
+	path := t.TempDir()
+	writer := realLog(t, path)
+	defer writer.Close()
+	for range 8 {
+		_, err := writer.Append(bytes.Repeat([]byte{'a'}, 1500), bytes.Repeat([]byte{'b'}, 1500))
+		require.NoError(t, err)
+	}
+	r, err := Verify(path, VerifyOptions{})
+	require.NoError(t, err)
+	require.True(t, r.LiveWriter)
+	require.True(t, r.Clean(), "%v", r.Problems)
+
+	active := writer.Segments()[len(writer.Segments())-1]
+	f, err := os.OpenFile(filepath.Join(path, active.File), os.O_WRONLY, 0)
+	require.NoError(t, err)
+	_, err = f.WriteAt(make([]byte, blockdev.SectorSize), wal.DataStart+4096) // a sector of acknowledged frames zeroed
+	require.NoError(t, f.Close())
+	require.NoError(t, err)
+	r, err = Verify(path, VerifyOptions{})
+	require.NoError(t, err)
+	assert.False(t, r.TailInFlight)
+	require.Len(t, r.Problems, 1, "%v", r.Problems)
+	assert.Equal(t, ProblemCorruption, r.Problems[0].Kind)
+	assert.Contains(t, r.Problems[0].Detail, "acknowledged")
+}
