@@ -23,11 +23,11 @@ var ErrRewritten = errors.New("engine: the writer rewrote the end of the log")
 // Refresh brings a read-only log up to date with its directory's writer,
 // typically another process: the records appended since the last look, the
 // segments sealed and created, and the start moved by TruncateFront or
-// retention. It reports whether anything changed, and wakes Wait. A record
-// is seen once its frame is written whole, which for a SyncAlways writer
-// is at most the one group commit whose fdatasync is in flight before it
-// is durable. After a TruncateBack by the writer it returns an error
-// wrapping ErrRewritten: reopen the log. It needs a real directory.
+// retention. It reports whether anything changed, and wakes Wait. While
+// a writer holds the log's lock, no record is shown before the writer has
+// acknowledged it (it publishes how far in its DURABLE file). After a
+// TruncateBack by the writer it returns an error wrapping ErrRewritten:
+// reopen the log. It needs a real directory.
 func (l *Log) Refresh() (changed bool, err error) {
 	if !l.opts.ReadOnly {
 		return false, errors.New("engine: Refresh is for read-only logs (a writer's log is always current)")
