@@ -152,6 +152,10 @@ func Open(dir string, opts Options) (*Log, error) {
 		return nil, err
 	}
 	if err := l.openDurable(); err != nil {
+		if l.active != nil && l.active.w != nil {
+			l.active.w.Close()
+		}
+		l.dropSpare()
 		l.closeFiles()
 		l.release()
 		return nil, err
