@@ -304,3 +304,17 @@ func TestReaderSeesOnlyAcknowledged(t *testing.T) {
 	assert.True(t, changed)
 	assert.Equal(t, uint64(3), reader.EndOffset(), "the writer is gone: what it wrote is the log's")
 }
+
+// TestOpenWithoutDurableFile: a writer that cannot make its DURABLE file
+// does not open, and says which file.
+func TestOpenWithoutDurableFile(t *testing.T) {
+	path := t.TempDir()
+	require.NoError(t, os.Mkdir(filepath.Join(path, durableName), 0o755))
+	_, err := Open(path, realOptions())
+	require.Error(t, err)
+	assert.ErrorContains(t, err, durableName)
+	require.NoError(t, os.Remove(filepath.Join(path, durableName)))
+	l, err := Open(path, realOptions()) // and nothing of the failed open is in the way
+	require.NoError(t, err)
+	require.NoError(t, l.Close())
+}
