@@ -306,8 +306,9 @@ func decodeEntry(b []byte, l *raft.Log) error {
 	return nil
 }
 
-// cutBytes reads a uvarint length and that many bytes (copied: a read's
-// buffer is the caller's).
+// cutBytes reads a uvarint length and that many bytes, as a slice of b
+// (GetLog decodes a record Read returned in a buffer of its own, which the
+// entry then keeps).
 func cutBytes(b []byte) ([]byte, []byte, error) {
 	n, k := binary.Uvarint(b)
 	if k <= 0 || n > uint64(len(b)-k) {
