@@ -133,35 +133,42 @@ func (d *durableFile) close(writer bool) {
 	unix.Munmap(d.mem)
 }
 
-// limit says how far segment s may be shown to a reader: all of it when no
-// writer has the log open or the writer has moved past s (bounded false),
-// up to the published durable end when s is the writer's active segment,
-// and nothing of a segment newer than that (created, nothing durable yet).
-func (d *durableFile) limit(s *segment) (end position, bounded bool) {
-	if d == nil || !d.live {
-		return position{}, false
-	}
+// published is one consistent read of what the writer published: the
+// active segment's base and acknowledged end, and whether a writer has the
+// log open. ok is false if the words stayed mid-update (a writer died in
+// the middle of one; the next writer's open resets them).
+func (d *durableFile) published() (base uint64, end position, open, ok bool) {
 	for range 1 << 16 {
 		seq := d.word(durSeq).Load()
 		if seq%2 == 1 {
 			continue // an update in progress: a few stores
 		}
-		open := d.word(durOpen).Load()
-		base := d.word(durBase).Load()
+		open = d.word(durOpen).Load() == 1
+		base = d.word(durBase).Load()
 		end = position{pos: int64(d.word(durPos).Load()), off: d.word(durOffset).Load()}
-		if d.word(durSeq).Load() != seq {
-			continue
-		}
-		switch {
-		case open == 0 || base > s.base:
-			return position{}, false
-		case base == s.base:
-			return end, true
-		default:
-			return position{pos: wal.DataStart, off: s.base}, true
+		if d.word(durSeq).Load() == seq {
+			return base, end, open, true
 		}
 	}
-	// Odd for that long: a writer died in the middle of an update. The
-	// next writer's open resets it; until then show what is on disk.
-	return position{}, false
+	return 0, position{}, false, false
+}
+
+// limit says how far segment s may be shown to a reader: all of it when no
+// live writer has the log open or the writer has moved past s (bounded
+// false), up to the published durable end when s is the writer's active
+// segment, and nothing of a segment newer than that (created, nothing
+// durable yet).
+func (d *durableFile) limit(s *segment) (end position, bounded bool) {
+	if d == nil || !d.live {
+		return position{}, false
+	}
+	base, end, open, ok := d.published()
+	switch {
+	case !ok || !open || base > s.base:
+		return position{}, false
+	case base == s.base:
+		return end, true
+	default:
+		return position{pos: wal.DataStart, off: s.base}, true
+	}
 }

@@ -155,6 +155,39 @@ func (l *Log) watchDir() (<-chan struct{}, func(), error) {
 	return ch, func() { f.Close() }, nil
 }
 
+// WriterInfo is what a log knows of its directory's writer.
+type WriterInfo struct {
+	// Live: a process holds the writer's lock (for a log opened for
+	// writing, this one).
+	Live bool `json:"live"`
+	// Acknowledged: appends below this offset are acknowledged, as the
+	// writer published it in its DURABLE file (Published).
+	Acknowledged uint64 `json:"acknowledged"`
+	Published    bool   `json:"published"`
+}
+
+// Writer reports on the log's writer: itself for a log opened for
+// writing; for a read-only one, whether another process holds the lock
+// and how far it has acknowledged appends.
+func (l *Log) Writer() WriterInfo {
+	if !l.opts.ReadOnly {
+		return WriterInfo{Live: true, Acknowledged: l.DurableOffset(), Published: l.durable != nil}
+	}
+	if _, ok := l.dir.(*blockdev.OSDir); !ok {
+		return WriterInfo{}
+	}
+	w := WriterInfo{Live: writerLive(l.dir.Path())}
+	d, err := openDurable(l.dir.Path()) // a mapping of its own: Refresh may replace the log's
+	if err != nil || d == nil {
+		return w
+	}
+	defer d.close(false)
+	if _, end, open, ok := d.published(); ok && open && w.Live {
+		w.Acknowledged, w.Published = end.off, true
+	}
+	return w
+}
+
 // refreshStart reads START again, through the page cache: the writer
 // replaces it by a rename at each change, so an unchanged one is served
 // from memory, not read from the device at every look.

@@ -287,7 +287,9 @@ func TestReaderSeesOnlyAcknowledged(t *testing.T) {
 	d.publish(0, position{pos: wal.DataStart, off: 0})
 	d.close(false)
 
-	assert.Equal(t, uint64(3), readerOf(t, path).EndOffset(), "no live writer: everything on disk")
+	noWriter := readerOf(t, path)
+	assert.Equal(t, uint64(3), noWriter.EndOffset(), "no live writer: everything on disk")
+	assert.Equal(t, WriterInfo{}, noWriter.Writer())
 
 	dir, err := blockdev.OpenDir(path, false)
 	require.NoError(t, err)
@@ -295,6 +297,7 @@ func TestReaderSeesOnlyAcknowledged(t *testing.T) {
 	require.NoError(t, err)
 	reader := readerOf(t, path)
 	assert.Equal(t, uint64(0), reader.EndOffset(), "nothing acknowledged is shown")
+	assert.Equal(t, WriterInfo{Live: true, Acknowledged: 0, Published: true}, reader.Writer())
 	_, err = reader.Read(0, nil)
 	require.ErrorIs(t, err, ErrOutOfRange)
 
@@ -317,4 +320,17 @@ func TestOpenWithoutDurableFile(t *testing.T) {
 	l, err := Open(path, realOptions()) // and nothing of the failed open is in the way
 	require.NoError(t, err)
 	require.NoError(t, l.Close())
+}
+
+// TestWriterInfo: a reader beside a live writer reports it and how far it
+// has acknowledged appends, as the writer itself does.
+func TestWriterInfo(t *testing.T) {
+	writer, reader := besideWriter(t)
+	_, err := writer.Append([]byte("a"), []byte("b"), []byte("c"))
+	require.NoError(t, err)
+	want := WriterInfo{Live: true, Acknowledged: 3, Published: true}
+	assert.Equal(t, want, writer.Writer())
+	assert.Equal(t, want, reader.Writer())
+	require.NoError(t, writer.Close())
+	assert.Equal(t, WriterInfo{}, reader.Writer(), "closed: no writer")
 }

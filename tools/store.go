@@ -310,6 +310,7 @@ type InspectReport struct {
 	Records  uint64               `json:"records"`
 	Bytes    int64                `json:"bytes"`
 	Recovery engine.Recovery      `json:"last_open"`
+	Writer   engine.WriterInfo    `json:"writer"` // the process writing the store, if any
 	Warnings []string             `json:"warnings"`
 	// Replication: set when the store is a follower (segtool replicate).
 	Replication *ReplicationStatus `json:"replication,omitempty"`
@@ -332,7 +333,7 @@ func Inspect(out io.Writer, dir string, asJSON bool) error {
 		v.Close()
 	}
 	r := InspectReport{Dir: dir, Storage: l.Storage(), Segments: l.Segments(), Start: l.StartOffset(), End: l.DurableOffset(),
-		Recovery: l.Stats().LastOpenRecovery, Replication: readReplication(dir)}
+		Recovery: l.Stats().LastOpenRecovery, Writer: l.Writer(), Replication: readReplication(dir)}
 	r.Records = r.End - r.Start
 	for _, s := range r.Segments {
 		r.Bytes += s.Bytes
@@ -368,6 +369,14 @@ func Inspect(out io.Writer, dir string, asJSON bool) error {
 	rec := r.Recovery
 	fmt.Fprintf(out, "open: %d sealed segments trusted (%d through their footers, %d through the manifest), last segment scanned: %d frames\n",
 		rec.Sealed+rec.Deferred, rec.Sealed, rec.Deferred, rec.ActiveFrames)
+	switch w := r.Writer; {
+	case w.Published:
+		fmt.Fprintf(out, "writer: another process, appends acknowledged below offset %d (shown here: up to there)\n", w.Acknowledged)
+	case w.Live:
+		fmt.Fprintln(out, "writer: another process (it publishes no acknowledged end: what is on disk is shown)")
+	default:
+		fmt.Fprintln(out, "writer: none")
+	}
 	if rp := r.Replication; rp != nil {
 		fmt.Fprintf(out, "follower of %s (log %q): applied %d, leader at %d, lag %d records, %d bytes of the active segment staged, %d segments imported, as of %s\n",
 			rp.Leader, rp.Name, rp.Applied, rp.LeaderEnd, rp.Lag, rp.Staged, rp.Imported, rp.Updated.Format(timeFormat))

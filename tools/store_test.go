@@ -167,6 +167,9 @@ func TestCatFollow(t *testing.T) {
 	require.NoError(t, err)
 	defer writer.Close()
 	from := writer.EndOffset() - 2
+	out, err := runSegtool(t, "inspect", dir)
+	require.NoError(t, err)
+	assert.Contains(t, out, fmt.Sprintf("writer: another process, appends acknowledged below offset %d", writer.EndOffset()))
 
 	pr, pw := io.Pipe()
 	done := make(chan error, 1)
