@@ -46,10 +46,6 @@ type durableFile struct {
 	// that readers watching the directory (inotify) wake; the mapping's
 	// stores make no file event.
 	f *os.File
-	// live: a writer holds the log's lock (a reader's view, checked at
-	// each look). Without one, what it last published says nothing: a
-	// writer that died left frames that the next open keeps.
-	live bool
 }
 
 func (d *durableFile) word(off int) *atomic.Uint64 {
@@ -81,28 +77,26 @@ func createDurable(dir string) (*durableFile, error) {
 }
 
 // openDurable maps the DURABLE file of dir read-only; nil if there is
-// none (no writer has opened the log with this version).
-func openDurable(dir string) (*durableFile, error) {
+// none, or none usable (being created, not a regular file, not mappable):
+// readers then treat a live writer as publishing nothing.
+func openDurable(dir string) *durableFile {
 	f, err := os.Open(filepath.Join(dir, durableName))
-	if os.IsNotExist(err) {
-		return nil, nil
-	}
 	if err != nil {
-		return nil, err
+		return nil
 	}
 	defer f.Close()
-	if fi, err := f.Stat(); err != nil || fi.Size() < durableSize {
-		return nil, err // being created: look again later
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() || fi.Size() < durableSize {
+		return nil
 	}
 	mem, err := unix.Mmap(int(f.Fd()), 0, durableSize, unix.PROT_READ, unix.MAP_SHARED)
 	if err != nil {
-		return nil, fmt.Errorf("engine: mapping the durable-position file: %w", err)
+		return nil
 	}
 	if string(mem[:8]) != durableMagic {
 		unix.Munmap(mem)
-		return nil, nil
+		return nil
 	}
-	return &durableFile{mem: mem}, nil
+	return &durableFile{mem: mem}
 }
 
 // publish records segment base as durable up to p (writer; callers
@@ -153,15 +147,12 @@ func (d *durableFile) published() (base uint64, end position, open, ok bool) {
 	return 0, position{}, false, false
 }
 
-// limit says how far segment s may be shown to a reader: all of it when no
-// live writer has the log open or the writer has moved past s (bounded
-// false), up to the published durable end when s is the writer's active
-// segment, and nothing of a segment newer than that (created, nothing
-// durable yet).
+// limit says how far segment s may be shown to a reader beside a live
+// writer: all of it when the writer has moved past s or closed the log
+// (bounded false), up to the published durable end when s is the writer's
+// active segment, and nothing of a segment newer than that (created,
+// nothing durable yet).
 func (d *durableFile) limit(s *segment) (end position, bounded bool) {
-	if d == nil || !d.live {
-		return position{}, false
-	}
 	base, end, open, ok := d.published()
 	switch {
 	case !ok || !open || base > s.base:
@@ -170,5 +161,21 @@ func (d *durableFile) limit(s *segment) (end position, bounded bool) {
 		return end, true
 	default:
 		return position{pos: wal.DataStart, off: s.base}, true
+	}
+}
+
+// ackLimit says how far a read-only log may show segment s: without a
+// live writer (none holds the lock), all of it, since what a dead writer
+// last published says nothing (its frames are what the next open keeps);
+// beside one, as its DURABLE file says, or nothing of s if it publishes
+// none.
+func (l *Log) ackLimit(s *segment) (end position, bounded bool) {
+	switch {
+	case !l.liveWriter:
+		return position{}, false
+	case l.durable == nil:
+		return position{pos: wal.DataStart, off: s.base}, true
+	default:
+		return l.durable.limit(s)
 	}
 }

@@ -67,10 +67,11 @@ type Log struct {
 	// durable: the DURABLE file, written by a writer (under durMu) and
 	// read by read-only logs (under refreshMu; nil until the writer made
 	// it, or in a simulated directory).
-	durable  *durableFile
-	reportMu sync.Mutex // guards report while segments open in parallel
-	clean    *cleanEnd  // the manifest's clean close record, while opening
-	report   Recovery
+	durable    *durableFile
+	liveWriter bool       // read-only logs: a writer held the lock at the last look (under refreshMu)
+	reportMu   sync.Mutex // guards report while segments open in parallel
+	clean      *cleanEnd  // the manifest's clean close record, while opening
+	report     Recovery
 }
 
 // poolAlign is the alignment of pooled read buffers: it covers the direct
@@ -677,17 +678,19 @@ func (l *Log) openDurable() error {
 	}
 	var err error
 	if !l.opts.ReadOnly {
-		if l.durable, err = createDurable(l.dir.Path()); err == nil {
-			l.publishDurable()
+		if l.durable, err = createDurable(l.dir.Path()); err != nil {
+			// Appends work without it; readers in other processes then
+			// show none of the active segment while this writer lives.
+			l.opts.Logger.Warn("segstore: cannot publish the acknowledged end for readers in other processes", "err", err)
+			return nil
 		}
-		return err
+		l.publishDurable()
+		return nil
 	}
-	if l.durable, err = openDurable(l.dir.Path()); err != nil || l.durable == nil {
-		return err
-	}
-	l.durable.live = writerLive(l.dir.Path())
+	l.durable = openDurable(l.dir.Path())
+	l.liveWriter = writerLive(l.dir.Path())
 	for _, s := range *l.segs.Load() {
-		if end, bounded := l.durable.limit(s); bounded && !s.isSealed() && s.vis().pos > end.pos {
+		if end, bounded := l.ackLimit(s); bounded && !s.isSealed() && s.vis().pos > end.pos {
 			s.hideFrom(end)
 		}
 	}

@@ -46,13 +46,9 @@ func (l *Log) Refresh() (changed bool, err error) {
 		}
 	}()
 	if l.durable == nil { // the writer may have made it since
-		if l.durable, err = openDurable(l.dir.Path()); err != nil {
-			return false, err
-		}
+		l.durable = openDurable(l.dir.Path())
 	}
-	if l.durable != nil {
-		l.durable.live = writerLive(l.dir.Path())
-	}
+	l.liveWriter = writerLive(l.dir.Path())
 	names, err := l.dir.List()
 	if err != nil {
 		return false, err
@@ -177,8 +173,8 @@ func (l *Log) Writer() WriterInfo {
 		return WriterInfo{}
 	}
 	w := WriterInfo{Live: writerLive(l.dir.Path())}
-	d, err := openDurable(l.dir.Path()) // a mapping of its own: Refresh may replace the log's
-	if err != nil || d == nil {
+	d := openDurable(l.dir.Path()) // a mapping of its own: Refresh may replace the log's
+	if d == nil {
 		return w
 	}
 	defer d.close(false)
@@ -278,7 +274,7 @@ const quietFor = 2 * time.Second
 // last write.
 func (l *Log) follow(s *segment, rolled bool) (grew bool, err error) {
 	v := s.vis()
-	limit, bounded := l.durable.limit(s) // what is durable now
+	limit, bounded := l.ackLimit(s) // what is acknowledged now
 	if bounded && !rolled && v.pos >= limit.pos {
 		return false, nil
 	}

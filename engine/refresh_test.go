@@ -211,17 +211,16 @@ func TestRefreshBesideLiveAppends(t *testing.T) {
 	require.Greater(t, len(reader.Segments()), 5, "the reader followed rolls")
 }
 
-// TestRefreshAfterQuiet: without a writer's DURABLE file (a writer of an
-// earlier version), once the active segment has been quiet for a while,
-// looks skip reading it; the next append is still seen.
+// TestRefreshAfterQuiet: with no live writer, once the active segment
+// has been quiet for a while, looks skip reading it; what a writer that
+// comes and goes appends is still seen.
 func TestRefreshAfterQuiet(t *testing.T) {
 	path := t.TempDir()
 	writer := realLog(t, path)
-	defer writer.Close()
-	require.NoError(t, os.Remove(filepath.Join(path, durableName)))
-	reader := readerOf(t, path)
 	_, err := writer.Append([]byte("first"))
 	require.NoError(t, err)
+	require.NoError(t, writer.Close())
+	reader := readerOf(t, path)
 	time.Sleep(quietFor + 100*time.Millisecond)
 	for range 2 { // the first look reads the file and notes when
 		_, err = reader.Refresh()
@@ -234,8 +233,11 @@ func TestRefreshAfterQuiet(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, looked, active.looked, "a quiet file is not read again")
 	require.Equal(t, uint64(1), reader.EndOffset())
+
+	writer = realLog(t, path)
 	_, err = writer.Append([]byte("second"))
 	require.NoError(t, err)
+	require.NoError(t, writer.Close())
 	changed, err := reader.Refresh()
 	require.NoError(t, err)
 	assert.True(t, changed)
@@ -308,18 +310,24 @@ func TestReaderSeesOnlyAcknowledged(t *testing.T) {
 	assert.Equal(t, uint64(3), reader.EndOffset(), "the writer is gone: what it wrote is the log's")
 }
 
-// TestOpenWithoutDurableFile: a writer that cannot make its DURABLE file
-// does not open, and says which file.
-func TestOpenWithoutDurableFile(t *testing.T) {
+// TestWriterWithoutDurableFile: a writer that cannot make its DURABLE
+// file still opens and appends; a reader beside it shows none of its
+// active segment (nothing says what is acknowledged), and all of it once
+// the writer is gone.
+func TestWriterWithoutDurableFile(t *testing.T) {
 	path := t.TempDir()
 	require.NoError(t, os.Mkdir(filepath.Join(path, durableName), 0o755))
-	_, err := Open(path, realOptions())
-	require.Error(t, err)
-	assert.ErrorContains(t, err, durableName)
-	require.NoError(t, os.Remove(filepath.Join(path, durableName)))
-	l, err := Open(path, realOptions()) // and nothing of the failed open is in the way
+	writer, err := Open(path, realOptions())
 	require.NoError(t, err)
-	require.NoError(t, l.Close())
+	_, err = writer.Append([]byte("a"), []byte("b"))
+	require.NoError(t, err)
+	reader := readerOf(t, path)
+	assert.Equal(t, WriterInfo{Live: true}, reader.Writer())
+	assert.Equal(t, uint64(0), reader.EndOffset(), "a live writer that publishes nothing: none of its active segment")
+	require.NoError(t, writer.Close())
+	_, err = reader.Refresh()
+	require.NoError(t, err)
+	assert.Equal(t, uint64(2), reader.EndOffset())
 }
 
 // TestWriterInfo: a reader beside a live writer reports it and how far it
