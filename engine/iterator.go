@@ -94,7 +94,10 @@ func (it *Iterator) nextFrame() (bool, error) {
 		}
 		if it.seg == nil {
 			s, err := it.l.segmentFor(it.next)
-			if errors.Is(err, ErrOutOfRange) && it.next >= it.l.DurableOffset() && it.next >= it.l.StartOffset() {
+			// Out of range but not below the start: it.next was at or past
+			// the durable end when segmentFor looked (comparing with the
+			// end now would race appends after a TruncateBack).
+			if errors.Is(err, ErrOutOfRange) && it.next >= it.l.StartOffset() {
 				return false, nil // caught up
 			}
 			if err != nil {
