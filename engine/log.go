@@ -681,7 +681,8 @@ func (l *Log) openDurable() error {
 		if l.durable, err = createDurable(l.dir.Path()); err != nil {
 			// Appends work without it; readers in other processes then
 			// show none of the active segment while this writer lives.
-			l.opts.Logger.Warn("segstore: cannot publish the acknowledged end for readers in other processes", "err", err)
+			l.opts.Logger.Warn("segstore: cannot publish the acknowledged end for readers in other processes: until this writer closes they show none of its active segment; make "+durableName+" in the log's directory creatable and mappable",
+				"dir", l.dir.Path(), "err", err)
 			return nil
 		}
 		l.publishDurable()

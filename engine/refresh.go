@@ -173,12 +173,15 @@ func (l *Log) Writer() WriterInfo {
 		return WriterInfo{}
 	}
 	w := WriterInfo{Live: writerLive(l.dir.Path())}
-	d := openDurable(l.dir.Path()) // a mapping of its own: Refresh may replace the log's
-	if d == nil {
+	l.refreshMu.Lock()
+	defer l.refreshMu.Unlock()
+	if l.durable == nil && !l.isClosed.Load() { // the writer may have made it since
+		l.durable = openDurable(l.dir.Path())
+	}
+	if l.durable == nil {
 		return w
 	}
-	defer d.close(false)
-	if _, end, open, ok := d.published(); ok && open && w.Live {
+	if _, end, open, ok := l.durable.published(); ok && open && w.Live {
 		w.Acknowledged, w.Published = end.off, true
 	}
 	return w

@@ -73,13 +73,22 @@ func overTCP(t *testing.T, send func(w io.Writer) (int64, error)) []byte {
 	return <-got
 }
 
-func TestViewExportsExactBytes(t *testing.T) {
-	path := t.TempDir()
-	l := realLog(t, path)
-	defer l.Close()
+// sealedSegment opens a log in a fresh directory with two sealed
+// segments and returns it (closed when the test ends), its directory and
+// its second segment.
+func sealedSegment(t *testing.T) (l *Log, path string, info SegmentInfo) {
+	t.Helper()
+	path = t.TempDir()
+	l = realLog(t, path)
+	t.Cleanup(func() { l.Close() })
 	fillSegments(t, l, 2)
-	info := l.Segments()[1]
+	info = l.Segments()[1]
 	require.True(t, info.Sealed)
+	return l, path, info
+}
+
+func TestViewExportsExactBytes(t *testing.T) {
+	l, path, info := sealedSegment(t)
 	file, err := os.ReadFile(filepath.Join(path, info.File))
 	require.NoError(t, err)
 
@@ -161,10 +170,7 @@ func mapSegment(t *testing.T, l *Log, base uint64) *Mapping {
 }
 
 func TestMappingIteratesInPlace(t *testing.T) {
-	l := realLog(t, t.TempDir())
-	defer l.Close()
-	fillSegments(t, l, 2)
-	info := l.Segments()[1]
+	l, _, info := sealedSegment(t)
 	m := mapSegment(t, l, info.Base)
 	it := m.NewIterator()
 	want := info.Base
@@ -182,11 +188,7 @@ func TestMappingIteratesInPlace(t *testing.T) {
 // TestMappingFaultIsAnError: a mapped file truncated underneath makes the
 // iterator fail with a corruption error instead of crashing the process.
 func TestMappingFaultIsAnError(t *testing.T) {
-	path := t.TempDir()
-	l := realLog(t, path)
-	defer l.Close()
-	fillSegments(t, l, 2)
-	info := l.Segments()[1]
+	l, path, info := sealedSegment(t)
 	m := mapSegment(t, l, info.Base)
 	require.NoError(t, os.Truncate(filepath.Join(path, info.File), 8192))
 	it := m.NewIterator()

@@ -215,7 +215,7 @@ func Cat(ctx context.Context, out io.Writer, dir string, opts CatOptions) error 
 	if end := l.DurableOffset(); from < l.StartOffset() || (from > end) {
 		return usageError{fmt.Errorf("offset %d is outside the log's records [%d, %d)", from, l.StartOffset(), end)}
 	}
-	wait := func(uint64) error { return nil }
+	var wait func(from uint64) error // with Follow: until the log holds from
 	if opts.Follow {
 		var stop func()
 		wait, stop = follow(ctx, l, opts.Poll)
