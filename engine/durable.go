@@ -147,20 +147,20 @@ func (d *durableFile) published() (base uint64, end position, open, ok bool) {
 	return 0, position{}, false, false
 }
 
-// limit says how far segment s may be shown to a reader beside a live
-// writer: all of it when the writer has moved past s or closed the log
-// (bounded false), up to the published durable end when s is the writer's
-// active segment, and nothing of a segment newer than that (created,
-// nothing durable yet).
-func (d *durableFile) limit(s *segment) (end position, bounded bool) {
+// limit says how far the segment at seg may be shown to a reader beside a
+// live writer: all of it when the writer has moved past it or closed the
+// log (bounded false), up to the published durable end when it is the
+// writer's active segment, and nothing of a segment newer than that
+// (created, nothing durable yet).
+func (d *durableFile) limit(seg uint64) (end position, bounded bool) {
 	base, end, open, ok := d.published()
 	switch {
-	case !ok || !open || base > s.base:
+	case !ok || !open || base > seg:
 		return position{}, false
-	case base == s.base:
+	case base == seg:
 		return end, true
 	default:
-		return position{pos: wal.DataStart, off: s.base}, true
+		return position{pos: wal.DataStart, off: seg}, true
 	}
 }
 
@@ -176,6 +176,6 @@ func (l *Log) ackLimit(s *segment) (end position, bounded bool) {
 	case l.durable == nil:
 		return position{pos: wal.DataStart, off: s.base}, true
 	default:
-		return l.durable.limit(s)
+		return l.durable.limit(s.base)
 	}
 }

@@ -110,7 +110,7 @@ func Verify(dir string, opts VerifyOptions) (*VerifyReport, error) {
 		last := i == len(bases)-1
 		acked := int64(-1) // unknown
 		if last && published != nil {
-			if end, bounded := published.limit(&segment{base: base}); bounded {
+			if end, bounded := published.limit(base); bounded {
 				acked = end.pos // read before the scan, so the scan must find all of it
 			}
 		}
