@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sync/atomic"
 	"unsafe"
 
@@ -127,55 +128,85 @@ func (d *durableFile) close(writer bool) {
 	unix.Munmap(d.mem)
 }
 
-// published is one consistent read of what the writer published: the
-// active segment's base and acknowledged end, and whether a writer has the
-// log open. ok is false if the words stayed mid-update (a writer died in
-// the middle of one; the next writer's open resets them).
-func (d *durableFile) published() (base uint64, end position, open, ok bool) {
-	for range 1 << 16 {
+// durableTries bounds how many times a reader reads the words before it
+// gives up on a consistent value: an update is a few stores, but the
+// writer can be preempted in the middle of one (or have died there, until
+// the next writer's open resets the words).
+const durableTries = 1 << 10
+
+// durableState is what a writer published: its active segment's base and
+// acknowledged end, and whether it has the log open.
+type durableState struct {
+	base uint64
+	end  position
+	open bool
+}
+
+// read is one consistent read of the words. ok is false if they stayed
+// mid-update through every try: the caller then knows nothing of what the
+// writer has acknowledged and must show no more than it already does.
+func (d *durableFile) read() (st durableState, ok bool) {
+	for range durableTries {
 		seq := d.word(durSeq).Load()
 		if seq%2 == 1 {
-			continue // an update in progress: a few stores
+			runtime.Gosched() // an update in progress: let the writer finish
+			continue
 		}
-		open = d.word(durOpen).Load() == 1
-		base = d.word(durBase).Load()
-		end = position{pos: int64(d.word(durPos).Load()), off: d.word(durOffset).Load()}
+		st.open = d.word(durOpen).Load() == 1
+		st.base = d.word(durBase).Load()
+		st.end = position{pos: int64(d.word(durPos).Load()), off: d.word(durOffset).Load()}
 		if d.word(durSeq).Load() == seq {
-			return base, end, open, true
+			return st, true
 		}
 	}
-	return 0, position{}, false, false
+	return durableState{}, false
 }
 
 // limit says how far the segment at seg may be shown to a reader beside a
-// live writer: all of it when the writer has moved past it or closed the
-// log (bounded false), up to the published durable end when it is the
-// writer's active segment, and nothing of a segment newer than that
-// (created, nothing durable yet).
-func (d *durableFile) limit(seg uint64) (end position, bounded bool) {
-	base, end, open, ok := d.published()
+// live writer that published st: all of it when the writer has moved past
+// it or closed the log (bounded false), up to the published durable end
+// when it is the writer's active segment, and nothing of a segment newer
+// than that (created, nothing durable yet).
+func (st durableState) limit(seg uint64) (end position, bounded bool) {
 	switch {
-	case !ok || !open || base > seg:
+	case !st.open || st.base > seg:
 		return position{}, false
-	case base == seg:
-		return end, true
+	case st.base == seg:
+		return st.end, true
 	default:
 		return position{pos: wal.DataStart, off: seg}, true
 	}
 }
 
-// ackLimit says how far a read-only log may show segment s: without a
-// live writer (none holds the lock), all of it, since what a dead writer
-// last published says nothing (its frames are what the next open keeps);
-// beside one, as its DURABLE file says, or nothing of s if it publishes
-// none.
+// lookAtWriter reads, once per look of a read-only log (under refreshMu),
+// whether a writer holds the lock and what it has published, for ackLimit.
+// It reports false when a live writer's words could not be read
+// consistently: the look must then show nothing new (the writer wakes its
+// readers again after the update it is in).
+func (l *Log) lookAtWriter() bool {
+	if l.durable == nil { // the writer may have made it since
+		l.durable = openDurable(l.dir.Path())
+	}
+	l.liveWriter = writerLive(l.dir.Path())
+	l.ack, l.ackOK = durableState{}, true
+	if l.liveWriter && l.durable != nil {
+		l.ack, l.ackOK = l.durable.read()
+	}
+	return l.ackOK
+}
+
+// ackLimit says how far a read-only log may show segment s, as its last
+// lookAtWriter found: without a live writer (none holds the lock), all of
+// it, since what a dead writer last published says nothing (its frames are
+// what the next open keeps); beside one, as its DURABLE file says, or
+// nothing of s if it publishes none or its words could not be read.
 func (l *Log) ackLimit(s *segment) (end position, bounded bool) {
 	switch {
 	case !l.liveWriter:
 		return position{}, false
-	case l.durable == nil:
+	case l.durable == nil || !l.ackOK:
 		return position{pos: wal.DataStart, off: s.base}, true
 	default:
-		return l.durable.limit(s.base)
+		return l.ack.limit(s.base)
 	}
 }

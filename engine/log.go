@@ -68,9 +68,11 @@ type Log struct {
 	// read by read-only logs (under refreshMu; nil until the writer made
 	// it, or in a simulated directory).
 	durable    *durableFile
-	liveWriter bool       // read-only logs: a writer held the lock at the last look (under refreshMu)
-	reportMu   sync.Mutex // guards report while segments open in parallel
-	clean      *cleanEnd  // the manifest's clean close record, while opening
+	liveWriter bool         // read-only logs: a writer held the lock at the last look (under refreshMu)
+	ack        durableState // read-only logs: what the live writer had published at the last look (under refreshMu)
+	ackOK      bool         // ack was read consistently (under refreshMu)
+	reportMu   sync.Mutex   // guards report while segments open in parallel
+	clean      *cleanEnd    // the manifest's clean close record, while opening
 	report     Recovery
 }
 
@@ -688,8 +690,7 @@ func (l *Log) openDurable() error {
 		l.publishDurable()
 		return nil
 	}
-	l.durable = openDurable(l.dir.Path())
-	l.liveWriter = writerLive(l.dir.Path())
+	l.lookAtWriter()
 	for _, s := range *l.segs.Load() {
 		if end, bounded := l.ackLimit(s); bounded && !s.isSealed() && s.vis().pos > end.pos {
 			s.hideFrom(end)

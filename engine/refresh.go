@@ -45,10 +45,9 @@ func (l *Log) Refresh() (changed bool, err error) {
 			l.notifyDurable()
 		}
 	}()
-	if l.durable == nil { // the writer may have made it since
-		l.durable = openDurable(l.dir.Path())
+	if !l.lookAtWriter() {
+		return false, nil // nothing known of what the writer has acknowledged: show nothing new
 	}
-	l.liveWriter = writerLive(l.dir.Path())
 	names, err := l.dir.List()
 	if err != nil {
 		return false, err
@@ -181,8 +180,8 @@ func (l *Log) Writer() WriterInfo {
 	if l.durable == nil {
 		return w
 	}
-	if _, end, open, ok := l.durable.published(); ok && open && w.Live {
-		w.Acknowledged, w.Published = end.off, true
+	if st, ok := l.durable.read(); ok && st.open && w.Live {
+		w.Acknowledged, w.Published = st.end.off, true
 	}
 	return w
 }

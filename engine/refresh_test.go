@@ -11,6 +11,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 
 	"github.com/segstore/segstore/blockdev"
 	"github.com/segstore/segstore/wal"
@@ -341,4 +342,58 @@ func TestWriterInfo(t *testing.T) {
 	assert.Equal(t, want, reader.Writer())
 	require.NoError(t, writer.Close())
 	assert.Equal(t, WriterInfo{}, reader.Writer(), "closed: no writer")
+}
+
+// holdDurableMidUpdate maps path's DURABLE file as a second writer would
+// and leaves its sequence counter odd, as a writer preempted (or stopped)
+// in the middle of publishing leaves it; the returned function makes it
+// even again.
+func holdDurableMidUpdate(t *testing.T, path string) (release func()) {
+	t.Helper()
+	f, err := os.OpenFile(filepath.Join(path, durableName), os.O_RDWR, 0)
+	require.NoError(t, err)
+	defer f.Close()
+	mem, err := unix.Mmap(int(f.Fd()), 0, durableSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	require.NoError(t, err)
+	t.Cleanup(func() { unix.Munmap(mem) })
+	d := &durableFile{mem: mem}
+	d.word(durSeq).Add(1)
+	return func() { d.word(durSeq).Add(1) }
+}
+
+// TestReaderFailsClosedOnDurableMidUpdate: while a live writer's DURABLE
+// words stay mid-update (its counter odd through every try), a reader
+// knows nothing of what is acknowledged: a Refresh shows no more than
+// before, a new reader none of the active segment, and Writer reports
+// nothing published; once the words are readable again, the reader
+// catches up.
+func TestReaderFailsClosedOnDurableMidUpdate(t *testing.T) {
+	writer, reader := besideWriter(t)
+	_, err := writer.Append([]byte("a"), []byte("b"), []byte("c"))
+	require.NoError(t, err)
+	_, err = reader.Refresh()
+	require.NoError(t, err)
+	require.Equal(t, uint64(3), reader.EndOffset())
+
+	release := holdDurableMidUpdate(t, writer.Dir())
+	_, err = writer.Append([]byte("d"), []byte("e")) // its publishes keep the counter odd
+	require.NoError(t, err)
+	changed, err := reader.Refresh()
+	require.NoError(t, err)
+	assert.False(t, changed)
+	assert.Equal(t, uint64(3), reader.EndOffset(), "a refresh that cannot read DURABLE shows nothing new")
+	fresh := readerOf(t, writer.Dir())
+	assert.Equal(t, uint64(0), fresh.EndOffset(), "a reader that cannot read DURABLE shows none of the active segment")
+	assert.Equal(t, WriterInfo{Live: true}, fresh.Writer())
+	rep, err := Verify(writer.Dir(), VerifyOptions{})
+	require.NoError(t, err)
+	assert.True(t, rep.LiveWriter)
+
+	release()
+	for _, r := range []*Log{reader, fresh} {
+		changed, err := r.Refresh()
+		require.NoError(t, err)
+		assert.True(t, changed)
+		assert.Equal(t, uint64(5), r.EndOffset())
+	}
 }

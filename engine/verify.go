@@ -110,8 +110,10 @@ func Verify(dir string, opts VerifyOptions) (*VerifyReport, error) {
 		last := i == len(bases)-1
 		acked := int64(-1) // unknown
 		if last && published != nil {
-			if end, bounded := published.limit(base); bounded {
-				acked = end.pos // read before the scan, so the scan must find all of it
+			if st, ok := published.read(); ok { // else unknown, as without DURABLE
+				if end, bounded := st.limit(base); bounded {
+					acked = end.pos // read before the scan, so the scan must find all of it
+				}
 			}
 		}
 		if err := r.verifySegment(d, base, last, acked); err != nil {
