@@ -9,6 +9,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -152,6 +153,7 @@ type SimDir struct {
 	opts    SimOptions
 	files   map[string]*Sim // the names as they are now
 	durable map[string]*Sim // the names as Sync last made them durable
+	changes *simChanges     // shared with every file of the directory
 }
 
 var _ Dir = (*SimDir)(nil)
@@ -159,7 +161,50 @@ var _ Dir = (*SimDir)(nil)
 // NewSimDir returns an empty simulated directory whose files are Sims made
 // with opts (each file gets opts.Name set to its name).
 func NewSimDir(opts SimOptions) *SimDir {
-	return &SimDir{opts: opts, files: map[string]*Sim{}, durable: map[string]*Sim{}}
+	return &SimDir{opts: opts, files: map[string]*Sim{}, durable: map[string]*Sim{}, changes: &simChanges{limit: -1}}
+}
+
+// simChanges counts the changes made to a SimDir and its files, and stops
+// them after a limit (StopAfter).
+type simChanges struct {
+	mu    sync.Mutex
+	count int
+	limit int // -1: no limit
+}
+
+// enter counts one change of op on name, or refuses it once the limit is
+// reached.
+func (c *simChanges) enter(op, name string) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.limit >= 0 && c.count >= c.limit {
+		return fmt.Errorf("blockdev: %s %s: the directory stopped after %d changes: %w: %w", op, name, c.limit, ErrInjected, syscall.EIO)
+	}
+	c.count++
+	return nil
+}
+
+// Changes is how many changes the directory and its files have taken so
+// far: device writes, syncs and size changes, and file creations,
+// removals, renames and directory syncs.
+func (d *SimDir) Changes() int {
+	d.changes.mu.Lock()
+	defer d.changes.mu.Unlock()
+	return d.changes.count
+}
+
+// StopAfter lets the directory and its files take n more changes (see
+// Changes), then fails every later one with an injected EIO that says so:
+// what a process that dies at that point leaves, once the directory is
+// Crashed. Sweeping n over every step of an operation tests recovery from
+// a crash at each one. A negative n removes the limit.
+func (d *SimDir) StopAfter(n int) {
+	d.changes.mu.Lock()
+	defer d.changes.mu.Unlock()
+	d.changes.limit = -1
+	if n >= 0 {
+		d.changes.limit = d.changes.count + n
+	}
 }
 
 func (d *SimDir) Open(name string, opts Options) (Device, error) {
@@ -173,10 +218,14 @@ func (d *SimDir) Open(name string, opts Options) (Device, error) {
 		if !opts.Create {
 			return nil, fmt.Errorf("blockdev: open sim:%s: %w", name, fs.ErrNotExist)
 		}
+		if err := d.changes.enter("create", "sim:"+name); err != nil {
+			return nil, err
+		}
 		o := d.opts
 		o.Name = name
 		o.Seed = d.opts.Seed ^ uint64(len(d.files)+1)*0x9e3779b97f4a7c15
 		s = NewSim(o)
+		s.changes = d.changes
 		d.files[name] = s
 	}
 	return s.handle(), nil
@@ -187,6 +236,9 @@ func (d *SimDir) Remove(name string) error {
 	defer d.mu.Unlock()
 	if _, ok := d.files[name]; !ok {
 		return fmt.Errorf("blockdev: remove sim:%s: %w", name, fs.ErrNotExist)
+	}
+	if err := d.changes.enter("remove", "sim:"+name); err != nil {
+		return err
 	}
 	delete(d.files, name)
 	return nil
@@ -202,8 +254,12 @@ func (d *SimDir) Rename(oldName, newName string) error {
 	if !ok {
 		return fmt.Errorf("blockdev: rename sim:%s: %w", oldName, fs.ErrNotExist)
 	}
+	if err := d.changes.enter("rename", "sim:"+oldName); err != nil {
+		return err
+	}
 	delete(d.files, oldName)
 	d.files[newName] = s
+	s.setName(newName) // as a descriptor open on it now resolves to the new name
 	return nil
 }
 
@@ -231,6 +287,9 @@ func (d *SimDir) Size(name string) (int64, error) {
 func (d *SimDir) Sync() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if err := d.changes.enter("sync", "sim"); err != nil {
+		return err
+	}
 	d.durable = make(map[string]*Sim, len(d.files))
 	for n, s := range d.files {
 		d.durable[n] = s
@@ -266,6 +325,7 @@ func (d *SimDir) Crash(mode CrashMode) *SimDir {
 		o := d.opts
 		o.Name = n
 		out.files[n] = NewSimFrom(img, o)
+		out.files[n].changes = out.changes
 		out.durable[n] = out.files[n]
 	}
 	return out
@@ -282,7 +342,7 @@ func (s *Sim) handle() *simHandle { return &simHandle{Sim: s} }
 
 func (h *simHandle) check(op string) error {
 	if h.closed.Load() {
-		return fmt.Errorf("blockdev: %s %s: %w", op, h.name, os.ErrClosed)
+		return fmt.Errorf("blockdev: %s %s: %w", op, h.label(), os.ErrClosed)
 	}
 	return nil
 }
@@ -324,7 +384,7 @@ func (h *simHandle) Truncate(size int64) error {
 
 func (h *simHandle) Close() error {
 	if h.closed.Swap(true) {
-		return fmt.Errorf("blockdev: close %s: %w", h.name, os.ErrClosed)
+		return fmt.Errorf("blockdev: close %s: %w", h.label(), os.ErrClosed)
 	}
 	return nil
 }

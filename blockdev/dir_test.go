@@ -2,6 +2,7 @@ package blockdev_test
 
 import (
 	"io/fs"
+	"syscall"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -111,4 +112,52 @@ func TestSimDirCrashKeepsOnlySyncedNames(t *testing.T) {
 	require.NoError(t, err)
 	dev, _ := d.Open("kept", blockdev.Options{})
 	assert.ErrorIs(t, dev.Sync(), blockdev.ErrCrashed, "the crashed directory's devices are gone")
+}
+
+// TestSimDirStopAfter: every kind of change counts, the change past the
+// limit and all later ones fail with an injected EIO (reads do not), and
+// the crashed directory holds what the allowed changes made durable.
+func TestSimDirStopAfter(t *testing.T) {
+	d := blockdev.NewSimDir(blockdev.SimOptions{})
+	f, err := d.Open("a", blockdev.Options{Create: true}) // 1 change
+	require.NoError(t, err)
+	buf := f.Alignment().Alloc(4096)
+	buf[0] = 'x'
+	_, err = f.WriteAt(buf, 0) // 2
+	require.NoError(t, err)
+	require.NoError(t, f.Sync())        // 3
+	require.NoError(t, d.Sync())        // 4
+	require.NoError(t, f.Truncate(512)) // 5
+	assert.Equal(t, 5, d.Changes())
+
+	d.StopAfter(1)
+	require.NoError(t, d.Rename("a", "b")) // the one change left
+	for name, op := range map[string]func() error{
+		"write":    func() error { _, err := f.WriteAt(buf, 0); return err },
+		"sync":     f.Sync,
+		"allocate": func() error { return f.Allocate(0, 1<<20) },
+		"truncate": func() error { return f.Truncate(0) },
+		"create":   func() error { _, err := d.Open("c", blockdev.Options{Create: true}); return err },
+		"remove":   func() error { return d.Remove("b") },
+		"rename":   func() error { return d.Rename("b", "c") },
+		"dir sync": d.Sync,
+	} {
+		err := op()
+		assert.ErrorIs(t, err, syscall.EIO, name)
+		assert.ErrorIs(t, err, blockdev.ErrInjected, name)
+		assert.ErrorContains(t, err, "stopped after", name)
+	}
+	_, err = f.ReadAt(buf[:512], 0)
+	assert.NoError(t, err, "reads change nothing and go on")
+	assert.Equal(t, 6, d.Changes())
+
+	c := d.Crash(blockdev.CrashKeepAll)
+	names, err := c.List()
+	require.NoError(t, err)
+	assert.Equal(t, []string{"a"}, names, "the rename was never made durable")
+	size, err := c.Size("a")
+	require.NoError(t, err)
+	assert.Equal(t, int64(512), size, "a process kill keeps every completed write")
+	c.StopAfter(0)
+	assert.Error(t, c.Sync(), "the crashed directory counts its own changes")
 }

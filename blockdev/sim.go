@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -74,7 +75,7 @@ type SimOptions struct {
 // apart and injects faults on request. It is safe for concurrent use.
 type Sim struct {
 	mu      sync.Mutex
-	name    string
+	name    atomic.Pointer[string] // "sim:" and the file's name; a SimDir rename changes it
 	align   Alignment
 	latency time.Duration
 	rng     *rand.Rand
@@ -83,6 +84,7 @@ type Sim struct {
 	pending []simWrite // changes since the last successful Sync, in order
 	crashed bool
 	closed  bool
+	changes *simChanges // the directory's change counter, nil outside a SimDir
 
 	ops       [numOps]int // completed calls per Op
 	failAt    [numOps]map[int]bool
@@ -112,8 +114,18 @@ func NewSim(opts SimOptions) *Sim {
 	if name == "" {
 		name = "dev"
 	}
-	return &Sim{name: "sim:" + name, align: a, latency: opts.SyncLatency, rng: rand.New(rand.NewPCG(opts.Seed, opts.Seed^0x9e3779b97f4a7c15))}
+	s := &Sim{align: a, latency: opts.SyncLatency, rng: rand.New(rand.NewPCG(opts.Seed, opts.Seed^0x9e3779b97f4a7c15))}
+	s.setName(name)
+	return s
 }
+
+// setName names the device "sim:"+name from now on (errors and Name).
+func (s *Sim) setName(name string) {
+	n := "sim:" + name
+	s.name.Store(&n)
+}
+
+func (s *Sim) label() string { return *s.name.Load() }
 
 // NewSimFrom returns a simulated device whose synced content is image (which
 // it copies), with the alignment and seed of opts.
@@ -250,10 +262,15 @@ func applyWrite(img []byte, w simWrite, sector int64, keep func() bool) []byte {
 // injected error for this call, if any. s.mu must be held.
 func (s *Sim) enterLocked(op Op) (n int, err error) {
 	if s.crashed {
-		return 0, fmt.Errorf("blockdev: %s %s: %w", op, s.name, ErrCrashed)
+		return 0, fmt.Errorf("blockdev: %s %s: %w", op, s.label(), ErrCrashed)
 	}
 	if s.closed {
-		return 0, fmt.Errorf("blockdev: %s %s: %w", op, s.name, os.ErrClosed)
+		return 0, fmt.Errorf("blockdev: %s %s: %w", op, s.label(), os.ErrClosed)
+	}
+	if op != OpRead && s.changes != nil {
+		if err := s.changes.enter(op.String(), s.label()); err != nil {
+			return 0, err
+		}
 	}
 	s.ops[op]++
 	n = s.ops[op]
@@ -266,13 +283,13 @@ func (s *Sim) enterLocked(op Op) (n int, err error) {
 		case OpSync:
 			s.injected.SyncErrors++
 		}
-		return n, fmt.Errorf("blockdev: %s %s (call #%d): %w: %w", op, s.name, n, ErrInjected, syscall.EIO)
+		return n, fmt.Errorf("blockdev: %s %s (call #%d): %w: %w", op, s.label(), n, ErrInjected, syscall.EIO)
 	}
 	return n, nil
 }
 
 func (s *Sim) ReadAt(p []byte, off int64) (int, error) {
-	if err := checkAligned("read", s.name, s.align, p, off); err != nil {
+	if err := checkAligned("read", s.label(), s.align, p, off); err != nil {
 		return 0, err
 	}
 	s.mu.Lock()
@@ -291,7 +308,7 @@ func (s *Sim) ReadAt(p []byte, off int64) (int, error) {
 }
 
 func (s *Sim) WriteAt(p []byte, off int64) (int, error) {
-	if err := checkAligned("write", s.name, s.align, p, off); err != nil {
+	if err := checkAligned("write", s.label(), s.align, p, off); err != nil {
 		return 0, err
 	}
 	s.mu.Lock()
@@ -330,16 +347,21 @@ func (s *Sim) resize(op string, size int64, grow bool) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.crashed {
-		return fmt.Errorf("blockdev: %s %s: %w", op, s.name, ErrCrashed)
+		return fmt.Errorf("blockdev: %s %s: %w", op, s.label(), ErrCrashed)
 	}
 	if s.closed {
-		return fmt.Errorf("blockdev: %s %s: %w", op, s.name, os.ErrClosed)
+		return fmt.Errorf("blockdev: %s %s: %w", op, s.label(), os.ErrClosed)
 	}
 	if size < 0 {
-		return fmt.Errorf("blockdev: %s %s: negative size %d", op, s.name, size)
+		return fmt.Errorf("blockdev: %s %s: negative size %d", op, s.label(), size)
 	}
 	if grow && size <= int64(len(s.data)) {
 		return nil
+	}
+	if s.changes != nil {
+		if err := s.changes.enter(op, s.label()); err != nil {
+			return err
+		}
 	}
 	w := simWrite{resize: size}
 	s.data = applyWrite(s.data, w, 0, nil)
@@ -354,21 +376,21 @@ func (s *Sim) Size() (int64, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.crashed {
-		return 0, fmt.Errorf("blockdev: size %s: %w", s.name, ErrCrashed)
+		return 0, fmt.Errorf("blockdev: size %s: %w", s.label(), ErrCrashed)
 	}
 	return int64(len(s.data)), nil
 }
 
 func (s *Sim) Alignment() Alignment { return s.align }
 func (s *Sim) Direct() bool         { return true }
-func (s *Sim) Name() string         { return s.name }
+func (s *Sim) Name() string         { return s.label() }
 func (s *Sim) File() *os.File       { return nil }
 
 func (s *Sim) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
-		return fmt.Errorf("blockdev: close %s: %w", s.name, os.ErrClosed)
+		return fmt.Errorf("blockdev: close %s: %w", s.label(), os.ErrClosed)
 	}
 	s.closed = true
 	return nil

@@ -92,8 +92,12 @@ type Recovery struct {
 	Sealed   int // of them sealed, trusted through their footer (read at open)
 	// Deferred: of them sealed, trusted through the manifest; each one's
 	// footer is read and checked against it on first use.
-	Deferred       int
-	Resealed       []uint64 // unsealed segments before the last one, sealed on open
+	Deferred int
+	Resealed []uint64 // unsealed segments before the last one, sealed on open
+	// FinishedSeals: sealed segments whose seal a crash stopped after the
+	// footer was durable and before the file was cut to end at it (the
+	// footer followed by zeros); open cut them.
+	FinishedSeals  []uint64
 	RebuiltFooters []uint64 // segments whose damaged footer was rebuilt from their records
 	// RemovedIncomplete: a last segment file whose creation a crash
 	// interrupted (no header, all zeros), removed.
@@ -366,8 +370,18 @@ func (l *Log) openSegment(base uint64, last bool, nextBase uint64, lazy bool) (*
 	case err != nil:
 		return s, err
 	case sc.Footer() != nil && damaged < 0:
-		// Sealed, but its final truncate did not happen: the footer is good.
+		// Sealed, but its final truncate did not happen: the footer is good,
+		// and the scan proved only zeros follow it. A writable open finishes
+		// the seal, so the file ends at its footer again (exports send the
+		// file whole, and importers find the footer at its end); a read-only
+		// one knows the footer's end (s.man.size), which is what it exports.
 		if err := s.decodeFooter(sc.Footer()); err == nil {
+			if !readOnly {
+				if err := finishSeal(dev, sc.Footer()); err != nil {
+					return s, fmt.Errorf("engine: finish the seal of %s (cut the zeros after its footer at %d): %w", s.path, sc.Footer().End, err)
+				}
+				l.noteReport(func(r *Recovery) { r.FinishedSeals = append(r.FinishedSeals, base) })
+			}
 			if !lazy {
 				l.noteReport(func(r *Recovery) { r.Sealed++ })
 			}
@@ -427,6 +441,15 @@ func (l *Log) openSegment(base uint64, last bool, nextBase uint64, lazy bool) (*
 	}
 	l.noteReport(func(r *Recovery) { r.Resealed = append(r.Resealed, base) })
 	return s, nil
+}
+
+// finishSeal cuts a sealed file whose seal a crash interrupted to end at
+// its footer f, and fdatasyncs: the steps wal.Writer.Seal had left to do.
+func finishSeal(dev blockdev.Device, f *wal.Footer) error {
+	if err := dev.Truncate(f.End); err != nil {
+		return err
+	}
+	return dev.Sync()
 }
 
 // allZero reports whether every byte of dev is zero (or it is empty).
@@ -508,11 +531,12 @@ type spareFile struct {
 	err  error
 }
 
-// prepareSpare starts preparing the spare file for the segment after s,
-// unless preallocation is off or a spare exists. Append calls it once s is
-// half full: by then s's writes tell whether to zero the spare, and there
-// is time to finish before the roll.
-func (l *Log) prepareSpare(s *segment) {
+// prepareSpareLocked starts preparing the spare file for the segment after
+// s, the active segment, unless preallocation is off or a spare exists.
+// Append calls it once s is half full: by then s's writes tell whether to
+// zero the spare, and there is time to finish before the roll. The caller
+// holds l.mu (shared is enough), which keeps s.w from being sealed away.
+func (l *Log) prepareSpareLocked(s *segment) {
 	if !l.opts.Preallocate || l.opts.ReadOnly {
 		return
 	}
@@ -585,11 +609,17 @@ func (l *Log) createSegment(base uint64, preallocate bool) (*segment, error) {
 	var dev blockdev.Device
 	prepared := false
 	if spare := l.takeSpare(); spare != nil {
-		if err := l.dir.Rename(spareName, name); err != nil {
-			spare.Close()
+		err := l.dir.Rename(spareName, name)
+		spare.Close()
+		if err != nil {
 			return nil, err
 		}
-		dev, prepared = spare, true
+		// Opened again under its name: a device names its file in errors
+		// by the name it was opened with, and this one is no spare now.
+		if dev, err = l.dir.Open(name, blockdev.Options{}); err != nil {
+			return nil, err
+		}
+		prepared = true
 	} else {
 		var err error
 		if dev, err = l.dir.Open(name, blockdev.Options{Create: true}); err != nil {
@@ -720,6 +750,11 @@ func (l *Log) publishDurableLocked() {
 // Append writes records as one batch (one frame, atomic after a crash) and
 // returns the offset of the first. In SyncAlways mode it returns after the
 // batch is durable.
+//
+// An error means the batch is not acknowledged: it may be retried. Once
+// the batch is acknowledged, Append returns its offset even if the roll it
+// then triggers fails: that failure stops the log (it takes no more
+// changes until reopened) and is what every later call returns.
 func (l *Log) Append(records ...[]byte) (first uint64, err error) {
 	l.mu.RLock()
 	if err := l.writableLocked(); err != nil {
@@ -728,18 +763,19 @@ func (l *Log) Append(records ...[]byte) (first uint64, err error) {
 	}
 	s := l.active
 	first, err = s.w.Append(records...)
-	l.mu.RUnlock()
 	if err != nil {
+		l.mu.RUnlock()
 		return 0, err
 	}
 	roll, half := l.shouldRoll(s)
 	if half {
-		l.prepareSpare(s)
+		l.prepareSpareLocked(s)
 	}
+	l.mu.RUnlock()
 	if roll {
-		if err := l.rollIf(s); err != nil {
-			return first, fmt.Errorf("engine: records at %d appended, but rolling the segment failed: %w", first, err)
-		}
+		// An error here is sticky (l.failed, logged by fail) or says the
+		// log was closed meanwhile: neither unacknowledges the batch.
+		_ = l.rollIf(s)
 	}
 	return first, nil
 }
@@ -763,6 +799,9 @@ func (l *Log) shouldRoll(s *segment) (roll, half bool) {
 func (l *Log) fail(what string, err error) error {
 	l.failed = fmt.Errorf("engine: %s failed; the log takes no more changes, reopen it to recover: %w", what, err)
 	l.active = nil
+	// Said here too: a roll that Append triggers fails after its batch was
+	// acknowledged, so the caller learns of it only at its next call.
+	l.opts.Logger.Error("segstore: the log stopped taking changes", "dir", l.dir.Path(), "err", l.failed)
 	return l.failed
 }
 
@@ -805,7 +844,12 @@ func (l *Log) rollIf(s *segment) error {
 	l.segs.Store(&segs)
 	l.active = next
 	l.publishDurable()
-	return l.applyRetentionLocked()
+	if err := l.applyRetentionLocked(); err != nil {
+		// A deletion may have stopped halfway (START written, files not all
+		// removed, or a directory fsync failed): reopening finishes it.
+		return l.fail("applying retention after sealing "+s.name, err)
+	}
+	return nil
 }
 
 // Read appends the record at offset to dst and returns it. Records are

@@ -59,7 +59,13 @@ type segment struct {
 	ns   cache.Namespace
 
 	visible atomic.Pointer[position] // readers see records below it
-	w       *wal.Writer              // the active segment's writer; nil once sealed
+	// w is the active segment's writer; nil once sealed or truncated away.
+	// Ownership: w is set and cleared only with Log.mu held exclusively (or
+	// while opening, before the segment is shared), and read only with
+	// Log.mu held, shared or exclusive, and only through Log.active (while
+	// s is the active segment, s.w is not nil). A goroutine that let go of
+	// Log.mu must not touch w: a roll or TruncateBack may have cleared it.
+	w *wal.Writer
 	// refs: one for the log's segment list, one per reader using the file.
 	// The device is closed when it drops to zero, so a segment dropped by
 	// truncation or retention stays readable for readers that hold it.
@@ -127,11 +133,16 @@ func (s *segment) isSealed() bool {
 	return s.sealed
 }
 
-// fileSize is the segment file's size (for a lazily loaded segment, as the
-// manifest says).
+// fileSize is the segment file's size: for a sealed segment, where its
+// footer ends (as the manifest or the footer says; a read-only log can see
+// a file whose seal a crash interrupted, its footer followed by zeros that
+// are no part of it), otherwise the file's size.
 func (s *segment) fileSize() int64 {
-	if !s.loaded.Load() {
-		return s.man.size
+	s.mu.RLock()
+	sealedSize := s.man.size // zero unless sealed with a sound footer
+	s.mu.RUnlock()
+	if sealedSize > 0 || !s.loaded.Load() {
+		return sealedSize
 	}
 	size, _ := s.dev.Size()
 	return size

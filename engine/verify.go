@@ -16,11 +16,16 @@ import (
 
 // Problem kinds reported by Verify.
 const (
-	ProblemTornTail   = "torn-tail"  // a crash's unfinished write at the end of the last segment: open cuts it
-	ProblemFooter     = "footer"     // a damaged or wrong footer over sound records: open rebuilds it
-	ProblemUnsealed   = "unsealed"   // a segment before the last without a footer (a crash before its seal): open seals it
-	ProblemCorruption = "corruption" // damaged records: not repairable without losing data
-	ProblemMissing    = "missing"    // records missing between two segments (a gap)
+	ProblemTornTail = "torn-tail" // a crash's unfinished write at the end of the last segment: open cuts it
+	ProblemFooter   = "footer"    // a damaged or wrong footer over sound records: open rebuilds it
+	ProblemUnsealed = "unsealed"  // a segment before the last without a footer (a crash before its seal): open seals it
+	// ProblemUnfinishedSeal: a sound footer followed by zeros (a crash
+	// between the seal's footer fdatasync and its truncate): open cuts the
+	// zeros. Until then the file does not end at its footer, which is
+	// where exports and importers look for it.
+	ProblemUnfinishedSeal = "unfinished-seal"
+	ProblemCorruption     = "corruption" // damaged records: not repairable without losing data
+	ProblemMissing        = "missing"    // records missing between two segments (a gap)
 )
 
 // Problem is one piece of damage Verify found.
@@ -219,6 +224,13 @@ func (r *VerifyReport) verifySegment(d blockdev.Dir, base uint64, last bool, ack
 		return nil
 	}
 	r.Sealed++
+	if foot.End < size {
+		if last && r.LiveWriter {
+			r.TailInFlight = true // the writer is between the footer's fdatasync and the truncate
+		} else {
+			problem(foot.End, ProblemUnfinishedSeal, true, "the footer ends at byte %d, followed by %d zero bytes: the seal's final truncate did not happen", foot.End, size-foot.End)
+		}
+	}
 	s := &segment{base: base, name: name, path: path}
 	if err := s.decodeFooter(foot); err != nil {
 		problem(foot.Pos, ProblemFooter, true, "%v", err)

@@ -483,6 +483,8 @@ func Repair(out io.Writer, dir string, opts RepairOptions) error {
 			r.Actions = append(r.Actions, fmt.Sprintf("rebuild the footer of %s from its records", filepath.Base(p.File)))
 		case p.Kind == engine.ProblemUnsealed:
 			r.Actions = append(r.Actions, fmt.Sprintf("seal %s (write its footer)", filepath.Base(p.File)))
+		case p.Kind == engine.ProblemUnfinishedSeal:
+			r.Actions = append(r.Actions, fmt.Sprintf("finish the seal of %s (cut the zeros after its footer at byte %d)", filepath.Base(p.File), p.Position))
 		}
 	}
 	var applyErr error

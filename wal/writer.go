@@ -70,7 +70,10 @@ type Options struct {
 	OnReserve func(first uint64, pos int64, ts int64)
 	// OnDurable, if set, is called with the new durable position and offset
 	// each time they advance, with the writer's lock held. It must be quick
-	// and must not call the Writer. (The engine wakes tailing readers.)
+	// and must not call the Writer. (The engine wakes tailing readers.) The
+	// position is where the durable records end: a footer frame made durable
+	// by Seal is never reported (readers must not look past the records,
+	// and the footer's bytes stop being frames once Seal cuts the file).
 	OnDurable func(pos int64, offset uint64)
 	// OnFlush, if set, is called after each flush that wrote a buffer,
 	// with the appends it carried (the group-commit batch) and the
@@ -152,6 +155,8 @@ type Writer struct {
 	writtenOff uint64 // offset after the records those writes hold
 	durable    int64  // file position covered by a completed fdatasync
 	durableOff uint64
+	footerAt   int64         // position of the footer frame Seal reserved; 0 before
+	reported   int64         // the durable records' end last passed to OnDurable
 	syncWanted bool          // a Sync, Close or the interval ticker asks for fdatasync
 	group      int           // appends the last flush carried plus those pending at its end
 	flushTime  time.Duration // moving average of write+sync time
@@ -352,7 +357,7 @@ func newWriter(dev blockdev.Device, hdr FileHeader, end int64, next uint64, last
 		dev: dev, hdr: hdr, opts: opts, blk: blk, maxWrite: maxWrite,
 		maxFrame:   int(maxWrite - blk),
 		nextOffset: next, lastTime: lastTime,
-		written: end, writtenOff: next, durable: end, durableOff: next,
+		written: end, writtenOff: next, durable: end, durableOff: next, reported: end,
 	}
 	w.cond = sync.NewCond(&w.mu)
 	w.cur = &wbuf{b: dev.Alignment().Alloc(int(maxWrite)), start: alignedbuf.AlignDown(end, blk), end: end, endOff: next}
@@ -488,6 +493,7 @@ func (w *Writer) Seal(footer []byte) (*Footer, error) {
 		return nil, err
 	}
 	w.closing = true // nothing may follow the footer
+	w.footerAt = pos
 	w.mu.Unlock()
 
 	EncodeFooter(buf.b[pos-buf.start:], w.hdr.SegmentID, pos, next, ts, footer)
@@ -614,11 +620,27 @@ func (w *Writer) leadLocked(doSync bool) {
 		w.stats.Syncs++
 		w.stats.SyncTime += syncTime
 	}
-	if (presynced || doSync) && w.opts.OnDurable != nil {
-		w.opts.OnDurable(w.durable, w.durableOff)
+	if presynced || doSync {
+		w.reportDurableLocked()
 	}
 	if buf != nil && w.opts.OnFlush != nil {
 		w.opts.OnFlush(buf.appends, syncTime)
+	}
+}
+
+// reportDurableLocked passes where the durable records end to OnDurable,
+// if that advanced. A durable footer is not records: between its fdatasync
+// and Seal's truncate, readers that looked past the records would find the
+// footer frame where they expect records (and after the truncate, the end
+// of the file).
+func (w *Writer) reportDurableLocked() {
+	pos := w.durable
+	if w.footerAt > 0 {
+		pos = min(pos, w.footerAt)
+	}
+	if pos > w.reported && w.opts.OnDurable != nil {
+		w.reported = pos
+		w.opts.OnDurable(pos, w.durableOff)
 	}
 }
 
