@@ -298,4 +298,3 @@ func TestRolledSegmentNamesItsFile(t *testing.T) {
 	require.True(t, l.active.base > 0)
 	assert.Equal(t, l.active.path, l.active.dev.Name())
 }
-
