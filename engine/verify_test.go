@@ -68,7 +68,7 @@ func TestVerify(t *testing.T) {
 			defer f.Close()
 			// A frame whose last sector never reached the disk.
 			frame := make([]byte, wal.FrameSize(wal.PayloadSize([][]byte{make([]byte, 2000)})))
-			n := wal.EncodeFrame(frame, 0, end, segs[4].Next, 1, [][]byte{bytes.Repeat([]byte{'t'}, 2000)})
+			n := wal.EncodeFrame(frame, 0, end, -1, segs[4].Next, 1, [][]byte{bytes.Repeat([]byte{'t'}, 2000)})
 			clear(frame[(end+1024+511)&^511-end : n]) // whole sectors of it never reached the disk
 			_, err = f.WriteAt(frame[:n], end)
 			require.NoError(t, err)
@@ -122,7 +122,7 @@ func TestVerifyBesideALiveWriter(t *testing.T) {
 		require.NoError(t, err)
 		defer f.Close()
 		frame := make([]byte, wal.FrameSize(wal.PayloadSize([][]byte{make([]byte, 2000)})))
-		n := wal.EncodeFrame(frame, 0, end, segs[4].Next, 1, [][]byte{bytes.Repeat([]byte{'t'}, 2000)})
+		n := wal.EncodeFrame(frame, 0, end, -1, segs[4].Next, 1, [][]byte{bytes.Repeat([]byte{'t'}, 2000)})
 		clear(frame[(end+1024+511)&^511-end : n])
 		_, err = f.WriteAt(frame[:n], end)
 		require.NoError(t, err)

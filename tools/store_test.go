@@ -4,9 +4,11 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"flag"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"os"
 	"path/filepath"
@@ -273,7 +275,7 @@ func TestRepair(t *testing.T) {
 			last := files[len(files)-1]
 			end, next := scanEnd(t, last)
 			frame := make([]byte, wal.FrameSize(wal.PayloadSize([][]byte{make([]byte, 2000)})))
-			n := wal.EncodeFrame(frame, 0, end, next, 1, [][]byte{bytes.Repeat([]byte{'t'}, 2000)})
+			n := wal.EncodeFrame(frame, 0, end, -1, next, 1, [][]byte{bytes.Repeat([]byte{'t'}, 2000)})
 			clear(frame[(end+1024+511)&^511-end : n]) // its last sectors never reached the disk
 			f, err := os.OpenFile(last, os.O_WRONLY, 0)
 			require.NoError(t, err)
@@ -356,9 +358,14 @@ func snapshot(t *testing.T, dir string) map[string][]byte {
 func TestNewerFormatVersion(t *testing.T) {
 	dir := smallStore(t)
 	names, _ := filepath.Glob(filepath.Join(dir, "*.seg"))
-	f, err := os.OpenFile(names[0], os.O_WRONLY, 0)
+	f, err := os.OpenFile(names[0], os.O_RDWR, 0)
 	require.NoError(t, err)
-	_, err = f.WriteAt([]byte{wal.Version + 1}, 8) // the header's version field
+	hdr := make([]byte, wal.FileHeaderLen)
+	_, err = f.ReadAt(hdr, 0)
+	require.NoError(t, err)
+	binary.LittleEndian.PutUint32(hdr[8:], wal.Version+1) // the header's version field, and its checksum
+	binary.LittleEndian.PutUint32(hdr[60:], crc32.Checksum(hdr[:60], crc32.MakeTable(crc32.Castagnoli)))
+	_, err = f.WriteAt(hdr, 0)
 	require.NoError(t, err)
 	require.NoError(t, f.Close())
 	require.NoError(t, os.Remove(filepath.Join(dir, "MANIFEST"))) // else the file is opened at first use

@@ -11,6 +11,7 @@ package wal
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -24,13 +25,18 @@ import (
 //	| magic |version| flags |  segment id   |  base offset  | created (ns)  |maxWrite  reserved (0) | crc32c|
 //	+-------+-------+-------+---------------+---------------+---------------+-------+---------------+-------+
 //
-// The header region is DataStart bytes long; frames start at DataStart.
+// The header region is DataStart bytes long and zero after the header;
+// frames start at DataStart.
 const (
 	// Magic identifies a segstore wal file.
 	Magic = "segstore"
-	// Version is the format version this package writes and reads. A file
-	// with a larger version is refused with ErrVersion.
-	Version = 1
+	// Version is the format version this package writes. A file with a
+	// larger version is refused with ErrVersion. Version 2 added the durable
+	// mark of each frame (see the frame diagram); version 1 files, whose
+	// frames carry none, are still read and appended to (without marks).
+	Version = 2
+	// MinVersion is the oldest format version this package reads.
+	MinVersion = 1
 	// FileHeaderLen is the encoded size of the file header.
 	FileHeaderLen = 64
 	// DataStart is where the first frame begins. 4096 is the largest block
@@ -42,16 +48,26 @@ const (
 
 // Frame, at a position that is a multiple of FrameAlign, little endian:
 //
-//	0       4    5     6       8        12       16              24              32
-//	+-------+----+-----+-------+--------+--------+---------------+---------------+------------ - -
-//	| crc32c|type|flags| resv  | length | count  | first offset  | timestamp(ns) | payload (length bytes),
-//	+-------+----+-----+-------+--------+--------+---------------+---------------+------------ - -
+//	0       4    5             8        12       16              24              32
+//	+-------+----+-------------+--------+--------+---------------+---------------+------------ - -
+//	| crc32c|type| durable mark| length | count  | first offset  | timestamp(ns) | payload (length bytes),
+//	+-------+----+-------------+--------+--------+---------------+---------------+------------ - -
 //	                                                                then zero padding to FrameAlign
 //
 // payload = count records, each a 4-byte little-endian length and its bytes.
 // crc32c (Castagnoli) covers, in order: the segment id (8 bytes LE), the
 // frame's position in the file (8 bytes LE), header bytes [4:32] and the
-// payload.
+// payload. The padding is not covered: it must be zero.
+//
+// The durable mark (24 bits) says how far the file was durable when the
+// writer made the frame: the frame at position pos was made when every
+// byte before pos - (mark-1)*FrameAlign had been fdatasynced (a lower bound).
+// Zero means the frame does not say: every frame of a version 1 file, and a
+// frame more than 128 MiB past the durable end (never, with the window a
+// writer keeps). Recovery uses
+// it to tell a torn write from damage to acknowledged data: a valid frame
+// whose mark lies past a damaged frame proves that the damaged frame had
+// been made durable before, so no crash can explain its damage.
 const (
 	FrameHeaderLen = 32
 	// FrameAlign: frames start on 8-byte boundaries, so a header never
@@ -145,6 +161,9 @@ func (e *CorruptionError) Unwrap() []error {
 
 // FileHeader is the decoded file header.
 type FileHeader struct {
+	// Version is the format version the file was created with (EncodeFileHeader
+	// always writes Version).
+	Version    uint32
 	SegmentID  uint64 // random identity, mixed into every frame checksum
 	BaseOffset uint64 // offset of the file's first record
 	Created    int64  // unix nanoseconds
@@ -158,7 +177,7 @@ func EncodeFileHeader(b []byte, h FileHeader) {
 	_ = b[FileHeaderLen-1]
 	clear(b[:FileHeaderLen])
 	copy(b[0:8], Magic)
-	binary.LittleEndian.PutUint32(b[8:12], Version)
+	binary.LittleEndian.PutUint32(b[8:12], cmp.Or(h.Version, Version))
 	binary.LittleEndian.PutUint64(b[16:24], h.SegmentID)
 	binary.LittleEndian.PutUint64(b[24:32], h.BaseOffset)
 	binary.LittleEndian.PutUint64(b[32:40], uint64(h.Created))
@@ -174,16 +193,21 @@ func DecodeFileHeader(b []byte) (FileHeader, error) {
 	if string(b[0:8]) != Magic {
 		return FileHeader{}, fmt.Errorf("%w: magic %q", ErrNotWAL, b[0:8])
 	}
-	if v := binary.LittleEndian.Uint32(b[8:12]); v != Version {
-		if v > Version {
-			return FileHeader{}, fmt.Errorf("%w: file has version %d, this build reads %d: upgrade segstore", ErrVersion, v, Version)
-		}
-		return FileHeader{}, fmt.Errorf("%w: version %d", ErrNotWAL, v)
-	}
+	// The checksum before the version: a damaged version is damage, not a
+	// file from another release. (Every version keeps the magic, the
+	// version and this checksum where they are.)
 	if got, want := crc32.Checksum(b[:60], castagnoli), binary.LittleEndian.Uint32(b[60:64]); got != want {
 		return FileHeader{}, fmt.Errorf("header checksum %#x, want %#x", got, want)
 	}
+	v := binary.LittleEndian.Uint32(b[8:12])
+	if v > Version {
+		return FileHeader{}, fmt.Errorf("%w: file has version %d, this build reads %d to %d: upgrade segstore", ErrVersion, v, MinVersion, Version)
+	}
+	if v < MinVersion {
+		return FileHeader{}, fmt.Errorf("%w: version %d", ErrNotWAL, v)
+	}
 	h := FileHeader{
+		Version:    v,
 		SegmentID:  binary.LittleEndian.Uint64(b[16:24]),
 		BaseOffset: binary.LittleEndian.Uint64(b[24:32]),
 		Created:    int64(binary.LittleEndian.Uint64(b[32:40])),
@@ -202,8 +226,32 @@ type FrameHeader struct {
 	Count      uint32 // records
 	First      uint64 // offset of the first record
 	Timestamp  int64  // unix nanoseconds, set by the writer
+	mark       uint32 // the durable mark, 0 if none (see DurableBefore)
 	checksum   uint32
 	headerTail [FrameHeaderLen - 4]byte
+}
+
+// DurableBefore returns the position before which the file was durable
+// when the frame at pos was made, as its durable mark says, and false if
+// the frame carries no mark.
+func (h FrameHeader) DurableBefore(pos int64) (int64, bool) {
+	if h.mark == 0 {
+		return 0, false
+	}
+	return pos - int64(h.mark-1)*FrameAlign, true
+}
+
+// maxMark is the largest durable mark (24 bits).
+const maxMark = 1<<24 - 1
+
+// durableMark encodes durable, the position before which the file is
+// durable (at most pos; negative: unknown), as the mark of a frame at pos.
+func durableMark(pos, durable int64) uint32 {
+	back := (pos - durable + FrameAlign - 1) / FrameAlign // rounded up: the mark may only err low
+	if durable < 0 || back < 0 || back >= maxMark {
+		return 0
+	}
+	return uint32(back) + 1
 }
 
 // FrameSize is the number of bytes a frame with a payload of n bytes
@@ -221,12 +269,14 @@ func PayloadSize(records [][]byte) int {
 
 // EncodeFrame writes a frame holding records into b, which must have at
 // least FrameSize(PayloadSize(records)) bytes, and returns the bytes used.
-// pos is the frame's position in the file with identity segID.
-func EncodeFrame(b []byte, segID uint64, pos int64, first uint64, ts int64, records [][]byte) int {
+// pos is the frame's position in the file with identity segID; durable is
+// the position before which the file is known durable (its durable mark;
+// negative for none).
+func EncodeFrame(b []byte, segID uint64, pos, durable int64, first uint64, ts int64, records [][]byte) int {
 	plen := PayloadSize(records)
 	size := FrameSize(plen)
 	_ = b[size-1]
-	putFrameHeader(b, FrameRecords, plen, len(records), first, ts)
+	putFrameHeader(b, FrameRecords, durableMark(pos, durable), plen, len(records), first, ts)
 	p := FrameHeaderLen
 	for _, r := range records {
 		binary.LittleEndian.PutUint32(b[p:], uint32(len(r)))
@@ -238,9 +288,9 @@ func EncodeFrame(b []byte, segID uint64, pos int64, first uint64, ts int64, reco
 	return size
 }
 
-func putFrameHeader(b []byte, typ uint8, plen, count int, first uint64, ts int64) {
+func putFrameHeader(b []byte, typ uint8, mark uint32, plen, count int, first uint64, ts int64) {
 	b[4] = typ
-	b[5], b[6], b[7] = 0, 0, 0
+	b[5], b[6], b[7] = byte(mark), byte(mark>>8), byte(mark>>16)
 	binary.LittleEndian.PutUint32(b[8:12], uint32(plen))
 	binary.LittleEndian.PutUint32(b[12:16], uint32(count))
 	binary.LittleEndian.PutUint64(b[16:24], first)
@@ -254,12 +304,12 @@ func FooterFrameSize(n int) int { return FrameHeaderLen + alignUp(n+FooterTailLe
 
 // EncodeFooter writes a footer frame carrying footer at position pos into b
 // (at least FooterFrameSize(len(footer)) bytes); next is the offset after
-// the file's last record. A decoder gets footer back followed by up to 7
-// zero bytes.
-func EncodeFooter(b []byte, segID uint64, pos int64, next uint64, ts int64, footer []byte) int {
+// the file's last record; durable is as for EncodeFrame. A decoder gets
+// footer back followed by up to 7 zero bytes.
+func EncodeFooter(b []byte, segID uint64, pos, durable int64, next uint64, ts int64, footer []byte) int {
 	size := FooterFrameSize(len(footer))
 	_ = b[size-1]
-	putFrameHeader(b, FrameFooter, size-FrameHeaderLen, 0, next, ts)
+	putFrameHeader(b, FrameFooter, durableMark(pos, durable), size-FrameHeaderLen, 0, next, ts)
 	p := FrameHeaderLen + copy(b[FrameHeaderLen:], footer)
 	clear(b[p:size])
 	binary.LittleEndian.PutUint64(b[size-FooterTailLen:], uint64(pos))
@@ -278,7 +328,7 @@ func frameChecksum(segID uint64, pos int64, headerTail, payload []byte) uint32 {
 }
 
 // DecodeFrameHeader parses the fixed part of a frame and checks what can be
-// checked without the payload: type, reserved bytes, and that the lengths
+// checked without the payload: type, and that the lengths
 // are within limit (and so safe to allocate for). It returns errZeroHeader
 // for an all-zero header.
 func DecodeFrameHeader(b []byte, limit int) (FrameHeader, error) {
@@ -295,14 +345,13 @@ func DecodeFrameHeader(b []byte, limit int) (FrameHeader, error) {
 		Count:     binary.LittleEndian.Uint32(b[12:16]),
 		First:     binary.LittleEndian.Uint64(b[16:24]),
 		Timestamp: int64(binary.LittleEndian.Uint64(b[24:32])),
+		mark:      uint32(b[5]) | uint32(b[6])<<8 | uint32(b[7])<<16,
 		checksum:  binary.LittleEndian.Uint32(b[0:4]),
 	}
 	copy(h.headerTail[:], b[4:])
 	switch {
 	case h.Type != FrameRecords && h.Type != FrameFooter:
 		return h, fmt.Errorf("unknown frame type %d", h.Type)
-	case b[5] != 0 || b[6] != 0 || b[7] != 0:
-		return h, fmt.Errorf("reserved header bytes are %x, want zero", b[5:8])
 	case int64(h.Length) > int64(min(limit, MaxFramePayload)):
 		return h, fmt.Errorf("payload length %d exceeds the limit %d", h.Length, min(limit, MaxFramePayload))
 	case h.Type == FrameRecords && h.Count == 0:

@@ -74,3 +74,11 @@ func newFileDev(t testing.TB, buffered bool) *blockdev.File {
 	t.Cleanup(func() { d.Close() })
 	return d
 }
+
+// durableOf is the position a frame's durable mark names, or -1 for none.
+func durableOf(h FrameHeader, pos int64) int64 {
+	if d, ok := h.DurableBefore(pos); ok {
+		return d
+	}
+	return -1
+}

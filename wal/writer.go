@@ -197,7 +197,7 @@ func create(dev blockdev.Device, base uint64, opts Options, prepared bool) (*Wri
 	if err != nil {
 		return nil, fmt.Errorf("wal: create %s: %w", dev.Name(), err)
 	}
-	hdr := FileHeader{SegmentID: rand.Uint64() | 1, BaseOffset: base, Created: opts.Now().UnixNano(), MaxWrite: uint32(maxWrite)}
+	hdr := FileHeader{Version: Version, SegmentID: rand.Uint64() | 1, BaseOffset: base, Created: opts.Now().UnixNano(), MaxWrite: uint32(maxWrite)}
 	head := dev.Alignment().Alloc(int(alignedbuf.AlignUp(DataStart, blk)))
 	EncodeFileHeader(head, hdr)
 	if _, err := dev.WriteAt(head, 0); err != nil {
@@ -415,13 +415,14 @@ func (w *Writer) Append(records ...[]byte) (first uint64, err error) {
 	}
 
 	w.mu.Lock()
-	buf, pos, first, ts, err := w.reserveLocked(size, len(records))
+	r, err := w.reserveLocked(size, len(records))
 	w.mu.Unlock()
 	if err != nil {
 		return 0, err
 	}
+	buf, pos := r.buf, r.pos
 
-	EncodeFrame(buf.b[pos-buf.start:], w.hdr.SegmentID, pos, first, ts, records)
+	EncodeFrame(buf.b[pos-buf.start:], w.hdr.SegmentID, pos, r.durable, r.first, r.ts, records)
 
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -435,19 +436,29 @@ func (w *Writer) Append(records ...[]byte) (first uint64, err error) {
 	w.stats.Appends++
 	w.stats.Records += int64(len(records))
 	w.stats.FrameBytes += int64(size)
-	return first, nil
+	return r.first, nil
+}
+
+// reservation is the room reserveLocked made for one frame.
+type reservation struct {
+	buf     *wbuf
+	pos     int64  // the frame's position
+	first   uint64 // offset of its first record
+	ts      int64  // its timestamp
+	durable int64  // the frame's durable mark: the durable end at reservation (-1: the file has no marks)
 }
 
 // reserveLocked waits for room for a frame of size bytes holding n records
-// in the current buffer, reserves it, and assigns offsets and a timestamp.
-// The caller encodes into buf at pos and then decrements buf.users.
-func (w *Writer) reserveLocked(size, n int) (buf *wbuf, pos int64, first uint64, ts int64, err error) {
+// in the current buffer, reserves it, and assigns offsets, a timestamp and
+// the durable mark. The caller encodes into r.buf at r.pos and then
+// decrements r.buf.users.
+func (w *Writer) reserveLocked(size, n int) (r reservation, err error) {
 	for {
 		if w.err != nil {
-			return nil, 0, 0, 0, w.err
+			return r, w.err
 		}
 		if w.closing {
-			return nil, 0, 0, 0, ErrClosed
+			return r, ErrClosed
 		}
 		if !w.taking && w.cur.end+int64(size) <= w.cur.start+int64(len(w.cur.b)) {
 			break
@@ -459,20 +470,24 @@ func (w *Writer) reserveLocked(size, n int) (buf *wbuf, pos int64, first uint64,
 		}
 		w.cond.Wait()
 	}
-	buf = w.cur
-	pos = buf.end
-	first = w.nextOffset
+	buf := w.cur
+	r = reservation{buf: buf, pos: buf.end, first: w.nextOffset, durable: -1}
+	if w.hdr.Version >= 2 {
+		// durable only grows while this writer lives, so it is a lower bound
+		// of the durable end when the frame reaches the device.
+		r.durable = w.durable
+	}
 	w.nextOffset += uint64(n)
 	buf.end += int64(size)
 	buf.endOff = w.nextOffset
 	buf.appends++
 	buf.users++
-	ts = max(w.opts.Now().UnixNano(), w.lastTime) // frame times never go back
-	w.lastTime = ts
+	r.ts = max(w.opts.Now().UnixNano(), w.lastTime) // frame times never go back
+	w.lastTime = r.ts
 	if n > 0 && w.opts.OnReserve != nil {
-		w.opts.OnReserve(first, pos, ts)
+		w.opts.OnReserve(r.first, r.pos, r.ts)
 	}
-	return buf, pos, first, ts, nil
+	return r, nil
 }
 
 // Seal appends a footer frame carrying footer (the caller's index; at most
@@ -487,7 +502,7 @@ func (w *Writer) Seal(footer []byte) (*Footer, error) {
 		return nil, fmt.Errorf("%w: footer of %d bytes, at most %d with MaxWrite %d", ErrBatchTooLarge, len(footer), w.maxFrame-FrameHeaderLen-FooterTailLen, w.maxWrite)
 	}
 	w.mu.Lock()
-	buf, pos, next, ts, err := w.reserveLocked(size, 0)
+	r, err := w.reserveLocked(size, 0)
 	if err != nil {
 		w.mu.Unlock()
 		return nil, err
@@ -495,8 +510,9 @@ func (w *Writer) Seal(footer []byte) (*Footer, error) {
 	w.closing = true // nothing may follow the footer
 	w.footerAt = pos
 	w.mu.Unlock()
+	buf, pos, next, ts := r.buf, r.pos, r.first, r.ts
 
-	EncodeFooter(buf.b[pos-buf.start:], w.hdr.SegmentID, pos, next, ts, footer)
+	EncodeFooter(buf.b[pos-buf.start:], w.hdr.SegmentID, pos, r.durable, next, ts, footer)
 
 	w.mu.Lock()
 	buf.users--

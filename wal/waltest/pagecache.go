@@ -42,7 +42,7 @@ func (l *PageCacheLog) Append(records ...[]byte) (uint64, error) {
 	if cap(l.buf) < n {
 		l.buf = make([]byte, n)
 	}
-	wal.EncodeFrame(l.buf[:n], 1, l.pos, l.next, 0, records)
+	wal.EncodeFrame(l.buf[:n], 1, l.pos, -1, l.next, 0, records)
 	if _, err := l.f.WriteAt(l.buf[:n], l.pos); err != nil {
 		return 0, err
 	}
