@@ -136,6 +136,10 @@ func NewScanner(dev blockdev.Device) (*Scanner, error) {
 		}
 		return nil, &CorruptionError{File: dev.Name(), Pos: 0, Reason: "file header", Err: err}
 	}
+	if i := lastNonZeroIn(b[FileHeaderLen:]); i > 0 {
+		return nil, &CorruptionError{File: dev.Name(), Segment: s.hdr.BaseOffset, Pos: int64(FileHeaderLen + i - 1),
+			Reason: "non-zero byte in the header block's padding (it is written as zeros)"}
+	}
 	s.nextOffset = s.hdr.BaseOffset
 	s.readAhead = scanChunk // from here on the scanner reads sequentially
 	return s, nil
@@ -189,15 +193,15 @@ func (s *Scanner) next() (bool, error) {
 		return false, err
 	}
 	if len(b) < FrameHeaderLen {
-		return false, s.stop(p, p+int64(len(b)), true, errShortHeader)
+		return false, s.stop(p, errShortHeader)
 	}
 	h, err := DecodeFrameHeader(b, limit)
 	if err != nil {
-		return false, s.stop(p, p+FrameHeaderLen, false, err)
+		return false, s.stop(p, err)
 	}
 	size := FrameSize(int(h.Length))
 	if p+int64(size) > s.size {
-		return false, s.stop(p, s.size, true, fmt.Errorf("frame of %d bytes runs past the end of the file (%d)", size, s.size))
+		return false, s.stop(p, fmt.Errorf("frame of %d bytes runs past the end of the file (%d)", size, s.size))
 	}
 	b, err = s.fetch(p, size)
 	if err != nil {
@@ -205,7 +209,10 @@ func (s *Scanner) next() (bool, error) {
 	}
 	payload := b[FrameHeaderLen : FrameHeaderLen+int(h.Length)]
 	if err := VerifyFrame(h, s.hdr.SegmentID, p, payload); err != nil {
-		return false, s.stop(p, p+int64(size), false, err)
+		return false, s.stop(p, err)
+	}
+	if !isZero(b[FrameHeaderLen+int(h.Length) : size]) {
+		return false, s.corrupt(p, fmt.Sprintf("non-zero padding after the frame's %d payload bytes", h.Length), nil)
 	}
 	if h.First != s.nextOffset {
 		// A valid frame cannot come from a tear: this is a frame out of place.
@@ -234,16 +241,34 @@ func (s *Scanner) next() (bool, error) {
 }
 
 // stop classifies what the scan found at p, where the frame that should be
-// there (extending to end, as far as its header can be believed) is not
-// valid. The device writes sectors atomically but in any order, and the
-// writer never has more than MaxWrite unsynced bytes past the last synced
-// frame, whose old content is zeros. So damage is a torn tail when both hold:
-//   - the frame has the mark of a tear: it runs past the end of the file, or
-//     its bytes within some sector are all zero (the sector was not written);
-//   - nothing non-zero lies more than MaxWrite bytes past p.
+// there is not valid (why says how). Nothing read from the damaged frame's
+// own header decides it: its length may be the damaged part.
 //
-// Otherwise the damage cannot come from a crash and is corruption.
-func (s *Scanner) stop(p, end int64, pastEOF bool, why error) error {
+// The writer's model: the device writes sectors atomically but in any
+// order; the writer never has more than MaxWrite unwritten-or-unsynced bytes
+// past the durable end D, whose old content is zeros; and each frame's
+// durable mark says where D was when the frame was made. A crash leaves the
+// frames before D intact, so p >= D, and leaves every sector of the last
+// writes either written or still zero. Damage is a torn tail only if all of
+// these hold (tornAt):
+//   - all data from p on ends within MaxWrite of p;
+//   - no valid frame after p has a durable mark past p (that frame proves
+//     the damaged one was durable before it was made); in a version 1 file,
+//     which has no marks, no valid frame follows at all;
+//   - a sector that the writer wrote non-zero is zero or missing: the sector
+//     holding p is zero from p on (the damaged frame's header never reached
+//     the device), or the file ends inside the header, or a whole sector between p and the next valid frame (or the
+//     last data) is zero, or the damaged frame's header, unless a single
+//     flipped bit of it explains the damage, claims bytes past the last
+//     data.
+//
+// Otherwise the damage cannot come from a crash and is corruption, as is
+// any damage before the end a clean close recorded (TrustCleanEnd). What the
+// rule cannot tell apart: damage to the writer's last acknowledged flush
+// that looks like unwritten sectors (a frame of the last flush whose records
+// hold a zeroed sector, or whose header lost two or more bits) is taken for a
+// torn write, because nothing written later vouches for it.
+func (s *Scanner) stop(p int64, why error) error {
 	if s.live {
 		return nil // not written yet, or being written
 	}
@@ -257,22 +282,151 @@ func (s *Scanner) stop(p, end int64, pastEOF bool, why error) error {
 	if nz <= p {
 		return nil // zeros (or nothing) from p on: the clean end
 	}
-	tear := pastEOF
-	if !tear {
-		if tear, err = s.hasZeroSector(p, min(end, s.size)); err != nil {
-			return err
-		}
+	if p < s.trustEnd {
+		return s.corrupt(p, fmt.Sprintf("%v, before %d, where the frames ended when the file was closed cleanly: no write was in flight there", why, s.trustEnd), nil)
 	}
 	window := int64(s.hdr.MaxWrite)
-	switch {
-	case tear && nz-p <= window:
+	if nz-p > window {
+		return s.corrupt(p, fmt.Sprintf("%v, and %d bytes of data follow, more than the %d a torn write can leave", why, nz-p, window), nil)
+	}
+	// The damaged region, and room for a valid frame that starts in it and
+	// ends in zeros (its padding, or records that end in zero bytes).
+	n := min(s.size, nz+window) - p
+	b, err := s.fetch(p, int(n))
+	if err != nil {
+		return err
+	}
+	if int64(len(b)) < n {
+		return fmt.Errorf("wal: read %s at %d: %d bytes, want %d", s.dev.Name(), p, len(b), n)
+	}
+	verdict := s.tornAt(p, b, int(nz-p))
+	if verdict == "" {
 		s.torn = &TornTail{Pos: p, Bytes: nz - p, Reason: why.Error()}
 		return nil
-	case tear:
-		return s.corrupt(p, fmt.Sprintf("%v, and %d bytes of data follow, more than the %d a torn write can leave", why, nz-p, window), nil)
-	default:
-		return s.corrupt(p, "damaged frame (no sector of it is unwritten, so a crash cannot explain it)", why)
 	}
+	return s.corrupt(p, verdict, why)
+}
+
+// tornAt applies stop's rule to b, the file bytes from p on, whose last
+// non-zero byte is b[data-1]. It returns "" for a torn tail, or why the
+// damage is corruption.
+func (s *Scanner) tornAt(p int64, b []byte, data int) string {
+	next, proof := s.validFrameAfter(p, b, data)
+	if proof != nil {
+		return fmt.Sprintf("the valid frame at %d follows, made when the file was durable %s: the damage is in acknowledged data", proof.pos, proof.what)
+	}
+	// Where the evidence of a tear must lie: before the next valid frame, or
+	// within the data.
+	bound := data
+	if next >= 0 {
+		bound = int(next - p)
+	}
+	// The sector holding p is zero from p on: the frame's first bytes, its
+	// type among them, never reached the device.
+	if isZero(b[:min(data, int(alignedbuf.AlignUp(p+1, blockdev.SectorSize)-p))]) {
+		return ""
+	}
+	// The file ends inside the header: the write that grew the file did not
+	// all land.
+	if p+FrameHeaderLen > s.size {
+		return ""
+	}
+	if s.oneBitExplains(p, b) {
+		return "damaged frame that a single flipped bit explains: a crash cannot"
+	}
+	// A whole zero sector where the writer wrote data.
+	for sec := int(alignedbuf.AlignUp(p, blockdev.SectorSize) - p); sec+blockdev.SectorSize <= bound; sec += blockdev.SectorSize {
+		if isZero(b[sec : sec+blockdev.SectorSize]) {
+			return ""
+		}
+	}
+	if next >= 0 {
+		return fmt.Sprintf("damaged frame before the valid frame at %d, with every sector written: a crash cannot explain it", next)
+	}
+	// The header claims a frame that runs past the data into zeros (or past
+	// the end of the file): its last sectors were not written. Its length is
+	// believed here only because no single flipped bit explained it.
+	if h, err := DecodeFrameHeader(b, int(s.hdr.MaxWrite)); err == nil {
+		end := p + int64(FrameSize(int(h.Length)))
+		if end > alignedbuf.AlignUp(p+int64(data), blockdev.SectorSize) || end > s.size {
+			return ""
+		}
+	}
+	return "damaged frame with every sector written: a crash cannot explain it"
+}
+
+// frameProof is a valid frame that proves damage before it was durable.
+type frameProof struct {
+	pos  int64
+	what string
+}
+
+// validFrameAfter looks for valid frames at every FrameAlign position of b
+// (the file bytes from p on) after p and before data. It returns the
+// position of the first (-1 if none), and the first that proves the frame
+// at p was durable before it was made: its durable mark lies past p, or, in
+// a file without marks (version 1), any valid frame at all. A valid frame is
+// skipped whole.
+func (s *Scanner) validFrameAfter(p int64, b []byte, data int) (next int64, proof *frameProof) {
+	next = -1
+	for i := FrameAlign; i < data && i+FrameHeaderLen <= len(b); {
+		h, err := DecodeFrameHeader(b[i:], int(s.hdr.MaxWrite))
+		end := i + FrameHeaderLen + int(h.Length)
+		pos := p + int64(i)
+		if err != nil || end > len(b) || VerifyFrame(h, s.hdr.SegmentID, pos, b[i+FrameHeaderLen:end]) != nil {
+			i += FrameAlign
+			continue
+		}
+		if next < 0 {
+			next = pos
+		}
+		switch d, ok := h.DurableBefore(pos); {
+		case !ok:
+			return next, &frameProof{pos, "(it carries no durable mark, so it may have been; damage followed by a valid frame is then taken for corruption)"}
+		case d > p:
+			return next, &frameProof{pos, fmt.Sprintf("to %d, past the damaged frame at %d", d, p)}
+		}
+		i += FrameSize(int(h.Length))
+	}
+	return next, nil
+}
+
+// oneBitExplains reports whether a single flipped bit turns the frame at
+// the start of b (the file bytes from p on) into a valid one: damage that a
+// crash cannot make, since a torn write leaves whole sectors old or new. A
+// flip of the length field changes what the checksum covers, so each of its
+// 32 bits is tried; a flip anywhere else (checksum, header, payload) is
+// found from the checksum's syndrome in one pass (singleBitFlip).
+//
+// A torn frame whose lost sectors happen to give the syndrome of a single
+// flip is taken for one: with n payload bytes that chance is about 8n/2^32
+// (one in 2^19 for 1 KiB, one in 128 for 4 MiB), and the error errs toward
+// keeping acknowledged data: the open refuses and names the position.
+func (s *Scanner) oneBitExplains(p int64, b []byte) bool {
+	if len(b) < FrameHeaderLen {
+		return false
+	}
+	limit := int64(min(int(s.hdr.MaxWrite), MaxFramePayload))
+	want := binary.LittleEndian.Uint32(b[0:4])
+	length := binary.LittleEndian.Uint32(b[8:12])
+	if end := FrameHeaderLen + int64(length); int64(length) <= limit && end <= int64(len(b)) {
+		if _, _, ok := singleBitFlip(s.hdr.SegmentID, p, b[4:FrameHeaderLen], b[FrameHeaderLen:end], want); ok {
+			return true
+		}
+	}
+	var hdr [FrameHeaderLen]byte
+	for bit := 0; bit < 32; bit++ {
+		copy(hdr[:], b)
+		l := length ^ 1<<bit
+		if end := FrameHeaderLen + int64(l); int64(l) > limit || end > int64(len(b)) {
+			continue
+		}
+		binary.LittleEndian.PutUint32(hdr[8:12], l)
+		if frameChecksum(s.hdr.SegmentID, p, hdr[4:], b[FrameHeaderLen:FrameHeaderLen+int(l)]) == want {
+			return true
+		}
+	}
+	return false
 }
 
 func (s *Scanner) corrupt(p int64, reason string, err error) error {
@@ -283,22 +437,6 @@ func (s *Scanner) corrupt(p int64, reason string, err error) error {
 		ce.InFooter = b[4] == FrameFooter
 	}
 	return ce
-}
-
-// hasZeroSector reports whether some sector overlapping [p, end) holds only
-// zeros within that range.
-func (s *Scanner) hasZeroSector(p, end int64) (bool, error) {
-	for sec := alignedbuf.AlignDown(p, blockdev.SectorSize); sec < end; sec += blockdev.SectorSize {
-		from, to := max(p, sec), min(end, sec+blockdev.SectorSize)
-		b, err := s.fetch(from, int(to-from))
-		if err != nil {
-			return false, err
-		}
-		if isZero(b) {
-			return true, nil
-		}
-	}
-	return false, nil
 }
 
 // lastNonZero returns the position just past the last non-zero byte at or
@@ -507,6 +645,9 @@ func DecodeFrames(b []byte, hdr FileHeader, pos int64, next uint64, fn func(Fram
 		payload := b[p+FrameHeaderLen : p+FrameHeaderLen+int(h.Length)]
 		if err := VerifyFrame(h, hdr.SegmentID, pos+int64(p), payload); err != nil {
 			return pos + int64(p), next, fmt.Errorf("frame at %d: %w", pos+int64(p), err)
+		}
+		if !isZero(b[p+FrameHeaderLen+int(h.Length) : p+size]) {
+			return pos + int64(p), next, fmt.Errorf("frame at %d: non-zero padding after its %d payload bytes", pos+int64(p), h.Length)
 		}
 		if h.First != next {
 			return pos + int64(p), next, fmt.Errorf("frame at %d holds offsets from %d, expected %d", pos+int64(p), h.First, next)
