@@ -508,7 +508,7 @@ func (w *Writer) Seal(footer []byte) (*Footer, error) {
 		return nil, err
 	}
 	w.closing = true // nothing may follow the footer
-	w.footerAt = pos
+	w.footerAt = r.pos
 	w.mu.Unlock()
 	buf, pos, next, ts := r.buf, r.pos, r.first, r.ts
 
