@@ -3,10 +3,13 @@ package blockdev
 import (
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -119,10 +122,16 @@ func (d *OSDir) Size(name string) (int64, error) {
 func (d *OSDir) Sync() error  { return SyncDir(d.path) }
 func (d *OSDir) Path() string { return d.path }
 
-// Lock takes an exclusive advisory lock (flock) on the named file in the
-// directory, creating it, so that two processes cannot write one store. It
-// fails at once if another process holds it. Release it with the returned
-// function.
+// Lock takes an exclusive lock on the named file in the directory,
+// creating it, so that two writers cannot write one store, and writes this
+// process's id into the file (for the messages of those refused). It fails
+// at once, with a *LockedError, if another open of the file holds it (in
+// this process too). Release it with the returned function.
+//
+// The lock is an open file description (OFD) lock, F_OFD_SETLK: it belongs
+// to this open, is released when it closes (or the process dies), and,
+// unlike a flock, can be queried without being taken (LockHolder), so
+// that probing for a writer never makes the writer's own open fail.
 func (d *OSDir) Lock(name string) (release func() error, err error) {
 	if err := checkName(d.path, name); err != nil {
 		return nil, err
@@ -132,18 +141,87 @@ func (d *OSDir) Lock(name string) (release func() error, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("blockdev: lock: %w", err)
 	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+	lk := unix.Flock_t{Type: unix.F_WRLCK, Whence: io.SeekStart} // Len 0: the whole file
+	if err := unix.FcntlFlock(f.Fd(), unix.F_OFD_SETLK, &lk); err != nil {
 		f.Close()
-		if errors.Is(err, unix.EWOULDBLOCK) {
-			return nil, fmt.Errorf("blockdev: %s is locked by another process: %w", path, ErrLocked)
+		if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EACCES) {
+			return nil, &LockedError{Path: path, PID: lockPID(path)}
 		}
 		return nil, fmt.Errorf("blockdev: lock %s: %w", path, err)
+	}
+	pid := strconv.Itoa(os.Getpid()) + "\n"
+	if err := f.Truncate(0); err == nil {
+		_, err = f.WriteAt([]byte(pid), 0)
+	}
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("blockdev: lock %s: writing the holder's process id: %w", path, err)
 	}
 	return f.Close, nil
 }
 
+// LockHolder reports whether some open holds the named file's lock (see
+// Lock), without taking it, and the process id its holder wrote (0 if
+// unknown). A missing file is not held; it creates nothing.
+func (d *OSDir) LockHolder(name string) (held bool, pid int, err error) {
+	if err := checkName(d.path, name); err != nil {
+		return false, 0, err
+	}
+	path := filepath.Join(d.path, name)
+	f, err := os.Open(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, 0, nil
+	}
+	if err != nil {
+		return false, 0, fmt.Errorf("blockdev: lock query %s: %w", path, err)
+	}
+	defer f.Close()
+	// A query for a write lock finds any lock that would conflict with one.
+	lk := unix.Flock_t{Type: unix.F_WRLCK, Whence: io.SeekStart}
+	if err := unix.FcntlFlock(f.Fd(), unix.F_OFD_GETLK, &lk); err != nil {
+		return false, 0, fmt.Errorf("blockdev: lock query %s: %w", path, err)
+	}
+	if lk.Type == unix.F_UNLCK {
+		return false, 0, nil
+	}
+	return true, lockPID(path), nil
+}
+
+// lockPID reads the process id a lock's holder wrote into it; 0 if there
+// is none (being written, or not a number).
+func lockPID(path string) int {
+	b, err := os.ReadFile(path)
+	if err != nil || len(b) > 32 {
+		return 0
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 0 {
+		return 0
+	}
+	return pid
+}
+
 // ErrLocked: another process holds the directory's lock.
 var ErrLocked = errors.New("blockdev: directory in use")
+
+// LockedError: Lock found the file locked by another open. It wraps
+// ErrLocked.
+type LockedError struct {
+	Path string // the lock file
+	PID  int    // the process id its holder wrote; 0 if unknown
+}
+
+func (e *LockedError) Error() string {
+	switch e.PID {
+	case 0:
+		return fmt.Sprintf("blockdev: %s is held by another writer (its process id is not recorded yet): stop that writer, or open the store read-only", e.Path)
+	case os.Getpid():
+		return fmt.Sprintf("blockdev: %s is held by this process (process %d), which already has the store open for writing: use that open, or close it first", e.Path, e.PID)
+	}
+	return fmt.Sprintf("blockdev: %s is held by process %d, which has the store open for writing: stop it, or open the store read-only", e.Path, e.PID)
+}
+
+func (e *LockedError) Unwrap() error { return ErrLocked }
 
 // SimDir is an in-memory Dir of Sim devices that models directory
 // durability: a created, removed or renamed name is durable only after

@@ -187,7 +187,7 @@ func (l *Log) lookAtWriter() bool {
 	if l.durable == nil { // the writer may have made it since
 		l.durable = openDurable(l.dir.Path())
 	}
-	l.liveWriter = writerLive(l.dir.Path())
+	l.liveWriter = writerLive(l.dir)
 	l.ack, l.ackOK = durableState{}, true
 	if l.liveWriter && l.durable != nil {
 		l.ack, l.ackOK = l.durable.read()

@@ -171,7 +171,7 @@ func (l *Log) Writer() WriterInfo {
 	if _, ok := l.dir.(*blockdev.OSDir); !ok {
 		return WriterInfo{}
 	}
-	w := WriterInfo{Live: writerLive(l.dir.Path())}
+	w := WriterInfo{Live: writerLive(l.dir)}
 	l.refreshMu.Lock()
 	defer l.refreshMu.Unlock()
 	if l.durable == nil && !l.isClosed.Load() { // the writer may have made it since

@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -396,4 +397,79 @@ func TestReaderFailsClosedOnDurableMidUpdate(t *testing.T) {
 		assert.True(t, changed)
 		assert.Equal(t, uint64(5), r.EndOffset())
 	}
+}
+
+// TestWriterOpensBesideProbingReaders: readers asking whether a writer is
+// live (the probe itself, Refresh, Writer) while a writer opens and closes
+// the log 30 times never make an open fail: the probe queries the lock
+// without taking it (with one that took it, shared and briefly, about
+// one run in four of this test saw an open refused; blockdev's
+// TestLockQueriesNeverRefuseALock is the sharper check of the lock).
+func TestWriterOpensBesideProbingReaders(t *testing.T) {
+	path := t.TempDir()
+	opts := realOptions()
+	opts.Preallocate = false // the opens, not the zeroing, are under test
+	l, err := Open(path, opts)
+	require.NoError(t, err)
+	_, err = l.Append([]byte("a"))
+	require.NoError(t, err)
+	require.NoError(t, l.Close())
+	reader := readerOf(t, path)
+	stop := make(chan struct{})
+	const probers = 3
+	probeErrs := make(chan error, probers)
+	for i := range probers {
+		go func() {
+			for {
+				select {
+				case <-stop:
+					probeErrs <- nil
+					return
+				default:
+				}
+				var err error
+				switch i {
+				case 0:
+					_, err = reader.Refresh()
+					reader.Writer()
+				default: // the probe alone, as often as it can run
+					writerLive(reader.dir)
+				}
+				if err != nil {
+					probeErrs <- err
+					return
+				}
+			}
+		}()
+	}
+	refused := 0
+	for range 30 {
+		w, err := Open(path, opts)
+		if errors.Is(err, blockdev.ErrLocked) {
+			refused++
+			continue
+		}
+		require.NoError(t, err)
+		require.True(t, writerLive(w.dir))
+		require.NoError(t, w.Close())
+	}
+	close(stop)
+	for range probers {
+		require.NoError(t, <-probeErrs)
+	}
+	assert.Zero(t, refused, "writer opens refused while only readers probed")
+}
+
+// TestSecondWriterIsToldWhoHoldsTheLock: a second writer's open is
+// refused with ErrLocked, naming the lock file, the process holding it
+// and what to do.
+func TestSecondWriterIsToldWhoHoldsTheLock(t *testing.T) {
+	path := t.TempDir()
+	writer := realLog(t, path)
+	defer writer.Close()
+	_, err := Open(path, realOptions())
+	require.ErrorIs(t, err, blockdev.ErrLocked)
+	assert.ErrorContains(t, err, filepath.Join(path, lockName))
+	assert.ErrorContains(t, err, fmt.Sprintf("process %d", os.Getpid()))
+	assert.ErrorContains(t, err, "close it first")
 }

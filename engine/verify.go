@@ -8,8 +8,6 @@ import (
 	"path/filepath"
 	"slices"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/segstore/segstore/blockdev"
 	"github.com/segstore/segstore/wal"
 )
@@ -104,7 +102,7 @@ func Verify(dir string, opts VerifyOptions) (*VerifyReport, error) {
 		}
 	}
 	slices.Sort(bases)
-	r := &VerifyReport{LiveWriter: writerLive(d.Path())}
+	r := &VerifyReport{LiveWriter: writerLive(d)}
 	var published *durableFile // a live writer's acknowledged end
 	if r.LiveWriter {
 		if published = openDurable(d.Path()); published != nil {
@@ -251,18 +249,18 @@ func (r *VerifyReport) verifySegment(d blockdev.Dir, base uint64, last bool, ack
 	return nil
 }
 
-// writerLive reports whether a writer holds the lock of the store in dir
-// (flock is per open file, so this sees a writer in this process too). It
-// creates nothing.
-func writerLive(dir string) bool {
-	fd, err := unix.Open(filepath.Join(dir, lockName), unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
+// writerLive reports whether a writer holds the lock of the store in d
+// (the lock belongs to an open file, so this sees a writer in this process
+// too). It queries the lock without taking it, so a writer opening at the
+// same moment never finds it taken by the probe; it creates nothing. A
+// lock that cannot be queried counts as held, so that readers show only
+// what a writer has acknowledged. A simulated directory has no lock, and
+// no writer in another process.
+func writerLive(d blockdev.Dir) bool {
+	od, ok := d.(*blockdev.OSDir)
+	if !ok {
 		return false
 	}
-	defer unix.Close(fd)
-	if err := unix.Flock(fd, unix.LOCK_SH|unix.LOCK_NB); err != nil {
-		return errors.Is(err, unix.EWOULDBLOCK)
-	}
-	unix.Flock(fd, unix.LOCK_UN)
-	return false
+	held, _, err := od.LockHolder(lockName)
+	return held || err != nil
 }

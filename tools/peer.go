@@ -65,9 +65,13 @@ func Serve(ctx context.Context, out io.Writer, dirs []string, opts ServeOptions,
 			return err
 		}
 		l, err := openStore(dir, true, false)
-		if errors.Is(err, blockdev.ErrLocked) {
+		if locked := (*blockdev.LockedError)(nil); errors.As(err, &locked) {
+			writer := "another process"
+			if locked.PID > 0 {
+				writer = fmt.Sprintf("process %d", locked.PID)
+			}
 			if l, err = openStore(dir, false, false); err == nil {
-				fmt.Fprintf(out, "%s is written by another process: served read-only, refreshed as its files change\n", dir)
+				fmt.Fprintf(out, "%s is written by %s: served read-only, refreshed as its files change\n", dir, writer)
 				refreshers.Add(1)
 				go func() {
 					defer refreshers.Done()

@@ -96,7 +96,7 @@ func TestServeBesideWriter(t *testing.T) {
 		served <- Serve(ctx, &out, []string{dir}, ServeOptions{Listen: "127.0.0.1:0", Refresh: 5 * time.Millisecond}, func(a string) { addr <- a })
 	}()
 	url := "http://" + <-addr
-	assert.Contains(t, out.String(), "written by another process: served read-only")
+	assert.Contains(t, out.String(), fmt.Sprintf("written by process %d: served read-only", os.Getpid()), "the writer is this process")
 	copyDir := filepath.Join(t.TempDir(), "copy")
 	rctx, rcancel := context.WithCancel(ctx)
 	replicated := make(chan error, 1)
