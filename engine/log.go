@@ -51,7 +51,7 @@ type Log struct {
 	start atomic.Uint64              // first retained offset (TruncateFront, retention)
 
 	durMu     sync.Mutex
-	durCh     chan struct{}    // closed and replaced when durability advances, if durWaited
+	durCh     chan struct{}    // closed and replaced when durability advances, a segment is sealed or the end is cut, if durWaited
 	durWaited bool             // guarded by durMu: a Wait took durCh
 	readPool  *alignedbuf.Pool // aligned buffers for point-read misses (copied into the cache)
 	spareMu   sync.Mutex
@@ -843,7 +843,7 @@ func (l *Log) rollIf(s *segment) error {
 	segs := append(slices.Clone(*l.segs.Load()), next)
 	l.segs.Store(&segs)
 	l.active = next
-	l.publishDurable()
+	l.notifyDurable() // wakes WaitActive callers on the sealed segment
 	if err := l.applyRetentionLocked(); err != nil {
 		// A deletion may have stopped halfway (START written, files not all
 		// removed, or a directory fsync failed): reopening finishes it.
@@ -975,12 +975,19 @@ func (l *Log) DurableOffset() uint64 {
 // Wait returns once offset is durable (DurableOffset() > offset), or when
 // ctx is done.
 func (l *Log) Wait(ctx context.Context, offset uint64) error {
+	return l.waitUntil(ctx, func() bool { return l.DurableOffset() > offset })
+}
+
+// waitUntil returns once done() holds, looking again whenever durability
+// advances, a segment is sealed or the log's end is cut; or when ctx is
+// done.
+func (l *Log) waitUntil(ctx context.Context, done func() bool) error {
 	for {
 		l.durMu.Lock()
 		ch := l.durCh
 		l.durWaited = true
 		l.durMu.Unlock()
-		if l.DurableOffset() > offset {
+		if done() {
 			return nil
 		}
 		select {

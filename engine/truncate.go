@@ -164,7 +164,7 @@ func (l *Log) TruncateBack(from uint64) error {
 	if err := l.truncateBackLocked(from); err != nil {
 		return l.fail(fmt.Sprintf("TruncateBack(%d)", from), err)
 	}
-	l.publishDurable()
+	l.notifyDurable() // wakes WaitActive callers on the cut segment
 	return nil
 }
 

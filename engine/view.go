@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -55,6 +56,21 @@ func (l *Log) OpenSegment(base uint64) (*SegmentView, error) {
 	v := &SegmentView{l: l, s: s, info: s.info(), f: f}
 	v.size = v.info.ExportSize()
 	return v, nil
+}
+
+// WaitActive returns once segment base is no longer the active segment
+// with end durable at file position pos: records after pos became durable,
+// or it was sealed (its footer is now exported), cut back or dropped; or
+// when ctx is done. A server's long poll on the tail waits with it.
+func (l *Log) WaitActive(ctx context.Context, base uint64, pos int64) error {
+	return l.waitUntil(ctx, func() bool {
+		segs := *l.segs.Load()
+		i := sort.Search(len(segs), func(i int) bool { return segs[i].base >= base })
+		if i == len(segs) || segs[i].base != base || l.isClosed.Load() {
+			return true
+		}
+		return segs[i].isSealed() || segs[i].vis().pos != pos
+	})
 }
 
 // segmentAt takes a reference on the segment whose base is base and loads

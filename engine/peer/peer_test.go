@@ -167,7 +167,7 @@ func TestServerSecurity(t *testing.T) {
 	open := NewServer(map[string]*engine.Log{"main": l}, ServerOptions{})
 	for addr, code := range map[string]int{"127.0.0.1:5000": http.StatusOK, "[::1]:5000": http.StatusOK, "10.1.2.3:5000": http.StatusForbidden} {
 		req := httptest.NewRequest(http.MethodGet, "/v1/logs", nil)
-		req.RemoteAddr = addr
+		req.RemoteAddr, req.Host = addr, "localhost:7070"
 		rec := httptest.NewRecorder()
 		open.ServeHTTP(rec, req)
 		assert.Equal(t, code, rec.Code, addr)

@@ -13,11 +13,13 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/segstore/segstore/engine"
@@ -27,21 +29,42 @@ import (
 type ServerOptions struct {
 	// Token: clients must send "Authorization: Bearer <Token>" (compared in
 	// constant time). Without a token only loopback clients are served,
-	// unless AllowRemote is set.
+	// unless AllowRemote is set, and only requests naming a loopback host
+	// (localhost, a loopback address such as 127.0.0.1 or [::1], any port)
+	// or one of AllowedHosts: a web page that rebinds its own DNS name to
+	// this machine cannot read the logs through a browser. With
+	// AllowRemote any IP address is accepted as a host too (a page cannot
+	// choose an address as its origin).
 	Token       string
 	AllowRemote bool
-	// MaxExports bounds the segment and tail responses in flight; more get
-	// 503 with Retry-After. Default 16.
+	// AllowedHosts are more host names (without a port, compared without
+	// regard to case) that requests may name when there is no token.
+	AllowedHosts []string
+	// MaxExports bounds the segment and tail bodies being sent at once;
+	// more get 503 with Retry-After. A waiting tail poll holds none.
+	// Default 64.
 	MaxExports int
+	// MaxWaiters bounds the tail polls waiting for new records at once;
+	// more get 503 with Retry-After. Default 1024.
+	MaxWaiters int
 	// RateLimit, if positive, bounds each response's body to this many
-	// bytes per second (sent in sendfile chunks of a tenth of a second).
+	// bytes per second (sent in sendfile chunks of a tenth of a second's
+	// worth, each paced to the rate).
 	RateLimit int64
 	// MaxWait bounds a tail request's long poll. Default 30s.
 	MaxWait time.Duration
-	// Registry receives the metrics served at /metrics. Default: a new one.
+	// WriteTimeout: every write of a response must go out within it.
+	// Bodies are sent in sendfile chunks of at most 1 MiB, each under a
+	// deadline this far ahead, so a client that stops reading is cut off
+	// (and its export slot freed) within WriteTimeout, and one reading
+	// slower than 1 MiB per WriteTimeout is too. Default 30s.
+	WriteTimeout time.Duration
+	// Registry receives the metrics served at /metrics, with the Go
+	// runtime and process collectors. Default: a new one.
 	Registry *prometheus.Registry
-	// HeaderTimeout: HTTPServer's connections must send their request
-	// headers within it (against slowloris clients). Default 10s.
+	// HeaderTimeout: HTTPServer's connections must send each request
+	// whole, headers and any body, within it (against slowloris clients).
+	// Requests with a body are refused at once. Default 10s.
 	HeaderTimeout time.Duration
 }
 
@@ -58,25 +81,44 @@ type Server struct {
 	logs    map[string]*engine.Log
 	opts    ServerOptions
 	mux     *http.ServeMux
-	exports chan struct{}
+	exports chan struct{} // a slot per body being sent
+	waiters chan struct{} // a slot per waiting tail poll
 	m       metrics
+	// pause waits d, or until ctx is done, and now tells the time: the
+	// rate limiter's pacing (a test replaces both with a clock of its own).
+	pause func(ctx context.Context, d time.Duration) error
+	now   func() time.Time
 }
 
 type metrics struct {
 	requests *prometheus.CounterVec
 	bytes    *prometheus.CounterVec
+	cut      prometheus.Counter
 	active   prometheus.Gauge
 	waiters  prometheus.Gauge
 }
+
+// codeClientGone labels requests whose client went away before it was
+// answered (nginx's "client closed request"): not a server error.
+const codeClientGone = "499"
+
+// chunkSize is the most a body sends under one write deadline.
+const chunkSize = 1 << 20
 
 // NewServer returns a server for logs, by name. The logs stay the
 // caller's to close (after the server stops).
 func NewServer(logs map[string]*engine.Log, opts ServerOptions) *Server {
 	if opts.MaxExports <= 0 {
-		opts.MaxExports = 16
+		opts.MaxExports = 64
+	}
+	if opts.MaxWaiters <= 0 {
+		opts.MaxWaiters = 1024
 	}
 	if opts.MaxWait <= 0 {
 		opts.MaxWait = 30 * time.Second
+	}
+	if opts.WriteTimeout <= 0 {
+		opts.WriteTimeout = 30 * time.Second
 	}
 	if opts.Registry == nil {
 		opts.Registry = prometheus.NewRegistry()
@@ -84,14 +126,19 @@ func NewServer(logs map[string]*engine.Log, opts ServerOptions) *Server {
 	if opts.HeaderTimeout <= 0 {
 		opts.HeaderTimeout = 10 * time.Second
 	}
-	s := &Server{logs: logs, opts: opts, mux: http.NewServeMux(), exports: make(chan struct{}, opts.MaxExports)}
+	s := &Server{logs: logs, opts: opts, mux: http.NewServeMux(), exports: make(chan struct{}, opts.MaxExports),
+		waiters: make(chan struct{}, opts.MaxWaiters), pause: sleepCtx, now: time.Now}
 	s.m = metrics{
-		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "segstore_peer_requests_total", Help: "HTTP requests by endpoint and status code."}, []string{"endpoint", "code"}),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "segstore_peer_requests_total", Help: "HTTP requests by endpoint and status code (" + codeClientGone + ": the client went away before the answer)."}, []string{"endpoint", "code"}),
 		bytes:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "segstore_peer_sent_bytes_total", Help: "Segment bytes sent, by sendfile or by a copy (TLS)."}, []string{"path"}),
-		active:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "segstore_peer_active_exports", Help: "Segment and tail responses in flight."}),
+		cut:      prometheus.NewCounter(prometheus.CounterOpts{Name: "segstore_peer_cut_responses_total", Help: "Bodies cut off before their end: the client stopped reading for the write timeout, or went away."}),
+		active:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "segstore_peer_active_exports", Help: "Segment and tail bodies being sent."}),
 		waiters:  prometheus.NewGauge(prometheus.GaugeOpts{Name: "segstore_peer_tail_waiters", Help: "Tail requests waiting for new durable records."}),
 	}
-	opts.Registry.MustRegister(s.m.requests, s.m.bytes, s.m.active, s.m.waiters, &logCollector{logs: logs})
+	opts.Registry.MustRegister(s.m.requests, s.m.bytes, s.m.cut, s.m.active, s.m.waiters, &logCollector{logs: logs})
+	for _, c := range []prometheus.Collector{collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
+		_ = opts.Registry.Register(c) // refused only if a caller's registry has these metrics already
+	}
 	s.handle("GET /v1/logs", "logs", s.listLogs)
 	s.handle("GET /v1/logs/{name}/segments", "segments", s.listSegments)
 	s.handle("GET /v1/logs/{name}/segments/{base}", "segment", s.segment)
@@ -104,15 +151,50 @@ func NewServer(logs map[string]*engine.Log, opts ServerOptions) *Server {
 	return s
 }
 
-// HTTPServer returns an http.Server for s on addr with timeouts against
-// slow clients: headers within HeaderTimeout, idle connections closed
-// after 2 min. Body writes get a deadline per response, from its size.
-func (s *Server) HTTPServer(addr string) *http.Server {
-	return &http.Server{Addr: addr, Handler: s, ReadHeaderTimeout: s.opts.HeaderTimeout, IdleTimeout: 2 * time.Minute,
-		MaxHeaderBytes: 16 << 10}
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
-func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
+// HTTPServer returns an http.Server for s on addr with limits against
+// slow clients: each request, headers and any body, within HeaderTimeout
+// (ReadTimeout and ReadHeaderTimeout), headers of at most 16 KiB, idle
+// connections closed after 2 min. Writes get deadlines from WriteTimeout
+// (see ServeHTTP).
+func (s *Server) HTTPServer(addr string) *http.Server {
+	return &http.Server{Addr: addr, Handler: s, ReadHeaderTimeout: s.opts.HeaderTimeout, ReadTimeout: s.opts.HeaderTimeout,
+		IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 16 << 10}
+}
+
+// ServeHTTP refuses a request that declares a body (no endpoint takes
+// one) at once, closing the connection without reading it, so a client
+// that never sends it holds nothing. Any other request gets a write
+// deadline WriteTimeout ahead and no read deadline while it is handled:
+// its whole request is in, and a read deadline would cancel a long poll.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	rc := http.NewResponseController(w)
+	if r.ContentLength != 0 { // -1: chunked, of unknown length
+		_ = rc.SetReadDeadline(time.Now()) // not every writer has deadlines; HTTPServer's do
+		w.Header().Set("Connection", "close")
+		http.Error(w, "segstore: requests carry no body; this one declares one", http.StatusBadRequest)
+		s.m.requests.WithLabelValues("body", strconv.Itoa(http.StatusBadRequest)).Inc()
+		return
+	}
+	_ = rc.SetReadDeadline(time.Time{})
+	s.allowWrite(w)
+	s.mux.ServeHTTP(w, r)
+}
+
+// allowWrite sets w's write deadline WriteTimeout ahead.
+func (s *Server) allowWrite(w http.ResponseWriter) {
+	_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(s.opts.WriteTimeout)) // not every writer has one
+}
 
 // httpError is an error with the status code to answer.
 type httpError struct {
@@ -172,23 +254,27 @@ func (s *Server) handle(pattern, endpoint string, h func(*statusWriter, *http.Re
 		if err == nil {
 			err = h(w, r)
 		}
-		if err != nil {
+		code := strconv.Itoa(w.code)
+		if err != nil && w.code == 0 { // nothing sent yet: say what went wrong
 			var he *httpError
-			code := http.StatusInternalServerError
+			status := http.StatusInternalServerError
 			switch {
 			case errors.As(err, &he):
-				code = he.code
+				status = he.code
 			case errors.Is(err, engine.ErrOutOfRange):
-				code = http.StatusNotFound
+				status = http.StatusNotFound
 			}
-			if w.code == 0 { // nothing sent yet: say what went wrong
-				if code == http.StatusServiceUnavailable {
+			if r.Context().Err() != nil && errors.Is(err, r.Context().Err()) {
+				code = codeClientGone // nobody to answer
+			} else {
+				if status == http.StatusServiceUnavailable {
 					w.Header().Set("Retry-After", "1")
 				}
-				http.Error(w, err.Error(), code)
+				http.Error(w, err.Error(), status)
+				code = strconv.Itoa(status)
 			}
 		}
-		s.m.requests.WithLabelValues(endpoint, strconv.Itoa(w.code)).Inc()
+		s.m.requests.WithLabelValues(endpoint, code).Inc()
 	})
 }
 
@@ -200,6 +286,9 @@ func (s *Server) authorize(r *http.Request) error {
 		}
 		return nil
 	}
+	if !s.hostAllowed(r.Host) {
+		return errorf(http.StatusMisdirectedRequest, "segstore: no token is configured, so only requests for localhost, a loopback address or an allowed host name are served, not for %q; use one of those, allow the name (ServerOptions.AllowedHosts, segtool serve --allow-host), or set a token", r.Host)
+	}
 	if s.opts.AllowRemote {
 		return nil
 	}
@@ -208,6 +297,35 @@ func (s *Server) authorize(r *http.Request) error {
 		return errorf(http.StatusForbidden, "segstore: no token is configured, so only loopback clients are served")
 	}
 	return nil
+}
+
+// hostAllowed reports whether a request without a token may name
+// hostport (its Host header): localhost or a loopback address, any IP
+// address with AllowRemote, or one of AllowedHosts; any port.
+func (s *Server) hostAllowed(hostport string) bool {
+	host := hostport
+	if h, _, err := net.SplitHostPort(hostport); err == nil {
+		host = h
+	} else if h, ok := strings.CutPrefix(hostport, "["); ok { // [::1] without a port
+		host, _ = strings.CutSuffix(h, "]")
+	}
+	ip, err := netip.ParseAddr(host)
+	if strings.HasPrefix(hostport, "[") && (err != nil || !ip.Is6()) {
+		return false // brackets hold an IPv6 address and nothing else
+	}
+	if err == nil {
+		return ip.IsLoopback() || s.opts.AllowRemote
+	}
+	host = strings.ToLower(strings.TrimSuffix(host, "."))
+	if host == "localhost" {
+		return true
+	}
+	for _, h := range s.opts.AllowedHosts {
+		if host != "" && strings.EqualFold(host, strings.TrimSuffix(h, ".")) {
+			return true
+		}
+	}
+	return false
 }
 
 func (s *Server) log(r *http.Request) (*engine.Log, error) {
@@ -277,7 +395,7 @@ func (s *Server) acquireExport() (release func(), err error) {
 		s.m.active.Inc()
 		return func() { <-s.exports; s.m.active.Dec() }, nil
 	default:
-		return nil, errorf(http.StatusServiceUnavailable, "segstore: %d exports in flight, try again", s.opts.MaxExports)
+		return nil, errorf(http.StatusServiceUnavailable, "segstore: %d exports in flight (the server's limit), try again", s.opts.MaxExports)
 	}
 }
 
@@ -294,11 +412,6 @@ func (s *Server) openView(r *http.Request) (*engine.SegmentView, error) {
 }
 
 func (s *Server) segment(w *statusWriter, r *http.Request) error {
-	release, err := s.acquireExport()
-	if err != nil {
-		return err
-	}
-	defer release()
 	v, err := s.openView(r)
 	if err != nil {
 		return err
@@ -306,18 +419,27 @@ func (s *Server) segment(w *statusWriter, r *http.Request) error {
 	defer v.Close()
 	size := v.Size()
 	h := w.Header()
+	setSegmentHeaders(h, v)
+	etag := "" // the active segment has none: its bytes may still be cut back
+	if v.Info().Sealed {
+		etag = fmt.Sprintf(`"%d-%d-%08x"`, v.Info().Base, size, v.Info().FooterCRC)
+		h.Set("ETag", etag)
+	}
+	code, whole := preconditions(r.Header, etag)
+	switch code {
+	case http.StatusNotModified:
+		w.WriteHeader(code)
+		return nil
+	case http.StatusPreconditionFailed:
+		return errorf(code, "segstore: If-Match %q does not match segment %d (ETag %s): it changed since", r.Header.Get("If-Match"), v.Info().Base, etag)
+	}
 	h.Set("Accept-Ranges", "bytes")
 	h.Set("Content-Type", "application/octet-stream")
-	setSegmentHeaders(h, v)
-	if v.Info().Sealed {
-		etag := fmt.Sprintf(`"%d-%d-%08x"`, v.Info().Base, size, v.Info().FooterCRC)
-		h.Set("ETag", etag)
-		if r.Header.Get("If-None-Match") == etag {
-			w.WriteHeader(http.StatusNotModified)
-			return nil
-		}
+	rg := r.Header.Get("Range")
+	if whole {
+		rg = ""
 	}
-	off, n, partial, err := parseRange(r.Header.Get("Range"), size)
+	off, n, partial, err := parseRange(rg, size)
 	if err != nil {
 		h.Set("Content-Range", fmt.Sprintf("bytes */%d", size))
 		return err
@@ -327,7 +449,89 @@ func (s *Server) segment(w *statusWriter, r *http.Request) error {
 		h.Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", off, off+n-1, size))
 		w.WriteHeader(http.StatusPartialContent)
 	}
-	return s.send(w, v, off, n)
+	return s.send(w, r, v, off, n)
+}
+
+// preconditions evaluates a GET or HEAD's conditional headers against the
+// entity tag of what it asks for ("" for none) as RFC 9110 section 13.2.2
+// orders them: 412 if If-Match fails (strong comparison), else 304 if
+// If-None-Match matches (weak comparison; "*" matches anything), else 0.
+// whole reports that an If-Range failed, so the Range is ignored and the
+// whole body sent: If-Range holds only for the same strong entity tag (a
+// date never matches: segments are not served with a Last-Modified).
+// Dates in If-Modified-Since and If-Unmodified-Since are ignored for the
+// same reason. Several header lines count as one comma-separated list.
+func preconditions(h http.Header, etag string) (code int, whole bool) {
+	if im := h.Values("If-Match"); len(im) > 0 && !etagListMatches(strings.Join(im, ","), etag, true) {
+		return http.StatusPreconditionFailed, false
+	}
+	if inm := h.Values("If-None-Match"); len(inm) > 0 && etagListMatches(strings.Join(inm, ","), etag, false) {
+		return http.StatusNotModified, false
+	}
+	if ir := h.Get("If-Range"); ir != "" && h.Get("Range") != "" {
+		tag, rest := scanETag(ir)
+		whole = tag == "" || strings.TrimSpace(rest) != "" || !etagMatch(tag, etag, true)
+	}
+	return 0, whole
+}
+
+// etagListMatches reports whether the If-Match or If-None-Match value
+// list ("*" or entity tags separated by commas) names etag, comparing
+// strongly or weakly. A malformed list matches nothing from where it
+// goes wrong.
+func etagListMatches(list, etag string, strong bool) bool {
+	for {
+		list = strings.TrimLeft(list, " \t,")
+		if list == "" {
+			return false
+		}
+		if list[0] == '*' {
+			return true // the segment exists: "*" matches it
+		}
+		tag, rest := scanETag(list)
+		if tag == "" {
+			return false
+		}
+		if etagMatch(tag, etag, strong) {
+			return true
+		}
+		list = rest
+	}
+}
+
+// scanETag reads the entity tag (W/"x" or "x") at the start of s and
+// returns it and what follows; "" if there is none.
+func scanETag(s string) (tag, rest string) {
+	s = strings.TrimLeft(s, " \t")
+	start := 0
+	if strings.HasPrefix(s, "W/") {
+		start = 2
+	}
+	if len(s)-start < 2 || s[start] != '"' {
+		return "", ""
+	}
+	for i := start + 1; i < len(s); i++ {
+		switch c := s[i]; {
+		case c == '"':
+			return s[:i+1], s[i+1:]
+		case c == 0x21 || c >= 0x23 && c <= 0x7e || c >= 0x80: // etagc
+		default:
+			return "", ""
+		}
+	}
+	return "", ""
+}
+
+// etagMatch compares entity tags: strongly (neither weak, same opaque
+// tag) or weakly (same opaque tag). No tag ("") matches nothing.
+func etagMatch(a, b string, strong bool) bool {
+	if a == "" || b == "" {
+		return false
+	}
+	if strong {
+		return a == b && !strings.HasPrefix(a, "W/")
+	}
+	return strings.TrimPrefix(a, "W/") == strings.TrimPrefix(b, "W/")
 }
 
 func setSegmentHeaders(h http.Header, v *engine.SegmentView) {
@@ -337,33 +541,48 @@ func setSegmentHeaders(h http.Header, v *engine.SegmentView) {
 	h.Set("Segstore-Size", strconv.FormatInt(v.Size(), 10))
 }
 
-// send writes bytes [off, off+n) of v: by sendfile in one section, or in
-// rate-limited chunks, under a write deadline from the size (at least
-// 1 MiB/s, plus 30s).
-func (s *Server) send(w *statusWriter, v *engine.SegmentView, off, n int64) error {
-	deadline := time.Now().Add(30*time.Second + time.Duration(n/(1<<20))*time.Second)
-	if s.opts.RateLimit > 0 {
-		deadline = deadline.Add(time.Duration(n/s.opts.RateLimit) * time.Second)
+// send writes bytes [off, off+n) of v (nothing for HEAD), holding an
+// export slot (503 if none is free): by sendfile, in chunks of at most
+// chunkSize, each under a write deadline WriteTimeout ahead, so a client
+// that stops reading loses its slot within WriteTimeout. With a rate
+// limit the chunks hold a tenth of a second's bytes and are paced so the
+// body never runs ahead of the rate.
+func (s *Server) send(w *statusWriter, r *http.Request, v *engine.SegmentView, off, n int64) error {
+	if r.Method == http.MethodHead {
+		return nil
 	}
-	_ = http.NewResponseController(w).SetWriteDeadline(deadline) // not every writer has one
+	release, err := s.acquireExport()
+	if err != nil {
+		return err
+	}
+	defer release()
 	path := "sendfile"
 	if w.tls {
 		path = "copy"
 	}
-	chunk, pause := n, time.Duration(0)
-	if s.opts.RateLimit > 0 {
-		chunk, pause = max(s.opts.RateLimit/10, 4096), 100*time.Millisecond
+	chunk, rate := int64(chunkSize), s.opts.RateLimit
+	if rate > 0 {
+		chunk = min(max(rate/10, 1), chunk)
 	}
+	start := s.now()
 	for sent := int64(0); sent < n; {
-		start := time.Now()
+		s.allowWrite(w)
 		m, err := v.Section(off+sent, min(chunk, n-sent)).WriteTo(w)
 		sent += m
 		s.m.bytes.WithLabelValues(path).Add(float64(m))
 		if err != nil {
+			s.m.cut.Inc()
 			return err
 		}
-		if wait := pause - time.Since(start); wait > 0 && sent < n {
-			time.Sleep(wait)
+		if rate > 0 && sent < n {
+			// Out now, not when net/http's buffer fills (it holds the
+			// first bytes before the headers are written).
+			_ = http.NewResponseController(w).Flush()
+			due := start.Add(time.Duration(float64(sent) / float64(rate) * float64(time.Second)))
+			if err := s.pause(r.Context(), due.Sub(s.now())); err != nil {
+				s.m.cut.Inc()
+				return err
+			}
 		}
 	}
 	return nil
@@ -429,27 +648,19 @@ func (s *Server) tail(w *statusWriter, r *http.Request) error {
 		}
 		wait = min(d, s.opts.MaxWait)
 	}
-	release, err := s.acquireExport()
-	if err != nil {
-		return err
-	}
-	defer release()
 	v, err := l.OpenSegment(base)
 	if err != nil {
 		return err
 	}
 	if v.Size() <= pos && !v.Info().Sealed {
-		// Nothing new yet: wait for the next record to be durable.
-		next := v.Info().Next
+		// Nothing new yet: wait, holding no export slot, for records to
+		// become durable or the segment to be sealed or cut.
+		end := v.Size()
 		v.Close()
-		s.m.waiters.Inc()
-		ctx, cancel := context.WithTimeout(r.Context(), wait)
-		err := l.Wait(ctx, next)
-		cancel()
-		s.m.waiters.Dec()
-		if err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		if err := s.waitTail(r.Context(), l, base, end, wait); err != nil {
 			return err
 		}
+		s.allowWrite(w) // the wait may have outlasted the first deadline
 		if v, err = l.OpenSegment(base); err != nil {
 			return err
 		}
@@ -465,7 +676,26 @@ func (s *Server) tail(w *statusWriter, r *http.Request) error {
 	}
 	w.Header().Set("Content-Type", "application/octet-stream")
 	w.Header().Set("Content-Length", strconv.FormatInt(v.Size()-pos, 10))
-	return s.send(w, v, pos, v.Size()-pos)
+	return s.send(w, r, v, pos, v.Size()-pos)
+}
+
+// waitTail waits up to wait for active segment base of l to change from
+// ending at pos, holding a waiter slot (503 if none is free). Running out
+// of time is not an error.
+func (s *Server) waitTail(ctx context.Context, l *engine.Log, base uint64, pos int64, wait time.Duration) error {
+	select {
+	case s.waiters <- struct{}{}:
+	default:
+		return errorf(http.StatusServiceUnavailable, "segstore: %d tail polls waiting (the server's limit), try again", s.opts.MaxWaiters)
+	}
+	s.m.waiters.Inc()
+	defer func() { <-s.waiters; s.m.waiters.Dec() }()
+	ctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	if err := l.WaitActive(ctx, base, pos); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	return nil
 }
 
 // logCollector exports each log's Stats as Prometheus metrics.
@@ -475,8 +705,6 @@ var (
 	descAppends  = prometheus.NewDesc("segstore_appends_total", "Append calls (batches).", []string{"log"}, nil)
 	descRecords  = prometheus.NewDesc("segstore_records_total", "Records appended.", []string{"log"}, nil)
 	descSyncs    = prometheus.NewDesc("segstore_fsyncs_total", "fdatasyncs of segment files.", []string{"log"}, nil)
-	descBatch    = prometheus.NewDesc("segstore_appends_per_flush", "Mean appends per group-commit flush.", []string{"log"}, nil)
-	descSyncTime = prometheus.NewDesc("segstore_fsync_mean_seconds", "Mean fdatasync latency.", []string{"log"}, nil)
 	descHits     = prometheus.NewDesc("segstore_cache_hits_total", "Cache hits.", []string{"log"}, nil)
 	descMisses   = prometheus.NewDesc("segstore_cache_misses_total", "Cache misses.", []string{"log"}, nil)
 	descSegments = prometheus.NewDesc("segstore_segments", "Segment files.", []string{"log"}, nil)
@@ -488,7 +716,7 @@ var (
 )
 
 func (c *logCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descAppends, descRecords, descSyncs, descBatch, descSyncTime, descHits, descMisses, descSegments, descBytes, descEnd, descExported, descSyncHist, descBatch2} {
+	for _, d := range []*prometheus.Desc{descAppends, descRecords, descSyncs, descHits, descMisses, descSegments, descBytes, descEnd, descExported, descSyncHist, descBatch2} {
 		ch <- d
 	}
 }
@@ -505,8 +733,6 @@ func (c *logCollector) Collect(ch chan<- prometheus.Metric) {
 		counter(descAppends, float64(st.Appends))
 		counter(descRecords, float64(st.Records))
 		counter(descSyncs, float64(st.Syncs))
-		gauge(descBatch, st.MeanBatch)
-		gauge(descSyncTime, st.MeanSync.Seconds())
 		counter(descHits, float64(st.Cache.Hits))
 		counter(descMisses, float64(st.Cache.Misses))
 		gauge(descSegments, float64(st.Segments))

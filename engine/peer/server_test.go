@@ -1,0 +1,627 @@
+package peer
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
+
+	"github.com/segstore/segstore/engine"
+)
+
+// metric is the value of the metric name with labels (pairs of name and
+// value) in reg; 0 if it is not there.
+func metric(t *testing.T, reg *prometheus.Registry, name string, labels ...string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	require.NoError(t, err)
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	next:
+		for _, m := range mf.GetMetric() {
+			for i := 0; i+1 < len(labels); i += 2 {
+				found := false
+				for _, lp := range m.GetLabel() {
+					found = found || lp.GetName() == labels[i] && lp.GetValue() == labels[i+1]
+				}
+				if !found {
+					continue next
+				}
+			}
+			switch {
+			case m.Counter != nil:
+				return m.Counter.GetValue()
+			case m.Gauge != nil:
+				return m.Gauge.GetValue()
+			}
+		}
+	}
+	return 0
+}
+
+// segmentFile is the bytes of l's segment at base as a view exports them.
+func segmentFile(t *testing.T, l *engine.Log, base uint64) []byte {
+	t.Helper()
+	v, err := l.OpenSegment(base)
+	require.NoError(t, err)
+	defer v.Close()
+	b := make([]byte, v.Size())
+	_, err = v.ReadAt(b, 0)
+	require.NoError(t, err)
+	return b
+}
+
+// TestHostHeader sweeps the Host header a request names against every
+// combination of token, AllowRemote, AllowedHosts and client address:
+// without a token only loopback names (and configured ones, and with
+// AllowRemote IP addresses) are served, so a page that rebinds its DNS
+// name to this machine reads nothing; with one, the token decides.
+func TestHostHeader(t *testing.T) {
+	l := openLog(t, t.TempDir())
+	defer l.Close()
+	appendBatches(t, l, 10)
+	require.NoError(t, l.Roll())
+	const (
+		loopback   = "loopback"   // always a name of this machine
+		ip         = "ip"         // an address: no page can have it as its origin but this machine's
+		configured = "configured" // in AllowedHosts
+		hostile    = "hostile"    // any other name: possibly rebound
+	)
+	hosts := map[string]string{
+		"localhost": loopback, "localhost:7070": loopback, "LOCALHOST:1": loopback, "localhost.": loopback, "localhost.:7070": loopback,
+		"127.0.0.1": loopback, "127.0.0.1:7070": loopback, "127.9.9.9:1": loopback, "[::1]": loopback, "[::1]:7070": loopback,
+		"[::ffff:127.0.0.1]:80": loopback,
+		"10.1.2.3:7070":         ip, "10.1.2.3": ip, "[2001:db8::1]:7070": ip, "[2001:db8::1]": ip,
+		"segstore.internal:7070": configured, "SEGSTORE.INTERNAL": configured, "segstore.internal.": configured,
+		"attacker.example": hostile, "attacker.example:7070": hostile, "localhost.attacker.example": hostile,
+		"127.0.0.1.nip.io": hostile, "localhost@attacker.example": hostile, "localhost:7070:1": hostile, "": hostile,
+		"[::1].attacker.example": hostile, "segstore.internal.attacker.example": hostile, "xlocalhost": hostile,
+		"127.1": hostile, "[localhost]": hostile, "internal": hostile,
+	}
+	remotes := map[string]bool{"127.0.0.1:5000": true, "[::1]:5000": true, "10.9.9.9:5000": false} // loopback?
+	for _, token := range []string{"", "tok"} {
+		for _, allowRemote := range []bool{false, true} {
+			for _, allowed := range [][]string{nil, {"segstore.internal"}} {
+				srv := NewServer(map[string]*engine.Log{"main": l}, ServerOptions{Token: token, AllowRemote: allowRemote, AllowedHosts: allowed})
+				for host, class := range hosts {
+					for remote, isLoopback := range remotes {
+						name := fmt.Sprintf("token=%q remote=%v allowed=%v host=%q from %s", token, allowRemote, allowed, host, remote)
+						want := http.StatusOK
+						switch {
+						case token != "":
+						case class == hostile, class == ip && !allowRemote, class == configured && allowed == nil:
+							want = http.StatusMisdirectedRequest
+						case !isLoopback && !allowRemote:
+							want = http.StatusForbidden
+						}
+						req := httptest.NewRequest(http.MethodGet, "/v1/logs/main/segments/0", nil)
+						req.RemoteAddr, req.Host = remote, host
+						if token != "" {
+							req.Header.Set("Authorization", "Bearer "+token)
+						}
+						rec := httptest.NewRecorder()
+						srv.ServeHTTP(rec, req)
+						require.Equal(t, want, rec.Code, name)
+						if want != http.StatusOK {
+							assert.NotContains(t, rec.Body.String(), "segstore\x01", "%s: no segment bytes", name)
+						}
+						if want == http.StatusMisdirectedRequest {
+							assert.Contains(t, rec.Body.String(), fmt.Sprintf("not for %q", host), name)
+							assert.Contains(t, rec.Body.String(), "--allow-host", name)
+						}
+					}
+				}
+			}
+		}
+	}
+}
+
+// TestConditionalRequests sweeps If-Match, If-None-Match, If-Range and
+// Range (and GET or HEAD) over a sealed segment, which has an entity tag,
+// and the active one, which has none: each answer (code, body,
+// Content-Range) is what net/http's ServeContent, which follows RFC 9110,
+// gives for the same bytes and tag; the body still goes by sendfile.
+func TestConditionalRequests(t *testing.T) {
+	l := openLog(t, t.TempDir())
+	defer l.Close()
+	appendBatches(t, l, 20)
+	require.NoError(t, l.Roll())
+	appendBatches(t, l, 5)
+	srv := NewServer(map[string]*engine.Log{"main": l}, ServerOptions{})
+	segs := l.Segments()
+	require.Len(t, segs, 2)
+	require.True(t, segs[0].Sealed)
+	require.False(t, segs[1].Sealed)
+	date := "Tue, 01 Dec 2026 21:00:00 GMT"
+	for _, seg := range segs {
+		body := segmentFile(t, l, seg.Base)
+		url := fmt.Sprintf("/v1/logs/main/segments/%d", seg.Base)
+		rec := httptest.NewRecorder()
+		srv.ServeHTTP(rec, localRequest(http.MethodGet, url))
+		require.Equal(t, http.StatusOK, rec.Code)
+		etag := rec.Header().Get("ETag")
+		require.Equal(t, seg.Sealed, etag != "", "only sealed segments have a tag")
+		other := `"0-1-00000000"`
+		weak := "W/" + etag
+		if etag == "" {
+			weak = `W/"x"`
+		}
+		ifMatch := []string{"", etag, "*", other, weak, other + ", " + etag, other + " ," + weak, "garbage"}
+		ifNoneMatch := []string{"", etag, "*", weak, other, other + ", " + weak, "garbage", other + "," + etag}
+		ifRange := []string{"", etag, weak, other, date}
+		ranges := []string{"", "bytes=0-99", "bytes=-17", "bytes=100-", "bytes=99999999-"}
+		n := 0
+		for _, method := range []string{http.MethodGet, http.MethodHead} {
+			for _, im := range ifMatch {
+				for _, inm := range ifNoneMatch {
+					for _, ir := range ifRange {
+						for _, rg := range ranges {
+							req := localRequest(method, url)
+							for k, v := range map[string]string{"If-Match": im, "If-None-Match": inm, "If-Range": ir, "Range": rg} {
+								if v != "" {
+									req.Header.Set(k, v)
+								}
+							}
+							name := fmt.Sprintf("sealed=%v %s If-Match=%s If-None-Match=%s If-Range=%s Range=%s", seg.Sealed, method, im, inm, ir, rg)
+							got := httptest.NewRecorder()
+							srv.ServeHTTP(got, req)
+							want := httptest.NewRecorder()
+							if etag != "" {
+								want.Header().Set("ETag", etag)
+							}
+							http.ServeContent(want, req, "", time.Time{}, bytes.NewReader(body))
+							require.Equal(t, want.Code, got.Code, name)
+							if got.Code == http.StatusOK || got.Code == http.StatusPartialContent {
+								require.Equal(t, want.Body.Bytes(), got.Body.Bytes(), name)
+							}
+							require.Equal(t, want.Header().Get("Content-Range"), got.Header().Get("Content-Range"), name)
+							n++
+						}
+					}
+				}
+			}
+		}
+		t.Logf("sealed=%v: %d requests", seg.Sealed, n)
+	}
+}
+
+// localRequest is a request as a loopback client sends it.
+func localRequest(method, url string) *http.Request {
+	req := httptest.NewRequest(method, url, nil)
+	req.RemoteAddr, req.Host = "127.0.0.1:5000", "localhost:7070"
+	return req
+}
+
+// TestResumeAfterRewrite: a client resuming a download with If-Range and
+// the tag it had gets the whole new file, not the rest of the old one,
+// once TruncateBack rewrote the segment; with the current tag it gets
+// the range.
+func TestResumeAfterRewrite(t *testing.T) {
+	l := openLog(t, t.TempDir())
+	defer l.Close()
+	appendBatches(t, l, 20)
+	require.NoError(t, l.Roll())
+	ts := httptest.NewServer(NewServer(map[string]*engine.Log{"main": l}, ServerOptions{}))
+	defer ts.Close()
+	url := ts.URL + "/v1/logs/main/segments/0"
+	resp, old := getBody(t, url, nil)
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	etag := resp.Header.Get("ETag")
+
+	require.NoError(t, l.TruncateBack(l.EndOffset()/2))
+	appendBatches(t, l, 20)
+	require.NoError(t, l.Roll())
+	resp, now := getBody(t, url, http.Header{"Range": {"bytes=1000-"}, "If-Range": {etag}})
+	require.Equal(t, http.StatusOK, resp.StatusCode, "the tag changed: the whole file")
+	require.NotEqual(t, old, now)
+	require.Equal(t, segmentFile(t, l, 0), now)
+	resp, part := getBody(t, url, http.Header{"Range": {"bytes=1000-"}, "If-Range": {resp.Header.Get("ETag")}})
+	require.Equal(t, http.StatusPartialContent, resp.StatusCode)
+	require.Equal(t, now[1000:], part)
+	resp, _ = getBody(t, url, http.Header{"If-Match": {etag}})
+	assert.Equal(t, http.StatusPreconditionFailed, resp.StatusCode)
+}
+
+// TestTailWakesOnEveryChange: a tail poll waiting at the active segment's
+// end is answered when records become durable, when the segment is sealed
+// (the rest of the file, footer included) and when it is cut back (416),
+// not when its wait runs out.
+func TestTailWakesOnEveryChange(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		change func(*engine.Log) error
+		code   int
+	}{
+		{"append", func(l *engine.Log) error { _, err := l.Append([]byte("new")); return err }, http.StatusOK},
+		{"seal", func(l *engine.Log) error { return l.Roll() }, http.StatusOK},
+		{"truncate", func(l *engine.Log) error { return l.TruncateBack(l.EndOffset() - 3) }, http.StatusRequestedRangeNotSatisfiable},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l := openLog(t, t.TempDir())
+			defer l.Close()
+			appendBatches(t, l, 5)
+			reg := prometheus.NewRegistry()
+			ts := httptest.NewServer(NewServer(map[string]*engine.Log{"main": l}, ServerOptions{MaxWait: time.Hour, Registry: reg}))
+			defer ts.Close()
+			active := l.Segments()[0]
+			done := make(chan *http.Response, 1)
+			go func() {
+				resp, _ := getBody(t, fmt.Sprintf("%s/v1/logs/main/tail?base=%d&pos=%d&wait=1h", ts.URL, active.Base, active.ExportSize()), nil)
+				done <- resp
+			}()
+			waitFor(t, "the poll to wait", func() bool { return metric(t, reg, "segstore_peer_tail_waiters") == 1 })
+			require.NoError(t, tc.change(l))
+			select {
+			case resp := <-done:
+				assert.Equal(t, tc.code, resp.StatusCode)
+			case <-time.After(time.Minute): // a liveness bound: the poll would wait an hour
+				t.Fatal("the waiting poll was not woken")
+			}
+			if tc.name != "seal" {
+				return
+			}
+			// Polls from where the last ended reach the sealed file's end.
+			var got []byte
+			for pos := active.ExportSize(); ; {
+				ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // liveness, as above
+				req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("%s/v1/logs/main/tail?base=%d&pos=%d&wait=1h", ts.URL, active.Base, pos), nil)
+				require.NoError(t, err)
+				resp, err := http.DefaultClient.Do(req)
+				require.NoError(t, err, "the waiting poll was not woken")
+				b, err := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				cancel()
+				require.NoError(t, err)
+				got, pos = append(got, b...), pos+int64(len(b))
+				if resp.Header.Get("Segstore-Sealed") == "true" {
+					assert.Equal(t, segmentFile(t, l, active.Base)[active.ExportSize():], got)
+					return
+				}
+			}
+		})
+	}
+}
+
+// fakeClock is the rate limiter's clock in a test: time moves only when
+// the server pauses.
+type fakeClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *fakeClock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
+
+func (c *fakeClock) Pause(_ context.Context, d time.Duration) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if d > 0 {
+		c.now = c.now.Add(d)
+	}
+	return nil
+}
+
+// TestRateLimitIsEnforced: for rates from 100 B/s up, a body paced by the
+// limiter takes the time its size needs at that rate (on the limiter's
+// own clock), whole and by sendfile.
+func TestRateLimitIsEnforced(t *testing.T) {
+	l := openLog(t, t.TempDir())
+	defer l.Close()
+	appendBatches(t, l, 100)
+	require.NoError(t, l.Roll())
+	file := segmentFile(t, l, 0)
+	const n = 5000
+	for _, rate := range []int64{100, 1000, 4096, 10_000, 40_000, 1 << 20} {
+		clock := &fakeClock{now: time.Now()}
+		srv := NewServer(map[string]*engine.Log{"main": l}, ServerOptions{RateLimit: rate})
+		srv.now, srv.pause = clock.Now, clock.Pause
+		ts := httptest.NewServer(srv)
+		start := clock.Now()
+		resp, b := getBody(t, ts.URL+"/v1/logs/main/segments/0", http.Header{"Range": {fmt.Sprintf("bytes=0-%d", n-1)}})
+		ts.Close()
+		require.Equal(t, http.StatusPartialContent, resp.StatusCode)
+		require.Equal(t, file[:n], b)
+		took := clock.Now().Sub(start)
+		chunk := min(max(rate/10, 1), n)
+		least := time.Duration(float64(n-chunk) / float64(rate) * float64(time.Second)) // the last chunk is not waited for
+		assert.GreaterOrEqual(t, took, least, "rate %d B/s", rate)
+		assert.LessOrEqual(t, took, time.Duration(float64(n)/float64(rate)*float64(time.Second)), "rate %d B/s", rate)
+	}
+}
+
+// TestMetricsOfTheProcess: /metrics has the Go runtime and process
+// collectors, no lifetime averages, and a tail poll whose client goes
+// away is not a server error.
+func TestMetricsOfTheProcess(t *testing.T) {
+	l := openLog(t, t.TempDir())
+	defer l.Close()
+	appendBatches(t, l, 5)
+	reg := prometheus.NewRegistry()
+	ts := httptest.NewServer(NewServer(map[string]*engine.Log{"main": l}, ServerOptions{Registry: reg, MaxWait: time.Hour}))
+	defer ts.Close()
+	active := l.Segments()[0]
+	ctx, cancel := context.WithCancel(context.Background())
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("%s/v1/logs/main/tail?base=%d&pos=%d", ts.URL, active.Base, active.ExportSize()), nil)
+	require.NoError(t, err)
+	done := make(chan error, 1)
+	go func() {
+		_, err := http.DefaultClient.Do(req)
+		done <- err
+	}()
+	waitFor(t, "the poll to wait", func() bool { return metric(t, reg, "segstore_peer_tail_waiters") == 1 })
+	cancel()
+	require.ErrorIs(t, <-done, context.Canceled)
+	waitFor(t, "the poll to be counted", func() bool {
+		return metric(t, reg, "segstore_peer_requests_total", "endpoint", "tail", "code", codeClientGone) == 1
+	})
+	assert.Zero(t, metric(t, reg, "segstore_peer_requests_total", "endpoint", "tail", "code", "500"))
+
+	_, b := getBody(t, ts.URL+"/metrics", nil)
+	for _, m := range []string{"go_goroutines", "go_memstats_heap_alloc_bytes", "process_open_fds", "process_resident_memory_bytes", "segstore_peer_cut_responses_total"} {
+		assert.Contains(t, string(b), m)
+	}
+	for _, m := range []string{"segstore_appends_per_flush", "segstore_fsync_mean_seconds"} {
+		assert.NotContains(t, string(b), m)
+	}
+	// A registry that has the collectors already is fine.
+	NewServer(map[string]*engine.Log{"main": l}, ServerOptions{Registry: prometheus.NewRegistry()})
+}
+
+// hostile is a server for the hostile-client sweep: small limits and
+// deadlines, a listener with small socket buffers (so a client that does
+// not read blocks the server's writes at once), and a log of several
+// sealed segments and an active one.
+type hostile struct {
+	l     *engine.Log
+	srv   *Server
+	reg   *prometheus.Registry
+	addr  string
+	opts  ServerOptions
+	conns []net.Conn // the attackers'
+}
+
+func newHostile(t *testing.T, opts ServerOptions) *hostile {
+	t.Helper()
+	l := openLog(t, t.TempDir())
+	t.Cleanup(func() { l.Close() })
+	appendBatches(t, l, 600)
+	h := &hostile{l: l, reg: prometheus.NewRegistry(), opts: opts}
+	opts.Registry = h.reg
+	h.srv = NewServer(map[string]*engine.Log{"main": l}, opts)
+	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		return c.Control(func(fd uintptr) { _ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUF, 4096) })
+	}}
+	ln, err := lc.Listen(context.Background(), "tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	hs := h.srv.HTTPServer("")
+	go hs.Serve(ln)
+	t.Cleanup(func() { hs.Close() })
+	h.addr = ln.Addr().String()
+	return h
+}
+
+// dial connects to the server with a small receive buffer.
+func (h *hostile) dial(t *testing.T) net.Conn {
+	t.Helper()
+	d := net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
+		return c.Control(func(fd uintptr) { _ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, 4096) })
+	}}
+	c, err := d.Dial("tcp", h.addr)
+	require.NoError(t, err)
+	h.conns = append(h.conns, c)
+	return c
+}
+
+// send writes raw request bytes on a new connection.
+func (h *hostile) send(t *testing.T, raw string) net.Conn {
+	t.Helper()
+	c := h.dial(t)
+	_, err := io.WriteString(c, raw)
+	require.NoError(t, err)
+	return c
+}
+
+// closedByServer reads c to its end: the server closed it (a liveness
+// bound of a minute, far past any deadline the server was given). It
+// returns what the server sent.
+func closedByServer(t *testing.T, c net.Conn) string {
+	t.Helper()
+	require.NoError(t, c.SetReadDeadline(time.Now().Add(time.Minute)))
+	b, err := io.ReadAll(c)
+	if err != nil && !errors.Is(err, syscall.ECONNRESET) {
+		require.NoError(t, err, "closed by the server, not by our deadline")
+	}
+	return string(b)
+}
+
+// legit checks that an ordinary client is served: the listing, and a
+// sealed segment byte for byte (retrying on 503, which says to).
+func (h *hostile) legit(t *testing.T) {
+	t.Helper()
+	base := "http://" + h.addr
+	resp, _ := getBody(t, base+"/v1/logs", h.auth())
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	want := segmentFile(t, h.l, 0)
+	for {
+		resp, b := getBody(t, base+"/v1/logs/main/segments/0", h.auth())
+		if resp.StatusCode == http.StatusServiceUnavailable {
+			require.Equal(t, "1", resp.Header.Get("Retry-After"))
+			time.Sleep(10 * time.Millisecond) // a retry loop, not a timing check
+			continue
+		}
+		require.Equal(t, http.StatusOK, resp.StatusCode)
+		require.True(t, bytes.Equal(want, b), "the segment byte for byte")
+		return
+	}
+}
+
+// auth is the header a legitimate client sends.
+func (h *hostile) auth() http.Header {
+	if h.opts.Token == "" {
+		return nil
+	}
+	return http.Header{"Authorization": {"Bearer " + h.opts.Token}}
+}
+
+func (h *hostile) activeTail(wait string) string {
+	segs := h.l.Segments()
+	a := segs[len(segs)-1]
+	return fmt.Sprintf("/v1/logs/main/tail?base=%d&pos=%d&wait=%s", a.Base, a.ExportSize(), wait)
+}
+
+// attackers is how many hostile clients each attack runs: twice the
+// sweep's export limit.
+const attackers = 6
+
+// TestHostileClients sweeps clients that try to hold the server: for
+// each attack, the server cuts or refuses every attacker within the
+// deadlines it was given (asserted by outcome: the server closed the
+// connection, the slot is free, the goroutines are gone), serves a
+// legitimate client meanwhile, and holds no more than its limits.
+func TestHostileClients(t *testing.T) {
+	base := ServerOptions{MaxExports: 3, MaxWaiters: attackers + 1, MaxWait: time.Hour, HeaderTimeout: 300 * time.Millisecond,
+		WriteTimeout: 2 * time.Second}
+	for _, tc := range []struct {
+		name   string
+		token  string
+		attack func(t *testing.T, h *hostile)
+	}{
+		{"slow headers", "", func(t *testing.T, h *hostile) {
+			var conns []net.Conn
+			for range attackers {
+				conns = append(conns, h.send(t, "GET /v1/logs HTTP/1.1\r\nHost: localhost\r\n"))
+			}
+			h.legit(t)
+			for _, c := range conns {
+				assert.NotContains(t, closedByServer(t, c), "200 OK")
+			}
+		}},
+		{"oversized headers", "", func(t *testing.T, h *hostile) {
+			for range attackers {
+				c := h.dial(t)
+				go func() { // the server stops reading: this write may block until it closes
+					io.WriteString(c, "GET /v1/logs HTTP/1.1\r\nHost: localhost\r\nX-Big: "+strings.Repeat("a", 4<<20)+"\r\n\r\n")
+				}()
+				assert.Contains(t, closedByServer(t, c), "431")
+			}
+			h.legit(t)
+		}},
+		{"declared body never sent", "", declaredBodies},
+		{"declared body never sent, with a token", "tok", declaredBodies},
+		{"idle polls", "", func(t *testing.T, h *hostile) {
+			var conns []net.Conn
+			for range attackers {
+				conns = append(conns, h.send(t, "GET "+h.activeTail("1h")+" HTTP/1.1\r\nHost: localhost\r\n\r\n"))
+			}
+			waitFor(t, "the polls to wait", func() bool { return metric(t, h.reg, "segstore_peer_tail_waiters") == attackers })
+			assert.Zero(t, metric(t, h.reg, "segstore_peer_active_exports"), "waiting polls hold no export slot")
+			h.legit(t)
+			// A legitimate poll still fits; one more is refused.
+			legit := make(chan *http.Response, 1)
+			go func() {
+				resp, _ := getBody(t, "http://"+h.addr+h.activeTail("1h"), nil)
+				legit <- resp
+			}()
+			waitFor(t, "the legitimate poll to wait", func() bool { return metric(t, h.reg, "segstore_peer_tail_waiters") == attackers+1 })
+			assert.Contains(t, closedByServer(t, h.send(t, "GET "+h.activeTail("1h")+" HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")), "503")
+			// The attackers go away: not server errors, and their slots are free.
+			for _, c := range conns {
+				c.Close()
+			}
+			waitFor(t, "the polls to end", func() bool { return metric(t, h.reg, "segstore_peer_tail_waiters") == 1 })
+			waitFor(t, "the polls to be counted", func() bool {
+				return metric(t, h.reg, "segstore_peer_requests_total", "endpoint", "tail", "code", codeClientGone) == attackers
+			})
+			assert.Zero(t, metric(t, h.reg, "segstore_peer_requests_total", "endpoint", "tail", "code", "500"))
+			_, err := h.l.Append([]byte("new"))
+			require.NoError(t, err)
+			resp := <-legit
+			assert.Equal(t, http.StatusOK, resp.StatusCode, "the legitimate poll got the new record")
+		}},
+		{"clients that never read", "", func(t *testing.T, h *hostile) {
+			var conns []net.Conn
+			for range attackers {
+				conns = append(conns, h.send(t, "GET /v1/logs/main/segments/0 HTTP/1.1\r\nHost: localhost\r\n\r\n"))
+			}
+			waitFor(t, "the exports to block", func() bool {
+				return metric(t, h.reg, "segstore_peer_active_exports") == float64(h.opts.MaxExports)
+			})
+			h.legit(t) // 503 until a stalled export is cut
+			waitFor(t, "the stalled exports to be cut", func() bool {
+				return metric(t, h.reg, "segstore_peer_cut_responses_total") >= float64(h.opts.MaxExports)
+			})
+			waitFor(t, "the slots to be free", func() bool { return metric(t, h.reg, "segstore_peer_active_exports") == 0 })
+			for _, c := range conns { // refused, or cut off and closed
+				require.NoError(t, c.SetReadDeadline(time.Now().Add(time.Minute)))
+				resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+				require.NoError(t, err)
+				if resp.StatusCode == http.StatusServiceUnavailable {
+					continue
+				}
+				require.Equal(t, http.StatusOK, resp.StatusCode)
+				n, err := io.Copy(io.Discard, resp.Body)
+				require.ErrorIs(t, err, io.ErrUnexpectedEOF, "cut off and closed by the server, not by our deadline")
+				assert.Less(t, n, resp.ContentLength)
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			opts := base
+			opts.Token = tc.token
+			h := newHostile(t, opts)
+			goroutines := runtime.NumGoroutine()
+			tc.attack(t, h)
+			h.legit(t)
+			// Once the attackers hang up (some refused ones are idle
+			// keep-alive connections), nothing of theirs is left running:
+			// the server's listener is.
+			for _, c := range h.conns {
+				c.Close()
+			}
+			http.DefaultClient.CloseIdleConnections()
+			waitFor(t, "the server's goroutines to end", func() bool { return runtime.NumGoroutine() <= goroutines+2 })
+		})
+	}
+}
+
+// declaredBodies: requests that declare a body (by Content-Length, up to
+// a terabyte, or chunked) and never send it are refused at once and
+// their connections closed, before any token check would wait for the
+// body; the server reads none of it.
+func declaredBodies(t *testing.T, h *hostile) {
+	var conns []net.Conn
+	for i := range attackers {
+		req := []string{
+			"POST /v1/logs HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n",
+			"GET /v1/logs/main/segments/0 HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1099511627776\r\n\r\n",
+			"GET /v1/logs HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n",
+			"PUT /nowhere HTTP/1.1\r\nHost: localhost\r\nContent-Length: 10\r\n\r\nabc",
+		}[i%4]
+		conns = append(conns, h.send(t, req))
+	}
+	h.legit(t)
+	for _, c := range conns {
+		got := closedByServer(t, c)
+		resp, err := http.ReadResponse(bufio.NewReader(strings.NewReader(got)), nil)
+		require.NoError(t, err, "%q", got)
+		assert.Equal(t, http.StatusBadRequest, resp.StatusCode)
+	}
+	assert.Equal(t, float64(len(conns)), metric(t, h.reg, "segstore_peer_requests_total", "endpoint", "body", "code", "400"))
+}
