@@ -55,8 +55,12 @@ func (l *Log) importFile(r io.Reader, base uint64, size int64, active bool) (Seg
 	if err := l.importFits(base); err != nil {
 		return SegmentInfo{}, err
 	}
-	if size < wal.DataStart || size > maxImport {
-		return SegmentInfo{}, refuse("size %d is not a plausible segment file size", size)
+	if size < wal.DataStart {
+		return SegmentInfo{}, refuse("size %d is smaller than a segment file's header", size)
+	}
+	if limit := l.MaxImportSize(); size > limit {
+		return SegmentInfo{}, refuse("%d bytes, more than the %d this log takes (the largest file its own SegmentSize %d, IndexInterval %d and MaxWrite %d can produce): open it with options at least the peer's",
+			size, limit, l.opts.SegmentSize, l.opts.IndexInterval, l.opts.MaxWrite)
 	}
 	tmp := segName(base) + importSuffix
 	path := filepath.Join(l.dir.Path(), tmp)
@@ -94,6 +98,12 @@ func (l *Log) importFile(r io.Reader, base uint64, size int64, active bool) (Seg
 type Stream struct {
 	Head []byte
 	Body io.Reader
+	// Before, if set, is called before each piece of at most Chunk bytes
+	// of Body is copied (a socket's read deadline is renewed there, so a
+	// peer that stalls fails the import instead of holding it for ever,
+	// while the copy still splices). An error from it refuses the import.
+	Before func() error
+	Chunk  int64
 }
 
 func (s *Stream) Read(p []byte) (int, error) {
@@ -105,9 +115,29 @@ func (s *Stream) Read(p []byte) (int, error) {
 	return s.Body.Read(p)
 }
 
-// maxImport bounds one imported file: a peer cannot fill the disk with one
-// endless segment.
-const maxImport = 1 << 36
+// MaxImportSize is the largest segment file the log takes from a peer
+// (ImportSegment, ImportActive, and so a follower's stage): the largest
+// file its own options can produce. A roll is decided after a batch, at
+// the index's granularity, so the data may pass SegmentSize by up to an
+// index interval and a batch; the footer adds at most MaxWrite. A peer
+// that writes bigger segments needs a log opened with options at least
+// its own.
+func (l *Log) MaxImportSize() int64 {
+	return l.opts.SegmentSize + int64(l.opts.IndexInterval) + 2*int64(l.opts.MaxWrite)
+}
+
+// checkImportHeader checks the header of a received file s: it names s's
+// base, and the frame size it allows (which bounds every buffer a scan or
+// a read of the file allocates) is no larger than this log's own MaxWrite.
+func (l *Log) checkImportHeader(s *segment) error {
+	if err := l.checkHeader(s); err != nil {
+		return err
+	}
+	if mw := int64(s.hdr.MaxWrite); mw > int64(l.opts.MaxWrite) {
+		return s.corrupt("import", 0, fmt.Errorf("the file header allows writes of %d bytes, this log at most %d: open it with MaxWrite at least %d", mw, l.opts.MaxWrite, mw))
+	}
+	return nil
+}
 
 // importFits checks that a segment at base would extend the log.
 func (l *Log) importFits(base uint64) error {
@@ -140,15 +170,29 @@ func (l *Log) receive(r io.Reader, path, tmp string, base uint64, size int64) (*
 		return nil, fmt.Errorf("engine: import segment %d: %w", base, err)
 	}
 	var n int64
-	if st, ok := r.(*Stream); ok && int64(len(st.Head)) <= size {
-		var m int
-		m, err = f.Write(st.Head)
-		n, r = int64(m), st.Body
+	before, chunk := func() error { return nil }, size
+	if st, ok := r.(*Stream); ok {
+		if st.Before != nil && st.Chunk > 0 {
+			before, chunk = st.Before, st.Chunk
+		}
+		if int64(len(st.Head)) <= size {
+			var m int
+			m, err = f.Write(st.Head)
+			n, r = int64(m), st.Body
+		}
 	}
-	if err == nil {
+	for err == nil && n < size {
+		if err = before(); err != nil {
+			err = fmt.Errorf("%w: segment %d after %d of %d bytes: %w", ErrImport, base, n, size, err)
+			break
+		}
+		piece := min(size-n, chunk)
 		var m int64
-		m, err = io.Copy(f, io.LimitReader(r, size-n))
+		m, err = io.Copy(f, io.LimitReader(r, piece)) // a LimitedReader over a socket still splices
 		n += m
+		if m < piece {
+			break // the stream ended (or failed)
+		}
 	}
 	if err == nil && n < size {
 		err = fmt.Errorf("%w: segment %d: the stream ended after %d of %d bytes", ErrImport, base, n, size)
@@ -173,20 +217,23 @@ func (l *Log) receive(r io.Reader, path, tmp string, base uint64, size int64) (*
 // base, the footer is whole and agrees with the frames, and every frame's
 // checksum and offsets are right.
 func (l *Log) verifyImport(s *segment) error {
-	hdr, foot, err := wal.ReadSealed(s.dev)
+	sc, err := wal.NewScanner(s.dev) // reads only the header, so far
 	if err != nil {
 		return s.corrupt("import", 0, err)
 	}
-	s.hdr = hdr
-	if err := l.checkHeader(s); err != nil {
+	s.hdr = sc.Header()
+	if err := l.checkImportHeader(s); err != nil {
 		return err
+	}
+	_, foot, err := wal.ReadSealed(s.dev)
+	if err != nil {
+		return s.corrupt("import", 0, err)
 	}
 	if err := s.decodeFooter(foot); err != nil {
 		return s.corrupt("import", foot.Pos, err)
 	}
-	sc, err := wal.NewScanner(s.dev)
-	if err != nil {
-		return s.corrupt("import", 0, err)
+	if err := l.checkImportIndex(s, foot.Pos); err != nil {
+		return err
 	}
 	next := s.base
 	for sc.Next() {
@@ -199,6 +246,28 @@ func (l *Log) verifyImport(s *segment) error {
 		return s.corrupt("import", sc.Recovery().Torn.Pos, fmt.Errorf("damaged frames at the end: %s", sc.Recovery().Torn.Reason))
 	case sc.Footer() == nil || sc.End() != foot.Pos || next != foot.Next:
 		return s.corrupt("import", sc.End(), fmt.Errorf("the frames end at %d with offset %d, the footer says %d and %d", sc.End(), next, foot.Pos, foot.Next))
+	}
+	return nil
+}
+
+// checkImportIndex checks that the footer's index entries of a received
+// sealed file s, whose frames end at dataEnd, are no further apart than
+// this log's own writer puts them (an index interval and a frame): a point
+// read reads and caches one whole interval, so a peer's sparse index would
+// otherwise decide what each read allocates.
+func (l *Log) checkImportIndex(s *segment, dataEnd int64) error {
+	limit := int64(l.opts.IndexInterval) + int64(l.opts.MaxWrite)
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	for i, e := range s.index {
+		end := dataEnd
+		if i+1 < len(s.index) {
+			end = s.index[i+1].pos
+		}
+		if end-e.pos > limit {
+			return s.corrupt("import", e.pos, fmt.Errorf("the footer's index entry %d (offset %d) spans %d bytes, this log reads at most %d per interval: open it with IndexInterval at least %d",
+				i, e.off, end-e.pos, limit, end-e.pos-int64(l.opts.MaxWrite)))
+		}
 	}
 	return nil
 }
@@ -269,7 +338,7 @@ func (l *Log) verifyActive(s *segment, size int64) (*wal.Recovery, error) {
 		return nil, s.corrupt("import", 0, err)
 	}
 	s.hdr = sc.Header()
-	if err := l.checkHeader(s); err != nil {
+	if err := l.checkImportHeader(s); err != nil {
 		return nil, err
 	}
 	for sc.Next() {

@@ -341,6 +341,20 @@ func TestImportRefusals(t *testing.T) {
 
 	flipped := bytes.Clone(files[0])
 	flipped[wal.DataStart+100] ^= 0x10
+	// A sealed segment of a leader whose options exceed the follower's.
+	foreign := func(change func(*Options)) []byte {
+		opts := realOptions()
+		change(&opts)
+		path := t.TempDir()
+		l, err := Open(path, opts)
+		require.NoError(t, err)
+		defer l.Close()
+		fillSegments(t, l, 1)
+		_, files := sealedFiles(t, path, l)
+		return files[0]
+	}
+	bigWrites := foreign(func(o *Options) { o.MaxWrite *= 2 })
+	sparse := foreign(func(o *Options) { o.IndexInterval = 200 << 10 })
 	tests := []struct {
 		name string
 		data []byte
@@ -354,6 +368,9 @@ func TestImportRefusals(t *testing.T) {
 		{"wrong base offset", files[1], 0, int64(len(files[1])), []error{ErrImport, ErrCorrupt}, "base offset"},
 		{"gap with the log", files[1], infos[1].Base + 10, int64(len(files[1])), []error{ErrImport}, "gap"},
 		{"not a segment", bytes.Repeat([]byte{7}, 8192), 0, 8192, []error{ErrImport}, ""},
+		{"larger than the log's segments", files[0], 0, leader.MaxImportSize() + 1, []error{ErrImport}, "open it with options at least the peer's"},
+		{"writes larger than the log's", bigWrites, 0, int64(len(bigWrites)), []error{ErrImport, ErrCorrupt}, "open it with MaxWrite at least"},
+		{"index sparser than the log's", sparse, 0, int64(len(sparse)), []error{ErrImport, ErrCorrupt}, "open it with IndexInterval at least"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -603,6 +603,9 @@ func ReadSealed(dev blockdev.Device) (FileHeader, *Footer, error) {
 	if pos < DataStart || pos%FrameAlign != 0 || pos > size-FrameHeaderLen-FooterTailLen {
 		return s.hdr, nil, footerErr(fmt.Sprintf("footer tail names impossible position %d in a file of %d bytes", pos, size), nil)
 	}
+	if size-pos > int64(s.hdr.MaxWrite) { // a writer's footer is one write: it is never read whole past that
+		return s.hdr, nil, footerErr(fmt.Sprintf("footer of %d bytes (from %d) is larger than the header's max write %d", size-pos, pos, s.hdr.MaxWrite), nil)
+	}
 	b, err := s.fetch(pos, int(size-pos))
 	if err != nil {
 		return s.hdr, nil, err

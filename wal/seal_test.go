@@ -133,6 +133,18 @@ func TestSealedFileDamage(t *testing.T) {
 		require.ErrorAs(t, err, &ce)
 		assert.True(t, ce.InFooter)
 	})
+	t.Run("footer larger than the header's max write", func(t *testing.T) {
+		// A peer's file whose footer is bigger than one write of its
+		// writer would make the reader allocate it whole.
+		b := append([]byte(nil), img...)
+		hdr, err := DecodeFileHeader(b)
+		require.NoError(t, err)
+		hdr.MaxWrite = uint32(foot.End-foot.Pos) - FrameAlign
+		EncodeFileHeader(b, hdr)
+		_, _, err = ReadSealed(blockdev.NewSimFrom(b, blockdev.SimOptions{}))
+		require.ErrorIs(t, err, ErrCorrupt)
+		assert.ErrorContains(t, err, "larger than the header's max write")
+	})
 	t.Run("footer tail pointing elsewhere", func(t *testing.T) {
 		b := append([]byte(nil), img...)
 		b[len(b)-FooterTailLen] ^= 8
