@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"sync"
@@ -148,16 +150,30 @@ type ReplicateOptions struct {
 	Name  string // the log's name on the leader; default the directory's base name
 	Token string
 	Wait  time.Duration
+	// ReadTimeout: a leader silent longer fails the step, which is
+	// retried (peer.FollowOptions.ReadTimeout). Default 30s.
+	ReadTimeout time.Duration
+	// SegmentSize of the follower's log: the leader's segments must be
+	// no larger than its own would be. Default 64 MiB.
+	SegmentSize int64
 }
 
 // Replicate follows the log at leaderURL into the store in dir (created if
 // missing) until ctx is done or the logs diverge, keeping
-// DIR/REPLICATION.json up to date.
-func Replicate(ctx context.Context, out io.Writer, leaderURL, dir string, opts ReplicateOptions) error {
+// DIR/REPLICATION.json up to date. Every failed step (a refused answer, a
+// stalled or unreachable leader) is reported on errOut, with the leader's
+// URL, and retried. If no step ever succeeded when ctx is done, Replicate
+// returns an error saying so.
+func Replicate(ctx context.Context, out, errOut io.Writer, leaderURL, dir string, opts ReplicateOptions) error {
 	if opts.Name == "" {
 		opts.Name = filepath.Base(filepath.Clean(dir))
 	}
-	l, err := openStore(dir, true, true)
+	eopts := engine.DefaultOptions()
+	eopts.Logger = quietLogger
+	if opts.SegmentSize > 0 {
+		eopts.SegmentSize = opts.SegmentSize
+	}
+	l, err := engine.Open(dir, eopts)
 	if err != nil {
 		return err
 	}
@@ -176,7 +192,15 @@ func Replicate(ctx context.Context, out io.Writer, leaderURL, dir string, opts R
 			}
 		}
 	}
-	err = peer.Follow(ctx, leaderURL, l, peer.FollowOptions{Name: opts.Name, Token: opts.Token, Wait: opts.Wait, Logger: quietLogger,
+	// One line per failed step, without the time (a terminal or a
+	// service manager's journal adds its own).
+	warnings := slog.New(slog.NewTextHandler(errOut, &slog.HandlerOptions{ReplaceAttr: func(groups []string, a slog.Attr) slog.Attr {
+		if len(groups) == 0 && a.Key == slog.TimeKey {
+			return slog.Attr{}
+		}
+		return a
+	}}))
+	err = peer.Follow(ctx, leaderURL, l, peer.FollowOptions{Name: opts.Name, Token: opts.Token, Wait: opts.Wait, ReadTimeout: opts.ReadTimeout, Logger: warnings,
 		Progress: func(s peer.FollowStats) {
 			latest = s
 			if time.Since(last) >= 200*time.Millisecond { // a status file, not a log: at most 5 writes a second
@@ -186,9 +210,20 @@ func Replicate(ctx context.Context, out io.Writer, leaderURL, dir string, opts R
 	write(latest)
 	if errors.Is(err, context.Canceled) {
 		fmt.Fprintf(out, "stopped at offset %d\n", l.EndOffset())
+		if latest.Steps == 0 {
+			return fmt.Errorf("never reached the leader %s for log %q: %d attempts failed, the last with: %s", redacted(leaderURL), opts.Name, latest.Failures, latest.LastFailure)
+		}
 		return nil
 	}
 	return err
+}
+
+// redacted is rawURL with any password replaced by "xxxxx".
+func redacted(rawURL string) string {
+	if u, err := url.Parse(rawURL); err == nil {
+		return u.Redacted()
+	}
+	return rawURL
 }
 
 // readReplication returns dir's replication status, if it is a follower.

@@ -33,7 +33,7 @@ func TestServeAndReplicate(t *testing.T) {
 	rctx, rcancel := context.WithCancel(ctx)
 	replicated := make(chan error, 1)
 	go func() {
-		replicated <- Replicate(rctx, &bytes.Buffer{}, url, copyDir, ReplicateOptions{Name: "store", Wait: 100 * time.Millisecond})
+		replicated <- Replicate(rctx, &bytes.Buffer{}, &bytes.Buffer{}, url, copyDir, ReplicateOptions{Name: "store", Wait: 100 * time.Millisecond})
 	}()
 	for deadline := time.Now().Add(time.Minute); ; time.Sleep(20 * time.Millisecond) {
 		if st := readReplication(copyDir); st != nil && st.Applied == 1062 {
@@ -101,7 +101,7 @@ func TestServeBesideWriter(t *testing.T) {
 	rctx, rcancel := context.WithCancel(ctx)
 	replicated := make(chan error, 1)
 	go func() {
-		replicated <- Replicate(rctx, &bytes.Buffer{}, url, copyDir, ReplicateOptions{Name: "store", Wait: 100 * time.Millisecond})
+		replicated <- Replicate(rctx, &bytes.Buffer{}, &bytes.Buffer{}, url, copyDir, ReplicateOptions{Name: "store", Wait: 100 * time.Millisecond})
 	}()
 
 	for i := range 300 {

@@ -358,11 +358,13 @@ func newReplicateCommand() *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			return Replicate(ctx, cmd.OutOrStdout(), args[0], args[1], o)
+			return Replicate(ctx, cmd.OutOrStdout(), cmd.ErrOrStderr(), args[0], args[1], o)
 		},
 	}
 	cmd.Flags().StringVar(&o.Name, "name", "", "the log's name on the leader (default: DIR's base name)")
 	cmd.Flags().StringVar(&o.Token, "token", "", "bearer token for the leader")
 	cmd.Flags().DurationVar(&o.Wait, "wait", 10*time.Second, "long-poll wait for new records")
+	cmd.Flags().DurationVar(&o.ReadTimeout, "read-timeout", 30*time.Second, "a leader silent this long (no connection, headers or body bytes) fails the step, which is retried")
+	cmd.Flags().Int64Var(&o.SegmentSize, "segment-size", 64<<20, "the follower's segment size in bytes: the leader's segments must be no larger than the follower's own")
 	return cmd
 }

@@ -15,30 +15,71 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/segstore/segstore/engine"
+	"github.com/segstore/segstore/wal"
 )
 
 // ErrDiverged: the leader's log no longer extends the follower's (it was
 // truncated behind the follower, or rewritten). Following stops.
 var ErrDiverged = errors.New("peer: the leader's log diverged from the follower's")
 
+// ErrStalled: the leader left the follower waiting longer than
+// FollowOptions.ReadTimeout (to connect, for response headers beyond a
+// tail's long poll, or between two reads of a body). The step fails and
+// is retried with backoff.
+var ErrStalled = errors.New("peer: the leader stalled")
+
+// ErrBadAnswer: the leader's answer was refused before anything of it was
+// kept (a segment list or headers too long, entries that are not a log's
+// segments, a body whose size disagrees with what was asked, a segment
+// larger than the follower takes). The step fails and is retried with
+// backoff; nothing of the answer is imported.
+var ErrBadAnswer = errors.New("peer: the leader's answer was refused")
+
+// Bounds on what the follower reads from a leader.
+const (
+	// maxHeaderBytes bounds a response's status line and headers (a
+	// segstore server sends well under 1 KiB).
+	maxHeaderBytes = 64 << 10
+	// maxListBytes bounds a segment list: about 70,000 segments.
+	maxListBytes = 8 << 20
+	// maxOffset: offsets from 2^63 up are absurd (no log appends that
+	// many records) and would overflow the follower's arithmetic.
+	maxOffset = 1 << 63
+	// importPiece is how much of a segment body may arrive between two
+	// renewals of the connection's ReadTimeout deadline when it is
+	// spliced (no user-space read to renew it on).
+	importPiece = 256 << 10
+)
+
 // FollowOptions configure Follow.
 type FollowOptions struct {
 	Name  string // the log's name on the leader
 	Token string // bearer token, if the leader wants one
-	// Client makes the requests; default a client with a header timeout.
-	// Without one, sealed segments of an http:// leader are fetched over
-	// a connection of their own and spliced into the file.
-	Client     *http.Client
-	Wait       time.Duration
-	MinBackoff time.Duration // first pause after a failure; default 100ms
-	MaxBackoff time.Duration // longest pause; default 5s
-	Logger     *slog.Logger  // default slog.Default()
+	// Client makes the requests. The default client follows no redirects
+	// and reads at most 64 KiB of response headers; a custom one's limits
+	// are its own (ReadTimeout and the body bounds apply to both). Without
+	// one, sealed segments of an http:// leader are fetched over a
+	// connection of their own and spliced into the file.
+	Client *http.Client
+	Wait   time.Duration // a tail request's long poll; default 10s
+	// ReadTimeout is the longest the follower waits on a leader: to
+	// connect, for response headers (beyond a tail's Wait), and between two
+	// reads of a body (while a sealed segment is spliced, for each 256 KiB
+	// of it). A leader silent longer fails the step (ErrStalled), which is
+	// retried. Default 30s.
+	ReadTimeout time.Duration
+	MinBackoff  time.Duration // first pause after a failure; default 100ms
+	MaxBackoff  time.Duration // longest pause; default 5s
+	// Logger receives a warning for every failed step (the leader's URL,
+	// the error, the pause before the retry). Default slog.Default().
+	Logger *slog.Logger
 	// Progress, if set, receives the follower's figures after each step.
 	Progress func(FollowStats)
 	// Registry, if set, receives the follower's gauges (applied offset,
@@ -52,6 +93,7 @@ type FollowStats struct {
 	LeaderEnd   uint64 // the leader's durable end, as last seen
 	Staged      int64  // bytes of the leader's active segment received and durable (StageFile), imported once it is sealed
 	Imported    int    // segments imported
+	Steps       int    // steps that succeeded: the leader was reached and its answers accepted
 	Failures    int    // failed steps (retried with backoff)
 	LastFailure string
 }
@@ -85,8 +127,14 @@ func Follow(ctx context.Context, leaderURL string, l *engine.Log, opts FollowOpt
 	if err != nil {
 		return fmt.Errorf("peer: leader URL %q: %w", leaderURL, err)
 	}
+	if (u.Scheme != "http" && u.Scheme != "https") || u.Hostname() == "" {
+		return fmt.Errorf("peer: leader URL %q: want http://host[:port] or https://host[:port]", u.Redacted())
+	}
 	if opts.Wait <= 0 {
 		opts.Wait = 10 * time.Second
+	}
+	if opts.ReadTimeout <= 0 {
+		opts.ReadTimeout = 30 * time.Second
 	}
 	if opts.MinBackoff <= 0 {
 		opts.MinBackoff = 100 * time.Millisecond
@@ -104,7 +152,16 @@ func Follow(ctx context.Context, leaderURL string, l *engine.Log, opts FollowOpt
 	defer st.f.Close()
 	f := &follower{base: u, log: l, opts: opts, client: opts.Client, stage: st}
 	if f.client == nil {
-		f.client = &http.Client{Transport: &http.Transport{ResponseHeaderTimeout: 10*time.Second + opts.Wait}}
+		f.client = &http.Client{
+			Transport: &http.Transport{
+				DialContext:            (&net.Dialer{Timeout: opts.ReadTimeout}).DialContext,
+				TLSHandshakeTimeout:    opts.ReadTimeout,
+				ResponseHeaderTimeout:  opts.ReadTimeout + opts.Wait,
+				MaxResponseHeaderBytes: maxHeaderBytes,
+			},
+			// A leader's redirect is an answer like any other: refused.
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		}
 	}
 	if opts.Registry != nil {
 		unregister := f.register(opts.Registry)
@@ -115,7 +172,10 @@ func Follow(ctx context.Context, leaderURL string, l *engine.Log, opts FollowOpt
 		err := f.step(ctx)
 		f.stats.Applied = l.EndOffset()
 		f.stats.Staged = st.size
-		if err != nil && ctx.Err() == nil && !errors.Is(err, ErrDiverged) {
+		switch {
+		case err == nil:
+			f.stats.Steps++
+		case ctx.Err() == nil && !errors.Is(err, ErrDiverged):
 			f.stats.Failures++
 			f.stats.LastFailure = err.Error()
 		}
@@ -126,7 +186,7 @@ func Follow(ctx context.Context, leaderURL string, l *engine.Log, opts FollowOpt
 		case errors.Is(err, ErrDiverged):
 			return err
 		case err != nil:
-			opts.Logger.Warn("segstore: follow step failed, retrying", "leader", leaderURL, "err", err, "in", backoff)
+			opts.Logger.Warn("segstore: follow step failed, retrying", "leader", u.Redacted(), "log", opts.Name, "err", err, "in", backoff)
 			select {
 			case <-ctx.Done():
 				return ctx.Err()
@@ -139,26 +199,73 @@ func Follow(ctx context.Context, leaderURL string, l *engine.Log, opts FollowOpt
 	}
 }
 
-func (f *follower) get(ctx context.Context, path string, query url.Values) (*http.Response, error) {
+// get asks the leader for path. The request fails with ErrStalled if the
+// headers take longer than wait plus ReadTimeout, or if the body, once
+// they are in, leaves ReadTimeout between two reads.
+func (f *follower) get(ctx context.Context, path string, query url.Values, wait time.Duration) (*http.Response, error) {
 	u := f.base.JoinPath(path)
 	u.RawQuery = query.Encode()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
+	rctx, cancel := context.WithCancelCause(ctx)
+	stalled := func(d time.Duration, what string) *time.Timer {
+		return time.AfterFunc(d, func() {
+			cancel(fmt.Errorf("%w: GET %s: %s within %s (FollowOptions.ReadTimeout)", ErrStalled, u.Redacted(), what, f.opts.ReadTimeout))
+		})
+	}
+	req, err := http.NewRequestWithContext(rctx, http.MethodGet, u.String(), nil)
 	if err != nil {
+		cancel(nil)
 		return nil, err
 	}
 	if f.opts.Token != "" {
 		req.Header.Set("Authorization", "Bearer "+f.opts.Token)
 	}
+	t := stalled(wait+f.opts.ReadTimeout, "no answer")
 	resp, err := f.client.Do(req)
+	t.Stop()
 	if err != nil {
+		cause := context.Cause(rctx)
+		cancel(nil)
+		if errors.Is(cause, ErrStalled) {
+			return nil, cause
+		}
 		return nil, err
 	}
+	body := &watchedBody{body: resp.Body, ctx: rctx, cancel: cancel, idle: f.opts.ReadTimeout, t: stalled(f.opts.ReadTimeout, "no body bytes")}
+	resp.Body = body
 	if resp.StatusCode >= 300 {
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
 		resp.Body.Close()
 		return nil, &statusError{code: resp.StatusCode, msg: fmt.Sprintf("peer: GET %s: %s: %s", u.Redacted(), resp.Status, bytes.TrimSpace(msg))}
 	}
 	return resp, nil
+}
+
+// watchedBody is a response body whose request is cancelled (ErrStalled,
+// as the cause) when ReadTimeout passes between two of its reads.
+type watchedBody struct {
+	body   io.ReadCloser
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+	idle   time.Duration
+	t      *time.Timer
+}
+
+func (b *watchedBody) Read(p []byte) (int, error) {
+	b.t.Reset(b.idle)
+	n, err := b.body.Read(p)
+	if err != nil && !errors.Is(err, io.EOF) {
+		if cause := context.Cause(b.ctx); errors.Is(cause, ErrStalled) {
+			err = cause
+		}
+	}
+	return n, err
+}
+
+func (b *watchedBody) Close() error {
+	b.t.Stop()
+	err := b.body.Close()
+	b.cancel(nil)
+	return err
 }
 
 // statusError is a leader's answer other than success.
@@ -172,18 +279,9 @@ func (e *statusError) Error() string { return e.msg }
 // step makes one move: import the next sealed segment, or receive more of
 // the active one.
 func (f *follower) step(ctx context.Context) error {
-	resp, err := f.get(ctx, "/v1/logs/"+url.PathEscape(f.opts.Name)+"/segments", nil)
+	segs, err := f.list(ctx)
 	if err != nil {
 		return err
-	}
-	var segs []SegmentEntry
-	err = json.NewDecoder(resp.Body).Decode(&segs)
-	resp.Body.Close()
-	if err != nil {
-		return fmt.Errorf("peer: the segment list of log %q at %s: %w", f.opts.Name, f.base.Redacted(), err)
-	}
-	if len(segs) == 0 {
-		return fmt.Errorf("peer: %s lists no segments for log %q (a served log always has an active one: is this a segstore server?)", f.base.Redacted(), f.opts.Name)
 	}
 	f.stats.LeaderEnd = segs[len(segs)-1].Next
 	next, err := f.nextSegment(segs)
@@ -213,6 +311,50 @@ func (f *follower) step(ctx context.Context) error {
 	return nil
 }
 
+// list reads the leader's segment list, at most maxListBytes of it, and
+// checks that it describes a log: contiguous segments, all sealed but the
+// last, each within the sizes the follower takes.
+func (f *follower) list(ctx context.Context) ([]SegmentEntry, error) {
+	resp, err := f.get(ctx, "/v1/logs/"+url.PathEscape(f.opts.Name)+"/segments", nil, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	lr := &io.LimitedReader{R: resp.Body, N: maxListBytes}
+	var segs []SegmentEntry
+	if err := json.NewDecoder(lr).Decode(&segs); err != nil {
+		if lr.N <= 0 {
+			return nil, fmt.Errorf("%w: the segment list of log %q at %s is longer than %d bytes", ErrBadAnswer, f.opts.Name, f.base.Redacted(), maxListBytes)
+		}
+		return nil, fmt.Errorf("%w: the segment list of log %q at %s: %w", ErrBadAnswer, f.opts.Name, f.base.Redacted(), err)
+	}
+	if len(segs) == 0 {
+		return nil, fmt.Errorf("%w: %s lists no segments for log %q (a served log always has an active one: is this a segstore server?)", ErrBadAnswer, f.base.Redacted(), f.opts.Name)
+	}
+	limit := f.log.MaxImportSize()
+	for i, s := range segs {
+		var why string
+		switch {
+		case s.Next < s.Base:
+			why = fmt.Sprintf("ends at offset %d, before it starts", s.Next)
+		case s.Next >= maxOffset:
+			why = fmt.Sprintf("ends at offset %d, past 2^63", s.Next)
+		case i > 0 && s.Base != segs[i-1].Next:
+			why = fmt.Sprintf("starts where the segment before it does not end (%d): a log's segments are contiguous", segs[i-1].Next)
+		case !s.Sealed && i < len(segs)-1:
+			why = "is not sealed, and is not the last"
+		case s.Size < wal.DataStart:
+			why = fmt.Sprintf("has %d bytes, less than a segment file's header", s.Size)
+		case s.Size > limit:
+			why = fmt.Sprintf("has %d bytes, more than the %d this follower takes (engine.Log.MaxImportSize): open the follower with a SegmentSize at least the leader's", s.Size, limit)
+		}
+		if why != "" {
+			return nil, fmt.Errorf("%w: %s lists, for log %q, segment %d (entry %d) that %s", ErrBadAnswer, f.base.Redacted(), f.opts.Name, s.Base, i, why)
+		}
+	}
+	return segs, nil
+}
+
 // nextSegment finds the leader's segment that continues the follower's
 // log, checking that the leader still holds what the follower has.
 func (f *follower) nextSegment(segs []SegmentEntry) (*SegmentEntry, error) {
@@ -224,15 +366,18 @@ func (f *follower) nextSegment(segs []SegmentEntry) (*SegmentEntry, error) {
 	end := f.log.EndOffset()
 	empty := end == f.log.StartOffset()
 	if !empty {
-		// The follower's last sealed segment must be the leader's too.
+		// Every segment of the leader's that overlaps the follower's last
+		// sealed one must be that very segment.
 		for i := len(mine) - 1; i >= 0; i-- {
-			if !mine[i].Sealed {
+			m := mine[i]
+			if !m.Sealed {
 				continue
 			}
 			for _, s := range segs {
-				if s.Base == mine[i].Base && (!s.Sealed || s.Checksum != fmt.Sprintf("%08x", mine[i].FooterCRC) || s.Next != mine[i].Next) {
-					return nil, fmt.Errorf("%w: the leader's segment %d (next %d, checksum %q) differs from the follower's (next %d, checksum %08x)",
-						ErrDiverged, s.Base, s.Next, s.Checksum, mine[i].Next, mine[i].FooterCRC)
+				overlaps := s.Base == m.Base || (s.Base < m.Next && m.Base < s.Next)
+				if overlaps && (s.Base != m.Base || s.Next != m.Next || !s.Sealed || s.Checksum != fmt.Sprintf("%08x", m.FooterCRC)) {
+					return nil, fmt.Errorf("%w: the leader's segment [%d, %d) (sealed %v, checksum %q) differs from the follower's [%d, %d) (checksum %08x)",
+						ErrDiverged, s.Base, s.Next, s.Sealed, s.Checksum, m.Base, m.Next, m.FooterCRC)
 				}
 			}
 			break
@@ -263,13 +408,13 @@ func (f *follower) importSealed(ctx context.Context, s SegmentEntry) error {
 	if f.base.Scheme == "http" && f.opts.Client == nil {
 		return f.importRaw(ctx, path, s)
 	}
-	resp, err := f.get(ctx, path, nil)
+	resp, err := f.get(ctx, path, nil, 0)
 	if err != nil {
 		return err
 	}
 	defer resp.Body.Close()
 	if resp.ContentLength != s.Size {
-		return fmt.Errorf("peer: segment %d: the leader sent %d bytes, its list said %d", s.Base, resp.ContentLength, s.Size)
+		return fmt.Errorf("%w: segment %d: the leader sends %d bytes (Content-Length), its list said %d", ErrBadAnswer, s.Base, resp.ContentLength, s.Size)
 	}
 	if _, err := f.log.ImportSegment(resp.Body, s.Base, s.Size); err != nil {
 		return err
@@ -279,19 +424,53 @@ func (f *follower) importSealed(ctx context.Context, s SegmentEntry) error {
 }
 
 // importRaw fetches a segment over a connection of its own: one GET, the
-// response parsed with net/http, then the body read straight from the
-// socket, so that ImportSegment splices it into the file (net/http's
-// body reader would make that a copy through user space).
+// response parsed with net/http (at most maxHeaderBytes of it), then the
+// body read straight from the socket, so that ImportSegment splices it
+// into the file (net/http's body reader would make that a copy through
+// user space). The connection's deadline is ReadTimeout from each step:
+// the dial, the request and headers, and each importPiece of the body.
 func (f *follower) importRaw(ctx context.Context, path string, s SegmentEntry) error {
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, "tcp", f.base.Host)
-	if err != nil {
+	target := f.base.JoinPath(path)
+	addr := f.base.Host
+	if f.base.Port() == "" {
+		addr = net.JoinHostPort(f.base.Hostname(), "80")
+	}
+	stalled := func(err error, what string) error {
+		var ne net.Error
+		if ctx.Err() == nil && errors.As(err, &ne) && ne.Timeout() {
+			return fmt.Errorf("%w: GET %s: %s within %s (FollowOptions.ReadTimeout): %w", ErrStalled, target.Redacted(), what, f.opts.ReadTimeout, err)
+		}
 		return err
 	}
+	d := net.Dialer{Timeout: f.opts.ReadTimeout}
+	conn, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return stalled(err, "no connection")
+	}
 	defer conn.Close()
-	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Now()) })
+	// renew moves the deadline on, unless ctx is done (then it stays
+	// passed, so that every read returns at once).
+	var mu sync.Mutex
+	done := false
+	stop := context.AfterFunc(ctx, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		done = true
+		conn.SetDeadline(time.Now())
+	})
 	defer stop()
-	req, err := http.NewRequest(http.MethodGet, f.base.JoinPath(path).String(), nil)
+	renew := func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		if done {
+			return ctx.Err()
+		}
+		return conn.SetDeadline(time.Now().Add(f.opts.ReadTimeout))
+	}
+	if err := renew(); err != nil {
+		return err
+	}
+	req, err := http.NewRequest(http.MethodGet, target.String(), nil)
 	if err != nil {
 		return err
 	}
@@ -300,20 +479,25 @@ func (f *follower) importRaw(ctx context.Context, path string, s SegmentEntry) e
 		req.Header.Set("Authorization", "Bearer "+f.opts.Token)
 	}
 	if err := req.Write(conn); err != nil {
-		return err
+		return stalled(err, "request not sent")
 	}
-	br := bufio.NewReader(conn)
+	head := &io.LimitedReader{R: conn, N: maxHeaderBytes}
+	br := bufio.NewReader(head)
 	resp, err := http.ReadResponse(br, req)
 	if err != nil {
-		return err
+		if head.N <= 0 {
+			return fmt.Errorf("%w: GET %s: the response's headers are longer than %d bytes", ErrBadAnswer, target.Redacted(), maxHeaderBytes)
+		}
+		return stalled(err, "no response headers")
 	}
 	if resp.StatusCode != http.StatusOK || resp.ContentLength != s.Size || len(resp.TransferEncoding) > 0 {
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
-		return fmt.Errorf("peer: GET %s: %s, %d bytes (the list said %d): %s", path, resp.Status, resp.ContentLength, s.Size, bytes.TrimSpace(msg))
+		return fmt.Errorf("%w: GET %s: %s, %d bytes (the list said %d): %s", ErrBadAnswer, target.Redacted(), resp.Status, resp.ContentLength, s.Size, bytes.TrimSpace(msg))
 	}
-	head, _ := br.Peek(br.Buffered()) // body bytes read in with the headers
-	if _, err := f.log.ImportSegment(&engine.Stream{Head: head, Body: conn}, s.Base, s.Size); err != nil {
-		return err
+	buffered, _ := br.Peek(br.Buffered()) // body bytes read in with the headers
+	body := &engine.Stream{Head: buffered, Body: conn, Before: renew, Chunk: importPiece}
+	if _, err := f.log.ImportSegment(body, s.Base, s.Size); err != nil {
+		return stalled(err, "no body bytes")
 	}
 	f.stats.Imported++
 	return nil
@@ -327,7 +511,7 @@ func (f *follower) waitTail(ctx context.Context, s SegmentEntry) error {
 		return err
 	}
 	q := url.Values{"base": {strconv.FormatUint(s.Base, 10)}, "pos": {strconv.FormatInt(f.stage.size, 10)}, "wait": {f.opts.Wait.String()}}
-	resp, err := f.get(ctx, "/v1/logs/"+url.PathEscape(f.opts.Name)+"/tail", q)
+	resp, err := f.get(ctx, "/v1/logs/"+url.PathEscape(f.opts.Name)+"/tail", q, f.opts.Wait)
 	var se *statusError
 	if errors.As(err, &se) && se.code == http.StatusRequestedRangeNotSatisfiable {
 		// The segment is now shorter than what is staged: the leader cut
@@ -338,15 +522,30 @@ func (f *follower) waitTail(ctx context.Context, s SegmentEntry) error {
 		return err
 	}
 	defer resp.Body.Close()
+	sealed, err1 := strconv.ParseBool(resp.Header.Get("Segstore-Sealed"))
+	size, err2 := strconv.ParseInt(resp.Header.Get("Segstore-Size"), 10, 64)
+	refuse := func(format string, args ...any) error {
+		return fmt.Errorf("%w: the tail of segment %d from %s at byte %d: %s", ErrBadAnswer, s.Base, f.base.Redacted(), f.stage.size, fmt.Sprintf(format, args...))
+	}
+	switch limit := f.log.MaxImportSize(); {
+	case err1 != nil || err2 != nil:
+		return refuse("no Segstore-Sealed and Segstore-Size headers (is this a segstore server?)")
+	case size > limit:
+		return refuse("the segment has %d bytes, more than the %d this follower takes (engine.Log.MaxImportSize): open the follower with a SegmentSize at least the leader's", size, limit)
+	case size < f.stage.size:
+		return refuse("the segment has %d bytes, fewer than staged (a segstore server answers 416)", size)
+	case resp.StatusCode == http.StatusOK && resp.ContentLength != size-f.stage.size:
+		return refuse("%d bytes sent (Content-Length; -1: none), the segment's size says %d", resp.ContentLength, size-f.stage.size)
+	case resp.StatusCode != http.StatusOK && size != f.stage.size:
+		return refuse("%s with nothing, the segment's size says %d bytes", resp.Status, size-f.stage.size)
+	}
+	if next, err := strconv.ParseUint(resp.Header.Get("Segstore-Next"), 10, 64); err == nil && next < maxOffset {
+		f.stats.LeaderEnd = max(f.stats.LeaderEnd, next)
+	}
 	if resp.StatusCode == http.StatusOK {
-		if err := f.stage.append(resp.Body); err != nil {
+		if err := f.stage.append(resp.Body, resp.ContentLength); err != nil {
 			return err
 		}
-	}
-	sealed, _ := strconv.ParseBool(resp.Header.Get("Segstore-Sealed"))
-	size, _ := strconv.ParseInt(resp.Header.Get("Segstore-Size"), 10, 64)
-	if next, err := strconv.ParseUint(resp.Header.Get("Segstore-Next"), 10, 64); err == nil {
-		f.stats.LeaderEnd = max(f.stats.LeaderEnd, next)
 	}
 	if !sealed || f.stage.size != size {
 		return nil

@@ -97,12 +97,16 @@ func (st *stage) cut(size int64) error {
 	return nil
 }
 
-// append copies r to the end of the stage and makes it durable. A stream
-// cut short keeps what arrived: the next request continues from there.
-// After a failed fdatasync nothing written since the last one can be
-// trusted, so the stage is emptied.
-func (st *stage) append(r io.Reader) error {
-	n, err := io.Copy(io.NewOffsetWriter(st.f, st.size), r)
+// append copies n bytes of r to the end of the stage and makes them
+// durable; r is not read past them. A stream cut short keeps what
+// arrived: the next request continues from there. After a failed
+// fdatasync nothing written since the last one can be trusted, so the
+// stage is emptied.
+func (st *stage) append(r io.Reader, want int64) error {
+	n, err := io.Copy(io.NewOffsetWriter(st.f, st.size), io.LimitReader(r, want))
+	if err == nil && n < want {
+		err = fmt.Errorf("%w: the body ended after %d of its %d bytes", ErrBadAnswer, n, want)
+	}
 	if n == 0 {
 		return err
 	}
