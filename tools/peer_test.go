@@ -5,8 +5,12 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -136,5 +140,60 @@ func TestServeBesideWriter(t *testing.T) {
 		assert.ErrorContains(t, err, "restart serve")
 	case <-time.After(time.Minute):
 		t.Fatal("serve went on after the writer rewrote the log's end")
+	}
+}
+
+// lineSignal is a writer that closes seen at the first write.
+type lineSignal struct {
+	mu   sync.Mutex
+	buf  bytes.Buffer
+	once sync.Once
+	seen chan struct{}
+}
+
+func (w *lineSignal) Write(b []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.once.Do(func() { close(w.seen) })
+	return w.buf.Write(b)
+}
+
+func (w *lineSignal) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.buf.String()
+}
+
+// TestReplicateReportsRefusals: replicate reports each failed step on its
+// stderr with the leader's URL, and exits non-zero when it never reached
+// the leader: one that is not there, and one whose answers are refused.
+func TestReplicateReportsRefusals(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	gone := "http://" + ln.Addr().String()
+	require.NoError(t, ln.Close()) // nothing listens there now
+	garbage := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprint(w, "<html>not a segstore server</html>")
+	}))
+	defer garbage.Close()
+	for leader, want := range map[string]string{gone: "connection refused", garbage.URL: "the leader's answer was refused"} {
+		errOut := &lineSignal{seen: make(chan struct{})}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() {
+			done <- Replicate(ctx, &bytes.Buffer{}, errOut, leader, filepath.Join(t.TempDir(), "copy"), ReplicateOptions{Name: "store"})
+		}()
+		select {
+		case <-errOut.seen:
+		case <-time.After(time.Minute):
+			t.Fatalf("%s: no failure reported on stderr", leader)
+		}
+		cancel()
+		err := <-done
+		require.Error(t, err, leader)
+		assert.Equal(t, 1, ExitCode(err))
+		assert.ErrorContains(t, err, "never reached the leader "+leader)
+		assert.Contains(t, errOut.String(), "leader="+leader)
+		assert.Contains(t, errOut.String(), want)
 	}
 }

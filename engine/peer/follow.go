@@ -153,12 +153,8 @@ func Follow(ctx context.Context, leaderURL string, l *engine.Log, opts FollowOpt
 	f := &follower{base: u, log: l, opts: opts, client: opts.Client, stage: st}
 	if f.client == nil {
 		f.client = &http.Client{
-			Transport: &http.Transport{
-				DialContext:            (&net.Dialer{Timeout: opts.ReadTimeout}).DialContext,
-				TLSHandshakeTimeout:    opts.ReadTimeout,
-				ResponseHeaderTimeout:  opts.ReadTimeout + opts.Wait,
-				MaxResponseHeaderBytes: maxHeaderBytes,
-			},
+			// No timeouts of its own: get's timers bound every wait.
+			Transport: &http.Transport{MaxResponseHeaderBytes: maxHeaderBytes},
 			// A leader's redirect is an answer like any other: refused.
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 		}
@@ -321,8 +317,16 @@ func (f *follower) list(ctx context.Context) ([]SegmentEntry, error) {
 	}
 	defer resp.Body.Close()
 	lr := &io.LimitedReader{R: resp.Body, N: maxListBytes}
+	dec := json.NewDecoder(lr)
 	var segs []SegmentEntry
-	if err := json.NewDecoder(lr).Decode(&segs); err != nil {
+	err = dec.Decode(&segs)
+	if err == nil { // the body must end with the list
+		var rest []byte
+		if rest, err = io.ReadAll(io.MultiReader(dec.Buffered(), lr)); err == nil && len(bytes.TrimSpace(rest)) > 0 {
+			err = fmt.Errorf("%d more bytes after the list", len(rest))
+		}
+	}
+	if err != nil {
 		if lr.N <= 0 {
 			return nil, fmt.Errorf("%w: the segment list of log %q at %s is longer than %d bytes", ErrBadAnswer, f.opts.Name, f.base.Redacted(), maxListBytes)
 		}
@@ -431,10 +435,6 @@ func (f *follower) importSealed(ctx context.Context, s SegmentEntry) error {
 // the dial, the request and headers, and each importPiece of the body.
 func (f *follower) importRaw(ctx context.Context, path string, s SegmentEntry) error {
 	target := f.base.JoinPath(path)
-	addr := f.base.Host
-	if f.base.Port() == "" {
-		addr = net.JoinHostPort(f.base.Hostname(), "80")
-	}
 	stalled := func(err error, what string) error {
 		var ne net.Error
 		if ctx.Err() == nil && errors.As(err, &ne) && ne.Timeout() {
@@ -443,7 +443,7 @@ func (f *follower) importRaw(ctx context.Context, path string, s SegmentEntry) e
 		return err
 	}
 	d := net.Dialer{Timeout: f.opts.ReadTimeout}
-	conn, err := d.DialContext(ctx, "tcp", addr)
+	conn, err := d.DialContext(ctx, "tcp", dialAddr(f.base))
 	if err != nil {
 		return stalled(err, "no connection")
 	}
@@ -501,6 +501,15 @@ func (f *follower) importRaw(ctx context.Context, path string, s SegmentEntry) e
 	}
 	f.stats.Imported++
 	return nil
+}
+
+// dialAddr is the host and port of an http:// URL, port 80 if it names
+// none.
+func dialAddr(u *url.URL) string {
+	if u.Port() != "" {
+		return u.Host
+	}
+	return net.JoinHostPort(u.Hostname(), "80")
 }
 
 // waitTail asks for the bytes of segment s past what is staged, waiting

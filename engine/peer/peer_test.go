@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -666,4 +667,62 @@ func TestSegmentEndpointUsesSendfile(t *testing.T) {
 	// the headers go out); sendfile moves the rest.
 	assert.GreaterOrEqual(t, moved, want-512)
 	assert.Positive(t, want)
+}
+
+// TestFollowerStopsOnOverlappingDivergence: the leader cut its log inside
+// the segment before the follower's last one and re-appended it so that
+// its new segment ends exactly where the follower's log ends: no leader
+// segment has the base of the follower's last one, yet they overlap with
+// other records. Follow must stop with ErrDiverged, not go on after it.
+func TestFollowerStopsOnOverlappingDivergence(t *testing.T) {
+	leader := openLog(t, t.TempDir())
+	defer leader.Close()
+	appendBatches(t, leader, 400)
+	require.NoError(t, leader.Roll())
+	b := leader.EndOffset()
+	appendBatches(t, leader, 2) // a short last sealed segment [b, b+16)
+	require.NoError(t, leader.Roll())
+	end := leader.EndOffset()
+	addr, stopServer := server(t, "127.0.0.1:0", leader)
+	defer stopServer()
+	follower := openLog(t, t.TempDir())
+	defer follower.Close()
+	stop := follow("http://"+addr, follower)
+	waitFor(t, "the follower to catch up", func() bool { return follower.EndOffset() == end })
+	require.ErrorIs(t, stop(), context.Canceled)
+
+	require.NoError(t, leader.TruncateBack(b-3))
+	batch := make([][]byte, end-(b-3))
+	for i := range batch {
+		batch[i] = []byte("rewritten")
+	}
+	_, err := leader.Append(batch...)
+	require.NoError(t, err)
+	require.NoError(t, leader.Roll())
+	segs := leader.Segments()
+	last := segs[len(segs)-2]
+	require.Less(t, last.Base, b, "the leader's segment starts before the follower's last one")
+	require.Equal(t, end, last.Next, "and ends where the follower's log ends")
+	appendBatches(t, leader, 3)
+
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	err = Follow(ctx, "http://"+addr, follower, FollowOptions{Name: "main", Logger: quiet})
+	require.ErrorIs(t, err, ErrDiverged)
+	assert.ErrorContains(t, err, "differs from the follower's")
+	assert.Equal(t, end, follower.EndOffset(), "nothing of the diverged leader was imported")
+}
+
+func TestDialAddr(t *testing.T) {
+	for raw, want := range map[string]string{
+		"http://leader.example":       "leader.example:80",
+		"http://leader.example:7070":  "leader.example:7070",
+		"http://127.0.0.1/":           "127.0.0.1:80",
+		"http://[::1]":                "[::1]:80",
+		"http://[::1]:8080/prefix/v1": "[::1]:8080",
+	} {
+		u, err := url.Parse(raw)
+		require.NoError(t, err)
+		assert.Equal(t, want, dialAddr(u), raw)
+	}
 }

@@ -104,7 +104,7 @@ func (st *stage) cut(size int64) error {
 // stage is emptied.
 func (st *stage) append(r io.Reader, want int64) error {
 	n, err := io.Copy(io.NewOffsetWriter(st.f, st.size), io.LimitReader(r, want))
-	if err == nil && n < want {
+	if n < want && (err == nil || errors.Is(err, io.ErrUnexpectedEOF)) {
 		err = fmt.Errorf("%w: the body ended after %d of its %d bytes", ErrBadAnswer, n, want)
 	}
 	if n == 0 {
