@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -99,6 +100,9 @@ func decodeMeta(b []byte, path string, kind uint32) ([]byte, error) {
 	end := metaHeader + n
 	if crc32.Checksum(b[:end], castagnoli) != binary.LittleEndian.Uint32(b[end:]) {
 		return nil, bad("metadata checksum mismatch")
+	}
+	if len(bytes.Trim(b[end+4:], "\x00")) != 0 {
+		return nil, bad("non-zero bytes after the metadata record (written as zeros)")
 	}
 	return append([]byte(nil), b[metaHeader:end]...), nil
 }

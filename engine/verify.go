@@ -23,6 +23,10 @@ const (
 	// where exports and importers look for it.
 	ProblemUnfinishedSeal = "unfinished-seal"
 	ProblemCorruption     = "corruption" // damaged records: not repairable without losing data
+	// ProblemManifest: MANIFEST is damaged. It is only a shortcut to the
+	// sealed segments' footers: opens read every footer instead, and a
+	// read-write open followed by a close writes it anew.
+	ProblemManifest = "manifest"
 	ProblemMissing        = "missing"    // records missing between two segments (a gap)
 )
 
@@ -109,6 +113,7 @@ func Verify(dir string, opts VerifyOptions) (*VerifyReport, error) {
 			defer published.close(false)
 		}
 	}
+	r.verifyMetadata(d)
 	for i, base := range bases {
 		last := i == len(bases)-1
 		acked := int64(-1) // unknown
@@ -127,6 +132,27 @@ func Verify(dir string, opts VerifyOptions) (*VerifyReport, error) {
 		}
 	}
 	return r, nil
+}
+
+// verifyMetadata checks the store's metadata files: START (where the log
+// starts after a TruncateFront) and MANIFEST. A damaged START stops every
+// open: it is corruption (removing the file would bring back the records
+// TruncateFront dropped, so it is not done for the user). A damaged
+// MANIFEST costs opens time only, and a read-write open and close rewrites
+// it.
+func (r *VerifyReport) verifyMetadata(d blockdev.Dir) {
+	if _, err := readMeta(d, startName, metaStart); err != nil && !isNotExist(err) {
+		r.Problems = append(r.Problems, Problem{File: filepath.Join(d.Path(), startName), Kind: ProblemCorruption,
+			Detail: fmt.Sprintf("%v: it holds the log's first offset; restore it from a copy, or remove it to make the records that TruncateFront dropped readable again", err)})
+	}
+	b, err := readMeta(d, manifestName, metaManifest)
+	if err == nil {
+		_, _, err = decodeManifest(b)
+	}
+	if err != nil && !isNotExist(err) {
+		r.Problems = append(r.Problems, Problem{File: filepath.Join(d.Path(), manifestName), Kind: ProblemManifest, Repairable: true,
+			Detail: fmt.Sprintf("%v: opens read every segment's footer instead; opening the log read-write and closing it writes it anew", err)})
+	}
 }
 
 // openExistingDir opens dir for reading, refusing (not creating) a

@@ -483,6 +483,8 @@ func Repair(out io.Writer, dir string, opts RepairOptions) error {
 			r.Actions = append(r.Actions, fmt.Sprintf("rebuild the footer of %s from its records", filepath.Base(p.File)))
 		case p.Kind == engine.ProblemUnsealed:
 			r.Actions = append(r.Actions, fmt.Sprintf("seal %s (write its footer)", filepath.Base(p.File)))
+		case p.Kind == engine.ProblemManifest:
+			r.Actions = append(r.Actions, "write MANIFEST anew from the segments' footers")
 		case p.Kind == engine.ProblemUnfinishedSeal:
 			r.Actions = append(r.Actions, fmt.Sprintf("finish the seal of %s (cut the zeros after its footer at byte %d)", filepath.Base(p.File), p.Position))
 		}
@@ -551,7 +553,12 @@ func applyRepair(dir string, problems []engine.Problem) (string, error) {
 			return "", fmt.Errorf("keeping a copy of %s before repairing it: %w", p.File, err)
 		}
 	}
+	// The copies, and the directory that holds them, are durable before
+	// anything is repaired.
 	if err := blockdev.SyncDir(kept); err != nil {
+		return "", err
+	}
+	if err := blockdev.SyncDir(dir); err != nil {
 		return "", err
 	}
 	opts := engine.DefaultOptions()
