@@ -27,7 +27,7 @@ const (
 	// sealed segments' footers: opens read every footer instead, and a
 	// read-write open followed by a close writes it anew.
 	ProblemManifest = "manifest"
-	ProblemMissing        = "missing"    // records missing between two segments (a gap)
+	ProblemMissing  = "missing" // records missing between two segments (a gap)
 )
 
 // Problem is one piece of damage Verify found.
