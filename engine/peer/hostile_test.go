@@ -46,8 +46,8 @@ const (
 	maxSent = maxListBytes + 16<<20
 )
 
-// hostile is one way of answering a request.
-type hostile struct {
+// fakeLeader is one way of answering a request.
+type fakeLeader struct {
 	name     string
 	endpoint string // "list", "segment" or "tail"
 	want     error  // what the follower's failure must match (nil: any error)
@@ -56,7 +56,7 @@ type hostile struct {
 
 // late reports whether h's failure shows only once the leader seals the
 // segment: damaged tail bytes are staged, and refused by the import.
-func (h hostile) late() bool { return h.endpoint == "tail" && errors.Is(h.want, engine.ErrCorrupt) }
+func (h fakeLeader) late() bool { return h.endpoint == "tail" && errors.Is(h.want, engine.ErrCorrupt) }
 
 // answer is a request the trick answers, with the honest answer at hand.
 type answer struct {
@@ -170,13 +170,13 @@ func (a *answer) rawSegment(change func(*wal.FileHeader)) {
 // endlessEntries is a segment list that never ends.
 var endlessEntries = bytes.Repeat([]byte(`{"base":0,"next":0,"last":null,"size":4096,"sealed":true,"checksum":"00000000"},`), 1000)
 
-func hostileLeaders() []hostile {
+func hostileLeaders() []fakeLeader {
 	ok := http.StatusOK
 	half := func(a *answer) int64 { return int64(a.honest.Body.Len() / 2) }
-	listed := func(name string, change func([]SegmentEntry) any) hostile {
-		return hostile{name: "list/" + name, endpoint: "list", want: ErrBadAnswer, serve: func(a *answer) { a.list(change) }}
+	listed := func(name string, change func([]SegmentEntry) any) fakeLeader {
+		return fakeLeader{name: "list/" + name, endpoint: "list", want: ErrBadAnswer, serve: func(a *answer) { a.list(change) }}
 	}
-	return []hostile{
+	return []fakeLeader{
 		// The segment list.
 		{"list/headers without end", "list", nil, func(a *answer) { a.raw("HTTP/1.1 200 OK\r\nX-Pad: ", nil, endless, false) }},
 		{"list/endless", "list", ErrBadAnswer, func(a *answer) {
@@ -297,7 +297,7 @@ func (f *failures) match(want error) bool {
 	return false
 }
 
-// TestHostileLeaders is the follower's half of the hostile-peers sweep:
+// TestHostileLeaders is the follower's half of the fakeLeader-peers sweep:
 // every trick above, against a fresh follower each.
 func TestHostileLeaders(t *testing.T) {
 	leader := openLog(t, t.TempDir())
@@ -366,7 +366,7 @@ func TestHostileLeaders(t *testing.T) {
 			// reason the case is about (on a loaded machine a slow answer
 			// may first be taken for a stall), or, for damage that shows
 			// only when the segment is sealed, until a few were served.
-			waitFor(t, "the hostile answers to be refused", func() bool {
+			waitFor(t, "the fakeLeader answers to be refused", func() bool {
 				return served.Load() >= tricks && (h.late() || fails.match(h.want))
 			})
 			honestAgain.Store(true)
@@ -374,7 +374,7 @@ func TestHostileLeaders(t *testing.T) {
 			appendBatches(t, leader, 5)
 			require.NoError(t, leader.Roll())
 			end := leader.EndOffset()
-			waitFor(t, "the follower to catch up after the hostile answers", func() bool { return follower.EndOffset() == end })
+			waitFor(t, "the follower to catch up after the fakeLeader answers", func() bool { return follower.EndOffset() == end })
 			cancel()
 			require.ErrorIs(t, <-stopped, context.Canceled)
 
@@ -388,7 +388,7 @@ func TestHostileLeaders(t *testing.T) {
 
 			sentMu.Lock()
 			for i, n := range sent {
-				assert.LessOrEqual(t, n.Load(), int64(maxSent), "hostile answer %d: the follower stopped reading it", i)
+				assert.LessOrEqual(t, n.Load(), int64(maxSent), "fakeLeader answer %d: the follower stopped reading it", i)
 			}
 			sentMu.Unlock()
 			assert.LessOrEqual(t, maxStaged.Load(), limit, "the stage stays within the follower's segment limit")
