@@ -24,7 +24,11 @@ type ServeOptions struct {
 	Listen      string // address; default 127.0.0.1:7070
 	Token       string
 	AllowRemote bool // serve non-loopback clients without a token
-	RateLimit   int64
+	// AllowedHosts: without a token, requests may name these hosts too
+	// (peer.ServerOptions.AllowedHosts).
+	AllowedHosts []string
+	MaxExports   int // bodies sent at once (peer.ServerOptions.MaxExports); default 64
+	RateLimit    int64
 	// TLSCert and TLSKey, both set, serve HTTPS (bodies are then copied
 	// through user space: this kernel has no kTLS).
 	TLSCert, TLSKey string
@@ -92,7 +96,8 @@ func Serve(ctx context.Context, out io.Writer, dirs []string, opts ServeOptions,
 	if err != nil {
 		return err
 	}
-	hs := peer.NewServer(logs, peer.ServerOptions{Token: opts.Token, AllowRemote: opts.AllowRemote, RateLimit: opts.RateLimit}).HTTPServer("")
+	hs := peer.NewServer(logs, peer.ServerOptions{Token: opts.Token, AllowRemote: opts.AllowRemote, AllowedHosts: opts.AllowedHosts,
+		MaxExports: opts.MaxExports, RateLimit: opts.RateLimit}).HTTPServer("")
 	if (opts.TLSCert == "") != (opts.TLSKey == "") {
 		ln.Close()
 		return usageError{errors.New("--tls-cert and --tls-key go together")}

@@ -315,6 +315,7 @@ func parseSince(since string, now time.Time) (time.Time, error) {
 
 func newServeCommand() *cobra.Command {
 	var o ServeOptions
+	var tokenFile string
 	cmd := &cobra.Command{
 		Use:   "serve DIR...",
 		Short: "Serve logs to peers over HTTP (segments by sendfile, tail, metrics), beside their writer or as it",
@@ -325,14 +326,21 @@ func newServeCommand() *cobra.Command {
 			return nil
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
+			var err error
+			if o.Token, err = resolveToken(cmd.ErrOrStderr(), o.Token, tokenFile); err != nil {
+				return err
+			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			return Serve(ctx, cmd.OutOrStdout(), args, o, nil)
 		},
 	}
 	cmd.Flags().StringVar(&o.Listen, "listen", "127.0.0.1:7070", "address to listen on")
-	cmd.Flags().StringVar(&o.Token, "token", "", "bearer token clients must send (without one, only loopback clients are served)")
+	cmd.Flags().StringVar(&tokenFile, "token-file", "", "file holding the bearer token clients must send (or set "+tokenEnv+"); without one, only loopback clients asking for a loopback host name are served")
+	cmd.Flags().StringVar(&o.Token, "token", "", "bearer token clients must send (visible in ps: prefer --token-file or "+tokenEnv+")")
 	cmd.Flags().BoolVar(&o.AllowRemote, "allow-remote", false, "serve non-loopback clients without a token")
+	cmd.Flags().StringArrayVar(&o.AllowedHosts, "allow-host", nil, "without a token, also serve requests for this host name (besides localhost and loopback addresses); repeatable")
+	cmd.Flags().IntVar(&o.MaxExports, "max-exports", 64, "segment and tail bodies sent at once; more get 503 with Retry-After")
 	cmd.Flags().Int64Var(&o.RateLimit, "rate-limit", 0, "bytes per second per response (0: unlimited)")
 	cmd.Flags().StringVar(&o.TLSCert, "tls-cert", "", "PEM certificate: serve HTTPS (with --tls-key)")
 	cmd.Flags().StringVar(&o.TLSKey, "tls-key", "", "PEM private key for --tls-cert")
@@ -346,6 +354,7 @@ func newPromoteCommand() *cobra.Command {
 
 func newReplicateCommand() *cobra.Command {
 	var o ReplicateOptions
+	var tokenFile string
 	cmd := &cobra.Command{
 		Use:   "replicate URL DIR",
 		Short: "Follow a served log into DIR: sealed segments byte for byte, then the tail; until interrupted",
@@ -356,13 +365,18 @@ func newReplicateCommand() *cobra.Command {
 			return nil
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
+			var err error
+			if o.Token, err = resolveToken(cmd.ErrOrStderr(), o.Token, tokenFile); err != nil {
+				return err
+			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			return Replicate(ctx, cmd.OutOrStdout(), cmd.ErrOrStderr(), args[0], args[1], o)
 		},
 	}
 	cmd.Flags().StringVar(&o.Name, "name", "", "the log's name on the leader (default: DIR's base name)")
-	cmd.Flags().StringVar(&o.Token, "token", "", "bearer token for the leader")
+	cmd.Flags().StringVar(&tokenFile, "token-file", "", "file holding the bearer token for the leader (or set "+tokenEnv+")")
+	cmd.Flags().StringVar(&o.Token, "token", "", "bearer token for the leader (visible in ps: prefer --token-file or "+tokenEnv+")")
 	cmd.Flags().DurationVar(&o.Wait, "wait", 10*time.Second, "long-poll wait for new records")
 	cmd.Flags().DurationVar(&o.ReadTimeout, "read-timeout", 30*time.Second, "a leader silent this long (no connection, headers or body bytes) fails the step, which is retried")
 	cmd.Flags().Int64Var(&o.SegmentSize, "segment-size", 64<<20, "the follower's segment size in bytes: the leader's segments must be no larger than the follower's own")
