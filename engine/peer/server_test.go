@@ -384,11 +384,11 @@ func TestMetricsOfTheProcess(t *testing.T) {
 	NewServer(map[string]*engine.Log{"main": l}, ServerOptions{Registry: prometheus.NewRegistry()})
 }
 
-// hostile is a server for the hostile-client sweep: small limits and
+// hostileServer is a server for the hostile-client sweep: small limits and
 // deadlines, a listener with small socket buffers (so a client that does
 // not read blocks the server's writes at once), and a log of several
 // sealed segments and an active one.
-type hostile struct {
+type hostileServer struct {
 	l     *engine.Log
 	srv   *Server
 	reg   *prometheus.Registry
@@ -397,12 +397,12 @@ type hostile struct {
 	conns []net.Conn // the attackers'
 }
 
-func newHostile(t *testing.T, opts ServerOptions) *hostile {
+func newHostile(t *testing.T, opts ServerOptions) *hostileServer {
 	t.Helper()
 	l := openLog(t, t.TempDir())
 	t.Cleanup(func() { l.Close() })
 	appendBatches(t, l, 600)
-	h := &hostile{l: l, reg: prometheus.NewRegistry(), opts: opts}
+	h := &hostileServer{l: l, reg: prometheus.NewRegistry(), opts: opts}
 	opts.Registry = h.reg
 	h.srv = NewServer(map[string]*engine.Log{"main": l}, opts)
 	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
@@ -418,7 +418,7 @@ func newHostile(t *testing.T, opts ServerOptions) *hostile {
 }
 
 // dial connects to the server with a small receive buffer.
-func (h *hostile) dial(t *testing.T) net.Conn {
+func (h *hostileServer) dial(t *testing.T) net.Conn {
 	t.Helper()
 	d := net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
 		return c.Control(func(fd uintptr) { _ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, 4096) })
@@ -430,7 +430,7 @@ func (h *hostile) dial(t *testing.T) net.Conn {
 }
 
 // send writes raw request bytes on a new connection.
-func (h *hostile) send(t *testing.T, raw string) net.Conn {
+func (h *hostileServer) send(t *testing.T, raw string) net.Conn {
 	t.Helper()
 	c := h.dial(t)
 	_, err := io.WriteString(c, raw)
@@ -453,7 +453,7 @@ func closedByServer(t *testing.T, c net.Conn) string {
 
 // legit checks that an ordinary client is served: the listing, and a
 // sealed segment byte for byte (retrying on 503, which says to).
-func (h *hostile) legit(t *testing.T) {
+func (h *hostileServer) legit(t *testing.T) {
 	t.Helper()
 	base := "http://" + h.addr
 	resp, _ := getBody(t, base+"/v1/logs", h.auth())
@@ -473,14 +473,14 @@ func (h *hostile) legit(t *testing.T) {
 }
 
 // auth is the header a legitimate client sends.
-func (h *hostile) auth() http.Header {
+func (h *hostileServer) auth() http.Header {
 	if h.opts.Token == "" {
 		return nil
 	}
 	return http.Header{"Authorization": {"Bearer " + h.opts.Token}}
 }
 
-func (h *hostile) activeTail(wait string) string {
+func (h *hostileServer) activeTail(wait string) string {
 	segs := h.l.Segments()
 	a := segs[len(segs)-1]
 	return fmt.Sprintf("/v1/logs/main/tail?base=%d&pos=%d&wait=%s", a.Base, a.ExportSize(), wait)
@@ -501,9 +501,9 @@ func TestHostileClients(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
 		token  string
-		attack func(t *testing.T, h *hostile)
+		attack func(t *testing.T, h *hostileServer)
 	}{
-		{"slow headers", "", func(t *testing.T, h *hostile) {
+		{"slow headers", "", func(t *testing.T, h *hostileServer) {
 			var conns []net.Conn
 			for range attackers {
 				conns = append(conns, h.send(t, "GET /v1/logs HTTP/1.1\r\nHost: localhost\r\n"))
@@ -513,7 +513,7 @@ func TestHostileClients(t *testing.T) {
 				assert.NotContains(t, closedByServer(t, c), "200 OK")
 			}
 		}},
-		{"oversized headers", "", func(t *testing.T, h *hostile) {
+		{"oversized headers", "", func(t *testing.T, h *hostileServer) {
 			for range attackers {
 				c := h.dial(t)
 				go func() { // the server stops reading: this write may block until it closes
@@ -525,7 +525,7 @@ func TestHostileClients(t *testing.T) {
 		}},
 		{"declared body never sent", "", declaredBodies},
 		{"declared body never sent, with a token", "tok", declaredBodies},
-		{"idle polls", "", func(t *testing.T, h *hostile) {
+		{"idle polls", "", func(t *testing.T, h *hostileServer) {
 			var conns []net.Conn
 			for range attackers {
 				conns = append(conns, h.send(t, "GET "+h.activeTail("1h")+" HTTP/1.1\r\nHost: localhost\r\n\r\n"))
@@ -555,7 +555,7 @@ func TestHostileClients(t *testing.T) {
 			resp := <-legit
 			assert.Equal(t, http.StatusOK, resp.StatusCode, "the legitimate poll got the new record")
 		}},
-		{"clients that never read", "", func(t *testing.T, h *hostile) {
+		{"clients that never read", "", func(t *testing.T, h *hostileServer) {
 			var conns []net.Conn
 			for range attackers {
 				conns = append(conns, h.send(t, "GET /v1/logs/main/segments/0 HTTP/1.1\r\nHost: localhost\r\n\r\n"))
@@ -605,7 +605,7 @@ func TestHostileClients(t *testing.T) {
 // a terabyte, or chunked) and never send it are refused at once and
 // their connections closed, before any token check would wait for the
 // body; the server reads none of it.
-func declaredBodies(t *testing.T, h *hostile) {
+func declaredBodies(t *testing.T, h *hostileServer) {
 	var conns []net.Conn
 	for i := range attackers {
 		req := []string{
