@@ -3,6 +3,7 @@ package raftstore
 import (
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -18,21 +19,30 @@ import (
 	"github.com/segstore/segstore/engine"
 )
 
-// counterFSM sums the commands (8-byte numbers) it applies and remembers
-// the last index, so nodes can be compared.
+// counterFSM sums the commands it applies and remembers the last index,
+// so nodes can be compared. A command is an id and a value (8 bytes each);
+// a command whose id was applied before is skipped, so the test can send a
+// command again when raft cannot say whether it was committed (leadership
+// lost while committing) without counting it twice.
 type counterFSM struct {
 	mu    sync.Mutex
 	sum   uint64
 	count uint64
 	index uint64
+	seen  map[uint64]bool
 }
 
 func (f *counterFSM) Apply(l *raft.Log) any {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.sum += binary.LittleEndian.Uint64(l.Data)
-	f.count++
 	f.index = l.Index
+	id := binary.LittleEndian.Uint64(l.Data)
+	if f.seen[id] {
+		return nil
+	}
+	f.seen[id] = true
+	f.sum += binary.LittleEndian.Uint64(l.Data[8:])
+	f.count++
 	return nil
 }
 
@@ -43,26 +53,37 @@ func (f *counterFSM) state() [3]uint64 {
 }
 
 func (f *counterFSM) Snapshot() (raft.FSMSnapshot, error) {
-	s := f.state()
-	return snapshot(s), nil
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	s := snapshot{State: [3]uint64{f.sum, f.count, f.index}}
+	for id := range f.seen {
+		s.Seen = append(s.Seen, id)
+	}
+	return s, nil
 }
 
 func (f *counterFSM) Restore(r io.ReadCloser) error {
 	defer r.Close()
-	var s [3]uint64
+	var s snapshot
 	if err := json.NewDecoder(r).Decode(&s); err != nil {
 		return err
 	}
 	f.mu.Lock()
-	f.sum, f.count, f.index = s[0], s[1], s[2]
+	f.sum, f.count, f.index, f.seen = s.State[0], s.State[1], s.State[2], map[uint64]bool{}
+	for _, id := range s.Seen {
+		f.seen[id] = true
+	}
 	f.mu.Unlock()
 	return nil
 }
 
-type snapshot [3]uint64
+type snapshot struct {
+	State [3]uint64
+	Seen  []uint64
+}
 
 func (s snapshot) Persist(sink raft.SnapshotSink) error {
-	if err := json.NewEncoder(sink).Encode([3]uint64(s)); err != nil {
+	if err := json.NewEncoder(sink).Encode(s); err != nil {
 		sink.Cancel()
 		return err
 	}
@@ -100,13 +121,16 @@ func startNode(t *testing.T, n *node) {
 	require.NoError(t, err)
 	conf := raft.DefaultConfig()
 	conf.LocalID = n.id
-	conf.HeartbeatTimeout, conf.ElectionTimeout, conf.LeaderLeaseTimeout = 200*time.Millisecond, 200*time.Millisecond, 100*time.Millisecond
+	// Raft's own timeouts; a busy machine can still miss them, so the test
+	// never relies on a leader lasting: apply sends again what was not
+	// confirmed, to whoever leads then.
+	conf.HeartbeatTimeout, conf.ElectionTimeout, conf.LeaderLeaseTimeout = 500*time.Millisecond, 500*time.Millisecond, 250*time.Millisecond
 	conf.CommitTimeout = 5 * time.Millisecond
 	conf.SnapshotThreshold, conf.SnapshotInterval = 1<<40, time.Hour // snapshots when the test says
 	conf.TrailingLogs = 200
 	conf.BatchApplyCh = true // concurrent Applies share one StoreLogs (one fdatasync)
 	conf.Logger = hclog.NewNullLogger()
-	n.fsm = &counterFSM{}
+	n.fsm = &counterFSM{seen: map[uint64]bool{}}
 	r, err := raft.NewRaft(conf, n.fsm, s, s, snaps, trans)
 	require.NoError(t, err)
 	n.store, n.raft, n.trans = s, r, trans
@@ -130,7 +154,7 @@ func freeAddr(t *testing.T) string {
 
 func waitLeader(t *testing.T, nodes []*node) *node {
 	t.Helper()
-	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+	for deadline := time.Now().Add(2 * time.Minute); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
 		for _, n := range nodes {
 			if n.raft != nil && n.raft.State() == raft.Leader {
 				return n
@@ -141,21 +165,58 @@ func waitLeader(t *testing.T, nodes []*node) *node {
 	return nil
 }
 
-// apply commits n commands of value v through the leader.
-func apply(t *testing.T, leader *node, n int, v uint64) {
+// apply commits n commands of value v, with ids from *next on, through
+// whichever of nodes leads. Commands raft did not confirm (leadership lost
+// or changed, a timeout) are sent again to the next leader: the FSM skips
+// ids it applied, so each counts once. It returns the leader that
+// confirmed the last of them.
+func apply(t *testing.T, nodes []*node, next *uint64, n int, v uint64) *node {
 	t.Helper()
-	futures := make([]raft.ApplyFuture, 0, n)
+	var pending []uint64
 	for range n {
-		futures = append(futures, leader.raft.Apply(binary.LittleEndian.AppendUint64(nil, v), 5*time.Second))
+		pending = append(pending, *next)
+		*next++
 	}
-	for _, f := range futures {
-		require.NoError(t, f.Error())
+	for round := 0; ; round++ {
+		require.Less(t, round, 50, "%d commands still not confirmed after 50 leaders", len(pending))
+		leader := waitLeader(t, nodes)
+		futures := make([]raft.ApplyFuture, len(pending))
+		for i, id := range pending {
+			cmd := binary.LittleEndian.AppendUint64(binary.LittleEndian.AppendUint64(nil, id), v)
+			futures[i] = leader.raft.Apply(cmd, 10*time.Second)
+		}
+		var failed []uint64
+		for i, f := range futures {
+			switch err := f.Error(); {
+			case err == nil:
+			case errors.Is(err, raft.ErrLeadershipLost), errors.Is(err, raft.ErrNotLeader),
+				errors.Is(err, raft.ErrEnqueueTimeout), errors.Is(err, raft.ErrLeadershipTransferInProgress):
+				failed = append(failed, pending[i])
+			default:
+				require.NoError(t, err)
+			}
+		}
+		if len(failed) == 0 {
+			return leader
+		}
+		pending = failed
 	}
+}
+
+// live is the nodes that are running.
+func live(nodes []*node) []*node {
+	var out []*node
+	for _, n := range nodes {
+		if n.raft != nil {
+			out = append(out, n)
+		}
+	}
+	return out
 }
 
 func waitSame(t *testing.T, nodes []*node) {
 	t.Helper()
-	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+	for deadline := time.Now().Add(2 * time.Minute); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
 		same := true
 		for _, n := range nodes[1:] {
 			same = same && n.fsm.state() == nodes[0].fsm.state()
@@ -193,20 +254,13 @@ func TestThreeNodeCluster(t *testing.T) {
 	}()
 	require.NoError(t, nodes[0].raft.BootstrapCluster(raft.Configuration{Servers: servers}).Error())
 
-	leader := waitLeader(t, nodes)
-	apply(t, leader, 10_000, 1)
+	var next uint64 // command ids
+	leader := apply(t, nodes, &next, 10_000, 1)
 	waitSame(t, nodes)
 
 	leader.stop(t) // the leader dies
 	leader.raft = nil
-	var rest []*node
-	for _, n := range nodes {
-		if n != leader {
-			rest = append(rest, n)
-		}
-	}
-	second := waitLeader(t, rest)
-	apply(t, second, 2_000, 2)
+	apply(t, live(nodes), &next, 2_000, 2)
 	startNode(t, leader) // and comes back
 	waitSame(t, nodes)
 	require.Equal(t, [3]uint64{10_000 + 2*2_000, 12_000, nodes[0].fsm.state()[2]}, nodes[0].fsm.state())
@@ -214,20 +268,22 @@ func TestThreeNodeCluster(t *testing.T) {
 
 	// A follower falls behind; a snapshot compacts the leader's log past
 	// what it has; it catches up from the snapshot.
-	lag := rest[0]
-	if lag == second {
-		lag = rest[1]
+	lag := nodes[0]
+	if lag == waitLeader(t, nodes) {
+		lag = nodes[1]
 	}
 	lag.stop(t)
 	lag.raft = nil
-	apply(t, second, 3_000, 3)
-	require.NoError(t, second.raft.Snapshot().Error())
-	first, err := second.store.FirstIndex()
-	require.NoError(t, err)
-	last, err := second.store.LastIndex()
-	require.NoError(t, err)
-	require.Greater(t, first, uint64(1), "the snapshot compacted the log (TruncateFront)")
-	require.LessOrEqual(t, last-first+1, uint64(200+64), "about TrailingLogs entries remain")
+	apply(t, live(nodes), &next, 3_000, 3)
+	for _, n := range live(nodes) { // whoever leads when lag comes back sends the snapshot
+		require.NoError(t, n.raft.Snapshot().Error())
+		first, err := n.store.FirstIndex()
+		require.NoError(t, err)
+		last, err := n.store.LastIndex()
+		require.NoError(t, err)
+		require.Greater(t, first, uint64(1), "the snapshot compacted the log (TruncateFront)")
+		require.LessOrEqual(t, last-first+1, uint64(200+64), "about TrailingLogs entries remain")
+	}
 	startNode(t, lag)
 	waitSame(t, nodes)
 	require.Equal(t, uint64(10_000+2*2_000+3*3_000), lag.fsm.state()[0], "caught up from the snapshot")
