@@ -111,6 +111,7 @@ func longRun() bool { return os.Getenv("SEGSTORE_LONG") != "" }
 // checkReads opens the store (read-only or not) and reads every
 // acknowledged record by offset and by an iterator: each comes back exact
 // or as a corruption error; none is missing without an error, none differs.
+// So do the records of every sealed segment's mapping.
 func (fs flipStore) checkReads(t *testing.T, what string, readOnly bool) {
 	opts := DefaultOptions()
 	opts.ReadOnly, opts.Logger = readOnly, quiet
@@ -142,6 +143,35 @@ func (fs flipStore) checkReads(t *testing.T, what string, readOnly bool) {
 	} else {
 		require.Equal(t, fs.end, off, "%s: the iterator stopped early without an error", what)
 	}
+	// Each sealed segment read in place, through a mapping.
+	for _, si := range l.Segments() {
+		if !si.Sealed {
+			continue
+		}
+		v, err := l.OpenSegment(si.Base)
+		if err != nil {
+			require.True(t, isDamageError(err), "%s: open segment %d: %v", what, si.Base, err)
+			continue
+		}
+		m, err := v.Mmap()
+		require.NoError(t, err, what)
+		mi := m.NewIterator()
+		off := si.Base
+		for mi.Next() {
+			require.Equal(t, off, mi.Offset(), "%s: mapped iterator", what)
+			if off >= fs.start {
+				require.Equal(t, flipRecord(off), mi.Record(), "%s: mapped iterator at %d returned wrong bytes", what, off)
+			}
+			off++
+		}
+		if mi.Err() != nil {
+			require.True(t, isDamageError(mi.Err()), "%s: mapped iterator at %d: %v", what, off, mi.Err())
+		} else {
+			require.Equal(t, si.Next, off, "%s: the mapped iterator of segment %d stopped early without an error", what, si.Base)
+		}
+		require.NoError(t, m.Close())
+		require.NoError(t, v.Close())
+	}
 }
 
 // isDamageError: an error that says the store is damaged.
@@ -154,7 +184,8 @@ func isDamageError(err error) bool {
 // verify reports each flip in what a segment holds or says (its header,
 // frames, footer), read-only and read-write opens either refuse it as
 // damage or give back every acknowledged record exact, and no read or
-// iterator returns wrong bytes or silently fewer records.
+// iterator (nor an in-place iterator of a sealed segment's mapping) returns
+// wrong bytes or silently fewer records.
 func TestEveryBitFlipOfAStore(t *testing.T) {
 	fs := buildFlipStore(t)
 	all := fs.flips(1999)
