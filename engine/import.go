@@ -190,6 +190,9 @@ func (l *Log) receive(r io.Reader, path, tmp string, base uint64, size int64) (*
 		var m int64
 		m, err = io.Copy(f, io.LimitReader(r, piece)) // a LimitedReader over a socket still splices
 		n += m
+		if err != nil {
+			err = fmt.Errorf("%w: segment %d: receiving failed after %d of %d bytes: %w", ErrImport, base, n, size, err)
+		}
 		if m < piece {
 			break // the stream ended (or failed)
 		}
