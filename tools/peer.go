@@ -28,6 +28,8 @@ type ServeOptions struct {
 	// (peer.ServerOptions.AllowedHosts).
 	AllowedHosts []string
 	MaxExports   int // bodies sent at once (peer.ServerOptions.MaxExports); default 64
+	// WriteTimeout: peer.ServerOptions.WriteTimeout; default 30s.
+	WriteTimeout time.Duration
 	RateLimit    int64
 	// TLSCert and TLSKey, both set, serve HTTPS (bodies are then copied
 	// through user space: this kernel has no kTLS).
@@ -97,7 +99,7 @@ func Serve(ctx context.Context, out io.Writer, dirs []string, opts ServeOptions,
 		return err
 	}
 	hs := peer.NewServer(logs, peer.ServerOptions{Token: opts.Token, AllowRemote: opts.AllowRemote, AllowedHosts: opts.AllowedHosts,
-		MaxExports: opts.MaxExports, RateLimit: opts.RateLimit}).HTTPServer("")
+		MaxExports: opts.MaxExports, WriteTimeout: opts.WriteTimeout, RateLimit: opts.RateLimit}).HTTPServer("")
 	if (opts.TLSCert == "") != (opts.TLSKey == "") {
 		ln.Close()
 		return usageError{errors.New("--tls-cert and --tls-key go together")}

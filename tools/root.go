@@ -341,6 +341,7 @@ func newServeCommand() *cobra.Command {
 	cmd.Flags().BoolVar(&o.AllowRemote, "allow-remote", false, "serve non-loopback clients without a token")
 	cmd.Flags().StringArrayVar(&o.AllowedHosts, "allow-host", nil, "without a token, also serve requests for this host name (besides localhost and loopback addresses); repeatable")
 	cmd.Flags().IntVar(&o.MaxExports, "max-exports", 64, "segment and tail bodies sent at once; more get 503 with Retry-After")
+	cmd.Flags().DurationVar(&o.WriteTimeout, "write-timeout", 30*time.Second, "a client must take each MiB of a body within this, or it is cut off and its export slot freed")
 	cmd.Flags().Int64Var(&o.RateLimit, "rate-limit", 0, "bytes per second per response (0: unlimited)")
 	cmd.Flags().StringVar(&o.TLSCert, "tls-cert", "", "PEM certificate: serve HTTPS (with --tls-key)")
 	cmd.Flags().StringVar(&o.TLSKey, "tls-key", "", "PEM private key for --tls-cert")
