@@ -11,9 +11,10 @@
 // collection per eighth of its budget offered, so that its garbage stays
 // small (see Cache).
 //
-// Keys are (namespace, position). Each open segment file takes a fresh
-// namespace from NewNamespace, so entries of a deleted or rewritten file can
-// never be returned for another one; they age out under the budget.
+// Keys are (namespace, position), any position a file can have. Each open
+// segment file takes a fresh namespace from NewNamespace, so entries of a
+// deleted or rewritten file can never be returned for another one; they age
+// out under the budget.
 package cache
 
 import (
@@ -27,10 +28,6 @@ import (
 
 // Namespace identifies one file's entries. Zero is never handed out.
 type Namespace uint32
-
-// MaxPos is the largest position a key can hold: positions are stored in
-// units of 8 bytes (frames are 8-byte aligned) in 32 bits.
-const MaxPos = (1<<32 - 1) * 8
 
 // Stats are the cache's counters since New.
 type Stats struct {
@@ -53,7 +50,7 @@ func (s Stats) HitRatio() float64 {
 
 // Cache is safe for concurrent use.
 type Cache struct {
-	rc       *ristretto.Cache[uint64, []byte]
+	rc       *ristretto.Cache[uint64, entry]
 	maxBytes int64
 	nextNS   atomic.Uint32
 
@@ -84,13 +81,14 @@ func New(maxBytes int64) (*Cache, error) {
 	// ristretto advises 10 counters per expected entry; entries are frames
 	// of ~4 KiB and more.
 	c := &Cache{maxBytes: maxBytes, gcEvery: maxBytes / gcFraction}
-	rc, err := ristretto.NewCache(&ristretto.Config[uint64, []byte]{
+	rc, err := ristretto.NewCache(&ristretto.Config[uint64, entry]{
 		NumCounters: max(maxBytes/4096*10, 1000),
 		MaxCost:     maxBytes,
 		BufferItems: 64,
 		Metrics:     true, // sharded atomic counters: the source of Stats
-		// A value for a key is the same verified bytes whoever sets it.
-		ShouldUpdate: func(cur, prev []byte) bool { return false },
+		// A value for a key is the same verified bytes whoever sets it (or,
+		// for two keys that share a slot, the first one set keeps it).
+		ShouldUpdate: func(cur, prev entry) bool { return false },
 	})
 	if err != nil {
 		return nil, fmt.Errorf("cache: %w", err)
@@ -123,21 +121,36 @@ func (c *Cache) NewNamespace() Namespace {
 	}
 }
 
-func key(ns Namespace, pos int64) uint64 { return uint64(ns)<<32 | uint64(pos/8) }
+// entry is a cached value with the full key it was set under: ristretto
+// keeps one value per 64-bit slot, and a (namespace, position) pair does not
+// fit in 64 bits, so a value is only returned for the key it was set for.
+type entry struct {
+	v   []byte
+	pos int64
+	ns  Namespace
+}
+
+// slot is the 64-bit ristretto key of (ns, pos): the namespace in the high
+// 32 bits, the position in units of 8 bytes (frames are 8-byte aligned) in
+// the low ones, so keys of positions below 32 GiB never share a slot within
+// or across namespaces. Higher positions (and unaligned ones) may share a
+// slot with another key; entry tells them apart.
+func slot(ns Namespace, pos int64) uint64 { return uint64(ns)<<32 ^ uint64(pos)>>3 }
 
 // Get returns the value cached for (ns, pos).
 func (c *Cache) Get(ns Namespace, pos int64) ([]byte, bool) {
-	return c.rc.Get(key(ns, pos))
+	e, ok := c.rc.Get(slot(ns, pos))
+	if !ok || e.ns != ns || e.pos != pos {
+		return nil, false
+	}
+	return e.v, true
 }
 
-// Set offers a verified, immutable value; the admission policy may refuse
-// it. pos must be a multiple of 8 and at most MaxPos.
+// Set offers a verified, immutable value for (ns, pos), any position; the
+// admission policy may refuse it, and so does a slot held by another key.
 func (c *Cache) Set(ns Namespace, pos int64, v []byte) {
-	if pos < 0 || pos > MaxPos || pos%8 != 0 {
-		panic(fmt.Sprintf("cache: position %d is not a multiple of 8 in [0, %d]", pos, int64(MaxPos)))
-	}
 	cost := heapSize(cap(v))
-	c.rc.Set(key(ns, pos), v, cost)
+	c.rc.Set(slot(ns, pos), entry{v: v, pos: pos, ns: ns}, cost)
 	c.noteOffered(cost)
 }
 

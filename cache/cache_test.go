@@ -1,6 +1,7 @@
 package cache
 
 import (
+	"fmt"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -64,9 +65,7 @@ func TestBadInput(t *testing.T) {
 	assert.ErrorIs(t, err, ErrTooSmall)
 	c, err := New(1 << 20)
 	require.NoError(t, err)
-	defer c.Close()
-	assert.Panics(t, func() { c.Set(1, 3, nil) }, "positions are 8-byte aligned by the format")
-	assert.Panics(t, func() { c.Set(1, MaxPos+8, nil) })
+	c.Close()
 }
 
 // TestCollectsGarbageItCreates: every MaxBytes/8 offered starts a
@@ -90,4 +89,42 @@ func TestCollectsGarbageItCreates(t *testing.T) {
 	assert.Equal(t, int64(40<<10), heapSize(36<<10), "large allocations take whole 8 KiB pages")
 	assert.Equal(t, int64(64<<10), heapSize(64<<10))
 	assert.Equal(t, int64(1000), heapSize(1000), "small ones are in size classes, counted as asked")
+}
+
+// Segments can be larger than 32 GiB (imports accept up to 64 GiB), and
+// keys beyond that share ristretto slots with other keys: a value is only
+// ever returned for the exact (namespace, position) it was set for.
+func TestPositionsBeyond32GiB(t *testing.T) {
+	c, err := New(1 << 20)
+	require.NoError(t, err)
+	defer c.Close()
+	ns := []Namespace{4, 5, 2, 3}
+	const g = int64(1) << 30
+	// slot(ns, pos) = ns<<32 ^ pos/8: each pair of keys below share a slot.
+	pairs := []struct {
+		ns  [2]Namespace
+		pos [2]int64
+	}{
+		{[2]Namespace{ns[2], ns[3]}, [2]int64{0, 32 * g}},        // ns 3 ^ 1 = 2
+		{[2]Namespace{ns[0], ns[0]}, [2]int64{4096, 4097}},       // an unaligned position
+		{[2]Namespace{ns[1], ns[1] ^ 3}, [2]int64{8, 96*g + 8}},  // 96 GiB: ns ^ 3
+		{[2]Namespace{ns[3], ns[3]}, [2]int64{64*g - 8, 64 * g}}, // the largest import, no panic
+	}
+	for i, p := range pairs {
+		require.Equal(t, i != 3, slot(p.ns[0], p.pos[0]) == slot(p.ns[1], p.pos[1]), "pair %d", i)
+		a, b := []byte(fmt.Sprint("a", i)), []byte(fmt.Sprint("b", i))
+		c.Set(p.ns[0], p.pos[0], a)
+		c.Wait()
+		c.Set(p.ns[1], p.pos[1], b)
+		c.Wait()
+		v, ok := c.Get(p.ns[0], p.pos[0])
+		require.True(t, ok, "pair %d", i)
+		assert.Equal(t, a, v, "pair %d", i)
+		if v, ok := c.Get(p.ns[1], p.pos[1]); ok {
+			assert.Equal(t, b, v, "pair %d: a key sharing a slot must never get the other's value", i)
+		}
+	}
+	for _, pos := range []int64{-8, -1, 1 << 62} {
+		assert.NotPanics(t, func() { c.Set(ns[0], pos, []byte("x")) })
+	}
 }
