@@ -328,6 +328,7 @@ func (l *Log) commitImport(s *segment, tmp string) error {
 	l.segs.Store(&segs)
 	l.active = next
 	l.notifyDurable()
+	l.noteOpen(s)
 	return nil
 }
 

@@ -247,7 +247,7 @@ func (it *Iterator) Err() error { return it.err }
 // leaveSegment waits for the read in flight and lets go of the segment.
 func (it *Iterator) leaveSegment() {
 	it.waitReadAhead()
-	it.seg.release()
+	it.seg.done()
 	it.seg, it.buf = nil, nil
 }
 

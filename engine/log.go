@@ -48,6 +48,7 @@ type Log struct {
 	isClosed atomic.Bool // set once by Close, under mu; readers check it without mu
 
 	segs  atomic.Pointer[[]*segment] // immutable snapshot, ascending by base
+	files openFiles                  // the sealed segments whose files are open, bounded
 	start atomic.Uint64              // first retained offset (TruncateFront, retention)
 
 	durMu     sync.Mutex
@@ -57,6 +58,13 @@ type Log struct {
 	spareMu   sync.Mutex
 	spare     *spareFile // guarded by spareMu: the next segment file, being prepared
 	sealed    atomic.Pointer[wal.Stats]
+	// tail: the growing last index interval of the active segment (or of
+	// a read-only log's last one) as a read last built it, not in the
+	// cache, whose values never change, so reads of the newest records
+	// (raft's GetLog of what it just stored) do not go to the disk each
+	// time. One per log: only the newest segment grows, and a chunk of an
+	// older one is never kept after its segment stops growing.
+	tail atomic.Pointer[tailChunk]
 
 	syncHist, batchHist *hist // fdatasync latency, appends per flush
 
@@ -214,6 +222,7 @@ func (l *Log) load() error {
 		err error
 	}
 	results := make([]opened, len(bases))
+	var loaded atomic.Int64 // sealed segments opened here: those past the bound are closed again
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, openParallelism)
 	for i := 0; i < len(bases)-1; i++ {
@@ -232,7 +241,11 @@ func (l *Log) load() error {
 					return
 				}
 			}
-			results[i].s, results[i].err = l.openSegment(bases[i], false, bases[i+1], false)
+			s, err := l.openSegment(bases[i], false, bases[i+1], false)
+			if err == nil && s.reloadable() && loaded.Add(1) > int64(l.opts.MaxOpenSegments) {
+				s.unload() // checked; opened again on first use
+			}
+			results[i].s, results[i].err = s, err
 		}()
 	}
 	wg.Wait()
@@ -266,6 +279,7 @@ func (l *Log) load() error {
 	}
 	l.report.Segments = len(segs)
 	l.segs.Store(&segs)
+	l.noteOpen(segs...)
 	if err := l.loadStart(); err != nil {
 		return err
 	}
@@ -844,6 +858,7 @@ func (l *Log) rollIf(s *segment) error {
 	l.segs.Store(&segs)
 	l.active = next
 	l.notifyDurable() // wakes WaitActive callers on the sealed segment
+	l.noteOpen(s)
 	if err := l.applyRetentionLocked(); err != nil {
 		// A deletion may have stopped halfway (START written, files not all
 		// removed, or a directory fsync failed): reopening finishes it.
@@ -862,7 +877,7 @@ func (l *Log) Read(offset uint64, dst []byte) ([]byte, error) {
 	if err != nil {
 		return dst, err
 	}
-	defer s.release()
+	defer s.done()
 	vis := s.vis()
 	start, end, complete := s.chunk(offset, vis)
 	c, err := l.chunkBytes(s, start, end, complete, offset)
@@ -894,7 +909,7 @@ func (l *Log) segmentFor(offset uint64) (*segment, error) {
 		}
 		if s.acquire() {
 			if err := l.ensure(s); err != nil {
-				s.release()
+				s.done()
 				return nil, err
 			}
 			return s, nil
@@ -911,7 +926,7 @@ func (l *Log) chunkBytes(s *segment, start indexEntry, end int64, complete bool,
 		if b, ok := l.cache.Get(s.ns, start.pos); ok {
 			return chunk(b), nil
 		}
-	} else if t := s.tail.Load(); t != nil && t.pos == start.pos {
+	} else if t := l.tail.Load(); t != nil && t.ns == s.ns && t.pos == start.pos {
 		// The growing last interval, as last read: it still holds every
 		// record it held (durable bytes never change), maybe not offset.
 		if _, ok := t.c.record(offset - start.off); ok {
@@ -939,7 +954,7 @@ func (l *Log) chunkBytes(s *segment, start indexEntry, end int64, complete bool,
 	if complete {
 		l.cache.Set(s.ns, start.pos, c)
 	} else {
-		s.tail.Store(&tailChunk{pos: start.pos, c: c})
+		l.tail.Store(&tailChunk{ns: s.ns, pos: start.pos, c: c})
 	}
 	return c, nil
 }
@@ -1060,7 +1075,10 @@ func (l *Log) Storage() StorageInfo {
 		return StorageInfo{}
 	}
 	s := segs[len(segs)-1]
-	defer s.release()
+	defer s.done()
+	if l.ensure(s) != nil {
+		return StorageInfo{}
+	}
 	si := StorageInfo{Direct: s.dev.Direct(), Alignment: s.dev.Alignment()}
 	if fs, ok := s.dev.(interface{ Filesystem() string }); ok {
 		si.Filesystem = fs.Filesystem()
@@ -1157,6 +1175,7 @@ func (l *Log) Close() error {
 	l.mu.Unlock()
 	l.refreshMu.Lock() // a Refresh in progress finishes with the files open
 	l.closeFiles()
+	l.forgetFiles()
 	if l.durable != nil && l.opts.ReadOnly {
 		l.durable.close(false)
 		l.durable = nil

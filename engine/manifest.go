@@ -200,13 +200,27 @@ func (l *Log) lazySegment(e manifestEntry) *segment {
 // reference on s.
 func (l *Log) ensure(s *segment) error {
 	if s.loaded.Load() {
+		if !s.used.Load() {
+			s.used.Store(true)
+		}
 		return nil
 	}
+	loaded, err := l.load1(s)
+	if loaded {
+		l.noteOpen(s)
+	}
+	return err
+}
+
+// load1 is ensure's load of s, under s.loadMu; it reports whether it
+// loaded s (false if another goroutine did, or on an error).
+func (l *Log) load1(s *segment) (bool, error) {
 	s.loadMu.Lock()
 	defer s.loadMu.Unlock()
 	if s.loaded.Load() {
-		return nil
+		return false, nil
 	}
+	wasBad := s.footerBad.Load() // found at an earlier load (this one is a reload)
 	t, err := l.openSegment(s.base, false, s.man.next, true)
 	if err == nil {
 		err = s.adopt(t)
@@ -216,18 +230,21 @@ func (l *Log) ensure(s *segment) error {
 			t.release()
 		}
 		if s.gone.Load() {
-			return fmt.Errorf("%w: segment %s was dropped while being opened", ErrOutOfRange, s.name)
+			return false, fmt.Errorf("%w: segment %s was dropped while being opened", ErrOutOfRange, s.name)
 		}
-		return err
+		if l.opts.ReadOnly && isNotExist(err) {
+			return false, fmt.Errorf("%w: segment %s was removed by the log's writer (truncated): %w", ErrOutOfRange, s.path, err)
+		}
+		return false, err
 	}
-	if s.footerBad.Load() && !l.opts.ReadOnly {
+	if !wasBad && s.footerBad.Load() && !l.opts.ReadOnly {
 		// Out of the manifest, the next open reads the file and rebuilds
 		// its footer on disk.
 		if err := l.writeManifest(true); err != nil {
 			l.opts.Logger.Warn("segstore: could not drop a damaged footer from the manifest", "segment", s.path, "err", err)
 		}
 	}
-	return nil
+	return true, nil
 }
 
 // adopt takes the file and index of t, the same segment opened from its

@@ -43,6 +43,15 @@ type Options struct {
 	// RetentionAge: after each roll, sealed segments whose last record is
 	// older than this are deleted. Default 0: no limit.
 	RetentionAge time.Duration
+	// MaxOpenSegments is how many sealed segment files the log keeps open
+	// for reads, each with its sparse index in memory (24 bytes per
+	// IndexInterval of file, as its footer says), in files. Past it, the
+	// least recently used one that nobody is reading is closed and its
+	// index dropped; its next read opens it again (two small reads of its
+	// footer). Files in use by an iterator positioned in them, a
+	// SegmentView or a Mapping stay open until let go, beyond the bound if
+	// need be. The active segment is not counted. Default 64.
+	MaxOpenSegments int
 	// IndexInterval is the spacing of the sparse index in bytes of segment
 	// file; it is also the unit read from disk and cached for point reads.
 	// Default 64 KiB.
@@ -88,13 +97,14 @@ type Options struct {
 // DefaultOptions returns the documented defaults.
 func DefaultOptions() Options {
 	return Options{
-		SegmentSize:   64 << 20,
-		SyncMode:      SyncAlways,
-		SyncInterval:  10 * time.Millisecond,
-		CacheBytes:    64 << 20,
-		IndexInterval: 64 << 10,
-		Preallocate:   true,
-		MaxWrite:      wal.DefaultMaxWrite,
+		SegmentSize:     64 << 20,
+		SyncMode:        SyncAlways,
+		SyncInterval:    10 * time.Millisecond,
+		CacheBytes:      64 << 20,
+		IndexInterval:   64 << 10,
+		MaxOpenSegments: 64,
+		Preallocate:     true,
+		MaxWrite:        wal.DefaultMaxWrite,
 	}
 }
 
@@ -111,6 +121,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.IndexInterval <= 0 {
 		o.IndexInterval = d.IndexInterval
+	}
+	if o.MaxOpenSegments <= 0 {
+		o.MaxOpenSegments = d.MaxOpenSegments
 	}
 	if o.MaxWrite <= 0 {
 		o.MaxWrite = d.MaxWrite

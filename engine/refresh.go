@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"sort"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -87,6 +88,11 @@ func (l *Log) Refresh() (changed bool, err error) {
 	if added {
 		changed = true
 		l.segs.Store(&segs)
+	}
+	if n := len(old); n > 0 { // the last known segment may be sealed now, and new ones were opened
+		l.noteOpen(segs[sort.Search(len(segs), func(i int) bool { return segs[i].base >= old[n-1].base }):]...)
+	} else {
+		l.noteOpen(segs...)
 	}
 	return changed, err
 }
@@ -241,8 +247,12 @@ func (l *Log) refreshKnown(segs []*segment, bases []uint64) ([]*segment, error) 
 
 // sameFile reports whether s's open file is still the one its name is.
 func (l *Log) sameFile(s *segment) (bool, error) {
+	if !s.acquire() {
+		return false, nil
+	}
+	defer s.done()
 	if !s.loaded.Load() {
-		return true, nil // sealed, trusted through the manifest, not opened yet
+		return true, nil // sealed, not opened yet (or closed by the open-file bound)
 	}
 	named, err := os.Stat(filepath.Join(l.dir.Path(), s.name))
 	if errors.Is(err, os.ErrNotExist) {

@@ -30,7 +30,7 @@ func (l *Log) SeekTime(t time.Time) (uint64, error) {
 		if err == nil {
 			from = max(from, segs[i].entryBefore(ts).off)
 		}
-		segs[i].release()
+		segs[i].done()
 		if err != nil {
 			return 0, err
 		}
@@ -49,15 +49,15 @@ func (l *Log) SeekTime(t time.Time) (uint64, error) {
 }
 
 func (s *segment) firstEntry() (indexEntry, bool) {
-	if !s.loaded.Load() { // sealed, so never empty
-		return indexEntry{off: s.base, pos: wal.DataStart, time: s.man.firstTime}, true
-	}
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	if len(s.index) == 0 {
-		return indexEntry{}, false
+	switch {
+	case len(s.index) > 0:
+		return s.index[0], true
+	case s.sealed && s.man.next != 0: // not loaded (or unloaded): as described
+		return indexEntry{off: s.base, pos: wal.DataStart, time: s.man.firstTime}, true
 	}
-	return s.index[0], true
+	return indexEntry{}, false
 }
 
 // entryBefore is the last index entry whose time is before ts (the first

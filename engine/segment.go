@@ -66,9 +66,13 @@ type segment struct {
 	// s is the active segment, s.w is not nil). A goroutine that let go of
 	// Log.mu must not touch w: a roll or TruncateBack may have cleared it.
 	w *wal.Writer
-	// refs: one for the log's segment list, one per reader using the file.
-	// The device is closed when it drops to zero, so a segment dropped by
-	// truncation or retention stays readable for readers that hold it.
+	// refs: 1 for the segment's owner (the log's segment list, or whoever
+	// is building it), plus userRef per reader using the file (acquire,
+	// done). The device is closed when it drops to zero, so a segment
+	// dropped by truncation or retention stays readable for readers that
+	// hold it. While the log's open-file bound closes the file of a sealed
+	// segment nobody uses (unload), refs is below unloading/2 and acquire
+	// waits for it.
 	refs atomic.Int64
 	// gone: dropped or replaced by a rewritten file; an iterator holding it
 	// looks its position up again.
@@ -79,16 +83,15 @@ type segment struct {
 	// unset and man holds what it was trusted as. Eagerly opened segments
 	// are loaded from the start. man is also what the next manifest says
 	// about a sealed segment (zero while active, or if its footer is damaged).
+	// A loaded sealed segment is unloaded again (its file closed, its index
+	// dropped) when the log holds more open files than Options.MaxOpenSegments
+	// and nobody uses it: see openFiles.
 	loadMu    sync.Mutex
 	loaded    atomic.Bool
+	used      atomic.Bool // used since the open-file bound last looked (its clock bit)
+	inFiles   bool        // in the log's openFiles; guarded by openFiles.mu
 	man       manifestEntry
 	footerBad atomic.Bool // footer found damaged on a lazy load; kept out of the manifest
-
-	// tail: the active segment's last, still-growing index interval as a
-	// read last built it (not in the cache, whose values never change), so
-	// reads of the newest records (raft's GetLog of what it just stored)
-	// do not go to the disk each time.
-	tail atomic.Pointer[tailChunk]
 
 	// looked: the file's modification time at the last Refresh that read
 	// it, and when that look started (read-only logs; under refreshMu).
@@ -136,15 +139,19 @@ func (s *segment) isSealed() bool {
 // fileSize is the segment file's size: for a sealed segment, where its
 // footer ends (as the manifest or the footer says; a read-only log can see
 // a file whose seal a crash interrupted, its footer followed by zeros that
-// are no part of it), otherwise the file's size.
+// are no part of it), without touching the file, which may be closed;
+// otherwise the file's size.
 func (s *segment) fileSize() int64 {
 	s.mu.RLock()
-	sealedSize := s.man.size // zero unless sealed with a sound footer
+	size := s.man.size // zero unless sealed with a sound footer
 	s.mu.RUnlock()
-	if sealedSize > 0 || !s.loaded.Load() {
-		return sealedSize
+	if size > 0 || !s.acquire() {
+		return size
 	}
-	size, _ := s.dev.Size()
+	defer s.done()
+	if s.loaded.Load() {
+		size, _ = s.dev.Size()
+	}
 	return size
 }
 
@@ -153,24 +160,82 @@ func (s *segment) corrupt(op string, pos int64, err error) *CorruptionError {
 	return &CorruptionError{Segment: s.base, File: s.path, Position: pos, Op: op, Err: err}
 }
 
-// acquire takes a reference, unless the segment is already released.
+const (
+	// userRef is one reader's share of refs; the owner's is 1.
+	userRef = 1 << 32
+	// unloading is added to refs while unload closes the file.
+	unloading = -1 << 62
+)
+
+// acquire takes a reader's reference (drop it with done), unless the
+// segment is already released. A segment whose file is being closed by
+// the open-file bound is waited for; the caller then loads it again
+// (Log.ensure).
 func (s *segment) acquire() bool {
 	for {
 		r := s.refs.Load()
+		if r < unloading/2 {
+			s.loadMu.Lock() // held by unload until refs is restored
+			s.loadMu.Unlock()
+			continue
+		}
 		if r <= 0 {
 			return false
 		}
-		if s.refs.CompareAndSwap(r, r+1) {
+		if s.refs.CompareAndSwap(r, r+userRef) {
 			return true
 		}
 	}
 }
 
-// release drops a reference and closes the device with the last one.
-func (s *segment) release() {
-	if s.refs.Add(-1) == 0 && s.loaded.Load() {
+// done drops a reference taken by acquire.
+func (s *segment) done() { s.drop(userRef) }
+
+// release drops the owner's reference (the log's segment list's, or the
+// one newSegment gave whoever builds the segment).
+func (s *segment) release() { s.drop(1) }
+
+// drop takes n off refs and closes the device with the last reference.
+func (s *segment) drop(n int64) {
+	if s.refs.Add(-n) == 0 && s.loaded.Load() {
 		s.dev.Close()
 	}
+}
+
+// unload closes the file of a loaded sealed segment and drops its index,
+// if nothing but its owner holds it and nobody is loading it; its next
+// use loads it again from its manifest entry (Log.ensure). It reports
+// whether the segment is unloaded.
+func (s *segment) unload() bool {
+	if !s.loadMu.TryLock() {
+		return false
+	}
+	defer s.loadMu.Unlock()
+	if !s.loaded.Load() {
+		return true
+	}
+	if !s.refs.CompareAndSwap(1, unloading) {
+		return false // in use (or already released)
+	}
+	s.loaded.Store(false)
+	s.mu.Lock()
+	s.index = nil
+	s.mu.Unlock()
+	s.dev.Close()
+	s.dev = nil
+	// The owner may have released s meanwhile: refs is then 0, and the
+	// device is closed already.
+	s.refs.Add(1 - unloading)
+	return true
+}
+
+// reloadable reports whether s can be unloaded and loaded again: sealed,
+// with a description (its footer's, or the manifest's) to check its file
+// against. A read-only log's segment with a damaged footer has none.
+func (s *segment) reloadable() bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.sealed && s.man.next != 0
 }
 
 // addIndex records a frame if it starts a new index interval. Called in
@@ -295,8 +360,10 @@ func (s *segment) readRange(from, to int64, buf []byte) (data, aligned []byte, e
 	return buf[from-start : to-start], buf, nil
 }
 
-// tailChunk is a chunk of the growing last interval, starting at pos.
+// tailChunk is a chunk of a segment's growing last interval, starting at
+// pos; ns names the segment's file.
 type tailChunk struct {
+	ns  cache.Namespace
 	pos int64
 	c   chunk
 }

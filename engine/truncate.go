@@ -187,6 +187,12 @@ func (l *Log) truncateBackLocked(from uint64) error {
 		}
 		return l.startActiveLocked(from)
 	}
+	// Held until the rewritten file replaces it, so the open-file bound
+	// never closes it and a reader never opens the new file under its name.
+	if !segs[k].acquire() {
+		return ErrClosed
+	}
+	defer segs[k].done()
 	if err := l.dropLocked(reverse(segs[k+1:]), segs[:k+1]); err != nil {
 		return err
 	}

@@ -50,7 +50,7 @@ func (l *Log) OpenSegment(base uint64) (*SegmentView, error) {
 	}
 	f, err := s.reopen()
 	if err != nil {
-		s.release()
+		s.done()
 		return nil, err
 	}
 	v := &SegmentView{l: l, s: s, info: s.info(), f: f}
@@ -87,7 +87,7 @@ func (l *Log) segmentAt(base uint64) (*segment, error) {
 			continue // dropped meanwhile: look again
 		}
 		if err := l.ensure(s); err != nil {
-			s.release()
+			s.done()
 			return nil, err
 		}
 		return s, nil
@@ -261,7 +261,7 @@ func (v *SegmentView) Close() error {
 		_ = unix.Fadvise(int(v.f.Fd()), 0, v.size, unix.FADV_DONTNEED) // advice only
 	}
 	err := v.f.Close()
-	v.s.release()
+	v.s.done()
 	return err
 }
 
@@ -312,7 +312,7 @@ func (m *Mapping) Close() error {
 		return ErrClosed
 	}
 	err := unix.Munmap(m.data)
-	m.s.release()
+	m.s.done()
 	return err
 }
 

@@ -229,7 +229,7 @@ func TestViewsHoldTheFile(t *testing.T) {
 	assert.Equal(t, info.Next, it.Offset()+1)
 
 	require.NoError(t, v.Close())
-	assert.Equal(t, int64(1), s.refs.Load(), "the mapping still holds the file")
+	assert.Equal(t, int64(userRef), s.refs.Load(), "the mapping still holds the file")
 	require.NoError(t, m.Close())
 	assert.Zero(t, s.refs.Load(), "the last close lets the file go")
 	assert.ErrorIs(t, v.Close(), ErrClosed)

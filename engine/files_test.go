@@ -1,0 +1,257 @@
+package engine
+
+import (
+	"bytes"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// openFDs counts the process's open file descriptors.
+func openFDs(t *testing.T) int {
+	t.Helper()
+	fds, err := os.ReadDir("/proc/self/fd")
+	require.NoError(t, err)
+	return len(fds)
+}
+
+// liveHeap is the heap in use after a full collection.
+func liveHeap() int64 {
+	var m runtime.MemStats
+	runtime.GC()
+	runtime.GC()
+	runtime.ReadMemStats(&m)
+	return int64(m.HeapAlloc)
+}
+
+// sizedRecord is record off of the file tests: its offset, then filler.
+func sizedRecord(off uint64, n int) []byte {
+	b := bytes.Repeat([]byte{byte(off)}, n)
+	copy(b, fmt.Sprintf("record-%08d|", off))
+	return b
+}
+
+// fileOptions: small segments, rolled by hand, a tiny cache and bound.
+func fileOptions() Options {
+	o := DefaultOptions()
+	o.SegmentSize, o.MaxWrite, o.CacheBytes, o.Logger = 128<<10, 32<<10, 64<<10, quiet
+	o.Preallocate, o.MaxOpenSegments = false, 8
+	return o
+}
+
+// TestMemoryAndFilesBounded: heap and open descriptors do not grow with
+// the number of segments (design invariant 6). Each segment gets three
+// appends, each followed by a read of the newest record (raft's GetLog of
+// what it just stored), then a roll; then every segment is read once
+// (lazily loaded, or loaded again after the bound closed it). At N and 4N
+// segments, and after reopening with and without the manifest, the open
+// descriptors are the bound plus a constant, and 3N more segments hold
+// less than 1 MiB more heap (each used to keep its last interval, here
+// 24 KiB, and its file).
+func TestMemoryAndFilesBounded(t *testing.T) {
+	const n, recSize = 100, 8 << 10
+	path := t.TempDir()
+	opts := fileOptions()
+	fds0 := openFDs(t)
+	l, err := Open(path, opts)
+	require.NoError(t, err)
+	defer func() { l.Close() }()
+	// The log's own descriptors: LOCK, DURABLE, the active segment (and
+	// slack for the runtime's).
+	const constant = 3 + 2
+	readAll := func(t *testing.T) {
+		t.Helper()
+		for _, si := range l.Segments() {
+			if si.Next > si.Base {
+				got, err := l.Read(si.Base, nil)
+				require.NoError(t, err)
+				require.Equal(t, sizedRecord(si.Base, recSize), got)
+			}
+		}
+	}
+	grow := func(t *testing.T, segments int) {
+		t.Helper()
+		for len(l.Segments()) <= segments {
+			for range 3 {
+				off, err := l.Append(sizedRecord(l.EndOffset(), recSize))
+				require.NoError(t, err)
+				got, err := l.Read(off, nil)
+				require.NoError(t, err)
+				require.Equal(t, sizedRecord(off, recSize), got)
+			}
+			require.NoError(t, l.Roll())
+		}
+		readAll(t)
+	}
+	grow(t, n)
+	heapN, fdsN := liveHeap(), openFDs(t)
+	assert.LessOrEqual(t, fdsN-fds0, opts.MaxOpenSegments+constant, "open files at %d segments", n)
+	grow(t, 4*n)
+	heap4N, fds4N := liveHeap(), openFDs(t)
+	t.Logf("%d segments: heap %d KiB, %d descriptors; %d segments: heap %d KiB, %d descriptors",
+		n, heapN>>10, fdsN-fds0, 4*n, heap4N>>10, fds4N-fds0)
+	assert.LessOrEqual(t, fds4N-fds0, opts.MaxOpenSegments+constant, "open files at %d segments", 4*n)
+	assert.Less(t, heap4N-heapN, int64(1<<20), "heap grew by %d bytes for %d more segments", heap4N-heapN, 3*n)
+	assert.Positive(t, l.files.unloads.Load())
+
+	for _, verify := range []bool{false, true} { // trusting the manifest, or reading every footer
+		require.NoError(t, l.Close())
+		o := opts
+		o.VerifyOnOpen = verify
+		l, err = Open(path, o)
+		require.NoError(t, err)
+		assert.LessOrEqual(t, openFDs(t)-fds0, opts.MaxOpenSegments+constant, "open files after opening (verify %v)", verify)
+		readAll(t)
+		assert.LessOrEqual(t, openFDs(t)-fds0, opts.MaxOpenSegments+constant, "open files after reading (verify %v)", verify)
+	}
+}
+
+// TestReadersRaceFileEviction: with room for two open sealed segments,
+// point readers, iterators, views (ReadAt, export, mapping) and SeekTime
+// over 30 segments race each other's loads, the bound closing files, and
+// a writer rolling new segments; no reader ever sees an error or a wrong
+// byte, and files were closed under them all along.
+func TestReadersRaceFileEviction(t *testing.T) {
+	const recSize, sealed = 1000, 30
+	path := t.TempDir()
+	opts := fileOptions()
+	opts.MaxOpenSegments = 2
+	l, err := Open(path, opts)
+	require.NoError(t, err)
+	defer l.Close()
+	appendSome := func(k int) {
+		for range k {
+			batch := make([][]byte, 4)
+			for i := range batch {
+				batch[i] = sizedRecord(l.EndOffset()+uint64(i), recSize)
+			}
+			_, err := l.Append(batch...)
+			require.NoError(t, err)
+		}
+	}
+	for len(l.Segments()) <= sealed {
+		appendSome(10)
+		require.NoError(t, l.Roll())
+	}
+	segs := l.Segments()
+	files := make(map[uint64][]byte)
+	for _, si := range segs[:sealed] {
+		b, err := os.ReadFile(filepath.Join(path, si.File))
+		require.NoError(t, err)
+		files[si.Base] = b
+	}
+	end := segs[sealed-1].Next // the sealed records
+	before := l.files.unloads.Load()
+
+	var wg sync.WaitGroup
+	errs := make(chan error, 64)
+	run := func(f func(rng *rand.Rand) error) {
+		wg.Add(1)
+		seed := uint64(len(errs) + 1)
+		go func() {
+			defer wg.Done()
+			if err := f(rand.New(rand.NewPCG(seed, uint64(time.Now().UnixNano())))); err != nil {
+				errs <- err
+			}
+		}()
+	}
+	for range 3 {
+		run(func(rng *rand.Rand) error { // point reads
+			for range 600 {
+				off := rng.Uint64N(end)
+				got, err := l.Read(off, nil)
+				if err != nil {
+					return fmt.Errorf("read %d: %w", off, err)
+				}
+				if !bytes.Equal(got, sizedRecord(off, recSize)) {
+					return fmt.Errorf("read %d: wrong bytes %q", off, got[:20])
+				}
+			}
+			return nil
+		})
+	}
+	run(func(rng *rand.Rand) error { // iterators over a few segments each
+		for range 20 {
+			from := rng.Uint64N(end)
+			it := l.NewIterator(from)
+			for want := from; want < min(from+200, end) && it.Next(); want++ {
+				if it.Offset() != want || !bytes.Equal(it.Record(), sizedRecord(want, recSize)) {
+					it.Close()
+					return fmt.Errorf("iterator from %d: record %d at %d is wrong", from, it.Offset(), want)
+				}
+			}
+			if err := it.Err(); err != nil {
+				return fmt.Errorf("iterator from %d: %w", from, err)
+			}
+			it.Close()
+		}
+		return nil
+	})
+	run(func(rng *rand.Rand) error { // views: ReadAt, export, mapping
+		for range 60 {
+			si := segs[rng.IntN(sealed)]
+			v, err := l.OpenSegment(si.Base)
+			if err != nil {
+				return fmt.Errorf("open segment %d: %w", si.Base, err)
+			}
+			var got bytes.Buffer
+			_, err = v.WriteTo(&got)
+			if err == nil && !bytes.Equal(got.Bytes(), files[si.Base]) {
+				err = fmt.Errorf("export of segment %d differs from its file", si.Base)
+			}
+			var m *Mapping
+			if err == nil {
+				m, err = v.Mmap()
+			}
+			if err == nil {
+				it, want := m.NewIterator(), si.Base
+				for ; it.Next(); want++ {
+					if it.Offset() != want || !bytes.Equal(it.Record(), sizedRecord(want, recSize)) {
+						err = fmt.Errorf("mapping of segment %d: record %d is wrong", si.Base, want)
+						break
+					}
+				}
+				if err == nil && (it.Err() != nil || want != si.Next) {
+					err = fmt.Errorf("mapping of segment %d ended at %d: %v", si.Base, want, it.Err())
+				}
+				m.Close()
+			}
+			v.Close()
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	run(func(rng *rand.Rand) error { // SeekTime to each segment's first record
+		for range 60 {
+			si := segs[rng.IntN(sealed)]
+			off, err := l.SeekTime(si.FirstTime)
+			if err != nil {
+				return fmt.Errorf("seek to segment %d's time: %w", si.Base, err)
+			}
+			if off > si.Base {
+				return fmt.Errorf("seek to segment %d's first time gave %d", si.Base, off)
+			}
+		}
+		return nil
+	})
+	for range 10 { // the writer: each roll notes a newly sealed segment
+		appendSome(5)
+		require.NoError(t, l.Roll())
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	assert.Greater(t, l.files.unloads.Load()-before, int64(50), "files were closed while readers raced")
+}
