@@ -13,6 +13,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/segstore/segstore/blockdev"
 )
 
 // openFDs counts the process's open file descriptors.
@@ -254,4 +256,33 @@ func TestReadersRaceFileEviction(t *testing.T) {
 		t.Error(err)
 	}
 	assert.Greater(t, l.files.unloads.Load()-before, int64(50), "files were closed while readers raced")
+}
+
+// TestRetentionCountsWrittenBytes: byte retention counts what the active
+// segment holds, not its preallocated file. Segments of equal records are
+// sealed by hand; after each roll the log keeps as many sealed segments as
+// fit beside the fresh active one's written bytes (counting its
+// preallocated file as full kept one fewer).
+func TestRetentionCountsWrittenBytes(t *testing.T) {
+	o := testOptions(blockdev.NewSimDir(blockdev.SimOptions{}))
+	o.Preallocate = true
+	o.RetentionBytes = o.SegmentSize * 5 / 2
+	l, err := Open("sim", o)
+	require.NoError(t, err)
+	defer l.Close()
+	for roll := 0; roll < 6; roll++ {
+		for range 80 { // ~84 KiB: below the size that rolls by itself
+			_, err := l.Append(make([]byte, 1000))
+			require.NoError(t, err)
+		}
+		require.NoError(t, l.Roll())
+		segs := l.Segments()
+		active := segs[len(segs)-1]
+		require.Equal(t, active.Base, active.Next, "rolled by hand only")
+		require.Equal(t, o.SegmentSize, active.Bytes, "the active file is preallocated")
+		sealed := segs[0].Bytes
+		fit := int((o.RetentionBytes - active.DataEnd) / sealed)
+		assert.Len(t, segs, min(roll+1, fit)+1, "after roll %d: as many %d-byte sealed segments as fit in %d bytes beside %d written",
+			roll, sealed, o.RetentionBytes, active.DataEnd)
+	}
 }

@@ -155,6 +155,15 @@ func (s *segment) fileSize() int64 {
 	return size
 }
 
+// storedBytes is what the segment holds on disk: a sealed file's size, and
+// for the active segment what is written of it (its file is preallocated).
+func (s *segment) storedBytes() int64 {
+	if s.isSealed() {
+		return s.fileSize()
+	}
+	return s.vis().pos
+}
+
 // corrupt reports damage in s at pos, naming the file by its path.
 func (s *segment) corrupt(op string, pos int64, err error) *CorruptionError {
 	return &CorruptionError{Segment: s.base, File: s.path, Position: pos, Op: op, Err: err}

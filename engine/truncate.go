@@ -112,7 +112,7 @@ func (l *Log) applyRetentionLocked() error {
 	var total int64
 	sizes := make([]int64, len(segs))
 	for i, s := range segs {
-		sizes[i] = s.fileSize()
+		sizes[i] = s.storedBytes()
 		total += sizes[i]
 	}
 	cut := uint64(0)
