@@ -52,10 +52,11 @@ const (
 	// maxOffset: offsets from 2^63 up are absurd (no log appends that
 	// many records) and would overflow the follower's arithmetic.
 	maxOffset = 1 << 63
-	// importPiece is how much of a segment body may arrive between two
-	// renewals of the connection's ReadTimeout deadline when it is
-	// spliced (no user-space read to renew it on).
-	importPiece = 256 << 10
+	// piece is how much of a body must arrive within each ReadTimeout:
+	// a leader that sends nothing, or drips a byte at a time, fails the
+	// step, while one that is merely slow (down to piece/ReadTimeout,
+	// 8.5 KiB/s by default) does not.
+	piece = 256 << 10
 )
 
 // FollowOptions configure Follow.
@@ -70,10 +71,10 @@ type FollowOptions struct {
 	Client *http.Client
 	Wait   time.Duration // a tail request's long poll; default 10s
 	// ReadTimeout is the longest the follower waits on a leader: to
-	// connect, for response headers (beyond a tail's Wait), and between two
-	// reads of a body (while a sealed segment is spliced, for each 256 KiB
-	// of it). A leader silent longer fails the step (ErrStalled), which is
-	// retried. Default 30s.
+	// connect, for response headers (beyond a tail's Wait), and for each
+	// 256 KiB of a body (or the rest of it, if less). A leader that does
+	// not deliver within it fails the step (ErrStalled), which is retried.
+	// Default 30s.
 	ReadTimeout time.Duration
 	MinBackoff  time.Duration // first pause after a failure; default 100ms
 	MaxBackoff  time.Duration // longest pause; default 5s
@@ -197,7 +198,7 @@ func Follow(ctx context.Context, leaderURL string, l *engine.Log, opts FollowOpt
 
 // get asks the leader for path. The request fails with ErrStalled if the
 // headers take longer than wait plus ReadTimeout, or if the body, once
-// they are in, leaves ReadTimeout between two reads.
+// they are in, does not bring each piece (or its end) within ReadTimeout.
 func (f *follower) get(ctx context.Context, path string, query url.Values, wait time.Duration) (*http.Response, error) {
 	u := f.base.JoinPath(path)
 	u.RawQuery = query.Encode()
@@ -226,7 +227,7 @@ func (f *follower) get(ctx context.Context, path string, query url.Values, wait 
 		}
 		return nil, err
 	}
-	body := &watchedBody{body: resp.Body, ctx: rctx, cancel: cancel, idle: f.opts.ReadTimeout, t: stalled(f.opts.ReadTimeout, "no body bytes")}
+	body := &watchedBody{body: resp.Body, ctx: rctx, cancel: cancel, idle: f.opts.ReadTimeout, t: stalled(f.opts.ReadTimeout, fmt.Sprintf("not %d body bytes", piece))}
 	resp.Body = body
 	if resp.StatusCode >= 300 {
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
@@ -237,18 +238,23 @@ func (f *follower) get(ctx context.Context, path string, query url.Values, wait 
 }
 
 // watchedBody is a response body whose request is cancelled (ErrStalled,
-// as the cause) when ReadTimeout passes between two of its reads.
+// as the cause) when ReadTimeout passes before the next piece of it (or
+// its end) has been read.
 type watchedBody struct {
 	body   io.ReadCloser
 	ctx    context.Context
 	cancel context.CancelCauseFunc
 	idle   time.Duration
 	t      *time.Timer
+	got    int // bytes read since the timer was last renewed
 }
 
 func (b *watchedBody) Read(p []byte) (int, error) {
-	b.t.Reset(b.idle)
 	n, err := b.body.Read(p)
+	if b.got += n; b.got >= piece {
+		b.got = 0
+		b.t.Reset(b.idle)
+	}
 	if err != nil && !errors.Is(err, io.EOF) {
 		if cause := context.Cause(b.ctx); errors.Is(cause, ErrStalled) {
 			err = cause
@@ -432,7 +438,7 @@ func (f *follower) importSealed(ctx context.Context, s SegmentEntry) error {
 // body read straight from the socket, so that ImportSegment splices it
 // into the file (net/http's body reader would make that a copy through
 // user space). The connection's deadline is ReadTimeout from each step:
-// the dial, the request and headers, and each importPiece of the body.
+// the dial, the request and headers, and each piece of the body.
 func (f *follower) importRaw(ctx context.Context, path string, s SegmentEntry) error {
 	target := f.base.JoinPath(path)
 	stalled := func(err error, what string) error {
@@ -495,7 +501,7 @@ func (f *follower) importRaw(ctx context.Context, path string, s SegmentEntry) e
 		return fmt.Errorf("%w: GET %s: %s, %d bytes (the list said %d): %s", ErrBadAnswer, target.Redacted(), resp.Status, resp.ContentLength, s.Size, bytes.TrimSpace(msg))
 	}
 	buffered, _ := br.Peek(br.Buffered()) // body bytes read in with the headers
-	body := &engine.Stream{Head: buffered, Body: conn, Before: renew, Chunk: importPiece}
+	body := &engine.Stream{Head: buffered, Body: conn, Before: renew, Chunk: piece}
 	if _, err := f.log.ImportSegment(body, s.Base, s.Size); err != nil {
 		return stalled(err, "no body bytes")
 	}

@@ -102,6 +102,31 @@ func (a *answer) raw(head string, body []byte, n int64, stall bool) {
 	}
 }
 
+// drip takes over the connection, writes head, then the body a byte at
+// a time, each after a pause, until the follower gives up (or the case
+// ends).
+func (a *answer) drip(head string, body []byte) {
+	conn, _, err := http.NewResponseController(a.w).Hijack()
+	if err != nil {
+		panic(err)
+	}
+	defer conn.Close()
+	cw := &countingWriter{w: conn, n: a.sent}
+	if _, err := io.WriteString(cw, head); err != nil {
+		return
+	}
+	for i := 0; i < len(body); i++ {
+		select {
+		case <-a.done:
+			return
+		case <-time.After(20 * time.Millisecond):
+		}
+		if _, err := cw.Write(body[i : i+1]); err != nil {
+			return
+		}
+	}
+}
+
 // waitClosed is closed when the peer closes conn (or sends anything).
 func waitClosed(conn net.Conn) <-chan struct{} {
 	ch := make(chan struct{})
@@ -184,6 +209,7 @@ func hostileLeaders() []fakeLeader {
 		}},
 		{"list/stalls before its headers", "list", ErrStalled, func(a *answer) { a.raw("", nil, 0, true) }},
 		{"list/stalls mid-body", "list", ErrStalled, func(a *answer) { a.raw(a.headers(ok, nil), a.honest.Body.Bytes(), half(a), true) }},
+		{"list/drips", "list", ErrStalled, func(a *answer) { a.drip(a.headers(ok, nil), a.honest.Body.Bytes()) }},
 		{"list/Content-Length longer than the body", "list", ErrBadAnswer, func(a *answer) {
 			a.raw(a.headers(ok, map[string]string{"Content-Length": "1000000"}), a.honest.Body.Bytes(), int64(a.honest.Body.Len()), false)
 		}},
@@ -208,6 +234,7 @@ func hostileLeaders() []fakeLeader {
 		{"segment/headers without end", "segment", ErrBadAnswer, func(a *answer) { a.raw("HTTP/1.1 200 OK\r\nX-Pad: ", nil, endless, false) }},
 		{"segment/stalls before its headers", "segment", ErrStalled, func(a *answer) { a.raw("", nil, 0, true) }},
 		{"segment/stalls mid-body", "segment", ErrStalled, func(a *answer) { a.raw(a.headers(ok, nil), a.honest.Body.Bytes(), half(a), true) }},
+		{"segment/drips", "segment", ErrStalled, func(a *answer) { a.drip(a.headers(ok, nil), a.honest.Body.Bytes()) }},
 		{"segment/endless body without Content-Length", "segment", ErrBadAnswer, func(a *answer) {
 			a.raw(a.headers(ok, map[string]string{"Content-Length": ""}), a.honest.Body.Bytes(), endless, false)
 		}},
@@ -247,6 +274,7 @@ func hostileLeaders() []fakeLeader {
 		}},
 		{"tail/stalls before its headers", "tail", ErrStalled, func(a *answer) { a.raw("", nil, 0, true) }},
 		{"tail/stalls mid-body", "tail", ErrStalled, func(a *answer) { a.raw(a.headers(a.honest.Code, nil), a.honest.Body.Bytes(), half(a), true) }},
+		{"tail/drips", "tail", ErrStalled, func(a *answer) { a.drip(a.headers(a.honest.Code, nil), a.honest.Body.Bytes()) }},
 		{"tail/body ends early", "tail", ErrBadAnswer, func(a *answer) { a.raw(a.headers(a.honest.Code, nil), a.honest.Body.Bytes(), half(a), false) }},
 		{"tail/corrupted", "tail", engine.ErrCorrupt, func(a *answer) {
 			b := bytes.Clone(a.honest.Body.Bytes())
