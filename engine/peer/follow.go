@@ -353,8 +353,8 @@ func (f *follower) list(ctx context.Context) ([]SegmentEntry, error) {
 			why = fmt.Sprintf("starts where the segment before it does not end (%d): a log's segments are contiguous", segs[i-1].Next)
 		case !s.Sealed && i < len(segs)-1:
 			why = "is not sealed, and is not the last"
-		case s.Size < wal.DataStart:
-			why = fmt.Sprintf("has %d bytes, less than a segment file's header", s.Size)
+		case s.Size < 0 || (s.Sealed && s.Size < wal.DataStart):
+			why = fmt.Sprintf("has %d bytes, less than a sealed segment file's header", s.Size)
 		case s.Size > limit:
 			why = fmt.Sprintf("has %d bytes, more than the %d this follower takes (engine.Log.MaxImportSize): open the follower with a SegmentSize at least the leader's", s.Size, limit)
 		}
