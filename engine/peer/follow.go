@@ -47,8 +47,9 @@ const (
 	// maxHeaderBytes bounds a response's status line and headers (a
 	// segstore server sends well under 1 KiB).
 	maxHeaderBytes = 64 << 10
-	// maxListBytes bounds a segment list: about 70,000 segments.
-	maxListBytes = 8 << 20
+	// defaultMaxListBytes is FollowOptions.MaxListBytes' default: about
+	// 70,000 segments.
+	defaultMaxListBytes = 8 << 20
 	// maxOffset: offsets from 2^63 up are absurd (no log appends that
 	// many records) and would overflow the follower's arithmetic.
 	maxOffset = 1 << 63
@@ -76,8 +77,12 @@ type FollowOptions struct {
 	// not deliver within it fails the step (ErrStalled), which is retried.
 	// Default 30s.
 	ReadTimeout time.Duration
-	MinBackoff  time.Duration // first pause after a failure; default 100ms
-	MaxBackoff  time.Duration // longest pause; default 5s
+	// MaxListBytes bounds the leader's segment list, in bytes (about 120
+	// per segment; decoding takes up to about 4 times as much memory).
+	// Default 8 MiB.
+	MaxListBytes int64
+	MinBackoff   time.Duration // first pause after a failure; default 100ms
+	MaxBackoff   time.Duration // longest pause; default 5s
 	// Logger receives a warning for every failed step (the leader's URL,
 	// the error, the pause before the retry). Default slog.Default().
 	Logger *slog.Logger
@@ -136,6 +141,9 @@ func Follow(ctx context.Context, leaderURL string, l *engine.Log, opts FollowOpt
 	}
 	if opts.ReadTimeout <= 0 {
 		opts.ReadTimeout = 30 * time.Second
+	}
+	if opts.MaxListBytes <= 0 {
+		opts.MaxListBytes = defaultMaxListBytes
 	}
 	if opts.MinBackoff <= 0 {
 		opts.MinBackoff = 100 * time.Millisecond
@@ -313,7 +321,7 @@ func (f *follower) step(ctx context.Context) error {
 	return nil
 }
 
-// list reads the leader's segment list, at most maxListBytes of it, and
+// list reads the leader's segment list, at most MaxListBytes of it, and
 // checks that it describes a log: contiguous segments, all sealed but the
 // last, each within the sizes the follower takes.
 func (f *follower) list(ctx context.Context) ([]SegmentEntry, error) {
@@ -322,7 +330,7 @@ func (f *follower) list(ctx context.Context) ([]SegmentEntry, error) {
 		return nil, err
 	}
 	defer resp.Body.Close()
-	lr := &io.LimitedReader{R: resp.Body, N: maxListBytes}
+	lr := &io.LimitedReader{R: resp.Body, N: f.opts.MaxListBytes}
 	dec := json.NewDecoder(lr)
 	var segs []SegmentEntry
 	err = dec.Decode(&segs)
@@ -334,7 +342,7 @@ func (f *follower) list(ctx context.Context) ([]SegmentEntry, error) {
 	}
 	if err != nil {
 		if lr.N <= 0 {
-			return nil, fmt.Errorf("%w: the segment list of log %q at %s is longer than %d bytes", ErrBadAnswer, f.opts.Name, f.base.Redacted(), maxListBytes)
+			return nil, fmt.Errorf("%w: the segment list of log %q at %s is longer than %d bytes (FollowOptions.MaxListBytes)", ErrBadAnswer, f.opts.Name, f.base.Redacted(), f.opts.MaxListBytes)
 		}
 		return nil, fmt.Errorf("%w: the segment list of log %q at %s: %w", ErrBadAnswer, f.opts.Name, f.base.Redacted(), err)
 	}

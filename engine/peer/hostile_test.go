@@ -43,7 +43,7 @@ const (
 	// maxSent bounds what one hostile answer may get the follower to take:
 	// its largest read bound (the segment list) plus what loopback socket
 	// buffers hold when the follower stops reading.
-	maxSent = maxListBytes + 16<<20
+	maxSent = defaultMaxListBytes + 16<<20
 )
 
 // fakeLeader is one way of answering a request.
