@@ -2,6 +2,7 @@ package engine
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -54,7 +55,8 @@ func fileOptions() Options {
 // appends, each followed by a read of the newest record (raft's GetLog of
 // what it just stored), then a roll; then every segment is read once
 // (lazily loaded, or loaded again after the bound closed it). At N and 4N
-// segments, and after reopening with and without the manifest, the open
+// segments, and after reopening with and without the manifest, read-write
+// and read-only, the open
 // descriptors are the bound plus a constant, and 3N more segments hold
 // less than 1 MiB more heap (each used to keep its last interval, here
 // 24 KiB, and its file).
@@ -104,23 +106,27 @@ func TestMemoryAndFilesBounded(t *testing.T) {
 	assert.Less(t, heap4N-heapN, int64(1<<20), "heap grew by %d bytes for %d more segments", heap4N-heapN, 3*n)
 	assert.Positive(t, l.files.unloads.Load())
 
-	for _, verify := range []bool{false, true} { // trusting the manifest, or reading every footer
+	// Trusting the manifest, or reading every footer; read-write or not.
+	for _, o := range []struct{ verify, readOnly bool }{{false, false}, {true, false}, {false, true}, {true, true}} {
 		require.NoError(t, l.Close())
-		o := opts
-		o.VerifyOnOpen = verify
-		l, err = Open(path, o)
+		oo := opts
+		oo.VerifyOnOpen, oo.ReadOnly = o.verify, o.readOnly
+		l, err = Open(path, oo)
 		require.NoError(t, err)
-		assert.LessOrEqual(t, openFDs(t)-fds0, opts.MaxOpenSegments+constant, "open files after opening (verify %v)", verify)
+		assert.LessOrEqual(t, openFDs(t)-fds0, opts.MaxOpenSegments+constant, "open files after opening (%+v)", o)
 		readAll(t)
-		assert.LessOrEqual(t, openFDs(t)-fds0, opts.MaxOpenSegments+constant, "open files after reading (verify %v)", verify)
+		assert.LessOrEqual(t, openFDs(t)-fds0, opts.MaxOpenSegments+constant, "open files after reading (%+v)", o)
 	}
 }
 
 // TestReadersRaceFileEviction: with room for two open sealed segments,
-// point readers, iterators, views (ReadAt, export, mapping) and SeekTime
-// over 30 segments race each other's loads, the bound closing files, and
-// a writer rolling new segments; no reader ever sees an error or a wrong
-// byte, and files were closed under them all along.
+// point readers, iterators, views (export, mapping), SeekTime and a
+// read-only log refreshed beside the writer, over 30 segments, race each
+// other's loads, the bound closing files, and a writer rolling new
+// segments and truncating back into sealed ones after them (a rewrite
+// under a sealed segment's name) while a reader reads there too; no reader
+// ever sees an error (but out of range where truncated) or a wrong byte,
+// and files were closed under them all along.
 func TestReadersRaceFileEviction(t *testing.T) {
 	const recSize, sealed = 1000, 30
 	path := t.TempDir()
@@ -246,9 +252,74 @@ func TestReadersRaceFileEviction(t *testing.T) {
 		}
 		return nil
 	})
-	for range 10 { // the writer: each roll notes a newly sealed segment
+	run(func(rng *rand.Rand) error { // reads past the sealed range, where the writer truncates
+		for range 600 {
+			d := l.DurableOffset()
+			if d <= end {
+				continue
+			}
+			off := end + rng.Uint64N(d-end)
+			got, err := l.Read(off, nil)
+			if errors.Is(err, ErrOutOfRange) {
+				continue // truncated meanwhile
+			}
+			if err != nil {
+				return fmt.Errorf("read %d past the sealed range: %w", off, err)
+			}
+			if !bytes.Equal(got, sizedRecord(off, recSize)) { // records depend only on their offset
+				return fmt.Errorf("read %d past the sealed range: wrong bytes %q", off, got[:20])
+			}
+		}
+		return nil
+	})
+	ro := opts
+	ro.ReadOnly = true
+	run(func(rng *rand.Rand) error { // a read-only log beside the writer
+		r, err := Open(path, ro)
+		if err != nil {
+			return err
+		}
+		defer func() {
+			if r != nil {
+				r.Close()
+			}
+		}()
+		for range 100 {
+			if _, err := r.Refresh(); errors.Is(err, ErrRewritten) {
+				r.Close() // the writer truncated back: reopen, as documented
+				// A read-only open racing the truncation itself can find a
+				// listed file gone, or files that do not follow: try again.
+				for try := 0; try < 20; try++ {
+					if r, err = Open(path, ro); err == nil {
+						break
+					}
+				}
+				if err != nil {
+					return fmt.Errorf("reopen after the writer truncated back: %w", err)
+				}
+			} else if err != nil {
+				return fmt.Errorf("refresh: %w", err)
+			}
+			for range 5 {
+				off := rng.Uint64N(end)
+				got, err := r.Read(off, nil)
+				if err != nil {
+					return fmt.Errorf("read-only read %d: %w", off, err)
+				}
+				if !bytes.Equal(got, sizedRecord(off, recSize)) {
+					return fmt.Errorf("read-only read %d: wrong bytes %q", off, got[:20])
+				}
+			}
+		}
+		return nil
+	})
+	rng := rand.New(rand.NewPCG(1, 2))
+	for i := range 12 { // the writer: each roll notes a newly sealed segment
 		appendSome(5)
 		require.NoError(t, l.Roll())
+		if i%3 == 2 { // into a sealed segment after the readers' range, or the active one
+			require.NoError(t, l.TruncateBack(end+1+rng.Uint64N(l.EndOffset()-end-1)))
+		}
 	}
 	wg.Wait()
 	close(errs)

@@ -343,7 +343,7 @@ func (l *Log) follow(s *segment, rolled bool) (grew bool, err error) {
 // refreshNew opens the segment files after the last known one, appending
 // them to segs: sealed ones through their footer, the last one followed
 // like the active segment. A file whose header is not written yet (being
-// created) is left for the next look.
+// created), or that is gone since the listing, is left for the next look.
 func (l *Log) refreshNew(segs *[]*segment, bases []uint64) (added bool, err error) {
 	for i, base := range bases {
 		if n := len(*segs); n > 0 && base <= (*segs)[n-1].base {
@@ -358,6 +358,11 @@ func (l *Log) refreshNew(segs *[]*segment, bases []uint64) (added bool, err erro
 		if err != nil || s == nil {
 			if s != nil {
 				s.release()
+			}
+			if isNotExist(err) {
+				// Removed since the listing (the writer truncated back):
+				// the next look lists the directory again and tells.
+				return added, nil
 			}
 			return added, err
 		}
