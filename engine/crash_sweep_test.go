@@ -85,7 +85,8 @@ func waitSpare(l *Log) {
 // files, and for every step n of it (every device write, sync, size
 // change, file creation, removal, rename and directory sync), the
 // simulated directory stops after n steps and crashes (unsynced writes
-// lost, torn, or kept as after a process kill). Then:
+// lost, torn, or kept as after a process kill; in the default run one of
+// these per step, in turn). Then:
 //   - a read-only open shows a contiguous log, every record right, and
 //     every sealed segment's export (what a view sends) passes an import's
 //     checks: the footer at its end, every frame verified;
@@ -96,9 +97,13 @@ func waitSpare(l *Log) {
 //     continue.
 func TestCrashAtEveryStep(t *testing.T) {
 	modes := []blockdev.CrashMode{blockdev.CrashDropUnsynced, blockdev.CrashTear, blockdev.CrashKeepAll}
+	// The default run crashes each step one way, taking the modes in turn
+	// (so each mode meets every kind of step across the operations);
+	// SEGSTORE_LONG=1 crashes every step every way, tearing with 8 seeds.
+	long := os.Getenv("SEGSTORE_LONG") != ""
 	tears := 1
-	if os.Getenv("SEGSTORE_LONG") != "" {
-		tears = 8 // more tearing seeds
+	if long {
+		tears = 8
 	}
 	for _, a := range crashActions {
 		for _, prealloc := range []bool{true, false} {
@@ -112,7 +117,10 @@ func TestCrashAtEveryStep(t *testing.T) {
 				require.NotEqual(t, before, ref.l.Segments(), "the operation changes the segments")
 				require.NoError(t, ref.l.Close())
 				for n := 0; n <= ref.steps; n++ {
-					for _, mode := range modes {
+					for i, mode := range modes {
+						if !long && (n+i)%len(modes) != 0 {
+							continue
+						}
 						seeds := 1
 						if mode == blockdev.CrashTear {
 							seeds = tears
@@ -123,7 +131,7 @@ func TestCrashAtEveryStep(t *testing.T) {
 						}
 					}
 				}
-				t.Logf("%d steps, each crashed %d ways", ref.steps, len(modes)-1+tears)
+				t.Logf("%d steps", ref.steps)
 			})
 		}
 	}
