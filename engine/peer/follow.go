@@ -125,9 +125,14 @@ type follower struct {
 // StageFile in l's directory, each response made durable before the next
 // is asked for, importing the segment when the leader seals it. If the
 // leader is lost, Promote makes the staged records part of l. l must not
-// be appended to by anyone else. After a disconnect it retries with
-// backoff; after a restart it resumes from l's end and what is staged. It
-// returns ctx's error, or an error wrapping ErrDiverged.
+// be appended to by anyone else. The leader is not trusted: what is read
+// from it is bounded in size (headers, the segment list, bodies of
+// exactly the size asked for, segments no larger than l's
+// MaxImportSize) and in time (ReadTimeout); an answer outside the bounds
+// fails the step (ErrBadAnswer, ErrStalled, or the import's ErrImport),
+// which is logged and retried with backoff, as after a disconnect. After
+// a restart it resumes from l's end and what is staged. It returns ctx's
+// error, or an error wrapping ErrDiverged.
 func Follow(ctx context.Context, leaderURL string, l *engine.Log, opts FollowOptions) error {
 	u, err := url.Parse(leaderURL)
 	if err != nil {
