@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"hash/crc32"
+	"math"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -67,7 +68,7 @@ func FuzzDecodeManifest(f *testing.F) {
 
 func FuzzDecodeFooter(f *testing.F) {
 	s := &segment{base: 100, interval: 4096, index: []indexEntry{{off: 100, pos: wal.DataStart, time: 1}, {off: 140, pos: wal.DataStart + 5000, time: 2}}}
-	good := s.encodeFooter(180, wal.DataStart+9000)
+	good, _ := s.encodeFooter(180, wal.DataStart+9000, math.MaxInt)
 	f.Add(good, uint64(180), int64(wal.DataStart+9000))
 	f.Add(good[:20], uint64(180), int64(wal.DataStart+9000))
 	f.Fuzz(func(t *testing.T, b []byte, next uint64, dataEnd int64) {
@@ -76,7 +77,7 @@ func FuzzDecodeFooter(f *testing.F) {
 		if err := s.decodeFooter(&wal.Footer{Pos: dataEnd, Next: next, Data: b}); err != nil {
 			return
 		}
-		again := s.encodeFooter(next, dataEnd)
+		again, _ := s.encodeFooter(next, dataEnd, math.MaxInt)
 		want := bytes.Clone(b[:len(again)])
 		clear(want[4:8]) // reserved (written as zeros, not read)
 		require.Equal(t, want, again)

@@ -24,9 +24,6 @@ import (
 	"github.com/segstore/segstore/wal"
 )
 
-// minSegmentSize is the smallest Options.SegmentSize, in bytes.
-const minSegmentSize = 64 << 10
-
 // lockName is the file a writer flocks so that two processes cannot write
 // one store.
 const lockName = "LOCK"
@@ -122,9 +119,9 @@ type Recovery struct {
 // Open opens (creating if needed) the log in dir.
 func Open(dir string, opts Options) (*Log, error) {
 	start := time.Now()
-	opts = opts.withDefaults()
-	if opts.SegmentSize < minSegmentSize {
-		return nil, fmt.Errorf("engine: SegmentSize %d is below the minimum %d", opts.SegmentSize, minSegmentSize)
+	opts, err := opts.resolve()
+	if err != nil {
+		return nil, err
 	}
 	l := &Log{opts: opts, dir: opts.Dir, durCh: make(chan struct{}), syncHist: newHist(syncBuckets), batchHist: newHist(batchBuckets)}
 	// One pool block holds an index interval plus a batch that starts at
@@ -299,6 +296,12 @@ func (l *Log) load() error {
 		l.segs.Store(&segs)
 	}
 	l.active = segs[len(segs)-1]
+	// The next segment is created with MaxWrite: a value its device cannot
+	// write would fail that roll, long after this open.
+	if blk := int64(l.active.dev.Alignment().Block); alignedbuf.AlignDown(int64(l.opts.MaxWrite), blk) < 4*blk {
+		return &OptionError{Option: "MaxWrite", Value: sizeString(int64(l.opts.MaxWrite)),
+			Problem: fmt.Sprintf("is too small for the device's block of %d bytes: use at least %s", blk, sizeString(4*blk))}
+	}
 	if current, err := readMeta(l.dir, manifestName, metaManifest); err != nil || !bytes.Equal(current, l.manifest()) {
 		return l.writeManifest(true)
 	}
@@ -673,7 +676,12 @@ func (l *Log) seal(s *segment) error {
 		return err
 	}
 	end, next := s.w.Durable()
-	foot, err := s.w.Seal(s.encodeFooter(next, end))
+	footer, stride := s.encodeFooter(next, end, s.w.MaxBatchBytes()-wal.FooterTailLen)
+	if stride > 1 {
+		l.opts.Logger.Warn("segstore: the segment's index did not fit in its footer and was thinned; point reads in it read wider intervals (a larger IndexInterval, or MaxWrite, avoids it)",
+			"segment", s.path, "kept_every", stride)
+	}
+	foot, err := s.w.Seal(footer)
 	if err != nil {
 		return err
 	}

@@ -100,7 +100,7 @@ func TestBadInput(t *testing.T) {
 	assert.Equal(t, "record-000009", string(got))
 	require.NoError(t, ro.Close())
 	_, err = Open("sim", Options{Dir: dir, SegmentSize: 1024})
-	assert.ErrorContains(t, err, "below the minimum")
+	assert.ErrorContains(t, err, "Options.SegmentSize 1 KiB is too small: use at least 64 KiB")
 }
 
 func TestMissingMiddleSegmentIsAnError(t *testing.T) {

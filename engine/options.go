@@ -1,9 +1,11 @@
 package engine
 
 import (
+	"fmt"
 	"log/slog"
 	"time"
 
+	"github.com/segstore/segstore/alignedbuf"
 	"github.com/segstore/segstore/blockdev"
 	"github.com/segstore/segstore/cache"
 	"github.com/segstore/segstore/wal"
@@ -21,7 +23,8 @@ const (
 // Options configure a Log. Start from DefaultOptions.
 type Options struct {
 	// SegmentSize: the active segment is sealed and a new one started once
-	// its file reaches this many bytes. Default 64 MiB; at least 64 KiB.
+	// its file reaches this many bytes (within one write of it). Default
+	// 64 MiB; at least 64 KiB, at most 16 GiB, and at least 2 MaxWrites.
 	SegmentSize int64
 	// SegmentAge: the active segment is also sealed once it is this old and
 	// holds records (checked on append). Default 0: no age limit.
@@ -54,7 +57,10 @@ type Options struct {
 	MaxOpenSegments int
 	// IndexInterval is the spacing of the sparse index in bytes of segment
 	// file; it is also the unit read from disk and cached for point reads.
-	// Default 64 KiB.
+	// At least 512 bytes, at most 16 MiB, and wide enough that a full
+	// segment's index fits in its footer, which is written in one write
+	// (24 bytes per entry, within MaxWrite less 4 KiB). Default 0: 64 KiB,
+	// or wider where SegmentSize and MaxWrite need it.
 	IndexInterval int
 	// Preallocate reserves and zeroes each new segment file to SegmentSize
 	// up front (fdatasyncs then overwrite blocks instead of growing the
@@ -73,8 +79,11 @@ type Options struct {
 	// instead of O_DIRECT: the explicit choice for filesystems that refuse
 	// or ignore O_DIRECT (tmpfs). Default false.
 	Buffered bool
-	// MaxWrite is the wal writer's buffer and largest write; it bounds one
-	// Append's batch (see wal.Options.MaxWrite). Default 4 MiB.
+	// MaxWrite is the wal writer's buffer and largest write, in bytes; it
+	// bounds one Append's batch (see wal.Options.MaxWrite) and is recorded
+	// in each segment file as it is created. At least 16 KiB (and 4 device
+	// blocks), at most 64 MiB. Default 0: 4 MiB, or SegmentSize/4 if that
+	// is smaller.
 	MaxWrite int
 	// ExportDropCache: after a Section or SegmentView WriteTo, and again
 	// when the view closes (pages still in socket buffers cannot be dropped
@@ -94,39 +103,122 @@ type Options struct {
 	Dir blockdev.Dir
 }
 
-// DefaultOptions returns the documented defaults.
+// DefaultOptions returns the documented defaults. MaxWrite and
+// IndexInterval are left 0, to be derived from SegmentSize.
 func DefaultOptions() Options {
 	return Options{
 		SegmentSize:     64 << 20,
 		SyncMode:        SyncAlways,
 		SyncInterval:    10 * time.Millisecond,
 		CacheBytes:      64 << 20,
-		IndexInterval:   64 << 10,
 		MaxOpenSegments: 64,
 		Preallocate:     true,
-		MaxWrite:        wal.DefaultMaxWrite,
 	}
 }
 
-func (o Options) withDefaults() Options {
+// Bounds on Options, checked by Open.
+const (
+	minSegmentSize = 64 << 10
+	// maxSegmentSize keeps every file position of a segment, written past
+	// SegmentSize by the appends in flight when it fills, below what the
+	// block cache's keys hold (cache.MaxPos, 32 GiB).
+	maxSegmentSize = 16 << 30
+	// segmentWrites: a segment holds at least this many MaxWrites, so
+	// that it rolls at least half full, not at nearly every append (Append
+	// rolls once the last index entry is within MaxWrite of SegmentSize).
+	segmentWrites = 2
+	// derivedWrites: a derived MaxWrite is at most SegmentSize over this.
+	derivedWrites = 4
+	// minMaxWrite: the wal writer needs 4 device blocks, 4 KiB here.
+	minMaxWrite      = 16 << 10
+	minIndexInterval = 512
+	// maxIndexInterval bounds the unit of a point read, and so the memory
+	// each read in flight holds.
+	maxIndexInterval = 16 << 20
+	// footerBlock: the footer frame must fit in one write with a device
+	// block to spare (wal.Writer.Seal); the block is taken as 4 KiB, the
+	// direct I/O unit of the devices seen (on one with a larger block a
+	// seal thins the index to fit, see encodeFooter).
+	footerBlock = 4 << 10
+)
+
+// OptionError is an Options value that Open refuses: which field, its
+// value, and what is wrong and what to change.
+type OptionError struct {
+	Option  string // the field, as in Options (SegmentSize)
+	Value   string // its value as given
+	Problem string // what is wrong with it, and what to change
+}
+
+func (e *OptionError) Error() string {
+	return fmt.Sprintf("engine: Options.%s %s %s", e.Option, e.Value, e.Problem)
+}
+
+// footerEntries is how many index entries fit in the footer of a segment
+// written with max write mw: the footer frame must fit in one write, less
+// a block (wal.Writer.MaxBatchBytes), with its tail.
+func footerEntries(mw int) int64 {
+	batch := alignedbuf.AlignDown(int64(mw), footerBlock) - footerBlock - wal.FrameHeaderLen
+	return (batch - wal.FooterTailLen - footerHeaderLen) / footerEntryLen
+}
+
+// segmentEntries bounds the index entries of a segment of size seg at
+// interval iv, appended to by one caller at a time: the entries Append
+// lets begin before the last is within MaxWrite of seg, spaced at least
+// iv apart after the first at DataStart, and the one its last append may
+// add. (Concurrent appends that all land before one of them rolls can add
+// more; a seal then thins the index, see encodeFooter.)
+func segmentEntries(seg int64, iv int) int64 {
+	return (seg-wal.DataStart)/int64(iv) + 2
+}
+
+// resolve fills in the defaults of o and checks every field and every
+// combination, so that what Open accepts works: an *OptionError for what
+// cannot.
+func (o Options) resolve() (Options, error) {
+	refuse := func(option string, value any, problem string, args ...any) (Options, error) {
+		v := fmt.Sprint(value)
+		if n, ok := value.(int64); ok {
+			v = sizeString(n)
+		}
+		return o, &OptionError{Option: option, Value: v, Problem: fmt.Sprintf(problem, args...)}
+	}
+	for _, f := range []struct {
+		name  string
+		value int64
+		zero  string
+	}{
+		{"SegmentSize", o.SegmentSize, "the default, 64 MiB"},
+		{"SegmentAge", int64(o.SegmentAge), "no age limit"},
+		{"SyncInterval", int64(o.SyncInterval), "the default, 10ms"},
+		{"CacheBytes", o.CacheBytes, "the default, 64 MiB"},
+		{"RetentionBytes", o.RetentionBytes, "no limit"},
+		{"RetentionAge", int64(o.RetentionAge), "no limit"},
+		{"IndexInterval", int64(o.IndexInterval), "a derived interval"},
+		{"MaxWrite", int64(o.MaxWrite), "a derived size"},
+		{"MaxOpenSegments", int64(o.MaxOpenSegments), "the default, 64"},
+	} {
+		if f.value < 0 {
+			return refuse(f.name, f.value, "is negative: use a positive value, or 0 for %s", f.zero)
+		}
+	}
+	switch o.SyncMode {
+	case SyncAlways, SyncInterval, SyncNever:
+	default:
+		return refuse("SyncMode", o.SyncMode, "is not a sync mode: use SyncAlways, SyncInterval or SyncNever")
+	}
 	d := DefaultOptions()
-	if o.SegmentSize <= 0 {
+	if o.SegmentSize == 0 {
 		o.SegmentSize = d.SegmentSize
 	}
-	if o.SyncInterval <= 0 {
+	if o.SyncInterval == 0 {
 		o.SyncInterval = d.SyncInterval
 	}
-	if o.CacheBytes <= 0 {
+	if o.CacheBytes == 0 {
 		o.CacheBytes = d.CacheBytes
 	}
-	if o.IndexInterval <= 0 {
-		o.IndexInterval = d.IndexInterval
-	}
-	if o.MaxOpenSegments <= 0 {
+	if o.MaxOpenSegments == 0 {
 		o.MaxOpenSegments = d.MaxOpenSegments
-	}
-	if o.MaxWrite <= 0 {
-		o.MaxWrite = d.MaxWrite
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
@@ -134,5 +226,57 @@ func (o Options) withDefaults() Options {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	return o
+	switch {
+	case o.SegmentSize < minSegmentSize:
+		return refuse("SegmentSize", o.SegmentSize, "is too small: use at least %s", sizeString(minSegmentSize))
+	case o.SegmentSize > maxSegmentSize:
+		return refuse("SegmentSize", o.SegmentSize, "is too large: use at most %s", sizeString(maxSegmentSize))
+	case o.Cache == nil && o.CacheBytes < 64<<10:
+		return refuse("CacheBytes", o.CacheBytes, "is too small for a cache: use at least 64 KiB")
+	}
+	if o.MaxWrite == 0 {
+		o.MaxWrite = int(min(wal.DefaultMaxWrite, alignedbuf.AlignDown(o.SegmentSize/derivedWrites, footerBlock)))
+	}
+	switch mw := int64(o.MaxWrite); {
+	case mw < minMaxWrite:
+		return refuse("MaxWrite", mw, "is too small: use at least %s", sizeString(minMaxWrite))
+	case mw > wal.MaxFramePayload:
+		return refuse("MaxWrite", mw, "is too large: use at most %s", sizeString(wal.MaxFramePayload))
+	case o.SegmentSize < segmentWrites*mw:
+		return refuse("MaxWrite", mw, "is too large for SegmentSize %s: a segment must hold at least %d writes, or nearly every append rolls one; lower MaxWrite to at most %s (or leave it 0 to derive it), or raise SegmentSize to at least %s",
+			sizeString(o.SegmentSize), segmentWrites, sizeString(alignedbuf.AlignDown(o.SegmentSize/segmentWrites, footerBlock)), sizeString(segmentWrites*mw))
+	}
+	// The narrowest interval whose full segment's index fits the footer.
+	need := (o.SegmentSize - wal.DataStart) / (footerEntries(o.MaxWrite) - 2)
+	fits := alignedbuf.AlignUp(need+1, minIndexInterval)
+	if o.IndexInterval == 0 {
+		o.IndexInterval = int(max(64<<10, fits))
+		if o.IndexInterval > maxIndexInterval {
+			return refuse("MaxWrite", int64(o.MaxWrite), "is too small for SegmentSize %s: a full segment's index would not fit in its footer, written in one write, at any IndexInterval up to %s; raise MaxWrite, or lower SegmentSize",
+				sizeString(o.SegmentSize), sizeString(maxIndexInterval))
+		}
+	}
+	switch iv := int64(o.IndexInterval); {
+	case iv < minIndexInterval:
+		return refuse("IndexInterval", iv, "is too small: use at least %d bytes", minIndexInterval)
+	case iv > maxIndexInterval:
+		return refuse("IndexInterval", iv, "is too large: use at most %s", sizeString(maxIndexInterval))
+	case segmentEntries(o.SegmentSize, o.IndexInterval) > footerEntries(o.MaxWrite):
+		return refuse("IndexInterval", iv, "is too small for SegmentSize %s with MaxWrite %s: a full segment's index (%d entries of %d bytes) would not fit in its footer, written in one write (%d entries); raise IndexInterval to at least %s (or leave it 0 to derive it), or raise MaxWrite, or lower SegmentSize",
+			sizeString(o.SegmentSize), sizeString(int64(o.MaxWrite)), segmentEntries(o.SegmentSize, o.IndexInterval), footerEntryLen, footerEntries(o.MaxWrite), sizeString(fits))
+	}
+	return o, nil
+}
+
+// sizeString writes n bytes in the largest binary unit that divides it.
+func sizeString(n int64) string {
+	for _, u := range []struct {
+		name string
+		size int64
+	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}} {
+		if n != 0 && n%u.size == 0 {
+			return fmt.Sprintf("%d %s", n/u.size, u.name)
+		}
+	}
+	return fmt.Sprintf("%d bytes", n)
 }

@@ -283,22 +283,34 @@ const (
 	footerEntryLen  = 24
 )
 
-func (s *segment) encodeFooter(next uint64, dataEnd int64) []byte {
+// encodeFooter encodes s's footer in at most limit bytes. An index with
+// more entries than fit is thinned: every stride-th entry is kept (the
+// first frame's among them) and the interval recorded is stride times
+// wider, so a seal never fails for want of room; it returns the stride.
+// Open's option checks leave that for the rare segment that outgrew them:
+// appends in flight together when it filled, or a file created with a
+// smaller MaxWrite than the log now uses.
+func (s *segment) encodeFooter(next uint64, dataEnd int64, limit int) (footer []byte, stride int) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	b := make([]byte, footerHeaderLen+footerEntryLen*len(s.index))
+	fit := max((limit-footerHeaderLen)/footerEntryLen, 1)
+	stride = (len(s.index) + fit - 1) / fit
+	stride = max(stride, 1)
+	n := (len(s.index) + stride - 1) / stride
+	b := make([]byte, footerHeaderLen+footerEntryLen*n)
 	binary.LittleEndian.PutUint32(b[0:], footerVersion)
 	binary.LittleEndian.PutUint64(b[8:], next-s.base)
 	binary.LittleEndian.PutUint64(b[16:], uint64(dataEnd))
-	binary.LittleEndian.PutUint32(b[24:], uint32(s.interval))
-	binary.LittleEndian.PutUint32(b[28:], uint32(len(s.index)))
-	for i, e := range s.index {
+	binary.LittleEndian.PutUint32(b[24:], uint32(s.interval*int64(stride)))
+	binary.LittleEndian.PutUint32(b[28:], uint32(n))
+	for i := range n {
+		e := s.index[i*stride]
 		p := b[footerHeaderLen+i*footerEntryLen:]
 		binary.LittleEndian.PutUint64(p[0:], e.off)
 		binary.LittleEndian.PutUint64(p[8:], uint64(e.pos))
 		binary.LittleEndian.PutUint64(p[16:], uint64(e.time))
 	}
-	return b
+	return b, stride
 }
 
 // decodeFooter checks a footer against the wal footer frame it came in and
