@@ -676,7 +676,7 @@ func (l *Log) seal(s *segment) error {
 		return err
 	}
 	end, next := s.w.Durable()
-	footer, stride := s.encodeFooter(next, end, s.w.MaxBatchBytes()-wal.FooterTailLen)
+	footer, stride := s.encodeFooter(next, end, footerFits(s.w.MaxBatchBytes()))
 	if stride > 1 {
 		l.opts.Logger.Warn("segstore: the segment's index did not fit in its footer and was thinned; point reads in it read wider intervals (a larger IndexInterval, or MaxWrite, avoids it)",
 			"segment", s.path, "kept_every", stride)
@@ -808,9 +808,15 @@ func (l *Log) shouldRoll(s *segment) (roll, half bool) {
 	s.mu.RLock()
 	last := s.index[len(s.index)-1]
 	first := s.index[0]
+	entries := len(s.index)
 	s.mu.RUnlock()
 	half = last.pos >= l.opts.SegmentSize/2
 	if last.pos+int64(l.opts.MaxWrite) >= l.opts.SegmentSize {
+		return true, half
+	}
+	// A segment written under other options (a smaller MaxWrite, a
+	// narrower IndexInterval) can fill its footer first.
+	if entries >= footerFits(s.w.MaxBatchBytes())-footerSpare {
 		return true, half
 	}
 	return l.opts.SegmentAge > 0 && l.opts.Now().Sub(time.Unix(0, first.time)) >= l.opts.SegmentAge, half

@@ -116,13 +116,15 @@ func DefaultOptions() Options {
 	}
 }
 
-// Bounds on Options, checked by Open.
+// MaxSegmentSize is the largest Options.SegmentSize, in bytes: it keeps
+// every file position of a segment, written past SegmentSize by the
+// appends in flight when it fills, well inside what the block cache's
+// keys held (32 GiB).
+const MaxSegmentSize = 16 << 30
+
+// Bounds on other Options, checked by Open.
 const (
 	minSegmentSize = 64 << 10
-	// maxSegmentSize keeps every file position of a segment, written past
-	// SegmentSize by the appends in flight when it fills, below what the
-	// block cache's keys hold (cache.MaxPos, 32 GiB).
-	maxSegmentSize = 16 << 30
 	// segmentWrites: a segment holds at least this many MaxWrites, so
 	// that it rolls at least half full, not at nearly every append (Append
 	// rolls once the last index entry is within MaxWrite of SegmentSize).
@@ -154,12 +156,24 @@ func (e *OptionError) Error() string {
 	return fmt.Sprintf("engine: Options.%s %s %s", e.Option, e.Value, e.Problem)
 }
 
-// footerEntries is how many index entries fit in the footer of a segment
-// written with max write mw: the footer frame must fit in one write, less
-// a block (wal.Writer.MaxBatchBytes), with its tail.
+// footerFits is how many index entries fit in a footer whose frame
+// carries at most batch bytes (wal.Writer.MaxBatchBytes: one write less a
+// block), with its tail.
+func footerFits(batch int) int {
+	return (batch - wal.FooterTailLen - footerHeaderLen) / footerEntryLen
+}
+
+// footerSpare: Append rolls a segment once its index is this close to
+// what its footer holds (shouldRoll), leaving room for the appends in
+// flight beside the one that decided to roll (each adds at most one
+// entry); Open leaves the same room.
+const footerSpare = 64
+
+// footerEntries is how many index entries Open lets a full segment have
+// with MaxWrite mw: what its footer holds, less footerSpare.
 func footerEntries(mw int) int64 {
 	batch := alignedbuf.AlignDown(int64(mw), footerBlock) - footerBlock - wal.FrameHeaderLen
-	return (batch - wal.FooterTailLen - footerHeaderLen) / footerEntryLen
+	return int64(footerFits(int(batch)) - footerSpare)
 }
 
 // segmentEntries bounds the index entries of a segment of size seg at
@@ -185,20 +199,21 @@ func (o Options) resolve() (Options, error) {
 	}
 	for _, f := range []struct {
 		name  string
-		value int64
+		value any // int64 (bytes) or time.Duration
+		neg   bool
 		zero  string
 	}{
-		{"SegmentSize", o.SegmentSize, "the default, 64 MiB"},
-		{"SegmentAge", int64(o.SegmentAge), "no age limit"},
-		{"SyncInterval", int64(o.SyncInterval), "the default, 10ms"},
-		{"CacheBytes", o.CacheBytes, "the default, 64 MiB"},
-		{"RetentionBytes", o.RetentionBytes, "no limit"},
-		{"RetentionAge", int64(o.RetentionAge), "no limit"},
-		{"IndexInterval", int64(o.IndexInterval), "a derived interval"},
-		{"MaxWrite", int64(o.MaxWrite), "a derived size"},
-		{"MaxOpenSegments", int64(o.MaxOpenSegments), "the default, 64"},
+		{"SegmentSize", o.SegmentSize, o.SegmentSize < 0, "the default, 64 MiB"},
+		{"SegmentAge", o.SegmentAge, o.SegmentAge < 0, "no age limit"},
+		{"SyncInterval", o.SyncInterval, o.SyncInterval < 0, "the default, 10ms"},
+		{"CacheBytes", o.CacheBytes, o.CacheBytes < 0, "the default, 64 MiB"},
+		{"RetentionBytes", o.RetentionBytes, o.RetentionBytes < 0, "no limit"},
+		{"RetentionAge", o.RetentionAge, o.RetentionAge < 0, "no limit"},
+		{"IndexInterval", int64(o.IndexInterval), o.IndexInterval < 0, "a derived interval"},
+		{"MaxWrite", int64(o.MaxWrite), o.MaxWrite < 0, "a derived size"},
+		{"MaxOpenSegments", o.MaxOpenSegments, o.MaxOpenSegments < 0, "the default, 64"},
 	} {
-		if f.value < 0 {
+		if f.neg {
 			return refuse(f.name, f.value, "is negative: use a positive value, or 0 for %s", f.zero)
 		}
 	}
@@ -229,8 +244,8 @@ func (o Options) resolve() (Options, error) {
 	switch {
 	case o.SegmentSize < minSegmentSize:
 		return refuse("SegmentSize", o.SegmentSize, "is too small: use at least %s", sizeString(minSegmentSize))
-	case o.SegmentSize > maxSegmentSize:
-		return refuse("SegmentSize", o.SegmentSize, "is too large: use at most %s", sizeString(maxSegmentSize))
+	case o.SegmentSize > MaxSegmentSize:
+		return refuse("SegmentSize", o.SegmentSize, "is too large: use at most %s", sizeString(MaxSegmentSize))
 	case o.Cache == nil && o.CacheBytes < 64<<10:
 		return refuse("CacheBytes", o.CacheBytes, "is too small for a cache: use at least 64 KiB")
 	}
@@ -248,7 +263,7 @@ func (o Options) resolve() (Options, error) {
 	}
 	// The narrowest interval whose full segment's index fits the footer.
 	need := (o.SegmentSize - wal.DataStart) / (footerEntries(o.MaxWrite) - 2)
-	fits := alignedbuf.AlignUp(need+1, minIndexInterval)
+	fits := alignedbuf.AlignUp(need+1, 4<<10)
 	if o.IndexInterval == 0 {
 		o.IndexInterval = int(max(64<<10, fits))
 		if o.IndexInterval > maxIndexInterval {

@@ -283,17 +283,16 @@ const (
 	footerEntryLen  = 24
 )
 
-// encodeFooter encodes s's footer in at most limit bytes. An index with
-// more entries than fit is thinned: every stride-th entry is kept (the
-// first frame's among them) and the interval recorded is stride times
-// wider, so a seal never fails for want of room; it returns the stride.
-// Open's option checks leave that for the rare segment that outgrew them:
-// appends in flight together when it filled, or a file created with a
-// smaller MaxWrite than the log now uses.
-func (s *segment) encodeFooter(next uint64, dataEnd int64, limit int) (footer []byte, stride int) {
+// encodeFooter encodes s's footer with at most fit index entries. An
+// index with more is thinned: every stride-th entry is kept (the first
+// frame's among them) and the interval recorded is stride times wider, so
+// a seal never fails for want of room; it returns the stride. Open's
+// option checks and Append's roll leave that to a segment that more than
+// footerSpare appends in flight together overfilled.
+func (s *segment) encodeFooter(next uint64, dataEnd int64, fit int) (footer []byte, stride int) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	fit := max((limit-footerHeaderLen)/footerEntryLen, 1)
+	fit = max(fit, 1)
 	stride = (len(s.index) + fit - 1) / fit
 	stride = max(stride, 1)
 	n := (len(s.index) + stride - 1) / stride

@@ -94,7 +94,7 @@ func benchStore(o BenchOptions) (l *engine.Log, done func() error, err error) {
 		"interval": engine.SyncInterval, "never": engine.SyncNever}[o.Sync]
 	if l, err = engine.Open(dir, opts); err != nil {
 		cleanup()
-		return nil, nil, err
+		return nil, nil, flagError(err, map[string]string{"SegmentSize": "segment-size", "CacheBytes": "cache"})
 	}
 	return l, func() error { err := l.Close(); cleanup(); return err }, nil
 }

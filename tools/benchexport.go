@@ -138,6 +138,9 @@ func ExportBench(out io.Writer, opts ExportBenchOptions) ([]ExportResult, error)
 func buildSegment(dir string, size int64) (string, int64, error) {
 	opts := engine.DefaultOptions()
 	opts.SegmentSize, opts.SyncMode, opts.Preallocate = size+(64<<20), engine.SyncNever, false
+	if opts.SegmentSize > engine.MaxSegmentSize {
+		return "", 0, usageError{fmt.Errorf("--size %d is too large for one segment: use at most %d", size, engine.MaxSegmentSize-(64<<20))}
+	}
 	l, err := engine.Open(dir, opts)
 	if err != nil {
 		return "", 0, err

@@ -182,7 +182,7 @@ func Replicate(ctx context.Context, out, errOut io.Writer, leaderURL, dir string
 	}
 	l, err := engine.Open(dir, eopts)
 	if err != nil {
-		return err
+		return flagError(err, map[string]string{"SegmentSize": "segment-size"})
 	}
 	defer l.Close()
 	fmt.Fprintf(out, "replicating %s (log %q) into %s from offset %d\n", leaderURL, opts.Name, dir, l.EndOffset())

@@ -118,7 +118,7 @@ func Quickstart(out io.Writer, opts QuickstartOptions) error {
 		l, err = engine.Open(dir, eopts)
 	}
 	if err != nil {
-		return fmt.Errorf("quickstart: %w", err)
+		return fmt.Errorf("quickstart: %w", flagError(err, map[string]string{"SegmentSize": "segment-size"}))
 	}
 	fmt.Fprintf(out, "appending:    %d appenders x %d batches x %d records of %d B, fdatasync before each ack, %d MiB segments\n",
 		opts.Appenders, opts.Appends, opts.Batch, opts.RecordSize, opts.SegmentSize>>20)

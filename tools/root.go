@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"os/signal"
 	"strconv"
@@ -250,8 +251,8 @@ func parseSize(s string) (int64, error) {
 	for _, u := range units {
 		if num, ok := strings.CutSuffix(s, u.suffix); ok {
 			n, err := strconv.ParseInt(num, 10, 64)
-			if err != nil || n <= 0 {
-				return 0, fmt.Errorf("segtool: size %q: want a positive number with an optional KiB, MiB or GiB suffix", s)
+			if err != nil || n <= 0 || n > math.MaxInt64/u.mul {
+				return 0, fmt.Errorf("size %q: want a positive number of bytes below 8 EiB, with an optional KiB, MiB or GiB suffix", s)
 			}
 			return n * u.mul, nil
 		}

@@ -32,6 +32,19 @@ type usageError struct{ error }
 
 func (e usageError) Unwrap() error { return e.error }
 
+// flagError reports an engine option that Open refused in the terms of
+// the command line: flags maps each option the command sets to the flag
+// that sets it. Other errors are returned as they are.
+func flagError(err error, flags map[string]string) error {
+	var oe *engine.OptionError
+	if errors.As(err, &oe) {
+		if flag, ok := flags[oe.Option]; ok {
+			return usageError{fmt.Errorf("--%s %s %s", flag, oe.Value, oe.Problem)}
+		}
+	}
+	return err
+}
+
 // ExitCode is the exit status for an error a command returned: 0 for none,
 // 2 for a usage error, 1 for anything else (including ErrDamage).
 func ExitCode(err error) int {

@@ -221,6 +221,13 @@ func TestBadInput(t *testing.T) {
 		{[]string{"inspect"}, "want one argument", 2},
 		{[]string{"verify", dir, "--no-such-flag"}, "unknown flag", 2},
 		{[]string{"append"}, "want the store's directory", 2},
+		// Options the engine refuses, in the flags' terms.
+		{[]string{"quickstart", "--dir", filepath.Join(empty, "qs"), "--segment-size", "1000"}, "--segment-size 1000 bytes is too small: use at least 64 KiB", 2},
+		{[]string{"bench", "append", "--segment-size", "32GiB"}, "--segment-size 32 GiB is too large: use at most 16 GiB", 2},
+		{[]string{"bench", "read", "--cache", "1KiB"}, "--cache 1 KiB is too small for a cache: use at least 64 KiB", 2},
+		{[]string{"bench", "export", "--size", "20GiB"}, "--size 21474836480 is too large for one segment", 2},
+		{[]string{"bench", "append", "--segment-size", "99999999999999GiB"}, "want a positive number of bytes below 8 EiB", 2},
+		{[]string{"replicate", "--segment-size", "100", "http://127.0.0.1:1", filepath.Join(empty, "copy")}, "--segment-size 100 bytes is too small", 2},
 	} {
 		_, err := runSegtool(t, tc.args...)
 		require.Error(t, err, "%v", tc.args)

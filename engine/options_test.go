@@ -1,0 +1,220 @@
+package engine
+
+import (
+	"bytes"
+	"fmt"
+	"log/slog"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/segstore/segstore/blockdev"
+	"github.com/segstore/segstore/cache"
+	"github.com/segstore/segstore/wal"
+)
+
+// TestOptionsResolve: every option and combination is either refused with
+// an OptionError naming the field and what to change, or resolved to
+// values that work: a segment holds at least two writes, and a full
+// segment's index fits in its footer.
+func TestOptionsResolve(t *testing.T) {
+	shared, err := cache.New(1 << 20)
+	require.NoError(t, err)
+	defer shared.Close()
+	const KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
+	for _, tc := range []struct {
+		name   string
+		opts   Options
+		option string // the field refused; "" if accepted
+		says   string // in the error; or, accepted, the resolved MaxWrite/IndexInterval
+		mw, iv int
+	}{
+		{name: "zero", opts: Options{}, mw: 4 * MiB, iv: 64 * KiB},
+		{name: "defaults", opts: DefaultOptions(), mw: 4 * MiB, iv: 64 * KiB},
+		{name: "smallest segment", opts: Options{SegmentSize: 64 * KiB}, mw: 16 * KiB, iv: 64 * KiB},
+		{name: "1 GiB segments, 256 KiB writes", opts: Options{SegmentSize: 1 * GiB, MaxWrite: 256 * KiB}, mw: 256 * KiB, iv: 100 * KiB},
+		{name: "1 GiB segments, derived", opts: Options{SegmentSize: 1 * GiB}, mw: 4 * MiB, iv: 64 * KiB},
+		{name: "largest segment, smallest writes", opts: Options{SegmentSize: 16 * GiB, MaxWrite: 16 * KiB},
+			option: "MaxWrite", says: "is too small for SegmentSize 16 GiB: a full segment's index would not fit in its footer"},
+		{name: "two writes per segment", opts: Options{SegmentSize: 64 * KiB, MaxWrite: 32 * KiB}, mw: 32 * KiB, iv: 64 * KiB},
+		{name: "shared cache, no budget of its own", opts: Options{Cache: shared, CacheBytes: 1}, mw: 4 * MiB, iv: 64 * KiB},
+
+		{name: "1 GiB segments, 256 KiB writes, default interval", opts: Options{SegmentSize: 1 * GiB, MaxWrite: 256 * KiB, IndexInterval: 64 * KiB},
+			option: "IndexInterval", says: "raise IndexInterval to at least 100 KiB (or leave it 0 to derive it), or raise MaxWrite, or lower SegmentSize"},
+		{name: "1 GiB segments, 4 KiB interval", opts: Options{SegmentSize: 1 * GiB, IndexInterval: 4 * KiB},
+			option: "IndexInterval", says: "is too small for SegmentSize 1 GiB with MaxWrite 4 MiB"},
+		{name: "segment of one write", opts: Options{SegmentSize: 4 * MiB, MaxWrite: 4 * MiB},
+			option: "MaxWrite", says: "lower MaxWrite to at most 2 MiB (or leave it 0 to derive it), or raise SegmentSize to at least 8 MiB"},
+		{name: "segment smaller than a write", opts: Options{SegmentSize: 64 * KiB, MaxWrite: 4 * MiB},
+			option: "MaxWrite", says: "is too large for SegmentSize 64 KiB"},
+		{name: "tiny segment", opts: Options{SegmentSize: 1024}, option: "SegmentSize", says: "1 KiB is too small: use at least 64 KiB"},
+		{name: "huge segment", opts: Options{SegmentSize: 32 * GiB}, option: "SegmentSize", says: "is too large: use at most 16 GiB"},
+		{name: "tiny write", opts: Options{MaxWrite: 1000}, option: "MaxWrite", says: "1000 bytes is too small: use at least 16 KiB"},
+		{name: "huge write", opts: Options{MaxWrite: 128 * MiB}, option: "MaxWrite", says: "is too large: use at most 64 MiB"},
+		{name: "tiny interval", opts: Options{IndexInterval: 100}, option: "IndexInterval", says: "use at least 512 bytes"},
+		{name: "huge interval", opts: Options{IndexInterval: 32 * MiB}, option: "IndexInterval", says: "use at most 16 MiB"},
+		{name: "tiny cache", opts: Options{CacheBytes: 1000}, option: "CacheBytes", says: "use at least 64 KiB"},
+		{name: "unknown sync mode", opts: Options{SyncMode: 7}, option: "SyncMode", says: "use SyncAlways, SyncInterval or SyncNever"},
+		{name: "negative segment", opts: Options{SegmentSize: -1}, option: "SegmentSize", says: "is negative: use a positive value, or 0 for the default, 64 MiB"},
+		{name: "negative retention", opts: Options{RetentionBytes: -1}, option: "RetentionBytes", says: "0 for no limit"},
+		{name: "negative age", opts: Options{SegmentAge: -1}, option: "SegmentAge", says: "-1ns is negative: use a positive value, or 0 for no age limit"},
+		{name: "negative write", opts: Options{MaxWrite: -1}, option: "MaxWrite", says: "0 for a derived size"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := tc.opts.resolve()
+			if tc.option != "" {
+				var oe *OptionError
+				require.ErrorAs(t, err, &oe)
+				assert.Equal(t, tc.option, oe.Option)
+				assert.ErrorContains(t, err, "engine: Options."+tc.option+" ")
+				assert.ErrorContains(t, err, tc.says)
+				return
+			}
+			require.NoError(t, err)
+			assert.Equal(t, tc.mw, got.MaxWrite, "MaxWrite")
+			assert.Equal(t, tc.iv, got.IndexInterval, "IndexInterval")
+			assert.GreaterOrEqual(t, got.SegmentSize, int64(segmentWrites*got.MaxWrite), "a segment holds two writes")
+			assert.LessOrEqual(t, segmentEntries(got.SegmentSize, got.IndexInterval), footerEntries(got.MaxWrite), "a full segment's index fits its footer")
+		})
+	}
+}
+
+// TestOptionsDeriveEverySegmentSize: with MaxWrite and IndexInterval
+// left to derive, every SegmentSize Open accepts resolves to values that
+// work, and an explicit MaxWrite is either refused or gets an interval
+// that fits.
+func TestOptionsDeriveEverySegmentSize(t *testing.T) {
+	for seg := int64(minSegmentSize); seg <= MaxSegmentSize; seg = seg*3/2 + 4096 {
+		for _, mw := range []int{0, 16 << 10, 64 << 10, 256 << 10, 1 << 20, 4 << 20, 64 << 20} {
+			got, err := Options{SegmentSize: seg, MaxWrite: mw}.resolve()
+			if err != nil {
+				var oe *OptionError
+				require.ErrorAs(t, err, &oe, "SegmentSize %d MaxWrite %d", seg, mw)
+				require.NotZero(t, mw, "a derived MaxWrite is never refused (SegmentSize %d): %v", seg, err)
+				continue
+			}
+			require.GreaterOrEqual(t, got.SegmentSize, int64(segmentWrites*got.MaxWrite))
+			require.LessOrEqual(t, segmentEntries(got.SegmentSize, got.IndexInterval), footerEntries(got.MaxWrite), "SegmentSize %d MaxWrite %d", seg, mw)
+			// The footer of that many entries is one a writer of MaxWrite
+			// seals (its frame within a write less a block).
+			footer := footerHeaderLen + footerEntryLen*int(footerEntries(got.MaxWrite))
+			require.LessOrEqual(t, wal.FooterFrameSize(footer), got.MaxWrite-footerBlock)
+		}
+	}
+}
+
+// TestOpenRefusesWhatWouldWedge: the combinations that made every roll
+// fail (a footer larger than one write) or every append roll (a segment
+// no larger than a write) are refused at Open, before anything is
+// created.
+func TestOpenRefusesWhatWouldWedge(t *testing.T) {
+	for _, o := range []Options{
+		{SegmentSize: 4 << 20, MaxWrite: 16 << 10, IndexInterval: 512},
+		{SegmentSize: 64 << 20, MaxWrite: 64 << 20},
+		{SegmentSize: 256 << 10, MaxWrite: 256 << 10},
+	} {
+		dir := blockdev.NewSimDir(blockdev.SimOptions{})
+		o.Dir, o.Logger = dir, quiet
+		_, err := Open("sim", o)
+		var oe *OptionError
+		require.ErrorAs(t, err, &oe, "%+v", o)
+		names, err := dir.List()
+		require.NoError(t, err)
+		assert.Empty(t, names, "a refused open creates nothing")
+	}
+}
+
+// TestSegmentOfOtherOptionsRollsBeforeItsFooterFills: a segment created
+// with a small MaxWrite, then filled by a log reopened with larger
+// segments and writes, would get more index entries than its own footer
+// frame holds; Append rolls it first, so its seal keeps every entry, and
+// every record reads back, through its footer too.
+func TestSegmentOfOtherOptionsRollsBeforeItsFooterFills(t *testing.T) {
+	dir := blockdev.NewSimDir(blockdev.SimOptions{})
+	var logged bytes.Buffer
+	small := Options{Dir: dir, SegmentSize: 64 << 10, MaxWrite: 16 << 10, IndexInterval: 512, Logger: quiet}
+	l, err := Open("sim", small)
+	require.NoError(t, err)
+	_, err = l.Append(modelRec(0))
+	require.NoError(t, err)
+	require.NoError(t, l.Close())
+
+	// Accepted: a new segment of 1 MiB at 512 B has 2,042 entries, which a
+	// 64 KiB write's footer holds; the active segment's 16 KiB writes
+	// hold 508.
+	big := Options{Dir: dir, SegmentSize: 1 << 20, MaxWrite: 64 << 10, IndexInterval: 512,
+		Logger: slog.New(slog.NewTextHandler(&logged, nil))}
+	l, err = Open("sim", big)
+	require.NoError(t, err)
+	n := 1
+	for len(l.Segments()) < 2 {
+		_, err := l.Append(modelRec(n))
+		require.NoError(t, err, "append %d", n)
+		n++
+	}
+	first := l.Segments()[0]
+	assert.Less(t, first.DataEnd, big.SegmentSize/2, "rolled for its footer, not its size")
+	assert.LessOrEqual(t, first.IndexEntries, footerFits(16<<10-4096-wal.FrameHeaderLen))
+	assert.NotContains(t, logged.String(), "thinned")
+	requireRecords(t, l, n)
+	require.NoError(t, l.Close())
+	big.VerifyOnOpen = true // read every footer
+	l, err = Open("sim", big)
+	require.NoError(t, err)
+	requireRecords(t, l, n)
+	require.NoError(t, l.Close())
+}
+
+// TestSealThinsAnOverfullIndex: appends in flight beside the one that
+// decided to roll (here made directly on the segment's writer, as each of
+// them has when the roll waits for it) can give a segment more index
+// entries than its footer holds; the seal thins the index (and says so)
+// instead of failing every roll, and every record reads back, through the
+// thinned footer after a reopen too.
+func TestSealThinsAnOverfullIndex(t *testing.T) {
+	path := t.TempDir()
+	var logged bytes.Buffer
+	opts := Options{SegmentSize: 1 << 20, MaxWrite: 16 << 10, IndexInterval: 4096, SyncMode: SyncNever,
+		Logger: slog.New(slog.NewTextHandler(&logged, nil))}
+	l, err := Open(path, opts)
+	require.NoError(t, err)
+	fits := footerFits(l.active.w.MaxBatchBytes())
+	n := 0
+	for len(l.active.index) <= 2*fits {
+		_, err := l.active.w.Append(modelRec(n))
+		require.NoError(t, err)
+		n++
+	}
+	require.NoError(t, l.Roll(), "the seal of an overfull segment")
+	assert.Contains(t, logged.String(), "thinned")
+	requireRecords(t, l, n)
+	_, err = l.Append(modelRec(n))
+	require.NoError(t, err, "the log goes on")
+	n++
+	require.NoError(t, l.Close())
+	opts.VerifyOnOpen = true // read every footer, the thinned one too
+	l, err = Open(path, opts)
+	require.NoError(t, err)
+	assert.LessOrEqual(t, l.Segments()[0].IndexEntries, fits)
+	requireRecords(t, l, n)
+	require.NoError(t, l.Close())
+	rep, err := Verify(path, VerifyOptions{})
+	require.NoError(t, err)
+	assert.Empty(t, rep.Problems, "verify finds nothing wrong with a thinned footer")
+}
+
+// modelRec is record i of the option tests: its offset, padded.
+func modelRec(i int) []byte {
+	return []byte(fmt.Sprintf("record %06d %s", i, bytes.Repeat([]byte{byte(i)}, 500)))
+}
+
+// requireRecords checks that l holds modelRec(i) at every offset below n.
+func requireRecords(t *testing.T, l *Log, n int) {
+	t.Helper()
+	for i := range n {
+		got, err := l.Read(uint64(i), nil)
+		require.NoError(t, err, "record %d", i)
+		require.Equal(t, modelRec(i), got, "record %d", i)
+	}
+}
