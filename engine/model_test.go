@@ -69,8 +69,9 @@ func TestModel(t *testing.T) {
 // TestModelOptions: the option space. Each seed draws Options at random
 // (segment sizes from 64 KiB, aligned or not; every MaxWrite and index
 // interval from the smallest, derived or given; preallocation on and off;
-// every sync mode; caches from the smallest, own or shared; age limits and
-// retention; verify on open), and again at some reopens: every draw is
+// every sync mode; caches from the smallest, own or shared; open-file
+// bounds from one; age limits and retention; verify on open), and again
+// at some reopens: every draw is
 // either refused at Open with an OptionError naming the field, or runs the
 // model (appends with rolls, reads, iterators, truncations, reopens,
 // crashes) with every answer checked. SEGSTORE_LONG=1 runs 1,000 seeds.
@@ -100,14 +101,15 @@ func fixedOptions(rng *rand.Rand) Options {
 func drawOptions(rng *rand.Rand) Options {
 	pick := func(vs ...int64) int64 { return vs[rng.IntN(len(vs))] }
 	o := Options{
-		SegmentSize:   pick(64<<10, 64<<10, 96<<10, 128<<10, 128<<10, 256<<10, 512<<10, 1<<20, 2<<20),
-		MaxWrite:      int(pick(0, 0, 16<<10, 32<<10, 64<<10, 256<<10, 1<<20)),
-		IndexInterval: int(pick(0, 0, 512, 4096, 16<<10, 64<<10, 1<<20)),
-		Preallocate:   rng.IntN(2) == 0,
-		SyncMode:      []SyncMode{SyncAlways, SyncInterval, SyncNever}[rng.IntN(3)],
-		SyncInterval:  time.Duration(pick(0, int64(time.Millisecond), int64(5*time.Millisecond))),
-		CacheBytes:    pick(0, 64<<10, 100<<10, 1<<20),
-		VerifyOnOpen:  rng.IntN(4) == 0,
+		SegmentSize:     pick(64<<10, 64<<10, 96<<10, 128<<10, 128<<10, 256<<10, 512<<10, 1<<20, 2<<20),
+		MaxWrite:        int(pick(0, 0, 16<<10, 32<<10, 64<<10, 256<<10, 1<<20)),
+		IndexInterval:   int(pick(0, 0, 512, 4096, 16<<10, 64<<10, 1<<20)),
+		Preallocate:     rng.IntN(2) == 0,
+		SyncMode:        []SyncMode{SyncAlways, SyncInterval, SyncNever}[rng.IntN(3)],
+		SyncInterval:    time.Duration(pick(0, int64(time.Millisecond), int64(5*time.Millisecond))),
+		CacheBytes:      pick(0, 64<<10, 100<<10, 1<<20),
+		VerifyOnOpen:    rng.IntN(4) == 0,
+		MaxOpenSegments: int(pick(0, 1, 2, 64)),
 		// The clock moves a millisecond per reading, a few per step.
 		SegmentAge:     time.Duration(pick(0, 0, 0, int64(50*time.Millisecond), int64(time.Second))),
 		RetentionBytes: pick(0, 0, 0, 1, 300<<10, 1<<20),

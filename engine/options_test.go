@@ -60,6 +60,7 @@ func TestOptionsResolve(t *testing.T) {
 		{name: "negative retention", opts: Options{RetentionBytes: -1}, option: "RetentionBytes", says: "0 for no limit"},
 		{name: "negative age", opts: Options{SegmentAge: -1}, option: "SegmentAge", says: "-1ns is negative: use a positive value, or 0 for no age limit"},
 		{name: "negative write", opts: Options{MaxWrite: -1}, option: "MaxWrite", says: "0 for a derived size"},
+		{name: "negative open segments", opts: Options{MaxOpenSegments: -1}, option: "MaxOpenSegments", says: "-1 is negative: use a positive value, or 0 for the default, 64"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got, err := tc.opts.resolve()
