@@ -102,7 +102,7 @@ func drawOptions(rng *rand.Rand) Options {
 	pick := func(vs ...int64) int64 { return vs[rng.IntN(len(vs))] }
 	o := Options{
 		SegmentSize:     pick(64<<10, 64<<10, 96<<10, 128<<10, 128<<10, 256<<10, 512<<10, 1<<20, 2<<20),
-		MaxWrite:        int(pick(0, 0, 16<<10, 32<<10, 64<<10, 256<<10, 1<<20)),
+		MaxWrite:        int(pick(0, 0, 16<<10, 20000, 32<<10, 64<<10, 256<<10, 1<<20)),
 		IndexInterval:   int(pick(0, 0, 512, 4096, 16<<10, 64<<10, 1<<20)),
 		Preallocate:     rng.IntN(2) == 0,
 		SyncMode:        []SyncMode{SyncAlways, SyncInterval, SyncNever}[rng.IntN(3)],

@@ -57,10 +57,11 @@ type Options struct {
 	MaxOpenSegments int
 	// IndexInterval is the spacing of the sparse index in bytes of segment
 	// file; it is also the unit read from disk and cached for point reads.
-	// At least 512 bytes, at most 16 MiB, and wide enough that a full
-	// segment's index fits in its footer, which is written in one write
-	// (24 bytes per entry, within MaxWrite less 4 KiB). Default 0: 64 KiB,
-	// or wider where SegmentSize and MaxWrite need it.
+	// At least 512 bytes, at most 16 MiB and SegmentSize, and wide
+	// enough that a full segment's index fits in its footer, which is
+	// written in one write (24 bytes per entry, within MaxWrite less 4
+	// KiB). Default 0: 64 KiB, or wider where SegmentSize and MaxWrite
+	// need it.
 	IndexInterval int
 	// Preallocate reserves and zeroes each new segment file to SegmentSize
 	// up front (fdatasyncs then overwrite blocks instead of growing the
@@ -276,6 +277,9 @@ func (o Options) resolve() (Options, error) {
 		return refuse("IndexInterval", iv, "is too small: use at least %d bytes", minIndexInterval)
 	case iv > maxIndexInterval:
 		return refuse("IndexInterval", iv, "is too large: use at most %s", sizeString(maxIndexInterval))
+	case iv > o.SegmentSize:
+		// A point read's buffer is sized by the interval, whatever the file.
+		return refuse("IndexInterval", iv, "is larger than SegmentSize %s: use at most that", sizeString(o.SegmentSize))
 	case segmentEntries(o.SegmentSize, o.IndexInterval) > footerEntries(o.MaxWrite):
 		return refuse("IndexInterval", iv, "is too small for SegmentSize %s with MaxWrite %s: a full segment's index (%d entries of %d bytes) would not fit in its footer, written in one write (%d entries); raise IndexInterval to at least %s (or leave it 0 to derive it), or raise MaxWrite, or lower SegmentSize",
 			sizeString(o.SegmentSize), sizeString(int64(o.MaxWrite)), segmentEntries(o.SegmentSize, o.IndexInterval), footerEntryLen, footerEntries(o.MaxWrite), sizeString(fits))

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"log/slog"
+	"sync"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -54,6 +55,7 @@ func TestOptionsResolve(t *testing.T) {
 		{name: "huge write", opts: Options{MaxWrite: 128 * MiB}, option: "MaxWrite", says: "is too large: use at most 64 MiB"},
 		{name: "tiny interval", opts: Options{IndexInterval: 100}, option: "IndexInterval", says: "use at least 512 bytes"},
 		{name: "huge interval", opts: Options{IndexInterval: 32 * MiB}, option: "IndexInterval", says: "use at most 16 MiB"},
+		{name: "interval wider than a segment", opts: Options{SegmentSize: 64 * KiB, IndexInterval: 128 * KiB}, option: "IndexInterval", says: "is larger than SegmentSize 64 KiB: use at most that"},
 		{name: "tiny cache", opts: Options{CacheBytes: 1000}, option: "CacheBytes", says: "use at least 64 KiB"},
 		{name: "unknown sync mode", opts: Options{SyncMode: 7}, option: "SyncMode", says: "use SyncAlways, SyncInterval or SyncNever"},
 		{name: "negative segment", opts: Options{SegmentSize: -1}, option: "SegmentSize", says: "is negative: use a positive value, or 0 for the default, 64 MiB"},
@@ -218,4 +220,50 @@ func requireRecords(t *testing.T, l *Log, n int) {
 		require.NoError(t, err, "record %d", i)
 		require.Equal(t, modelRec(i), got, "record %d", i)
 	}
+}
+
+// TestManyAppendersNearTheFooterBound: 128 appenders of one-interval
+// records into segments whose full index is near what their footer
+// holds: the appends in flight when a segment fills can overfill it (here
+// they usually do, and its seal thins the index); every append succeeds
+// and every record reads back, before and after a reopen.
+func TestManyAppendersNearTheFooterBound(t *testing.T) {
+	dir := blockdev.NewSimDir(blockdev.SimOptions{})
+	// (SegmentSize-4096)/4096 + 2 = 440 entries, within the 444 Open
+	// allows for 16 KiB writes, whose footer holds 508.
+	opts := Options{Dir: dir, SegmentSize: 439*4096 + 4096, MaxWrite: 16 << 10, IndexInterval: 4096, SyncMode: SyncNever, Logger: quiet}
+	l, err := Open("sim", opts)
+	require.NoError(t, err)
+	rec := bytes.Repeat([]byte{7}, 4100) // every frame starts an interval
+	var wg sync.WaitGroup
+	for range 128 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 20 {
+				if _, err := l.Append(rec); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	require.NoError(t, l.Sync())
+	check := func(l *Log) {
+		t.Helper()
+		require.Equal(t, uint64(128*20), l.EndOffset())
+		for off := range l.EndOffset() {
+			got, err := l.Read(off, nil)
+			require.NoError(t, err, "offset %d", off)
+			require.Equal(t, rec, got, "offset %d", off)
+		}
+	}
+	check(l)
+	require.Greater(t, len(l.Segments()), 5, "segments rolled")
+	require.NoError(t, l.Close())
+	l, err = Open("sim", opts)
+	require.NoError(t, err)
+	check(l)
+	require.NoError(t, l.Close())
 }
