@@ -162,14 +162,22 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 	}
 }
 
+// errShutdown is the cause of a request's context when its http.Server
+// shuts down.
+var errShutdown = errors.New("segstore: the server is shutting down")
+
 // HTTPServer returns an http.Server for s on addr with limits against
 // slow clients: each request, headers and any body, within HeaderTimeout
 // (ReadTimeout and ReadHeaderTimeout), headers of at most 16 KiB, idle
 // connections closed after 2 min. Writes get deadlines from WriteTimeout
-// (see ServeHTTP).
+// (see ServeHTTP). Its Shutdown ends waiting tail polls at once (204:
+// nothing new), so it need not wait out their long polls.
 func (s *Server) HTTPServer(addr string) *http.Server {
-	return &http.Server{Addr: addr, Handler: s, ReadHeaderTimeout: s.opts.HeaderTimeout, ReadTimeout: s.opts.HeaderTimeout,
-		IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 16 << 10}
+	ctx, cancel := context.WithCancelCause(context.Background())
+	hs := &http.Server{Addr: addr, Handler: s, ReadHeaderTimeout: s.opts.HeaderTimeout, ReadTimeout: s.opts.HeaderTimeout,
+		IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 16 << 10, BaseContext: func(net.Listener) context.Context { return ctx }}
+	hs.RegisterOnShutdown(func() { cancel(errShutdown) })
+	return hs
 }
 
 // ServeHTTP refuses a request that declares a body (no endpoint takes
@@ -681,7 +689,7 @@ func (s *Server) tail(w *statusWriter, r *http.Request) error {
 
 // waitTail waits up to wait for active segment base of l to change from
 // ending at pos, holding a waiter slot (503 if none is free). Running out
-// of time is not an error.
+// of time, or the server shutting down, is not an error.
 func (s *Server) waitTail(ctx context.Context, l *engine.Log, base uint64, pos int64, wait time.Duration) error {
 	select {
 	case s.waiters <- struct{}{}:
@@ -690,12 +698,13 @@ func (s *Server) waitTail(ctx context.Context, l *engine.Log, base uint64, pos i
 	}
 	s.m.waiters.Inc()
 	defer func() { <-s.waiters; s.m.waiters.Dec() }()
-	ctx, cancel := context.WithTimeout(ctx, wait)
+	wctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
-	if err := l.WaitActive(ctx, base, pos); err != nil && !errors.Is(err, context.DeadlineExceeded) {
-		return err
+	err := l.WaitActive(wctx, base, pos)
+	if err == nil || errors.Is(err, context.DeadlineExceeded) || errors.Is(context.Cause(ctx), errShutdown) {
+		return nil
 	}
-	return nil
+	return err
 }
 
 // logCollector exports each log's Stats as Prometheus metrics.
