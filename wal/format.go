@@ -61,10 +61,9 @@ const (
 //
 // The durable mark (24 bits) says how far the file was durable when the
 // writer made the frame: the frame at position pos was made when every
-// byte before pos - (mark-1)*FrameAlign had been fdatasynced (a lower bound).
-// Zero means the frame does not say: every frame of a version 1 file, and a
-// frame more than 128 MiB past the durable end (never, with the window a
-// writer keeps). Recovery uses
+// byte before pos - (mark-1)*MarkUnit had been fdatasynced (a lower bound).
+// Zero means the frame does not say: every frame of a version 1 file (a
+// writer never reserves a frame more than 256 MiB past its durable end). Recovery uses
 // it to tell a torn write from damage to acknowledged data: a valid frame
 // whose mark lies past a damaged frame proves that the damaged frame had
 // been made durable before, so no crash can explain its damage.
@@ -213,8 +212,8 @@ func DecodeFileHeader(b []byte) (FileHeader, error) {
 		Created:    int64(binary.LittleEndian.Uint64(b[32:40])),
 		MaxWrite:   binary.LittleEndian.Uint32(b[40:44]),
 	}
-	if h.MaxWrite < FrameHeaderLen {
-		return FileHeader{}, fmt.Errorf("header max write %d is implausible", h.MaxWrite)
+	if h.MaxWrite < 4*512 || h.MaxWrite > MaxFramePayload || h.MaxWrite%512 != 0 {
+		return FileHeader{}, fmt.Errorf("header max write %d is implausible (a writer uses a multiple of 512 from 2 KiB to %d)", h.MaxWrite, MaxFramePayload)
 	}
 	return h, nil
 }
@@ -238,16 +237,24 @@ func (h FrameHeader) DurableBefore(pos int64) (int64, bool) {
 	if h.mark == 0 {
 		return 0, false
 	}
-	return pos - int64(h.mark-1)*FrameAlign, true
+	return pos - int64(h.mark-1)*MarkUnit, true
 }
 
-// maxMark is the largest durable mark (24 bits).
-const maxMark = 1<<24 - 1
+const (
+	// MarkUnit is the unit of a durable mark: 16 bytes, so a mark reaches
+	// 256 MiB back (more than the 192 MiB a writer with the largest
+	// MaxWrite can have reserved past its durable end: two buffers and an
+	// unsynced write), and errs low by less than the smallest frame (40
+	// bytes), so it always lies past a frame that was durable.
+	MarkUnit = 16
+	// maxMark is the largest durable mark (24 bits).
+	maxMark = 1<<24 - 1
+)
 
 // durableMark encodes durable, the position before which the file is
 // durable (at most pos; negative: unknown), as the mark of a frame at pos.
 func durableMark(pos, durable int64) uint32 {
-	back := (pos - durable + FrameAlign - 1) / FrameAlign // rounded up: the mark may only err low
+	back := (pos - durable + MarkUnit - 1) / MarkUnit // rounded up: the mark may only err low
 	if durable < 0 || back < 0 || back >= maxMark {
 		return 0
 	}

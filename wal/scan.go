@@ -242,38 +242,29 @@ func (s *Scanner) next() (bool, error) {
 
 // stop classifies what the scan found at p, where the frame that should be
 // there is not valid (why says how). Nothing read from the damaged frame's
-// own header decides it: its length may be the damaged part.
+// header decides it alone: its length may be the damaged part.
 //
 // The writer's model: the device writes sectors atomically but in any
 // order; the writer never has more than MaxWrite unwritten-or-unsynced bytes
-// past the durable end D, whose old content is zeros; and each frame's
-// durable mark says where D was when the frame was made. A crash leaves the
-// frames before D intact, so p >= D, and leaves every sector of the last
-// writes either written or still zero. Damage is a torn tail only if all of
-// these hold (tornAt):
-//   - all data from p on ends within MaxWrite of p;
-//   - no valid frame after p has a durable mark past p (that frame proves
-//     the damaged one was durable before it was made); in a version 1 file,
-//     which has no marks, no valid frame follows at all;
-//   - a sector that the writer wrote non-zero is zero or missing: the sector
-//     holding p is zero from p on (the damaged frame's header never reached
-//     the device), or the file ends inside the header, or a whole sector between p and the next valid frame (or the
-//     last data) is zero, or the damaged frame's header, unless a single
-//     flipped bit of it explains the damage, claims bytes past the last
-//     data.
-//
-// Otherwise the damage cannot come from a crash and is corruption, as is
-// any damage before the end a clean close recorded (TrustCleanEnd). What the
-// rule cannot tell apart: damage to the writer's last acknowledged flush
-// that looks like unwritten sectors (a frame of the last flush whose records
-// hold a zeroed sector, or whose header lost two or more bits) is taken for a
-// torn write, because nothing written later vouches for it.
+// past the durable end D, whose old content is zeros; each frame's durable
+// mark says where D was when the frame was made; a seal makes the records
+// durable before it writes the footer. A crash leaves the frames before D
+// intact, so p >= D, and leaves every sector of the last writes either
+// written or still zero. So damage is a torn tail only if it lies at or
+// after the end a clean close recorded, all data from p on ends within
+// MaxWrite of p, and tornAt finds the mark of a tear and nothing that
+// rules one out. ARCHITECTURE.md (Recovery) has the rule as a table, and
+// what it cannot tell apart: damage to the last acknowledged flushes, which
+// nothing written later vouches for, that looks like unwritten sectors.
 func (s *Scanner) stop(p int64, why error) error {
 	if s.live {
 		return nil // not written yet, or being written
 	}
 	if p == s.trustEnd && errors.Is(why, errZeroHeader) {
 		return nil // a clean close said nothing follows
+	}
+	if p < s.trustEnd {
+		return s.corrupt(p, fmt.Sprintf("%v, before %d, where the frames ended when the file was closed cleanly: no write was in flight there", why, s.trustEnd), nil)
 	}
 	nz, err := s.lastNonZero(p)
 	if err != nil {
@@ -282,12 +273,13 @@ func (s *Scanner) stop(p int64, why error) error {
 	if nz <= p {
 		return nil // zeros (or nothing) from p on: the clean end
 	}
-	if p < s.trustEnd {
-		return s.corrupt(p, fmt.Sprintf("%v, before %d, where the frames ended when the file was closed cleanly: no write was in flight there", why, s.trustEnd), nil)
-	}
 	window := int64(s.hdr.MaxWrite)
 	if nz-p > window {
 		return s.corrupt(p, fmt.Sprintf("%v, and %d bytes of data follow, more than the %d a torn write can leave", why, nz-p, window), nil)
+	}
+	sealed, isSealed := s.tailNames() // before b is fetched: a fetch reuses the window b aliases
+	if !isSealed || s.hdr.Version < 2 {
+		sealed = -1
 	}
 	// The damaged region, and room for a valid frame that starts in it and
 	// ends in zeros (its padding, or records that end in zero bytes).
@@ -299,7 +291,7 @@ func (s *Scanner) stop(p int64, why error) error {
 	if int64(len(b)) < n {
 		return fmt.Errorf("wal: read %s at %d: %d bytes, want %d", s.dev.Name(), p, len(b), n)
 	}
-	verdict := s.tornAt(p, b, int(nz-p))
+	verdict := s.tornAt(p, b, int(nz-p), sealed)
 	if verdict == "" {
 		s.torn = &TornTail{Pos: p, Bytes: nz - p, Reason: why.Error()}
 		return nil
@@ -308,27 +300,42 @@ func (s *Scanner) stop(p int64, why error) error {
 }
 
 // tornAt applies stop's rule to b, the file bytes from p on, whose last
-// non-zero byte is b[data-1]. It returns "" for a torn tail, or why the
-// damage is corruption.
-func (s *Scanner) tornAt(p int64, b []byte, data int) string {
-	next, proof := s.validFrameAfter(p, b, data)
+// non-zero byte is b[data-1]; sealed is the footer position the file's
+// tail names (-1 if none, or in a version 1 file). It returns "" for a torn
+// tail, or why the damage is corruption. In order: a later valid frame
+// whose mark lies past p, or a footer after p, rules a tear out; then the
+// mark of a tear (a lost sector at p or within the header, unless a single
+// flipped bit explains the damage; a whole zero sector; records that run
+// past the data). It must not fetch: b aliases the scanner's window.
+func (s *Scanner) tornAt(p int64, b []byte, data int, sealed int64) string {
+	next, proof, err := s.validFrameAfter(p, b, data)
+	if err != nil {
+		return err.Error()
+	}
 	if proof != nil {
 		return fmt.Sprintf("the valid frame at %d follows, made when the file was durable %s: the damage is in acknowledged data", proof.pos, proof.what)
 	}
+	// A seal makes the records durable before it writes the footer, so in
+	// a file whose last bytes are a footer tail only the footer can be torn.
+	if p < sealed {
+		return fmt.Sprintf("the file was sealed (its last bytes name a footer at %d), and a seal writes its footer only once the records before it are durable", sealed)
+	}
 	// Where the evidence of a tear must lie: before the next valid frame, or
-	// within the data.
+	// within the data. written is the end of the last sector holding data:
+	// the sectors after it read as zeros.
 	bound := data
 	if next >= 0 {
 		bound = int(next - p)
 	}
+	written := min(int(alignedbuf.AlignUp(p+int64(data), blockdev.SectorSize)-p), len(b))
 	// The sector holding p is zero from p on: the frame's first bytes, its
 	// type among them, never reached the device.
 	if isZero(b[:min(data, int(alignedbuf.AlignUp(p+1, blockdev.SectorSize)-p))]) {
 		return ""
 	}
-	// The file ends inside the header: the write that grew the file did not
-	// all land.
-	if p+FrameHeaderLen > s.size {
+	// The header runs past the end of the file, or into the zero sectors
+	// after the data: the write that held its end did not land.
+	if p+FrameHeaderLen > s.size || FrameHeaderLen > written {
 		return ""
 	}
 	if s.oneBitExplains(p, b) {
@@ -343,16 +350,37 @@ func (s *Scanner) tornAt(p int64, b []byte, data int) string {
 	if next >= 0 {
 		return fmt.Sprintf("damaged frame before the valid frame at %d, with every sector written: a crash cannot explain it", next)
 	}
-	// The header claims a frame that runs past the data into zeros (or past
-	// the end of the file): its last sectors were not written. Its length is
-	// believed here only because no single flipped bit explained it.
-	if h, err := DecodeFrameHeader(b, int(s.hdr.MaxWrite)); err == nil {
-		end := p + int64(FrameSize(int(h.Length)))
-		if end > alignedbuf.AlignUp(p+int64(data), blockdev.SectorSize) || end > s.size {
-			return ""
+	// The frame runs on past the data into zeros (or past the end of the
+	// file): its last sectors were not written. Its records say so, walked
+	// by their own length prefixes as far as the data goes, and its header
+	// agrees; the header's length alone decides nothing.
+	if recordsRunPast(b, written) {
+		if h, err := DecodeFrameHeader(b, int(s.hdr.MaxWrite)); err == nil {
+			if end := p + int64(FrameSize(int(h.Length))); end > p+int64(written) || end > s.size {
+				return ""
+			}
 		}
 	}
 	return "damaged frame with every sector written: a crash cannot explain it"
+}
+
+// recordsRunPast reports whether the records of the frame at the start of b,
+// walked by their length prefixes for the count its header gives, need
+// bytes at or past written (where only zeros were read): the frame did not
+// end within the data.
+func recordsRunPast(b []byte, written int) bool {
+	count := int(binary.LittleEndian.Uint32(b[12:16]))
+	at := FrameHeaderLen
+	for i := 0; i < count; i++ {
+		if at+RecordHeaderLen > written {
+			return true
+		}
+		at += RecordHeaderLen + int(binary.LittleEndian.Uint32(b[at:]))
+		if at > written {
+			return true
+		}
+	}
+	return false
 }
 
 // frameProof is a valid frame that proves damage before it was durable.
@@ -361,34 +389,53 @@ type frameProof struct {
 	what string
 }
 
+// candidateBudget bounds, in multiples of MaxWrite, the bytes validFrameAfter
+// checksums for candidates that then fail: a file crafted to hold a
+// plausible header at every position would otherwise cost MaxWrite bytes of
+// checksum per position.
+const candidateBudget = 16
+
 // validFrameAfter looks for valid frames at every FrameAlign position of b
 // (the file bytes from p on) after p and before data. It returns the
 // position of the first (-1 if none), and the first that proves the frame
-// at p was durable before it was made: its durable mark lies past p, or, in
-// a file without marks (version 1), any valid frame at all. A valid frame is
-// skipped whole.
-func (s *Scanner) validFrameAfter(p int64, b []byte, data int) (next int64, proof *frameProof) {
+// at p was durable before it was made: its durable mark lies past p. (A
+// frame without a mark, as in version 1 files, proves nothing.) A valid
+// frame is skipped whole. A candidate must fit what can follow the frame at
+// p: offsets after the next expected one, no more records than bytes allow,
+// a time no earlier than the last frame's.
+func (s *Scanner) validFrameAfter(p int64, b []byte, data int) (next int64, proof *frameProof, err error) {
 	next = -1
+	budget := candidateBudget * int64(s.hdr.MaxWrite)
+	expect := s.nextOffset
 	for i := FrameAlign; i < data && i+FrameHeaderLen <= len(b); {
 		h, err := DecodeFrameHeader(b[i:], int(s.hdr.MaxWrite))
 		end := i + FrameHeaderLen + int(h.Length)
 		pos := p + int64(i)
-		if err != nil || end > len(b) || VerifyFrame(h, s.hdr.SegmentID, pos, b[i+FrameHeaderLen:end]) != nil {
+		minFirst := expect // after a valid frame: contiguous, or later
+		if next < 0 {
+			minFirst++ // the damaged frame holds at least one record
+		}
+		if err != nil || end > len(b) || h.First < minFirst || h.First > expect+uint64(i)/RecordHeaderLen || h.Timestamp < s.lastTime {
+			i += FrameAlign
+			continue
+		}
+		if VerifyFrame(h, s.hdr.SegmentID, pos, b[i+FrameHeaderLen:end]) != nil {
+			if budget -= int64(h.Length); budget < 0 {
+				return next, nil, fmt.Errorf("more plausible frame headers after the damage than a torn write leaves (hostile or badly damaged data)")
+			}
 			i += FrameAlign
 			continue
 		}
 		if next < 0 {
 			next = pos
 		}
-		switch d, ok := h.DurableBefore(pos); {
-		case !ok:
-			return next, &frameProof{pos, "(it carries no durable mark, so it may have been; damage followed by a valid frame is then taken for corruption)"}
-		case d > p:
-			return next, &frameProof{pos, fmt.Sprintf("to %d, past the damaged frame at %d", d, p)}
+		if d, ok := h.DurableBefore(pos); ok && d > p {
+			return next, &frameProof{pos, fmt.Sprintf("to %d, past the damaged frame at %d", d, p)}, nil
 		}
+		expect = h.First + uint64(h.Count)
 		i += FrameSize(int(h.Length))
 	}
-	return next, nil
+	return next, nil, nil
 }
 
 // oneBitExplains reports whether a single flipped bit turns the frame at
@@ -410,8 +457,13 @@ func (s *Scanner) oneBitExplains(p int64, b []byte) bool {
 	want := binary.LittleEndian.Uint32(b[0:4])
 	length := binary.LittleEndian.Uint32(b[8:12])
 	if end := FrameHeaderLen + int64(length); int64(length) <= limit && end <= int64(len(b)) {
-		if _, _, ok := singleBitFlip(s.hdr.SegmentID, p, b[4:FrameHeaderLen], b[FrameHeaderLen:end], want); ok {
-			return true
+		// A flip found in a sector that reads all zero is a lost sector
+		// that held one set bit, which a tear does leave.
+		if at, _, ok := singleBitFlip(s.hdr.SegmentID, p, b[4:FrameHeaderLen], b[FrameHeaderLen:end], want); ok {
+			sec := int(alignedbuf.AlignDown(p+int64(at), blockdev.SectorSize) - p)
+			if !isZero(b[max(sec, 0):min(sec+blockdev.SectorSize, len(b))]) {
+				return true
+			}
 		}
 	}
 	var hdr [FrameHeaderLen]byte
@@ -431,12 +483,29 @@ func (s *Scanner) oneBitExplains(p int64, b []byte) bool {
 
 func (s *Scanner) corrupt(p int64, reason string, err error) error {
 	ce := &CorruptionError{File: s.dev.Name(), Segment: s.hdr.BaseOffset, Pos: p, Reason: reason, Err: err}
-	// Say whether the damaged frame claims to be the footer: a caller can
-	// then rebuild the footer from the records, which are all intact.
-	if b, ferr := s.fetch(p, FrameHeaderLen); ferr == nil && len(b) == FrameHeaderLen {
-		ce.InFooter = b[4] == FrameFooter
+	// Say whether the damaged frame is the footer: a caller can then
+	// rebuild the footer from the records, which are all intact. Its type
+	// byte alone could be the damage: the file's last 16 bytes must be a
+	// footer tail that names this frame.
+	if b, ferr := s.fetch(p, FrameHeaderLen); ferr == nil && len(b) == FrameHeaderLen && b[4] == FrameFooter {
+		f, ok := s.tailNames()
+		ce.InFooter = ok && f == p
 	}
 	return ce
+}
+
+// tailNames returns the footer position that the file's last 16 bytes name,
+// if they are a footer tail.
+func (s *Scanner) tailNames() (int64, bool) {
+	if s.size < DataStart+FrameHeaderLen+FooterTailLen {
+		return 0, false
+	}
+	t, err := s.fetch(s.size-FooterTailLen, FooterTailLen)
+	if err != nil || len(t) < FooterTailLen || string(t[8:]) != FooterMagic {
+		return 0, false
+	}
+	f := int64(binary.LittleEndian.Uint64(t))
+	return f, f >= DataStart && f%FrameAlign == 0 && f <= s.size-FrameHeaderLen-FooterTailLen
 }
 
 // lastNonZero returns the position just past the last non-zero byte at or

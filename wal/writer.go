@@ -502,6 +502,12 @@ func (w *Writer) Seal(footer []byte) (*Footer, error) {
 		return nil, fmt.Errorf("%w: footer of %d bytes, at most %d with MaxWrite %d", ErrBatchTooLarge, len(footer), w.maxFrame-FrameHeaderLen-FooterTailLen, w.maxWrite)
 	}
 	w.mu.Lock()
+	// The records first: then the footer's durable mark vouches for every
+	// one of them (recovery can tell damage to them from a torn seal).
+	if err := w.awaitDurableLocked(w.cur.end, false); err != nil {
+		w.mu.Unlock()
+		return nil, err
+	}
 	r, err := w.reserveLocked(size, 0)
 	if err != nil {
 		w.mu.Unlock()
