@@ -160,9 +160,13 @@ type ReplicateOptions struct {
 	// ReadTimeout: a leader silent longer fails the step, which is
 	// retried (peer.FollowOptions.ReadTimeout). Default 30s.
 	ReadTimeout time.Duration
-	// SegmentSize of the follower's log: the leader's segments must be
-	// no larger than its own would be. Default 64 MiB.
-	SegmentSize int64
+	// SegmentSize, IndexInterval and MaxWrite of the follower's log
+	// (engine.Options; 0: the defaults): a leader's segment is imported
+	// only if the follower's own options could have written it (no
+	// larger, no sparser index, no larger writes).
+	SegmentSize   int64
+	IndexInterval int
+	MaxWrite      int
 }
 
 // Replicate follows the log at leaderURL into the store in dir (created if
@@ -179,6 +183,12 @@ func Replicate(ctx context.Context, out, errOut io.Writer, leaderURL, dir string
 	eopts.Logger = quietLogger
 	if opts.SegmentSize > 0 {
 		eopts.SegmentSize = opts.SegmentSize
+	}
+	if opts.IndexInterval > 0 {
+		eopts.IndexInterval = opts.IndexInterval
+	}
+	if opts.MaxWrite > 0 {
+		eopts.MaxWrite = opts.MaxWrite
 	}
 	l, err := engine.Open(dir, eopts)
 	if err != nil {
@@ -218,7 +228,7 @@ func Replicate(ctx context.Context, out, errOut io.Writer, leaderURL, dir string
 	if errors.Is(err, context.Canceled) {
 		fmt.Fprintf(out, "stopped at offset %d\n", l.EndOffset())
 		if latest.Steps == 0 {
-			return fmt.Errorf("never reached the leader %s for log %q: %d attempts failed, the last with: %s", redacted(leaderURL), opts.Name, latest.Failures, latest.LastFailure)
+			return fmt.Errorf("never reached the leader %s for log %q, or every answer was refused: %d attempts failed, the last with: %s", redacted(leaderURL), opts.Name, latest.Failures, latest.LastFailure)
 		}
 		return nil
 	}

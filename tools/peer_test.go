@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -196,4 +197,67 @@ func TestReplicateReportsRefusals(t *testing.T) {
 		assert.Contains(t, errOut.String(), "leader="+leader)
 		assert.Contains(t, errOut.String(), want)
 	}
+}
+
+// TestReplicateTakesTheFollowersOptions: a leader's segments written with
+// larger writes than the follower's options allow (64 KiB against 16 KiB)
+// are refused, with the option to raise on stderr; given it, the same
+// leader replicates.
+func TestReplicateTakesTheFollowersOptions(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "store")
+	opts := engine.DefaultOptions()
+	opts.SegmentSize, opts.MaxWrite, opts.Logger = 256<<10, 64<<10, quietLogger
+	l, err := engine.Open(dir, opts)
+	require.NoError(t, err)
+	for i := 0; len(l.Segments()) < 3; i++ {
+		_, err := l.Append([]byte(fmt.Sprintf("record %04d: %s", i, strings.Repeat("ab", 100))))
+		require.NoError(t, err)
+	}
+	require.NoError(t, l.Roll())
+	end := l.EndOffset()
+	require.NoError(t, l.Close())
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	addr := make(chan string, 1)
+	served := make(chan error, 1)
+	go func() {
+		served <- Serve(ctx, &bytes.Buffer{}, []string{dir}, ServeOptions{Listen: "127.0.0.1:0"}, func(a string) { addr <- a })
+	}()
+	url := "http://" + <-addr
+	for _, tc := range []struct {
+		maxWrite int
+		refused  bool
+	}{{16 << 10, true}, {64 << 10, false}} {
+		copyDir := filepath.Join(t.TempDir(), "copy")
+		errOut := &lineSignal{seen: make(chan struct{})}
+		rctx, rcancel := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() {
+			done <- Replicate(rctx, &bytes.Buffer{}, errOut, url, copyDir, ReplicateOptions{Name: "store", Wait: 100 * time.Millisecond, MaxWrite: tc.maxWrite})
+		}()
+		for deadline := time.Now().Add(time.Minute); ; time.Sleep(20 * time.Millisecond) {
+			st := readReplication(copyDir)
+			if tc.refused && strings.Contains(errOut.String(), "open it with MaxWrite at least 65536") {
+				break
+			}
+			if !tc.refused && st != nil && st.Applied == end {
+				break
+			}
+			select {
+			case err := <-done:
+				t.Fatalf("replicate stopped: %v", err)
+			default:
+			}
+			require.True(t, time.Now().Before(deadline), "MaxWrite %d: timed out; stderr: %s", tc.maxWrite, errOut.String())
+		}
+		rcancel()
+		err := <-done
+		if tc.refused {
+			assert.ErrorContains(t, err, "never reached the leader", "every import was refused")
+		} else {
+			assert.NoError(t, err)
+		}
+	}
+	cancel()
+	require.NoError(t, <-served)
 }

@@ -380,7 +380,9 @@ func newReplicateCommand() *cobra.Command {
 	cmd.Flags().StringVar(&tokenFile, "token-file", "", "file holding the bearer token for the leader (or set "+tokenEnv+")")
 	cmd.Flags().StringVar(&o.Token, "token", "", "bearer token for the leader (visible in ps: prefer --token-file or "+tokenEnv+")")
 	cmd.Flags().DurationVar(&o.Wait, "wait", 10*time.Second, "long-poll wait for new records")
-	cmd.Flags().DurationVar(&o.ReadTimeout, "read-timeout", 30*time.Second, "a leader silent this long (no connection, headers or body bytes) fails the step, which is retried")
+	cmd.Flags().DurationVar(&o.ReadTimeout, "read-timeout", 30*time.Second, "a leader that does not connect, answer, or deliver each 256 KiB of a body within this fails the step, which is retried")
 	cmd.Flags().Int64Var(&o.SegmentSize, "segment-size", 64<<20, "the follower's segment size in bytes: the leader's segments must be no larger than the follower's own")
+	cmd.Flags().IntVar(&o.IndexInterval, "index-interval", 64<<10, "the follower's index interval in bytes: the leader's segment indexes must be no sparser")
+	cmd.Flags().IntVar(&o.MaxWrite, "max-write", 4<<20, "the follower's largest write in bytes: the leader's segments must allow no larger writes")
 	return cmd
 }
