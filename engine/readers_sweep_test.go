@@ -43,14 +43,16 @@ func (r *readerErrors) add(format string, args ...any) {
 func allowed(err error) bool { return err == nil || errors.Is(err, ErrOutOfRange) }
 
 // TestReadersDuringEveryStateChange: while one goroutine appends, rolls,
-// seals, truncates back and front and lets retention drop segments (a
+// seals, truncates back and front, lets retention drop segments and
+// imports them into a follower (a
 // random script per seed), point readers, iterators (fresh ones and one
 // that tails the log throughout), Wait callers and exporters (views read
 // by ReadAt and WriteTo, mappings walked in place) run beside it. None of
 // them may see an error other than ErrOutOfRange, or a wrong byte: every
 // record carries its offset, every sealed export must pass an import's
 // checks, and every export of the active segment must be whole frames up
-// to its size. A real directory, so views and mappings work. Seeds
+// to its size. A follower imports the sealed segments meanwhile, with the
+// same readers on it. A real directory, so views and mappings work. Seeds
 // alternate preallocated files on and off; SEGSTORE_LONG=1 runs 30.
 func TestReadersDuringEveryStateChange(t *testing.T) {
 	for _, seed := range seeds(t, 2, 30) {
@@ -67,67 +69,75 @@ func readersDuringStateChanges(t *testing.T, seed uint64) {
 	require.NoError(t, err)
 	defer l.Close()
 	appendOff(t, l, 50, readerRecord)
+	f, err := Open(t.TempDir(), o) // a follower: imports l's sealed segments
+	require.NoError(t, err)
+	defer f.Close()
 
 	var bad readerErrors
 	var reads, exports atomic.Int64
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	reader := func(name string, fn func(rng *rand.Rand)) {
+	var readers uint64
+	reader := func(name string, fn func(rng *rand.Rand)) { // name: for the reader of the code
+		readers++
+		stream := readers
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			rng := rand.New(rand.NewPCG(seed, uint64(len(name))))
+			rng := rand.New(rand.NewPCG(seed, stream))
 			for ctx.Err() == nil {
 				fn(rng)
 			}
 		}()
 	}
-	reader("read", func(rng *rand.Rand) {
-		start, end := l.StartOffset(), l.DurableOffset()
-		if end <= start {
-			return
-		}
-		off := start + rng.Uint64N(end-start)
-		got, err := l.Read(off, nil)
-		switch {
-		case !allowed(err):
-			bad.add("read %d: %v", off, err)
-		case err == nil:
-			reads.Add(1)
-			if err := checkOffRecordUpTo(off, got); err != nil {
-				bad.add("read: %v", err)
+	for _, l := range []*Log{l, f} {
+		reader("read", func(rng *rand.Rand) {
+			start, end := l.StartOffset(), l.DurableOffset()
+			if end <= start {
+				return
 			}
-		}
-	})
-	reader("iterate", func(rng *rand.Rand) {
-		it := l.NewIterator(l.StartOffset())
-		defer it.Close()
-		iterate(it, &bad, &reads, "iterator")
-	})
-	reader("wait", func(rng *rand.Rand) {
-		off := l.DurableOffset()
-		if err := l.Wait(ctx, off); err != nil {
-			if ctx.Err() == nil {
-				bad.add("wait %d: %v", off, err)
+			off := start + rng.Uint64N(end-start)
+			got, err := l.Read(off, nil)
+			switch {
+			case !allowed(err):
+				bad.add("read %d: %v", off, err)
+			case err == nil:
+				reads.Add(1)
+				if err := checkOffRecordUpTo(off, got); err != nil {
+					bad.add("read: %v", err)
+				}
 			}
-			return
-		}
-		got, err := l.Read(off, nil)
-		switch {
-		case !allowed(err):
-			bad.add("read %d after its wait: %v", off, err)
-		case err == nil:
-			if err := checkOffRecordUpTo(off, got); err != nil {
-				bad.add("read after wait: %v", err)
+		})
+		reader("iterate", func(rng *rand.Rand) {
+			it := l.NewIterator(l.StartOffset())
+			defer it.Close()
+			iterate(it, &bad, &reads, "iterator")
+		})
+		reader("wait", func(rng *rand.Rand) {
+			off := l.DurableOffset()
+			if err := l.Wait(ctx, off); err != nil {
+				if ctx.Err() == nil {
+					bad.add("wait %d: %v", off, err)
+				}
+				return
 			}
-		}
-	})
-	reader("export", func(rng *rand.Rand) {
-		for _, si := range l.Segments() {
-			exportOne(l, si.Base, &bad)
-			exports.Add(1)
-		}
-	})
+			got, err := l.Read(off, nil)
+			switch {
+			case !allowed(err):
+				bad.add("read %d after its wait: %v", off, err)
+			case err == nil:
+				if err := checkOffRecordUpTo(off, got); err != nil {
+					bad.add("read after wait: %v", err)
+				}
+			}
+		})
+		reader("export", func(rng *rand.Rand) {
+			for _, si := range l.Segments() {
+				exportOne(l, si.Base, &bad)
+				exports.Add(1)
+			}
+		})
+	}
 	tail := l.NewIterator(0) // one iterator that follows the log throughout
 	wg.Add(1)
 	go func() {
@@ -144,7 +154,7 @@ func readersDuringStateChanges(t *testing.T, seed uint64) {
 	}()
 
 	rng := rand.New(rand.NewPCG(seed, 1))
-	var rolls, backs, fronts int
+	var rolls, backs, fronts, imports int
 	for step := 0; step < 200; step++ {
 		start, end := l.StartOffset(), l.EndOffset()
 		switch r := rng.IntN(100); {
@@ -170,6 +180,9 @@ func readersDuringStateChanges(t *testing.T, seed uint64) {
 		default:
 			require.NoError(t, l.Sync())
 		}
+		if importNext(t, l, f) {
+			imports++
+		}
 	}
 	cancel()
 	wg.Wait()
@@ -179,8 +192,31 @@ func readersDuringStateChanges(t *testing.T, seed uint64) {
 	require.Zero(t, bad.n.Load(), "readers saw errors or wrong bytes")
 	require.Positive(t, reads.Load())
 	require.Positive(t, exports.Load())
-	t.Logf("%d rolls, %d TruncateBack, %d TruncateFront, %d segments at the end; readers: %d records, %d exports",
-		rolls, backs, fronts, len(l.Segments()), reads.Load(), exports.Load())
+	require.Positive(t, imports)
+	t.Logf("%d rolls, %d TruncateBack, %d TruncateFront, %d imports, %d segments at the end; readers: %d records, %d exports",
+		rolls, backs, fronts, imports, len(l.Segments()), reads.Load(), exports.Load())
+}
+
+// importNext imports into f the sealed segment of l that continues it (any
+// one, while f is empty), if there is one, and reports whether it did.
+func importNext(t *testing.T, l, f *Log) bool {
+	t.Helper()
+	end, empty := f.EndOffset(), len(f.Segments()) == 1 && f.EndOffset() == f.Segments()[0].Base
+	for _, si := range l.Segments() {
+		if !si.Sealed || (si.Base != end && !(empty && si.Base >= end)) {
+			continue
+		}
+		v, err := l.OpenSegment(si.Base)
+		if errors.Is(err, ErrOutOfRange) {
+			return false // dropped meanwhile
+		}
+		require.NoError(t, err)
+		defer v.Close()
+		_, err = f.ImportSegment(io.NewSectionReader(v, 0, v.Size()), si.Base, v.Size())
+		require.NoError(t, err, "import segment %d", si.Base)
+		return true
+	}
+	return false
 }
 
 // checkOffRecordUpTo checks a record of the readers sweep, whose size was
