@@ -324,8 +324,10 @@ func (l *Log) commitImport(s *segment, tmp string) error {
 	if err != nil {
 		return l.fail("creating the segment after "+s.name, err)
 	}
-	segs = append(segs, next)
-	l.segs.Store(&segs)
+	// A new slice: readers may hold the one published above, whose header
+	// must not change under them (appending to it rewrote it in place).
+	withNext := append(slices.Clone(segs), next)
+	l.segs.Store(&withNext)
 	l.active = next
 	l.notifyDurable()
 	l.noteOpen(s)
