@@ -16,6 +16,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -47,6 +48,12 @@ type ServerOptions struct {
 	// MaxWaiters bounds the tail polls waiting for new records at once;
 	// more get 503 with Retry-After. Default 1024.
 	MaxWaiters int
+	// MaxConns bounds the connections an HTTPServer keeps open. A new
+	// connection past it closes the longest-idle keep-alive connection,
+	// or is closed itself if none is idle (those reading a request are
+	// cut within HeaderTimeout, bodies within WriteTimeout, polls are
+	// bounded by MaxWaiters). Default 4096.
+	MaxConns int
 	// RateLimit, if positive, bounds each response's body to this many
 	// bytes per second (sent in sendfile chunks of a tenth of a second's
 	// worth, each paced to the rate).
@@ -94,8 +101,12 @@ type metrics struct {
 	requests *prometheus.CounterVec
 	bytes    *prometheus.CounterVec
 	cut      prometheus.Counter
-	active   prometheus.Gauge
-	waiters  prometheus.Gauge
+	// refusedConns counts connections closed for MaxConns; conns are
+	// those open (of HTTPServer's servers).
+	refusedConns prometheus.Counter
+	conns        prometheus.Gauge
+	active       prometheus.Gauge
+	waiters      prometheus.Gauge
 }
 
 // codeClientGone labels requests whose client went away before it was
@@ -114,6 +125,9 @@ func NewServer(logs map[string]*engine.Log, opts ServerOptions) *Server {
 	if opts.MaxWaiters <= 0 {
 		opts.MaxWaiters = 1024
 	}
+	if opts.MaxConns <= 0 {
+		opts.MaxConns = 4096
+	}
 	if opts.MaxWait <= 0 {
 		opts.MaxWait = 30 * time.Second
 	}
@@ -129,13 +143,15 @@ func NewServer(logs map[string]*engine.Log, opts ServerOptions) *Server {
 	s := &Server{logs: logs, opts: opts, mux: http.NewServeMux(), exports: make(chan struct{}, opts.MaxExports),
 		waiters: make(chan struct{}, opts.MaxWaiters), pause: sleepCtx, now: time.Now}
 	s.m = metrics{
-		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "segstore_peer_requests_total", Help: "HTTP requests by endpoint and status code (" + codeClientGone + ": the client went away before the answer)."}, []string{"endpoint", "code"}),
-		bytes:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "segstore_peer_sent_bytes_total", Help: "Segment bytes sent, by sendfile or by a copy (TLS)."}, []string{"path"}),
-		cut:      prometheus.NewCounter(prometheus.CounterOpts{Name: "segstore_peer_cut_responses_total", Help: "Bodies cut off before their end: the client stopped reading for the write timeout, or went away."}),
-		active:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "segstore_peer_active_exports", Help: "Segment and tail bodies being sent."}),
-		waiters:  prometheus.NewGauge(prometheus.GaugeOpts{Name: "segstore_peer_tail_waiters", Help: "Tail requests waiting for new durable records."}),
+		requests:     prometheus.NewCounterVec(prometheus.CounterOpts{Name: "segstore_peer_requests_total", Help: "HTTP requests by endpoint and status code (" + codeClientGone + ": the client went away before the answer)."}, []string{"endpoint", "code"}),
+		bytes:        prometheus.NewCounterVec(prometheus.CounterOpts{Name: "segstore_peer_sent_bytes_total", Help: "Segment bytes sent, by sendfile or by a copy (TLS)."}, []string{"path"}),
+		cut:          prometheus.NewCounter(prometheus.CounterOpts{Name: "segstore_peer_cut_responses_total", Help: "Bodies cut off before their end: the client stopped reading for the write timeout, or went away."}),
+		refusedConns: prometheus.NewCounter(prometheus.CounterOpts{Name: "segstore_peer_closed_connections_total", Help: "Connections closed because the server held MaxConns: the longest-idle one, or the new one if none was idle."}),
+		conns:        prometheus.NewGauge(prometheus.GaugeOpts{Name: "segstore_peer_connections", Help: "Connections open (at most MaxConns)."}),
+		active:       prometheus.NewGauge(prometheus.GaugeOpts{Name: "segstore_peer_active_exports", Help: "Segment and tail bodies being sent."}),
+		waiters:      prometheus.NewGauge(prometheus.GaugeOpts{Name: "segstore_peer_tail_waiters", Help: "Tail requests waiting for new durable records."}),
 	}
-	opts.Registry.MustRegister(s.m.requests, s.m.bytes, s.m.cut, s.m.active, s.m.waiters, &logCollector{logs: logs})
+	opts.Registry.MustRegister(s.m.requests, s.m.bytes, s.m.cut, s.m.refusedConns, s.m.conns, s.m.active, s.m.waiters, &logCollector{logs: logs})
 	for _, c := range []prometheus.Collector{collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
 		_ = opts.Registry.Register(c) // refused only if a caller's registry has these metrics already
 	}
@@ -174,10 +190,55 @@ var errShutdown = errors.New("segstore: the server is shutting down")
 // nothing new), so it need not wait out their long polls.
 func (s *Server) HTTPServer(addr string) *http.Server {
 	ctx, cancel := context.WithCancelCause(context.Background())
+	conns := &connLimit{max: s.opts.MaxConns, conns: map[net.Conn]connState{}, refused: s.m.refusedConns, open: s.m.conns}
 	hs := &http.Server{Addr: addr, Handler: s, ReadHeaderTimeout: s.opts.HeaderTimeout, ReadTimeout: s.opts.HeaderTimeout,
-		IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 16 << 10, BaseContext: func(net.Listener) context.Context { return ctx }}
+		IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 16 << 10, BaseContext: func(net.Listener) context.Context { return ctx },
+		ConnState: conns.track}
 	hs.RegisterOnShutdown(func() { cancel(errShutdown) })
 	return hs
+}
+
+// connLimit keeps an http.Server's open connections within max (its
+// ConnState hook): see ServerOptions.MaxConns.
+type connLimit struct {
+	max     int
+	refused prometheus.Counter
+	open    prometheus.Gauge
+	mu      sync.Mutex
+	conns   map[net.Conn]connState // guarded by mu: every open connection
+}
+
+type connState struct {
+	state http.ConnState
+	since time.Time
+}
+
+func (cl *connLimit) track(c net.Conn, state http.ConnState) {
+	cl.mu.Lock()
+	defer cl.mu.Unlock()
+	defer func() { cl.open.Set(float64(len(cl.conns))) }()
+	switch state {
+	case http.StateClosed, http.StateHijacked:
+		delete(cl.conns, c)
+		return
+	case http.StateNew:
+		if len(cl.conns) >= cl.max {
+			var oldest net.Conn
+			for oc, st := range cl.conns {
+				if st.state == http.StateIdle && (oldest == nil || st.since.Before(cl.conns[oldest].since)) {
+					oldest = oc
+				}
+			}
+			cl.refused.Inc()
+			if oldest == nil {
+				c.Close() // its StateClosed follows
+				return
+			}
+			oldest.Close()
+			delete(cl.conns, oldest)
+		}
+	}
+	cl.conns[c] = connState{state: state, since: time.Now()}
 }
 
 // ServeHTTP refuses a request that declares a body (no endpoint takes

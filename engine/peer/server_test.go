@@ -651,3 +651,39 @@ func TestShutdownEndsWaitingPolls(t *testing.T) {
 	require.NoError(t, hs.Shutdown(ctx))
 	assert.Equal(t, http.StatusNoContent, (<-done).StatusCode)
 }
+
+// TestConnectionLimit: past MaxConns a new connection closes the
+// longest-idle one, or, if none is idle, is closed itself; a legitimate
+// client is served again once the silent ones are cut by HeaderTimeout.
+func TestConnectionLimit(t *testing.T) {
+	const limit = 4
+	h := newHostile(t, ServerOptions{MaxConns: limit, HeaderTimeout: 300 * time.Millisecond, WriteTimeout: 2 * time.Second})
+	var idle []net.Conn
+	for range limit { // each asks once and then idles, kept alive
+		c := h.send(t, "GET /v1/logs HTTP/1.1\r\nHost: localhost\r\n\r\n")
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		require.NoError(t, err)
+		require.Equal(t, http.StatusOK, resp.StatusCode)
+		_, err = io.Copy(io.Discard, resp.Body)
+		require.NoError(t, err)
+		idle = append(idle, c)
+	}
+	h.legit(t) // its connection closes the longest-idle one
+	assert.Equal(t, 1.0, metric(t, h.reg, "segstore_peer_closed_connections_total"))
+
+	http.DefaultClient.CloseIdleConnections()
+	waitFor(t, "the legitimate connections to close", func() bool { return metric(t, h.reg, "segstore_peer_connections") == limit-1 })
+	var silent []net.Conn
+	for range limit { // connections that say nothing take every place
+		silent = append(silent, h.dial(t))
+	}
+	for _, c := range idle {
+		closedByServer(t, c) // each made way for the legitimate or a silent one
+	}
+	waitFor(t, "the silent connections to hold every place", func() bool { return metric(t, h.reg, "segstore_peer_connections") == limit })
+	assert.Empty(t, closedByServer(t, h.send(t, "GET /v1/logs HTTP/1.1\r\nHost: localhost\r\n\r\n")), "closed unanswered: no place")
+	for _, c := range silent {
+		closedByServer(t, c) // cut by the header timeout
+	}
+	h.legit(t)
+}
