@@ -313,6 +313,14 @@ func (l *Log) commitImport(s *segment, tmp string) error {
 	if err != nil {
 		return err
 	}
+	// Opened again under its name, so errors reading it name the segment's
+	// file, not the temporary one it was received as.
+	dev, err := l.dir.Open(s.name, blockdev.Options{ReadOnly: true})
+	if err != nil {
+		return l.fail("opening imported segment "+s.name, err)
+	}
+	s.dev.Close()
+	s.dev = dev
 	l.segs.Store(&segs)
 	if err := l.writeManifest(false); err != nil {
 		return l.fail("writing the manifest after importing "+s.name, err)

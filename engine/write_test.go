@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"sync"
@@ -297,4 +298,24 @@ func TestRolledSegmentNamesItsFile(t *testing.T) {
 	defer l.mu.RUnlock()
 	require.True(t, l.active.base > 0)
 	assert.Equal(t, l.active.path, l.active.dev.Name())
+}
+
+// TestImportedSegmentNamesItsFile: an imported segment, received under a
+// temporary name, names its own file in errors.
+func TestImportedSegmentNamesItsFile(t *testing.T) {
+	leader := realLog(t, t.TempDir())
+	defer leader.Close()
+	fillSegments(t, leader, 1)
+	si := leader.Segments()[0]
+	v, err := leader.OpenSegment(si.Base)
+	require.NoError(t, err)
+	defer v.Close()
+	follower := realLog(t, t.TempDir())
+	defer follower.Close()
+	_, err = follower.ImportSegment(io.NewSectionReader(v, 0, v.Size()), si.Base, v.Size())
+	require.NoError(t, err)
+	s, err := follower.segmentAt(si.Base)
+	require.NoError(t, err)
+	defer s.done()
+	assert.Equal(t, s.path, s.dev.Name())
 }
