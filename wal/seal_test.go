@@ -152,3 +152,38 @@ func TestSealedFileDamage(t *testing.T) {
 		assert.ErrorIs(t, err, ErrCorrupt)
 	})
 }
+
+// TestSealNeverReportsTheFooterAsDurableRecords: OnDurable follows the
+// records to their end and stops there: the footer's fdatasync is not
+// reported (readers bounded by it would read the footer as records), in
+// every sync mode, whether the records were synced before the seal or not.
+func TestSealNeverReportsTheFooterAsDurableRecords(t *testing.T) {
+	for _, mode := range []SyncMode{SyncAlways, SyncInterval, SyncNever} {
+		for _, syncFirst := range []bool{true, false} {
+			t.Run(fmt.Sprintf("%s/sync-first=%v", mode, syncFirst), func(t *testing.T) {
+				var reported [][2]int64
+				w, err := Create(newSim(3), 100, Options{SyncMode: mode, MaxWrite: 16 << 10,
+					OnDurable: func(pos int64, off uint64) { reported = append(reported, [2]int64{pos, int64(off)}) }})
+				require.NoError(t, err)
+				for i := range 10 {
+					_, err := w.Append(batch(100+uint64(i)*2, 2)...)
+					require.NoError(t, err)
+				}
+				if syncFirst {
+					require.NoError(t, w.Sync())
+				}
+				foot, err := w.Seal(testFooter)
+				require.NoError(t, err)
+				require.NotEmpty(t, reported)
+				last := reported[len(reported)-1]
+				assert.Equal(t, [2]int64{foot.Pos, int64(foot.Next)}, last, "the records' end, where the footer starts")
+				for i, r := range reported {
+					assert.LessOrEqual(t, r[0], foot.Pos, "report %d", i)
+					if i > 0 {
+						assert.Greater(t, r[0], reported[i-1][0], "report %d advances", i)
+					}
+				}
+			})
+		}
+	}
+}
