@@ -58,7 +58,7 @@ func modelRecord(rng *rand.Rand, off uint64) []byte {
 // every acknowledged append survives every crash.
 func TestModel(t *testing.T) {
 	var ops modelOps
-	for _, seed := range seeds(t, 500, 5000) {
+	for _, seed := range seeds(t, 150, 5000) {
 		if !t.Run(fmt.Sprint("seed=", seed), func(t *testing.T) { runModel(t, seed, fixedOptions, &ops) }) {
 			t.Fatalf("seed %d failed; replay: SEGSTORE_SEED=%d go test ./engine -run 'TestModel$'", seed, seed)
 		}
@@ -77,7 +77,7 @@ func TestModel(t *testing.T) {
 // crashes) with every answer checked. SEGSTORE_LONG=1 runs 1,000 seeds.
 func TestModelOptions(t *testing.T) {
 	var ops modelOps
-	for _, seed := range seeds(t, 24, 1000) {
+	for _, seed := range seeds(t, 48, 1000) {
 		if !t.Run(fmt.Sprint("seed=", seed), func(t *testing.T) { runModel(t, seed, drawOptions, &ops) }) {
 			t.Fatalf("seed %d failed; replay: SEGSTORE_SEED=%d go test ./engine -run TestModelOptions", seed, seed)
 		}
