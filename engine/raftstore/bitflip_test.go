@@ -11,13 +11,13 @@ import (
 	"github.com/segstore/segstore/wal"
 )
 
-// TestStableStoreNeverGoesBack flips bits of the stable file's records, one
+// TestStableStoreNeverGoesBackAfterABitFlip flips bits of the stable file's records, one
 // at a time, after the term was durably set to 1, 2, ... 5 and a vote cast:
 // every open refuses the damage, none forgets the term or the vote (a raft
 // node that does could vote twice in one term). One bit of every byte of
 // the file header and the records and of every 64th byte of the header
 // block's padding, rotating; every bit of every byte with SEGSTORE_LONG=1.
-func TestStableStoreNeverGoesBack(t *testing.T) {
+func TestStableStoreNeverGoesBackAfterABitFlip(t *testing.T) {
 	d := blockdev.NewSimDir(blockdev.SimOptions{})
 	s, err := Open("sim", simOptions(d))
 	require.NoError(t, err)
