@@ -789,7 +789,7 @@ func (l *Log) Append(records ...[]byte) (first uint64, err error) {
 		l.mu.RUnlock()
 		return 0, err
 	}
-	roll, half := l.shouldRoll(s)
+	roll, half := l.shouldRollLocked(s)
 	if half {
 		l.prepareSpareLocked(s)
 	}
@@ -802,9 +802,10 @@ func (l *Log) Append(records ...[]byte) (first uint64, err error) {
 	return first, nil
 }
 
-// shouldRoll reports whether s is full (or too old), and whether it is
-// half full (time to prepare the next file).
-func (l *Log) shouldRoll(s *segment) (roll, half bool) {
+// shouldRollLocked reports whether s, the active segment, is full (or too
+// old), and whether it is half full (time to prepare the next file). The
+// caller holds l.mu (shared is enough): it reads s.w.
+func (l *Log) shouldRollLocked(s *segment) (roll, half bool) {
 	s.mu.RLock()
 	last := s.index[len(s.index)-1]
 	first := s.index[0]

@@ -165,7 +165,7 @@ func footerFits(batch int) int {
 }
 
 // footerSpare: Append rolls a segment once its index is this close to
-// what its footer holds (shouldRoll), leaving room for the appends in
+// what its footer holds (shouldRollLocked), leaving room for the appends in
 // flight beside the one that decided to roll (each adds at most one
 // entry); Open leaves the same room.
 const footerSpare = 64
