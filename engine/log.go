@@ -393,9 +393,9 @@ func (l *Log) openSegment(base uint64, last bool, nextBase uint64, lazy bool) (*
 		// file whole, and importers find the footer at its end); a read-only
 		// one knows the footer's end (s.man.size), which is what it exports.
 		if err := s.decodeFooter(sc.Footer()); err == nil {
-			if !readOnly {
+			if size, err := dev.Size(); !readOnly && err == nil && size > sc.Footer().End {
 				if err := finishSeal(dev, sc.Footer()); err != nil {
-					return s, fmt.Errorf("engine: finish the seal of %s (cut the zeros after its footer at %d): %w", s.path, sc.Footer().End, err)
+					return s, fmt.Errorf("engine: finish the seal of %s (cut the zeros after its footer at byte %d; its records are intact, reopen once the device works): %w", s.path, sc.Footer().End, err)
 				}
 				l.noteReport(func(r *Recovery) { r.FinishedSeals = append(r.FinishedSeals, base) })
 			}
