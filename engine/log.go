@@ -1048,7 +1048,7 @@ func (l *Log) Sync() error {
 type SegmentInfo struct {
 	Base    uint64 // first offset
 	Next    uint64 // offset after the last durable record
-	Bytes   int64  // file size
+	Bytes   int64  // file size; for a sealed file, where its footer ends (what a view exports)
 	DataEnd int64  // file position where the durable records end (a sealed file's footer starts there)
 	Sealed  bool
 	File    string
