@@ -773,10 +773,12 @@ func (l *Log) publishDurableLocked() {
 // returns the offset of the first. In SyncAlways mode it returns after the
 // batch is durable.
 //
-// An error means the batch is not acknowledged: it may be retried. Once
-// the batch is acknowledged, Append returns its offset even if the roll it
-// then triggers fails: that failure stops the log (it takes no more
-// changes until reopened) and is what every later call returns.
+// An error means the batch is not acknowledged (after a failed write or
+// fdatasync its bytes may still reach the disk; the log then refuses
+// appends until reopened, and the reopened log shows whether they did).
+// Once the batch is acknowledged, Append returns its offset even if the
+// roll it then triggers fails: that failure stops the log (it takes no
+// more changes until reopened) and is what every later call returns.
 func (l *Log) Append(records ...[]byte) (first uint64, err error) {
 	l.mu.RLock()
 	if err := l.writableLocked(); err != nil {
