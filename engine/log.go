@@ -28,6 +28,15 @@ import (
 // one store.
 const lockName = "LOCK"
 
+// dirLocker is a directory a writer can lock (blockdev.OSDir): Open takes
+// the lock before it reads or writes a file, so that two writers, in one
+// process or two, never open one store.
+type dirLocker interface {
+	Lock(name string) (release func() error, err error)
+}
+
+var _ dirLocker = (*blockdev.OSDir)(nil)
+
 // Log is an append-only log of records. All methods are safe for
 // concurrent use.
 type Log struct {
@@ -142,10 +151,14 @@ func Open(dir string, opts Options) (*Log, error) {
 			return nil, err
 		}
 		l.dir = d
-		if !opts.ReadOnly {
-			if l.unlock, err = d.Lock(lockName); err != nil {
-				return nil, err
-			}
+	}
+	// A writer locks every directory that can be locked: the one Open
+	// opened, and an Options.Dir that is a real directory (or any Dir with
+	// a Lock method). The simulated directory cannot be shared between
+	// processes and has none.
+	if lk, ok := l.dir.(dirLocker); ok && !opts.ReadOnly {
+		if l.unlock, err = lk.Lock(lockName); err != nil {
+			return nil, err
 		}
 	}
 	l.cache, l.ownCache = opts.Cache, opts.Cache == nil

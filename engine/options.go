@@ -100,7 +100,8 @@ type Options struct {
 	Now func() time.Time
 	// Dir, if set, replaces the directory named in Open (for the simulated
 	// directory in tests); the name passed to Open is then only used in
-	// messages.
+	// messages. A writer takes the lock of a Dir that has a Lock method
+	// (a *blockdev.OSDir) as it does of the directory Open opens.
 	Dir blockdev.Dir
 }
 
