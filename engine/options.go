@@ -50,8 +50,10 @@ type Options struct {
 	// for reads, each with its sparse index in memory (24 bytes per
 	// IndexInterval of file, as its footer says), in files. Past it, the
 	// least recently used one that nobody is reading is closed and its
-	// index dropped; its next read opens it again (two small reads of its
-	// footer). Files in use by an iterator positioned in them, a
+	// index dropped; its next read opens it again (an open and two small
+	// reads of its footer, even when the record is in the cache, which is
+	// found through the index: raise the bound when point reads range over
+	// more segments than it). Files in use by an iterator positioned in them, a
 	// SegmentView or a Mapping stay open until let go, beyond the bound if
 	// need be. The active segment is not counted. Default 64.
 	MaxOpenSegments int
