@@ -1077,6 +1077,13 @@ type SegmentInfo struct {
 	// hold its range, sizes and index): with Bytes, it identifies the
 	// file's contents (frames carry their own checksums). 0 while active.
 	FooterCRC uint32
+	// SegmentID is the random identity in the file's header, new for every
+	// file the engine writes (a segment rewritten by TruncateBack gets a new
+	// one, an imported file keeps its source's, byte for byte): two files
+	// with the same footer but other records differ in it. Set in a
+	// SegmentView's Info, which holds the file; 0 from Segments, which
+	// reads no file.
+	SegmentID uint64
 }
 
 // ExportSize is how many bytes of the file a SegmentView exports: a

@@ -54,6 +54,7 @@ func (l *Log) OpenSegment(base uint64) (*SegmentView, error) {
 		return nil, err
 	}
 	v := &SegmentView{l: l, s: s, info: s.info(), f: f}
+	v.info.SegmentID = s.hdr.SegmentID // loaded (segmentAt) and held: hdr is set and stays
 	v.size = v.info.ExportSize()
 	return v, nil
 }

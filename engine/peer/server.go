@@ -489,9 +489,8 @@ func (s *Server) segment(w *statusWriter, r *http.Request) error {
 	size := v.Size()
 	h := w.Header()
 	setSegmentHeaders(h, v)
-	etag := "" // the active segment has none: its bytes may still be cut back
-	if v.Info().Sealed {
-		etag = fmt.Sprintf(`"%d-%d-%08x"`, v.Info().Base, size, v.Info().FooterCRC)
+	etag := segmentETag(v)
+	if etag != "" {
 		h.Set("ETag", etag)
 	}
 	code, whole := preconditions(r.Header, etag)
@@ -519,6 +518,21 @@ func (s *Server) segment(w *statusWriter, r *http.Request) error {
 		w.WriteHeader(http.StatusPartialContent)
 	}
 	return s.send(w, r, v, off, n)
+}
+
+// segmentETag is the strong entity tag of a sealed segment's file:
+// "base-size-footercrc-segmentid". The footer alone does not identify the
+// bytes (it holds the record range, the data end and a sparse index, so a
+// file cut back by TruncateBack and refilled with records of the same
+// sizes can seal with the same footer); the header's SegmentID, random
+// and new for every file the engine writes, tells such files apart. The
+// active segment has none (""): its bytes may still be cut back.
+func segmentETag(v *engine.SegmentView) string {
+	si := v.Info()
+	if !si.Sealed {
+		return ""
+	}
+	return fmt.Sprintf(`"%d-%d-%08x-%016x"`, si.Base, v.Size(), si.FooterCRC, si.SegmentID)
 }
 
 // preconditions evaluates a GET or HEAD's conditional headers against the

@@ -687,3 +687,87 @@ func TestConnectionLimit(t *testing.T) {
 	}
 	h.legit(t)
 }
+
+// rewriteSameShape cuts l's last k batches (TruncateBack) and appends k
+// batches of appendBatches' shape (8 records of the same lengths) with
+// other contents, then seals the segment: what a raft leader does when
+// it overwrites a conflicting suffix with entries of the same sizes. Cut
+// inside the last sparse-index interval, the segment seals with a footer
+// byte-identical to the old one.
+func rewriteSameShape(t *testing.T, l *engine.Log, k int) {
+	t.Helper()
+	require.NoError(t, l.TruncateBack(l.EndOffset()-uint64(8*k)))
+	for range k {
+		batch := make([][]byte, 8)
+		for i := range batch {
+			batch[i] = []byte(fmt.Sprintf("RECORD %08d %s", l.EndOffset()+uint64(i), strings.Repeat("Q", 100)))
+		}
+		_, err := l.Append(batch...)
+		require.NoError(t, err)
+	}
+	require.NoError(t, l.Roll())
+}
+
+// TestETagChangesWhenTheSameShapeIsRewritten: a sealed segment cut back
+// and refilled with records of the same sizes has the same footer (so the
+// same footer checksum) but other bytes, and its ETag changes: the file
+// header's SegmentID is new for the rewritten file. Swept over how many
+// batches are rewritten and over each conditional header: If-Range with
+// the old tag gets the whole new file (never a splice of two files),
+// If-None-Match with it gets the new bytes (not 304), If-Match with it
+// gets 412. The tag of unchanged bytes stays the same across a reopen.
+func TestETagChangesWhenTheSameShapeIsRewritten(t *testing.T) {
+	for _, k := range []int{1, 2, 3} {
+		t.Run(fmt.Sprintf("rewrite%d", k), func(t *testing.T) {
+			dir := t.TempDir()
+			l := openLog(t, dir)
+			defer func() { l.Close() }()
+			appendBatches(t, l, 20)
+			require.NoError(t, l.Roll())
+			logs := map[string]*engine.Log{"main": l}
+			ts := httptest.NewServer(NewServer(logs, ServerOptions{}))
+			defer ts.Close()
+			url := ts.URL + "/v1/logs/main/segments/0"
+			resp, old := getBody(t, url, nil)
+			require.Equal(t, http.StatusOK, resp.StatusCode)
+			etag := resp.Header.Get("ETag")
+			crc := l.Segments()[0].FooterCRC
+
+			rewriteSameShape(t, l, k)
+			now := segmentFile(t, l, 0)
+			require.NotEqual(t, old, now, "the segment's bytes changed")
+			require.Equal(t, len(old), len(now), "the same shape: the same size")
+			require.Equal(t, crc, l.Segments()[0].FooterCRC, "the same shape: the same footer")
+
+			half := fmt.Sprintf("bytes=%d-", len(old)-600) // all but the last batch and the footer
+			for _, tc := range []struct {
+				header http.Header
+				code   int
+				body   []byte
+			}{
+				{http.Header{"Range": {half}, "If-Range": {etag}}, http.StatusOK, now},
+				{http.Header{"If-None-Match": {etag}}, http.StatusOK, now},
+				{http.Header{"If-None-Match": {"W/" + etag}}, http.StatusOK, now},
+				{http.Header{"If-Match": {etag}}, http.StatusPreconditionFailed, nil},
+				{http.Header{"Range": {half}, "If-Match": {etag}}, http.StatusPreconditionFailed, nil},
+			} {
+				resp, body := getBody(t, url, tc.header)
+				assert.NotEqual(t, etag, resp.Header.Get("ETag"), "%v: a strong ETag changes when the bytes do", tc.header)
+				require.Equal(t, tc.code, resp.StatusCode, "%v", tc.header)
+				if tc.body != nil {
+					assert.Equal(t, tc.body, body, "%v", tc.header)
+				}
+			}
+
+			resp, _ = getBody(t, url, nil)
+			current := resp.Header.Get("ETag")
+			require.NoError(t, l.Close())
+			l = openLog(t, dir)
+			logs["main"] = l
+			ts2 := httptest.NewServer(NewServer(map[string]*engine.Log{"main": l}, ServerOptions{}))
+			defer ts2.Close()
+			resp, _ = getBody(t, ts2.URL+"/v1/logs/main/segments/0", http.Header{"If-None-Match": {current}})
+			assert.Equal(t, http.StatusNotModified, resp.StatusCode, "the same file after a reopen keeps its tag")
+		})
+	}
+}
