@@ -457,8 +457,13 @@ func (s *Server) listSegments(w *statusWriter, r *http.Request) error {
 	return writeJSON(w, out)
 }
 
-// acquireExport takes an export slot, or answers 503.
-func (s *Server) acquireExport() (release func(), err error) {
+// acquireExport takes an export slot for a body, or answers 503; a HEAD
+// request sends none and needs none. It is called before anything of the
+// answer is written, so a 503 is never preceded by another status line.
+func (s *Server) acquireExport(r *http.Request) (release func(), err error) {
+	if r.Method == http.MethodHead {
+		return func() {}, nil
+	}
 	select {
 	case s.exports <- struct{}{}:
 		s.m.active.Inc()
@@ -512,6 +517,11 @@ func (s *Server) segment(w *statusWriter, r *http.Request) error {
 		h.Set("Content-Range", fmt.Sprintf("bytes */%d", size))
 		return err
 	}
+	release, err := s.acquireExport(r)
+	if err != nil {
+		return err
+	}
+	defer release()
 	h.Set("Content-Length", strconv.FormatInt(n, 10))
 	if partial {
 		h.Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", off, off+n-1, size))
@@ -624,8 +634,8 @@ func setSegmentHeaders(h http.Header, v *engine.SegmentView) {
 	h.Set("Segstore-Size", strconv.FormatInt(v.Size(), 10))
 }
 
-// send writes bytes [off, off+n) of v (nothing for HEAD), holding an
-// export slot (503 if none is free): by sendfile, in chunks of at most
+// send writes bytes [off, off+n) of v (nothing for HEAD); the caller
+// holds an export slot (acquireExport): by sendfile, in chunks of at most
 // chunkSize, each under a write deadline WriteTimeout ahead, so a client
 // that stops reading loses its slot within WriteTimeout. With a rate
 // limit the chunks hold a tenth of a second's bytes and are paced so the
@@ -634,11 +644,6 @@ func (s *Server) send(w *statusWriter, r *http.Request, v *engine.SegmentView, o
 	if r.Method == http.MethodHead {
 		return nil
 	}
-	release, err := s.acquireExport()
-	if err != nil {
-		return err
-	}
-	defer release()
 	path := "sendfile"
 	if w.tls {
 		path = "copy"
@@ -757,6 +762,11 @@ func (s *Server) tail(w *statusWriter, r *http.Request) error {
 		w.WriteHeader(http.StatusNoContent)
 		return nil
 	}
+	release, err := s.acquireExport(r)
+	if err != nil {
+		return err
+	}
+	defer release()
 	w.Header().Set("Content-Type", "application/octet-stream")
 	w.Header().Set("Content-Length", strconv.FormatInt(v.Size()-pos, 10))
 	return s.send(w, r, v, pos, v.Size()-pos)

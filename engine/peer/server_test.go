@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -769,5 +770,97 @@ func TestETagChangesWhenTheSameShapeIsRewritten(t *testing.T) {
 			resp, _ = getBody(t, ts2.URL+"/v1/logs/main/segments/0", http.Header{"If-None-Match": {current}})
 			assert.Equal(t, http.StatusNotModified, resp.StatusCode, "the same file after a reopen keeps its tag")
 		})
+	}
+}
+
+// TestFullSlotsAnswer503BeforeAnyHeader: with every export slot taken, a
+// request for a body gets a whole 503 with Retry-After and no range
+// headers, whatever it asks for (the whole segment, each form of range,
+// a range under a matching If-Range, the tail of the active or of a
+// sealed segment), and the metrics count 503s and no bytes; requests
+// that need no body slot (HEAD, 304, 416) are answered as usual. Once a
+// slot is free each body request gets its status and its bytes.
+func TestFullSlotsAnswer503BeforeAnyHeader(t *testing.T) {
+	l := openLog(t, t.TempDir())
+	defer l.Close()
+	appendBatches(t, l, 20)
+	require.NoError(t, l.Roll())
+	appendBatches(t, l, 2) // the active segment has durable bytes to tail
+	active := l.Segments()[1].Base
+	reg := prometheus.NewRegistry()
+	srv := NewServer(map[string]*engine.Log{"main": l}, ServerOptions{MaxExports: 1, Registry: reg})
+	ts := httptest.NewServer(srv)
+	defer ts.Close()
+	seg := ts.URL + "/v1/logs/main/segments/0"
+	resp, file := getBody(t, seg, nil)
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	etag := resp.Header.Get("ETag")
+	tail := fmt.Sprintf("%s/v1/logs/main/tail?base=%d&pos=0&wait=0s", ts.URL, active)
+
+	bodies := []struct {
+		name   string
+		url    string
+		header http.Header
+		code   int // once a slot is free
+		want   []byte
+	}{
+		{"whole", seg, nil, http.StatusOK, file},
+		{"first-last", seg, http.Header{"Range": {"bytes=0-99"}}, http.StatusPartialContent, file[:100]},
+		{"from", seg, http.Header{"Range": {"bytes=100-"}}, http.StatusPartialContent, file[100:]},
+		{"suffix", seg, http.Header{"Range": {"bytes=-50"}}, http.StatusPartialContent, file[len(file)-50:]},
+		{"if-range", seg, http.Header{"Range": {"bytes=10-19"}, "If-Range": {etag}}, http.StatusPartialContent, file[10:20]},
+		{"stale-if-range", seg, http.Header{"Range": {"bytes=10-19"}, "If-Range": {`"other"`}}, http.StatusOK, file},
+		{"tail-active", tail, nil, http.StatusOK, nil},
+		{"tail-sealed-segment", ts.URL + "/v1/logs/main/tail?base=0&pos=100&wait=0s", nil, http.StatusOK, file[100:]},
+	}
+	noBody := []struct {
+		name   string
+		method string
+		header http.Header
+		code   int
+	}{
+		{"head", http.MethodHead, nil, http.StatusOK},
+		{"head-range", http.MethodHead, http.Header{"Range": {"bytes=0-99"}}, http.StatusPartialContent},
+		{"not-modified", http.MethodGet, http.Header{"If-None-Match": {etag}}, http.StatusNotModified},
+		{"unsatisfiable", http.MethodGet, http.Header{"Range": {fmt.Sprintf("bytes=%d-", len(file))}}, http.StatusRequestedRangeNotSatisfiable},
+		{"precondition", http.MethodGet, http.Header{"If-Match": {`"other"`}}, http.StatusPreconditionFailed},
+	}
+
+	srv.exports <- struct{}{} // every slot taken
+	sent := metric(t, reg, "segstore_peer_sent_bytes_total", "path", "sendfile")
+	for _, tc := range bodies {
+		endpoint := "segment"
+		if strings.Contains(tc.url, "/tail?") {
+			endpoint = "tail"
+		}
+		before := metric(t, reg, "segstore_peer_requests_total", "endpoint", endpoint, "code", "503")
+		resp, _ := getBody(t, tc.url, tc.header) // the body must read whole
+		assert.Equal(t, http.StatusServiceUnavailable, resp.StatusCode, tc.name)
+		assert.Equal(t, "1", resp.Header.Get("Retry-After"), tc.name)
+		assert.Empty(t, resp.Header.Get("Content-Range"), tc.name)
+		assert.Equal(t, before+1, metric(t, reg, "segstore_peer_requests_total", "endpoint", endpoint, "code", "503"), "%s: counted as a 503", tc.name)
+	}
+	assert.Equal(t, sent, metric(t, reg, "segstore_peer_sent_bytes_total", "path", "sendfile"), "no body bytes were sent")
+	for _, tc := range noBody {
+		req, err := http.NewRequest(tc.method, seg, nil)
+		require.NoError(t, err)
+		maps.Copy(req.Header, tc.header)
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		_, err = io.ReadAll(resp.Body)
+		resp.Body.Close()
+		require.NoError(t, err, tc.name)
+		assert.Equal(t, tc.code, resp.StatusCode, "%s needs no export slot", tc.name)
+	}
+
+	<-srv.exports // a slot is free again
+	for _, tc := range bodies {
+		resp, body := getBody(t, tc.url, tc.header)
+		assert.Equal(t, tc.code, resp.StatusCode, tc.name)
+		if tc.want != nil {
+			assert.Equal(t, tc.want, body, tc.name)
+		} else {
+			assert.NotEmpty(t, body, tc.name)
+		}
 	}
 }
