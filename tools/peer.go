@@ -40,7 +40,8 @@ type ServeOptions struct {
 	Refresh time.Duration
 }
 
-// Serve opens each directory as a log named by its base name, and serves
+// Serve opens each directory as a log named by its base name (in the form
+// peer.LogName gives, so a name that is not UTF-8 is served too), and serves
 // them until ctx is done. A log no other process writes is opened
 // read-write (this process becomes its writer); one that another process
 // writes is opened read-only and kept refreshed (engine.KeepRefreshed),
@@ -65,9 +66,9 @@ func Serve(ctx context.Context, out io.Writer, dirs []string, opts ServeOptions,
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	for _, dir := range dirs {
-		name := filepath.Base(filepath.Clean(dir))
+		name := peer.LogName(filepath.Base(filepath.Clean(dir)))
 		if _, dup := logs[name]; dup {
-			return usageError{fmt.Errorf("two directories named %q: each log is served under its directory's base name", name)}
+			return usageError{fmt.Errorf("two directories served as log %q: each log is served under its directory's base name (bytes that are not UTF-8 written as \\xNN); rename one", name)}
 		}
 		if err := isStore(dir); err != nil {
 			return err
@@ -154,7 +155,7 @@ type ReplicationStatus struct {
 
 // ReplicateOptions configure Replicate.
 type ReplicateOptions struct {
-	Name  string // the log's name on the leader; default the directory's base name
+	Name  string // the log's name on the leader; default the directory's base name as serve names it (peer.LogName)
 	Token string
 	Wait  time.Duration
 	// ReadTimeout: a leader silent longer fails the step, which is
@@ -177,7 +178,7 @@ type ReplicateOptions struct {
 // returns an error saying so.
 func Replicate(ctx context.Context, out, errOut io.Writer, leaderURL, dir string, opts ReplicateOptions) error {
 	if opts.Name == "" {
-		opts.Name = filepath.Base(filepath.Clean(dir))
+		opts.Name = peer.LogName(filepath.Base(filepath.Clean(dir))) // as serve names it
 	}
 	eopts := engine.DefaultOptions()
 	eopts.Logger = quietLogger

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -257,6 +258,40 @@ func TestReplicateTakesTheFollowersOptions(t *testing.T) {
 		} else {
 			assert.NoError(t, err)
 		}
+	}
+	cancel()
+	require.NoError(t, <-served)
+}
+
+// TestServeADirectoryNamedInNotUTF8: serve names a log after its
+// directory, whose name may be any bytes: one that is not UTF-8 is served
+// as peer.LogName writes it (listing and metrics answer 200), and two
+// directories served under one name are refused with a usage error.
+func TestServeADirectoryNamedInNotUTF8(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "caf\xe9")
+	require.NoError(t, os.Rename(smallStore(t), dir))
+	twin := filepath.Join(t.TempDir(), `caf\xe9`)
+	require.NoError(t, os.Rename(smallStore(t), twin))
+	err := Serve(context.Background(), &bytes.Buffer{}, []string{dir, twin}, ServeOptions{Listen: "127.0.0.1:0"}, nil)
+	require.ErrorAs(t, err, new(usageError))
+	assert.Contains(t, err.Error(), "rename one")
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	addr := make(chan string, 1)
+	served := make(chan error, 1)
+	go func() {
+		served <- Serve(ctx, &bytes.Buffer{}, []string{dir}, ServeOptions{Listen: "127.0.0.1:0"}, func(a string) { addr <- a })
+	}()
+	url := "http://" + <-addr
+	for path, want := range map[string]string{"/v1/logs": `"name":"caf\\xe9"`, "/metrics": `segstore_records_total{log="caf\\xe9"}`} {
+		resp, err := http.Get(url + path)
+		require.NoError(t, err)
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		require.NoError(t, err)
+		assert.Equal(t, http.StatusOK, resp.StatusCode, path)
+		assert.Contains(t, string(body), want, path)
 	}
 	cancel()
 	require.NoError(t, <-served)

@@ -376,7 +376,7 @@ func newReplicateCommand() *cobra.Command {
 			return Replicate(ctx, cmd.OutOrStdout(), cmd.ErrOrStderr(), args[0], args[1], o)
 		},
 	}
-	cmd.Flags().StringVar(&o.Name, "name", "", "the log's name on the leader (default: DIR's base name)")
+	cmd.Flags().StringVar(&o.Name, "name", "", "the log's name on the leader (default: DIR's base name, bytes that are not UTF-8 written as \\xNN, as serve names it)")
 	cmd.Flags().StringVar(&tokenFile, "token-file", "", "file holding the bearer token for the leader (or set "+tokenEnv+")")
 	cmd.Flags().StringVar(&o.Token, "token", "", "bearer token for the leader (visible in ps: prefer --token-file or "+tokenEnv+")")
 	cmd.Flags().DurationVar(&o.Wait, "wait", 10*time.Second, "long-poll wait for new records")

@@ -18,6 +18,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -117,7 +118,10 @@ const codeClientGone = "499"
 const chunkSize = 1 << 20
 
 // NewServer returns a server for logs, by name. The logs stay the
-// caller's to close (after the server stops).
+// caller's to close (after the server stops). Each log is served under
+// LogName(name), in URLs, listings, metrics and errors alike; names must
+// differ in that form (if two do not, the one whose name is already valid
+// UTF-8 is served, else the one with the lesser name).
 func NewServer(logs map[string]*engine.Log, opts ServerOptions) *Server {
 	if opts.MaxExports <= 0 {
 		opts.MaxExports = 64
@@ -140,7 +144,16 @@ func NewServer(logs map[string]*engine.Log, opts ServerOptions) *Server {
 	if opts.HeaderTimeout <= 0 {
 		opts.HeaderTimeout = 10 * time.Second
 	}
-	s := &Server{logs: logs, opts: opts, mux: http.NewServeMux(), exports: make(chan struct{}, opts.MaxExports),
+	served := make(map[string]*engine.Log, len(logs))
+	names := make(map[string]string, len(logs)) // served name: the name it is for
+	for name, l := range logs {
+		sn := LogName(name)
+		if prev, dup := names[sn]; dup && (prev == sn || (name != sn && prev < name)) {
+			continue
+		}
+		served[sn], names[sn] = l, name
+	}
+	s := &Server{logs: served, opts: opts, mux: http.NewServeMux(), exports: make(chan struct{}, opts.MaxExports),
 		waiters: make(chan struct{}, opts.MaxWaiters), pause: sleepCtx, now: time.Now}
 	s.m = metrics{
 		requests:     prometheus.NewCounterVec(prometheus.CounterOpts{Name: "segstore_peer_requests_total", Help: "HTTP requests by endpoint and status code (" + codeClientGone + ": the client went away before the answer)."}, []string{"endpoint", "code"}),
@@ -151,7 +164,7 @@ func NewServer(logs map[string]*engine.Log, opts ServerOptions) *Server {
 		active:       prometheus.NewGauge(prometheus.GaugeOpts{Name: "segstore_peer_active_exports", Help: "Segment and tail bodies being sent."}),
 		waiters:      prometheus.NewGauge(prometheus.GaugeOpts{Name: "segstore_peer_tail_waiters", Help: "Tail requests waiting for new durable records."}),
 	}
-	opts.Registry.MustRegister(s.m.requests, s.m.bytes, s.m.cut, s.m.refusedConns, s.m.conns, s.m.active, s.m.waiters, &logCollector{logs: logs})
+	opts.Registry.MustRegister(s.m.requests, s.m.bytes, s.m.cut, s.m.refusedConns, s.m.conns, s.m.active, s.m.waiters, &logCollector{logs: served})
 	for _, c := range []prometheus.Collector{collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
 		_ = opts.Registry.Register(c) // refused only if a caller's registry has these metrics already
 	}
@@ -159,12 +172,37 @@ func NewServer(logs map[string]*engine.Log, opts ServerOptions) *Server {
 	s.handle("GET /v1/logs/{name}/segments", "segments", s.listSegments)
 	s.handle("GET /v1/logs/{name}/segments/{base}", "segment", s.segment)
 	s.handle("GET /v1/logs/{name}/tail", "tail", s.tail)
-	metricsHandler := promhttp.HandlerFor(opts.Registry, promhttp.HandlerOpts{})
+	// ContinueOnError: a collector's failure costs its own metrics, not the
+	// scrape, and its error (which may carry a recovered panic's stack)
+	// never goes to the client.
+	metricsHandler := promhttp.HandlerFor(opts.Registry, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError})
 	s.handle("GET /metrics", "metrics", func(w *statusWriter, r *http.Request) error {
 		metricsHandler.ServeHTTP(w, r)
 		return nil
 	})
 	return s
+}
+
+// LogName is the form of a log's name that a Server serves it under:
+// name itself if it is valid UTF-8 (Prometheus label values and JSON
+// strings must be), else name with each byte that is not part of a valid
+// UTF-8 sequence written as \xNN (a directory named "caf\xe9" in
+// Latin-1 is served as the log `caf\xe9`).
+func LogName(name string) string {
+	if utf8.ValidString(name) {
+		return name
+	}
+	var b strings.Builder
+	for i := 0; i < len(name); {
+		r, n := utf8.DecodeRuneInString(name[i:])
+		if r == utf8.RuneError && n == 1 {
+			fmt.Fprintf(&b, `\x%02x`, name[i])
+		} else {
+			b.WriteString(name[i : i+n])
+		}
+		i += n
+	}
+	return b.String()
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) error {
@@ -819,10 +857,10 @@ func (c *logCollector) Collect(ch chan<- prometheus.Metric) {
 	for name, l := range c.logs {
 		st := l.Stats()
 		counter := func(d *prometheus.Desc, v float64, labels ...string) {
-			ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, v, append([]string{name}, labels...)...)
+			ch <- orInvalid(d)(prometheus.NewConstMetric(d, prometheus.CounterValue, v, append([]string{name}, labels...)...))
 		}
 		gauge := func(d *prometheus.Desc, v float64) {
-			ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, name)
+			ch <- orInvalid(d)(prometheus.NewConstMetric(d, prometheus.GaugeValue, v, name))
 		}
 		counter(descAppends, float64(st.Appends))
 		counter(descRecords, float64(st.Records))
@@ -839,7 +877,19 @@ func (c *logCollector) Collect(ch chan<- prometheus.Metric) {
 			for i, b := range h.Bounds {
 				buckets[b] = h.Counts[i]
 			}
-			ch <- prometheus.MustNewConstHistogram(d, h.Count, h.Sum, buckets, name)
+			ch <- orInvalid(d)(prometheus.NewConstHistogram(d, h.Count, h.Sum, buckets, name))
 		}
+	}
+}
+
+// orInvalid turns a metric that could not be built into an invalid one,
+// which costs that metric (the scrape goes on, see ContinueOnError)
+// instead of a panic.
+func orInvalid(d *prometheus.Desc) func(prometheus.Metric, error) prometheus.Metric {
+	return func(m prometheus.Metric, err error) prometheus.Metric {
+		if err != nil {
+			return prometheus.NewInvalidMetric(d, err)
+		}
+		return m
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -11,12 +12,14 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"runtime"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/assert"
@@ -863,4 +866,78 @@ func TestFullSlotsAnswer503BeforeAnyHeader(t *testing.T) {
 			assert.NotEmpty(t, body, tc.name)
 		}
 	}
+}
+
+// panickyCollector is a collector whose Collect panics, as a caller's
+// registry may hold.
+type panickyCollector struct{ desc *prometheus.Desc }
+
+func (c panickyCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+func (c panickyCollector) Collect(chan<- prometheus.Metric)    { panic("a collector's bug") }
+
+// TestLogNamesThatAreNotUTF8: a log whose name is not valid UTF-8 (segtool
+// serve names logs after directories, which may hold any bytes) is served
+// under LogName's form everywhere: the listing, its URLs and the metrics'
+// log label; /metrics answers 200 with every log's and the server's own
+// metrics. Swept over kinds of invalid bytes (a Latin-1 byte, a lone
+// continuation byte, a cut sequence, an encoded surrogate, 0xff) beside
+// valid names, and a collision with a valid name that spells the escape.
+// A collector that panics costs its own metrics only, and no answer
+// carries a stack trace.
+func TestLogNamesThatAreNotUTF8(t *testing.T) {
+	names := []string{"caf\xe9", "\x80x", "a\xc3", "\xed\xa0\x80", "\xff\xfe", "café", "main", `caf\xe9`}
+	logs := map[string]*engine.Log{}
+	for _, name := range names {
+		l := openLog(t, t.TempDir())
+		defer l.Close()
+		appendBatches(t, l, 1)
+		logs[name] = l
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(panickyCollector{prometheus.NewDesc("broken_metric", "A collector that panics.", nil, nil)})
+	ts := httptest.NewServer(NewServer(logs, ServerOptions{Registry: reg}))
+	defer ts.Close()
+
+	want := map[string]bool{}
+	for _, name := range names {
+		sn := LogName(name)
+		require.True(t, utf8.ValidString(sn), "%q", sn)
+		assert.Equal(t, name == sn, utf8.ValidString(name), "%q: a valid name is served as it is", name)
+		want[sn] = true
+	}
+	require.Len(t, want, len(names)-1, "`caf\\xe9` and caf\\xe9 share a served name")
+	assert.Same(t, logs[`caf\xe9`], NewServer(logs, ServerOptions{}).logs[`caf\xe9`], "of two names served alike the valid one is served")
+
+	resp, body := getBody(t, ts.URL+"/v1/logs", nil)
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	var listed []LogInfo
+	require.NoError(t, json.Unmarshal(body, &listed))
+	got := map[string]bool{}
+	for _, li := range listed {
+		got[li.Name] = true
+		resp, _ := getBody(t, ts.URL+"/v1/logs/"+url.PathEscape(li.Name)+"/segments", nil)
+		assert.Equal(t, http.StatusOK, resp.StatusCode, "the listed name %q is the one its URLs take", li.Name)
+	}
+	assert.Equal(t, want, got)
+
+	resp, body = getBody(t, ts.URL+"/metrics", nil)
+	assert.Equal(t, http.StatusOK, resp.StatusCode, "%.300s", body)
+	assert.Contains(t, string(body), "segstore_peer_requests_total")
+	assert.NotContains(t, string(body), "goroutine ")
+	assert.NotContains(t, string(body), "panic")
+	mfs, err := reg.Gather()
+	require.Error(t, err, "the panicking collector is reported to the registry's caller")
+	assert.NotEmpty(t, mfs)
+	labels := map[string]bool{}
+	for _, mf := range mfs {
+		if mf.GetName() != "segstore_records_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, lp := range m.GetLabel() {
+				labels[lp.GetValue()] = true
+			}
+		}
+	}
+	assert.Equal(t, want, labels, "the log label is the served name")
 }
