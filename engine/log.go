@@ -85,9 +85,14 @@ type Log struct {
 	liveWriter bool         // read-only logs: a writer held the lock at the last look (under refreshMu)
 	ack        durableState // read-only logs: what the live writer had published at the last look (under refreshMu)
 	ackOK      bool         // ack was read consistently (under refreshMu)
-	reportMu   sync.Mutex   // guards report while segments open in parallel
-	clean      *cleanEnd    // the manifest's clean close record, while opening
-	report     Recovery
+	// refreshHook, set by tests only, runs at named steps of a look
+	// (under refreshMu): after it read the writer's words ("words"), and
+	// after it listed the directory ("listed", with the segment files
+	// listed), before it follows the files.
+	refreshHook func(step string, bases *[]uint64)
+	reportMu    sync.Mutex // guards report while segments open in parallel
+	clean       *cleanEnd  // the manifest's clean close record, while opening
+	report      Recovery
 }
 
 // poolAlign is the alignment of pooled read buffers: it covers the direct

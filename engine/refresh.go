@@ -46,12 +46,36 @@ func (l *Log) Refresh() (changed bool, err error) {
 			l.notifyDurable()
 		}
 	}()
-	if !l.lookAtWriter() {
-		return false, nil // nothing known of what the writer has acknowledged: show nothing new
+	// A look that finds the writer rolled past the last known segment
+	// before its words say so stops there, and so does one whose listing
+	// missed a segment file the writer was renaming into the directory
+	// (readdir may miss entries added while it runs): the words move soon
+	// after (the writer publishes the new segment once it is created),
+	// and the next listing has the file, so look again a few times.
+	for range refreshTries {
+		grew, held, err := l.look()
+		changed = changed || grew
+		if err != nil || !held {
+			return changed, err
+		}
 	}
+	return changed, nil
+}
+
+// refreshTries bounds how many looks one Refresh takes while each stops
+// at a segment the writer rolled past without saying so yet.
+const refreshTries = 4
+
+// look is one pass of Refresh. held reports that it stopped before files
+// that follow an unsealed segment the writer may have rolled past.
+func (l *Log) look() (changed, held bool, err error) {
+	if !l.lookAtWriter() {
+		return false, false, nil // nothing known of what the writer has acknowledged: show nothing new
+	}
+	l.hook("words", nil)
 	names, err := l.dir.List()
 	if err != nil {
-		return false, err
+		return false, false, err
 	}
 	var bases []uint64
 	for _, n := range names {
@@ -60,16 +84,17 @@ func (l *Log) Refresh() (changed bool, err error) {
 		}
 	}
 	slices.Sort(bases)
+	l.hook("listed", &bases)
 	start := l.start.Load()
 	if err := l.refreshStart(); err != nil {
-		return false, err
+		return false, false, err
 	}
 	changed = l.start.Load() != start
 
 	old := *l.segs.Load()
 	segs, err := l.refreshKnown(old, bases)
 	if err != nil {
-		return changed, err
+		return changed, false, err
 	}
 	if len(segs) != len(old) {
 		changed = true
@@ -79,12 +104,12 @@ func (l *Log) Refresh() (changed bool, err error) {
 		if !last.isSealed() {
 			grew, err := l.follow(last, bases[len(bases)-1] > last.base)
 			if err != nil {
-				return changed, err
+				return changed, false, err
 			}
 			changed = changed || grew
 		}
 	}
-	added, err := l.refreshNew(&segs, bases)
+	added, held, err := l.refreshNew(&segs, bases)
 	if added {
 		changed = true
 		l.segs.Store(&segs)
@@ -94,7 +119,15 @@ func (l *Log) Refresh() (changed bool, err error) {
 	} else {
 		l.noteOpen(segs...)
 	}
-	return changed, err
+	return changed, held, err
+}
+
+// hook runs the test hook at a step of a look (nil outside tests); after
+// the listing it gets the segment files listed.
+func (l *Log) hook(step string, bases *[]uint64) {
+	if l.refreshHook != nil {
+		l.refreshHook(step, bases)
+	}
 }
 
 // KeepRefreshed refreshes a read-only log until ctx is done: whenever a
@@ -280,12 +313,22 @@ const quietFor = 2 * time.Second
 
 // follow reads the frames the writer appended to s since the last look,
 // as far as the writer has acknowledged them (its DURABLE file), and seals
-// s if the writer did (or has moved on to a later segment). Nothing is
-// read when nothing more is durable, or, without a live writer's word,
-// when the file was not written since a look that started well after its
-// last write.
+// s when its footer appears (or, with no live writer bounding s, when a
+// later file exists). Nothing is read when nothing more is durable, or,
+// without a live writer's word, when the file was not written since a
+// look that started well after its last write.
+//
+// The writer's words are read again here, after s's file was opened (and
+// after the directory was listed): words read before the file was opened
+// may describe a file the writer has replaced since (TruncateBack) and
+// appended to without syncing, or an end the writer has since sealed
+// past. Words read after the open bound what this file holds: the writer
+// never changes a byte below a published end in place, and a file that
+// replaces this one after the open leaves this one as it was, all of it
+// made durable before the replacement (the next look finds it replaced).
 func (l *Log) follow(s *segment, rolled bool) (grew bool, err error) {
 	v := s.vis()
+	l.lookAtWriter()
 	limit, bounded := l.ackLimit(s) // what is acknowledged now
 	if bounded && !rolled && v.pos >= limit.pos {
 		return false, nil
@@ -327,11 +370,14 @@ func (l *Log) follow(s *segment, rolled bool) (grew bool, err error) {
 		s.visible.Store(&end)
 		grew = true
 	}
-	if rolled {
-		// A later file exists, so the writer is done with this one; its
-		// seal went before the next file's creation, but a crash can leave
-		// it unsealed (a read-write open seals it). The next segment must
-		// start at its end, which refreshNew checks.
+	if rolled && !bounded {
+		// A later file exists and no live writer bounds this one, so the
+		// writer is done with it; its seal went before the next file's
+		// creation, but a crash can leave it unsealed (a read-write open
+		// seals it). The next segment must start at its end, which
+		// refreshNew checks. Beside a live writer only the footer seals
+		// s: a bound it published says where s was durable then, not
+		// where s ends.
 		s.mu.Lock()
 		s.sealed = true
 		s.mu.Unlock()
@@ -343,11 +389,31 @@ func (l *Log) follow(s *segment, rolled bool) (grew bool, err error) {
 // refreshNew opens the segment files after the last known one, appending
 // them to segs: sealed ones through their footer, the last one followed
 // like the active segment. A file whose header is not written yet (being
-// created), or that is gone since the listing, is left for the next look.
-func (l *Log) refreshNew(segs *[]*segment, bases []uint64) (added bool, err error) {
+// created), or that is gone since the listing, is left for the next look,
+// and so are the files after a segment not sealed yet (held: the writer
+// has rolled past it, but its words still bound it) or after one whose
+// successor the listing missed (held too).
+func (l *Log) refreshNew(segs *[]*segment, bases []uint64) (added, held bool, err error) {
 	for i, base := range bases {
-		if n := len(*segs); n > 0 && base <= (*segs)[n-1].base {
+		n := len(*segs)
+		if n > 0 && base <= (*segs)[n-1].base {
 			continue
+		}
+		if n > 0 {
+			prev := (*segs)[n-1]
+			if !prev.isSealed() {
+				return added, true, nil
+			}
+			if end := prev.vis().off; end != base {
+				if end < base && l.segmentExists(end) {
+					// A listing made while the writer renames a new
+					// segment into the directory may miss that file and
+					// show a later one: list again.
+					return added, true, nil
+				}
+				return added, false, fmt.Errorf("%w: segment %s ends at offset %d but the next file starts at %d: reopen",
+					ErrRewritten, prev.name, end, base)
+			}
 		}
 		var s *segment
 		if i < len(bases)-1 {
@@ -362,19 +428,21 @@ func (l *Log) refreshNew(segs *[]*segment, bases []uint64) (added bool, err erro
 			if isNotExist(err) {
 				// Removed since the listing (the writer truncated back):
 				// the next look lists the directory again and tells.
-				return added, nil
+				return added, false, nil
 			}
-			return added, err
-		}
-		if n := len(*segs); n > 0 && (*segs)[n-1].vis().off != base {
-			s.release()
-			return added, fmt.Errorf("%w: segment %s ends at offset %d but the next file starts at %d: reopen",
-				ErrRewritten, (*segs)[n-1].name, (*segs)[n-1].vis().off, base)
+			return added, false, err
 		}
 		*segs = append(*segs, s)
 		added = true
 	}
-	return added, nil
+	return added, false, nil
+}
+
+// segmentExists reports whether the file of the segment at base is in
+// the directory now.
+func (l *Log) segmentExists(base uint64) bool {
+	_, err := os.Stat(filepath.Join(l.dir.Path(), segName(base)))
+	return err == nil
 }
 
 // openLive opens the writer's newest segment file read-only and reads what
