@@ -355,6 +355,7 @@ func (w *statusWriter) SendsFile() bool { return !w.tls }
 func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 func (s *Server) handle(pattern, endpoint string, h func(*statusWriter, *http.Request) error) {
+	s.m.requests.WithLabelValues(endpoint, "200") // served at 0 from the first scrape on
 	s.mux.HandleFunc(pattern, func(rw http.ResponseWriter, r *http.Request) {
 		w := &statusWriter{ResponseWriter: rw, tls: r.TLS != nil}
 		err := s.authorize(r)
