@@ -238,9 +238,28 @@ func (l *Log) verifyImport(s *segment) error {
 	if err := l.checkImportIndex(s, foot.Pos); err != nil {
 		return err
 	}
-	next := s.base
+	// Every index entry must be a frame the scan finds, with its offset and
+	// time (reads trust the index to find records). Both are in file order,
+	// so one pass matches them.
+	s.mu.RLock()
+	index := s.index
+	s.mu.RUnlock()
+	mismatch := func(i int) error {
+		return s.corrupt("import", foot.Pos, fmt.Errorf("the footer's index entry %d (offset %d at byte %d) does not match a frame", i, index[i].off, index[i].pos))
+	}
+	next, j := s.base, 0
 	for sc.Next() {
-		next = sc.Frame().First + uint64(sc.Frame().Count)
+		f := sc.Frame()
+		if j < len(index) && index[j].pos < f.Pos {
+			return mismatch(j)
+		}
+		if j < len(index) && index[j].pos == f.Pos {
+			if index[j].off != f.First || index[j].time != f.Time {
+				return mismatch(j)
+			}
+			j++
+		}
+		next = f.First + uint64(f.Count)
 	}
 	switch {
 	case sc.Err() != nil:
@@ -249,6 +268,13 @@ func (l *Log) verifyImport(s *segment) error {
 		return s.corrupt("import", sc.Recovery().Torn.Pos, fmt.Errorf("damaged frames at the end: %s", sc.Recovery().Torn.Reason))
 	case sc.Footer() == nil || sc.End() != foot.Pos || next != foot.Next:
 		return s.corrupt("import", sc.End(), fmt.Errorf("the frames end at %d with offset %d, the footer says %d and %d", sc.End(), next, foot.Pos, foot.Next))
+	case j < len(index):
+		return mismatch(j)
+	case next == s.base:
+		// The engine never seals a segment without records (Roll leaves an
+		// empty active segment as it is), and the segment after this one
+		// would start at the same offset, under the same file name.
+		return fmt.Errorf("segment %d is sealed with no records: a log's sealed segments hold at least one, and the next segment would take this one's file name (the peer's file is not one a segstore log writes)", s.base)
 	}
 	return nil
 }

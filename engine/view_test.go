@@ -2,6 +2,7 @@ package engine
 
 import (
 	"bytes"
+	"encoding/binary"
 	"fmt"
 	"io"
 	"net"
@@ -14,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 
+	"github.com/segstore/segstore/blockdev"
 	"github.com/segstore/segstore/engine/internal/stracetest"
 	"github.com/segstore/segstore/wal"
 )
@@ -353,6 +355,18 @@ func TestImportRefusals(t *testing.T) {
 		_, files := sealedFiles(t, path, l)
 		return files[0]
 	}
+	// Sealed files a peer can forge: every frame and the footer's frame
+	// checksummed, the footer's fields in range.
+	empty := handSealed(t, 0, 0, nil)
+	lying := handSealed(t, 0, 10, func(f []handFrame) []indexEntry { // frame 5's offset at frame 6's position
+		return []indexEntry{{f[0].First, f[0].Pos, f[0].Time}, {f[5].First, f[6].Pos, f[5].Time}}
+	})
+	badTime := handSealed(t, 0, 10, func(f []handFrame) []indexEntry {
+		return []indexEntry{{f[0].First, f[0].Pos, f[0].Time}, {f[5].First, f[5].Pos, f[5].Time + 1}}
+	})
+	pastLast := handSealed(t, 0, 10, func(f []handFrame) []indexEntry { // inside the last frame
+		return []indexEntry{{f[0].First, f[0].Pos, f[0].Time}, {f[9].First + 1, f[9].Pos + 8, f[9].Time}}
+	})
 	bigWrites := foreign(func(o *Options) { o.MaxWrite *= 2 })
 	sparse := foreign(func(o *Options) { o.IndexInterval = 200 << 10 })
 	tests := []struct {
@@ -371,6 +385,10 @@ func TestImportRefusals(t *testing.T) {
 		{"larger than the log's segments", files[0], 0, leader.MaxImportSize() + 1, []error{ErrImport}, "open it with options at least the peer's"},
 		{"writes larger than the log's", bigWrites, 0, int64(len(bigWrites)), []error{ErrImport, ErrCorrupt}, "open it with MaxWrite at least"},
 		{"index sparser than the log's", sparse, 0, int64(len(sparse)), []error{ErrImport, ErrCorrupt}, "open it with IndexInterval at least"},
+		{"sealed with no records", empty, 0, int64(len(empty)), []error{ErrImport}, "sealed with no records"},
+		{"index entry at another frame's position", lying, 0, int64(len(lying)), []error{ErrImport, ErrCorrupt}, "index entry 1 (offset 40"},
+		{"index entry with another time", badTime, 0, int64(len(badTime)), []error{ErrImport, ErrCorrupt}, "does not match a frame"},
+		{"index entry inside the last frame", pastLast, 0, int64(len(pastLast)), []error{ErrImport, ErrCorrupt}, "does not match a frame"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -390,8 +408,71 @@ func TestImportRefusals(t *testing.T) {
 			requireNoImportLeft(t, path, l, before)
 			_, err = l.Append([]byte("still writable"))
 			assert.NoError(t, err)
+			end := l.EndOffset()
+			require.NoError(t, l.Close())
+			l, err = Open(path, realOptions())
+			require.NoError(t, err, "the directory opens after a refused import")
+			assert.Equal(t, end, l.EndOffset())
+			rec, err := l.Read(end-1, nil)
+			require.NoError(t, err)
+			assert.Equal(t, "still writable", string(rec))
 		})
 	}
+}
+
+// handFrame is a records frame handSealed wrote: its first offset, its
+// position and its time.
+type handFrame struct {
+	First     uint64
+	Pos, Time int64
+}
+
+// handSealed writes, with the wal writer, a sealed segment file at base of
+// batches frames (8 records each) whose footer's index is what index
+// returns for the frames written (a footer without entries if nil): a file
+// as a hostile peer can send it, every checksum right.
+func handSealed(t *testing.T, base uint64, batches int, index func([]handFrame) []indexEntry) []byte {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "hand.seg")
+	dev, err := blockdev.Open(path, blockdev.Options{Create: true, Buffered: true})
+	require.NoError(t, err)
+	var frames []handFrame
+	w, err := wal.Create(dev, base, wal.Options{MaxWrite: 64 << 10, OnReserve: func(first uint64, pos, ts int64) {
+		frames = append(frames, handFrame{First: first, Pos: pos, Time: ts})
+	}})
+	require.NoError(t, err)
+	for b := range batches {
+		batch := make([][]byte, 8)
+		for i := range batch {
+			batch[i] = []byte(fmt.Sprintf("record %d.%d %s", b, i, bytes.Repeat([]byte{'y'}, 1000)))
+		}
+		_, err := w.Append(batch...)
+		require.NoError(t, err)
+	}
+	require.NoError(t, w.Sync())
+	end, next := w.Durable()
+	var entries []indexEntry
+	if index != nil {
+		entries = index(frames)
+	}
+	footer := make([]byte, footerHeaderLen+footerEntryLen*len(entries))
+	binary.LittleEndian.PutUint32(footer[0:], footerVersion)
+	binary.LittleEndian.PutUint64(footer[8:], next-base)
+	binary.LittleEndian.PutUint64(footer[16:], uint64(end))
+	binary.LittleEndian.PutUint32(footer[24:], 4096)
+	binary.LittleEndian.PutUint32(footer[28:], uint32(len(entries)))
+	for i, e := range entries {
+		p := footer[footerHeaderLen+footerEntryLen*i:]
+		binary.LittleEndian.PutUint64(p[0:], e.off)
+		binary.LittleEndian.PutUint64(p[8:], uint64(e.pos))
+		binary.LittleEndian.PutUint64(p[16:], uint64(e.time))
+	}
+	_, err = w.Seal(footer)
+	require.NoError(t, err)
+	require.NoError(t, dev.Close())
+	b, err := os.ReadFile(path)
+	require.NoError(t, err)
+	return b
 }
 
 // activePrefix returns the durable start of l's active segment file (what a
@@ -568,6 +649,54 @@ func TestExportDropCache(t *testing.T) {
 			} else {
 				assert.Positive(t, residentPages(t, file))
 			}
+		})
+	}
+}
+
+// TestImportFailingAfterItsManifestLeavesALogThatOpens: an import whose
+// last step (creating the next active segment, after the manifest names
+// the imported segment) fails stops the log (it takes no more changes),
+// and the directory then opens with the imported segment and every record
+// before it, and takes appends.
+func TestImportFailingAfterItsManifestLeavesALogThatOpens(t *testing.T) {
+	for _, prealloc := range []bool{false, true} {
+		t.Run(fmt.Sprintf("preallocate=%v", prealloc), func(t *testing.T) {
+			leaderPath, path := t.TempDir(), t.TempDir()
+			leader := realLog(t, leaderPath)
+			defer leader.Close()
+			fillSegments(t, leader, 2)
+			infos, files := sealedFiles(t, leaderPath, leader)
+			opts := realOptions()
+			opts.Preallocate = prealloc
+			l, err := Open(path, opts)
+			require.NoError(t, err)
+			_, err = l.ImportSegment(bytes.NewReader(files[0]), infos[0].Base, int64(len(files[0])))
+			require.NoError(t, err)
+			// A directory where the next active segment's file goes: its
+			// creation fails (as on a full or failing disk).
+			obstacle := filepath.Join(path, segName(infos[1].Next))
+			require.NoError(t, os.Mkdir(obstacle, 0o755))
+			_, err = l.ImportSegment(bytes.NewReader(files[1]), infos[1].Base, int64(len(files[1])))
+			require.Error(t, err)
+			assert.ErrorContains(t, err, "takes no more changes")
+			_, err = l.Append([]byte("refused"))
+			require.Error(t, err, "the log stopped")
+			require.NoError(t, l.Close())
+			require.NoError(t, os.Remove(obstacle))
+
+			l, err = Open(path, opts)
+			require.NoError(t, err, "the directory opens after the failed import")
+			defer l.Close()
+			require.Equal(t, infos[1].Next, l.EndOffset(), "the imported segment is the log's")
+			for off := infos[0].Base; off < infos[1].Next; off++ {
+				want, err := leader.Read(off, nil)
+				require.NoError(t, err)
+				got, err := l.Read(off, nil)
+				require.NoError(t, err, "offset %d", off)
+				require.Equal(t, want, got, "offset %d", off)
+			}
+			_, err = l.Append([]byte("after the reopen"))
+			require.NoError(t, err)
 		})
 	}
 }

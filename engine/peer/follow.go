@@ -366,6 +366,8 @@ func (f *follower) list(ctx context.Context) ([]SegmentEntry, error) {
 			why = fmt.Sprintf("starts where the segment before it does not end (%d): a log's segments are contiguous", segs[i-1].Next)
 		case !s.Sealed && i < len(segs)-1:
 			why = "is not sealed, and is not the last"
+		case s.Sealed && s.Next == s.Base:
+			why = "is sealed with no records (a log never seals an empty segment; importing it would give the next segment its file name)"
 		case s.Size < 0 || (s.Sealed && s.Size < wal.DataStart):
 			why = fmt.Sprintf("has %d bytes, less than a sealed segment file's header", s.Size)
 		case s.Size > limit:

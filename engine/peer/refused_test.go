@@ -1,0 +1,138 @@
+package peer
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/segstore/segstore/blockdev"
+	"github.com/segstore/segstore/engine"
+	"github.com/segstore/segstore/wal"
+)
+
+// followerOptions are the options of the followers these tests open.
+func followerOptions() engine.Options {
+	o := engine.DefaultOptions()
+	o.SegmentSize, o.MaxWrite, o.Logger = 256<<10, 64<<10, quiet
+	return o
+}
+
+// emptySealedSegment builds a sealed segment file at base holding no
+// record: a header and a footer (count 0, no index entry), every checksum
+// right, as a hostile leader can serve it.
+func emptySealedSegment(t *testing.T, base uint64) []byte {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "empty.seg")
+	dev, err := blockdev.Open(path, blockdev.Options{Create: true, Buffered: true})
+	require.NoError(t, err)
+	w, err := wal.Create(dev, base, wal.Options{MaxWrite: 64 << 10})
+	require.NoError(t, err)
+	footer := make([]byte, 32)
+	binary.LittleEndian.PutUint32(footer[0:], 1)              // version
+	binary.LittleEndian.PutUint64(footer[16:], wal.DataStart) // data end
+	binary.LittleEndian.PutUint32(footer[24:], 64<<10)        // interval
+	_, err = w.Seal(footer)
+	require.NoError(t, err)
+	require.NoError(t, dev.Close())
+	b, err := os.ReadFile(path)
+	require.NoError(t, err)
+	return b
+}
+
+// emptySegmentLeader is a hostile leader that lists list and serves file
+// as segment base; its tail answers 204 at once.
+func emptySegmentLeader(base uint64, file []byte, list string) *httptest.Server {
+	return httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case strings.HasSuffix(r.URL.Path, "/segments"):
+			fmt.Fprint(w, list)
+		case strings.HasSuffix(r.URL.Path, fmt.Sprintf("/segments/%d", base)):
+			w.Header().Set("Content-Length", strconv.Itoa(len(file)))
+			w.Write(file)
+		default:
+			w.Header().Set("Segstore-Sealed", "false")
+			w.Header().Set("Segstore-Size", "0")
+			w.WriteHeader(http.StatusNoContent)
+		}
+	}))
+}
+
+// emptySealedList lists an empty sealed segment at base, then an empty
+// active one at base.
+func emptySealedList(base uint64, size int) string {
+	return fmt.Sprintf(`[{"base":%d,"next":%d,"last":null,"size":%d,"sealed":true,"checksum":"00000000"},{"base":%d,"next":%d,"last":null,"size":0,"sealed":false,"checksum":""}]`,
+		base, base, size, base, base)
+}
+
+// TestEmptySealedSegmentIsRefused: a sealed segment with no records
+// (which no log writes: the segment after it would start at the same
+// offset, under the same file name) is refused as an import, at a new
+// log's start and at the end of one with records; the log stays writable
+// and its directory reopens with what it held.
+func TestEmptySealedSegmentIsRefused(t *testing.T) {
+	for _, records := range []int{0, 3} {
+		t.Run(fmt.Sprintf("after %d batches", records), func(t *testing.T) {
+			dir := t.TempDir()
+			l, err := engine.Open(dir, followerOptions())
+			require.NoError(t, err)
+			appendBatches(t, l, records)
+			require.NoError(t, l.Roll())
+			end := l.EndOffset()
+			file := emptySealedSegment(t, end)
+			_, err = l.ImportSegment(bytes.NewReader(file), end, int64(len(file)))
+			require.ErrorIs(t, err, engine.ErrImport)
+			assert.ErrorContains(t, err, "sealed with no records")
+			_, err = l.Append([]byte("after the import"))
+			require.NoError(t, err)
+			require.NoError(t, l.Close())
+			l, err = engine.Open(dir, followerOptions())
+			require.NoError(t, err, "the log reopens after the refused import")
+			defer l.Close()
+			rec, err := l.Read(end, nil)
+			require.NoError(t, err)
+			assert.Equal(t, "after the import", string(rec))
+		})
+	}
+}
+
+// TestHostileLeaderCannotBrickTheFollower: a leader that lists an empty
+// sealed segment at the follower's end (and serves its file) has that
+// answer refused: the follower's log still takes changes, and its
+// directory opens with every record it held.
+func TestHostileLeaderCannotBrickTheFollower(t *testing.T) {
+	dir := t.TempDir()
+	follower, err := engine.Open(dir, followerOptions())
+	require.NoError(t, err)
+	appendBatches(t, follower, 10) // records it had (imported earlier, say)
+	require.NoError(t, follower.Roll())
+	end := follower.EndOffset()
+	file := emptySealedSegment(t, end)
+	ts := emptySegmentLeader(end, file, emptySealedList(end, len(file)))
+	defer ts.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	var stats FollowStats
+	_ = Follow(ctx, ts.URL, follower, FollowOptions{Name: "main", Logger: quiet, Progress: func(s FollowStats) { stats = s }})
+	assert.Positive(t, stats.Failures, "the answer was refused")
+	assert.Contains(t, stats.LastFailure, "sealed with no records")
+	_, err = follower.Append([]byte("x"))
+	require.NoError(t, follower.Close())
+	assert.NoError(t, err, "the follower's log still works after a refused answer")
+	l, err := engine.Open(dir, followerOptions())
+	require.NoError(t, err, "the follower's directory still opens")
+	defer l.Close()
+	_, err = l.Read(end-1, nil)
+	assert.NoError(t, err)
+}
