@@ -12,6 +12,8 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -209,10 +211,11 @@ func Follow(ctx context.Context, leaderURL string, l *engine.Log, opts FollowOpt
 	}
 }
 
-// get asks the leader for path. The request fails with ErrStalled if the
+// get asks the leader for path (only the bytes rng names, if rng is a
+// Range header's value). The request fails with ErrStalled if the
 // headers take longer than wait plus ReadTimeout, or if the body, once
 // they are in, does not bring each piece (or its end) within ReadTimeout.
-func (f *follower) get(ctx context.Context, path string, query url.Values, wait time.Duration) (*http.Response, error) {
+func (f *follower) get(ctx context.Context, path string, query url.Values, wait time.Duration, rng string) (*http.Response, error) {
 	u := f.base.JoinPath(path)
 	u.RawQuery = query.Encode()
 	rctx, cancel := context.WithCancelCause(ctx)
@@ -228,6 +231,9 @@ func (f *follower) get(ctx context.Context, path string, query url.Values, wait 
 	}
 	if f.opts.Token != "" {
 		req.Header.Set("Authorization", "Bearer "+f.opts.Token)
+	}
+	if rng != "" {
+		req.Header.Set("Range", rng)
 	}
 	t := stalled(wait+f.opts.ReadTimeout, "no answer")
 	resp, err := f.client.Do(req)
@@ -299,9 +305,14 @@ func (f *follower) step(ctx context.Context) error {
 		return err
 	}
 	f.stats.LeaderEnd = segs[len(segs)-1].Next
-	next, err := f.nextSegment(segs)
+	next, mine, err := f.nextSegment(segs)
 	if err != nil {
 		return err
+	}
+	if mine != nil {
+		if err := f.sameFile(ctx, *mine); err != nil {
+			return err
+		}
 	}
 	if next == nil { // caught up with a leader whose active segment is empty and ahead
 		return f.waitTail(ctx, segs[len(segs)-1])
@@ -330,7 +341,7 @@ func (f *follower) step(ctx context.Context) error {
 // checks that it describes a log: contiguous segments, all sealed but the
 // last, each within the sizes the follower takes.
 func (f *follower) list(ctx context.Context) ([]SegmentEntry, error) {
-	resp, err := f.get(ctx, "/v1/logs/"+url.PathEscape(f.opts.Name)+"/segments", nil, 0)
+	resp, err := f.get(ctx, "/v1/logs/"+url.PathEscape(f.opts.Name)+"/segments", nil, 0, "")
 	if err != nil {
 		return nil, err
 	}
@@ -381,11 +392,13 @@ func (f *follower) list(ctx context.Context) ([]SegmentEntry, error) {
 }
 
 // nextSegment finds the leader's segment that continues the follower's
-// log, checking that the leader still holds what the follower has.
-func (f *follower) nextSegment(segs []SegmentEntry) (*SegmentEntry, error) {
+// log, checking that the leader's list still holds what the follower has.
+// It also returns the follower's last sealed segment when the leader lists
+// it, for sameFile to check that the leader's file is that very file.
+func (f *follower) nextSegment(segs []SegmentEntry) (next *SegmentEntry, held *engine.SegmentInfo, err error) {
 	mine := f.log.Segments()
 	if a := mine[len(mine)-1]; !a.Sealed && a.Next != a.Base {
-		return nil, fmt.Errorf("%w: the follower's active segment holds records %d..%d of its own (appended locally, or promoted): a follower only imports",
+		return nil, nil, fmt.Errorf("%w: the follower's active segment holds records %d..%d of its own (appended locally, or promoted): a follower only imports",
 			ErrDiverged, a.Base, a.Next-1)
 	}
 	end := f.log.EndOffset()
@@ -401,8 +414,11 @@ func (f *follower) nextSegment(segs []SegmentEntry) (*SegmentEntry, error) {
 			for _, s := range segs {
 				overlaps := s.Base == m.Base || (s.Base < m.Next && m.Base < s.Next)
 				if overlaps && (s.Base != m.Base || s.Next != m.Next || !s.Sealed || s.Checksum != fmt.Sprintf("%08x", m.FooterCRC)) {
-					return nil, fmt.Errorf("%w: the leader's segment [%d, %d) (sealed %v, checksum %q) differs from the follower's [%d, %d) (checksum %08x)",
+					return nil, nil, fmt.Errorf("%w: the leader's segment [%d, %d) (sealed %v, checksum %q) differs from the follower's [%d, %d) (checksum %08x)",
 						ErrDiverged, s.Base, s.Next, s.Sealed, s.Checksum, m.Base, m.Next, m.FooterCRC)
+				}
+				if overlaps {
+					held = &m
 				}
 			}
 			break
@@ -412,20 +428,72 @@ func (f *follower) nextSegment(segs []SegmentEntry) (*SegmentEntry, error) {
 		s := &segs[i]
 		switch {
 		case s.Base == end:
-			return s, nil
+			return s, held, nil
 		case empty && i == 0 && s.Base > end:
-			return s, nil // a new follower starts at the leader's first segment
+			return s, held, nil // a new follower starts at the leader's first segment
 		case s.Base < end && end < s.Next:
-			return nil, fmt.Errorf("%w: the follower ends at %d, inside the leader's segment [%d, %d)", ErrDiverged, end, s.Base, s.Next)
+			return nil, nil, fmt.Errorf("%w: the follower ends at %d, inside the leader's segment [%d, %d)", ErrDiverged, end, s.Base, s.Next)
 		}
 	}
 	if first := segs[0].Base; end < first {
-		return nil, fmt.Errorf("%w: the leader starts at %d, past the follower's end %d (truncated behind the follower)", ErrDiverged, first, end)
+		return nil, nil, fmt.Errorf("%w: the leader starts at %d, past the follower's end %d (truncated behind the follower)", ErrDiverged, first, end)
 	}
 	if last := segs[len(segs)-1]; end > last.Next {
-		return nil, fmt.Errorf("%w: the follower ends at %d, past the leader's end %d (the leader lost or truncated records)", ErrDiverged, end, last.Next)
+		return nil, nil, fmt.Errorf("%w: the follower ends at %d, past the leader's end %d (the leader lost or truncated records)", ErrDiverged, end, last.Next)
 	}
-	return nil, nil
+	return nil, held, nil
+}
+
+// sameFile checks that the leader's segment m.Base is the very file the
+// follower holds as m: same SegmentID in the file header (random, new for
+// every file a log writes, kept by an import that copies the file byte for
+// byte). The list's next offset and footer checksum do not tell a segment
+// from one the leader cut (TruncateBack) and refilled with records of the
+// same sizes: its footer can be byte-identical. One ranged request reads
+// the leader's header.
+func (f *follower) sameFile(ctx context.Context, m engine.SegmentInfo) error {
+	mineID, err := localSegmentID(filepath.Join(f.log.Dir(), m.File))
+	if err != nil {
+		return err
+	}
+	path := fmt.Sprintf("/v1/logs/%s/segments/%d", url.PathEscape(f.opts.Name), m.Base)
+	resp, err := f.get(ctx, path, nil, 0, fmt.Sprintf("bytes=0-%d", wal.FileHeaderLen-1))
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	b := make([]byte, wal.FileHeaderLen)
+	if _, err := io.ReadFull(resp.Body, b); err != nil {
+		return fmt.Errorf("%w: the header of segment %d from %s: %w", ErrBadAnswer, m.Base, f.base.Redacted(), err)
+	}
+	h, err := wal.DecodeFileHeader(b)
+	if err != nil {
+		return fmt.Errorf("%w: the header of segment %d from %s: %w", ErrBadAnswer, m.Base, f.base.Redacted(), err)
+	}
+	if h.SegmentID != mineID || h.BaseOffset != m.Base {
+		return fmt.Errorf("%w: the leader's segment %d is another file than the follower's (segment ID %016x, the follower's %016x): the leader rewrote it (TruncateBack) after the follower imported it",
+			ErrDiverged, m.Base, h.SegmentID, mineID)
+	}
+	return nil
+}
+
+// localSegmentID reads the SegmentID in the header of the follower's
+// segment file at path.
+func localSegmentID(path string) (uint64, error) {
+	file, err := os.Open(path)
+	if err != nil {
+		return 0, fmt.Errorf("peer: reading the follower's segment header: %w", err)
+	}
+	defer file.Close()
+	b := make([]byte, wal.FileHeaderLen)
+	if _, err := file.ReadAt(b, 0); err != nil {
+		return 0, fmt.Errorf("peer: reading the header of the follower's segment %s: %w", path, err)
+	}
+	h, err := wal.DecodeFileHeader(b)
+	if err != nil {
+		return 0, fmt.Errorf("peer: the header of the follower's segment %s: %w", path, err)
+	}
+	return h.SegmentID, nil
 }
 
 func (f *follower) importSealed(ctx context.Context, s SegmentEntry) error {
@@ -433,7 +501,7 @@ func (f *follower) importSealed(ctx context.Context, s SegmentEntry) error {
 	if f.base.Scheme == "http" && f.opts.Client == nil {
 		return f.importRaw(ctx, path, s)
 	}
-	resp, err := f.get(ctx, path, nil, 0)
+	resp, err := f.get(ctx, path, nil, 0, "")
 	if err != nil {
 		return err
 	}
@@ -541,7 +609,7 @@ func (f *follower) waitTail(ctx context.Context, s SegmentEntry) error {
 		return err
 	}
 	q := url.Values{"base": {strconv.FormatUint(s.Base, 10)}, "pos": {strconv.FormatInt(f.stage.size, 10)}, "wait": {f.opts.Wait.String()}}
-	resp, err := f.get(ctx, "/v1/logs/"+url.PathEscape(f.opts.Name)+"/tail", q, f.opts.Wait)
+	resp, err := f.get(ctx, "/v1/logs/"+url.PathEscape(f.opts.Name)+"/tail", q, f.opts.Wait, "")
 	var se *statusError
 	if errors.As(err, &se) && se.code == http.StatusRequestedRangeNotSatisfiable {
 		// The segment is now shorter than what is staged: the leader cut

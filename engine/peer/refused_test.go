@@ -136,3 +136,54 @@ func TestHostileLeaderCannotBrickTheFollower(t *testing.T) {
 	_, err = l.Read(end-1, nil)
 	assert.NoError(t, err)
 }
+
+// rewriteLastBatch cuts the leader's last batch (TruncateBack) and appends
+// one of the same shape as appendBatches' (8 records of the same lengths)
+// with other contents: what a raft leader does when it overwrites a
+// conflicting suffix with entries of the same sizes.
+func rewriteLastBatch(t *testing.T, l *engine.Log) {
+	t.Helper()
+	require.NoError(t, l.TruncateBack(l.EndOffset()-8))
+	batch := make([][]byte, 8)
+	for i := range batch {
+		batch[i] = []byte(fmt.Sprintf("RECORD %08d %s", l.EndOffset()+uint64(i), strings.Repeat("Q", 100)))
+	}
+	_, err := l.Append(batch...)
+	require.NoError(t, err)
+}
+
+// TestRewrittenSegmentWithTheSameFooterIsDivergence: a leader that cuts a
+// sealed segment the follower holds and refills it with records of the
+// same sizes seals a file whose list entry (base, next, footer checksum)
+// is the same as before; the follower tells it by the file's SegmentID
+// and stops with ErrDiverged instead of going on after records that are
+// not the leader's any more.
+func TestRewrittenSegmentWithTheSameFooterIsDivergence(t *testing.T) {
+	leader := openLog(t, t.TempDir())
+	defer leader.Close()
+	appendBatches(t, leader, 20)
+	require.NoError(t, leader.Roll())
+	addr, stopServer := server(t, "127.0.0.1:0", leader)
+	defer stopServer()
+	follower := openLog(t, t.TempDir())
+	defer follower.Close()
+	stop := follow("http://"+addr, follower)
+	waitFor(t, "the follower to catch up", func() bool { return follower.EndOffset() == leader.EndOffset() })
+	require.ErrorIs(t, stop(), context.Canceled)
+	before := leader.Segments()
+
+	cut := leader.EndOffset() - 8
+	rewriteLastBatch(t, leader)
+	require.NoError(t, leader.Roll())
+	after := leader.Segments()
+	require.Equal(t, before[len(before)-2].FooterCRC, after[len(after)-2].FooterCRC, "the rewritten segment's footer is the same")
+	appendBatches(t, leader, 5)
+	require.NoError(t, leader.Roll())
+
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	err := Follow(ctx, "http://"+addr, follower, FollowOptions{Name: "main", Wait: 100 * time.Millisecond, Logger: quiet})
+	require.ErrorIs(t, err, ErrDiverged, "the leader rewrote records the follower holds (follower now ends at %d, leader at %d)", follower.EndOffset(), leader.EndOffset())
+	assert.ErrorContains(t, err, "segment ID")
+	assert.Equal(t, cut+8, follower.EndOffset(), "nothing imported after the rewritten segment")
+}
