@@ -21,6 +21,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime/debug"
+	"sync"
 	"sync/atomic"
 
 	"github.com/dgraph-io/ristretto/v2"
@@ -48,8 +49,15 @@ func (s Stats) HitRatio() float64 {
 	return float64(s.Hits) / float64(s.Hits+s.Misses)
 }
 
-// Cache is safe for concurrent use.
+// Cache is safe for concurrent use, Close included: a Get, Set or Wait
+// during or after Close does nothing (a Get misses).
 type Cache struct {
+	// mu guards rc against Close: ristretto's Set sends on a channel its
+	// Close closes, so a Set racing Close would panic. Get, Set and Wait
+	// hold mu shared (ristretto's Set never blocks: a full buffer drops the
+	// value), Close exclusively.
+	mu       sync.RWMutex
+	closed   bool
 	rc       *ristretto.Cache[uint64, entry]
 	maxBytes int64
 	nextNS   atomic.Uint32
@@ -137,8 +145,13 @@ type entry struct {
 // slot with another key; entry tells them apart.
 func slot(ns Namespace, pos int64) uint64 { return uint64(ns)<<32 ^ uint64(pos)>>3 }
 
-// Get returns the value cached for (ns, pos).
+// Get returns the value cached for (ns, pos); nothing once closed.
 func (c *Cache) Get(ns Namespace, pos int64) ([]byte, bool) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if c.closed {
+		return nil, false
+	}
 	e, ok := c.rc.Get(slot(ns, pos))
 	if !ok || e.ns != ns || e.pos != pos {
 		return nil, false
@@ -148,7 +161,13 @@ func (c *Cache) Get(ns Namespace, pos int64) ([]byte, bool) {
 
 // Set offers a verified, immutable value for (ns, pos), any position; the
 // admission policy may refuse it, and so does a slot held by another key.
+// Once closed it does nothing.
 func (c *Cache) Set(ns Namespace, pos int64, v []byte) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if c.closed {
+		return
+	}
 	cost := heapSize(cap(v))
 	c.rc.Set(slot(ns, pos), entry{v: v, pos: pos, ns: ns}, cost)
 	c.noteOffered(cost)
@@ -167,7 +186,13 @@ func heapSize(n int) int64 {
 
 // Wait blocks until every Set so far has been applied (for tests and
 // benchmarks: Set is asynchronous).
-func (c *Cache) Wait() { c.rc.Wait() }
+func (c *Cache) Wait() {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if !c.closed {
+		c.rc.Wait()
+	}
+}
 
 // Stats returns the counters.
 func (c *Cache) Stats() Stats {
@@ -181,5 +206,13 @@ func (c *Cache) Stats() Stats {
 	}
 }
 
-// Close releases the cache's goroutines and memory.
-func (c *Cache) Close() { c.rc.Close() }
+// Close releases the cache's goroutines and memory. It waits for the Gets,
+// Sets and Waits in progress; a second Close does nothing.
+func (c *Cache) Close() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.closed {
+		c.closed = true
+		c.rc.Close()
+	}
+}

@@ -1,7 +1,10 @@
 package cache
 
 import (
+	"bytes"
 	"fmt"
+	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -126,5 +129,53 @@ func TestPositionsBeyond32GiB(t *testing.T) {
 	}
 	for _, pos := range []int64{-8, -1, 1 << 62} {
 		assert.NotPanics(t, func() { c.Set(ns[0], pos, []byte("x")) })
+	}
+}
+
+// Close may run while other goroutines Get, Set and Wait: none of them
+// panics (ristretto's own Set sends on a channel its Close closes), a Get
+// during or after Close misses or returns the value set, and a second
+// Close does nothing. go test -race checks the goroutines against Close.
+func TestCloseWhileInUse(t *testing.T) {
+	for try := range 20 {
+		c, err := New(1 << 20)
+		require.NoError(t, err)
+		ns := c.NewNamespace()
+		val := func(pos int64) []byte { return []byte(fmt.Sprintf("v%d", pos)) }
+		closed := make(chan struct{})
+		var wg sync.WaitGroup
+		var wrong atomic.Int64
+		for g := range 4 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := int64(0); ; i++ {
+					pos := (i*4 + int64(g)) % 512 * 8
+					c.Set(ns, pos, val(pos))
+					if v, ok := c.Get(ns, pos); ok && !bytes.Equal(v, val(pos)) {
+						wrong.Add(1)
+					}
+					if i%64 == 0 {
+						c.Wait()
+					}
+					select {
+					case <-closed:
+						if i > 100 {
+							return
+						}
+					default:
+					}
+				}
+			}()
+		}
+		c.Set(ns, 0, val(0))
+		c.Wait()
+		c.Close()
+		close(closed)
+		wg.Wait()
+		c.Close()
+		_, ok := c.Get(ns, 0)
+		assert.False(t, ok, "try %d: a closed cache holds nothing", try)
+		assert.Zero(t, wrong.Load(), "try %d: no Get returned another key's value", try)
 	}
 }

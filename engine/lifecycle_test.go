@@ -1,6 +1,10 @@
 package engine
 
 import (
+	"bytes"
+	"errors"
+	"fmt"
+	"sync"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -52,4 +56,59 @@ func TestOptionsDirWriterHoldsTheLock(t *testing.T) {
 	l3, err := Open(path, o)
 	require.NoError(t, err, "the lock goes with the writer that closed")
 	require.NoError(t, l3.Close())
+}
+
+// Reads may run while the log closes: each returns its record, exact, or
+// ErrClosed; none panics (Close closes the log's own cache while reads
+// that passed the closed check still Get and Set in it). Readers start
+// before Close and keep reading after it, so every run has reads before,
+// during and after; go test -race checks them against Close.
+func TestReadDuringCloseReturnsRecordOrErrClosed(t *testing.T) {
+	for try := range 30 {
+		o := testOptions(blockdev.NewSimDir(blockdev.SimOptions{}))
+		o.MaxOpenSegments = 1 // reads also load and unload sealed segments
+		l, err := Open("sim", o)
+		require.NoError(t, err)
+		for i := 0; len(l.Segments()) < 3; i++ {
+			_, err := l.Append(modelRec(i))
+			require.NoError(t, err)
+		}
+		n := l.EndOffset()
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		var bad []string
+		started := make(chan struct{}, 4)
+		for g := range 4 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer func() {
+					if r := recover(); r != nil {
+						mu.Lock()
+						bad = append(bad, fmt.Sprintf("panic: %v", r))
+						mu.Unlock()
+					}
+				}()
+				started <- struct{}{}
+				for off := uint64(g); ; off = (off + 37) % n {
+					got, err := l.Read(off, nil)
+					if errors.Is(err, ErrClosed) {
+						return
+					}
+					if err != nil || !bytes.Equal(got, modelRec(int(off))) {
+						mu.Lock()
+						bad = append(bad, fmt.Sprintf("read %d: %d bytes, %v", off, len(got), err))
+						mu.Unlock()
+						return
+					}
+				}
+			}()
+		}
+		for range 4 {
+			<-started
+		}
+		require.NoError(t, l.Close())
+		wg.Wait()
+		assert.Empty(t, bad, "try %d: every read during Close returns its record or ErrClosed", try)
+	}
 }

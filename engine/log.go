@@ -931,6 +931,12 @@ func (l *Log) Read(offset uint64, dst []byte) ([]byte, error) {
 func (l *Log) segmentFor(offset uint64) (*segment, error) {
 	for attempt := 0; ; attempt++ {
 		segs := *l.segs.Load()
+		if l.isClosed.Load() {
+			// Close sets isClosed before it drops the segments: a Close
+			// that emptied this snapshot, or released a segment in it, is
+			// seen here, and the caller learns why rather than "empty".
+			return nil, ErrClosed
+		}
 		if len(segs) == 0 {
 			return nil, fmt.Errorf("%w: the log is empty", ErrOutOfRange)
 		}
