@@ -80,11 +80,25 @@ const gcFraction = 8
 // ErrTooSmall: the budget cannot hold anything useful.
 var ErrTooSmall = errors.New("cache: budget must be at least 64 KiB")
 
+// MaxBytes is the largest budget New accepts. ristretto sizes its
+// admission counters from the budget up front (10 per 4 KiB of it, a few
+// bytes each); a larger budget than this is a mistake (more memory than a
+// block cache of one process sensibly holds) that would allocate
+// gigabytes of counters, or, near math.MaxInt64, panic inside ristretto.
+const MaxBytes = 256 << 30
+
+// ErrTooLarge: the budget is above MaxBytes.
+var ErrTooLarge = errors.New("cache: budget must be at most 256 GiB")
+
 // New returns a cache holding at most maxBytes of values (plus ristretto's
-// per-entry bookkeeping, which counts against the budget too).
+// per-entry bookkeeping, which counts against the budget too); maxBytes is
+// at least 64 KiB and at most MaxBytes.
 func New(maxBytes int64) (*Cache, error) {
 	if maxBytes < 64<<10 {
 		return nil, fmt.Errorf("%w (got %d)", ErrTooSmall, maxBytes)
+	}
+	if maxBytes > MaxBytes {
+		return nil, fmt.Errorf("%w (got %d)", ErrTooLarge, maxBytes)
 	}
 	// ristretto advises 10 counters per expected entry; entries are frames
 	// of ~4 KiB and more.

@@ -3,6 +3,7 @@ package cache
 import (
 	"bytes"
 	"fmt"
+	"math"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -66,6 +67,10 @@ func TestBudgetIsRespected(t *testing.T) {
 func TestBadInput(t *testing.T) {
 	_, err := New(1024)
 	assert.ErrorIs(t, err, ErrTooSmall)
+	for _, n := range []int64{MaxBytes + 1, math.MaxInt64} {
+		require.NotPanics(t, func() { _, err = New(n) }, "a budget of %d", n)
+		assert.ErrorIs(t, err, ErrTooLarge, "a budget of %d", n)
+	}
 	c, err := New(1 << 20)
 	require.NoError(t, err)
 	c.Close()

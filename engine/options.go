@@ -31,10 +31,12 @@ type Options struct {
 	SegmentAge time.Duration
 	// SyncMode: default SyncAlways (Append returns after fdatasync).
 	SyncMode SyncMode
-	// SyncInterval for SyncInterval mode. Default 10ms.
+	// SyncInterval for SyncInterval mode. Default 10ms; at least 1ms
+	// (MinSyncInterval).
 	SyncInterval time.Duration
 	// CacheBytes is the budget of the log's own block cache, in bytes, when
-	// Cache is nil. Default 64 MiB.
+	// Cache is nil. Default 64 MiB; at least 64 KiB, at most 256 GiB
+	// (cache.MaxBytes).
 	CacheBytes int64
 	// Cache, if set, is shared with other logs (one budget for all); the
 	// Log does not close it.
@@ -106,6 +108,11 @@ type Options struct {
 	// (a *blockdev.OSDir) as it does of the directory Open opens.
 	Dir blockdev.Dir
 }
+
+// MinSyncInterval is the shortest SyncInterval accepted: the writer's
+// ticker wakes at every interval, appends or not, so a shorter one keeps a
+// core busy for nothing.
+const MinSyncInterval = time.Millisecond
 
 // DefaultOptions returns the documented defaults. MaxWrite and
 // IndexInterval are left 0, to be derived from SegmentSize.
@@ -252,6 +259,10 @@ func (o Options) resolve() (Options, error) {
 		return refuse("SegmentSize", o.SegmentSize, "is too large: use at most %s", sizeString(MaxSegmentSize))
 	case o.Cache == nil && o.CacheBytes < 64<<10:
 		return refuse("CacheBytes", o.CacheBytes, "is too small for a cache: use at least 64 KiB")
+	case o.Cache == nil && o.CacheBytes > cache.MaxBytes:
+		return refuse("CacheBytes", o.CacheBytes, "is too large for a cache: use at most %s (its counters are sized from the budget up front)", sizeString(cache.MaxBytes))
+	case o.SyncInterval < MinSyncInterval:
+		return refuse("SyncInterval", o.SyncInterval, "is too short: use at least %v (a shorter ticker wakes that often even while the log is idle)", MinSyncInterval)
 	}
 	if o.MaxWrite == 0 {
 		o.MaxWrite = int(min(wal.DefaultMaxWrite, alignedbuf.AlignDown(o.SegmentSize/derivedWrites, footerBlock)))

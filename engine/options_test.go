@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"fmt"
 	"log/slog"
+	"math"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -57,6 +59,12 @@ func TestOptionsResolve(t *testing.T) {
 		{name: "huge interval", opts: Options{IndexInterval: 32 * MiB}, option: "IndexInterval", says: "use at most 16 MiB"},
 		{name: "interval wider than a segment", opts: Options{SegmentSize: 64 * KiB, IndexInterval: 128 * KiB}, option: "IndexInterval", says: "is larger than SegmentSize 64 KiB: use at most that"},
 		{name: "tiny cache", opts: Options{CacheBytes: 1000}, option: "CacheBytes", says: "use at least 64 KiB"},
+		{name: "huge cache", opts: Options{CacheBytes: cache.MaxBytes + 1}, option: "CacheBytes", says: "is too large for a cache: use at most 256 GiB"},
+		{name: "largest cache", opts: Options{CacheBytes: math.MaxInt64}, option: "CacheBytes", says: "use at most 256 GiB"},
+		{name: "largest cache, shared cache", opts: Options{Cache: shared, CacheBytes: math.MaxInt64}, mw: 4 * MiB, iv: 64 * KiB},
+		{name: "tiny sync interval", opts: Options{SyncMode: SyncInterval, SyncInterval: time.Nanosecond}, option: "SyncInterval", says: "1ns is too short: use at least 1ms"},
+		{name: "sync interval just below the floor", opts: Options{SyncInterval: MinSyncInterval - 1}, option: "SyncInterval", says: "use at least 1ms"},
+		{name: "smallest sync interval", opts: Options{SyncMode: SyncInterval, SyncInterval: MinSyncInterval}, mw: 4 * MiB, iv: 64 * KiB},
 		{name: "unknown sync mode", opts: Options{SyncMode: 7}, option: "SyncMode", says: "use SyncAlways, SyncInterval or SyncNever"},
 		{name: "negative segment", opts: Options{SegmentSize: -1}, option: "SegmentSize", says: "is negative: use a positive value, or 0 for the default, 64 MiB"},
 		{name: "negative retention", opts: Options{RetentionBytes: -1}, option: "RetentionBytes", says: "0 for no limit"},
