@@ -542,6 +542,7 @@ func (l *Log) walOptions(s *segment) wal.Options {
 			l.notifyDurable()
 		},
 		OnFlush: l.noteFlush,
+		OnFail:  func(error) { l.wakeWaiters() },
 	}
 	if l.opts.Preallocate {
 		o.Preallocate, o.PreZero = l.opts.SegmentSize, true
@@ -734,11 +735,23 @@ func (l *Log) addSealedStats(st wal.Stats) {
 func (l *Log) notifyDurable() {
 	l.durMu.Lock()
 	l.publishDurableLocked()
+	l.wakeLocked()
+	l.durMu.Unlock()
+}
+
+// wakeWaiters wakes Wait and WaitActive callers to look again (the log
+// failed or closed: what they wait for may never come).
+func (l *Log) wakeWaiters() {
+	l.durMu.Lock()
+	l.wakeLocked()
+	l.durMu.Unlock()
+}
+
+func (l *Log) wakeLocked() {
 	if l.durWaited { // no channel to spend on appends nobody waits for
 		close(l.durCh)
 		l.durCh, l.durWaited = make(chan struct{}), false
 	}
-	l.durMu.Unlock()
 }
 
 // openDurable sets up the DURABLE file: a writer creates it and publishes
@@ -848,6 +861,7 @@ func (l *Log) shouldRollLocked(s *segment) (roll, half bool) {
 func (l *Log) fail(what string, err error) error {
 	l.failed = fmt.Errorf("engine: %s failed; the log takes no more changes, reopen it to recover: %w", what, err)
 	l.active = nil
+	l.wakeWaiters() // a Wait for what will never be durable returns the failure
 	// Said here too: a roll that Append triggers fails after its batch was
 	// acknowledged, so the caller learns of it only at its next call.
 	l.opts.Logger.Error("segstore: the log stopped taking changes", "dir", l.dir.Path(), "err", l.failed)
@@ -1029,22 +1043,51 @@ func (l *Log) DurableOffset() uint64 {
 }
 
 // Wait returns once offset is durable (DurableOffset() > offset), or when
-// ctx is done.
+// ctx is done. If offset can no longer become durable it returns at once
+// (a Wait in progress wakes): ErrClosed once the log is closed; once the
+// log has stopped taking appends (a failed write, fdatasync, roll or
+// truncation), that failure, until the log is reopened.
 func (l *Log) Wait(ctx context.Context, offset uint64) error {
-	return l.waitUntil(ctx, func() bool { return l.DurableOffset() > offset })
+	return l.waitUntil(ctx, func() (bool, error) {
+		if l.DurableOffset() > offset {
+			return true, nil
+		}
+		err := l.stopped()
+		return err != nil, err
+	})
 }
 
-// waitUntil returns once done() holds, looking again whenever durability
-// advances, a segment is sealed or the log's end is cut; or when ctx is
-// done.
-func (l *Log) waitUntil(ctx context.Context, done func() bool) error {
+// stopped returns why the log will make nothing more durable: ErrClosed,
+// or the failure that stopped it; nil while it works (or is read-only and
+// open, when its writer may still append).
+func (l *Log) stopped() error {
+	if l.isClosed.Load() {
+		return ErrClosed
+	}
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	switch {
+	case l.failed != nil:
+		return l.failed
+	case l.active != nil && l.active.w != nil:
+		if err := l.active.w.Err(); err != nil {
+			return fmt.Errorf("engine: segment %s stopped taking appends; reopen the log to recover: %w", l.active.path, err)
+		}
+	}
+	return nil
+}
+
+// waitUntil returns once check says it is done (with check's error),
+// looking again whenever durability advances, a segment is sealed, the
+// log's end is cut, the log fails or is closed; or when ctx is done.
+func (l *Log) waitUntil(ctx context.Context, check func() (bool, error)) error {
 	for {
 		l.durMu.Lock()
 		ch := l.durCh
 		l.durWaited = true
 		l.durMu.Unlock()
-		if done() {
-			return nil
+		if done, err := check(); done {
+			return err
 		}
 		select {
 		case <-ctx.Done():
@@ -1221,6 +1264,7 @@ func (l *Log) Close() error {
 		l.durMu.Unlock()
 	}
 	l.mu.Unlock()
+	l.wakeWaiters()    // Wait returns ErrClosed, WaitActive returns
 	l.refreshMu.Lock() // a Refresh in progress finishes with the files open
 	l.closeFiles()
 	l.forgetFiles()

@@ -64,13 +64,13 @@ func (l *Log) OpenSegment(base uint64) (*SegmentView, error) {
 // or it was sealed (its footer is now exported), cut back or dropped; or
 // when ctx is done. A server's long poll on the tail waits with it.
 func (l *Log) WaitActive(ctx context.Context, base uint64, pos int64) error {
-	return l.waitUntil(ctx, func() bool {
+	return l.waitUntil(ctx, func() (bool, error) {
 		segs := *l.segs.Load()
 		i := sort.Search(len(segs), func(i int) bool { return segs[i].base >= base })
 		if i == len(segs) || segs[i].base != base || l.isClosed.Load() {
-			return true
+			return true, nil
 		}
-		return segs[i].isSealed() || segs[i].vis().pos != pos
+		return segs[i].isSealed() || segs[i].vis().pos != pos, nil
 	})
 }
 

@@ -80,6 +80,11 @@ type Options struct {
 	// fdatasync's duration (0 if it did not sync). Under the writer's
 	// lock: keep it short.
 	OnFlush func(appends int, sync time.Duration)
+	// OnFail, if set, is called once, with the sticky error, when a write
+	// or fdatasync fails and the writer stops (Err returns it from then
+	// on). Under the writer's lock: keep it short, do not call the Writer.
+	// (The engine wakes callers waiting for durability that will not come.)
+	OnFail func(err error)
 }
 
 // DefaultMaxWrite is Options.MaxWrite's default, in bytes.
@@ -622,7 +627,11 @@ func (w *Writer) leadLocked(doSync bool) {
 	w.flushing = false
 	w.cond.Broadcast()
 	if err != nil {
+		first := w.err == nil
 		w.err = fmt.Errorf("%w: %w", ErrFailed, err)
+		if first && w.opts.OnFail != nil {
+			w.opts.OnFail(w.err)
+		}
 		return
 	}
 	if presynced {
