@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"runtime"
+	"strings"
 	"sync"
 	"testing"
 
@@ -110,5 +112,71 @@ func TestReadDuringCloseReturnsRecordOrErrClosed(t *testing.T) {
 		require.NoError(t, l.Close())
 		wg.Wait()
 		assert.Empty(t, bad, "try %d: every read during Close returns its record or ErrClosed", try)
+	}
+}
+
+// writerFlushers counts the goroutines running a wal writer's background
+// flush. Writer.Close waits for its flusher to return, so the count is
+// exact as soon as the writer is closed.
+func writerFlushers() int {
+	buf := make([]byte, 1<<20)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			return strings.Count(string(buf[:n]), "wal.(*Writer).flushInBackground(")
+		}
+		buf = make([]byte, 2*len(buf))
+	}
+}
+
+// A failed Open stops every writer it started: the directory stops
+// accepting changes after each step in turn of a first open (creating the
+// active segment, its spare, the manifest, ...) and of a reopen of a log
+// with two segments, in each mode with a background flush and with and
+// without preallocation, until Open succeeds; after each failure no wal
+// writer's flusher is left running, and the log reopens with every record.
+func TestFailedOpenStopsItsWriters(t *testing.T) {
+	for _, mode := range []SyncMode{SyncInterval, SyncNever} {
+		for _, prealloc := range []bool{false, true} {
+			for _, reopen := range []bool{false, true} {
+				name := fmt.Sprintf("mode %d, preallocate %v, reopen %v", mode, prealloc, reopen)
+				t.Run(name, func(t *testing.T) {
+					failures := 0
+					for n := 0; ; n++ {
+						d := blockdev.NewSimDir(blockdev.SimOptions{})
+						o := testOptions(d)
+						o.SyncMode, o.Preallocate = mode, prealloc
+						records := 0
+						if reopen {
+							l, err := Open("sim", o)
+							require.NoError(t, err)
+							for ; len(l.Segments()) < 2; records++ {
+								_, err := l.Append(modelRec(records))
+								require.NoError(t, err)
+							}
+							require.NoError(t, l.Sync())
+							require.NoError(t, l.Close())
+						}
+						before := writerFlushers()
+						d.StopAfter(n)
+						l, err := Open("sim", o)
+						if err == nil {
+							d.StopAfter(-1) // Close writes the manifest
+							require.NoError(t, l.Close())
+							require.Positive(t, failures, "Open failed at no step")
+							return
+						}
+						failures++
+						require.Equal(t, before, writerFlushers(), "StopAfter(%d): Open failed (%v) and left a writer running", n, err)
+						d.StopAfter(-1)
+						l, err = Open("sim", o)
+						require.NoError(t, err, "StopAfter(%d): the log opens once the directory works", n)
+						requireRecords(t, l, records)
+						require.NoError(t, l.Close())
+						require.Less(t, n, 1000, "Open keeps failing")
+					}
+				})
+			}
+		}
 	}
 }

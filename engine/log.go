@@ -176,23 +176,34 @@ func Open(dir string, opts Options) (*Log, error) {
 		l.cache = c
 	}
 	if err := l.load(); err != nil {
-		l.dropSpare()
-		l.closeFiles()
-		l.release()
+		l.abandon()
 		return nil, err
 	}
 	if err := l.openDurable(); err != nil {
-		if l.active != nil && l.active.w != nil {
-			l.active.w.Close()
-		}
-		l.dropSpare()
-		l.closeFiles()
-		l.release()
+		l.abandon()
 		return nil, err
 	}
 	l.report.Duration = time.Since(start)
 	opts.Logger.Debug("segstore: opened log", "dir", dir, "segments", l.report.Segments, "torn", l.report.Torn, "took", l.report.Duration)
 	return l, nil
+}
+
+// abandon undoes a failed Open: it stops the writer of the last segment
+// (opened or created before the failure, and not yet Log.active on every
+// path; its flusher and ticker goroutines would run forever), the spare's
+// preparation, and closes every file, the cache and the lock.
+func (l *Log) abandon() {
+	if p := l.segs.Load(); p != nil {
+		for _, s := range *p {
+			if s.w != nil {
+				s.w.Close() // its error is the failed Open's, or follows from it
+				s.w = nil
+			}
+		}
+	}
+	l.dropSpare()
+	l.closeFiles()
+	l.release()
 }
 
 func (l *Log) release() {
