@@ -23,7 +23,24 @@ var (
 	ErrBatchTooLarge = wal.ErrBatchTooLarge
 	// ErrRecordTooLarge: a record exceeds wal.MaxRecordSize.
 	ErrRecordTooLarge = wal.ErrRecordTooLarge
+	// ErrFailed: a write, sync or file step of a change failed earlier, and
+	// the log takes no more changes (appends, rolls, truncations, imports)
+	// until it is reopened, which recovers it. The error also wraps the
+	// cause and names the step.
+	ErrFailed = errors.New("engine: the log takes no more changes")
 )
+
+// failure is the log's sticky error once a change failed (ErrFailed).
+type failure struct {
+	what string
+	err  error
+}
+
+func (e *failure) Error() string {
+	return fmt.Sprintf("engine: %s failed; the log takes no more changes, reopen it to recover: %v", e.what, e.err)
+}
+
+func (e *failure) Unwrap() []error { return []error{ErrFailed, e.err} }
 
 // CorruptionError reports damage: which segment, where in its file, during
 // which operation, and the cause.

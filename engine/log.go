@@ -870,7 +870,7 @@ func (l *Log) shouldRollLocked(s *segment) (roll, half bool) {
 // fail records a change that stopped halfway: the log refuses further
 // changes until it is reopened (recovery finishes or undoes it).
 func (l *Log) fail(what string, err error) error {
-	l.failed = fmt.Errorf("engine: %s failed; the log takes no more changes, reopen it to recover: %w", what, err)
+	l.failed = &failure{what: what, err: err}
 	l.active = nil
 	l.wakeWaiters() // a Wait for what will never be durable returns the failure
 	// Said here too: a roll that Append triggers fails after its batch was

@@ -73,6 +73,15 @@ type FollowOptions struct {
 	// connection of their own and spliced into the file.
 	Client *http.Client
 	Wait   time.Duration // a tail request's long poll; default 10s
+	// MinPoll bounds the poll rate when the leader has nothing new: a step
+	// that brought nothing (no record imported, no byte staged) and took
+	// less than MinPoll is followed by a pause until MinPoll has passed
+	// since it began, so a leader that answers tail polls at once with
+	// nothing (a server with a MaxWait shorter than Wait, a proxy that cuts
+	// long polls, a hostile leader) costs at most two or three requests per
+	// MinPoll. Steps that bring data go on at once. Default the smaller
+	// of Wait and 1s.
+	MinPoll time.Duration
 	// ReadTimeout is the longest the follower waits on a leader: to
 	// connect, for response headers (beyond a tail's Wait), and for each
 	// 256 KiB of a body (or the rest of it, if less). A leader that does
@@ -132,9 +141,12 @@ type follower struct {
 // exactly the size asked for, segments no larger than l's
 // MaxImportSize) and in time (ReadTimeout); an answer outside the bounds
 // fails the step (ErrBadAnswer, ErrStalled, or the import's ErrImport),
-// which is logged and retried with backoff, as after a disconnect. After
+// which is logged and retried with backoff, as after a disconnect. A
+// leader with nothing new is polled at most about once per MinPoll. After
 // a restart it resumes from l's end and what is staged. It returns ctx's
-// error, or an error wrapping ErrDiverged.
+// error, an error wrapping ErrDiverged, or, once l takes no more changes
+// (engine.ErrFailed, ErrClosed, ErrReadOnly: no retry could succeed), an
+// error wrapping l's.
 func Follow(ctx context.Context, leaderURL string, l *engine.Log, opts FollowOptions) error {
 	u, err := url.Parse(leaderURL)
 	if err != nil {
@@ -145,6 +157,9 @@ func Follow(ctx context.Context, leaderURL string, l *engine.Log, opts FollowOpt
 	}
 	if opts.Wait <= 0 {
 		opts.Wait = 10 * time.Second
+	}
+	if opts.MinPoll <= 0 {
+		opts.MinPoll = min(opts.Wait, time.Second)
 	}
 	if opts.ReadTimeout <= 0 {
 		opts.ReadTimeout = 30 * time.Second
@@ -181,6 +196,7 @@ func Follow(ctx context.Context, leaderURL string, l *engine.Log, opts FollowOpt
 	}
 	backoff := opts.MinBackoff
 	for {
+		began, applied, staged, imported := time.Now(), l.EndOffset(), st.size, f.stats.Imported
 		err := f.step(ctx)
 		f.stats.Applied = l.EndOffset()
 		f.stats.Staged = st.size
@@ -197,6 +213,8 @@ func Follow(ctx context.Context, leaderURL string, l *engine.Log, opts FollowOpt
 			return ctx.Err()
 		case errors.Is(err, ErrDiverged):
 			return err
+		case errors.Is(err, engine.ErrFailed) || errors.Is(err, engine.ErrClosed) || errors.Is(err, engine.ErrReadOnly):
+			return fmt.Errorf("peer: following %s: the follower's log in %s takes no more imports, so no retry can succeed (a failed log recovers when reopened): %w", u.Redacted(), l.Dir(), err)
 		case err != nil:
 			opts.Logger.Warn("segstore: follow step failed, retrying", "leader", u.Redacted(), "log", opts.Name, "err", err, "in", backoff)
 			select {
@@ -207,6 +225,16 @@ func Follow(ctx context.Context, leaderURL string, l *engine.Log, opts FollowOpt
 			backoff = min(2*backoff, opts.MaxBackoff)
 		default:
 			backoff = opts.MinBackoff
+			idle := f.stats.Applied == applied && st.size == staged && f.stats.Imported == imported
+			if rest := opts.MinPoll - time.Since(began); idle && rest > 0 {
+				t := time.NewTimer(rest)
+				select {
+				case <-ctx.Done():
+					t.Stop()
+					return ctx.Err()
+				case <-t.C:
+				}
+			}
 		}
 	}
 }

@@ -2,6 +2,7 @@ package peer
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/binary"
 	"fmt"
@@ -11,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -186,4 +188,135 @@ func TestRewrittenSegmentWithTheSameFooterIsDivergence(t *testing.T) {
 	require.ErrorIs(t, err, ErrDiverged, "the leader rewrote records the follower holds (follower now ends at %d, leader at %d)", follower.EndOffset(), leader.EndOffset())
 	assert.ErrorContains(t, err, "segment ID")
 	assert.Equal(t, cut+8, follower.EndOffset(), "nothing imported after the rewritten segment")
+}
+
+// countingServer serves h, counting its requests.
+func countingServer(h http.Handler) (*httptest.Server, *atomic.Int64) {
+	var n atomic.Int64
+	return httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { n.Add(1); h.ServeHTTP(w, r) })), &n
+}
+
+// TestFollowerPollRateIsBoundedByMinPoll: a leader that answers every
+// tail poll at once with nothing (here a fake one; below, a segstore
+// server whose MaxWait is shorter than the follower's Wait) is polled at
+// most once per MinPoll: each step (a list and a tail request) begins at
+// least MinPoll after the one before, so a window of w holds at most
+// w/MinPoll + 1 steps, however fast the machine.
+func TestFollowerPollRateIsBoundedByMinPoll(t *testing.T) {
+	ts, requests := countingServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case strings.HasSuffix(r.URL.Path, "/segments"):
+			fmt.Fprint(w, `[{"base":0,"next":0,"last":null,"size":0,"sealed":false,"checksum":""}]`)
+		case strings.HasSuffix(r.URL.Path, "/tail"):
+			w.Header().Set("Segstore-Sealed", "false")
+			w.Header().Set("Segstore-Size", "0")
+			w.Header().Set("Segstore-Next", "0")
+			w.WriteHeader(http.StatusNoContent)
+		default:
+			http.NotFound(w, r)
+		}
+	}))
+	defer ts.Close()
+	for _, tc := range []struct {
+		name    string
+		minPoll time.Duration // 0: the default, 1s (Wait is 10s)
+		window  time.Duration
+	}{
+		{"default", 0, time.Second},
+		{"100ms", 100 * time.Millisecond, time.Second},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			follower := openLog(t, t.TempDir())
+			defer follower.Close()
+			before := requests.Load()
+			ctx, cancel := context.WithTimeout(context.Background(), tc.window)
+			defer cancel()
+			err := Follow(ctx, ts.URL, follower, FollowOptions{Name: "main", Logger: quiet, MinPoll: tc.minPoll})
+			require.ErrorIs(t, err, context.DeadlineExceeded)
+			floor := cmp.Or(tc.minPoll, time.Second)
+			maxSteps := int64(tc.window/floor) + 1
+			assert.LessOrEqual(t, requests.Load()-before, 2*maxSteps, "requests in %s with MinPoll %s: a list and a tail per step, at most %d steps", tc.window, floor, maxSteps)
+		})
+	}
+}
+
+// TestFollowerPollRateAgainstAShortMaxWait: a caught-up follower asking
+// for 10 s long polls of a server that holds them 10 ms makes a list and
+// a tail request per MinPoll (1s by default), not one every 10 ms.
+func TestFollowerPollRateAgainstAShortMaxWait(t *testing.T) {
+	leader := openLog(t, t.TempDir())
+	defer leader.Close()
+	appendBatches(t, leader, 5)
+	ts, requests := countingServer(NewServer(map[string]*engine.Log{"main": leader}, ServerOptions{MaxWait: 10 * time.Millisecond}))
+	defer ts.Close()
+	follower := openLog(t, t.TempDir())
+	defer follower.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	err := Follow(ctx, ts.URL, follower, FollowOptions{Name: "main", Wait: 10 * time.Second, Logger: quiet})
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	// One step that stages the active segment, then at most 2/1 + 1 idle ones.
+	assert.LessOrEqual(t, requests.Load(), int64(2*(1+3)), "requests in 2 s by a caught-up follower")
+}
+
+// TestMinPollDoesNotDelayData: with a MinPoll far longer than the test, a
+// follower still receives each batch the leader appends, at once: a step
+// that brings data is followed by the next poll without a pause (the wait
+// below is a liveness bound, a minute; a paused follower would wait an
+// hour).
+func TestMinPollDoesNotDelayData(t *testing.T) {
+	leader := openLog(t, t.TempDir())
+	defer leader.Close()
+	appendBatches(t, leader, 1)
+	ts, _ := countingServer(NewServer(map[string]*engine.Log{"main": leader}, ServerOptions{MaxWait: time.Minute}))
+	defer ts.Close()
+	follower := openLog(t, t.TempDir())
+	defer follower.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	var staged atomic.Int64
+	go func() {
+		done <- Follow(ctx, ts.URL, follower, FollowOptions{Name: "main", Wait: time.Minute, MinPoll: time.Hour, Logger: quiet,
+			Progress: func(s FollowStats) { staged.Store(s.Staged) }})
+	}()
+	for i := range 5 {
+		if i > 0 {
+			appendBatches(t, leader, 1)
+		}
+		segs := leader.Segments()
+		want := segs[len(segs)-1].ExportSize()
+		waitFor(t, fmt.Sprintf("batch %d to be staged", i), func() bool { return staged.Load() == want })
+	}
+	cancel()
+	require.ErrorIs(t, <-done, context.Canceled)
+}
+
+// TestFollowStopsOnAFailedLog: once the follower's log has failed (an
+// import's last step failed: it takes no more changes until reopened),
+// Follow returns that error instead of retrying what cannot succeed.
+func TestFollowStopsOnAFailedLog(t *testing.T) {
+	leader := openLog(t, t.TempDir())
+	defer leader.Close()
+	appendBatches(t, leader, 20)
+	require.NoError(t, leader.Roll())
+	addr, stopServer := server(t, "127.0.0.1:0", leader)
+	defer stopServer()
+	dir := t.TempDir()
+	follower, err := engine.Open(dir, followerOptions())
+	require.NoError(t, err)
+	defer follower.Close()
+	// A directory where the active segment after the imported one goes:
+	// creating it fails, and the log with it.
+	segs := leader.Segments()
+	require.NoError(t, os.Mkdir(filepath.Join(dir, fmt.Sprintf("%020d.seg", segs[0].Next)), 0o755))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var stats FollowStats
+	err = Follow(ctx, "http://"+addr, follower, FollowOptions{Name: "main", Logger: quiet, Progress: func(s FollowStats) { stats = s }})
+	require.ErrorIs(t, err, engine.ErrFailed)
+	assert.NotErrorIs(t, err, context.DeadlineExceeded)
+	assert.ErrorContains(t, err, "reopen")
+	assert.Equal(t, 1, stats.Failures, "the failure is not retried")
+	_, err = follower.Append([]byte("x"))
+	assert.ErrorIs(t, err, engine.ErrFailed)
 }
