@@ -137,15 +137,15 @@ func (d *OSDir) Lock(name string) (release func() error, err error) {
 		return nil, err
 	}
 	path := filepath.Join(d.path, name)
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	f, err := openRegular(path, os.O_RDWR|os.O_CREATE)
 	if err != nil {
 		return nil, fmt.Errorf("blockdev: lock: %w", err)
 	}
 	lk := unix.Flock_t{Type: unix.F_WRLCK, Whence: io.SeekStart} // Len 0: the whole file
 	if err := unix.FcntlFlock(f.Fd(), unix.F_OFD_SETLK, &lk); err != nil {
-		f.Close()
+		defer f.Close()
 		if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EACCES) {
-			return nil, &LockedError{Path: path, PID: lockPID(path)}
+			return nil, &LockedError{Path: path, PID: lockPID(f)}
 		}
 		return nil, fmt.Errorf("blockdev: lock %s: %w", path, err)
 	}
@@ -168,7 +168,7 @@ func (d *OSDir) LockHolder(name string) (held bool, pid int, err error) {
 		return false, 0, err
 	}
 	path := filepath.Join(d.path, name)
-	f, err := os.Open(path)
+	f, err := openRegular(path, os.O_RDONLY)
 	if errors.Is(err, fs.ErrNotExist) {
 		return false, 0, nil
 	}
@@ -184,17 +184,64 @@ func (d *OSDir) LockHolder(name string) (held bool, pid int, err error) {
 	if lk.Type == unix.F_UNLCK {
 		return false, 0, nil
 	}
-	return true, lockPID(path), nil
+	return true, lockPID(f), nil
 }
 
-// lockPID reads the process id a lock's holder wrote into it; 0 if there
-// is none (being written, or not a number).
-func lockPID(path string) int {
-	b, err := os.ReadFile(path)
-	if err != nil || len(b) > 32 {
+// ErrNotRegular: a file the store keeps (LOCK, DURABLE) is something
+// other than a regular file (a FIFO, a device, a directory); opening a
+// FIFO to read it would wait for a writer forever.
+var ErrNotRegular = errors.New("blockdev: not a regular file")
+
+// openRegular opens path with flag (and perm 0o644 if it creates it) without
+// ever blocking, and refuses, with ErrNotRegular, anything but a regular
+// file: O_NONBLOCK makes the open of a FIFO return at once (it changes
+// nothing for a regular file, and is cleared before returning).
+func openRegular(path string, flag int) (*os.File, error) {
+	f, err := os.OpenFile(path, flag|syscall.O_NONBLOCK, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	fi, err := f.Stat()
+	if err == nil && !fi.Mode().IsRegular() {
+		err = fmt.Errorf("%w: %s is a %s: remove it (a writer creates it anew)", ErrNotRegular, path, fileKind(fi.Mode()))
+	}
+	if err == nil {
+		var fl int
+		if fl, err = unix.FcntlInt(f.Fd(), unix.F_GETFL, 0); err == nil {
+			_, err = unix.FcntlInt(f.Fd(), unix.F_SETFL, fl&^unix.O_NONBLOCK)
+		}
+	}
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
+}
+
+// fileKind names the type of a file that is not regular.
+func fileKind(m fs.FileMode) string {
+	switch {
+	case m&fs.ModeNamedPipe != 0:
+		return "FIFO"
+	case m&fs.ModeSocket != 0:
+		return "socket"
+	case m&fs.ModeDevice != 0:
+		return "device"
+	case m.IsDir():
+		return "directory"
+	}
+	return "special file (" + m.Type().String() + ")"
+}
+
+// lockPID reads the process id a lock's holder wrote into its file f; 0
+// if there is none (being written, or not a number).
+func lockPID(f *os.File) int {
+	b := make([]byte, 33)
+	n, err := f.ReadAt(b, 0)
+	if err != nil && !errors.Is(err, io.EOF) || n > 32 {
 		return 0
 	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b[:n])))
 	if err != nil || pid <= 0 {
 		return 0
 	}

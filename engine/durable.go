@@ -81,7 +81,8 @@ func createDurable(dir string) (*durableFile, error) {
 // none, or none usable (being created, not a regular file, not mappable):
 // readers then treat a live writer as publishing nothing.
 func openDurable(dir string) *durableFile {
-	f, err := os.Open(filepath.Join(dir, durableName))
+	// O_NONBLOCK: opening a FIFO to read it would wait for a writer.
+	f, err := os.OpenFile(filepath.Join(dir, durableName), os.O_RDONLY|unix.O_NONBLOCK, 0)
 	if err != nil {
 		return nil
 	}

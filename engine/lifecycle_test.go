@@ -4,10 +4,14 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -178,5 +182,86 @@ func TestFailedOpenStopsItsWriters(t *testing.T) {
 				})
 			}
 		}
+	}
+}
+
+// A FIFO (or another special file) named DURABLE or LOCK never makes an
+// open wait: a read-only Open and Verify return (a FIFO DURABLE is
+// ignored; a LOCK that is not a regular file cannot be queried and counts
+// as held by a writer), and a writer's Open is refused with
+// blockdev.ErrNotRegular, naming the file and saying to remove it.
+func TestSpecialDurableOrLockNeverBlocksAnOpen(t *testing.T) {
+	for _, name := range []string{durableName, lockName} {
+		t.Run(name, func(t *testing.T) {
+			path := t.TempDir()
+			o := DefaultOptions()
+			o.SegmentSize, o.Logger = 256<<10, quiet
+			w, err := Open(path, o)
+			require.NoError(t, err)
+			_, err = w.Append([]byte("x"))
+			require.NoError(t, err)
+			require.NoError(t, w.Close())
+			fifo := filepath.Join(path, name)
+			require.NoError(t, os.Remove(fifo))
+			require.NoError(t, syscall.Mkfifo(fifo, 0o644))
+
+			done := make(chan string, 3)
+			go func() {
+				ro := o
+				ro.ReadOnly = true
+				l, err := Open(path, ro)
+				if err != nil {
+					done <- fmt.Sprintf("read-only open: %v", err)
+					return
+				}
+				got, err := l.Read(0, nil)
+				l.Close()
+				if err != nil || string(got) != "x" {
+					done <- fmt.Sprintf("read-only read: %q, %v", got, err)
+					return
+				}
+				done <- ""
+			}()
+			go func() {
+				rep, err := Verify(path, VerifyOptions{})
+				if err != nil || len(rep.Problems) > 0 {
+					done <- fmt.Sprintf("verify: %v, %+v", err, rep.Problems)
+					return
+				}
+				done <- ""
+			}()
+			wait := func(n int) {
+				// A hang guard only: each open returns at once when it works.
+				guard := time.After(30 * time.Second)
+				for range n {
+					select {
+					case msg := <-done:
+						assert.Empty(t, msg)
+					case <-guard:
+						if f, err := os.OpenFile(fifo, os.O_WRONLY, 0); err == nil {
+							f.Close() // let the stuck open return so the test can end
+						}
+						t.Fatalf("an open of a store whose %s is a FIFO still waits", name)
+					}
+				}
+			}
+			wait(2)
+			go func() { // the writer after the readers: they would see it live
+				l, err := Open(path, o)
+				switch {
+				case name == durableName && err == nil:
+					l.Close()
+					done <- ""
+				case name == lockName && errors.Is(err, blockdev.ErrNotRegular):
+					done <- ""
+				default:
+					if err == nil {
+						l.Close()
+					}
+					done <- fmt.Sprintf("writer's open: %v", err)
+				}
+			}()
+			wait(1)
+		})
 	}
 }
