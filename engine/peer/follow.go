@@ -425,6 +425,9 @@ func (f *follower) list(ctx context.Context) ([]SegmentEntry, error) {
 // it, for sameFile to check that the leader's file is that very file.
 func (f *follower) nextSegment(segs []SegmentEntry) (next *SegmentEntry, held *engine.SegmentInfo, err error) {
 	mine := f.log.Segments()
+	if len(mine) == 0 { // a log lists its active segment until it is closed
+		return nil, nil, fmt.Errorf("peer: the follower's log in %s lists no segments: %w", f.log.Dir(), engine.ErrClosed)
+	}
 	if a := mine[len(mine)-1]; !a.Sealed && a.Next != a.Base {
 		return nil, nil, fmt.Errorf("%w: the follower's active segment holds records %d..%d of its own (appended locally, or promoted): a follower only imports",
 			ErrDiverged, a.Base, a.Next-1)

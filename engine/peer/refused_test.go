@@ -320,3 +320,45 @@ func TestFollowStopsOnAFailedLog(t *testing.T) {
 	_, err = follower.Append([]byte("x"))
 	assert.ErrorIs(t, err, engine.ErrFailed)
 }
+
+// TestFollowStopsOnALogThatTakesNoImports: Follow on a closed log, or one
+// opened read-only, returns at once with the log's error (no panic, no
+// retries).
+func TestFollowStopsOnALogThatTakesNoImports(t *testing.T) {
+	leader := openLog(t, t.TempDir())
+	defer leader.Close()
+	appendBatches(t, leader, 20)
+	require.NoError(t, leader.Roll())
+	addr, stopServer := server(t, "127.0.0.1:0", leader)
+	defer stopServer()
+	for _, tc := range []struct {
+		name string
+		open func(t *testing.T, dir string) *engine.Log
+		want error
+	}{
+		{"closed", func(t *testing.T, dir string) *engine.Log {
+			l := openLog(t, dir)
+			require.NoError(t, l.Close())
+			return l
+		}, engine.ErrClosed},
+		{"read-only", func(t *testing.T, dir string) *engine.Log {
+			require.NoError(t, openLog(t, dir).Close())
+			o := followerOptions()
+			o.ReadOnly = true
+			l, err := engine.Open(dir, o)
+			require.NoError(t, err)
+			t.Cleanup(func() { l.Close() })
+			return l
+		}, engine.ErrReadOnly},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l := tc.open(t, t.TempDir())
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			var stats FollowStats
+			err := Follow(ctx, "http://"+addr, l, FollowOptions{Name: "main", Logger: quiet, Progress: func(s FollowStats) { stats = s }})
+			require.ErrorIs(t, err, tc.want)
+			assert.Equal(t, 1, stats.Failures)
+		})
+	}
+}
