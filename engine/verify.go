@@ -93,13 +93,25 @@ func Verify(dir string, opts VerifyOptions) (*VerifyReport, error) {
 	if err != nil {
 		return nil, err
 	}
+	return verifyListed(d, names, opts)
+}
+
+// verifyListed is Verify of the files a listing of d named. A writer's
+// retention (or TruncateFront) may remove the oldest of them before they
+// are read: a segment that is gone when Verify comes to it, and that lies
+// below the first segment still in the directory, was dropped from the
+// front of the log, not lost; it is skipped, and the report starts again
+// at the next segment (the ones read before it were dropped too). Any
+// other segment that is gone is skipped as well, and the next one's start
+// reports the gap it leaves (ProblemMissing).
+func verifyListed(d *blockdev.OSDir, names []string, opts VerifyOptions) (*VerifyReport, error) {
 	var bases []uint64
 	var total int64
 	for _, n := range names {
 		if b, ok := ParseSegmentName(n); ok {
 			bases = append(bases, b)
 			size, err := d.Size(n)
-			if err != nil {
+			if err != nil && !isNotExist(err) { // gone: decided when it is read
 				return nil, err
 			}
 			total += size
@@ -124,7 +136,19 @@ func Verify(dir string, opts VerifyOptions) (*VerifyReport, error) {
 				}
 			}
 		}
-		if err := r.verifySegment(d, base, last, acked); err != nil {
+		err := r.verifySegment(d, base, last, acked)
+		if isNotExist(err) {
+			front, lerr := droppedFromFront(d, base)
+			if lerr != nil {
+				return r, fmt.Errorf("engine: verify: %s is gone, and listing the directory again to see whether retention removed it failed: %w", segName(base), lerr)
+			}
+			if front {
+				// Start again at the next segment.
+				r.Segments, r.Sealed, r.Start, r.End, r.endUnknown = 0, 0, 0, 0, false
+			}
+			continue
+		}
+		if err != nil {
 			return r, err
 		}
 		if opts.Progress != nil {
@@ -132,6 +156,22 @@ func Verify(dir string, opts VerifyOptions) (*VerifyReport, error) {
 		}
 	}
 	return r, nil
+}
+
+// droppedFromFront reports whether segment base, which is gone, lies below
+// every segment still in d: removed from the front of the log by a live
+// writer's retention or TruncateFront.
+func droppedFromFront(d blockdev.Dir, base uint64) (bool, error) {
+	names, err := d.List()
+	if err != nil {
+		return false, err
+	}
+	for _, n := range names {
+		if b, ok := ParseSegmentName(n); ok && b < base {
+			return false, nil
+		}
+	}
+	return slices.ContainsFunc(names, func(n string) bool { _, ok := ParseSegmentName(n); return ok }), nil
 }
 
 // verifyMetadata checks the store's metadata files: START (where the log

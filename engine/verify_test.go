@@ -2,8 +2,10 @@ package engine
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -174,4 +176,108 @@ func TestVerifyBesideALiveWriterKnowsWhatIsAcknowledged(t *testing.T) {
 	require.Len(t, r.Problems, 1, "%v", r.Problems)
 	assert.Equal(t, ProblemCorruption, r.Problems[0].Kind)
 	assert.Contains(t, r.Problems[0].Detail, "acknowledged")
+}
+
+// copyStore copies the files of the store in src into a new directory.
+func copyStore(t *testing.T, src string) string {
+	t.Helper()
+	dst := t.TempDir()
+	names, err := os.ReadDir(src)
+	require.NoError(t, err)
+	for _, n := range names {
+		b, err := os.ReadFile(filepath.Join(src, n.Name()))
+		require.NoError(t, err)
+		require.NoError(t, os.WriteFile(filepath.Join(dst, n.Name()), b, 0o644))
+	}
+	return dst
+}
+
+// Verify lists the segment files once and reads them one by one: a file
+// gone by the time it is read was dropped by retention if it lies below
+// every segment still there, and is then no damage; one gone from the
+// middle leaves a gap, which is reported. Every position: the first k
+// listed files removed after the listing (k = 1 to all but the last),
+// and each single file between the first and the last removed.
+func TestVerifySkipsSegmentsRetentionDropped(t *testing.T) {
+	orig, segs := damagedStore(t, func(*testing.T, string, []SegmentInfo, int64) {})
+	require.Len(t, segs, 5)
+	clean, err := Verify(orig, VerifyOptions{})
+	require.NoError(t, err)
+	require.Empty(t, clean.Problems)
+	verifyStale := func(path string, remove ...int) *VerifyReport {
+		d, err := blockdev.OpenDir(path, false)
+		require.NoError(t, err)
+		names, err := d.List()
+		require.NoError(t, err)
+		for _, i := range remove {
+			require.NoError(t, os.Remove(filepath.Join(path, segName(segs[i].Base))))
+		}
+		r, err := verifyListed(d, names, VerifyOptions{})
+		require.NoError(t, err, "a file gone after the listing does not stop Verify")
+		return r
+	}
+	for k := 1; k < len(segs); k++ {
+		t.Run(fmt.Sprintf("first %d dropped", k), func(t *testing.T) {
+			var remove []int
+			for i := range k {
+				remove = append(remove, i)
+			}
+			r := verifyStale(copyStore(t, orig), remove...)
+			assert.Empty(t, r.Problems, "segments dropped from the front are no damage")
+			assert.Equal(t, len(segs)-k, r.Segments)
+			assert.Equal(t, segs[k].Base, r.Start, "the report starts at the first segment left")
+			assert.Equal(t, clean.End, r.End)
+		})
+	}
+	for i := 1; i < len(segs)-1; i++ {
+		t.Run(fmt.Sprintf("segment %d of the middle gone", i), func(t *testing.T) {
+			r := verifyStale(copyStore(t, orig), i)
+			require.Len(t, r.Problems, 1)
+			p := r.Problems[0]
+			assert.Equal(t, ProblemMissing, p.Kind)
+			assert.Equal(t, segs[i+1].Base, p.Segment, "the segment after the gap reports it")
+			assert.Equal(t, segs[0].Base, r.Start)
+		})
+	}
+}
+
+// Verify beside a live writer whose retention keeps dropping the oldest
+// segments (64 KiB segments, ten kept) reports nothing wrong and fails
+// nowhere, over 40 checks.
+func TestVerifyBesideRetention(t *testing.T) {
+	path := t.TempDir()
+	o := DefaultOptions()
+	o.SegmentSize, o.MaxWrite, o.IndexInterval, o.Logger = 64<<10, 16<<10, 4096, quiet
+	o.SyncMode, o.RetentionBytes = SyncNever, 10*64<<10
+	w, err := Open(path, o)
+	require.NoError(t, err)
+	defer w.Close()
+	rec := make([]byte, 3000)
+	for len(w.Segments()) < 10 {
+		_, err := w.Append(rec)
+		require.NoError(t, err)
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if _, err := w.Append(rec); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	}()
+	defer func() { close(stop); wg.Wait() }()
+	for i := range 40 {
+		rep, err := Verify(path, VerifyOptions{})
+		require.NoError(t, err, "check %d", i)
+		require.Empty(t, rep.Problems, "check %d", i)
+	}
 }
