@@ -822,6 +822,12 @@ func (l *Log) publishDurableLocked() {
 // roll it then triggers fails: that failure stops the log (it takes no
 // more changes until reopened) and is what every later call returns.
 func (l *Log) Append(records ...[]byte) (first uint64, err error) {
+	return l.append(records, true)
+}
+
+// append is Append; makeRoom: a batch too large for the active segment
+// but within the log's MaxWrite may replace the segment (once).
+func (l *Log) append(records [][]byte, makeRoom bool) (first uint64, err error) {
 	l.mu.RLock()
 	if err := l.writableLocked(); err != nil {
 		l.mu.RUnlock()
@@ -829,6 +835,15 @@ func (l *Log) Append(records ...[]byte) (first uint64, err error) {
 	}
 	s := l.active
 	first, err = s.w.Append(records...)
+	if makeRoom && errors.Is(err, wal.ErrBatchTooLarge) && wal.BatchFits(records, l.opts.MaxWrite, int64(s.dev.Alignment().Block)) {
+		// s was created with a smaller MaxWrite (an earlier open's): a
+		// batch within the log's own limit goes into a new segment.
+		l.mu.RUnlock()
+		if err := l.makeRoomFor(s); err != nil {
+			return 0, err
+		}
+		return l.append(records, false)
+	}
 	if err != nil {
 		l.mu.RUnlock()
 		return 0, err
@@ -902,6 +917,45 @@ func (l *Log) rollIf(s *segment) error {
 	if l.active != s || s.w.NextOffset() == s.base {
 		return nil
 	}
+	return l.rollLocked(s)
+}
+
+// makeRoomFor replaces s, the active segment, by one created with the
+// log's options, for a batch that fits them but not s (written with a
+// smaller MaxWrite): s is rolled, or, if it holds no records, removed
+// and created again (as TruncateBack at a segment's start does). Nothing
+// happens if s is no longer the active segment.
+func (l *Log) makeRoomFor(s *segment) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if err := l.writableLocked(); err != nil {
+		return err
+	}
+	if l.active != s {
+		return nil
+	}
+	if s.w.NextOffset() != s.base {
+		return l.rollLocked(s)
+	}
+	if err := s.w.Close(); err != nil {
+		return l.fail("closing the empty segment "+s.name, err)
+	}
+	l.addSealedStats(s.w.Stats())
+	s.w, l.active = nil, nil
+	segs := *l.segs.Load()
+	if err := l.dropLocked([]*segment{s}, segs[:len(segs)-1]); err != nil {
+		return l.fail("removing the empty segment "+s.name, err)
+	}
+	if err := l.startActiveLocked(s.base); err != nil {
+		return l.fail("creating the segment at "+s.name, err)
+	}
+	l.notifyDurable()
+	return nil
+}
+
+// rollLocked seals s, the active segment holding records, and starts the
+// next one. The caller holds l.mu exclusively.
+func (l *Log) rollLocked(s *segment) error {
 	if err := l.seal(s); err != nil {
 		return l.fail("sealing segment "+s.name, err)
 	}

@@ -398,6 +398,14 @@ func (w *Writer) Header() FileHeader { return w.hdr }
 // Append accepts.
 func (w *Writer) MaxBatchBytes() int { return w.maxFrame - FrameHeaderLen }
 
+// BatchFits reports whether records fit one frame of a writer created
+// with Options.MaxWrite maxWrite on a device of block size blk (an Append
+// of them to such a writer does not fail with ErrBatchTooLarge).
+func BatchFits(records [][]byte, maxWrite int, blk int64) bool {
+	mw, err := writeSize(maxWrite, blk)
+	return err == nil && FrameSize(PayloadSize(records)) <= int(mw-blk)
+}
+
 // Append writes records as one frame and returns the offset of the first.
 // The records are copied; the caller may reuse them when Append returns. In
 // SyncAlways mode Append returns after the frame is durable; otherwise once
