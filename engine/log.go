@@ -1275,8 +1275,12 @@ type Stats struct {
 
 // Stats returns the counters.
 func (l *Log) Stats() Stats {
-	w := *l.sealed.Load()
+	// The sealed sum and the active writer's counters are read under one
+	// hold of l.mu: a roll (which moves the active segment's counters into
+	// the sealed sum) holds it exclusively, so it is wholly before or
+	// after, and the counters never go back.
 	l.mu.RLock()
+	w := *l.sealed.Load()
 	if l.active != nil && l.active.w != nil {
 		a := l.active.w.Stats()
 		w.Appends += a.Appends
