@@ -161,12 +161,7 @@ func rewriteLastBatch(t *testing.T, l *engine.Log) {
 // and stops with ErrDiverged instead of going on after records that are
 // not the leader's any more.
 func TestRewrittenSegmentWithTheSameFooterIsDivergence(t *testing.T) {
-	leader := openLog(t, t.TempDir())
-	defer leader.Close()
-	appendBatches(t, leader, 20)
-	require.NoError(t, leader.Roll())
-	addr, stopServer := server(t, "127.0.0.1:0", leader)
-	defer stopServer()
+	leader, addr := servedLeader(t)
 	follower := openLog(t, t.TempDir())
 	defer follower.Close()
 	stop := follow("http://"+addr, follower)
@@ -295,12 +290,7 @@ func TestMinPollDoesNotDelayData(t *testing.T) {
 // import's last step failed: it takes no more changes until reopened),
 // Follow returns that error instead of retrying what cannot succeed.
 func TestFollowStopsOnAFailedLog(t *testing.T) {
-	leader := openLog(t, t.TempDir())
-	defer leader.Close()
-	appendBatches(t, leader, 20)
-	require.NoError(t, leader.Roll())
-	addr, stopServer := server(t, "127.0.0.1:0", leader)
-	defer stopServer()
+	leader, addr := servedLeader(t)
 	dir := t.TempDir()
 	follower, err := engine.Open(dir, followerOptions())
 	require.NoError(t, err)
@@ -325,12 +315,7 @@ func TestFollowStopsOnAFailedLog(t *testing.T) {
 // opened read-only, returns at once with the log's error (no panic, no
 // retries).
 func TestFollowStopsOnALogThatTakesNoImports(t *testing.T) {
-	leader := openLog(t, t.TempDir())
-	defer leader.Close()
-	appendBatches(t, leader, 20)
-	require.NoError(t, leader.Roll())
-	addr, stopServer := server(t, "127.0.0.1:0", leader)
-	defer stopServer()
+	_, addr := servedLeader(t)
 	for _, tc := range []struct {
 		name string
 		open func(t *testing.T, dir string) *engine.Log
@@ -361,4 +346,16 @@ func TestFollowStopsOnALogThatTakesNoImports(t *testing.T) {
 			assert.Equal(t, 1, stats.Failures)
 		})
 	}
+}
+
+// servedLeader is a leader log with 20 batches in a sealed segment and an
+// empty active one, served on loopback until the test ends.
+func servedLeader(t *testing.T) (*engine.Log, string) {
+	leader := openLog(t, t.TempDir())
+	t.Cleanup(func() { leader.Close() })
+	appendBatches(t, leader, 20)
+	require.NoError(t, leader.Roll())
+	addr, stopServer := server(t, "127.0.0.1:0", leader)
+	t.Cleanup(stopServer)
+	return leader, addr
 }
