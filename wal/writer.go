@@ -216,7 +216,7 @@ func create(dev blockdev.Device, base uint64, opts Options, prepared bool) (*Wri
 	if err := dev.Sync(); err != nil {
 		return nil, fmt.Errorf("wal: create %s: %w", dev.Name(), err)
 	}
-	return newWriter(dev, hdr, DataStart, base, 0, opts)
+	return newWriter(dev, hdr, DataStart, base, 0, opts, true)
 }
 
 // Prepare reserves size bytes of dev, zeroing them if zero is set, and
@@ -310,7 +310,7 @@ func Resume(dev blockdev.Device, rec *Recovery, opts Options) (*Writer, error) {
 	// The header's MaxWrite bounds what recovery will accept as torn, so the
 	// writer must never issue a larger write: it takes the header's value.
 	opts.MaxWrite = int(rec.Header.MaxWrite)
-	return newWriter(dev, rec.Header, rec.End, rec.NextOffset, rec.LastTime, opts)
+	return newWriter(dev, rec.Header, rec.End, rec.NextOffset, rec.LastTime, opts, false)
 }
 
 // cutTail zeroes the torn bytes and syncs: the commit point of the cut.
@@ -352,7 +352,10 @@ func Cut(dev blockdev.Device, pos, end int64) error {
 	return nil
 }
 
-func newWriter(dev blockdev.Device, hdr FileHeader, end int64, next uint64, lastTime int64, opts Options) (*Writer, error) {
+// newWriter returns the writer of a file whose frames end at end. synced
+// says the caller has just fdatasynced everything in the file (Create);
+// otherwise it is synced here.
+func newWriter(dev blockdev.Device, hdr FileHeader, end int64, next uint64, lastTime int64, opts Options, synced bool) (*Writer, error) {
 	blk := int64(dev.Alignment().Block)
 	maxWrite, err := writeSize(int(hdr.MaxWrite), blk)
 	if err != nil {
@@ -376,9 +379,12 @@ func newWriter(dev blockdev.Device, hdr FileHeader, end int64, next uint64, last
 	}
 	// What recovery read may still sit in a volatile cache (a previous
 	// process may have died between its write and its sync): make it durable
-	// before anything is built on it.
-	if err := dev.Sync(); err != nil {
-		return nil, fmt.Errorf("wal: open %s: %w", dev.Name(), err)
+	// before anything is built on it. A file just created was synced by
+	// Create: a second fdatasync there cost every roll one more sync.
+	if !synced {
+		if err := dev.Sync(); err != nil {
+			return nil, fmt.Errorf("wal: open %s: %w", dev.Name(), err)
+		}
 	}
 	if opts.SyncMode != SyncAlways {
 		w.background = make(chan struct{})

@@ -221,3 +221,59 @@ func TestSyncNeverSyncsOnlyWhenAskedOrWindowFull(t *testing.T) {
 	assert.Greater(t, dev.Calls(blockdev.OpSync)-syncsAtStart, 1, "the window rule must have synced before the explicit Sync")
 	require.NoError(t, w.Close())
 }
+
+// TestSyncsPerCreateAndAppend counts the fdatasyncs of making a file and
+// of each durable append: a new file costs one (its header, with whatever
+// was preallocated), a prepared one one more for Prepare, an open of an
+// existing file one (what recovery read), and each lone SyncAlways append
+// one. A segment roll pays Create's, so each one here is on the path of
+// the appends that wait for the new segment.
+func TestSyncsPerCreateAndAppend(t *testing.T) {
+	opts := Options{MaxWrite: 64 << 10, Preallocate: 256 << 10}
+	for _, tc := range []struct {
+		name  string
+		make  func(dev blockdev.Device) (*Writer, error)
+		syncs int // fdatasyncs before the first append
+	}{
+		{"create", func(dev blockdev.Device) (*Writer, error) { return Create(dev, 7, opts) }, 1},
+		{"create pre-zeroed", func(dev blockdev.Device) (*Writer, error) {
+			o := opts
+			o.PreZero = true
+			return Create(dev, 7, o)
+		}, 1},
+		{"prepared", func(dev blockdev.Device) (*Writer, error) {
+			if err := Prepare(dev, opts.Preallocate, true); err != nil {
+				return nil, err
+			}
+			return CreatePrepared(dev, 7, opts)
+		}, 2},
+		{"open", func(dev blockdev.Device) (*Writer, error) {
+			w, err := Create(dev, 7, opts)
+			if err != nil {
+				return nil, err
+			}
+			if _, err := w.Append([]byte("before")); err != nil {
+				return nil, err
+			}
+			if err := w.Close(); err != nil {
+				return nil, err
+			}
+			w, _, err = Open(dev, opts)
+			return w, err
+		}, 3}, // Create's, the append's, Open's (Close finds nothing to sync)
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dev := newSim(1)
+			w, err := tc.make(dev)
+			require.NoError(t, err)
+			want := tc.syncs
+			require.Equal(t, want, dev.Calls(blockdev.OpSync), "fdatasyncs before the first append")
+			for i := range 5 {
+				_, err := w.Append([]byte("record"))
+				require.NoError(t, err)
+				require.Equal(t, want+i+1, dev.Calls(blockdev.OpSync), "one fdatasync per lone append")
+			}
+			require.NoError(t, w.Close())
+		})
+	}
+}
