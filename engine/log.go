@@ -994,11 +994,12 @@ func (l *Log) Read(offset uint64, dst []byte) ([]byte, error) {
 	defer s.done()
 	vis := s.vis()
 	start, end, complete := s.chunk(offset, vis)
-	c, err := l.chunkBytes(s, start, end, complete, offset)
+	v, err := l.chunkBytes(s, start, end, complete, offset)
 	if err != nil {
 		return dst, err
 	}
-	rec, ok := c.record(offset - start.off)
+	defer v.Release()
+	rec, ok := chunk(v.Bytes()).record(offset - start.off)
 	if !ok {
 		return dst, s.corrupt("read", start.pos, fmt.Errorf("offset %d is not in the index interval [%d, %d) that should hold it", offset, start.pos, end))
 	}
@@ -1038,20 +1039,22 @@ func (l *Log) segmentFor(offset uint64) (*segment, error) {
 	}
 }
 
-// chunkBytes returns one index interval, verified: from the cache, or read
-// with O_DIRECT and verified frame by frame (and cached if the interval is
-// complete: it will never grow).
-func (l *Log) chunkBytes(s *segment, start indexEntry, end int64, complete bool, offset uint64) (chunk, error) {
+// chunkBytes returns one index interval, verified, as a chunk in a cache
+// value the caller must release: from the cache, or read with O_DIRECT and
+// verified frame by frame (and cached if the interval is complete: it will
+// never grow).
+func (l *Log) chunkBytes(s *segment, start indexEntry, end int64, complete bool, offset uint64) (*cache.Value, error) {
 	if complete {
-		if b, ok := l.cache.Get(s.ns, start.pos); ok {
-			return chunk(b), nil
+		if v, ok := l.cache.Get(s.ns, start.pos); ok {
+			return v, nil
 		}
-	} else if t := l.tail.Load(); t != nil && t.ns == s.ns && t.pos == start.pos {
+	} else if t := l.tail.Load(); t != nil && t.ns == s.ns && t.pos == start.pos && t.v.Acquire(t.id) {
 		// The growing last interval, as last read: it still holds every
 		// record it held (durable bytes never change), maybe not offset.
-		if _, ok := t.c.record(offset - start.off); ok {
-			return t.c, nil
+		if _, ok := chunk(t.v.Bytes()).record(offset - start.off); ok {
+			return t.v, nil
 		}
+		t.v.Release()
 	}
 	var buf []byte
 	a := s.dev.Alignment()
@@ -1064,19 +1067,35 @@ func (l *Log) chunkBytes(s *segment, start indexEntry, end int64, complete bool,
 	if err != nil {
 		return nil, err
 	}
-	c, stop, err := buildChunk(raw, s.hdr, start)
+	v, stop, err := buildChunk(raw, s.hdr, start, l.cache.Alloc)
 	if err == nil && stop != end {
+		v.Release()
 		err = fmt.Errorf("frames end at %d inside an interval that ends at %d", stop, end)
 	}
 	if err != nil {
 		return nil, s.corrupt("read", stop, err)
 	}
 	if complete {
-		l.cache.Set(s.ns, start.pos, c)
+		l.cache.Set(s.ns, start.pos, v)
 	} else {
-		l.tail.Store(&tailChunk{ns: s.ns, pos: start.pos, c: c})
+		l.keepTail(&tailChunk{ns: s.ns, pos: start.pos, v: v, id: v.ID()})
 	}
-	return c, nil
+	return v, nil
+}
+
+// keepTail makes t the log's tail chunk, with a reference of its own
+// (taken here; t's value is held by the caller), and lets go of the one
+// it replaces; nil lets go of the tail.
+func (l *Log) keepTail(t *tailChunk) {
+	if t != nil && !t.v.Acquire(t.id) {
+		return
+	}
+	if old := l.tail.Swap(t); old != nil {
+		old.v.Release()
+	}
+	if t != nil && l.isClosed.Load() { // Close let go of the tail before this read kept one
+		l.keepTail(nil)
+	}
 }
 
 // StartOffset is the first retained offset.
@@ -1342,6 +1361,7 @@ func (l *Log) Close() error {
 		l.durable = nil
 	}
 	l.refreshMu.Unlock()
+	l.keepTail(nil)
 	l.release()
 	return err
 }

@@ -381,11 +381,13 @@ func (s *segment) readRange(from, to int64, buf []byte) (data, aligned []byte, e
 }
 
 // tailChunk is a chunk of a segment's growing last interval, starting at
-// pos; ns names the segment's file.
+// pos; ns names the segment's file. v is the cache value holding it, used
+// through v.Acquire(id) (it holds the log's reference until replaced).
 type tailChunk struct {
 	ns  cache.Namespace
 	pos int64
-	c   chunk
+	v   *cache.Value
+	id  uint64
 }
 
 // chunk is one index interval as the cache holds it: the verified frame
@@ -402,8 +404,9 @@ type tailChunk struct {
 type chunk []byte
 
 // buildChunk verifies the frames in raw (file bytes from start.pos) and
-// lays them out as a chunk, returning where the frames stopped.
-func buildChunk(raw []byte, hdr wal.FileHeader, start indexEntry) (chunk, int64, error) {
+// lays them out as a chunk in a value from alloc (the caller's to
+// release), returning where the frames stopped.
+func buildChunk(raw []byte, hdr wal.FileHeader, start indexEntry, alloc func(int) *cache.Value) (*cache.Value, int64, error) {
 	var pos []uint32
 	stop, _, err := wal.DecodeFrames(raw, hdr, start.pos, start.off, func(f wal.Frame) bool {
 		p := uint32(f.Pos-start.pos) + wal.FrameHeaderLen
@@ -417,13 +420,14 @@ func buildChunk(raw []byte, hdr wal.FileHeader, start indexEntry) (chunk, int64,
 		return nil, stop, err
 	}
 	n := int(stop - start.pos)
-	c := make([]byte, n+4*len(pos)+4)
+	v := alloc(n + 4*len(pos) + 4)
+	c := v.Bytes()
 	copy(c, raw[:n])
 	for i, p := range pos {
 		binary.LittleEndian.PutUint32(c[n+4*i:], p)
 	}
 	binary.LittleEndian.PutUint32(c[len(c)-4:], uint32(len(pos)))
-	return c, stop, nil
+	return v, stop, nil
 }
 
 // record returns record k of the chunk.

@@ -1,0 +1,330 @@
+package cache
+
+import (
+	"sync"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
+)
+
+// Value is a cached value: bytes in a block that the cache reuses once
+// nobody holds it. A holder has one reference; Release gives it back. The
+// bytes stay the holder's, unchanged, until it releases them: a block goes
+// back to its free list only when its last reference is dropped, and it
+// is never reused before that.
+//
+// A pointer to a Value kept past its holder's Release (in the cache's
+// index, or a caller's "last chunk" slot) may meet the block reused for
+// other bytes. Such a pointer is therefore kept with the ID the value had
+// when it was taken, and used through Acquire(id), which fails on a block
+// that is free or now holds another value.
+type Value struct {
+	buf   []byte // the whole block
+	n     int    // the value's length
+	class int    // index in classes; -1: on the Go heap, not pooled
+	id    uint64 // written only while refs is 0 (the block is nobody's)
+	refs  atomic.Int64
+	// cachedID is the ID under which the cache holds a reference, 0 if it
+	// holds none: the cache drops its reference with a compare-and-swap,
+	// so a second notice of the same eviction drops nothing.
+	cachedID atomic.Uint64
+	slab     *slab // nil for a block on the Go heap
+	pools    *pools
+}
+
+// Bytes is the value's bytes; valid while the caller holds a reference.
+// Len and cap are the value's length.
+func (v *Value) Bytes() []byte { return v.buf[:v.n:v.n] }
+
+// ID identifies this use of the block: a block reused for another value
+// gets another ID.
+func (v *Value) ID() uint64 { return v.id }
+
+// Acquire takes a reference if the block still holds the value with
+// this ID, and reports whether it did.
+func (v *Value) Acquire(id uint64) bool {
+	for {
+		r := v.refs.Load()
+		if r <= 0 {
+			return false // free: on a free list or being reused
+		}
+		if v.refs.CompareAndSwap(r, r+1) {
+			break
+		}
+	}
+	// v.id changes only while refs is 0, and this reference keeps it
+	// above 0: the read is stable.
+	if v.id != id {
+		v.Release()
+		return false
+	}
+	return true
+}
+
+// Release drops a reference. The last one returns the block to its
+// slab's free list (a slab whose blocks are all free may then be
+// unmapped).
+func (v *Value) Release() {
+	switch r := v.refs.Add(-1); {
+	case r == 0:
+		v.pools.put(v)
+	case r < 0:
+		panic("cache: Value released more often than acquired")
+	}
+}
+
+// Block sizes. Every class is a multiple of 512 bytes, so blocks carved
+// from a page-aligned slab start 512-byte aligned; steps of 1.5 and 2
+// waste at most a third of a block. A value larger than the largest class
+// gets a block of its own size on the Go heap, not pooled.
+var classes = func() []int {
+	c := []int{512}
+	for s := 1024; s <= maxClass; s *= 2 {
+		c = append(c, s)
+		if s*3/2 <= maxClass {
+			c = append(c, s*3/2)
+		}
+	}
+	return c
+}()
+
+// maxClass is the largest pooled block: an index interval of 16 MiB plus
+// a frame of 64 MiB (the largest the engine reads as one value) fits in
+// 128 MiB.
+const maxClass = 128 << 20
+
+// BlockAlign is the alignment of every pooled block's first byte.
+const BlockAlign = 512
+
+// slabBytes is the size of a slab of small blocks (a class above it
+// takes a slab of one block): small enough that evictions empty a slab,
+// which is then unmapped, while its class still has live values.
+const slabBytes = 64 << 10
+
+// classOf returns the smallest class holding n bytes, or -1.
+func classOf(n int) int {
+	lo, hi := 0, len(classes)
+	for lo < hi {
+		m := (lo + hi) / 2
+		if classes[m] >= n {
+			hi = m
+		} else {
+			lo = m + 1
+		}
+	}
+	if lo == len(classes) {
+		return -1
+	}
+	return lo
+}
+
+// slab is one anonymous mapping cut into blocks of one class.
+//
+// Blocks live outside the Go heap on purpose. Go collects when the heap
+// has grown by GOGC percent (default 100) of what was live after the last
+// collection, and a cache is most of what is live: however little garbage
+// the rest of the process makes, it is let grow to about the size of the
+// cache before it is collected, and a long run reached twice the budget.
+// Outside the heap, the cache's blocks do not count towards that growth,
+// and the memory a slab held goes back to the system when it is unmapped
+// (munmap), with no collection and no madvise.
+type slab struct {
+	mem     []byte
+	class   int
+	blocks  int
+	free    []*Value // its free blocks
+	partial int      // index in pools.partial[class], -1 when none is free
+}
+
+// pools are the free blocks, by class, in slabs that have one. At most
+// maxFree bytes stay free: past it a slab whose blocks are all free is
+// unmapped, so memory held beyond the budget stays bounded.
+type pools struct {
+	mu      sync.Mutex
+	partial [][]*slab // by class: the slabs with a free block; guarded by mu
+	bytes   int64     // bytes of free blocks; guarded by mu
+	mapped  int64     // bytes of slabs mapped; guarded by mu
+	maxFree int64
+	closed  bool // guarded by mu: the cache is closed, no block is kept free
+
+	nextID   atomic.Uint64
+	allocs   atomic.Int64 // blocks taken from a new slab (or the heap)
+	reuses   atomic.Int64 // blocks reused
+	unmapped atomic.Int64 // slabs returned to the system
+}
+
+func newPools(maxFree int64) *pools {
+	return &pools{partial: make([][]*slab, len(classes)), maxFree: maxFree}
+}
+
+// get returns a value of n bytes, with one reference (the caller's) and a
+// fresh ID. Its bytes are whatever the block held before.
+func (p *pools) get(n int) *Value {
+	k := classOf(n)
+	var v *Value
+	if k < 0 {
+		v = &Value{buf: make([]byte, n), class: -1, pools: p}
+		p.allocs.Add(1)
+	} else {
+		p.mu.Lock()
+		v = p.takeLocked(k)
+		p.mu.Unlock()
+		if v != nil {
+			p.reuses.Add(1)
+		} else {
+			v = p.newSlab(k)
+			p.allocs.Add(1)
+		}
+	}
+	// Nobody holds v (refs is 0: Acquire fails), so its fields are ours
+	// until the store below publishes them.
+	v.n = n
+	v.id = p.nextID.Add(1)
+	v.refs.Store(1)
+	return v
+}
+
+// takeLocked pops a free block of class k, or returns nil.
+func (p *pools) takeLocked(k int) *Value {
+	l := p.partial[k]
+	if len(l) == 0 {
+		return nil
+	}
+	s := l[len(l)-1]
+	v := s.free[len(s.free)-1]
+	s.free[len(s.free)-1] = nil
+	s.free = s.free[:len(s.free)-1]
+	p.bytes -= int64(classes[k])
+	if len(s.free) == 0 {
+		p.unlinkLocked(s)
+	}
+	return v
+}
+
+// newSlab maps a slab of class k and returns one of its blocks; the
+// others go on the free lists. If the mapping fails (no memory), the
+// block is taken from the Go heap instead, unpooled.
+func (p *pools) newSlab(k int) *Value {
+	size := classes[k]
+	count := max(slabBytes/size, 1)
+	mem, err := unix.Mmap(-1, 0, size*count, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANON)
+	if err != nil {
+		return &Value{buf: make([]byte, size), class: -1, pools: p}
+	}
+	s := &slab{mem: mem, class: k, blocks: count, partial: -1}
+	vs := make([]Value, count) // one allocation for the slab's descriptors
+	for i := range vs {
+		vs[i] = Value{buf: mem[i*size : (i+1)*size : (i+1)*size], class: k, slab: s, pools: p}
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.mapped += int64(len(mem))
+	for i := count - 1; i > 0; i-- {
+		s.free = append(s.free, &vs[i])
+	}
+	if len(s.free) > 0 {
+		p.bytes += int64(len(s.free) * size)
+		p.linkLocked(s)
+	}
+	return &vs[0]
+}
+
+func (p *pools) linkLocked(s *slab) {
+	s.partial = len(p.partial[s.class])
+	p.partial[s.class] = append(p.partial[s.class], s)
+}
+
+func (p *pools) unlinkLocked(s *slab) {
+	l := p.partial[s.class]
+	last := l[len(l)-1]
+	l[s.partial], last.partial = last, s.partial
+	l[len(l)-1] = nil
+	p.partial[s.class] = l[:len(l)-1]
+	s.partial = -1
+}
+
+// put takes back a block whose last reference was dropped. A slab left
+// with only free blocks is unmapped once more than maxFree bytes are free
+// (or the cache is closed).
+func (p *pools) put(v *Value) {
+	s := v.slab
+	if s == nil {
+		return // a heap block: the collector's
+	}
+	p.mu.Lock()
+	s.free = append(s.free, v)
+	p.bytes += int64(len(v.buf))
+	if s.partial < 0 {
+		p.linkLocked(s)
+	}
+	if len(s.free) < s.blocks || (!p.closed && p.bytes <= p.maxFree) {
+		p.mu.Unlock()
+		return
+	}
+	// Every block of s is free, and so nobody holds one: no Acquire can
+	// succeed on them (refs 0), and with s off the lists none is handed out.
+	p.unlinkLocked(s)
+	p.bytes -= int64(s.blocks * len(v.buf))
+	p.mapped -= int64(len(s.mem))
+	p.mu.Unlock()
+	s.free = nil
+	if err := unix.Munmap(s.mem); err != nil {
+		panic("cache: munmap of a slab failed: " + err.Error()) // only on a bad address: a bug here
+	}
+	p.unmapped.Add(1)
+}
+
+// usage returns the bytes free and mapped now.
+func (p *pools) usage() (free, mapped int64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.bytes, p.mapped
+}
+
+// close unmaps every slab whose blocks are all free and stops keeping
+// free ones: the others are unmapped when their last block is released.
+func (p *pools) close() {
+	p.mu.Lock()
+	p.closed = true
+	var empty []*slab
+	for _, l := range p.partial {
+		for _, s := range l {
+			if len(s.free) == s.blocks {
+				empty = append(empty, s)
+			}
+		}
+	}
+	for _, s := range empty {
+		p.unlinkLocked(s)
+		p.bytes -= int64(s.blocks * classes[s.class])
+		p.mapped -= int64(len(s.mem))
+	}
+	p.mu.Unlock()
+	for _, s := range empty {
+		s.free = nil
+		_ = unix.Munmap(s.mem)
+		p.unmapped.Add(1)
+	}
+}
+
+// cost is what v occupies: its block and the Value itself.
+func (v *Value) cost() int64 {
+	if v.class < 0 {
+		return heapSize(len(v.buf)) + valueOverhead
+	}
+	return int64(len(v.buf)) + valueOverhead
+}
+
+// valueOverhead is the size of a Value (a few words), counted in its cost.
+const valueOverhead = 96
+
+// heapSize is the heap memory a []byte of capacity n occupies: Go rounds
+// allocations above 32 KiB up to whole 8 KiB pages (smaller ones to size
+// classes within 12.5%), so the budget counts what is really held.
+func heapSize(n int) int64 {
+	const page = 8 << 10
+	if n > 32<<10 {
+		return int64((n + page - 1) / page * page)
+	}
+	return int64(n)
+}
