@@ -13,8 +13,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
-
-	"golang.org/x/sys/unix"
 )
 
 // Dir is the seam for a directory of device files: the engine creates,
@@ -128,10 +126,9 @@ func (d *OSDir) Path() string { return d.path }
 // at once, with a *LockedError, if another open of the file holds it (in
 // this process too). Release it with the returned function.
 //
-// The lock is an open file description (OFD) lock, F_OFD_SETLK: it belongs
-// to this open, is released when it closes (or the process dies), and,
-// unlike a flock, can be queried without being taken (LockHolder), so
-// that probing for a writer never makes the writer's own open fail.
+// The platform's lock (lockFile) belongs to this open of the file, is
+// released when it closes (or the process dies), and conflicts with every
+// other open of the file, in this process too.
 func (d *OSDir) Lock(name string) (release func() error, err error) {
 	if err := checkName(d.path, name); err != nil {
 		return nil, err
@@ -141,10 +138,9 @@ func (d *OSDir) Lock(name string) (release func() error, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("blockdev: lock: %w", err)
 	}
-	lk := unix.Flock_t{Type: unix.F_WRLCK, Whence: io.SeekStart} // Len 0: the whole file
-	if err := unix.FcntlFlock(f.Fd(), unix.F_OFD_SETLK, &lk); err != nil {
+	if held, err := lockFile(f); held || err != nil {
 		defer f.Close()
-		if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EACCES) {
+		if held {
 			return nil, &LockedError{Path: path, PID: lockPID(f)}
 		}
 		return nil, fmt.Errorf("blockdev: lock %s: %w", path, err)
@@ -161,8 +157,8 @@ func (d *OSDir) Lock(name string) (release func() error, err error) {
 }
 
 // LockHolder reports whether some open holds the named file's lock (see
-// Lock), without taking it, and the process id its holder wrote (0 if
-// unknown). A missing file is not held; it creates nothing.
+// Lock), and the process id its holder wrote (0 if unknown). A missing
+// file is not held; it creates nothing.
 func (d *OSDir) LockHolder(name string) (held bool, pid int, err error) {
 	if err := checkName(d.path, name); err != nil {
 		return false, 0, err
@@ -176,12 +172,11 @@ func (d *OSDir) LockHolder(name string) (held bool, pid int, err error) {
 		return false, 0, fmt.Errorf("blockdev: lock query %s: %w", path, err)
 	}
 	defer f.Close()
-	// A query for a write lock finds any lock that would conflict with one.
-	lk := unix.Flock_t{Type: unix.F_WRLCK, Whence: io.SeekStart}
-	if err := unix.FcntlFlock(f.Fd(), unix.F_OFD_GETLK, &lk); err != nil {
+	held, err = queryLock(f)
+	if err != nil {
 		return false, 0, fmt.Errorf("blockdev: lock query %s: %w", path, err)
 	}
-	if lk.Type == unix.F_UNLCK {
+	if !held {
 		return false, 0, nil
 	}
 	return true, lockPID(f), nil
@@ -191,32 +186,6 @@ func (d *OSDir) LockHolder(name string) (held bool, pid int, err error) {
 // other than a regular file (a FIFO, a device, a directory); opening a
 // FIFO to read it would wait for a writer forever.
 var ErrNotRegular = errors.New("blockdev: not a regular file")
-
-// openRegular opens path with flag (and perm 0o644 if it creates it) without
-// ever blocking, and refuses, with ErrNotRegular, anything but a regular
-// file: O_NONBLOCK makes the open of a FIFO return at once (it changes
-// nothing for a regular file, and is cleared before returning).
-func openRegular(path string, flag int) (*os.File, error) {
-	f, err := os.OpenFile(path, flag|syscall.O_NONBLOCK, 0o644)
-	if err != nil {
-		return nil, err
-	}
-	fi, err := f.Stat()
-	if err == nil && !fi.Mode().IsRegular() {
-		err = fmt.Errorf("%w: %s is a %s: remove it (a writer creates it anew)", ErrNotRegular, path, fileKind(fi.Mode()))
-	}
-	if err == nil {
-		var fl int
-		if fl, err = unix.FcntlInt(f.Fd(), unix.F_GETFL, 0); err == nil {
-			_, err = unix.FcntlInt(f.Fd(), unix.F_SETFL, fl&^unix.O_NONBLOCK)
-		}
-	}
-	if err != nil {
-		f.Close()
-		return nil, err
-	}
-	return f, nil
-}
 
 // fileKind names the type of a file that is not regular.
 func fileKind(m fs.FileMode) string {

@@ -1,16 +1,8 @@
-//go:build linux
-
 package blockdev
 
 import (
-	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
-	"strconv"
-	"strings"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/segstore/segstore/alignedbuf"
 )
@@ -58,22 +50,17 @@ func Open(path string, opts Options) (*File, error) {
 			return nil, &UnsupportedError{Path: path, FS: fsName, Reason: reason}
 		}
 	}
-	flag := unix.O_CLOEXEC
+	flag := os.O_RDWR
 	if opts.ReadOnly {
-		flag |= os.O_RDONLY
-	} else {
-		flag |= os.O_RDWR
+		flag = os.O_RDONLY
 	}
 	if opts.Create {
 		flag |= os.O_CREATE
 	}
-	if !opts.Buffered {
-		flag |= unix.O_DIRECT
-	}
-	f, err := os.OpenFile(path, flag, opts.Perm)
+	f, err := openFile(path, flag, opts.Perm, !opts.Buffered)
 	if err != nil {
-		if !opts.Buffered && errors.Is(err, unix.EINVAL) {
-			return nil, &UnsupportedError{Path: path, FS: fsName, Reason: "refused O_DIRECT (EINVAL on open)"}
+		if reason, refused := refusedDirect(err); !opts.Buffered && refused {
+			return nil, &UnsupportedError{Path: path, FS: fsName, Reason: reason}
 		}
 		return nil, fmt.Errorf("blockdev: open: %w", err)
 	}
@@ -97,64 +84,6 @@ var fsWithoutDirectIO = map[string]string{
 	"ramfs": "keeps data only in memory and does not survive a reboot",
 }
 
-var fsNames = map[int64]string{
-	unix.EXT4_SUPER_MAGIC:      "ext4",
-	unix.XFS_SUPER_MAGIC:       "xfs",
-	unix.BTRFS_SUPER_MAGIC:     "btrfs",
-	unix.TMPFS_MAGIC:           "tmpfs",
-	unix.RAMFS_MAGIC:           "ramfs",
-	unix.OVERLAYFS_SUPER_MAGIC: "overlayfs",
-	unix.NFS_SUPER_MAGIC:       "nfs",
-	unix.FUSE_SUPER_MAGIC:      "fuse",
-}
-
-// filesystemOf names the filesystem holding path (or its directory, if path
-// does not exist yet).
-func filesystemOf(path string) (string, error) {
-	var st unix.Statfs_t
-	err := unix.Statfs(path, &st)
-	if errors.Is(err, unix.ENOENT) {
-		err = unix.Statfs(filepath.Dir(path), &st)
-	}
-	if err != nil {
-		return "", fmt.Errorf("blockdev: statfs %s: %w", path, err)
-	}
-	if name, ok := fsNames[int64(st.Type)]; ok {
-		return name, nil
-	}
-	return fmt.Sprintf("fs-%#x", st.Type), nil
-}
-
-// directAlignment asks, in order: statx STATX_DIOALIGN (the filesystem's own
-// answer for this file), the block device's logical block size in sysfs, and
-// finally a probe of O_DIRECT reads at growing alignments.
-func directAlignment(f *os.File, path, fsName string) (Alignment, error) {
-	var sx unix.Statx_t
-	err := unix.Statx(int(f.Fd()), "", unix.AT_EMPTY_PATH, unix.STATX_DIOALIGN|unix.STATX_BASIC_STATS, &sx)
-	if err != nil {
-		return Alignment{}, fmt.Errorf("blockdev: statx %s: %w", path, err)
-	}
-	block := int(sx.Blksize)
-	if sx.Mask&unix.STATX_DIOALIGN != 0 {
-		if sx.Dio_mem_align == 0 || sx.Dio_offset_align == 0 {
-			// The filesystem says this file cannot do direct I/O.
-			return Alignment{}, &UnsupportedError{Path: path, FS: fsName, Reason: "reports (statx) that this file does not support direct I/O"}
-		}
-		return finishAlignment(int(sx.Dio_mem_align), int(sx.Dio_offset_align), block, "statx")
-	}
-	if lbs, ok := sysfsLogicalBlockSize(sx.Dev_major, sx.Dev_minor); ok {
-		return finishAlignment(lbs, lbs, block, "sysfs")
-	}
-	for a := SectorSize; a <= 1<<16; a *= 2 {
-		buf := alignedbuf.MustAlloc(a, a)
-		_, err := unix.Pread(int(f.Fd()), buf, 0)
-		if err == nil || !errors.Is(err, unix.EINVAL) {
-			return finishAlignment(a, a, block, "probe")
-		}
-	}
-	return Alignment{}, &UnsupportedError{Path: path, FS: fsName, Reason: "rejected every O_DIRECT read probe up to 64 KiB alignment"}
-}
-
 // bufferedAlignment: the page cache accepts anything, but the buffered
 // fallback keeps the direct contract (see Options.Buffered) so the smallest
 // sector size is required, and a page is the preferred block.
@@ -173,22 +102,6 @@ func finishAlignment(mem, off, block int, source string) (Alignment, error) {
 	return a, nil
 }
 
-func sysfsLogicalBlockSize(major, minor uint32) (int, bool) {
-	base := fmt.Sprintf("/sys/dev/block/%d:%d", major, minor)
-	// A partition has no queue/ of its own; its parent disk does.
-	for _, p := range []string{base + "/queue/logical_block_size", base + "/../queue/logical_block_size"} {
-		b, err := os.ReadFile(p)
-		if err != nil {
-			continue
-		}
-		n, err := strconv.Atoi(strings.TrimSpace(string(b)))
-		if err == nil && alignedbuf.IsPowerOfTwo(n) {
-			return n, true
-		}
-	}
-	return 0, false
-}
-
 func (d *File) ReadAt(p []byte, off int64) (int, error) {
 	if err := checkAligned("read", d.path, d.align, p, off); err != nil {
 		return 0, err
@@ -203,29 +116,32 @@ func (d *File) WriteAt(p []byte, off int64) (int, error) {
 	return d.f.WriteAt(p, off)
 }
 
-// Sync calls fdatasync. The descriptor is reached through SyscallConn so a
-// concurrent Close yields os.ErrClosed instead of syncing a reused number.
-func (d *File) Sync() error {
-	return d.control("fdatasync", func(fd int) error { return unix.Fdatasync(fd) })
-}
+// Sync makes the file's completed writes durable with the platform's
+// durability call (fdatasync on Linux; see Datasync). The descriptor is
+// reached through SyscallConn so a concurrent Close yields os.ErrClosed
+// instead of syncing a reused number.
+func (d *File) Sync() error { return control(d.f, d.path, syncCall, datasync) }
 
-// Allocate calls fallocate (mode 0: the size grows to cover the range).
-func (d *File) Allocate(off, n int64) error {
-	return d.control("fallocate", func(fd int) error { return unix.Fallocate(fd, 0, off, n) })
-}
+// Datasync makes f's completed writes durable with the call File.Sync
+// uses: fdatasync on Linux, F_FULLFSYNC on macOS, fsync on FreeBSD,
+// FlushFileBuffers on Windows. For files kept beside a Device (a
+// follower's stage, a baseline's log).
+func Datasync(f *os.File) error { return control(f, f.Name(), syncCall, datasync) }
 
-func (d *File) control(op string, fn func(fd int) error) error {
-	rc, err := d.f.SyscallConn()
+// control runs fn on f's descriptor (a handle on Windows), naming op and
+// path in its error.
+func control(f *os.File, path, op string, fn func(fd uintptr) error) error {
+	rc, err := f.SyscallConn()
 	if err != nil {
-		return fmt.Errorf("blockdev: %s %s: %w", op, d.path, err)
+		return fmt.Errorf("blockdev: %s %s: %w", op, path, err)
 	}
 	var opErr error
-	if err := rc.Control(func(fd uintptr) { opErr = fn(int(fd)) }); err != nil {
+	if err := rc.Control(func(fd uintptr) { opErr = fn(fd) }); err != nil {
 		// The only failure of Control is a closed (or closing) file.
-		return fmt.Errorf("blockdev: %s %s: %w", op, d.path, os.ErrClosed)
+		return fmt.Errorf("blockdev: %s %s: %w", op, path, os.ErrClosed)
 	}
 	if opErr != nil {
-		return fmt.Errorf("blockdev: %s %s: %w", op, d.path, opErr)
+		return fmt.Errorf("blockdev: %s %s: %w", op, path, opErr)
 	}
 	return nil
 }
@@ -254,17 +170,3 @@ func (d *File) File() *os.File       { return d.f }
 func (d *File) Filesystem() string { return d.fsName }
 
 func (d *File) Close() error { return d.f.Close() }
-
-// SyncDir fsyncs a directory, the commit point of a create, rename or remove
-// inside it.
-func SyncDir(dir string) error {
-	f, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("blockdev: sync dir: %w", err)
-	}
-	defer f.Close()
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("blockdev: fsync directory %s: %w", dir, err)
-	}
-	return nil
-}

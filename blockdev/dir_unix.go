@@ -1,0 +1,36 @@
+//go:build unix
+
+package blockdev
+
+import (
+	"fmt"
+	"os"
+
+	"golang.org/x/sys/unix"
+)
+
+// openRegular opens path with flag (and perm 0o644 if it creates it) without
+// ever blocking, and refuses, with ErrNotRegular, anything but a regular
+// file: O_NONBLOCK makes the open of a FIFO return at once (it changes
+// nothing for a regular file, and is cleared before returning).
+func openRegular(path string, flag int) (*os.File, error) {
+	f, err := os.OpenFile(path, flag|unix.O_NONBLOCK, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	fi, err := f.Stat()
+	if err == nil && !fi.Mode().IsRegular() {
+		err = fmt.Errorf("%w: %s is a %s: remove it (a writer creates it anew)", ErrNotRegular, path, fileKind(fi.Mode()))
+	}
+	if err == nil {
+		var fl int
+		if fl, err = unix.FcntlInt(f.Fd(), unix.F_GETFL, 0); err == nil {
+			_, err = unix.FcntlInt(f.Fd(), unix.F_SETFL, fl&^unix.O_NONBLOCK)
+		}
+	}
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
+}
