@@ -46,6 +46,11 @@ func checkName(dir, name string) error {
 	return nil
 }
 
+// asideMark is in the names of files that Remove and Rename moved aside
+// on a platform that cannot remove a file in use (Windows, a mapped
+// file): List never shows them, and a writer's Lock clears them.
+const asideMark = ".segstore-aside-"
+
 // OSDir is a Dir backed by a real directory.
 type OSDir struct {
 	path string
@@ -76,7 +81,7 @@ func (d *OSDir) Remove(name string) error {
 	if err := checkName(d.path, name); err != nil {
 		return err
 	}
-	if err := os.Remove(filepath.Join(d.path, name)); err != nil {
+	if err := removeFile(filepath.Join(d.path, name)); err != nil {
 		return fmt.Errorf("blockdev: %w", err)
 	}
 	return nil
@@ -86,7 +91,7 @@ func (d *OSDir) Rename(oldName, newName string) error {
 	if err := errors.Join(checkName(d.path, oldName), checkName(d.path, newName)); err != nil {
 		return err
 	}
-	if err := os.Rename(filepath.Join(d.path, oldName), filepath.Join(d.path, newName)); err != nil {
+	if err := renameFile(filepath.Join(d.path, oldName), filepath.Join(d.path, newName)); err != nil {
 		return fmt.Errorf("blockdev: %w", err)
 	}
 	return nil
@@ -99,7 +104,7 @@ func (d *OSDir) List() ([]string, error) {
 	}
 	names := make([]string, 0, len(entries))
 	for _, e := range entries {
-		if e.Type().IsRegular() {
+		if e.Type().IsRegular() && !strings.Contains(e.Name(), asideMark) {
 			names = append(names, e.Name())
 		}
 	}
@@ -153,6 +158,7 @@ func (d *OSDir) Lock(name string) (release func() error, err error) {
 		f.Close()
 		return nil, fmt.Errorf("blockdev: lock %s: writing the holder's process id: %w", path, err)
 	}
+	cleanAside(d.path)
 	return f.Close, nil
 }
 

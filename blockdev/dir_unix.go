@@ -34,3 +34,12 @@ func openRegular(path string, flag int) (*os.File, error) {
 	}
 	return f, nil
 }
+
+// removeFile and renameFile are os.Remove and os.Rename: on Unix a
+// removed or replaced file stays readable to those who hold it.
+func removeFile(path string) error             { return os.Remove(path) }
+func renameFile(oldPath, newPath string) error { return os.Rename(oldPath, newPath) }
+
+// cleanAside has nothing to do on Unix: removeFile and renameFile never
+// move a file aside.
+func cleanAside(dir string) {}

@@ -146,6 +146,16 @@ func control(f *os.File, path, op string, fn func(fd uintptr) error) error {
 	return nil
 }
 
+// extendTo makes the file at least end bytes long (the added range reads
+// as zeros), for Allocate where the platform reserves nothing.
+func (d *File) extendTo(end int64) error {
+	size, err := d.Size()
+	if err != nil || size >= end {
+		return err
+	}
+	return d.Truncate(end)
+}
+
 func (d *File) Truncate(size int64) error {
 	if err := d.f.Truncate(size); err != nil {
 		return fmt.Errorf("blockdev: %w", err)
