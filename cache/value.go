@@ -4,7 +4,7 @@ import (
 	"sync"
 	"sync/atomic"
 
-	"golang.org/x/sys/unix"
+	"github.com/segstore/segstore/alignedbuf"
 )
 
 // Value is a cached value: bytes in a block that the cache reuses once
@@ -207,7 +207,7 @@ func (p *pools) takeLocked(k int) *Value {
 func (p *pools) newSlab(k int) *Value {
 	size := classes[k]
 	count := max(slabBytes/size, 1)
-	mem, err := unix.Mmap(-1, 0, size*count, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANON)
+	mem, err := alignedbuf.MapPages(size * count)
 	if err != nil {
 		return &Value{buf: make([]byte, size), class: -1, pools: p}
 	}
@@ -268,7 +268,7 @@ func (p *pools) put(v *Value) {
 	p.mapped -= int64(len(s.mem))
 	p.mu.Unlock()
 	s.free = nil
-	if err := unix.Munmap(s.mem); err != nil {
+	if err := alignedbuf.UnmapPages(s.mem); err != nil {
 		panic("cache: munmap of a slab failed: " + err.Error()) // only on a bad address: a bug here
 	}
 	p.unmapped.Add(1)
@@ -302,7 +302,7 @@ func (p *pools) close() {
 	p.mu.Unlock()
 	for _, s := range empty {
 		s.free = nil
-		_ = unix.Munmap(s.mem)
+		_ = alignedbuf.UnmapPages(s.mem)
 		p.unmapped.Add(1)
 	}
 }
