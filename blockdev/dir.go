@@ -1,6 +1,7 @@
 package blockdev
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -60,11 +61,26 @@ type OSDir struct {
 
 var _ Dir = (*OSDir)(nil)
 
-// OpenDir returns the directory at path, creating it if needed. With
-// buffered set, every file is opened with the buffered fallback.
+// OpenDir returns the directory at path, creating it if needed, but not
+// its parents: a path whose parent is missing is more likely a mistake
+// than a place for a store. With buffered set, every file is opened with
+// the buffered fallback.
 func OpenDir(path string, buffered bool) (*OSDir, error) {
-	if err := os.MkdirAll(path, 0o755); err != nil {
+	err := os.Mkdir(path, 0o755)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil, fmt.Errorf("blockdev: creating %s: its parent directory does not exist: create it first (the store's own directory is created, its parents are not): %w", path, err)
+	case err != nil && !errors.Is(err, fs.ErrExist):
 		return nil, fmt.Errorf("blockdev: %w", err)
+	}
+	if fi, err := os.Stat(path); err != nil {
+		return nil, fmt.Errorf("blockdev: %w", err)
+	} else if !fi.IsDir() {
+		kind := "regular file"
+		if !fi.Mode().IsRegular() {
+			kind = fileKind(fi.Mode())
+		}
+		return nil, fmt.Errorf("blockdev: %s is a %s, not a directory", path, kind)
 	}
 	return &OSDir{path: path, buffered: buffered}, nil
 }
@@ -146,7 +162,8 @@ func (d *OSDir) Lock(name string) (release func() error, err error) {
 	if held, err := lockFile(f); held || err != nil {
 		defer f.Close()
 		if held {
-			return nil, &LockedError{Path: path, PID: lockPID(f)}
+			pid := lockPID(f)
+			return nil, &LockedError{Path: path, PID: pid, Command: processCommand(pid)}
 		}
 		return nil, fmt.Errorf("blockdev: lock %s: %w", path, err)
 	}
@@ -231,6 +248,9 @@ var ErrLocked = errors.New("blockdev: directory in use")
 type LockedError struct {
 	Path string // the lock file
 	PID  int    // the process id its holder wrote; 0 if unknown
+	// Command is the holder's command line as /proc shows it (arguments
+	// joined by spaces, cut at 200 bytes); "" if unknown.
+	Command string
 }
 
 func (e *LockedError) Error() string {
@@ -240,7 +260,36 @@ func (e *LockedError) Error() string {
 	case os.Getpid():
 		return fmt.Sprintf("blockdev: %s is held by this process (process %d), which already has the store open for writing: use that open, or close it first", e.Path, e.PID)
 	}
-	return fmt.Sprintf("blockdev: %s is held by process %d, which has the store open for writing: stop it, or open the store read-only", e.Path, e.PID)
+	who := fmt.Sprintf("process %d", e.PID)
+	if e.Command != "" {
+		who += fmt.Sprintf(" (%s)", e.Command)
+	}
+	return fmt.Sprintf("blockdev: %s is held by %s, which has the store open for writing: stop it, or open the store read-only", e.Path, who)
+}
+
+// maxCommand bounds the command line a LockedError quotes.
+const maxCommand = 200
+
+// processCommand is the command line of process pid, from
+// /proc/PID/cmdline, its arguments joined by spaces and cut at maxCommand
+// bytes; "" if pid is 0 or the process is gone or hidden.
+func processCommand(pid int) string {
+	if pid <= 0 {
+		return ""
+	}
+	f, err := os.Open(filepath.Join("/proc", strconv.Itoa(pid), "cmdline"))
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	b := make([]byte, maxCommand+1)
+	n, _ := io.ReadFull(f, b)
+	b, more := bytes.TrimRight(b[:n], "\x00"), ""
+	if len(b) > maxCommand {
+		b, more = b[:maxCommand], "…"
+	}
+	cmd := strings.ToValidUTF8(string(bytes.ReplaceAll(b, []byte{0}, []byte{' '})), "?") + more
+	return cmd
 }
 
 func (e *LockedError) Unwrap() error { return ErrLocked }

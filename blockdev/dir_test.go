@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -79,11 +81,33 @@ func TestOSDirLockIsExclusive(t *testing.T) {
 	var locked *blockdev.LockedError
 	require.ErrorAs(t, err, &locked)
 	assert.Equal(t, os.Getpid(), locked.PID, "the holder's process id, from the file")
+	assert.True(t, strings.HasPrefix(locked.Command, os.Args[0]+" "), "the holder's command line, from /proc: %q", locked.Command)
+	assert.LessOrEqual(t, len(locked.Command), 200+len("…"))
 	assert.ErrorContains(t, err, fmt.Sprintf("held by this process (process %d)", os.Getpid()))
 	require.NoError(t, release())
 	release, err = d.Lock("LOCK")
 	require.NoError(t, err, "released locks can be taken again")
 	require.NoError(t, release())
+}
+
+// TestOpenDirCreatesOnlyItsOwnDirectory: OpenDir creates the directory
+// named, never its missing parents, and refuses a path that is a file.
+func TestOpenDirCreatesOnlyItsOwnDirectory(t *testing.T) {
+	tmp := t.TempDir()
+	_, err := blockdev.OpenDir(filepath.Join(tmp, "a", "b"), false)
+	assert.ErrorContains(t, err, "its parent directory does not exist: create it first")
+	assert.NoDirExists(t, filepath.Join(tmp, "a"), "no parent created")
+
+	d, err := blockdev.OpenDir(filepath.Join(tmp, "a"), false)
+	require.NoError(t, err)
+	assert.DirExists(t, d.Path())
+	_, err = blockdev.OpenDir(d.Path(), false)
+	require.NoError(t, err, "an existing directory")
+
+	file := filepath.Join(tmp, "file")
+	require.NoError(t, os.WriteFile(file, nil, 0o644))
+	_, err = blockdev.OpenDir(file, false)
+	assert.ErrorContains(t, err, "is a regular file, not a directory")
 }
 
 // TestOSDirLockHolder: LockHolder sees a lock (of any open, in this

@@ -130,7 +130,8 @@ type Recovery struct {
 	Duration time.Duration
 }
 
-// Open opens (creating if needed) the log in dir.
+// Open opens the log in dir, creating dir (but not its parents: a
+// missing parent is refused) unless opts.ReadOnly.
 func Open(dir string, opts Options) (*Log, error) {
 	start := time.Now()
 	opts, err := opts.resolve()
