@@ -22,9 +22,16 @@ const (
 
 // Options configure a Log. Start from DefaultOptions.
 type Options struct {
-	// SegmentSize: the active segment is sealed and a new one started once
-	// its file reaches this many bytes (within one write of it). Default
-	// 64 MiB; at least 64 KiB, at most 16 GiB, and at least 2 MaxWrites.
+	// SegmentSize bounds a segment file, in bytes. The active segment is
+	// sealed, and a new one started, after the append that brings its
+	// records within one MaxWrite of SegmentSize (checked where its index
+	// has an entry, every IndexInterval), so that the next batch, up to
+	// MaxWrite, would not fit; sealing writes the footer and cuts the
+	// preallocated rest. A sealed file therefore holds about SegmentSize
+	// less MaxWrite bytes or more: with the default MaxWrite (4 MiB, or
+	// SegmentSize/4), 64 MiB segments are sealed at 60 to 64 MiB and 16
+	// MiB ones at 12 to 16 MiB. Default 64 MiB; at least 64 KiB, at most
+	// 16 GiB, and at least 2 MaxWrites.
 	SegmentSize int64
 	// SegmentAge: the active segment is also sealed once it is this old and
 	// holds records (checked on append). Default 0: no age limit.

@@ -5,26 +5,70 @@ import (
 	"io"
 	"math/rand/v2"
 	"os"
+	"runtime"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"text/tabwriter"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/segstore/segstore/engine"
 )
 
 // BenchOptions configure the append and read benchmarks.
 type BenchOptions struct {
-	Dir         string        // store directory; default a new temporary one (removed after)
-	RecordSize  int           // bytes per record; default 1024
-	Batch       int           // records per Append; default 16
-	Workers     int           // concurrent appenders or readers; default 4
-	Sync        string        // always, interval or never; default always
-	Duration    time.Duration // how long to run; default 5s
-	SegmentSize int64         // default 64 MiB
-	Dist        string        // reads: uniform or zipf; default uniform
-	CacheBytes  int64         // reads: cache budget; default 64 MiB
-	JSON        bool
+	Dir         string        `json:"dir"`         // store directory; default a new temporary one (removed after)
+	RecordSize  int           `json:"record_size"` // bytes per record; default 1024
+	Batch       int           `json:"batch"`       // records per Append; default 16
+	Workers     int           `json:"workers"`     // concurrent appenders or readers; default 4
+	Sync        string        `json:"sync"`        // always, interval or never; default always
+	Duration    time.Duration `json:"duration_ns"` // how long to run; default 5s
+	SegmentSize int64         `json:"segment_size"`
+	Dist        string        `json:"dist,omitempty"`        // reads: uniform or zipf; default uniform
+	CacheBytes  int64         `json:"cache_bytes,omitempty"` // reads: cache budget; default 64 MiB
+	JSON        bool          `json:"-"`
+}
+
+// BenchEnv is where a benchmark ran: figures mean little without it.
+type BenchEnv struct {
+	Host       string `json:"host"`
+	Kernel     string `json:"kernel"`
+	CPUs       int    `json:"cpus"`
+	Go         string `json:"go"`
+	Filesystem string `json:"filesystem"` // of the store, as the log saw it
+	Direct     bool   `json:"direct"`     // O_DIRECT (false: the buffered fallback)
+	// LoadBefore and LoadAfter are the 1-minute load averages
+	// (/proc/loadavg) when the run began and ended: a loaded machine
+	// explains slow figures.
+	LoadBefore float64   `json:"load_before"`
+	LoadAfter  float64   `json:"load_after"`
+	Started    time.Time `json:"started"`
+}
+
+// benchEnv describes this machine and the log's storage now.
+func benchEnv(l *engine.Log) BenchEnv {
+	e := BenchEnv{CPUs: runtime.NumCPU(), Go: runtime.Version(), LoadBefore: loadAverage(), Started: time.Now().UTC()}
+	e.Host, _ = os.Hostname()
+	var u unix.Utsname
+	if unix.Uname(&u) == nil {
+		e.Kernel = unix.ByteSliceToString(u.Release[:])
+	}
+	st := l.Storage()
+	e.Filesystem, e.Direct = st.Filesystem, st.Direct
+	return e
+}
+
+// loadAverage is the 1-minute load average; 0 if unknown.
+func loadAverage() float64 {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return 0
+	}
+	f, _ := strconv.ParseFloat(strings.Fields(string(b) + " 0")[0], 64)
+	return f
 }
 
 func (o *BenchOptions) defaults() error {
@@ -150,6 +194,7 @@ func BenchAppend(out io.Writer, o BenchOptions) (BenchResult, error) {
 	if err != nil {
 		return BenchResult{}, err
 	}
+	env := benchEnv(l)
 	batches := make([][][]byte, o.Workers)
 	for w := range batches {
 		batches[w] = make([][]byte, o.Batch)
@@ -175,7 +220,8 @@ func BenchAppend(out io.Writer, o BenchOptions) (BenchResult, error) {
 		P50us: percentile(lat, 0.5), P99us: percentile(lat, 0.99), Syncs: st.Syncs, MeanBatch: st.MeanBatch,
 		MeanSyncUs: float64(st.MeanSync.Nanoseconds()) / 1e3}
 	r.rates(o.RecordSize)
-	return r, printBench(out, o, r)
+	env.LoadAfter = loadAverage()
+	return r, printBench(out, o, env, r)
 }
 
 // BenchRead fills a store with about SegmentSize*2 bytes, then reads
@@ -193,6 +239,7 @@ func BenchRead(out io.Writer, o BenchOptions) ([]BenchResult, error) {
 		return nil, err
 	}
 	defer done()
+	env := benchEnv(l)
 	rec := make([][]byte, o.Batch)
 	for i := range rec {
 		rec[i] = make([]byte, o.RecordSize)
@@ -246,7 +293,8 @@ func BenchRead(out io.Writer, o BenchOptions) ([]BenchResult, error) {
 	scan := BenchResult{Op: "scan", Ops: 1, Records: scanned, Seconds: time.Since(start).Seconds()}
 	scan.rates(o.RecordSize)
 	results := []BenchResult{reads, scan}
-	return results, printBench(out, o, results...)
+	env.LoadAfter = loadAverage()
+	return results, printBench(out, o, env, results...)
 }
 
 func (r *BenchResult) rates(recordSize int) {
@@ -255,20 +303,59 @@ func (r *BenchResult) rates(recordSize int) {
 	r.MBPerSec = float64(r.Records) * float64(recordSize) / r.Seconds / 1e6
 }
 
-func printBench(out io.Writer, o BenchOptions, rs ...BenchResult) error {
+// benchColumns are the columns of one kind of result: appends, point
+// reads, scans.
+var benchColumns = map[string][]struct {
+	head string
+	cell func(BenchResult) string
+}{
+	"append": {{"ops/s", func(r BenchResult) string { return fmt.Sprintf("%.0f", r.OpsPerSec) }},
+		{"records/s", func(r BenchResult) string { return fmt.Sprintf("%.0f", r.RecsPerSec) }},
+		{"MB/s", func(r BenchResult) string { return fmt.Sprintf("%.1f", r.MBPerSec) }},
+		{"p50 µs", func(r BenchResult) string { return fmt.Sprintf("%.1f", r.P50us) }},
+		{"p99 µs", func(r BenchResult) string { return fmt.Sprintf("%.1f", r.P99us) }},
+		{"fsyncs", func(r BenchResult) string { return fmt.Sprint(r.Syncs) }},
+		{"appends/flush", func(r BenchResult) string { return fmt.Sprintf("%.1f", r.MeanBatch) }},
+		{"mean fsync µs", func(r BenchResult) string { return fmt.Sprintf("%.0f", r.MeanSyncUs) }}},
+	"read": {{"reads/s", func(r BenchResult) string { return fmt.Sprintf("%.0f", r.OpsPerSec) }},
+		{"MB/s", func(r BenchResult) string { return fmt.Sprintf("%.1f", r.MBPerSec) }},
+		{"p50 µs", func(r BenchResult) string { return fmt.Sprintf("%.1f", r.P50us) }},
+		{"p99 µs", func(r BenchResult) string { return fmt.Sprintf("%.1f", r.P99us) }},
+		{"cache hits", func(r BenchResult) string { return fmt.Sprintf("%.2f", r.HitRatio) }}},
+	"scan": {{"records/s", func(r BenchResult) string { return fmt.Sprintf("%.0f", r.RecsPerSec) }},
+		{"MB/s", func(r BenchResult) string { return fmt.Sprintf("%.1f", r.MBPerSec) }},
+		{"seconds", func(r BenchResult) string { return fmt.Sprintf("%.3f", r.Seconds) }}},
+}
+
+// printBench prints results as JSON ({"options", "environment",
+// "results"}, snake_case throughout) or as one table per kind of result,
+// each with its own columns.
+func printBench(out io.Writer, o BenchOptions, env BenchEnv, rs ...BenchResult) error {
+	if o.Sync == "" {
+		o.Sync = "always"
+	}
 	if o.JSON {
-		return writeReport(out, map[string]any{"options": o, "results": rs})
+		return writeReport(out, map[string]any{"options": o, "environment": env, "results": rs})
 	}
-	syncMode := o.Sync
-	if syncMode == "" {
-		syncMode = "always"
-	}
-	fmt.Fprintf(out, "%d B records, batches of %d, %d workers, sync %s, %v\n", o.RecordSize, o.Batch, o.Workers, syncMode, o.Duration)
-	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "op\tops/s\trecords/s\tMB/s\tp50 µs\tp99 µs\tfsyncs\tappends/flush\tmean fsync µs\tcache hits\t")
+	fmt.Fprintf(out, "%d B records, batches of %d, %d workers, sync %s, %v\n", o.RecordSize, o.Batch, o.Workers, o.Sync, o.Duration)
+	fmt.Fprintf(out, "host %s, Linux %s, %d CPUs, %s, %s (direct=%v), load %.2f before, %.2f after\n",
+		env.Host, env.Kernel, env.CPUs, env.Go, env.Filesystem, env.Direct, env.LoadBefore, env.LoadAfter)
 	for _, r := range rs {
-		fmt.Fprintf(tw, "%s\t%.0f\t%.0f\t%.1f\t%.1f\t%.1f\t%d\t%.1f\t%.0f\t%.2f\t\n", r.Op, r.OpsPerSec, r.RecsPerSec, r.MBPerSec,
-			r.P50us, r.P99us, r.Syncs, r.MeanBatch, r.MeanSyncUs, r.HitRatio)
+		kind, _, _ := strings.Cut(r.Op, "-") // read-uniform, read-zipf: read
+		cols := benchColumns[kind]
+		tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
+		fmt.Fprint(tw, "op\t")
+		for _, c := range cols {
+			fmt.Fprint(tw, c.head, "\t")
+		}
+		fmt.Fprintf(tw, "\n%s\t", r.Op)
+		for _, c := range cols {
+			fmt.Fprint(tw, c.cell(r), "\t")
+		}
+		fmt.Fprintln(tw)
+		if err := tw.Flush(); err != nil {
+			return err
+		}
 	}
-	return tw.Flush()
+	return nil
 }

@@ -35,19 +35,28 @@ func TestBenchExport(t *testing.T) {
 }
 
 func TestBenchExportBadSize(t *testing.T) {
-	for _, size := range []string{"", "0", "-5MiB", "12XB", "1.5GiB"} {
+	for size, want := range map[string]string{"": "want a number of bytes", "0": "want at least 64KiB", "-5MiB": "want a number of bytes",
+		"12XB": "want a number of bytes", "1.5GiB": "want a number of bytes"} {
 		_, err := runSegtool(t, "bench", "export", "--size", size)
-		assert.ErrorContains(t, err, "want a positive number", "size %q", size)
+		assert.ErrorContains(t, err, want, "size %q", size)
+		assert.Equal(t, ExitUsage, ExitCode(err), "size %q", size)
 	}
 }
 
 func TestBenchAppendAndRead(t *testing.T) {
 	var doc struct {
-		Results []BenchResult `json:"results"`
+		Options     map[string]any `json:"options"`
+		Environment BenchEnv       `json:"environment"`
+		Results     []BenchResult  `json:"results"`
 	}
 	out, err := runSegtool(t, "bench", "append", "--duration", "200ms", "--workers", "2", "--batch", "4", "--segment-size", "1MiB", "--json")
 	require.NoError(t, err)
 	require.NoError(t, json.Unmarshal([]byte(out), &doc), out)
+	assert.Equal(t, float64(4), doc.Options["batch"], "options in snake_case, as the results")
+	assert.Contains(t, doc.Options, "record_size")
+	assert.NotEmpty(t, doc.Environment.Filesystem, "where it ran is recorded")
+	assert.Positive(t, doc.Environment.CPUs)
+	assert.NotEmpty(t, doc.Environment.Kernel)
 	require.Len(t, doc.Results, 1)
 	a := doc.Results[0]
 	assert.Equal(t, "append", a.Op)
@@ -63,6 +72,12 @@ func TestBenchAppendAndRead(t *testing.T) {
 	assert.Positive(t, doc.Results[0].Ops)
 	assert.Equal(t, "scan", doc.Results[1].Op)
 	assert.Positive(t, doc.Results[1].Records)
+
+	out, err = runSegtool(t, "bench", "read", "--duration", "100ms", "--segment-size", "1MiB")
+	require.NoError(t, err)
+	assert.Contains(t, out, "reads/s")
+	assert.NotContains(t, out, "fsyncs", "reads have their own columns")
+	assert.Regexp(t, `load [\d.]+ before, [\d.]+ after`, out)
 
 	_, err = runSegtool(t, "bench", "append", "--sync", "sometimes")
 	assert.Equal(t, 2, ExitCode(err))

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/url"
@@ -38,6 +39,11 @@ type ServeOptions struct {
 	// records whenever its files change (inotify), and at least this
 	// often; default 250ms.
 	Refresh time.Duration
+	// ReadOnly: open every log read-only and keep it refreshed, even one
+	// that no process writes (this process never becomes its writer, so
+	// one may start beside it, and a store on a read-only mount is
+	// served).
+	ReadOnly bool
 }
 
 // Serve opens each directory as a log named by its base name (in the form
@@ -73,14 +79,21 @@ func Serve(ctx context.Context, out io.Writer, dirs []string, opts ServeOptions,
 		if err := isStore(dir); err != nil {
 			return err
 		}
-		l, err := openStore(dir, true, false)
-		if locked := (*blockdev.LockedError)(nil); errors.As(err, &locked) {
-			writer := "another process"
-			if locked.PID > 0 {
-				writer = fmt.Sprintf("process %d", locked.PID)
+		var l *engine.Log
+		var err error
+		writer := "no process now"
+		if !opts.ReadOnly {
+			l, err = openStore(dir, true)
+		}
+		if locked := (*blockdev.LockedError)(nil); opts.ReadOnly || errors.As(err, &locked) {
+			if locked != nil {
+				writer = "another process"
+				if locked.PID > 0 {
+					writer = fmt.Sprintf("process %d", locked.PID)
+				}
 			}
-			if l, err = openStore(dir, false, false); err == nil {
-				fmt.Fprintf(out, "%s is written by %s: served read-only, refreshed as its files change\n", dir, writer)
+			if l, err = openStore(dir, false); err == nil {
+				fmt.Fprintf(out, "%s: served read-only, refreshed as its files change (written by %s)\n", dir, writer)
 				refreshers.Add(1)
 				go func() {
 					defer refreshers.Done()
@@ -109,7 +122,7 @@ func Serve(ctx context.Context, out io.Writer, dirs []string, opts ServeOptions,
 	if opts.TLSCert != "" {
 		scheme = "https"
 	}
-	fmt.Fprintf(out, "serving %d logs on %s://%s (GET /v1/logs, /metrics)\n", len(logs), scheme, ln.Addr())
+	fmt.Fprintf(out, "serving %s on %s://%s (GET /v1/logs, /metrics)\n", plural(len(logs), "log"), scheme, ln.Addr())
 	if ready != nil {
 		ready(ln.Addr().String())
 	}
@@ -142,15 +155,32 @@ const replicationFile = "REPLICATION.json"
 
 // ReplicationStatus is the content of REPLICATION.json.
 type ReplicationStatus struct {
-	Leader    string    `json:"leader"`
-	Name      string    `json:"name"`
-	Applied   uint64    `json:"applied"`
-	LeaderEnd uint64    `json:"leader_end"`
-	Lag       uint64    `json:"lag"`
-	Staged    int64     `json:"staged_bytes"`
-	Imported  int       `json:"imported_segments"`
-	Failures  int       `json:"failures"`
-	Updated   time.Time `json:"updated"`
+	Leader  string `json:"leader"`
+	Name    string `json:"name"`
+	Applied uint64 `json:"applied"` // the copy's records below it are readable
+	// Received: every record below it is durable here, applied or staged
+	// (peer.FollowStats.Received).
+	Received  uint64 `json:"received"`
+	LeaderEnd uint64 `json:"leader_end"`
+	Lag       uint64 `json:"lag"` // LeaderEnd less Received: records the copy does not have
+	Staged    int64  `json:"staged_bytes"`
+	Imported  int    `json:"imported_segments"`
+	// Steps succeeded (the leader was reached and its answer kept) and
+	// failed, by the replicate that wrote the file.
+	Steps       int       `json:"steps"`
+	Failures    int       `json:"failures"`
+	LastFailure string    `json:"last_failure,omitempty"`
+	Updated     time.Time `json:"updated"`
+}
+
+// String is the status as inspect prints it.
+func (rp *ReplicationStatus) String() string {
+	head := fmt.Sprintf("follower of %s (log %q)", rp.Leader, rp.Name)
+	if rp.Steps == 0 {
+		return fmt.Sprintf("%s: never reached the leader: %d attempts failed, the last: %s (as of %s)", head, rp.Failures, tidy(rp.LastFailure), rp.Updated.Format(timeFormat))
+	}
+	return fmt.Sprintf("%s: readable below %d, received below %d (%d bytes of the leader's active segment staged), leader at %d, lag %s, %s imported, %d failed steps, as of %s",
+		head, rp.Applied, rp.Received, rp.Staged, rp.LeaderEnd, plural(int(rp.Lag), "record"), plural(rp.Imported, "segment"), rp.Failures, rp.Updated.Format(timeFormat))
 }
 
 // ReplicateOptions configure Replicate.
@@ -168,6 +198,10 @@ type ReplicateOptions struct {
 	SegmentSize   int64
 	IndexInterval int
 	MaxWrite      int
+	// UntilCaughtUp: return once every record the leader has acknowledged
+	// is durable in the copy (applied or staged), instead of following
+	// until ctx is done.
+	UntilCaughtUp bool
 }
 
 // Replicate follows the log at leaderURL into the store in dir (created if
@@ -191,9 +225,12 @@ func Replicate(ctx context.Context, out, errOut io.Writer, leaderURL, dir string
 	if opts.MaxWrite > 0 {
 		eopts.MaxWrite = opts.MaxWrite
 	}
+	if _, err := checkAppendDir(dir, false); err != nil {
+		return err
+	}
 	l, err := engine.Open(dir, eopts)
 	if err != nil {
-		return flagError(err, map[string]string{"SegmentSize": "segment-size"})
+		return flagError(err, map[string]string{"SegmentSize": "segment-size", "IndexInterval": "index-interval", "MaxWrite": "max-write"})
 	}
 	defer l.Close()
 	fmt.Fprintf(out, "replicating %s (log %q) into %s from offset %d\n", leaderURL, opts.Name, dir, l.EndOffset())
@@ -201,8 +238,9 @@ func Replicate(ctx context.Context, out, errOut io.Writer, leaderURL, dir string
 	var latest peer.FollowStats
 	write := func(s peer.FollowStats) {
 		last = time.Now()
-		st := ReplicationStatus{Leader: leaderURL, Name: opts.Name, Applied: s.Applied, LeaderEnd: s.LeaderEnd, Lag: s.Lag(),
-			Staged: s.Staged, Imported: s.Imported, Failures: s.Failures, Updated: last.UTC()}
+		st := ReplicationStatus{Leader: redacted(leaderURL), Name: opts.Name, Applied: s.Applied, Received: s.Received, LeaderEnd: s.LeaderEnd,
+			Lag: s.LeaderEnd - min(s.Received, s.LeaderEnd), Staged: s.Staged, Imported: s.Imported, Steps: s.Steps, Failures: s.Failures,
+			LastFailure: s.LastFailure, Updated: last.UTC()}
 		if b, err := json.MarshalIndent(st, "", "  "); err == nil {
 			tmp := filepath.Join(dir, replicationFile+".tmp") // .tmp: removed by a log open if left behind
 			if os.WriteFile(tmp, b, 0o644) == nil {
@@ -218,18 +256,29 @@ func Replicate(ctx context.Context, out, errOut io.Writer, leaderURL, dir string
 		}
 		return a
 	}}))
+	ctx, caughtUp := context.WithCancel(ctx)
+	defer caughtUp()
 	err = peer.Follow(ctx, leaderURL, l, peer.FollowOptions{Name: opts.Name, Token: opts.Token, Wait: opts.Wait, ReadTimeout: opts.ReadTimeout, Logger: warnings,
 		Progress: func(s peer.FollowStats) {
 			latest = s
+			if opts.UntilCaughtUp && s.Steps > 0 && s.Received >= s.LeaderEnd {
+				caughtUp()
+			}
 			if time.Since(last) >= 200*time.Millisecond { // a status file, not a log: at most 5 writes a second
 				write(s)
 			}
 		}})
 	write(latest)
 	if errors.Is(err, context.Canceled) {
-		fmt.Fprintf(out, "stopped at offset %d\n", l.EndOffset())
+		fmt.Fprintf(out, "stopped: the copy holds offsets [%d, %d), readable", l.StartOffset(), l.EndOffset())
+		if latest.Staged > 0 {
+			fmt.Fprintf(out, "; every record below %d is durable here (%d bytes of the leader's active segment staged: readable once the leader seals it, or after segtool promote)",
+				latest.Received, latest.Staged)
+		}
+		fmt.Fprintf(out, "; leader at %d, lag %s; %s imported this run\n", latest.LeaderEnd,
+			plural(int(latest.LeaderEnd-min(latest.Received, latest.LeaderEnd)), "record"), plural(latest.Imported, "segment"))
 		if latest.Steps == 0 {
-			return fmt.Errorf("never reached the leader %s for log %q, or every answer was refused: %d attempts failed, the last with: %s", redacted(leaderURL), opts.Name, latest.Failures, latest.LastFailure)
+			return fmt.Errorf("never reached the leader %s for log %q, or every answer was refused: %d attempts failed, the last with: %s", redacted(leaderURL), opts.Name, latest.Failures, tidy(latest.LastFailure))
 		}
 		return nil
 	}
@@ -273,7 +322,15 @@ type PromoteReport struct {
 // durable) become its active segment (peer.Promote), and it can be
 // appended to. Run it with no replicate running on dir.
 func Promote(out io.Writer, dir string, asJSON bool) error {
-	l, err := openStore(dir, true, false)
+	if err := isStore(dir); err != nil {
+		return err
+	}
+	_, errRep := os.Stat(filepath.Join(dir, replicationFile))
+	_, errStage := os.Stat(filepath.Join(dir, peer.StageFile))
+	if errors.Is(errRep, fs.ErrNotExist) && errors.Is(errStage, fs.ErrNotExist) {
+		return usageError{fmt.Errorf("%s never followed a leader (it has no %s and nothing staged): it is already a log of its own; promote is for a copy made by segtool replicate", dir, replicationFile)}
+	}
+	l, err := openStore(dir, true)
 	if err != nil {
 		return err
 	}

@@ -52,7 +52,7 @@ func TestServeAndReplicate(t *testing.T) {
 
 	out, err := runSegtool(t, "inspect", copyDir)
 	require.NoError(t, err)
-	assert.Contains(t, out, "follower of "+url+` (log "store"): applied 1062, leader at 1062, lag 0 records`)
+	assert.Contains(t, out, "follower of "+url+` (log "store"): readable below 1062, received below 1062 (4096 bytes of the leader's active segment staged), leader at 1062, lag 0 records, 3 segments imported`)
 	for _, name := range []string{"00000000000000000000.seg", "00000000000000000354.seg", "00000000000000000708.seg"} {
 		a, err := os.ReadFile(filepath.Join(dir, name))
 		require.NoError(t, err)
@@ -102,7 +102,7 @@ func TestServeBesideWriter(t *testing.T) {
 		served <- Serve(ctx, &out, []string{dir}, ServeOptions{Listen: "127.0.0.1:0", Refresh: 5 * time.Millisecond}, func(a string) { addr <- a })
 	}()
 	url := "http://" + <-addr
-	assert.Contains(t, out.String(), fmt.Sprintf("written by process %d: served read-only", os.Getpid()), "the writer is this process")
+	assert.Contains(t, out.String(), fmt.Sprintf("served read-only, refreshed as its files change (written by process %d)", os.Getpid()), "the writer is this process")
 	copyDir := filepath.Join(t.TempDir(), "copy")
 	rctx, rcancel := context.WithCancel(ctx)
 	replicated := make(chan error, 1)
@@ -193,7 +193,7 @@ func TestReplicateReportsRefusals(t *testing.T) {
 		cancel()
 		err := <-done
 		require.Error(t, err, leader)
-		assert.Equal(t, 1, ExitCode(err))
+		assert.Equal(t, ExitEnvironment, ExitCode(err))
 		assert.ErrorContains(t, err, "never reached the leader "+leader)
 		assert.Contains(t, errOut.String(), "leader="+leader)
 		assert.Contains(t, errOut.String(), want)

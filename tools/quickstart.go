@@ -21,11 +21,13 @@ import (
 	"github.com/segstore/segstore/blockdev"
 	"github.com/segstore/segstore/engine"
 	"github.com/segstore/segstore/engine/peer"
+	"github.com/segstore/segstore/wal"
 )
 
 // QuickstartOptions configure Quickstart.
 type QuickstartOptions struct {
-	Dir         string // where to create the store; default a new temporary directory
+	Dir         string // where to create the store (new or empty; kept); default a new temporary directory
+	Keep        bool   // keep the temporary directory and the replica in it (default: removed on return)
 	Appenders   int    // concurrent appenders; default 8
 	Appends     int    // Append calls per appender; default 2000
 	Batch       int    // records per Append; default 4
@@ -98,18 +100,32 @@ func Quickstart(out io.Writer, opts QuickstartOptions) error {
 	}
 	dir := opts.Dir
 	if dir == "" {
-		var err error
-		if dir, err = os.MkdirTemp("", "segstore-quickstart-"); err != nil {
+		parent, err := os.MkdirTemp("", "segstore-quickstart-")
+		if err != nil {
 			return fmt.Errorf("quickstart: %w", err)
 		}
+		dir = filepath.Join(parent, "store") // the replica goes beside it
+		if !opts.Keep {
+			defer func() {
+				if err := os.RemoveAll(parent); err != nil {
+					fmt.Fprintf(out, "warning:      removing %s: %v\n", parent, err)
+					return
+				}
+				fmt.Fprintf(out, "removed:      %s (the store and its replica; --keep keeps them)\n", parent)
+			}()
+		}
 	} else if entries, _ := os.ReadDir(dir); len(entries) > 0 {
-		return fmt.Errorf("quickstart: %s already exists and is not empty: choose an empty --dir", dir)
+		return usageError{fmt.Errorf("quickstart: %s already exists and is not empty: choose an empty --dir", dir)}
+	} else if _, err := os.Stat(dir + "-replica"); err == nil {
+		return usageError{fmt.Errorf("quickstart: %s-replica, where the replica goes, already exists: remove it or choose another --dir", dir)}
 	}
 	fmt.Fprintf(out, "store:        %s\n", dir)
 	rep.Dir = dir
 
 	eopts := engine.DefaultOptions()
-	eopts.SegmentSize = opts.SegmentSize
+	// The engine's default MaxWrite, said here so that the output can
+	// tell how full a segment gets before it is sealed.
+	eopts.SegmentSize, eopts.MaxWrite = opts.SegmentSize, int(min(4<<20, opts.SegmentSize/4))
 	eopts.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	l, err := engine.Open(dir, eopts)
 	if errors.Is(err, blockdev.ErrDirectIOUnsupported) {
@@ -120,8 +136,17 @@ func Quickstart(out io.Writer, opts QuickstartOptions) error {
 	if err != nil {
 		return fmt.Errorf("quickstart: %w", flagError(err, map[string]string{"SegmentSize": "segment-size"}))
 	}
-	fmt.Fprintf(out, "appending:    %d appenders x %d batches x %d records of %d B, fdatasync before each ack, %d MiB segments\n",
-		opts.Appenders, opts.Appends, opts.Batch, opts.RecordSize, opts.SegmentSize>>20)
+	fmt.Fprintf(out, "appending:    %d appenders x %d batches x %d records of %d B, fdatasync before each ack, segments of %s (sealed once within one write, %s, of it)\n",
+		opts.Appenders, opts.Appends, opts.Batch, opts.RecordSize, formatSize(opts.SegmentSize), formatSize(int64(eopts.MaxWrite)))
+	batch := make([][]byte, opts.Batch)
+	for i := range batch {
+		batch[i] = make([]byte, opts.RecordSize)
+	}
+	if !wal.BatchFits(batch, eopts.MaxWrite, int64(l.Storage().Alignment.Block)) {
+		l.Close()
+		return usageError{fmt.Errorf("quickstart: --batch %d records of --record-size %d do not fit in one write (%s with segments of %s): lower --batch or --record-size, or raise --segment-size",
+			opts.Batch, opts.RecordSize, formatSize(int64(eopts.MaxWrite)), formatSize(opts.SegmentSize))}
+	}
 	start := time.Now()
 	var wg sync.WaitGroup
 	errs := make([]error, opts.Appenders)
@@ -146,9 +171,11 @@ func Quickstart(out io.Writer, opts QuickstartOptions) error {
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
-	if err := errors.Join(errs...); err != nil {
-		l.Close()
-		return fmt.Errorf("quickstart: %w", err)
+	for _, err := range errs {
+		if err != nil { // the first: the others most likely say the same
+			l.Close()
+			return fmt.Errorf("quickstart: %w", err)
+		}
 	}
 	st := l.Stats()
 	mb := float64(st.Records*int64(opts.RecordSize)) / 1e6

@@ -10,9 +10,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"regexp"
+	"strings"
+	"sync/atomic"
 	"text/tabwriter"
 	"time"
 	"unicode/utf8"
@@ -45,28 +49,13 @@ func flagError(err error, flags map[string]string) error {
 	return err
 }
 
-// ExitCode is the exit status for an error a command returned: 0 for none,
-// 2 for a usage error, 1 for anything else (including ErrDamage).
-func ExitCode(err error) int {
-	var ue usageError
-	switch {
-	case err == nil:
-		return 0
-	case errors.As(err, &ue):
-		return 2
-	}
-	return 1
-}
-
 var quietLogger = slog.New(slog.NewTextHandler(io.Discard, nil))
 
-// openStore opens the store in dir: read-only (no lock: beside a live
-// writer) unless write, and creating it only when create is set.
-func openStore(dir string, write, create bool) (*engine.Log, error) {
-	if !create {
-		if err := isStore(dir); err != nil {
-			return nil, err
-		}
+// openStore opens the existing store in dir: read-only (no lock: beside
+// a live writer) unless write.
+func openStore(dir string, write bool) (*engine.Log, error) {
+	if err := isStore(dir); err != nil {
+		return nil, err
 	}
 	opts := engine.DefaultOptions()
 	opts.ReadOnly, opts.Logger = !write, quietLogger
@@ -82,8 +71,14 @@ func writeReport(out io.Writer, v any) error {
 
 // isStore says, as a usage error, why dir is not a store directory.
 func isStore(dir string) error {
-	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
-		return usageError{fmt.Errorf("%s is not a segstore directory (no such directory)", dir)}
+	fi, err := os.Stat(dir)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return usageError{fmt.Errorf("%s does not exist: give the directory of a store (segtool append creates one)", dir)}
+	case err != nil:
+		return err
+	case !fi.IsDir():
+		return usageError{fmt.Errorf("%s is a file, not a store's directory", dir)}
 	}
 	ents, err := os.ReadDir(dir)
 	if err != nil {
@@ -94,36 +89,88 @@ func isStore(dir string) error {
 			return nil
 		}
 	}
-	return usageError{fmt.Errorf("%s is not a segstore directory (no segment files in it)", dir)}
+	return usageError{fmt.Errorf("%s is not a store: it holds no segment files (segtool append creates a store)", dir)}
 }
 
 // AppendOptions configure Append.
 type AppendOptions struct {
 	Binary bool // records are length-prefixed (uint32 little endian) instead of lines
-	Batch  int  // records per Append (one commit); default 64
+	Batch  int  // most records per Append (one commit); default 64
+	// FlushInterval bounds how long a record waits for its batch to fill:
+	// the batch is appended this long after its first record came, full
+	// or not. Default 100ms.
+	FlushInterval time.Duration
+	// Create: make dir a store even if it holds files that are not a
+	// store's. Without it, dir must be missing, empty, or a store.
+	Create bool
 	JSON   bool
 }
 
-// Append appends the records read from each input to the store in dir
-// (created if missing) and prints their offsets, one per line.
-func Append(out io.Writer, dir string, inputs []io.Reader, opts AppendOptions) error {
+// namedReader is an input of Append, named in its errors.
+type namedReader struct {
+	name string
+	r    io.Reader
+}
+
+// appendMaxWrite is the largest write of a store Append creates or opens
+// (the engine's default for 64 MiB segments): it bounds one batch.
+const appendMaxWrite = 4 << 20
+
+// errStopped ends the input reader of an Append that failed.
+var errStopped = errors.New("append stopped")
+
+// Append appends the records read from each input to the store in dir and
+// prints their offsets, one per line, as each batch is durable. It creates
+// the store when the first record arrives (if dir is missing or empty,
+// or with Create): an input without records creates nothing. A batch is
+// appended when it holds Batch records, FlushInterval after its first
+// record, when the next record would not fit in one write, and at the
+// end of the input.
+func Append(out, errOut io.Writer, dir string, inputs []namedReader, opts AppendOptions) error {
 	if opts.Batch <= 0 {
 		opts.Batch = 64
 	}
-	l, err := openStore(dir, true, true)
+	if opts.FlushInterval <= 0 {
+		opts.FlushInterval = 100 * time.Millisecond
+	}
+	created, err := checkAppendDir(dir, opts.Create)
 	if err != nil {
 		return err
 	}
+	recs := make(chan []byte, opts.Batch)
+	stop := make(chan struct{})
+	defer close(stop)
+	var readErr error // set before recs is closed
+	go func() {
+		defer close(recs)
+		for _, in := range inputs {
+			readErr = readRecords(in, opts.Binary, func(rec []byte) error {
+				select {
+				case recs <- rec:
+					return nil
+				case <-stop:
+					return errStopped
+				}
+			})
+			if readErr != nil {
+				return
+			}
+		}
+	}()
+
+	var l *engine.Log
 	w := bufio.NewWriter(out)
-	defer w.Flush()
 	var batch [][]byte
-	flush := func() error {
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	commit := func() error {
+		timer.Stop()
 		if len(batch) == 0 {
 			return nil
 		}
 		first, err := l.Append(batch...)
 		if err != nil {
-			return err
+			return fmt.Errorf("appending %d records to %s: %w (they were not appended; the offsets printed before were)", len(batch), dir, err)
 		}
 		for i := range batch {
 			if opts.JSON {
@@ -133,29 +180,113 @@ func Append(out io.Writer, dir string, inputs []io.Reader, opts AppendOptions) e
 			}
 		}
 		batch = batch[:0]
-		return nil
+		return w.Flush()
 	}
-	for _, in := range inputs {
-		err := readRecords(in, opts.Binary, func(rec []byte) error {
-			batch = append(batch, rec)
-			if len(batch) == opts.Batch {
-				return flush()
+	for {
+		select {
+		case <-timer.C:
+			if err := commit(); err != nil {
+				return errors.Join(err, l.Close())
 			}
-			return nil
-		})
-		if err != nil {
-			l.Close()
-			return err
+		case rec, ok := <-recs:
+			if !ok { // the input is done (or failed: the records before the failure go in first)
+				if l == nil {
+					if readErr == nil {
+						fmt.Fprintf(errOut, "segtool: no records in the input: nothing appended, %s not changed\n", dir)
+					}
+					return readErr
+				}
+				return errors.Join(commit(), l.Close(), readErr)
+			}
+			if l == nil {
+				if l, err = createStore(dir, created); err != nil {
+					return err
+				}
+			}
+			blk := int64(l.Storage().Alignment.Block)
+			if !wal.BatchFits([][]byte{rec}, appendMaxWrite, blk) {
+				err := usageError{fmt.Errorf("a record of %d bytes does not fit in one write of the store (%d bytes with its header): split it", len(rec), appendMaxWrite)}
+				return errors.Join(commit(), l.Close(), err)
+			}
+			if !wal.BatchFits(append(batch, rec), appendMaxWrite, blk) {
+				if err := commit(); err != nil {
+					return errors.Join(err, l.Close())
+				}
+			}
+			batch = append(batch, rec)
+			if len(batch) == 1 {
+				timer.Reset(opts.FlushInterval)
+			}
+			if len(batch) == opts.Batch {
+				if err := commit(); err != nil {
+					return errors.Join(err, l.Close())
+				}
+			}
 		}
 	}
-	return errors.Join(flush(), l.Close())
+}
+
+// checkAppendDir says whether append may make dir a store: a store, a
+// missing directory (whose parent exists), an empty one, or, with create,
+// any directory. created reports that dir holds nothing yet (what a failed
+// creation leaves is removed).
+func checkAppendDir(dir string, create bool) (created bool, err error) {
+	fi, err := os.Stat(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		parent := filepath.Dir(filepath.Clean(dir))
+		if pfi, err := os.Stat(parent); err != nil || !pfi.IsDir() {
+			return false, usageError{fmt.Errorf("%s: its parent directory %s does not exist: create it first", dir, parent)}
+		}
+		return true, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	if !fi.IsDir() {
+		return false, usageError{fmt.Errorf("%s is a file, not a directory: give a store's directory, or a new or empty one", dir)}
+	}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return false, err
+	}
+	if len(ents) == 0 {
+		return true, nil
+	}
+	if isStore(dir) == nil || create {
+		return false, nil
+	}
+	return false, usageError{fmt.Errorf("%s holds %s but no segstore segment: it is not a store; give a new or empty directory, or --create to make it one anyway", dir, plural(len(ents), "file"))}
+}
+
+// createStore opens the store in dir for writing, creating it; if that
+// fails where nothing was (fresh), it removes what the attempt created.
+func createStore(dir string, fresh bool) (*engine.Log, error) {
+	existed := true
+	if _, err := os.Stat(dir); errors.Is(err, fs.ErrNotExist) {
+		existed = false
+	}
+	opts := engine.DefaultOptions()
+	opts.MaxWrite, opts.Logger = appendMaxWrite, quietLogger
+	l, err := engine.Open(dir, opts)
+	if err != nil && fresh {
+		if existed {
+			ents, _ := os.ReadDir(dir)
+			for _, e := range ents {
+				os.RemoveAll(filepath.Join(dir, e.Name()))
+			}
+		} else {
+			os.RemoveAll(dir)
+		}
+	}
+	return l, err
 }
 
 // readRecords calls fn with each record of in: a line (without its
 // newline), or a length-prefixed record. Errors say which record of the
-// input failed; the records before it were appended.
-func readRecords(in io.Reader, binaryRecs bool, fn func([]byte) error) error {
-	r := bufio.NewReaderSize(in, 1<<20)
+// input failed; the records before it are appended. A malformed input is
+// a usage error.
+func readRecords(in namedReader, binaryRecs bool, fn func([]byte) error) error {
+	r := bufio.NewReaderSize(in.r, 1<<20)
 	for k := 1; ; k++ {
 		var rec []byte
 		if binaryRecs {
@@ -163,15 +294,15 @@ func readRecords(in io.Reader, binaryRecs bool, fn func([]byte) error) error {
 			if _, err := io.ReadFull(r, n[:]); err == io.EOF {
 				return nil
 			} else if err != nil {
-				return fmt.Errorf("input record %d: reading its 4-byte length: %w (--binary wants a uint32 little-endian length, then that many bytes; the records before it were appended)", k, err)
+				return inputError(err, fmt.Errorf("%s, record %d: reading its 4-byte length: %w (--binary wants a uint32 little-endian length, then that many bytes; the records before it were appended)", in.name, k, err))
 			}
 			size := binary.LittleEndian.Uint32(n[:])
 			if size > wal.MaxRecordSize {
-				return fmt.Errorf("input record %d: length %d is over the %d-byte maximum (is the input really length-prefixed? the records before it were appended)", k, size, wal.MaxRecordSize)
+				return usageError{fmt.Errorf("%s, record %d: length %d is over the %d-byte maximum (is the input really length-prefixed? the records before it were appended)", in.name, k, size, wal.MaxRecordSize)}
 			}
 			rec = make([]byte, size)
 			if _, err := io.ReadFull(r, rec); err != nil {
-				return fmt.Errorf("input record %d: reading its %d bytes: %w (the input ends inside it; the records before it were appended)", k, size, err)
+				return inputError(err, fmt.Errorf("%s, record %d: reading its %d bytes: %w (the input ends inside it; the records before it were appended)", in.name, k, size, err))
 			}
 		} else {
 			line, err := r.ReadBytes('\n')
@@ -179,7 +310,7 @@ func readRecords(in io.Reader, binaryRecs bool, fn func([]byte) error) error {
 				return nil
 			}
 			if err != nil && err != io.EOF {
-				return fmt.Errorf("input line %d: %w (the lines before it were appended)", k, err)
+				return fmt.Errorf("%s, line %d: %w (the lines before it were appended)", in.name, k, err)
 			}
 			rec = bytes.TrimSuffix(line, []byte{'\n'})
 		}
@@ -189,12 +320,21 @@ func readRecords(in io.Reader, binaryRecs bool, fn func([]byte) error) error {
 	}
 }
 
+// inputError is err, a usage error when the input ended too soon (it is
+// not what --binary takes) and not when reading it failed.
+func inputError(cause, err error) error {
+	if errors.Is(cause, io.ErrUnexpectedEOF) || errors.Is(cause, io.EOF) {
+		return usageError{err}
+	}
+	return err
+}
+
 // CatOptions configure Cat.
 type CatOptions struct {
 	From   int64     // first offset; -1 for the log's start
 	At     time.Time // if set, start at the first record appended at or after it
 	Count  int       // records to print; 0 for all
-	Format string    // text, hex or json
+	Format string    // text (offset, tab, record), raw (the record), hex or json
 	// Follow: at the end of the log, wait for the writer's next records
 	// (engine.KeepRefreshed, at least every Poll, default 250ms) until ctx
 	// is done or Count are printed, like tail -f.
@@ -202,16 +342,19 @@ type CatOptions struct {
 	Poll   time.Duration
 }
 
-// Cat prints records of the store in dir: as text (one per line), hex
-// (offset, tab, hex bytes) or JSON (one object per line).
+// Cat prints records of the store in dir, one a line: as text (offset,
+// tab, the record's bytes), raw (the record's bytes alone), hex (offset,
+// tab, hex bytes) or JSON (one object).
 func Cat(ctx context.Context, out io.Writer, dir string, opts CatOptions) error {
 	if opts.Format == "" {
 		opts.Format = "text"
 	}
-	if opts.Format != "text" && opts.Format != "hex" && opts.Format != "json" {
-		return usageError{fmt.Errorf("--format %q: want text, hex or json", opts.Format)}
+	switch opts.Format {
+	case "text", "raw", "hex", "json":
+	default:
+		return usageError{fmt.Errorf("--format %q: want text, raw, hex or json", opts.Format)}
 	}
-	l, err := openStore(dir, false, false)
+	l, err := openStore(dir, false)
 	if err != nil {
 		return err
 	}
@@ -225,8 +368,8 @@ func Cat(ctx context.Context, out io.Writer, dir string, opts CatOptions) error 
 			return err
 		}
 	}
-	if end := l.DurableOffset(); from < l.StartOffset() || (from > end) {
-		return usageError{fmt.Errorf("offset %d is outside the log's records [%d, %d)", from, l.StartOffset(), end)}
+	if err := inLog(from, l.StartOffset(), l.DurableOffset()); err != nil {
+		return err
 	}
 	var wait func(from uint64) error // with Follow: until the log holds from
 	if opts.Follow {
@@ -244,6 +387,8 @@ func Cat(ctx context.Context, out io.Writer, dir string, opts CatOptions) error 
 			rec := it.Record()
 			switch opts.Format {
 			case "text":
+				fmt.Fprintf(w, "%d\t%s\n", it.Offset(), rec)
+			case "raw":
 				w.Write(rec)
 				w.WriteByte('\n')
 			case "hex":
@@ -268,6 +413,15 @@ func Cat(ctx context.Context, out io.Writer, dir string, opts CatOptions) error 
 			return fmt.Errorf("following %s: %w", dir, err)
 		}
 	}
+}
+
+// inLog refuses a start offset outside the log's records [start, end]
+// (end itself: nothing yet, what --follow waits for).
+func inLog(from, start, end uint64) error {
+	if from < start || from > end {
+		return usageError{fmt.Errorf("offset %d is outside the log's records [%d, %d): give --from in that range", from, start, end)}
+	}
+	return nil
 }
 
 // follow keeps the read-only log l refreshed until ctx is done or stop is
@@ -333,7 +487,7 @@ type InspectReport struct {
 // found, and health warnings. It opens read-only and reads each sealed
 // segment's footer (for its index).
 func Inspect(out io.Writer, dir string, asJSON bool) error {
-	l, err := openStore(dir, false, false)
+	l, err := openStore(dir, false)
 	if err != nil {
 		return err
 	}
@@ -361,9 +515,12 @@ func Inspect(out io.Writer, dir string, asJSON bool) error {
 		r.Warnings = append(r.Warnings, fmt.Sprintf("damaged footers in segments %v: a read-write open rebuilds them", r.Recovery.RebuiltFooters))
 	}
 	if asJSON {
+		if r.Warnings == nil {
+			r.Warnings = []string{}
+		}
 		return writeReport(out, r)
 	}
-	fmt.Fprintf(out, "store %s: %d segments, offsets [%d, %d) (%d records), %d bytes\n", dir, len(r.Segments), r.Start, r.End, r.Records, r.Bytes)
+	fmt.Fprintf(out, "store %s: %s, offsets [%d, %d) (%s), %d bytes\n", dir, plural(len(r.Segments), "segment"), r.Start, r.End, plural(int(r.Records), "record"), r.Bytes)
 	fmt.Fprintf(out, "storage: direct=%v filesystem=%s alignment: %d-byte offsets, %d-byte memory, %d-byte blocks (from %s)\n",
 		r.Storage.Direct, r.Storage.Filesystem, r.Storage.Alignment.Offset, r.Storage.Alignment.Memory, r.Storage.Alignment.Block, r.Storage.Alignment.Source)
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
@@ -391,8 +548,7 @@ func Inspect(out io.Writer, dir string, asJSON bool) error {
 		fmt.Fprintln(out, "writer: none")
 	}
 	if rp := r.Replication; rp != nil {
-		fmt.Fprintf(out, "follower of %s (log %q): applied %d, leader at %d, lag %d records, %d bytes of the active segment staged, %d segments imported, as of %s\n",
-			rp.Leader, rp.Name, rp.Applied, rp.LeaderEnd, rp.Lag, rp.Staged, rp.Imported, rp.Updated.Format(timeFormat))
+		fmt.Fprintln(out, rp)
 	}
 	for _, w := range r.Warnings {
 		fmt.Fprintln(out, "warning:", w)
@@ -404,38 +560,60 @@ func Inspect(out io.Writer, dir string, asJSON bool) error {
 type VerifyOptions struct {
 	JSON     bool
 	Progress io.Writer // where a progress bar goes; nil for none
+	Verbose  bool      // each problem with its explanation
 }
 
 // Verify checks every frame and footer of the store in dir and prints a
-// report; it returns an error wrapping ErrDamage if it found any.
-func Verify(out io.Writer, dir string, opts VerifyOptions) error {
+// report; it returns an error wrapping ErrDamage if it found any. When
+// ctx is done first (Ctrl-C) it says how far it got on errOut and returns
+// errInterrupted.
+func Verify(ctx context.Context, out, errOut io.Writer, dir string, opts VerifyOptions) error {
 	if err := isStore(dir); err != nil {
 		return err
 	}
+	var done, total atomic.Int64
 	vo := engine.VerifyOptions{}
-	if opts.Progress != nil {
-		var bar *progressbar.ProgressBar
-		vo.Progress = func(done, total int64) {
-			if bar == nil {
-				bar = progressbar.NewOptions64(total, progressbar.OptionSetWriter(opts.Progress), progressbar.OptionShowBytes(true),
-					progressbar.OptionSetDescription("verifying"), progressbar.OptionClearOnFinish())
-			}
-			bar.Set64(done)
+	var bar *progressbar.ProgressBar
+	vo.Progress = func(d, t int64) {
+		done.Store(d)
+		total.Store(t)
+		if opts.Progress == nil {
+			return
 		}
+		if bar == nil {
+			bar = progressbar.NewOptions64(t, progressbar.OptionSetWriter(opts.Progress), progressbar.OptionShowBytes(true),
+				progressbar.OptionSetDescription("verifying"), progressbar.OptionClearOnFinish())
+		}
+		bar.Set64(d)
 	}
-	r, err := engine.Verify(dir, vo)
+	var r *engine.VerifyReport
+	err := interruptible(ctx, func() (err error) { r, err = engine.Verify(dir, vo); return err })
+	if errors.Is(err, errInterrupted) {
+		pct := 0.0
+		if t := total.Load(); t > 0 {
+			pct = 100 * float64(done.Load()) / float64(t)
+		}
+		fmt.Fprintf(errOut, "\nverify interrupted at %.0f%% (%d of %d bytes read): no verdict\n", pct, done.Load(), total.Load())
+		return err
+	}
 	if err != nil {
 		return err
+	}
+	if r.Problems == nil {
+		r.Problems = []engine.Problem{}
 	}
 	if opts.JSON {
 		if err := writeReport(out, r); err != nil {
 			return err
 		}
 	} else {
-		fmt.Fprintf(out, "%d segments (%d sealed), %d frames, %d records, offsets [%d, %d), %d bytes read\n",
-			r.Segments, r.Sealed, r.Frames, r.Records, r.Start, r.End, r.Bytes)
+		fmt.Fprintf(out, "%s, %s, %s, offsets [%d, %d), %d bytes read\n",
+			plural(r.Segments, "segment")+fmt.Sprintf(" (%d sealed)", r.Sealed), plural(int(r.Frames), "frame"), plural(int(r.Records), "record"), r.Start, r.End, r.Bytes)
 		for _, p := range r.Problems {
-			fmt.Fprintln(out, "problem:", p)
+			fmt.Fprintln(out, "problem:", problemLine(p))
+			if opts.Verbose {
+				fmt.Fprintln(out, "  why:", tidy(p.Detail))
+			}
 		}
 		if r.TailInFlight {
 			fmt.Fprintln(out, "note: a writer holds the store; bytes after the last segment's records were taken for an append in flight")
@@ -445,9 +623,44 @@ func Verify(out io.Writer, dir string, opts VerifyOptions) error {
 		}
 	}
 	if !r.Clean() {
-		return fmt.Errorf("%w: %d problems in %s (segtool repair says which a crash explains and can be repaired)", ErrDamage, len(r.Problems), dir)
+		why := ""
+		if !opts.Verbose && !opts.JSON {
+			why = "; --verbose says why each is a problem"
+		}
+		return fmt.Errorf("%w: %s in %s (segtool repair %s says which a crash explains and can be repaired%s)", ErrDamage, plural(len(r.Problems), "problem"), dir, dir, why)
 	}
 	return nil
+}
+
+// problemLine is one problem verify found, with the first clause of its
+// explanation (Problem.Detail, shown whole with --verbose).
+func problemLine(p engine.Problem) string {
+	fix := "not repairable without losing records"
+	if p.Repairable {
+		fix = "repairable: segtool repair --apply"
+	}
+	return fmt.Sprintf("segment %d (%s) at byte %d: %s: %s (%s)", p.Segment, p.File, p.Position, p.Kind, shortDetail(p.Detail), fix)
+}
+
+// detailWhere matches the file and position a problem's detail repeats.
+var detailWhere = regexp.MustCompile(`^corruption in .* \(segment \d+\) at byte \d+: `)
+
+// shortDetail is a problem's explanation without what the problem line
+// already says (file, position) and without its parenthesized advice.
+func shortDetail(detail string) string {
+	d := detailWhere.ReplaceAllString(tidy(detail), "")
+	if i := strings.Index(d, " ("); i > 0 {
+		d = d[:i]
+	}
+	return d
+}
+
+// plural is "1 segment", "2 segments".
+func plural(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
 }
 
 // timeFormat prints times in tables: UTC, milliseconds.
@@ -483,7 +696,7 @@ func Repair(out io.Writer, dir string, opts RepairOptions) error {
 	if err != nil {
 		return err
 	}
-	r := RepairReport{Problems: v.Problems}
+	r := RepairReport{Problems: append([]engine.Problem{}, v.Problems...), Actions: []string{}}
 	var unrepairable []engine.Problem
 	for _, p := range v.Problems {
 		switch {
@@ -609,7 +822,7 @@ func copyFile(src, dst string) error {
 type DumpOptions struct {
 	From    int64 // first offset whose frame to show; -1 for all
 	Frames  int   // frames to show; 0 for all
-	Records bool  // show each frame's records too (text, cut at 64 bytes)
+	Records bool  // show each frame's records too (text: cut at 64 bytes; JSON: whole)
 	JSON    bool  // one JSON object per segment, frame and footer line
 }
 
@@ -636,19 +849,29 @@ func Dump(out io.Writer, dir string, opts DumpOptions) error {
 	defer w.Flush()
 	enc := json.NewEncoder(w)
 	shown := 0
+	if opts.From >= 0 && uint64(opts.From) < bases[0] {
+		return inLog(uint64(opts.From), bases[0], bases[0])
+	}
+	var end uint64 // after the last frame read
 	for i, name := range names {
 		if opts.From >= 0 && i+1 < len(names) && bases[i+1] <= uint64(opts.From) {
 			continue // wholly below --from
 		}
-		more, err := dumpSegment(w, enc, name, opts, &shown)
+		more, err := dumpSegment(w, enc, name, opts, &shown, &end)
 		if err != nil || !more {
 			return err
 		}
 	}
+	if opts.From >= 0 && uint64(opts.From) > end {
+		w.Reset(out) // beyond the log: say so alone, as cat does
+		return usageError{fmt.Errorf("offset %d is outside the log's records [%d, %d): give --from in that range", opts.From, bases[0], end)}
+	}
 	return nil
 }
 
-func dumpSegment(w *bufio.Writer, enc *json.Encoder, name string, opts DumpOptions, shown *int) (more bool, err error) {
+// dumpSegment shows the segment file name; end is set to the offset after
+// its last frame.
+func dumpSegment(w *bufio.Writer, enc *json.Encoder, name string, opts DumpOptions, shown *int, end *uint64) (more bool, err error) {
 	dev, err := blockdev.Open(name, blockdev.Options{ReadOnly: true})
 	if errors.Is(err, blockdev.ErrDirectIOUnsupported) {
 		dev, err = blockdev.Open(name, blockdev.Options{ReadOnly: true, Buffered: true})
@@ -670,8 +893,10 @@ func dumpSegment(w *bufio.Writer, enc *json.Encoder, name string, opts DumpOptio
 		fmt.Fprintf(w, "segment %s: base %d, id %016x, created %s, max write %d, %d bytes\n",
 			filepath.Base(name), h.BaseOffset, h.SegmentID, time.Unix(0, h.Created).UTC().Format(timeFormat), h.MaxWrite, size)
 	}
+	*end = max(*end, h.BaseOffset)
 	for sc.Next() {
 		f := sc.Frame()
+		*end = f.First + uint64(f.Count)
 		if opts.From >= 0 && f.First+uint64(f.Count) <= uint64(opts.From) {
 			continue
 		}
@@ -680,8 +905,17 @@ func dumpSegment(w *bufio.Writer, enc *json.Encoder, name string, opts DumpOptio
 		}
 		*shown++
 		if opts.JSON {
-			enc.Encode(map[string]any{"frame": f.Pos, "size": f.Size, "checksum": fmt.Sprintf("%08x", f.Checksum),
-				"first": f.First, "count": f.Count, "time": time.Unix(0, f.Time).UTC()})
+			frame := map[string]any{"frame": f.Pos, "size": f.Size, "checksum": fmt.Sprintf("%08x", f.Checksum),
+				"first": f.First, "count": f.Count, "time": time.Unix(0, f.Time).UTC()}
+			if opts.Records {
+				recs := []any{}
+				wal.Records(f.Payload, func(i int, rec []byte) bool {
+					recs = append(recs, recordJSON(f.First+uint64(i), time.Unix(0, f.Time), rec))
+					return true
+				})
+				frame["records"] = recs
+			}
+			enc.Encode(frame)
 		} else {
 			fmt.Fprintf(w, "  frame at %d: %d bytes, crc32c %08x, offsets %d..%d (%d records), %s\n",
 				f.Pos, f.Size, f.Checksum, f.First, f.First+uint64(f.Count)-1, f.Count, time.Unix(0, f.Time).UTC().Format(timeFormat))
@@ -716,7 +950,7 @@ func dumpSegment(w *bufio.Writer, enc *json.Encoder, name string, opts DumpOptio
 
 // offsetAt is the first offset of the store in dir appended at or after t.
 func offsetAt(dir string, t time.Time) (int64, error) {
-	l, err := openStore(dir, false, false)
+	l, err := openStore(dir, false)
 	if err != nil {
 		return 0, err
 	}

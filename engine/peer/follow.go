@@ -106,12 +106,16 @@ type FollowOptions struct {
 
 // FollowStats say how far a follower is.
 type FollowStats struct {
-	Applied     uint64 // the follower log's end: records below it are replicated and durable
-	LeaderEnd   uint64 // the leader's durable end, as last seen
-	Staged      int64  // bytes of the leader's active segment received and durable (StageFile), imported once it is sealed
-	Imported    int    // segments imported
-	Steps       int    // steps that succeeded: the leader was reached and its answers accepted
-	Failures    int    // failed steps (retried with backoff)
+	Applied   uint64 // the follower log's end: records below it are replicated and durable
+	LeaderEnd uint64 // the leader's durable end, as last seen
+	Staged    int64  // bytes of the leader's active segment received and durable (StageFile), imported once it is sealed
+	// Received: every record below it is durable on the follower,
+	// applied or staged (readable once the leader seals its segment, or
+	// after Promote). At least Applied.
+	Received    uint64
+	Imported    int // segments imported
+	Steps       int // steps that succeeded: the leader was reached and its answers accepted
+	Failures    int // failed steps (retried with backoff)
 	LastFailure string
 }
 
@@ -120,13 +124,16 @@ func (s FollowStats) Lag() uint64 { return s.LeaderEnd - min(s.Applied, s.Leader
 
 // follower is the state of one Follow.
 type follower struct {
-	base   *url.URL
-	log    *engine.Log
-	opts   FollowOptions
-	stats  FollowStats
-	stage  *stage // the start of the leader's active segment, while it is not sealed
-	client *http.Client
-	pub    atomic.Pointer[FollowStats]
+	base  *url.URL
+	log   *engine.Log
+	opts  FollowOptions
+	stats FollowStats
+	stage *stage // the start of the leader's active segment, while it is not sealed
+	// stagedNext is the offset after the records staged, as the leader
+	// said when the stage reached the size it reported; 0 when unknown.
+	stagedNext uint64
+	client     *http.Client
+	pub        atomic.Pointer[FollowStats]
 }
 
 // Follow replicates the log named opts.Name from the server at leaderURL
@@ -200,6 +207,10 @@ func Follow(ctx context.Context, leaderURL string, l *engine.Log, opts FollowOpt
 		err := f.step(ctx)
 		f.stats.Applied = l.EndOffset()
 		f.stats.Staged = st.size
+		if st.size == 0 {
+			f.stagedNext = 0
+		}
+		f.stats.Received = max(f.stats.Applied, f.stagedNext)
 		switch {
 		case err == nil:
 			f.stats.Steps++
@@ -668,13 +679,18 @@ func (f *follower) waitTail(ctx context.Context, s SegmentEntry) error {
 	case resp.StatusCode != http.StatusOK && size != f.stage.size:
 		return refuse("%s with nothing, the segment's size says %d bytes", resp.Status, size-f.stage.size)
 	}
-	if next, err := strconv.ParseUint(resp.Header.Get("Segstore-Next"), 10, 64); err == nil && next < maxOffset {
-		f.stats.LeaderEnd = max(f.stats.LeaderEnd, next)
+	next, err := strconv.ParseUint(resp.Header.Get("Segstore-Next"), 10, 64)
+	if err != nil || next >= maxOffset {
+		next = 0
 	}
+	f.stats.LeaderEnd = max(f.stats.LeaderEnd, next)
 	if resp.StatusCode == http.StatusOK {
 		if err := f.stage.append(resp.Body, resp.ContentLength); err != nil {
 			return err
 		}
+	}
+	if f.stage.size == size {
+		f.stagedNext = next // every record of the segment's size is staged, and durable
 	}
 	if !sealed || f.stage.size != size {
 		return nil

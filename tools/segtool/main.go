@@ -1,17 +1,13 @@
 // Command segtool inspects, verifies and exercises segstore logs. Run
-// `segtool --help` for the commands.
+// `segtool --help` for the commands and the exit statuses.
 package main
 
 import (
-	"fmt"
 	"os"
 
 	"github.com/segstore/segstore/tools"
 )
 
 func main() {
-	if err := tools.NewRootCommand(os.Stdout, os.Stderr).Execute(); err != nil {
-		fmt.Fprintln(os.Stderr, "segtool:", err)
-		os.Exit(tools.ExitCode(err))
-	}
+	os.Exit(tools.Run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
 }
