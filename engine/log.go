@@ -71,6 +71,13 @@ type Log struct {
 	// time. One per log: only the newest segment grows, and a chunk of an
 	// older one is never kept after its segment stops growing.
 	tail atomic.Pointer[tailChunk]
+	// fresh: the batches appended last, served without a device read (nil
+	// for a read-only log).
+	fresh *fresh
+
+	// Point reads: Read calls that returned a record, and the bytes they
+	// read from the device.
+	pointReads, readDeviceBytes atomic.Int64
 
 	syncHist, batchHist *hist // fdatasync latency, appends per flush
 
@@ -175,6 +182,9 @@ func Open(dir string, opts Options) (*Log, error) {
 			return nil, err
 		}
 		l.cache = c
+	}
+	if !opts.ReadOnly {
+		l.fresh = newFresh(l.cache.MaxBytes())
 	}
 	if err := l.load(); err != nil {
 		l.abandon()
@@ -849,6 +859,7 @@ func (l *Log) append(records [][]byte, makeRoom bool) (first uint64, err error) 
 		l.mu.RUnlock()
 		return 0, err
 	}
+	l.fresh.add(l.cache, s.ns, first, records)
 	roll, half := l.shouldRollLocked(s)
 	if half {
 		l.prepareSpareLocked(s)
@@ -993,6 +1004,10 @@ func (l *Log) Read(offset uint64, dst []byte) ([]byte, error) {
 		return dst, err
 	}
 	defer s.done()
+	if out, ok := l.fresh.get(s.ns, offset, dst); ok {
+		l.pointReads.Add(1)
+		return out, nil
+	}
 	vis := s.vis()
 	start, end, complete := s.chunk(offset, vis)
 	v, err := l.chunkBytes(s, start, end, complete, offset)
@@ -1004,6 +1019,7 @@ func (l *Log) Read(offset uint64, dst []byte) ([]byte, error) {
 	if !ok {
 		return dst, s.corrupt("read", start.pos, fmt.Errorf("offset %d is not in the index interval [%d, %d) that should hold it", offset, start.pos, end))
 	}
+	l.pointReads.Add(1)
 	return append(dst, rec...), nil
 }
 
@@ -1064,10 +1080,11 @@ func (l *Log) chunkBytes(s *segment, start indexEntry, end int64, complete bool,
 		buf = l.readPool.Get()
 		defer l.readPool.Put(buf) // buildChunk copies what it keeps
 	}
-	raw, _, err := s.readRange(start.pos, end, buf)
+	raw, aligned, err := s.readRange(start.pos, end, buf)
 	if err != nil {
 		return nil, err
 	}
+	l.readDeviceBytes.Add(int64(len(aligned)))
 	v, stop, err := buildChunk(raw, s.hdr, start, l.cache.Alloc)
 	if err == nil && stop != end {
 		v.Release()
@@ -1291,6 +1308,12 @@ type Stats struct {
 	// SyncLatency: fdatasync durations in seconds; FlushBatch: appends per
 	// group-commit flush. Since Open.
 	SyncLatency, FlushBatch Histogram
+	// PointReads: Read calls that returned a record. ReadDeviceBytes: the
+	// bytes they read from the device (whole aligned reads), so
+	// ReadDeviceBytes/PointReads is a point read's amplification.
+	// FreshHits: of them served from the batches appended last, with no
+	// device read and no cache lookup.
+	PointReads, ReadDeviceBytes, FreshHits int64
 }
 
 // Stats returns the counters.
@@ -1314,7 +1337,11 @@ func (l *Log) Stats() Stats {
 		Cache: l.cache.Stats(), StartOffset: l.StartOffset(), EndOffset: l.EndOffset(),
 		DurableOffset: l.DurableOffset(), LastOpenRecovery: l.report,
 		ExportSendfileBytes: l.exportSendfile.Load(), ExportCopiedBytes: l.exportCopied.Load(),
-		SyncLatency: l.syncHist.snapshot(), FlushBatch: l.batchHist.snapshot()}
+		SyncLatency: l.syncHist.snapshot(), FlushBatch: l.batchHist.snapshot(),
+		PointReads: l.pointReads.Load(), ReadDeviceBytes: l.readDeviceBytes.Load()}
+	if l.fresh != nil {
+		st.FreshHits = l.fresh.hits.Load()
+	}
 	if w.Writes > 0 {
 		st.MeanBatch = float64(w.Appends) / float64(w.Writes)
 	}
@@ -1363,6 +1390,7 @@ func (l *Log) Close() error {
 	}
 	l.refreshMu.Unlock()
 	l.keepTail(nil)
+	l.fresh.release()
 	l.release()
 	return err
 }

@@ -169,6 +169,7 @@ func (l *Log) TruncateBack(from uint64) error {
 }
 
 func (l *Log) truncateBackLocked(from uint64) error {
+	l.fresh.release() // offsets from on can be appended again
 	if err := l.active.w.Close(); err != nil {
 		return err
 	}

@@ -154,6 +154,38 @@ func TestServerEndpoints(t *testing.T) {
 	assert.Positive(t, l.Stats().ExportSendfileBytes, "responses went by sendfile")
 }
 
+// TestReadMetrics: the point-read counters are served as Stats has them:
+// reads of the batches just appended (fresh, no device bytes), then of
+// records read back from the device after a reopen.
+func TestReadMetrics(t *testing.T) {
+	dir := t.TempDir()
+	l := openLog(t, dir)
+	appendBatches(t, l, 4)
+	for i := range uint64(8) {
+		_, err := l.Read(i, nil)
+		require.NoError(t, err)
+	}
+	require.NoError(t, l.Close())
+	l = openLog(t, dir)
+	defer l.Close()
+	for i := range uint64(8) {
+		_, err := l.Read(i, nil)
+		require.NoError(t, err)
+	}
+	st := l.Stats()
+	require.Equal(t, int64(8), st.PointReads)
+	require.Zero(t, st.FreshHits, "nothing appended since the reopen")
+	require.Positive(t, st.ReadDeviceBytes)
+	ts := httptest.NewServer(NewServer(map[string]*engine.Log{"main": l}, ServerOptions{}))
+	defer ts.Close()
+	_, b := getBody(t, ts.URL+"/metrics", nil)
+	for name, v := range map[string]int64{"segstore_point_reads_total": st.PointReads, "segstore_point_read_device_bytes_total": st.ReadDeviceBytes,
+		"segstore_point_read_fresh_hits_total": st.FreshHits, "segstore_cache_misses_total": st.Cache.Misses} {
+		// Prometheus writes values as Go's shortest 'g' form.
+		assert.Contains(t, string(b), fmt.Sprintf("%s{log=\"main\"} %s\n", name, strconv.FormatFloat(float64(v), 'g', -1, 64)))
+	}
+}
+
 func TestServerSecurity(t *testing.T) {
 	l := openLog(t, t.TempDir())
 	defer l.Close()

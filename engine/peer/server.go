@@ -840,6 +840,9 @@ var (
 	descSyncs    = prometheus.NewDesc("segstore_fsyncs_total", "fdatasyncs of segment files.", []string{"log"}, nil)
 	descHits     = prometheus.NewDesc("segstore_cache_hits_total", "Cache hits.", []string{"log"}, nil)
 	descMisses   = prometheus.NewDesc("segstore_cache_misses_total", "Cache misses.", []string{"log"}, nil)
+	descReads    = prometheus.NewDesc("segstore_point_reads_total", "Point reads (Read calls) that returned a record.", []string{"log"}, nil)
+	descReadDev  = prometheus.NewDesc("segstore_point_read_device_bytes_total", "Bytes point reads read from the device; divided by segstore_point_reads_total, a point read's amplification.", []string{"log"}, nil)
+	descFresh    = prometheus.NewDesc("segstore_point_read_fresh_hits_total", "Point reads served from the batches appended last, without a device read.", []string{"log"}, nil)
 	descSegments = prometheus.NewDesc("segstore_segments", "Segment files.", []string{"log"}, nil)
 	descBytes    = prometheus.NewDesc("segstore_bytes", "Bytes of segment files.", []string{"log"}, nil)
 	descEnd      = prometheus.NewDesc("segstore_durable_offset", "Offset below which every record is durable.", []string{"log"}, nil)
@@ -849,7 +852,7 @@ var (
 )
 
 func (c *logCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descAppends, descRecords, descSyncs, descHits, descMisses, descSegments, descBytes, descEnd, descExported, descSyncHist, descBatch2} {
+	for _, d := range []*prometheus.Desc{descAppends, descRecords, descSyncs, descHits, descMisses, descReads, descReadDev, descFresh, descSegments, descBytes, descEnd, descExported, descSyncHist, descBatch2} {
 		ch <- d
 	}
 }
@@ -868,6 +871,9 @@ func (c *logCollector) Collect(ch chan<- prometheus.Metric) {
 		counter(descSyncs, float64(st.Syncs))
 		counter(descHits, float64(st.Cache.Hits))
 		counter(descMisses, float64(st.Cache.Misses))
+		counter(descReads, float64(st.PointReads))
+		counter(descReadDev, float64(st.ReadDeviceBytes))
+		counter(descFresh, float64(st.FreshHits))
 		gauge(descSegments, float64(st.Segments))
 		gauge(descBytes, float64(st.Bytes))
 		gauge(descEnd, float64(st.DurableOffset))

@@ -1,0 +1,135 @@
+package engine
+
+import (
+	"encoding/binary"
+	"sort"
+	"sync"
+	"sync/atomic"
+
+	"github.com/segstore/segstore/cache"
+)
+
+// fresh holds the batches appended last, as the appenders gave them, so
+// that reading what was just appended (raft's GetLog of what StoreLogs
+// stored, a follower tailing its leader) costs no device read: a
+// write-through cache of the newest records, as Redpanda's batch cache.
+//
+// It is bounded to maxBytes of record bytes (freshBytes of the cache's
+// budget), in blocks from the cache's pool (outside the Go heap, not
+// counted in the cache's budget): the oldest batches go first. Entries are
+// keyed by the segment's cache namespace as well as by offset, so a
+// segment rewritten by TruncateBack (which gets a new namespace) never
+// shows a record of its old contents; TruncateBack also drops them all,
+// since offsets cut can be appended again.
+//
+// A batch is inserted by Append once the writer has taken it, before
+// Append returns, under the log's lock held shared (so no truncation runs
+// in between). Readers consult it only for an offset below the segment's
+// visible end, so a record is never shown before it is durable, and the
+// bytes are those the checksum was computed over.
+type fresh struct {
+	mu       sync.RWMutex
+	batches  []freshBatch // ascending by first offset; guarded by mu
+	bytes    int          // value bytes held; guarded by mu
+	maxBytes int
+	hits     atomic.Int64 // reads served
+}
+
+// freshBatch is one appended batch: its records' bytes, then their end
+// positions (uint32 each), in one cache value.
+type freshBatch struct {
+	ns    cache.Namespace
+	first uint64
+	count int
+	v     *cache.Value
+}
+
+// freshBytes: the write-through cache holds at most this many bytes, or
+// an eighth of the cache's budget if that is less.
+const freshBytes = 4 << 20
+
+func newFresh(budget int64) *fresh {
+	return &fresh{maxBytes: int(min(freshBytes, budget/8))}
+}
+
+// add keeps a copy of records, the batch appended at first in the segment
+// of namespace ns. A batch larger than the whole bound is not kept.
+func (f *fresh) add(c *cache.Cache, ns cache.Namespace, first uint64, records [][]byte) {
+	if f == nil || len(records) == 0 {
+		return
+	}
+	n := 4 * len(records)
+	for _, r := range records {
+		n += len(r)
+	}
+	if n > f.maxBytes {
+		return
+	}
+	v := c.Alloc(n)
+	b := v.Bytes()
+	table := n - 4*len(records)
+	p := 0
+	for i, r := range records {
+		p += copy(b[p:], r)
+		binary.LittleEndian.PutUint32(b[table+4*i:], uint32(p))
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	// Batches come in the order their appenders got here, which is not
+	// always offset order; lookups search by offset, so keep them sorted
+	// by inserting in place (almost always at the end).
+	i := len(f.batches)
+	for i > 0 && f.batches[i-1].first > first {
+		i--
+	}
+	f.batches = append(f.batches, freshBatch{})
+	copy(f.batches[i+1:], f.batches[i:])
+	f.batches[i] = freshBatch{ns: ns, first: first, count: len(records), v: v}
+	f.bytes += n
+	drop := 0
+	for f.bytes > f.maxBytes {
+		f.bytes -= len(f.batches[drop].v.Bytes())
+		f.batches[drop].v.Release()
+		drop++
+	}
+	if drop > 0 {
+		f.batches = append(f.batches[:0], f.batches[drop:]...)
+	}
+}
+
+// get appends the record at off of namespace ns to dst, if it is held.
+func (f *fresh) get(ns cache.Namespace, off uint64, dst []byte) ([]byte, bool) {
+	if f == nil {
+		return dst, false
+	}
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	bs := f.batches
+	i := sort.Search(len(bs), func(i int) bool { return bs[i].first > off }) - 1
+	if i < 0 || off >= bs[i].first+uint64(bs[i].count) || bs[i].ns != ns {
+		return dst, false
+	}
+	b := bs[i].v.Bytes()
+	k := int(off - bs[i].first)
+	table := len(b) - 4*bs[i].count
+	start := 0
+	if k > 0 {
+		start = int(binary.LittleEndian.Uint32(b[table+4*(k-1):]))
+	}
+	end := int(binary.LittleEndian.Uint32(b[table+4*k:]))
+	f.hits.Add(1)
+	return append(dst, b[start:end]...), true
+}
+
+// release lets go of every batch (Close, TruncateBack).
+func (f *fresh) release() {
+	if f == nil {
+		return
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, b := range f.batches {
+		b.v.Release()
+	}
+	f.batches, f.bytes = nil, 0
+}
