@@ -104,14 +104,14 @@ func (f *fresh) get(ns cache.Namespace, off uint64, dst []byte) ([]byte, bool) {
 	}
 	f.mu.RLock()
 	defer f.mu.RUnlock()
-	bs := f.batches
-	i := sort.Search(len(bs), func(i int) bool { return bs[i].first > off }) - 1
-	if i < 0 || off >= bs[i].first+uint64(bs[i].count) || bs[i].ns != ns {
+	i, ok := f.findLocked(ns, off)
+	if !ok {
 		return dst, false
 	}
-	b := bs[i].v.Bytes()
-	k := int(off - bs[i].first)
-	table := len(b) - 4*bs[i].count
+	bt := f.batches[i]
+	b := bt.v.Bytes()
+	k := int(off - bt.first)
+	table := len(b) - 4*bt.count
 	start := 0
 	if k > 0 {
 		start = int(binary.LittleEndian.Uint32(b[table+4*(k-1):]))
@@ -119,6 +119,25 @@ func (f *fresh) get(ns cache.Namespace, off uint64, dst []byte) ([]byte, bool) {
 	end := int(binary.LittleEndian.Uint32(b[table+4*k:]))
 	f.hits.Add(1)
 	return append(dst, b[start:end]...), true
+}
+
+// has reports whether the record at off of namespace ns is held.
+func (f *fresh) has(ns cache.Namespace, off uint64) bool {
+	if f == nil {
+		return false
+	}
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	_, ok := f.findLocked(ns, off)
+	return ok
+}
+
+// findLocked returns the index of the batch holding off of ns. The caller
+// holds f.mu.
+func (f *fresh) findLocked(ns cache.Namespace, off uint64) (int, bool) {
+	bs := f.batches
+	i := sort.Search(len(bs), func(i int) bool { return bs[i].first > off }) - 1
+	return i, i >= 0 && off < bs[i].first+uint64(bs[i].count) && bs[i].ns == ns
 }
 
 // release lets go of every batch (Close, TruncateBack).

@@ -76,8 +76,10 @@ type Log struct {
 	fresh *fresh
 
 	// Point reads: Read calls that returned a record, and the bytes they
-	// read from the device.
+	// read from the device (read-ahead included).
 	pointReads, readDeviceBytes atomic.Int64
+	ra                          readAheads       // sequential point reads (readahead.go)
+	raPool                      *alignedbuf.Pool // aligned buffers of read-ahead reads
 
 	syncHist, batchHist *hist // fdatasync latency, appends per flush
 
@@ -153,6 +155,9 @@ func Open(dir string, opts Options) (*Log, error) {
 		return nil, err
 	}
 	l.readPool = pool
+	if l.raPool, err = alignedbuf.NewPool(raSpan+2*poolAlign, poolAlign); err != nil {
+		return nil, err
+	}
 	l.sealed.Store(&wal.Stats{})
 	if l.dir == nil {
 		open := blockdev.OpenDir
@@ -1008,6 +1013,14 @@ func (l *Log) Read(offset uint64, dst []byte) ([]byte, error) {
 		l.pointReads.Add(1)
 		return out, nil
 	}
+	if v, first, ok := l.ra.get(s.ns, offset); ok {
+		defer v.Release()
+		if rec, ok := chunk(v.Bytes()).record(offset - first); ok {
+			l.noteRead(offset, raChunk{})
+			l.pointReads.Add(1)
+			return append(dst, rec...), nil
+		}
+	}
 	vis := s.vis()
 	start, end, complete := s.chunk(offset, vis)
 	v, err := l.chunkBytes(s, start, end, complete, offset)
@@ -1015,10 +1028,12 @@ func (l *Log) Read(offset uint64, dst []byte) ([]byte, error) {
 		return dst, err
 	}
 	defer v.Release()
-	rec, ok := chunk(v.Bytes()).record(offset - start.off)
+	c := chunk(v.Bytes())
+	rec, ok := c.record(offset - start.off)
 	if !ok {
 		return dst, s.corrupt("read", start.pos, fmt.Errorf("offset %d is not in the index interval [%d, %d) that should hold it", offset, start.pos, end))
 	}
+	l.noteRead(offset, raChunk{ns: s.ns, first: start.off, next: start.off + uint64(c.count()), pos: start.pos, end: end, v: v})
 	l.pointReads.Add(1)
 	return append(dst, rec...), nil
 }
@@ -1312,8 +1327,11 @@ type Stats struct {
 	// bytes they read from the device (whole aligned reads), so
 	// ReadDeviceBytes/PointReads is a point read's amplification.
 	// FreshHits: of them served from the batches appended last, with no
-	// device read and no cache lookup.
+	// device read and no cache lookup; ReadAheadHits: served from chunks
+	// read ahead of a run of sequential reads, whose device reads
+	// (ReadAheadBytes) are in ReadDeviceBytes too.
 	PointReads, ReadDeviceBytes, FreshHits int64
+	ReadAheadHits, ReadAheadBytes          int64
 }
 
 // Stats returns the counters.
@@ -1338,7 +1356,8 @@ func (l *Log) Stats() Stats {
 		DurableOffset: l.DurableOffset(), LastOpenRecovery: l.report,
 		ExportSendfileBytes: l.exportSendfile.Load(), ExportCopiedBytes: l.exportCopied.Load(),
 		SyncLatency: l.syncHist.snapshot(), FlushBatch: l.batchHist.snapshot(),
-		PointReads: l.pointReads.Load(), ReadDeviceBytes: l.readDeviceBytes.Load()}
+		PointReads: l.pointReads.Load(), ReadDeviceBytes: l.readDeviceBytes.Load(),
+		ReadAheadHits: l.ra.hits.Load(), ReadAheadBytes: l.ra.bytes.Load()}
 	if l.fresh != nil {
 		st.FreshHits = l.fresh.hits.Load()
 	}
@@ -1389,6 +1408,7 @@ func (l *Log) Close() error {
 		l.durable = nil
 	}
 	l.refreshMu.Unlock()
+	l.closeReadAhead()
 	l.keepTail(nil)
 	l.fresh.release()
 	l.release()

@@ -144,3 +144,91 @@ func TestFreshAppendsAreNotShownBeforeDurable(t *testing.T) {
 	assert.Equal(t, []byte("b"), got)
 	assert.Equal(t, int64(1), l.Stats().FreshHits)
 }
+
+// seqLog opens a log in a counting simulated directory with a cache far
+// smaller than one frame (ristretto refuses every chunk), writes frames
+// of batch records of size bytes, and reopens it, so that nothing is
+// served from the fresh appends.
+func seqLog(t *testing.T, frames, batch, size int) (*Log, *countingDir) {
+	t.Helper()
+	d := &countingDir{Dir: blockdev.NewSimDir(blockdev.SimOptions{})}
+	o := testOptions(d)
+	o.SegmentSize, o.MaxWrite, o.CacheBytes = 1<<20, 256<<10, 64<<10
+	l, err := Open("sim", o)
+	require.NoError(t, err)
+	for range frames {
+		recs := make([][]byte, batch)
+		for k := range recs {
+			recs[k] = freshRecord(l.EndOffset()+uint64(k), size, 0)
+		}
+		_, err := l.Append(recs...)
+		require.NoError(t, err)
+	}
+	require.NoError(t, l.Close())
+	l, err = Open("sim", o)
+	require.NoError(t, err)
+	return l, d
+}
+
+// TestSequentialReadsAreReadAhead: a run of Read(i), Read(i+1), … over
+// frames of 64 records of 2 KiB (128 KiB batches, across segments) reads
+// each byte of the log from the device about once, although the cache
+// refuses every chunk: the chunk in use is kept for the run's next reads
+// and the chunks after it are read ahead. Waiting for the read-ahead after
+// each read, every record past the first chunk is a read-ahead hit;
+// without waiting (the reader may overtake it), at most twice the data is
+// read. A random read costs no read-ahead.
+func TestSequentialReadsAreReadAhead(t *testing.T) {
+	const frames, batch, size = 40, 64, 2 << 10
+	data := int64(frames * batch * (size + 4))
+	for _, wait := range []bool{true, false} {
+		t.Run(fmt.Sprintf("wait=%v", wait), func(t *testing.T) {
+			l, d := seqLog(t, frames, batch, size)
+			defer l.Close()
+			segs := l.Segments()
+			require.Greater(t, len(segs), 2)
+			// Open every segment's file (its footer is read at first use),
+			// newest first: a few random reads.
+			for k := len(segs) - 1; k >= 0; k-- {
+				_, err := l.Read(segs[k].Base, nil)
+				require.NoError(t, err)
+			}
+			l.ra.wg.Wait()
+			st0 := l.Stats()
+			before := d.bytes.Load()
+			n := uint64(frames * batch)
+			for i := range n {
+				got, err := l.Read(i, nil)
+				require.NoError(t, err)
+				require.Equal(t, freshRecord(i, size, 0), got, "offset %d", i)
+				if wait {
+					l.ra.wg.Wait()
+				}
+			}
+			st := l.Stats()
+			read := d.bytes.Load() - before
+			t.Logf("data %d KiB, device %d KiB in %d reads; %d read-ahead hits, %d KiB read ahead", data>>10, read>>10, d.reads.Load(), st.ReadAheadHits, st.ReadAheadBytes>>10)
+			assert.Equal(t, read, st.ReadDeviceBytes-st0.ReadDeviceBytes, "every device byte counted")
+			assert.Equal(t, int64(n), st.PointReads-st0.PointReads)
+			slack := int64(4 * raSpan) // the read-ahead past the end, aligned edges
+			if wait {
+				assert.LessOrEqual(t, read, data+slack)
+				assert.GreaterOrEqual(t, st.ReadAheadHits, int64(n)-2*batch, "all but the first frames' reads")
+			} else {
+				assert.LessOrEqual(t, read, 2*data+slack)
+			}
+		})
+	}
+	t.Run("random", func(t *testing.T) {
+		l, _ := seqLog(t, 8, batch, size)
+		defer l.Close()
+		for _, i := range []uint64{300, 17, 200, 450, 3, 99, 260} {
+			_, err := l.Read(i, nil)
+			require.NoError(t, err)
+			l.ra.wg.Wait()
+		}
+		st := l.Stats()
+		assert.Zero(t, st.ReadAheadBytes)
+		assert.Zero(t, st.ReadAheadHits)
+	})
+}

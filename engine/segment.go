@@ -377,7 +377,7 @@ func (s *segment) readRange(from, to int64, buf []byte) (data, aligned []byte, e
 	if int64(n) < to-start {
 		return nil, nil, s.corrupt("read", start+int64(n), fmt.Errorf("file ends at %d, records were acknowledged up to %d", start+int64(n), to))
 	}
-	return buf[from-start : to-start], buf, nil
+	return buf[from-start : to-start], buf[:n], nil // aligned: the bytes read (fewer at the end of the file)
 }
 
 // tailChunk is a chunk of a segment's growing last interval, starting at
@@ -429,6 +429,9 @@ func buildChunk(raw []byte, hdr wal.FileHeader, start indexEntry, alloc func(int
 	binary.LittleEndian.PutUint32(c[len(c)-4:], uint32(len(pos)))
 	return v, stop, nil
 }
+
+// count is how many records the chunk holds.
+func (c chunk) count() int { return int(binary.LittleEndian.Uint32(c[len(c)-4:])) }
 
 // record returns record k of the chunk.
 func (c chunk) record(k uint64) ([]byte, bool) {

@@ -170,6 +170,7 @@ func (l *Log) TruncateBack(from uint64) error {
 
 func (l *Log) truncateBackLocked(from uint64) error {
 	l.fresh.release() // offsets from on can be appended again
+	l.ra.reset()
 	if err := l.active.w.Close(); err != nil {
 		return err
 	}

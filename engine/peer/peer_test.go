@@ -168,7 +168,7 @@ func TestReadMetrics(t *testing.T) {
 	require.NoError(t, l.Close())
 	l = openLog(t, dir)
 	defer l.Close()
-	for i := range uint64(8) {
+	for _, i := range []uint64{7, 5, 3, 1, 6, 4, 2, 0} { // no run: nothing read ahead while the test looks
 		_, err := l.Read(i, nil)
 		require.NoError(t, err)
 	}
@@ -180,7 +180,8 @@ func TestReadMetrics(t *testing.T) {
 	defer ts.Close()
 	_, b := getBody(t, ts.URL+"/metrics", nil)
 	for name, v := range map[string]int64{"segstore_point_reads_total": st.PointReads, "segstore_point_read_device_bytes_total": st.ReadDeviceBytes,
-		"segstore_point_read_fresh_hits_total": st.FreshHits, "segstore_cache_misses_total": st.Cache.Misses} {
+		"segstore_point_read_fresh_hits_total": st.FreshHits, "segstore_cache_misses_total": st.Cache.Misses,
+		"segstore_point_read_ahead_hits_total": st.ReadAheadHits, "segstore_point_read_ahead_bytes_total": st.ReadAheadBytes} {
 		// Prometheus writes values as Go's shortest 'g' form.
 		assert.Contains(t, string(b), fmt.Sprintf("%s{log=\"main\"} %s\n", name, strconv.FormatFloat(float64(v), 'g', -1, 64)))
 	}

@@ -843,6 +843,8 @@ var (
 	descReads    = prometheus.NewDesc("segstore_point_reads_total", "Point reads (Read calls) that returned a record.", []string{"log"}, nil)
 	descReadDev  = prometheus.NewDesc("segstore_point_read_device_bytes_total", "Bytes point reads read from the device; divided by segstore_point_reads_total, a point read's amplification.", []string{"log"}, nil)
 	descFresh    = prometheus.NewDesc("segstore_point_read_fresh_hits_total", "Point reads served from the batches appended last, without a device read.", []string{"log"}, nil)
+	descRAHits   = prometheus.NewDesc("segstore_point_read_ahead_hits_total", "Point reads served from chunks read ahead of a run of sequential reads.", []string{"log"}, nil)
+	descRABytes  = prometheus.NewDesc("segstore_point_read_ahead_bytes_total", "Bytes read ahead from the device for runs of sequential reads (part of segstore_point_read_device_bytes_total).", []string{"log"}, nil)
 	descSegments = prometheus.NewDesc("segstore_segments", "Segment files.", []string{"log"}, nil)
 	descBytes    = prometheus.NewDesc("segstore_bytes", "Bytes of segment files.", []string{"log"}, nil)
 	descEnd      = prometheus.NewDesc("segstore_durable_offset", "Offset below which every record is durable.", []string{"log"}, nil)
@@ -852,7 +854,7 @@ var (
 )
 
 func (c *logCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descAppends, descRecords, descSyncs, descHits, descMisses, descReads, descReadDev, descFresh, descSegments, descBytes, descEnd, descExported, descSyncHist, descBatch2} {
+	for _, d := range []*prometheus.Desc{descAppends, descRecords, descSyncs, descHits, descMisses, descReads, descReadDev, descFresh, descRAHits, descRABytes, descSegments, descBytes, descEnd, descExported, descSyncHist, descBatch2} {
 		ch <- d
 	}
 }
@@ -874,6 +876,8 @@ func (c *logCollector) Collect(ch chan<- prometheus.Metric) {
 		counter(descReads, float64(st.PointReads))
 		counter(descReadDev, float64(st.ReadDeviceBytes))
 		counter(descFresh, float64(st.FreshHits))
+		counter(descRAHits, float64(st.ReadAheadHits))
+		counter(descRABytes, float64(st.ReadAheadBytes))
 		gauge(descSegments, float64(st.Segments))
 		gauge(descBytes, float64(st.Bytes))
 		gauge(descEnd, float64(st.DurableOffset))
