@@ -27,7 +27,8 @@ type Adapter struct {
 	Concurrency Concurrency
 	// Config says in one line how the store is configured, for the report.
 	Config string
-	// Open opens (creating if need be) the store in dir. workingSet is the
+	// Open opens (creating if need be) the store in dir, and dir's
+	// parents if they are missing. workingSet is the
 	// bytes the workload will read, for the adapter whose cache is sized
 	// to hold them; the others ignore it.
 	Open func(dir string, workingSet int64) (Store, error)
@@ -133,6 +134,10 @@ func adapterNames() []string {
 type segstoreStore struct{ l *engine.Log }
 
 func openSegstore(dir string, o engine.Options) (Store, error) {
+	// engine.Open creates the log's directory but not its parents.
+	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
+		return nil, err
+	}
 	l, err := engine.Open(dir, o)
 	if err != nil {
 		return nil, err

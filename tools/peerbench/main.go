@@ -12,13 +12,14 @@
 //	go run . -quick -workloads randread-uniform -adapters segstore,pagelog
 //
 // It writes raw.jsonl (one JSON line per measurement), summary.md (the
-// tables) and ratio.svg (segstore's result as a ratio to the best peer)
-// into the -out directory.
+// tables) and ratio.svg and ratio.png (segstore's result as a ratio to the
+// best peer) into the -out directory.
 package main
 
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -94,7 +95,7 @@ func parentMain(args []string) int {
 	wl := fs.String("workloads", "all", "comma-separated workload names or prefixes (append, seqread, randread, randread-zipf, reopen, ...)")
 	al := fs.String("adapters", "all", "comma-separated adapters: "+strings.Join(adapterNames(), ", "))
 	dir := fs.String("dir", ".", "where to make the run's data directory (removed at the end); fio runs there too, so it measures the same filesystem")
-	out := fs.String("out", "", "directory for raw.jsonl, summary.md and ratio.svg (default results/<UTC time>-quick or -full)")
+	out := fs.String("out", "", "directory for raw.jsonl, summary.md, ratio.svg and ratio.png (default results/<UTC time>-quick or -full)")
 	noFio := fs.Bool("nofio", false, "skip the fio measurement of the device")
 	list := fs.Bool("list", false, "list the workloads and adapters and exit")
 	fs.Usage = func() {
@@ -238,7 +239,7 @@ func run(c config) (failed int, err error) {
 	if err := os.WriteFile(filepath.Join(c.out, "summary.md"), []byte(s.markdown()), 0o644); err != nil {
 		return failed, err
 	}
-	if err := s.chart(filepath.Join(c.out, "ratio.svg")); err != nil {
+	if err := s.chart(filepath.Join(c.out, "ratio")); err != nil {
 		return failed, fmt.Errorf("drawing the chart: %w", err)
 	}
 	fmt.Print(s.markdown())
@@ -314,6 +315,10 @@ func (c config) measure(w Workload, a Adapter, rep int, cold error) Result {
 	return c.child(p)
 }
 
+// childTimeout bounds one child, far beyond any time cap: only a store
+// that hangs reaches it.
+const childTimeout = 15 * time.Minute
+
 // child runs p in a fresh process of this binary and returns its result,
 // with the peak RSS and CPU time from the process's rusage.
 func (c config) child(p Params) Result {
@@ -324,11 +329,16 @@ func (c config) child(p Params) Result {
 		return fail
 	}
 	js, _ := json.Marshal(p)
-	cmd := exec.Command(self, "child", string(js))
+	ctx, cancel := context.WithTimeout(context.Background(), childTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, self, "child", string(js))
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err = cmd.Run()
 	var r Result
+	if ctx.Err() != nil {
+		err = fmt.Errorf("killed after %v without a result (a store that hangs, or a machine far slower than the time caps assume)", childTimeout)
+	}
 	if err == nil {
 		err = json.Unmarshal(stdout.Bytes(), &r)
 	}
@@ -360,7 +370,9 @@ func hold(p Params) error {
 		return err
 	}
 	js, _ := json.Marshal(p)
-	cmd := exec.Command(self, "hold", string(js))
+	ctx, cancel := context.WithTimeout(context.Background(), childTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, self, "hold", string(js))
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.StdoutPipe()

@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 
 	"golang.org/x/sys/unix"
@@ -47,6 +48,13 @@ const (
 )
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// appendFrame appends rec's frame to dst.
+func appendFrame(dst, rec []byte) []byte {
+	dst = binary.LittleEndian.AppendUint32(dst, uint32(len(rec)))
+	dst = binary.LittleEndian.AppendUint32(dst, crc32.Checksum(rec, castagnoli))
+	return append(dst, rec...)
+}
 
 // openPageLog opens (creating if need be) the log in dir and scans it.
 func openPageLog(dir string) (*pageLog, error) {
@@ -126,11 +134,7 @@ func (p *pageLog) Append(batch [][]byte) (uint64, error) {
 			p.offs = p.offs[:start]
 			return 0, fmt.Errorf("pagelog: a record of %d bytes: records are 1 byte to %d bytes", len(rec), pageLogMaxRecord)
 		}
-		var hdr [pageLogHeader]byte
-		binary.LittleEndian.PutUint32(hdr[0:4], uint32(len(rec)))
-		binary.LittleEndian.PutUint32(hdr[4:8], crc32.Checksum(rec, castagnoli))
-		buf = append(buf, hdr[:]...)
-		buf = append(buf, rec...)
+		buf = appendFrame(buf, rec)
 		p.offs = append(p.offs, pos)
 		pos += pageLogHeader + int64(len(rec))
 	}
@@ -164,7 +168,7 @@ func (p *pageLog) Read(index uint64, dst []byte) ([]byte, error) {
 	}
 	size := int(next - off)
 	start := len(dst)
-	dst = append(dst, make([]byte, size)...)
+	dst = slices.Grow(dst, size)[:start+size]
 	frame := dst[start:]
 	if _, err := p.f.ReadAt(frame, off); err != nil {
 		return dst[:start], fmt.Errorf("pagelog: reading index %d at offset %d: %w", index, off, err)

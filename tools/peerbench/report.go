@@ -16,7 +16,7 @@ import (
 	"gonum.org/v1/plot/vg"
 )
 
-// summary is what summary.md and ratio.svg are made of.
+// summary is what summary.md and the ratio chart are made of.
 type summary struct {
 	Header    []string // lines about the run and the machine
 	Adapters  []Adapter
@@ -353,8 +353,8 @@ func (s *summary) segmentNotes() []string {
 
 // chart draws, for each workload, each of segstore's adapters' median as a
 // ratio to the best peer's, on a log scale: a bar right of the line at 1×
-// is a workload segstore wins.
-func (s *summary) chart(path string) error {
+// is a workload segstore wins. It writes base.svg and base.png.
+func (s *summary) chart(base string) error {
 	p := plot.New()
 	p.Title.Text = "segstore / best peer (log scale; right of 1× = segstore faster)"
 	own := s.own()
@@ -414,5 +414,11 @@ func (s *summary) chart(path string) error {
 	p.Add(plotter.NewGrid())
 	p.NominalY(names...)
 	p.Legend.Top = true
-	return p.Save(8*vg.Inch, vg.Length(1+0.3*float64(len(names)))*vg.Inch, path)
+	h := vg.Length(1+0.3*float64(len(names))) * vg.Inch
+	for _, ext := range []string{".svg", ".png"} {
+		if err := p.Save(8*vg.Inch, h, base+ext); err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -148,9 +148,12 @@ func TestSummaryTables(t *testing.T) {
 	} {
 		assert.Contains(t, md, want)
 	}
-	svg := filepath.Join(t.TempDir(), "ratio.svg")
-	require.NoError(t, s.chart(svg))
-	b, err := os.ReadFile(svg)
+	base := filepath.Join(t.TempDir(), "ratio")
+	require.NoError(t, s.chart(base))
+	png, err := os.ReadFile(base + ".png")
+	require.NoError(t, err)
+	assert.True(t, strings.HasPrefix(string(png), "\x89PNG"), "a PNG")
+	b, err := os.ReadFile(base + ".svg")
 	require.NoError(t, err)
 	assert.True(t, strings.Contains(string(b), "<svg"), "an SVG")
 	for _, w := range ws {

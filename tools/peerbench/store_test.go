@@ -71,7 +71,7 @@ var batches = []struct{ n, size int }{{1, minRecord}, {3, 100}, {64, 1 << 10}, {
 func TestAdapterConformance(t *testing.T) {
 	for _, a := range adapters {
 		t.Run(a.Name, func(t *testing.T) {
-			dir := filepath.Join(t.TempDir(), "store")
+			dir := filepath.Join(t.TempDir(), "parent", "store") // parents are made too
 			s, err := a.Open(dir, 8<<20)
 			require.NoError(t, err)
 			first, last, err := bounds(s)
