@@ -104,6 +104,15 @@ func (r *Result) rate(ops, bytes int64, d time.Duration) {
 	}
 }
 
+// measured records what parallel workers did: counts and latencies, in
+// time d; want is what they would have done without the time cap.
+func (r *Result) measured(counts []int64, lat []time.Duration, d time.Duration, want int64, size int) {
+	total := sum(counts)
+	r.rate(total, total*int64(size), d)
+	r.latencies(lat)
+	r.Capped = total < want
+}
+
 func (r *Result) latencies(ds []time.Duration) {
 	r.P50us = float64(percentile(ds, 0.50).Nanoseconds()) / 1e3
 	r.P99us = float64(percentile(ds, 0.99).Nanoseconds()) / 1e3
@@ -133,8 +142,55 @@ func doAppend(a Adapter, p Params, r *Result) error {
 	defer s.Close()
 	per := p.Records / int64(n)
 	deadline := time.Now().Add(time.Duration(p.Seconds * float64(time.Second)))
+	counts, lat, d, err := parallel(n, func(w int) (count int64, lat []time.Duration, err error) {
+		batch := make([][]byte, p.Batch)
+		for i := range batch {
+			batch[i] = make([]byte, p.RecordSize)
+		}
+		lat = make([]time.Duration, 0, per/int64(p.Batch)+1)
+		next := uint64(1) // the index the next record must get (one appender)
+		for count+int64(p.Batch) <= per {
+			if p.Seconds > 0 && time.Now().After(deadline) {
+				break
+			}
+			for i, rec := range batch {
+				if n == 1 {
+					fillRecord(rec, next+uint64(i))
+				} else {
+					fillRecord(rec, tag(w, count+int64(i)))
+				}
+			}
+			t := time.Now()
+			first, err := s.Append(batch)
+			lat = append(lat, time.Since(t))
+			if err != nil {
+				return count, lat, fmt.Errorf("append of batch %d: %w", len(lat), err)
+			}
+			if n == 1 && first != next {
+				return count, lat, fmt.Errorf("append of batch %d: the store gave index %d, want %d", len(lat), first, next)
+			}
+			next += uint64(p.Batch)
+			count += int64(p.Batch)
+		}
+		return count, lat, nil
+	})
+	if err != nil {
+		return err
+	}
+	r.measured(counts, lat, d, per*int64(n), p.RecordSize)
+	noteSegments(s, r)
+	if n > 1 {
+		return verifyTagged(s, n, counts, p.RecordSize)
+	}
+	return nil
+}
+
+// parallel runs body for workers 0..n-1 at once and gathers what each
+// counted, all their latencies and the time they took together; the first
+// worker's error, if any, is the error.
+func parallel(n int, body func(w int) (int64, []time.Duration, error)) (counts []int64, all []time.Duration, took time.Duration, err error) {
+	counts = make([]int64, n)
 	lats := make([][]time.Duration, n)
-	counts := make([]int64, n)
 	errs := make([]error, n)
 	var wg sync.WaitGroup
 	start := time.Now()
@@ -142,59 +198,25 @@ func doAppend(a Adapter, p Params, r *Result) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			batch := make([][]byte, p.Batch)
-			for i := range batch {
-				batch[i] = make([]byte, p.RecordSize)
-			}
-			lat := make([]time.Duration, 0, per/int64(p.Batch)+1)
-			next := uint64(1) // the index the next record must get (one appender)
-			for counts[w]+int64(p.Batch) <= per {
-				if p.Seconds > 0 && time.Now().After(deadline) {
-					break
-				}
-				for i, rec := range batch {
-					if n == 1 {
-						fillRecord(rec, next+uint64(i))
-					} else {
-						fillRecord(rec, tag(w, counts[w]+int64(i)))
-					}
-				}
-				t := time.Now()
-				first, err := s.Append(batch)
-				lat = append(lat, time.Since(t))
-				if err != nil {
-					errs[w] = fmt.Errorf("append of batch %d: %w", len(lat), err)
-					return
-				}
-				if n == 1 && first != next {
-					errs[w] = fmt.Errorf("append of batch %d: the store gave index %d, want %d", len(lat), first, next)
-					return
-				}
-				next += uint64(p.Batch)
-				counts[w] += int64(p.Batch)
-			}
-			lats[w] = lat
+			counts[w], lats[w], errs[w] = body(w)
 		}()
 	}
 	wg.Wait()
-	d := time.Since(start)
-	var total int64
-	var all []time.Duration
+	took = time.Since(start)
 	for w := range n {
 		if errs[w] != nil {
-			return errs[w]
+			return nil, nil, took, errs[w]
 		}
-		total += counts[w]
 		all = append(all, lats[w]...)
 	}
-	r.rate(total, total*int64(p.RecordSize), d)
-	r.latencies(all)
-	r.Capped = total < per*int64(n)
-	noteSegments(s, r)
-	if n > 1 {
-		return verifyTagged(s, n, counts, p.RecordSize)
+	return counts, all, took, nil
+}
+
+func sum(vs []int64) (t int64) {
+	for _, v := range vs {
+		t += v
 	}
-	return nil
+	return t
 }
 
 // tag names record seq of appender w when many append at once: the top
@@ -396,52 +418,30 @@ func doRandRead(a Adapter, p Params, r *Result) error {
 		}
 	}
 	deadline := time.Now().Add(time.Duration(p.Seconds * float64(time.Second)))
-	lats := make([][]time.Duration, n)
-	errs := make([]error, n)
-	counts := make([]int64, n)
-	var wg sync.WaitGroup
-	start := time.Now()
-	for w := range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			lat := make([]time.Duration, 0, per)
-			var buf []byte
-			var err error
-			for k, i := range lists[w] {
-				if p.Seconds > 0 && k%64 == 0 && time.Now().After(deadline) {
-					break
-				}
-				t := time.Now()
-				buf, err = s.Read(i, buf[:0])
-				lat = append(lat, time.Since(t))
-				if err != nil {
-					errs[w] = fmt.Errorf("reading index %d: %w", i, err)
-					return
-				}
-				if err := checkRecord(buf, i, p.RecordSize); err != nil {
-					errs[w] = err
-					return
-				}
-				counts[w]++
+	counts, lat, d, err := parallel(n, func(w int) (count int64, lat []time.Duration, err error) {
+		lat = make([]time.Duration, 0, per)
+		var buf []byte
+		for k, i := range lists[w] {
+			if p.Seconds > 0 && k%64 == 0 && time.Now().After(deadline) {
+				break
 			}
-			lats[w] = lat
-		}()
-	}
-	wg.Wait()
-	d := time.Since(start)
-	var total int64
-	var all []time.Duration
-	for w := range n {
-		if errs[w] != nil {
-			return errs[w]
+			t := time.Now()
+			buf, err = s.Read(i, buf[:0])
+			lat = append(lat, time.Since(t))
+			if err != nil {
+				return count, lat, fmt.Errorf("reading index %d: %w", i, err)
+			}
+			if err := checkRecord(buf, i, p.RecordSize); err != nil {
+				return count, lat, err
+			}
+			count++
 		}
-		total += counts[w]
-		all = append(all, lats[w]...)
+		return count, lat, nil
+	})
+	if err != nil {
+		return err
 	}
-	r.rate(total, total*int64(p.RecordSize), d)
-	r.latencies(all)
-	r.Capped = total < per*int64(n)
+	r.measured(counts, lat, d, per*int64(n), p.RecordSize)
 	return nil
 }
 
