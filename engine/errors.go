@@ -53,8 +53,11 @@ type CorruptionError struct {
 }
 
 func (e *CorruptionError) Error() string {
-	return fmt.Sprintf("engine: %s: segment %d (%s) at byte %d: %v (no damaged bytes were returned and the file was left as it is: keep a copy and inspect it before repairing)",
-		e.Op, e.Segment, e.File, e.Position, e.Err)
+	advice := "no damaged bytes were returned and the file was left as it is: keep a copy and inspect it before repairing"
+	if e.Op == "import" { // the bytes came from a peer, not from the log's files
+		advice = "nothing of it was imported: the log is as it was"
+	}
+	return fmt.Sprintf("engine: %s: segment %d (%s) at byte %d: %v (%s)", e.Op, e.Segment, e.File, e.Position, e.Err, advice)
 }
 
 func (e *CorruptionError) Unwrap() []error { return []error{ErrCorrupt, e.Err} }

@@ -22,16 +22,19 @@ const (
 
 // Options configure a Log. Start from DefaultOptions.
 type Options struct {
-	// SegmentSize bounds a segment file, in bytes. The active segment is
-	// sealed, and a new one started, after the append that brings its
-	// records within one MaxWrite of SegmentSize (checked where its index
-	// has an entry, every IndexInterval), so that the next batch, up to
-	// MaxWrite, would not fit; sealing writes the footer and cuts the
-	// preallocated rest. A sealed file therefore holds about SegmentSize
-	// less MaxWrite bytes or more: with the default MaxWrite (4 MiB, or
-	// SegmentSize/4), 64 MiB segments are sealed at 60 to 64 MiB and 16
-	// MiB ones at 12 to 16 MiB. Default 64 MiB; at least 64 KiB, at most
-	// 16 GiB, and at least 2 MaxWrites.
+	// SegmentSize is the size a segment file is made for, in bytes
+	// (preallocated to it). The active segment is sealed, and a new one
+	// started, after the append that brings the position of its last
+	// index entry (one every IndexInterval of file) within MaxWrite of
+	// SegmentSize, so that the next batch, up to MaxWrite, might not fit;
+	// sealing writes the footer and cuts what is left of the file. A
+	// sealed file therefore holds at least SegmentSize less MaxWrite, and
+	// may pass SegmentSize by up to an IndexInterval and a MaxWrite (the
+	// batch that filled it), plus its footer: with the default MaxWrite
+	// (4 MiB, or SegmentSize/4), 64 MiB segments are sealed at 60 MiB or
+	// more and 16 MiB ones at 12 MiB or more; with batches much smaller
+	// than MaxWrite, not much more. Default 64 MiB; at least 64 KiB, at
+	// most 16 GiB, and at least 2 MaxWrites.
 	SegmentSize int64
 	// SegmentAge: the active segment is also sealed once it is this old and
 	// holds records (checked on append). Default 0: no age limit.

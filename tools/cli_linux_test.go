@@ -12,8 +12,9 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// TestAppendOnTmpfsLeavesNothing: a store on tmpfs is refused, with
-// advice a CLI user can follow, and leaves nothing behind.
+// TestAppendOnTmpfsLeavesNothing: a store on tmpfs is refused, by append
+// and replicate, with advice a CLI user can follow, and leaves nothing
+// behind.
 func TestAppendOnTmpfsLeavesNothing(t *testing.T) {
 	var st syscall.Statfs_t
 	if syscall.Statfs("/dev/shm", &st) != nil || st.Type != 0x01021994 { // TMPFS_MAGIC
@@ -22,8 +23,10 @@ func TestAppendOnTmpfsLeavesNothing(t *testing.T) {
 	shm, err := os.MkdirTemp("/dev/shm", "segtool-test-")
 	require.NoError(t, err)
 	defer os.RemoveAll(shm)
-	for _, dir := range []string{filepath.Join(shm, "new"), shm} {
-		r := runBin(t, "a\n", "append", dir)
+	for _, args := range [][]string{{"append", filepath.Join(shm, "new")}, {"append", shm},
+		{"replicate", "http://127.0.0.1:1", filepath.Join(shm, "copy")}} {
+		dir := args[len(args)-1]
+		r := runBin(t, "a\n", args...)
 		assert.Equal(t, ExitEnvironment, r.code)
 		assert.Contains(t, r.stderr, "is on tmpfs")
 		assert.Contains(t, r.stderr, "put the store on a disk-backed filesystem")

@@ -5,16 +5,19 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -25,29 +28,42 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/segstore/segstore/blockdev"
-	"github.com/segstore/segstore/engine"
 	"github.com/segstore/segstore/wal"
 )
 
-// segtoolBin is the segtool binary TestMain builds once for the package's
-// tests that run it as a user does.
-var segtoolBin string
+// segtoolBin is the segtool binary built once for the package's tests
+// that run it as a user does (at the first such test; fuzz workers, which
+// run none, do not build it). TestMain removes it.
+var (
+	segtoolBin  string
+	segtoolOnce sync.Once
+	segtoolErr  error
+	binDir      string
+)
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "segtool-test-bin-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	segtoolBin = filepath.Join(dir, "segtool")
-	if out, err := exec.Command("go", "build", "-o", segtoolBin, "./segtool").CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "building segtool: %v\n%s", err, out)
-		os.RemoveAll(dir)
-		os.Exit(1)
-	}
 	code := m.Run()
-	os.RemoveAll(dir)
+	if binDir != "" {
+		os.RemoveAll(binDir)
+	}
 	os.Exit(code)
+}
+
+// buildSegtool builds the binary once; later calls return the first
+// call's result.
+func buildSegtool(t *testing.T) string {
+	t.Helper()
+	segtoolOnce.Do(func() {
+		if binDir, segtoolErr = os.MkdirTemp("", "segtool-test-bin-"); segtoolErr != nil {
+			return
+		}
+		segtoolBin = filepath.Join(binDir, "segtool")
+		if out, err := exec.Command("go", "build", "-o", segtoolBin, "./segtool").CombinedOutput(); err != nil {
+			segtoolErr = fmt.Errorf("building segtool: %w\n%s", err, out)
+		}
+	})
+	require.NoError(t, segtoolErr)
+	return segtoolBin
 }
 
 // result is what one run of the binary did.
@@ -60,7 +76,7 @@ type result struct {
 // working directory if "").
 func runBin(t *testing.T, stdin string, args ...string) result {
 	t.Helper()
-	cmd := exec.Command(segtoolBin, args...)
+	cmd := exec.Command(buildSegtool(t), args...)
 	cmd.Stdin = strings.NewReader(stdin)
 	var out, errOut bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errOut
@@ -185,6 +201,15 @@ func TestFlagBoundsRefused(t *testing.T) {
 	assert.Empty(t, ents, "a refused command created nothing")
 }
 
+// notAStore makes tmp/notstore, a directory holding one file, x.
+func notAStore(t *testing.T, tmp string) string {
+	t.Helper()
+	dir := filepath.Join(tmp, "notstore")
+	require.NoError(t, os.MkdirAll(dir, 0o755))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "x"), []byte("x"), 0o644))
+	return dir
+}
+
 // TestExitCodes: the exit status of each command for success, damage,
 // usage and environment errors, as the binary exits.
 func TestExitCodes(t *testing.T) {
@@ -193,15 +218,9 @@ func TestExitCodes(t *testing.T) {
 	damaged := smallStore(t)
 	names, _ := filepath.Glob(filepath.Join(damaged, "*.seg"))
 	flip(t, names[1], 4096+100)
-	notStore := filepath.Join(tmp, "notstore")
-	require.NoError(t, os.MkdirAll(notStore, 0o755))
-	require.NoError(t, os.WriteFile(filepath.Join(notStore, "x"), []byte("x"), 0o644))
+	notStore := notAStore(t, tmp)
 	locked := smallStore(t)
-	opts := engine.DefaultOptions()
-	opts.SegmentSize, opts.MaxWrite, opts.Logger = 64<<10, 16<<10, quietLogger
-	writer, err := engine.Open(locked, opts)
-	require.NoError(t, err)
-	defer writer.Close()
+	openWriter(t, locked)
 
 	for _, tc := range []struct {
 		name  string
@@ -261,9 +280,7 @@ func TestErrorMessagesGolden(t *testing.T) {
 	damaged := filepath.Join(tmp, "damaged")
 	require.NoError(t, os.Rename(smallStore(t), damaged))
 	flip(t, filepath.Join(damaged, "00000000000000000354.seg"), 4096+100)
-	notStore := filepath.Join(tmp, "notstore")
-	require.NoError(t, os.MkdirAll(notStore, 0o755))
-	require.NoError(t, os.WriteFile(filepath.Join(notStore, "x"), []byte("x"), 0o644))
+	notStore := notAStore(t, tmp)
 	var b strings.Builder
 	for _, tc := range []struct {
 		stdin string
@@ -359,7 +376,7 @@ func TestExitStatusesDocumented(t *testing.T) {
 // printed and readable by cat, while append still waits for more input.
 func TestAppendFlushInterval(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "s")
-	cmd := exec.Command(segtoolBin, "append", dir, "--flush-interval", "1ms")
+	cmd := exec.Command(buildSegtool(t), "append", dir, "--flush-interval", "1ms")
 	stdin, err := cmd.StdinPipe()
 	require.NoError(t, err)
 	stdout, err := cmd.StdoutPipe()
@@ -419,22 +436,30 @@ func TestAppendCreatesOnlyWhatItShould(t *testing.T) {
 	assert.Len(t, ents, 1, "refused: nothing written")
 	r = runBin(t, "a\n", "append", other, "--create")
 	assert.Equal(t, ExitOK, r.code, r.stderr)
-
 }
 
-// TestLockedStoreSaysWho: a command that needs to write a store another
-// process writes says which process, with its command line.
+// TestLockedStoreSaysWho: serve, without --read-only, becomes a store's
+// writer and says so; a command that needs to write the store meanwhile
+// is refused with the holder's process id and command line, and what
+// works beside it.
 func TestLockedStoreSaysWho(t *testing.T) {
 	dir := smallStore(t)
-	opts := engine.DefaultOptions()
-	opts.SegmentSize, opts.MaxWrite, opts.Logger = 64<<10, 16<<10, quietLogger
-	l, err := engine.Open(dir, opts)
-	require.NoError(t, err)
-	defer l.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var out bytes.Buffer
+	ready := make(chan string, 1)
+	served := make(chan error, 1)
+	go func() {
+		served <- Serve(ctx, &out, []string{dir}, ServeOptions{Listen: "127.0.0.1:0"}, func(a string) { ready <- a })
+	}()
+	<-ready
+	assert.Contains(t, out.String(), dir+": served as its writer: other processes cannot append while serve runs")
 	r := runBin(t, "a\n", "append", dir)
 	assert.Equal(t, ExitEnvironment, r.code)
 	assert.Contains(t, r.stderr, fmt.Sprintf("%s is being written by process %d (%s", dir, os.Getpid(), os.Args[0]))
 	assert.Contains(t, r.stderr, "serve --read-only")
+	cancel()
+	require.NoError(t, <-served)
 }
 
 // TestQuickstartCleansUp: quickstart says where its data is and removes a
@@ -512,4 +537,101 @@ func runSegtoolIn(t *testing.T, stdin string, args ...string) (string, error) {
 	cmd.SetArgs(args)
 	err := cmd.Execute()
 	return out.String(), err
+}
+
+// TestReplicateSaysWhatItGot: a replicate that never reached its leader
+// leaves a status that inspect shows as such (not as a lag of 0); one
+// that did prints what is readable, what is staged and durable, and the
+// lag.
+func TestReplicateSaysWhatItGot(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	gone := "http://" + ln.Addr().String()
+	require.NoError(t, ln.Close())
+	copyDir := filepath.Join(t.TempDir(), "copy")
+	errOut := &lineSignal{seen: make(chan struct{})}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- Replicate(ctx, io.Discard, errOut, gone, copyDir, ReplicateOptions{Name: "s"}) }()
+	<-errOut.seen
+	cancel()
+	require.Error(t, <-done)
+	out, err := runSegtool(t, "inspect", copyDir)
+	require.NoError(t, err)
+	assert.Contains(t, out, fmt.Sprintf(`follower of %s (log "s"): never reached the leader:`, gone))
+	assert.Contains(t, out, "connection refused")
+	assert.NotContains(t, out, "lag")
+
+	leader := filepath.Join(t.TempDir(), "s")
+	_, err = runSegtoolIn(t, "one\ntwo\nthree\n", "append", leader)
+	require.NoError(t, err)
+	ctx, cancel = context.WithCancel(context.Background())
+	defer cancel()
+	addr := make(chan string, 1)
+	go Serve(ctx, io.Discard, []string{leader}, ServeOptions{Listen: "127.0.0.1:0", ReadOnly: true}, func(a string) { addr <- a })
+	var report bytes.Buffer
+	copyDir = filepath.Join(t.TempDir(), "copy")
+	require.NoError(t, Replicate(ctx, &report, io.Discard, "http://"+<-addr, copyDir, ReplicateOptions{Name: "s", UntilCaughtUp: true}))
+	assert.Regexp(t, `stopped: the copy holds offsets \[0, 0\), readable; every record below 3 is durable here \(\d+ bytes of the leader's active segment staged: readable once the leader seals it, or after segtool promote\); leader at 3, lag 0 records; 0 segments imported this run`, report.String())
+	out, err = runSegtool(t, "inspect", copyDir)
+	require.NoError(t, err)
+	assert.Regexp(t, `readable below 0, received below 3 \(\d+ bytes of the leader's active segment staged\), leader at 3, lag 0 records, 0 segments imported, 0 failed steps`, out)
+}
+
+// TestJSONListsAreNeverNull: an empty list in a --json document is [],
+// not null.
+func TestJSONListsAreNeverNull(t *testing.T) {
+	dir := smallStore(t)
+	for _, args := range [][]string{{"verify", dir, "--json"}, {"repair", dir, "--json"}, {"inspect", dir, "--json"}} {
+		out, err := runSegtool(t, args...)
+		require.NoError(t, err)
+		assert.NotContains(t, out, "null", "%v: an empty list is []", args)
+	}
+	out, err := runSegtool(t, "verify", dir, "--json")
+	require.NoError(t, err)
+	assert.Contains(t, out, `"problems": []`)
+}
+
+// TestDumpJSONRecords: dump --json --records puts each frame's records,
+// whole, in its line.
+func TestDumpJSONRecords(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "s")
+	_, err := runSegtoolIn(t, "one\ntwo\n", "append", dir)
+	require.NoError(t, err)
+	out, err := runSegtool(t, "dump", dir, "--json", "--records")
+	require.NoError(t, err)
+	var frame struct {
+		First   uint64 `json:"first"`
+		Records []struct {
+			Offset uint64 `json:"offset"`
+			Value  string `json:"value"`
+		} `json:"records"`
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	require.Len(t, lines, 2, "the segment, its frame")
+	require.NoError(t, json.Unmarshal([]byte(lines[1]), &frame))
+	require.Len(t, frame.Records, 2)
+	assert.Equal(t, "two", frame.Records[1].Value)
+	assert.Equal(t, uint64(1), frame.Records[1].Offset)
+}
+
+// TestVerifyVerbose: verify --verbose explains each problem.
+func TestVerifyVerbose(t *testing.T) {
+	dir := smallStore(t)
+	names, _ := filepath.Glob(filepath.Join(dir, "*.seg"))
+	flip(t, names[1], 4096+100)
+	out, err := runSegtool(t, "verify", dir)
+	require.ErrorIs(t, err, ErrDamage)
+	assert.NotContains(t, out, "why:")
+	assert.ErrorContains(t, err, "--verbose says why")
+	out, err = runSegtool(t, "verify", dir, "--verbose")
+	require.ErrorIs(t, err, ErrDamage)
+	assert.Contains(t, out, "  why: corruption in "+names[1])
+}
+
+// TestVersion: --version names the build, its Go and the wal format.
+func TestVersion(t *testing.T) {
+	r := runBin(t, "", "--version")
+	require.Equal(t, ExitOK, r.code)
+	assert.Regexp(t, `^segtool \S+.*, go1\.\d+.* linux/\w+, wal format \d+\n$`, r.stdout)
 }

@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -83,7 +84,9 @@ func Serve(ctx context.Context, out io.Writer, dirs []string, opts ServeOptions,
 		var err error
 		writer := "no process now"
 		if !opts.ReadOnly {
-			l, err = openStore(dir, true)
+			if l, err = openStore(dir, true); err == nil {
+				fmt.Fprintf(out, "%s: served as its writer: other processes cannot append while serve runs (serve --read-only serves beside a writer)\n", dir)
+			}
 		}
 		if locked := (*blockdev.LockedError)(nil); opts.ReadOnly || errors.As(err, &locked) {
 			if locked != nil {
@@ -177,7 +180,7 @@ type ReplicationStatus struct {
 func (rp *ReplicationStatus) String() string {
 	head := fmt.Sprintf("follower of %s (log %q)", rp.Leader, rp.Name)
 	if rp.Steps == 0 {
-		return fmt.Sprintf("%s: never reached the leader: %d attempts failed, the last: %s (as of %s)", head, rp.Failures, tidy(rp.LastFailure), rp.Updated.Format(timeFormat))
+		return fmt.Sprintf("%s: never reached the leader: %s failed, the last: %s (as of %s)", head, plural(rp.Failures, "attempt"), inReplicateTerms(rp.LastFailure), rp.Updated.Format(timeFormat))
 	}
 	return fmt.Sprintf("%s: readable below %d, received below %d (%d bytes of the leader's active segment staged), leader at %d, lag %s, %s imported, %d failed steps, as of %s",
 		head, rp.Applied, rp.Received, rp.Staged, rp.LeaderEnd, plural(int(rp.Lag), "record"), plural(rp.Imported, "segment"), rp.Failures, rp.Updated.Format(timeFormat))
@@ -225,10 +228,11 @@ func Replicate(ctx context.Context, out, errOut io.Writer, leaderURL, dir string
 	if opts.MaxWrite > 0 {
 		eopts.MaxWrite = opts.MaxWrite
 	}
-	if _, err := checkAppendDir(dir, false); err != nil {
+	fresh, err := checkAppendDir(dir, false)
+	if err != nil {
 		return err
 	}
-	l, err := engine.Open(dir, eopts)
+	l, err := createStore(dir, fresh, eopts)
 	if err != nil {
 		return flagError(err, map[string]string{"SegmentSize": "segment-size", "IndexInterval": "index-interval", "MaxWrite": "max-write"})
 	}
@@ -250,9 +254,14 @@ func Replicate(ctx context.Context, out, errOut io.Writer, leaderURL, dir string
 	}
 	// One line per failed step, without the time (a terminal or a
 	// service manager's journal adds its own).
+	// The cause in the command's terms (its flags, not the library's
+	// options).
 	warnings := slog.New(slog.NewTextHandler(errOut, &slog.HandlerOptions{ReplaceAttr: func(groups []string, a slog.Attr) slog.Attr {
-		if len(groups) == 0 && a.Key == slog.TimeKey {
+		switch {
+		case len(groups) == 0 && a.Key == slog.TimeKey:
 			return slog.Attr{}
+		case len(groups) == 0 && a.Key == "err":
+			return slog.String("err", inReplicateTerms(a.Value.String()))
 		}
 		return a
 	}}))
@@ -278,12 +287,27 @@ func Replicate(ctx context.Context, out, errOut io.Writer, leaderURL, dir string
 		fmt.Fprintf(out, "; leader at %d, lag %s; %s imported this run\n", latest.LeaderEnd,
 			plural(int(latest.LeaderEnd-min(latest.Received, latest.LeaderEnd)), "record"), plural(latest.Imported, "segment"))
 		if latest.Steps == 0 {
-			return fmt.Errorf("never reached the leader %s for log %q, or every answer was refused: %d attempts failed, the last with: %s", redacted(leaderURL), opts.Name, latest.Failures, tidy(latest.LastFailure))
+			return fmt.Errorf("never reached the leader %s for log %q, or every answer was refused: %s failed, the last with: %s", redacted(leaderURL), opts.Name, plural(latest.Failures, "attempt"), inReplicateTerms(latest.LastFailure))
 		}
 		return nil
 	}
 	return err
 }
+
+// replicateTerms says the follower's options, in the library's refusals,
+// as replicate's flags.
+var replicateTerms = strings.NewReplacer(
+	"open it with MaxWrite at least", "give replicate --max-write at least",
+	"open it with IndexInterval at least", "give replicate --index-interval at least",
+	"open it with options at least the peer's", "give replicate --segment-size, --index-interval and --max-write at least the leader's",
+	"open the follower with a SegmentSize at least the leader's", "give replicate a --segment-size at least the leader's",
+	"(engine.Log.MaxImportSize)", "(set by --segment-size, --index-interval and --max-write)",
+	"(FollowOptions.ReadTimeout)", "(--read-timeout)",
+	"(FollowOptions.MaxListBytes)", "(segtool's bound on a leader's list)",
+)
+
+// inReplicateTerms is a follow step's error as replicate prints it.
+func inReplicateTerms(s string) string { return tidy(replicateTerms.Replace(s)) }
 
 // redacted is rawURL with any password replaced by "xxxxx".
 func redacted(rawURL string) string {

@@ -55,13 +55,14 @@ func TestREADMECommands(t *testing.T) {
 	addr := ln.Addr().String()
 	require.NoError(t, ln.Close())
 	tmp := t.TempDir()
+	bin := buildSegtool(t)
 	var script []string
 	for _, line := range strings.Split(block, "\n") {
 		if strings.HasPrefix(line, "go build -o segtool ./tools/segtool") {
 			continue // TestMain built it, the same way
 		}
 		line = strings.ReplaceAll(line, "/tmp/", tmp+"/")
-		line = strings.ReplaceAll(line, "./segtool", segtoolBin)
+		line = strings.ReplaceAll(line, "./segtool", bin)
 		line = strings.ReplaceAll(line, "127.0.0.1:7070", addr)
 		script = append(script, line)
 	}

@@ -199,7 +199,9 @@ func Append(out, errOut io.Writer, dir string, inputs []namedReader, opts Append
 				return errors.Join(commit(), l.Close(), readErr)
 			}
 			if l == nil {
-				if l, err = createStore(dir, created); err != nil {
+				eopts := engine.DefaultOptions()
+				eopts.MaxWrite, eopts.Logger = appendMaxWrite, quietLogger
+				if l, err = createStore(dir, created, eopts); err != nil {
 					return err
 				}
 			}
@@ -258,15 +260,12 @@ func checkAppendDir(dir string, create bool) (created bool, err error) {
 	return false, usageError{fmt.Errorf("%s holds %s but no segstore segment: it is not a store; give a new or empty directory, or --create to make it one anyway", dir, plural(len(ents), "file"))}
 }
 
-// createStore opens the store in dir for writing, creating it; if that
-// fails where nothing was (fresh), it removes what the attempt created.
-func createStore(dir string, fresh bool) (*engine.Log, error) {
-	existed := true
-	if _, err := os.Stat(dir); errors.Is(err, fs.ErrNotExist) {
-		existed = false
-	}
-	opts := engine.DefaultOptions()
-	opts.MaxWrite, opts.Logger = appendMaxWrite, quietLogger
+// createStore opens the store in dir for writing with opts, creating it;
+// if that fails where there was nothing (fresh: dir missing or empty), it
+// removes what the attempt created.
+func createStore(dir string, fresh bool, opts engine.Options) (*engine.Log, error) {
+	_, statErr := os.Stat(dir)
+	existed := statErr == nil
 	l, err := engine.Open(dir, opts)
 	if err != nil && fresh {
 		if existed {
@@ -483,6 +482,89 @@ type InspectReport struct {
 	Replication *ReplicationStatus `json:"replication,omitempty"`
 }
 
+// MarshalJSON writes the report in snake_case throughout, as every
+// segtool document is, with [] for empty lists.
+func (r InspectReport) MarshalJSON() ([]byte, error) {
+	type alignment struct {
+		Memory int    `json:"memory"`
+		Offset int    `json:"offset"`
+		Block  int    `json:"block"`
+		Source string `json:"source"`
+	}
+	type storage struct {
+		Direct     bool      `json:"direct"`
+		Filesystem string    `json:"filesystem"`
+		Alignment  alignment `json:"alignment"`
+	}
+	type segment struct {
+		Base         uint64     `json:"base"`
+		Next         uint64     `json:"next"`
+		Records      uint64     `json:"records"`
+		Bytes        int64      `json:"bytes"`
+		DataEnd      int64      `json:"data_end"`
+		Sealed       bool       `json:"sealed"`
+		File         string     `json:"file"`
+		FirstRecord  *time.Time `json:"first_record,omitempty"`
+		SealedAt     *time.Time `json:"sealed_at,omitempty"`
+		IndexEntries int        `json:"index_entries"`
+		FooterCRC    string     `json:"footer_crc32c,omitempty"`
+	}
+	type torn struct {
+		Position int64  `json:"position"`
+		Bytes    int64  `json:"bytes"`
+		Reason   string `json:"reason"`
+	}
+	type recovery struct {
+		Segments          int      `json:"segments"`
+		SealedByFooter    int      `json:"sealed_trusted_by_footer"`
+		SealedByManifest  int      `json:"sealed_trusted_by_manifest"`
+		Resealed          []uint64 `json:"resealed"`
+		FinishedSeals     []uint64 `json:"finished_seals"`
+		RebuiltFooters    []uint64 `json:"rebuilt_footers"`
+		RemovedIncomplete []uint64 `json:"removed_incomplete"`
+		ActiveFrames      int      `json:"active_frames"`
+		TornTail          *torn    `json:"torn_tail,omitempty"`
+		CleanEnd          bool     `json:"clean_end"`
+		Microseconds      int64    `json:"duration_us"`
+	}
+	list := func(v []uint64) []uint64 { return append([]uint64{}, v...) }
+	st, rec := r.Storage, r.Recovery
+	doc := struct {
+		Dir         string             `json:"dir"`
+		Storage     storage            `json:"storage"`
+		Segments    []segment          `json:"segments"`
+		Start       uint64             `json:"start"`
+		End         uint64             `json:"end"`
+		Records     uint64             `json:"records"`
+		Bytes       int64              `json:"bytes"`
+		Recovery    recovery           `json:"last_open"`
+		Writer      engine.WriterInfo  `json:"writer"`
+		Warnings    []string           `json:"warnings"`
+		Replication *ReplicationStatus `json:"replication,omitempty"`
+	}{Dir: r.Dir, Storage: storage{st.Direct, st.Filesystem, alignment{st.Alignment.Memory, st.Alignment.Offset, st.Alignment.Block, st.Alignment.Source}},
+		Segments: []segment{}, Start: r.Start, End: r.End, Records: r.Records, Bytes: r.Bytes,
+		Recovery: recovery{Segments: rec.Segments, SealedByFooter: rec.Sealed, SealedByManifest: rec.Deferred, Resealed: list(rec.Resealed),
+			FinishedSeals: list(rec.FinishedSeals), RebuiltFooters: list(rec.RebuiltFooters), RemovedIncomplete: list(rec.RemovedIncomplete),
+			ActiveFrames: rec.ActiveFrames, CleanEnd: rec.CleanEnd, Microseconds: rec.Duration.Microseconds()},
+		Writer: r.Writer, Warnings: append([]string{}, r.Warnings...), Replication: r.Replication}
+	if t := rec.Torn; t != nil {
+		doc.Recovery.TornTail = &torn{t.Pos, t.Bytes, t.Reason}
+	}
+	for _, s := range r.Segments {
+		seg := segment{Base: s.Base, Next: s.Next, Records: s.Next - s.Base, Bytes: s.Bytes, DataEnd: s.DataEnd, Sealed: s.Sealed, File: s.File, IndexEntries: s.IndexEntries}
+		if s.Next > s.Base {
+			t := s.FirstTime.UTC()
+			seg.FirstRecord = &t
+		}
+		if s.Sealed {
+			t := s.SealedAt.UTC()
+			seg.SealedAt, seg.FooterCRC = &t, fmt.Sprintf("%08x", s.FooterCRC)
+		}
+		doc.Segments = append(doc.Segments, seg)
+	}
+	return json.Marshal(doc)
+}
+
 // Inspect prints the segments of the store in dir, totals, what opening it
 // found, and health warnings. It opens read-only and reads each sealed
 // segment's footer (for its index).
@@ -515,9 +597,6 @@ func Inspect(out io.Writer, dir string, asJSON bool) error {
 		r.Warnings = append(r.Warnings, fmt.Sprintf("damaged footers in segments %v: a read-write open rebuilds them", r.Recovery.RebuiltFooters))
 	}
 	if asJSON {
-		if r.Warnings == nil {
-			r.Warnings = []string{}
-		}
 		return writeReport(out, r)
 	}
 	fmt.Fprintf(out, "store %s: %s, offsets [%d, %d) (%s), %d bytes\n", dir, plural(len(r.Segments), "segment"), r.Start, r.End, plural(int(r.Records), "record"), r.Bytes)

@@ -47,6 +47,18 @@ func smallStore(t *testing.T) string {
 	return dir
 }
 
+// openWriter opens the store smallStore made for writing, as another
+// process would: it holds the lock; the test closes it when done.
+func openWriter(t *testing.T, dir string) *engine.Log {
+	t.Helper()
+	opts := engine.DefaultOptions()
+	opts.SegmentSize, opts.MaxWrite, opts.Logger = 64<<10, 16<<10, quietLogger
+	l, err := engine.Open(dir, opts)
+	require.NoError(t, err)
+	t.Cleanup(func() { l.Close() })
+	return l
+}
+
 // golden compares out with testdata/golden/name after replacing the
 // store's directory with STORE, segment ids and checksums with X, and
 // dropping lines that depend on the machine; -update rewrites the file.
@@ -95,11 +107,20 @@ func TestJSONOutputsParse(t *testing.T) {
 	dir := smallStore(t)
 	out, err := runSegtool(t, "inspect", dir, "--json")
 	require.NoError(t, err)
-	var ins InspectReport
+	var ins struct {
+		Start, End, Records uint64
+		Segments            []struct {
+			Base, Next, Records uint64
+			Sealed              bool
+		}
+		Storage struct{ Direct bool }
+	}
 	require.NoError(t, json.Unmarshal([]byte(out), &ins))
 	assert.Len(t, ins.Segments, 4)
 	assert.Equal(t, ins.End-ins.Start, ins.Records)
 	assert.True(t, ins.Storage.Direct)
+	assert.Equal(t, ins.Segments[1].Next-ins.Segments[1].Base, ins.Segments[1].Records)
+	assert.Regexp(t, `"first_record": "2026-11-25T12:00:00.002Z"`, out, "snake_case, UTC")
 
 	out, err = runSegtool(t, "verify", dir, "--json")
 	require.NoError(t, err)
@@ -168,11 +189,7 @@ func TestAppendThenCat(t *testing.T) {
 // writer in another process appends, until --count or an interrupt.
 func TestCatFollow(t *testing.T) {
 	dir := smallStore(t)
-	opts := engine.DefaultOptions()
-	opts.SegmentSize, opts.MaxWrite, opts.Logger = 64<<10, 16<<10, quietLogger
-	writer, err := engine.Open(dir, opts)
-	require.NoError(t, err)
-	defer writer.Close()
+	writer := openWriter(t, dir)
 	from := writer.EndOffset() - 2
 	out, err := runSegtool(t, "inspect", dir)
 	require.NoError(t, err)
