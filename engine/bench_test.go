@@ -277,8 +277,8 @@ func buildPreadIndex(b testing.TB, dir string) *preadIndex {
 		}
 		_, _, err = wal.DecodeFrames(data[wal.DataStart:], hdr, wal.DataStart, hdr.BaseOffset, func(f wal.Frame) bool {
 			p := 0
-			wal.Records(f.Payload, func(i int, r []byte) bool {
-				p += wal.RecordHeaderLen
+			wal.Records(hdr.Version, f.Payload, func(i int, r []byte) bool {
+				p += hdr.RecordHeaderLen()
 				idx.locs = append(idx.locs, recLoc{file: int32(fi), n: int32(len(r)), pos: f.Pos + wal.FrameHeaderLen + int64(p)})
 				p += len(r)
 				return true

@@ -238,26 +238,20 @@ func (l *Log) verifyImport(s *segment) error {
 	if err := l.checkImportIndex(s, foot.Pos); err != nil {
 		return err
 	}
-	// Every index entry must be a frame the scan finds, with its offset and
-	// time (reads trust the index to find records). Both are in file order,
-	// so one pass matches them.
+	// Every index entry must be a record (a frame, before version 3) the
+	// scan finds, with its offset and time (reads trust the index to find
+	// records). Both are in file order, so one pass matches them.
 	s.mu.RLock()
-	index := s.index
+	check := entryCheck{index: s.index, hdr: s.hdr}
 	s.mu.RUnlock()
 	mismatch := func(i int) error {
-		return s.corrupt("import", foot.Pos, fmt.Errorf("the footer's index entry %d (offset %d at byte %d) does not match a frame", i, index[i].off, index[i].pos))
+		return s.corrupt("import", foot.Pos, fmt.Errorf("the footer's index entry %d (offset %d at byte %d) does not match a record", i, check.index[i].off, check.index[i].pos))
 	}
-	next, j := s.base, 0
+	next := s.base
 	for sc.Next() {
 		f := sc.Frame()
-		if j < len(index) && index[j].pos < f.Pos {
+		if j := check.frame(f); j >= 0 {
 			return mismatch(j)
-		}
-		if j < len(index) && index[j].pos == f.Pos {
-			if index[j].off != f.First || index[j].time != f.Time {
-				return mismatch(j)
-			}
-			j++
 		}
 		next = f.First + uint64(f.Count)
 	}
@@ -268,8 +262,8 @@ func (l *Log) verifyImport(s *segment) error {
 		return s.corrupt("import", sc.Recovery().Torn.Pos, fmt.Errorf("damaged frames at the end: %s", sc.Recovery().Torn.Reason))
 	case sc.Footer() == nil || sc.End() != foot.Pos || next != foot.Next:
 		return s.corrupt("import", sc.End(), fmt.Errorf("the frames end at %d with offset %d, the footer says %d and %d", sc.End(), next, foot.Pos, foot.Next))
-	case j < len(index):
-		return mismatch(j)
+	case check.rest() >= 0:
+		return mismatch(check.rest())
 	case next == s.base:
 		// The engine never seals a segment without records (Roll leaves an
 		// empty active segment as it is), and the segment after this one
@@ -382,8 +376,7 @@ func (l *Log) verifyActive(s *segment, size int64) (*wal.Recovery, error) {
 		return nil, err
 	}
 	for sc.Next() {
-		f := sc.Frame()
-		s.addIndex(f.First, f.Pos, f.Time)
+		s.indexFrame(sc.Frame())
 	}
 	rec := sc.Recovery()
 	switch {

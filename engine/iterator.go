@@ -37,6 +37,7 @@ type Iterator struct {
 	frame   wal.Frame // the frame being returned record by record
 	recPos  int       // cursor in frame.Payload
 	recNext uint64    // offset of the record at recPos
+	hl      int       // record header length in frame's file
 
 	off  uint64
 	rec  []byte
@@ -66,12 +67,12 @@ func (it *Iterator) Next() bool {
 
 // nextInFrame moves to the next wanted record of the current frame.
 func (it *Iterator) nextInFrame() bool {
-	p := it.frame.Payload
-	for it.recPos+wal.RecordHeaderLen <= len(p) {
+	p, hl := it.frame.Payload, it.hl
+	for hl > 0 && it.recPos+hl <= len(p) {
 		n := int(binary.LittleEndian.Uint32(p[it.recPos:]))
-		rec := p[it.recPos+wal.RecordHeaderLen : it.recPos+wal.RecordHeaderLen+n]
+		rec := p[it.recPos+hl : it.recPos+hl+n]
 		off := it.recNext
-		it.recPos += wal.RecordHeaderLen + n
+		it.recPos += hl + n
 		it.recNext++
 		if off >= it.next {
 			it.off, it.rec, it.time = off, rec, it.frame.Time
@@ -103,8 +104,9 @@ func (it *Iterator) nextFrame() (bool, error) {
 			if err != nil {
 				return false, err
 			}
-			start, _, _ := s.chunk(it.next, s.vis())
-			it.seg, it.pos, it.posOff, it.buf = s, start.pos, start.off, nil
+			start, _, _ := s.lookup(it.next, s.vis())
+			pos, first := start.frameOf()
+			it.seg, it.pos, it.posOff, it.buf = s, pos, first, nil
 		}
 		vis := it.seg.vis()
 		if it.pos >= vis.pos {
@@ -130,7 +132,7 @@ func (it *Iterator) nextFrame() (bool, error) {
 		size := wal.FrameSize(int(h.Length))
 		it.frame = wal.Frame{Pos: it.pos, Size: size, First: h.First, Count: int(h.Count), Time: h.Timestamp,
 			Payload: b[wal.FrameHeaderLen : wal.FrameHeaderLen+int(h.Length)]}
-		it.recPos, it.recNext = 0, h.First
+		it.recPos, it.recNext, it.hl = 0, h.First, it.seg.hdr.RecordHeaderLen()
 		it.pos += int64(size)
 		it.posOff = h.First + uint64(h.Count)
 		return true, nil

@@ -422,8 +422,7 @@ func (l *Log) openSegment(base uint64, last bool, nextBase uint64, lazy bool) (*
 	}
 	frames := 0
 	for sc.Next() {
-		f := sc.Frame()
-		s.addIndex(f.First, f.Pos, f.Time)
+		s.indexFrame(sc.Frame())
 		frames++
 	}
 	switch err := sc.Err(); {
@@ -559,17 +558,23 @@ func (l *Log) checkHeader(s *segment) error {
 	return nil
 }
 
+// formatVersion is the wal format version new segments are created in: 0,
+// the current one. Tests and benchmarks set it to write stores of an older
+// version (which this build reads, and appends to in their version).
+var formatVersion uint32
+
 // walOptions returns the writer options of segment s, with its hooks.
 func (l *Log) walOptions(s *segment) wal.Options {
 	o := wal.Options{
 		SyncMode: l.opts.SyncMode, SyncInterval: l.opts.SyncInterval, MaxWrite: l.opts.MaxWrite, Now: l.opts.Now,
-		OnReserve: s.addIndex,
+		OnReserve: s.onReserve,
 		OnDurable: func(pos int64, off uint64) {
 			s.visible.Store(&position{pos: pos, off: off})
 			l.notifyDurable()
 		},
 		OnFlush: l.noteFlush,
 		OnFail:  func(error) { l.wakeWaiters() },
+		Version: formatVersion,
 	}
 	if l.opts.Preallocate {
 		o.Preallocate, o.PreZero = l.opts.SegmentSize, true
@@ -722,7 +727,7 @@ func (l *Log) seal(s *segment) error {
 		return err
 	}
 	end, next := s.w.Durable()
-	footer, stride := s.encodeFooter(next, end, footerFits(s.w.MaxBatchBytes()))
+	footer, stride := s.encodeFooter(next, end, s.footerFits(s.w.MaxBatchBytes()))
 	if stride > 1 {
 		l.opts.Logger.Warn("segstore: the segment's index did not fit in its footer and was thinned; point reads in it read wider intervals (a larger IndexInterval, or MaxWrite, avoids it)",
 			"segment", s.path, "kept_every", stride)
@@ -893,7 +898,7 @@ func (l *Log) shouldRollLocked(s *segment) (roll, half bool) {
 	}
 	// A segment written under other options (a smaller MaxWrite, a
 	// narrower IndexInterval) can fill its footer first.
-	if entries >= footerFits(s.w.MaxBatchBytes())-footerSpare {
+	if entries >= s.footerFits(s.w.MaxBatchBytes())-footerSpare {
 		return true, half
 	}
 	return l.opts.SegmentAge > 0 && l.opts.Now().Sub(time.Unix(0, first.time)) >= l.opts.SegmentAge, half
@@ -1022,7 +1027,7 @@ func (l *Log) Read(offset uint64, dst []byte) ([]byte, error) {
 		}
 	}
 	vis := s.vis()
-	start, end, complete := s.chunk(offset, vis)
+	start, end, complete := s.lookup(offset, vis)
 	v, err := l.chunkBytes(s, start, end, complete, offset)
 	if err != nil {
 		return dst, err
@@ -1033,7 +1038,7 @@ func (l *Log) Read(offset uint64, dst []byte) ([]byte, error) {
 	if !ok {
 		return dst, s.corrupt("read", start.pos, fmt.Errorf("offset %d is not in the index interval [%d, %d) that should hold it", offset, start.pos, end))
 	}
-	l.noteRead(offset, raChunk{ns: s.ns, first: start.off, next: start.off + uint64(c.count()), pos: start.pos, end: end, v: v})
+	l.noteRead(offset, raChunk{ns: s.ns, first: start.off, next: start.off + uint64(c.count()), pos: start.pos, end: start.pos + c.span(), left: c.left(), v: v})
 	l.pointReads.Add(1)
 	return append(dst, rec...), nil
 }
@@ -1071,14 +1076,20 @@ func (l *Log) segmentFor(offset uint64) (*segment, error) {
 	}
 }
 
-// chunkBytes returns one index interval, verified, as a chunk in a cache
-// value the caller must release: from the cache, or read with O_DIRECT and
-// verified frame by frame (and cached if the interval is complete: it will
-// never grow).
+// chunkBytes returns a chunk holding offset, verified, starting at index
+// entry start, in a cache value the caller must release: from the cache,
+// or from the device (readRecordRun for a segment of version 3, which
+// reads about the record; the whole index interval, verified frame by
+// frame, for older ones). It is cached if the bytes up to end can no
+// longer change; the run of the growing end of the active segment is kept
+// as the log's tail instead.
 func (l *Log) chunkBytes(s *segment, start indexEntry, end int64, complete bool, offset uint64) (*cache.Value, error) {
 	if complete {
 		if v, ok := l.cache.Get(s.ns, start.pos); ok {
-			return v, nil
+			if _, ok := chunk(v.Bytes()).record(offset - start.off); ok {
+				return v, nil
+			}
+			v.Release() // a shorter run of the same entry: read a longer one
 		}
 	} else if t := l.tail.Load(); t != nil && t.ns == s.ns && t.pos == start.pos && t.v.Acquire(t.id) {
 		// The growing last interval, as last read: it still holds every
@@ -1088,6 +1099,29 @@ func (l *Log) chunkBytes(s *segment, start indexEntry, end int64, complete bool,
 		}
 		t.v.Release()
 	}
+	var v *cache.Value
+	var err error
+	if s.recordIndexed() {
+		var read int64
+		v, read, err = l.readRecordRun(s, start, end, offset, s.pointWindow())
+		l.readDeviceBytes.Add(read)
+	} else {
+		v, err = l.readInterval(s, start, end)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if complete {
+		l.cache.Set(s.ns, start.pos, v)
+	} else {
+		l.keepTail(&tailChunk{ns: s.ns, pos: start.pos, v: v, id: v.ID()})
+	}
+	return v, nil
+}
+
+// readInterval reads the index interval [start.pos, end) of a segment of
+// version 1 or 2 with one O_DIRECT read and verifies its frames.
+func (l *Log) readInterval(s *segment, start indexEntry, end int64) (*cache.Value, error) {
 	var buf []byte
 	a := s.dev.Alignment()
 	need := alignedbuf.AlignUp(end, int64(a.Offset)) - alignedbuf.AlignDown(start.pos, int64(a.Offset))
@@ -1107,11 +1141,6 @@ func (l *Log) chunkBytes(s *segment, start indexEntry, end int64, complete bool,
 	}
 	if err != nil {
 		return nil, s.corrupt("read", stop, err)
-	}
-	if complete {
-		l.cache.Set(s.ns, start.pos, v)
-	} else {
-		l.keepTail(&tailChunk{ns: s.ns, pos: start.pos, v: v, id: v.ID()})
 	}
 	return v, nil
 }

@@ -76,9 +76,14 @@ type manifestEntry struct {
 }
 
 // footerEntry describes the sealed segment s from its footer frame.
+// Its checksum names the footer: for a version 3 file the footer frame's
+// own checksum (a reader loads only the end of such a footer), for older
+// ones the CRC-32C of the footer bytes.
 func footerEntry(s *segment, f *wal.Footer) manifestEntry {
-	e := manifestEntry{base: s.base, next: f.Next, dataEnd: f.Pos, size: f.End, sealedAt: f.Time,
-		crc: crc32.Checksum(f.Data, castagnoli)}
+	e := manifestEntry{base: s.base, next: f.Next, dataEnd: f.Pos, size: f.End, sealedAt: f.Time, crc: f.Checksum}
+	if !s.recordIndexed() {
+		e.crc = crc32.Checksum(f.Data, castagnoli)
+	}
 	if len(s.index) > 0 {
 		e.firstTime = s.index[0].time
 	}

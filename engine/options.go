@@ -69,13 +69,19 @@ type Options struct {
 	// SegmentView or a Mapping stay open until let go, beyond the bound if
 	// need be. The active segment is not counted. Default 64.
 	MaxOpenSegments int
-	// IndexInterval is the spacing of the sparse index in bytes of segment
-	// file; it is also the unit read from disk and cached for point reads.
-	// At least 512 bytes, at most 16 MiB and SegmentSize, and wide
+	// IndexInterval is the spacing of the position index in bytes of
+	// segment file: an entry marks the first record that starts at or
+	// after each multiple of it, so a point read reads at most its record
+	// plus about one interval from the device, whatever the size of the
+	// batch the record came in (segments written by format versions
+	// before 3 keep their frame-granular index, and a point read there
+	// reads the whole interval and the frames in it). Each entry costs 32
+	// bytes: in memory while the segment is active, in its footer once
+	// sealed. At least 512 bytes, at most 16 MiB and SegmentSize, and wide
 	// enough that a full segment's index fits in its footer, which is
-	// written in one write (24 bytes per entry, within MaxWrite less 4
-	// KiB). Default 0: 64 KiB, or wider where SegmentSize and MaxWrite
-	// need it.
+	// written in one write (within MaxWrite less 4 KiB). Default 0: 4 KiB,
+	// or the narrowest 4 KiB multiple that fits where SegmentSize and
+	// MaxWrite need it.
 	IndexInterval int
 	// Preallocate reserves and zeroes each new segment file to SegmentSize
 	// up front (fdatasyncs then overwrite blocks instead of growing the
@@ -155,6 +161,12 @@ const (
 	// minMaxWrite: the wal writer needs 4 device blocks, 4 KiB here.
 	minMaxWrite      = 16 << 10
 	minIndexInterval = 512
+	// defaultIndexInterval: a point read reads about its record and one
+	// interval (see readRecordRun), and each interval of a segment costs
+	// an index entry of 32 bytes (in memory for the active segment, in
+	// the footer of a sealed one): 4 KiB bounds the first by the device's
+	// block and the second to 0.8% of the log.
+	defaultIndexInterval = 4 << 10
 	// maxIndexInterval bounds the unit of a point read, and so the memory
 	// each read in flight holds.
 	maxIndexInterval = 16 << 20
@@ -177,9 +189,9 @@ func (e *OptionError) Error() string {
 	return fmt.Sprintf("engine: Options.%s %s %s", e.Option, e.Value, e.Problem)
 }
 
-// footerFits is how many index entries fit in a footer whose frame
-// carries at most batch bytes (wal.Writer.MaxBatchBytes: one write less a
-// block), with its tail.
+// footerFits is how many index entries fit in a version 1 footer whose
+// frame carries at most batch bytes (wal.Writer.MaxBatchBytes: one write
+// less a block), with its tail.
 func footerFits(batch int) int {
 	return (batch - wal.FooterTailLen - footerHeaderLen) / footerEntryLen
 }
@@ -191,10 +203,11 @@ func footerFits(batch int) int {
 const footerSpare = 64
 
 // footerEntries is how many index entries Open lets a full segment have
-// with MaxWrite mw: what its footer holds, less footerSpare.
+// with MaxWrite mw: what its footer (version 2, as every new segment's)
+// holds, less footerSpare.
 func footerEntries(mw int) int64 {
 	batch := alignedbuf.AlignDown(int64(mw), footerBlock) - footerBlock - wal.FrameHeaderLen
-	return int64(footerFits(int(batch)) - footerSpare)
+	return int64(footerV2Fits(int(batch)) - footerSpare)
 }
 
 // segmentEntries bounds the index entries of a segment of size seg at
@@ -290,7 +303,7 @@ func (o Options) resolve() (Options, error) {
 	need := (o.SegmentSize - wal.DataStart) / (footerEntries(o.MaxWrite) - 2)
 	fits := alignedbuf.AlignUp(need+1, 4<<10)
 	if o.IndexInterval == 0 {
-		o.IndexInterval = int(max(64<<10, fits))
+		o.IndexInterval = int(max(defaultIndexInterval, fits))
 		if o.IndexInterval > maxIndexInterval {
 			return refuse("MaxWrite", int64(o.MaxWrite), "is too small for SegmentSize %s: a full segment's index would not fit in its footer, written in one write, at any IndexInterval up to %s; raise MaxWrite, or lower SegmentSize",
 				sizeString(o.SegmentSize), sizeString(maxIndexInterval))
@@ -306,7 +319,7 @@ func (o Options) resolve() (Options, error) {
 		return refuse("IndexInterval", iv, "is larger than SegmentSize %s: use at most that", sizeString(o.SegmentSize))
 	case segmentEntries(o.SegmentSize, o.IndexInterval) > footerEntries(o.MaxWrite):
 		return refuse("IndexInterval", iv, "is too small for SegmentSize %s with MaxWrite %s: a full segment's index (%d entries of %d bytes) would not fit in its footer, written in one write (%d entries); raise IndexInterval to at least %s (or leave it 0 to derive it), or raise MaxWrite, or lower SegmentSize",
-			sizeString(o.SegmentSize), sizeString(int64(o.MaxWrite)), segmentEntries(o.SegmentSize, o.IndexInterval), footerEntryLen, footerEntries(o.MaxWrite), sizeString(fits))
+			sizeString(o.SegmentSize), sizeString(int64(o.MaxWrite)), segmentEntries(o.SegmentSize, o.IndexInterval), indexEntryLen, footerEntries(o.MaxWrite), sizeString(fits))
 	}
 	return o, nil
 }

@@ -33,18 +33,18 @@ func TestOptionsResolve(t *testing.T) {
 		says   string // in the error; or, accepted, the resolved MaxWrite/IndexInterval
 		mw, iv int
 	}{
-		{name: "zero", opts: Options{}, mw: 4 * MiB, iv: 64 * KiB},
-		{name: "defaults", opts: DefaultOptions(), mw: 4 * MiB, iv: 64 * KiB},
-		{name: "smallest segment", opts: Options{SegmentSize: 64 * KiB}, mw: 16 * KiB, iv: 64 * KiB},
-		{name: "1 GiB segments, 256 KiB writes", opts: Options{SegmentSize: 1 * GiB, MaxWrite: 256 * KiB}, mw: 256 * KiB, iv: 100 * KiB},
-		{name: "1 GiB segments, derived", opts: Options{SegmentSize: 1 * GiB}, mw: 4 * MiB, iv: 64 * KiB},
+		{name: "zero", opts: Options{}, mw: 4 * MiB, iv: 4 * KiB},
+		{name: "defaults", opts: DefaultOptions(), mw: 4 * MiB, iv: 4 * KiB},
+		{name: "smallest segment", opts: Options{SegmentSize: 64 * KiB}, mw: 16 * KiB, iv: 4 * KiB},
+		{name: "1 GiB segments, 256 KiB writes", opts: Options{SegmentSize: 1 * GiB, MaxWrite: 256 * KiB}, mw: 256 * KiB, iv: 140 * KiB},
+		{name: "1 GiB segments, derived", opts: Options{SegmentSize: 1 * GiB}, mw: 4 * MiB, iv: 12 * KiB},
 		{name: "largest segment, smallest writes", opts: Options{SegmentSize: 16 * GiB, MaxWrite: 16 * KiB},
 			option: "MaxWrite", says: "is too small for SegmentSize 16 GiB: a full segment's index would not fit in its footer"},
-		{name: "two writes per segment", opts: Options{SegmentSize: 64 * KiB, MaxWrite: 32 * KiB}, mw: 32 * KiB, iv: 64 * KiB},
-		{name: "shared cache, no budget of its own", opts: Options{Cache: shared, CacheBytes: 1}, mw: 4 * MiB, iv: 64 * KiB},
+		{name: "two writes per segment", opts: Options{SegmentSize: 64 * KiB, MaxWrite: 32 * KiB}, mw: 32 * KiB, iv: 4 * KiB},
+		{name: "shared cache, no budget of its own", opts: Options{Cache: shared, CacheBytes: 1}, mw: 4 * MiB, iv: 4 * KiB},
 
 		{name: "1 GiB segments, 256 KiB writes, default interval", opts: Options{SegmentSize: 1 * GiB, MaxWrite: 256 * KiB, IndexInterval: 64 * KiB},
-			option: "IndexInterval", says: "raise IndexInterval to at least 100 KiB (or leave it 0 to derive it), or raise MaxWrite, or lower SegmentSize"},
+			option: "IndexInterval", says: "raise IndexInterval to at least 140 KiB (or leave it 0 to derive it), or raise MaxWrite, or lower SegmentSize"},
 		{name: "1 GiB segments, 4 KiB interval", opts: Options{SegmentSize: 1 * GiB, IndexInterval: 4 * KiB},
 			option: "IndexInterval", says: "is too small for SegmentSize 1 GiB with MaxWrite 4 MiB"},
 		{name: "segment of one write", opts: Options{SegmentSize: 4 * MiB, MaxWrite: 4 * MiB},
@@ -61,10 +61,10 @@ func TestOptionsResolve(t *testing.T) {
 		{name: "tiny cache", opts: Options{CacheBytes: 1000}, option: "CacheBytes", says: "use at least 64 KiB"},
 		{name: "huge cache", opts: Options{CacheBytes: cache.MaxBytes + 1}, option: "CacheBytes", says: "is too large for a cache: use at most 256 GiB"},
 		{name: "largest cache", opts: Options{CacheBytes: math.MaxInt64}, option: "CacheBytes", says: "use at most 256 GiB"},
-		{name: "largest cache, shared cache", opts: Options{Cache: shared, CacheBytes: math.MaxInt64}, mw: 4 * MiB, iv: 64 * KiB},
+		{name: "largest cache, shared cache", opts: Options{Cache: shared, CacheBytes: math.MaxInt64}, mw: 4 * MiB, iv: 4 * KiB},
 		{name: "tiny sync interval", opts: Options{SyncMode: SyncInterval, SyncInterval: time.Nanosecond}, option: "SyncInterval", says: "1ns is too short: use at least 1ms"},
 		{name: "sync interval just below the floor", opts: Options{SyncInterval: MinSyncInterval - 1}, option: "SyncInterval", says: "use at least 1ms"},
-		{name: "smallest sync interval", opts: Options{SyncMode: SyncInterval, SyncInterval: MinSyncInterval}, mw: 4 * MiB, iv: 64 * KiB},
+		{name: "smallest sync interval", opts: Options{SyncMode: SyncInterval, SyncInterval: MinSyncInterval}, mw: 4 * MiB, iv: 4 * KiB},
 		{name: "unknown sync mode", opts: Options{SyncMode: 7}, option: "SyncMode", says: "use SyncAlways, SyncInterval or SyncNever"},
 		{name: "negative segment", opts: Options{SegmentSize: -1}, option: "SegmentSize", says: "is negative: use a positive value, or 0 for the default, 64 MiB"},
 		{name: "negative retention", opts: Options{RetentionBytes: -1}, option: "RetentionBytes", says: "0 for no limit"},
@@ -109,7 +109,9 @@ func TestOptionsDeriveEverySegmentSize(t *testing.T) {
 			require.LessOrEqual(t, segmentEntries(got.SegmentSize, got.IndexInterval), footerEntries(got.MaxWrite), "SegmentSize %d MaxWrite %d", seg, mw)
 			// The footer of that many entries is one a writer of MaxWrite
 			// seals (its frame within a write less a block).
-			footer := footerHeaderLen + footerEntryLen*int(footerEntries(got.MaxWrite))
+			// (Its padding to the blocks is largest for a footer frame 32
+			// bytes before a 4 KiB position.)
+			footer, _ := footerV2Size(2*4096-wal.FrameHeaderLen, int(footerEntries(got.MaxWrite)))
 			require.LessOrEqual(t, wal.FooterFrameSize(footer), got.MaxWrite-footerBlock)
 		}
 	}
@@ -144,17 +146,17 @@ func TestOpenRefusesWhatWouldWedge(t *testing.T) {
 func TestSegmentOfOtherOptionsRollsBeforeItsFooterFills(t *testing.T) {
 	dir := blockdev.NewSimDir(blockdev.SimOptions{})
 	var logged bytes.Buffer
-	small := Options{Dir: dir, SegmentSize: 64 << 10, MaxWrite: 16 << 10, IndexInterval: 512, Logger: quiet}
+	small := Options{Dir: dir, SegmentSize: 64 << 10, MaxWrite: 16 << 10, IndexInterval: 1024, Logger: quiet}
 	l, err := Open("sim", small)
 	require.NoError(t, err)
 	_, err = l.Append(modelRec(0))
 	require.NoError(t, err)
 	require.NoError(t, l.Close())
 
-	// Accepted: a new segment of 1 MiB at 512 B has 2,042 entries, which a
-	// 64 KiB write's footer holds; the active segment's 16 KiB writes
-	// hold 508.
-	big := Options{Dir: dir, SegmentSize: 1 << 20, MaxWrite: 64 << 10, IndexInterval: 512,
+	// Accepted: a new segment of 1 MiB at 1 KiB has 1,021 entries, which
+	// a 64 KiB write's footer holds (1,651); the active segment's 16 KiB
+	// writes hold 127.
+	big := Options{Dir: dir, SegmentSize: 1 << 20, MaxWrite: 64 << 10, IndexInterval: 1024,
 		Logger: slog.New(slog.NewTextHandler(&logged, nil))}
 	l, err = Open("sim", big)
 	require.NoError(t, err)
@@ -166,7 +168,7 @@ func TestSegmentOfOtherOptionsRollsBeforeItsFooterFills(t *testing.T) {
 	}
 	first := l.Segments()[0]
 	assert.Less(t, first.DataEnd, big.SegmentSize/2, "rolled for its footer, not its size")
-	assert.LessOrEqual(t, first.IndexEntries, footerFits(16<<10-4096-wal.FrameHeaderLen))
+	assert.LessOrEqual(t, first.IndexEntries, footerV2Fits(16<<10-4096-wal.FrameHeaderLen))
 	assert.NotContains(t, logged.String(), "thinned")
 	requireRecords(t, l, n)
 	require.NoError(t, l.Close())
@@ -186,11 +188,11 @@ func TestSegmentOfOtherOptionsRollsBeforeItsFooterFills(t *testing.T) {
 func TestSealThinsAnOverfullIndex(t *testing.T) {
 	path := t.TempDir()
 	var logged bytes.Buffer
-	opts := Options{SegmentSize: 1 << 20, MaxWrite: 16 << 10, IndexInterval: 4096, SyncMode: SyncNever,
+	opts := Options{SegmentSize: 1 << 20, MaxWrite: 16 << 10, IndexInterval: 20 << 10, SyncMode: SyncNever,
 		Logger: slog.New(slog.NewTextHandler(&logged, nil))}
 	l, err := Open(path, opts)
 	require.NoError(t, err)
-	fits := footerFits(l.active.w.MaxBatchBytes())
+	fits := l.active.footerFits(l.active.w.MaxBatchBytes())
 	n := 0
 	for len(l.active.index) <= 2*fits {
 		_, err := l.active.w.Append(modelRec(n))
@@ -237,9 +239,9 @@ func requireRecords(t *testing.T, l *Log, n int) {
 // and every record reads back, before and after a reopen.
 func TestManyAppendersNearTheFooterBound(t *testing.T) {
 	dir := blockdev.NewSimDir(blockdev.SimOptions{})
-	// (SegmentSize-4096)/4096 + 2 = 440 entries, within the 444 Open
-	// allows for 16 KiB writes, whose footer holds 508.
-	opts := Options{Dir: dir, SegmentSize: 439*4096 + 4096, MaxWrite: 16 << 10, IndexInterval: 4096, SyncMode: SyncNever, Logger: quiet}
+	// (SegmentSize-4096)/4096 + 2 = 63 entries, the 63 Open allows for
+	// 16 KiB writes, whose footer holds 127.
+	opts := Options{Dir: dir, SegmentSize: 61*4096 + 4096, MaxWrite: 16 << 10, IndexInterval: 4096, SyncMode: SyncNever, Logger: quiet}
 	l, err := Open("sim", opts)
 	require.NoError(t, err)
 	rec := bytes.Repeat([]byte{7}, 4100) // every frame starts an interval

@@ -39,6 +39,7 @@ type raChunk struct {
 	ns          cache.Namespace
 	first, next uint64
 	pos, end    int64
+	left        uint32       // records of the last record's frame after end (0: end is a frame's start)
 	v           *cache.Value // held by the stream
 	ahead       bool         // read by read-ahead (a hit on it is a read-ahead hit)
 }
@@ -235,9 +236,9 @@ func (st *raStream) release() {
 // reports it), and when the stream moved elsewhere.
 func (l *Log) readAhead(st *raStream, last raChunk) {
 	defer l.ra.wg.Done()
-	next, pos, ns := last.next, last.end, last.ns
+	next, pos, left, ns := last.next, last.end, last.left, last.ns
 	for {
-		c, ok := l.readChunkAhead(ns, next, pos)
+		c, ok := l.readChunkAhead(ns, next, pos, left)
 		ra := &l.ra
 		ra.mu.Lock()
 		valid := ok && !ra.closed && st.run > 0 && len(st.chunks) > 0 && st.chunks[len(st.chunks)-1].next == next
@@ -253,15 +254,17 @@ func (l *Log) readAhead(st *raStream, last raChunk) {
 			return
 		}
 		ra.mu.Unlock()
-		next, pos, ns = c.next, c.end, c.ns
+		next, pos, left, ns = c.next, c.end, c.left, c.ns
 	}
 }
 
-// readChunkAhead reads the whole frames holding offset next on from file
-// position pos of the segment of namespace ns (or, if next is past that
-// segment, from the start of the segment holding next), verifies them and
-// returns them as a chunk.
-func (l *Log) readChunkAhead(ns cache.Namespace, next uint64, pos int64) (raChunk, bool) {
+// readChunkAhead reads the records from offset next on, at file position
+// pos of the segment of namespace ns with left records of their frame
+// (or, if next is past that segment, from the start of the segment holding
+// next), verifies them and returns them as a chunk: whole frames in a
+// segment of version 1 or 2, a run of records checked one by one
+// (readRecordRun) in one of version 3.
+func (l *Log) readChunkAhead(ns cache.Namespace, next uint64, pos int64, left uint32) (raChunk, bool) {
 	if l.isClosed.Load() {
 		return raChunk{}, false
 	}
@@ -271,7 +274,7 @@ func (l *Log) readChunkAhead(ns cache.Namespace, next uint64, pos int64) (raChun
 	}
 	defer s.done()
 	if s.ns != ns {
-		pos = wal.DataStart // the next segment
+		pos, left = wal.DataStart, 0 // the next segment
 		if s.base != next {
 			return raChunk{}, false
 		}
@@ -279,6 +282,20 @@ func (l *Log) readChunkAhead(ns cache.Namespace, next uint64, pos int64) (raChun
 	vis := s.vis()
 	if l.fresh.has(s.ns, next) {
 		return raChunk{}, false // appended last: served from memory anyway
+	}
+	if s.recordIndexed() {
+		v, read, err := l.readRecordRun(s, indexEntry{off: next, pos: pos, left: left}, vis.pos, next, raSpan)
+		l.readDeviceBytes.Add(read)
+		l.ra.bytes.Add(read)
+		if err != nil {
+			return raChunk{}, false
+		}
+		c := chunk(v.Bytes())
+		if c.count() == 0 { // nothing whole in the span: the durable end
+			v.Release()
+			return raChunk{}, false
+		}
+		return raChunk{ns: s.ns, first: next, next: next + uint64(c.count()), pos: pos, end: pos + c.span(), left: c.left(), v: v, ahead: true}, true
 	}
 	span := int64(raSpan)
 	for {

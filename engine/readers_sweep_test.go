@@ -278,7 +278,7 @@ func exportOne(l *Log, base uint64, bad *readerErrors) {
 			return
 		}
 		end, next, err := wal.DecodeFrames(b[wal.DataStart:], hdr, wal.DataStart, base, func(f wal.Frame) bool {
-			wal.Records(f.Payload, func(i int, rec []byte) bool {
+			wal.Records(hdr.Version, f.Payload, func(i int, rec []byte) bool {
 				if err := checkOffRecordUpTo(f.First+uint64(i), rec); err != nil {
 					bad.add("active segment %d export: %v", base, err)
 				}

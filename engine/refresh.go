@@ -353,7 +353,7 @@ func (l *Log) follow(s *segment, rolled bool) (grew bool, err error) {
 		if bounded && f.End() > limit.pos {
 			break // written, not acknowledged yet
 		}
-		s.addIndex(f.First, f.Pos, f.Time)
+		s.indexFrame(f)
 		end = position{pos: f.End(), off: f.First + uint64(f.Count)}
 	}
 	if err := sc.Err(); err != nil {

@@ -28,7 +28,8 @@ func (l *Log) SeekTime(t time.Time) (uint64, error) {
 	if i >= 0 && segs[i].acquire() {
 		err := l.ensure(segs[i])
 		if err == nil {
-			from = max(from, segs[i].entryBefore(ts).off)
+			_, first := segs[i].entryBefore(ts).frameOf()
+			from = max(from, first)
 		}
 		segs[i].done()
 		if err != nil {

@@ -35,11 +35,19 @@ func ParseSegmentName(name string) (uint64, bool) {
 	return base, err == nil
 }
 
-// indexEntry marks the frame holding off at position pos, written at time.
+// indexEntry marks the record at offset off, whose header is at position
+// pos, in a frame stamped time. In a segment of version 3 (record
+// granular, see index.go) back is the distance back to its frame's start,
+// before the records of that frame before it and left the records of it
+// from this one on; in older segments an entry marks a frame (pos is the
+// frame's, back and before are 0, left is unknown: 0).
 type indexEntry struct {
-	off  uint64
-	pos  int64
-	time int64
+	off    uint64
+	pos    int64
+	time   int64
+	back   uint32
+	before uint32
+	left   uint32
 }
 
 // position is a (file position, record offset) pair that belong together.
@@ -97,9 +105,10 @@ type segment struct {
 	// it, and when that look started (read-only logs; under refreshMu).
 	looked struct{ mod, at time.Time }
 
-	mu       sync.RWMutex // guards index, sealed and sealedAt
-	index    []indexEntry // sparse, ascending; the first frame is always in it
+	mu       sync.RWMutex // guards index, lastRec, sealed and sealedAt
+	index    []indexEntry // sparse, ascending; the first frame (record) is always in it
 	interval int64
+	lastRec  int64 // position of the last record indexed (version 3)
 	sealed   bool
 	sealedAt int64 // unix nanoseconds, from the footer frame
 }
@@ -257,19 +266,6 @@ func (s *segment) addIndex(first uint64, pos, ts int64) {
 	s.mu.Unlock()
 }
 
-// chunk returns the index interval holding offset off: its start entry and
-// the position where it ends (the next entry, or the visible end).
-func (s *segment) chunk(off uint64, vis position) (start indexEntry, end int64, complete bool) {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	i := sort.Search(len(s.index), func(i int) bool { return s.index[i].off > off }) - 1
-	start = s.index[max(i, 0)]
-	if i+1 < len(s.index) && s.index[i+1].pos <= vis.pos {
-		return start, s.index[i+1].pos, true
-	}
-	return start, vis.pos, s.sealed
-}
-
 // Footer layout (the engine's bytes inside the wal footer frame), little
 // endian:
 //
@@ -283,7 +279,17 @@ const (
 	footerEntryLen  = 24
 )
 
-// encodeFooter encodes s's footer with at most fit index entries. An
+// footerFits is how many index entries s's footer holds in a footer frame
+// of at most batch payload bytes.
+func (s *segment) footerFits(batch int) int {
+	if s.recordIndexed() {
+		return footerV2Fits(batch)
+	}
+	return footerFits(batch)
+}
+
+// encodeFooter encodes s's footer (version 2 for a file of version 3,
+// else version 1) with at most fit index entries. An
 // index with more is thinned: every stride-th entry is kept (the first
 // frame's among them) and the interval recorded is stride times wider, so
 // a seal never fails for want of room; it returns the stride. Open's
@@ -296,6 +302,13 @@ func (s *segment) encodeFooter(next uint64, dataEnd int64, fit int) (footer []by
 	stride = (len(s.index) + fit - 1) / fit
 	stride = max(stride, 1)
 	n := (len(s.index) + stride - 1) / stride
+	if s.recordIndexed() {
+		kept := make([]indexEntry, n)
+		for i := range kept {
+			kept[i] = s.index[i*stride]
+		}
+		return encodeFooterV2(s.hdr.SegmentID, s.base, next-s.base, dataEnd, s.interval*int64(stride), kept), stride
+	}
 	b := make([]byte, footerHeaderLen+footerEntryLen*n)
 	binary.LittleEndian.PutUint32(b[0:], footerVersion)
 	binary.LittleEndian.PutUint64(b[8:], next-s.base)
@@ -315,12 +328,32 @@ func (s *segment) encodeFooter(next uint64, dataEnd int64, fit int) (footer []by
 // decodeFooter checks a footer against the wal footer frame it came in and
 // loads the index. Entries must ascend inside the segment's record range.
 func (s *segment) decodeFooter(f *wal.Footer) error {
+	index, interval, err := s.decodeFooterIndex(f)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.index, s.interval, s.sealed, s.sealedAt = index, interval, true, f.Time
+	s.man = footerEntry(s, f)
+	s.mu.Unlock()
+	s.visible.Store(&position{pos: f.Pos, off: f.Next})
+	return nil
+}
+
+// decodeFooterIndex checks the footer f of s and returns its index: a
+// version 2 footer in a file of version 3, version 1 in older ones.
+func (s *segment) decodeFooterIndex(f *wal.Footer) ([]indexEntry, int64, error) {
 	b := f.Data
+	if s.recordIndexed() {
+		// The wal pads the footer to 8 bytes; a version 2 footer is a
+		// multiple of 8 already.
+		return decodeFooterV2(b, s.hdr.SegmentID, s.base, f.Next, f.Pos)
+	}
 	if len(b) < footerHeaderLen {
-		return fmt.Errorf("footer of %d bytes is shorter than its header", len(b))
+		return nil, 0, fmt.Errorf("footer of %d bytes is shorter than its header", len(b))
 	}
 	if v := binary.LittleEndian.Uint32(b[0:]); v != footerVersion {
-		return fmt.Errorf("footer version %d, this build reads %d", v, footerVersion)
+		return nil, 0, fmt.Errorf("footer version %d, this build reads %d", v, footerVersion)
 	}
 	count := binary.LittleEndian.Uint64(b[8:])
 	dataEnd := int64(binary.LittleEndian.Uint64(b[16:]))
@@ -328,13 +361,13 @@ func (s *segment) decodeFooter(f *wal.Footer) error {
 	n := int(binary.LittleEndian.Uint32(b[28:]))
 	switch {
 	case s.base+count != f.Next:
-		return fmt.Errorf("footer counts %d records from %d, the frame says the next offset is %d", count, s.base, f.Next)
+		return nil, 0, fmt.Errorf("footer counts %d records from %d, the frame says the next offset is %d", count, s.base, f.Next)
 	case dataEnd != f.Pos:
-		return fmt.Errorf("footer says records end at %d, the footer frame is at %d", dataEnd, f.Pos)
+		return nil, 0, fmt.Errorf("footer says records end at %d, the footer frame is at %d", dataEnd, f.Pos)
 	case n > (len(b)-footerHeaderLen)/footerEntryLen:
-		return fmt.Errorf("footer claims %d index entries in %d bytes", n, len(b))
+		return nil, 0, fmt.Errorf("footer claims %d index entries in %d bytes", n, len(b))
 	case interval <= 0:
-		return fmt.Errorf("footer index interval %d", interval)
+		return nil, 0, fmt.Errorf("footer index interval %d", interval)
 	}
 	index := make([]indexEntry, n)
 	for i := range index {
@@ -342,19 +375,14 @@ func (s *segment) decodeFooter(f *wal.Footer) error {
 		e := indexEntry{off: binary.LittleEndian.Uint64(p[0:]), pos: int64(binary.LittleEndian.Uint64(p[8:])), time: int64(binary.LittleEndian.Uint64(p[16:]))}
 		if e.off < s.base || e.off >= f.Next || e.pos < wal.DataStart || e.pos >= dataEnd ||
 			(i > 0 && (e.off <= index[i-1].off || e.pos <= index[i-1].pos)) {
-			return fmt.Errorf("footer index entry %d (offset %d at %d) is out of order or range", i, e.off, e.pos)
+			return nil, 0, fmt.Errorf("footer index entry %d (offset %d at %d) is out of order or range", i, e.off, e.pos)
 		}
 		index[i] = e
 	}
 	if count > 0 && (n == 0 || index[0].off != s.base || index[0].pos != wal.DataStart) {
-		return errors.New("footer index does not start at the first frame")
+		return nil, 0, errors.New("footer index does not start at the first frame")
 	}
-	s.mu.Lock()
-	s.index, s.interval, s.sealed, s.sealedAt = index, interval, true, f.Time
-	s.man = footerEntry(s, f)
-	s.mu.Unlock()
-	s.visible.Store(&position{pos: dataEnd, off: f.Next})
-	return nil
+	return index, interval, nil
 }
 
 // readRange reads the file bytes [from, to) with one aligned O_DIRECT read
@@ -390,57 +418,82 @@ type tailChunk struct {
 	id  uint64
 }
 
-// chunk is one index interval as the cache holds it: the verified frame
-// bytes, then where each record starts, so a point read finds its record in
-// O(1) instead of walking the batch's length prefixes (a chain of cache
-// misses, measured at 60% of a warm read):
+// chunk is a run of verified records as the cache holds it: the file bytes
+// they came in, then where each record's bytes start and how long they
+// are, so a point read finds its record in O(1) instead of walking the
+// record headers (a chain of cache misses, measured at 60% of a warm
+// read), then how many records of the last record's frame follow the run
+// (0 when the run ends with its frame), so that reading on from its end
+// (read-ahead) knows where the next frame header is:
 //
-//	+---------------- - - -+----------------------------------+----------+
-//	| frames (verified)    | record k's position, uint32 LE …  | count u32|
-//	+---------------- - - -+----------------------------------+----------+
+//	+------------- - - -+-------------------------------------------+----------+----------+
+//	| file bytes        | count × (record start u32 | length u32)   | left u32 | count u32|
+//	+------------- - - -+-------------------------------------------+----------+----------+
 //
-// Record k holds offset start.off + k; its position is that of its length
-// prefix, relative to the chunk.
+// Record k holds offset start.off + k, where start is the index entry the
+// run begins at (for a segment of version 3, a record; else a frame);
+// starts are relative to the chunk, and the file bytes end where the run
+// does. A chunk is never changed once built.
 type chunk []byte
 
-// buildChunk verifies the frames in raw (file bytes from start.pos) and
-// lays them out as a chunk in a value from alloc (the caller's to
-// release), returning where the frames stopped.
+// chunkTrailer is a chunk's fixed tail: left and count.
+const chunkTrailer = 8
+
+// newChunk lays out the records of raw that table lists (start, length
+// pairs, relative to raw) as a chunk in a value from alloc (the caller's
+// to release), with left records of the last one's frame after it.
+func newChunk(raw []byte, table []uint32, left uint32, alloc func(int) *cache.Value) *cache.Value {
+	n := len(raw)
+	v := alloc(n + 4*len(table) + chunkTrailer)
+	c := v.Bytes()
+	copy(c, raw)
+	for i, t := range table {
+		binary.LittleEndian.PutUint32(c[n+4*i:], t)
+	}
+	binary.LittleEndian.PutUint32(c[len(c)-8:], left)
+	binary.LittleEndian.PutUint32(c[len(c)-4:], uint32(len(table)/2))
+	return v
+}
+
+// buildChunk verifies the frames in raw (file bytes from start.pos, a
+// frame's position) and lays them out as a chunk in a value from alloc
+// (the caller's to release), returning where the frames stopped.
 func buildChunk(raw []byte, hdr wal.FileHeader, start indexEntry, alloc func(int) *cache.Value) (*cache.Value, int64, error) {
-	var pos []uint32
+	var table []uint32
+	hl := hdr.RecordHeaderLen()
 	stop, _, err := wal.DecodeFrames(raw, hdr, start.pos, start.off, func(f wal.Frame) bool {
 		p := uint32(f.Pos-start.pos) + wal.FrameHeaderLen
-		for range f.Count {
-			pos = append(pos, p)
-			p += wal.RecordHeaderLen + binary.LittleEndian.Uint32(raw[p:])
-		}
+		wal.Records(hdr.Version, f.Payload, func(_ int, rec []byte) bool {
+			table = append(table, p+uint32(hl), uint32(len(rec)))
+			p += uint32(hl + len(rec))
+			return true
+		})
 		return true
 	})
 	if err != nil {
 		return nil, stop, err
 	}
-	n := int(stop - start.pos)
-	v := alloc(n + 4*len(pos) + 4)
-	c := v.Bytes()
-	copy(c, raw[:n])
-	for i, p := range pos {
-		binary.LittleEndian.PutUint32(c[n+4*i:], p)
-	}
-	binary.LittleEndian.PutUint32(c[len(c)-4:], uint32(len(pos)))
-	return v, stop, nil
+	return newChunk(raw[:stop-start.pos], table, 0, alloc), stop, nil
 }
 
 // count is how many records the chunk holds.
 func (c chunk) count() int { return int(binary.LittleEndian.Uint32(c[len(c)-4:])) }
 
+// left is how many records of its last record's frame follow the run.
+func (c chunk) left() uint32 { return binary.LittleEndian.Uint32(c[len(c)-8:]) }
+
+// span is how many file bytes the run covers: it ends at its start plus
+// span.
+func (c chunk) span() int64 { return int64(len(c) - chunkTrailer - 8*c.count()) }
+
 // record returns record k of the chunk.
 func (c chunk) record(k uint64) ([]byte, bool) {
-	n := uint64(binary.LittleEndian.Uint32(c[len(c)-4:]))
+	n := uint64(c.count())
 	if k >= n {
 		return nil, false
 	}
-	table := len(c) - 4 - 4*int(n)
-	p := int(binary.LittleEndian.Uint32(c[table+4*int(k):]))
-	l := int(binary.LittleEndian.Uint32(c[p:]))
-	return c[p+wal.RecordHeaderLen : p+wal.RecordHeaderLen+l], true
+	t := len(c) - chunkTrailer - 8*int(n) + 8*int(k)
+	p := int(binary.LittleEndian.Uint32(c[t:]))
+	l := int(binary.LittleEndian.Uint32(c[t+4:]))
+	return c[p : p+l], true
 }

@@ -248,7 +248,7 @@ func (l *Log) writePrefix(s *segment, from uint64) (string, error) {
 		end, next, err := wal.DecodeFrames(raw, s.hdr, pos, off, func(f wal.Frame) bool {
 			keep := int(min(uint64(f.Count), from-f.First))
 			recs := make([][]byte, 0, keep)
-			wal.Records(f.Payload, func(i int, r []byte) bool { recs = append(recs, r); return i+1 < keep })
+			wal.Records(s.hdr.Version, f.Payload, func(i int, r []byte) bool { recs = append(recs, r); return i+1 < keep })
 			frameTime = f.Time
 			_, appendErr = w.Append(recs...)
 			return appendErr == nil && f.First+uint64(f.Count) < from

@@ -402,8 +402,9 @@ func (it *MappedIterator) loadFrame() (err error) {
 	}
 	it.spans, it.k = it.spans[:0], 0
 	p := int(f.Pos) + wal.FrameHeaderLen
-	wal.Records(f.Payload, func(_ int, rec []byte) bool {
-		p += wal.RecordHeaderLen
+	hl := m.hdr.RecordHeaderLen()
+	wal.Records(m.hdr.Version, f.Payload, func(_ int, rec []byte) bool {
+		p += hl
 		it.spans = append(it.spans, p, p+len(rec))
 		p += len(rec)
 		return true

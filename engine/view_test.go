@@ -2,7 +2,6 @@ package engine
 
 import (
 	"bytes"
-	"encoding/binary"
 	"fmt"
 	"io"
 	"net"
@@ -359,13 +358,15 @@ func TestImportRefusals(t *testing.T) {
 	// checksummed, the footer's fields in range.
 	empty := handSealed(t, 0, 0, nil)
 	lying := handSealed(t, 0, 10, func(f []handFrame) []indexEntry { // frame 5's offset at frame 6's position
-		return []indexEntry{{f[0].First, f[0].Pos, f[0].Time}, {f[5].First, f[6].Pos, f[5].Time}}
+		return []indexEntry{f[0].entry(), f[6].entry().with(f[5].First, f[5].Time)}
 	})
 	badTime := handSealed(t, 0, 10, func(f []handFrame) []indexEntry {
-		return []indexEntry{{f[0].First, f[0].Pos, f[0].Time}, {f[5].First, f[5].Pos, f[5].Time + 1}}
+		return []indexEntry{f[0].entry(), f[5].entry().with(f[5].First, f[5].Time+1)}
 	})
-	pastLast := handSealed(t, 0, 10, func(f []handFrame) []indexEntry { // inside the last frame
-		return []indexEntry{{f[0].First, f[0].Pos, f[0].Time}, {f[9].First + 1, f[9].Pos + 8, f[9].Time}}
+	pastLast := handSealed(t, 0, 2, func(f []handFrame) []indexEntry { // inside the last frame
+		e := f[1].entry()
+		e.off, e.pos, e.before, e.left = e.off+1, e.pos+8, 1, 7
+		return []indexEntry{f[0].entry(), e}
 	})
 	bigWrites := foreign(func(o *Options) { o.MaxWrite *= 2 })
 	sparse := foreign(func(o *Options) { o.IndexInterval = 200 << 10 })
@@ -387,8 +388,8 @@ func TestImportRefusals(t *testing.T) {
 		{"index sparser than the log's", sparse, 0, int64(len(sparse)), []error{ErrImport, ErrCorrupt}, "open it with IndexInterval at least"},
 		{"sealed with no records", empty, 0, int64(len(empty)), []error{ErrImport}, "sealed with no records"},
 		{"index entry at another frame's position", lying, 0, int64(len(lying)), []error{ErrImport, ErrCorrupt}, "index entry 1 (offset 40"},
-		{"index entry with another time", badTime, 0, int64(len(badTime)), []error{ErrImport, ErrCorrupt}, "does not match a frame"},
-		{"index entry inside the last frame", pastLast, 0, int64(len(pastLast)), []error{ErrImport, ErrCorrupt}, "does not match a frame"},
+		{"index entry with another time", badTime, 0, int64(len(badTime)), []error{ErrImport, ErrCorrupt}, "does not match a record"},
+		{"index entry inside the last frame", pastLast, 0, int64(len(pastLast)), []error{ErrImport, ErrCorrupt}, "does not match a record"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -427,6 +428,17 @@ type handFrame struct {
 	Pos, Time int64
 }
 
+// entry is the index entry of the frame's first record (of 8).
+func (f handFrame) entry() indexEntry {
+	return indexEntry{off: f.First, pos: f.Pos + wal.FrameHeaderLen, time: f.Time, back: wal.FrameHeaderLen, left: 8}
+}
+
+// with is e naming offset off and time ts.
+func (e indexEntry) with(off uint64, ts int64) indexEntry {
+	e.off, e.time = off, ts
+	return e
+}
+
 // handSealed writes, with the wal writer, a sealed segment file at base of
 // batches frames (8 records each) whose footer's index is what index
 // returns for the frames written (a footer without entries if nil): a file
@@ -437,7 +449,7 @@ func handSealed(t *testing.T, base uint64, batches int, index func([]handFrame) 
 	dev, err := blockdev.Open(path, blockdev.Options{Create: true, Buffered: true})
 	require.NoError(t, err)
 	var frames []handFrame
-	w, err := wal.Create(dev, base, wal.Options{MaxWrite: 64 << 10, OnReserve: func(first uint64, pos, ts int64) {
+	w, err := wal.Create(dev, base, wal.Options{MaxWrite: 64 << 10, OnReserve: func(first uint64, pos, ts int64, _ [][]byte) {
 		frames = append(frames, handFrame{First: first, Pos: pos, Time: ts})
 	}})
 	require.NoError(t, err)
@@ -455,18 +467,7 @@ func handSealed(t *testing.T, base uint64, batches int, index func([]handFrame) 
 	if index != nil {
 		entries = index(frames)
 	}
-	footer := make([]byte, footerHeaderLen+footerEntryLen*len(entries))
-	binary.LittleEndian.PutUint32(footer[0:], footerVersion)
-	binary.LittleEndian.PutUint64(footer[8:], next-base)
-	binary.LittleEndian.PutUint64(footer[16:], uint64(end))
-	binary.LittleEndian.PutUint32(footer[24:], 4096)
-	binary.LittleEndian.PutUint32(footer[28:], uint32(len(entries)))
-	for i, e := range entries {
-		p := footer[footerHeaderLen+footerEntryLen*i:]
-		binary.LittleEndian.PutUint64(p[0:], e.off)
-		binary.LittleEndian.PutUint64(p[8:], uint64(e.pos))
-		binary.LittleEndian.PutUint64(p[16:], uint64(e.time))
-	}
+	footer := encodeFooterV2(w.Header().SegmentID, base, next-base, end, 4096, entries)
 	_, err = w.Seal(footer)
 	require.NoError(t, err)
 	require.NoError(t, dev.Close())

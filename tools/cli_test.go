@@ -279,7 +279,9 @@ func TestErrorMessagesGolden(t *testing.T) {
 	require.NoError(t, os.Rename(smallStore(t), clean))
 	damaged := filepath.Join(tmp, "damaged")
 	require.NoError(t, os.Rename(smallStore(t), damaged))
-	flip(t, filepath.Join(damaged, "00000000000000000354.seg"), 4096+100)
+	segs, err := filepath.Glob(filepath.Join(damaged, "*.seg"))
+	require.NoError(t, err)
+	flip(t, segs[1], 4096+100) // in the second segment
 	notStore := notAStore(t, tmp)
 	var b strings.Builder
 	for _, tc := range []struct {

@@ -988,7 +988,7 @@ func dumpSegment(w *bufio.Writer, enc *json.Encoder, name string, opts DumpOptio
 				"first": f.First, "count": f.Count, "time": time.Unix(0, f.Time).UTC()}
 			if opts.Records {
 				recs := []any{}
-				wal.Records(f.Payload, func(i int, rec []byte) bool {
+				wal.Records(h.Version, f.Payload, func(i int, rec []byte) bool {
 					recs = append(recs, recordJSON(f.First+uint64(i), time.Unix(0, f.Time), rec))
 					return true
 				})
@@ -1000,7 +1000,7 @@ func dumpSegment(w *bufio.Writer, enc *json.Encoder, name string, opts DumpOptio
 				f.Pos, f.Size, f.Checksum, f.First, f.First+uint64(f.Count)-1, f.Count, time.Unix(0, f.Time).UTC().Format(timeFormat))
 		}
 		if opts.Records && !opts.JSON {
-			wal.Records(f.Payload, func(i int, rec []byte) bool {
+			wal.Records(h.Version, f.Payload, func(i int, rec []byte) bool {
 				shownRec := rec[:min(len(rec), 64)]
 				ellipsis := ""
 				if len(rec) > len(shownRec) {

@@ -28,7 +28,7 @@ func TestDecodeFrames(t *testing.T) {
 	assert.Equal(t, tf.next, next)
 	for i, f := range frames {
 		assert.Equal(t, tf.frames[i].Pos, f.Pos)
-		Records(f.Payload, func(j int, r []byte) bool {
+		Records(Version, f.Payload, func(j int, r []byte) bool {
 			require.Equal(t, record(f.First+uint64(j), recordSize(f.First+uint64(j))), r)
 			return true
 		})
@@ -63,7 +63,11 @@ func TestHooksReportFramesInOrderAndDurability(t *testing.T) {
 	var durable []uint64
 	dev := newSim(13)
 	w, err := Create(dev, 0, Options{
-		OnReserve: func(first uint64, pos int64, ts int64) { mu.Lock(); reserved = append(reserved, pos); mu.Unlock() },
+		OnReserve: func(first uint64, pos int64, ts int64, _ [][]byte) {
+			mu.Lock()
+			reserved = append(reserved, pos)
+			mu.Unlock()
+		},
 		OnDurable: func(pos int64, off uint64) { mu.Lock(); durable = append(durable, off); mu.Unlock() },
 	})
 	require.NoError(t, err)

@@ -43,7 +43,7 @@ func Example() {
 	}
 	for s.Next() {
 		f := s.Frame()
-		wal.Records(f.Payload, func(i int, rec []byte) bool {
+		wal.Records(s.Header().Version, f.Payload, func(i int, rec []byte) bool {
 			fmt.Printf("%d: %s\n", f.First+uint64(i), rec)
 			return true
 		})

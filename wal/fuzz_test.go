@@ -8,16 +8,21 @@ import (
 	"github.com/segstore/segstore/blockdev"
 )
 
-// FuzzDecodeFrame feeds arbitrary bytes to the frame decoder: it must never
-// panic or allocate from an unchecked length, and whatever it accepts must
-// re-encode to the same bytes.
+// FuzzDecodeFrame feeds arbitrary bytes to the frame decoder, as a frame of
+// a file of any version: it must never panic or allocate from an unchecked
+// length, and whatever it accepts must re-encode to the same bytes.
 func FuzzDecodeFrame(f *testing.F) {
-	good := make([]byte, FrameSize(PayloadSize([][]byte{[]byte("hello"), {}})))
-	EncodeFrame(good, 7, 4096, -1, 10, 99, [][]byte{[]byte("hello"), {}})
-	f.Add(good, uint64(7), int64(4096))
-	f.Add(make([]byte, FrameHeaderLen), uint64(0), int64(0))
-	f.Add([]byte{1, 2, 3}, uint64(1), int64(8))
-	f.Fuzz(func(t *testing.T, b []byte, segID uint64, pos int64) {
+	recs := [][]byte{[]byte("hello"), {}}
+	for v := uint32(MinVersion); v <= Version; v++ {
+		good := make([]byte, FrameSize(FileHeader{Version: v}.PayloadSize(recs)))
+		encodeFrame(good, v, 7, 4096, -1, 10, 99, recs)
+		f.Add(good, uint64(7), int64(4096), uint8(v))
+	}
+	f.Add(make([]byte, FrameHeaderLen), uint64(0), int64(0), uint8(Version))
+	f.Add([]byte{1, 2, 3}, uint64(1), int64(8), uint8(2))
+	f.Fuzz(func(t *testing.T, b []byte, segID uint64, pos int64, version uint8) {
+		v := MinVersion + uint32(version)%(Version-MinVersion+1)
+		hdr := FileHeader{Version: v, SegmentID: segID}
 		h, err := DecodeFrameHeader(b, 1<<20)
 		if err != nil {
 			return
@@ -27,20 +32,20 @@ func FuzzDecodeFrame(f *testing.F) {
 			return
 		}
 		payload := b[FrameHeaderLen : FrameHeaderLen+int(h.Length)]
-		if VerifyFrame(h, segID, pos, payload) != nil {
+		if VerifyFrame(h, hdr, pos, payload) != nil {
 			return
 		}
 		if d, ok := h.DurableBefore(pos); ok && d < 0 {
 			return // a mark before the file's start: no writer makes one
 		}
 		var recs [][]byte
-		Records(payload, func(_ int, r []byte) bool {
+		Records(v, payload, func(_ int, r []byte) bool {
 			recs = append(recs, r)
 			return true
 		})
 		require.Len(t, recs, int(h.Count))
 		again := make([]byte, size)
-		EncodeFrame(again, segID, pos, durableOf(h, pos), h.First, h.Timestamp, recs)
+		encodeFrame(again, v, segID, pos, durableOf(h, pos), h.First, h.Timestamp, recs)
 		require.Equal(t, b[:FrameHeaderLen+int(h.Length)], again[:FrameHeaderLen+int(h.Length)])
 	})
 }
@@ -86,7 +91,7 @@ func FuzzRecover(f *testing.F) {
 			fr := s.Frame()
 			require.Equal(t, next, fr.First)
 			next += uint64(fr.Count)
-			Records(fr.Payload, func(i int, r []byte) bool {
+			Records(Version, fr.Payload, func(i int, r []byte) bool {
 				o := fr.First + uint64(i)
 				require.Equal(t, record(o, recordSize(o)), r, "record %d returned with wrong bytes", o)
 				return true
@@ -120,7 +125,7 @@ func FuzzRecoverFrameBytes(f *testing.F) {
 			fr := s.Frame()
 			h, err := DecodeFrameHeader(img[fr.Pos:], int(maxWrite))
 			require.NoError(t, err)
-			require.NoError(t, VerifyFrame(h, seg, fr.Pos, fr.Payload), "frame at %d returned without verifying", fr.Pos)
+			require.NoError(t, VerifyFrame(h, s.Header(), fr.Pos, fr.Payload), "frame at %d returned without verifying", fr.Pos)
 		}
 	})
 }

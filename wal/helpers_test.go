@@ -53,7 +53,7 @@ func tryReadAll(dev blockdev.Device) (map[uint64][]byte, *Recovery, error) {
 	got := map[uint64][]byte{}
 	for s.Next() {
 		f := s.Frame()
-		Records(f.Payload, func(i int, r []byte) bool {
+		Records(s.Header().Version, f.Payload, func(i int, r []byte) bool {
 			got[f.First+uint64(i)] = append([]byte(nil), r...)
 			return true
 		})

@@ -112,7 +112,7 @@ func TestTornHeaderAcrossASectorIsATornTail(t *testing.T) {
 		dev := blockdev.NewSim(blockdev.SimOptions{Name: "tear", Seed: seed})
 		w, err := Create(dev, 0, Options{})
 		require.NoError(t, err)
-		_, err = w.Append(record(0, 468)) // frame 4096..4600
+		_, err = w.Append(record(0, 464)) // frame 4096..4600
 		require.NoError(t, err)
 		pos, _ := w.Durable()
 		require.EqualValues(t, 504, pos%512)
@@ -332,8 +332,8 @@ func TestMarksReachPastTheLargestWindow(t *testing.T) {
 // was a single set bit differs from what was written in one bit, but the
 // bit lies in a sector that reads all zero: a tear, not a flip.
 func TestLostSectorHoldingOneSetBitIsATornTail(t *testing.T) {
-	recs := [][]byte{record(0, 988), make([]byte, 8)} // the 8-byte record's prefix starts at 5120, a sector boundary
-	require.Equal(t, 5120, DataStart+FrameHeaderLen+RecordHeaderLen+988)
+	recs := [][]byte{record(0, 984), make([]byte, 8)} // the 8-byte record's header starts at 5120, a sector boundary
+	require.Equal(t, 5120, DataStart+FrameHeaderLen+RecordHeaderLen+984)
 	bad, hit := 0, 0
 	for seed := uint64(1); seed <= 48; seed++ {
 		dev := blockdev.NewSim(blockdev.SimOptions{Name: "bit", Seed: seed})

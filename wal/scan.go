@@ -45,6 +45,9 @@ type Footer struct {
 	End  int64  // end of the frame: the file's size
 	Next uint64 // offset after the file's last record
 	Time int64  // when the file was sealed, unix nanoseconds
+	// Checksum is the footer frame's CRC-32C, as stored: it covers the
+	// whole footer, so it identifies it.
+	Checksum uint32
 	// Data is the caller's footer bytes, followed by up to 7 zero bytes of
 	// padding. It is a copy, owned by the caller.
 	Data []byte
@@ -208,7 +211,7 @@ func (s *Scanner) next() (bool, error) {
 		return false, err
 	}
 	payload := b[FrameHeaderLen : FrameHeaderLen+int(h.Length)]
-	if err := VerifyFrame(h, s.hdr.SegmentID, p, payload); err != nil {
+	if err := VerifyFrame(h, s.hdr, p, payload); err != nil {
 		return false, s.stop(p, err)
 	}
 	if !isZero(b[FrameHeaderLen+int(h.Length) : size]) {
@@ -219,7 +222,7 @@ func (s *Scanner) next() (bool, error) {
 		return false, s.corrupt(p, fmt.Sprintf("frame holds offsets from %d, expected %d", h.First, s.nextOffset), nil)
 	}
 	if h.Type == FrameFooter {
-		s.footer = &Footer{Pos: p, End: p + int64(size), Next: h.First, Time: h.Timestamp,
+		s.footer = &Footer{Pos: p, End: p + int64(size), Next: h.First, Time: h.Timestamp, Checksum: h.checksum,
 			Data: append([]byte(nil), payload[:len(payload)-FooterTailLen]...)}
 		s.pos = p // the records end here
 		// A sealed file ends at its footer; zeros after it are a seal whose
@@ -354,7 +357,7 @@ func (s *Scanner) tornAt(p int64, b []byte, data int, sealed int64) string {
 	// file): its last sectors were not written. Its records say so, walked
 	// by their own length prefixes as far as the data goes, and its header
 	// agrees; the header's length alone decides nothing.
-	if recordsRunPast(b, written) {
+	if recordsRunPast(b, written, s.hdr.RecordHeaderLen()) {
 		if h, err := DecodeFrameHeader(b, int(s.hdr.MaxWrite)); err == nil {
 			if end := p + int64(FrameSize(int(h.Length))); end > p+int64(written) || end > s.size {
 				return ""
@@ -365,17 +368,17 @@ func (s *Scanner) tornAt(p int64, b []byte, data int, sealed int64) string {
 }
 
 // recordsRunPast reports whether the records of the frame at the start of b,
-// walked by their length prefixes for the count its header gives, need
-// bytes at or past written (where only zeros were read): the frame did not
-// end within the data.
-func recordsRunPast(b []byte, written int) bool {
+// walked by their length prefixes (in record headers of hl bytes) for the
+// count its header gives, need bytes at or past written (where only zeros
+// were read): the frame did not end within the data.
+func recordsRunPast(b []byte, written, hl int) bool {
 	count := int(binary.LittleEndian.Uint32(b[12:16]))
 	at := FrameHeaderLen
 	for i := 0; i < count; i++ {
-		if at+RecordHeaderLen > written {
+		if at+hl > written {
 			return true
 		}
-		at += RecordHeaderLen + int(binary.LittleEndian.Uint32(b[at:]))
+		at += hl + int(binary.LittleEndian.Uint32(b[at:]))
 		if at > written {
 			return true
 		}
@@ -415,11 +418,11 @@ func (s *Scanner) validFrameAfter(p int64, b []byte, data int) (next int64, proo
 		if next < 0 {
 			minFirst++ // the damaged frame holds at least one record
 		}
-		if err != nil || end > len(b) || h.First < minFirst || h.First > expect+uint64(i)/RecordHeaderLen || h.Timestamp < s.lastTime {
+		if err != nil || end > len(b) || h.First < minFirst || h.First > expect+uint64(i/s.hdr.RecordHeaderLen()) || h.Timestamp < s.lastTime {
 			i += FrameAlign
 			continue
 		}
-		if VerifyFrame(h, s.hdr.SegmentID, pos, b[i+FrameHeaderLen:end]) != nil {
+		if VerifyFrame(h, s.hdr, pos, b[i+FrameHeaderLen:end]) != nil {
 			if budget -= int64(h.Length); budget < 0 {
 				return next, nil, fmt.Errorf("more plausible frame headers after the damage than a torn write leaves (hostile or badly damaged data)")
 			}
@@ -684,10 +687,10 @@ func ReadSealed(dev blockdev.Device) (FileHeader, *Footer, error) {
 		return s.hdr, nil, footerErr("footer header", err)
 	}
 	payload := b[FrameHeaderLen:]
-	if err := VerifyFrame(h, s.hdr.SegmentID, pos, payload); err != nil {
+	if err := VerifyFrame(h, s.hdr, pos, payload); err != nil {
 		return s.hdr, nil, footerErr("footer", err)
 	}
-	return s.hdr, &Footer{Pos: pos, End: size, Next: h.First, Time: h.Timestamp,
+	return s.hdr, &Footer{Pos: pos, End: size, Next: h.First, Time: h.Timestamp, Checksum: h.checksum,
 		Data: append([]byte(nil), payload[:len(payload)-FooterTailLen]...)}, nil
 }
 
@@ -715,7 +718,7 @@ func DecodeFrames(b []byte, hdr FileHeader, pos int64, next uint64, fn func(Fram
 			break
 		}
 		payload := b[p+FrameHeaderLen : p+FrameHeaderLen+int(h.Length)]
-		if err := VerifyFrame(h, hdr.SegmentID, pos+int64(p), payload); err != nil {
+		if err := VerifyFrame(h, hdr, pos+int64(p), payload); err != nil {
 			return pos + int64(p), next, fmt.Errorf("frame at %d: %w", pos+int64(p), err)
 		}
 		if !isZero(b[p+FrameHeaderLen+int(h.Length) : p+size]) {

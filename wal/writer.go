@@ -1,6 +1,8 @@
 package wal
 
 import (
+	"cmp"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -63,11 +65,17 @@ type Options struct {
 	PreZero bool
 	// Now is the clock for frame timestamps. Default time.Now.
 	Now func() time.Time
+	// Version is the format version Create writes the file in, from
+	// MinVersion to Version (default 0: Version), for tools and tests
+	// that need a file an older build reads. Open appends to a file in
+	// the file's own version, whatever this says.
+	Version uint32
 	// OnReserve, if set, is called for every records frame when room for
-	// it is reserved: in file order, with the writer's lock held. It must
-	// be quick and must not call the Writer. (The engine builds its sparse
-	// index with it.)
-	OnReserve func(first uint64, pos int64, ts int64)
+	// it is reserved: in file order, with the writer's lock held, with the
+	// frame's first offset, position, timestamp and records (which it must
+	// not keep). It must be quick and must not call the Writer. (The engine
+	// builds its position index with it.)
+	OnReserve func(first uint64, pos int64, ts int64, records [][]byte)
 	// OnDurable, if set, is called with the new durable position and offset
 	// each time they advance, with the writer's lock held. It must be quick
 	// and must not call the Writer. (The engine wakes tailing readers.) The
@@ -202,7 +210,10 @@ func create(dev blockdev.Device, base uint64, opts Options, prepared bool) (*Wri
 	if err != nil {
 		return nil, fmt.Errorf("wal: create %s: %w", dev.Name(), err)
 	}
-	hdr := FileHeader{Version: Version, SegmentID: rand.Uint64() | 1, BaseOffset: base, Created: opts.Now().UnixNano(), MaxWrite: uint32(maxWrite)}
+	if opts.Version != 0 && (opts.Version < MinVersion || opts.Version > Version) {
+		return nil, fmt.Errorf("wal: create %s: format version %d: this build writes %d to %d", dev.Name(), opts.Version, MinVersion, Version)
+	}
+	hdr := FileHeader{Version: cmp.Or(opts.Version, Version), SegmentID: rand.Uint64() | 1, BaseOffset: base, Created: opts.Now().UnixNano(), MaxWrite: uint32(maxWrite)}
 	head := dev.Alignment().Alloc(int(alignedbuf.AlignUp(DataStart, blk)))
 	EncodeFileHeader(head, hdr)
 	if _, err := dev.WriteAt(head, 0); err != nil {
@@ -426,7 +437,7 @@ func (w *Writer) Append(records ...[]byte) (first uint64, err error) {
 			return 0, fmt.Errorf("%w: record %d is %d bytes, the limit is %d", ErrRecordTooLarge, i, len(r), MaxRecordSize)
 		}
 	}
-	plen := PayloadSize(records)
+	plen := w.hdr.PayloadSize(records)
 	size := FrameSize(plen)
 	if size > w.maxFrame {
 		return 0, fmt.Errorf("%w: %d records of %d bytes in all; at most %d bytes per batch with MaxWrite %d: split the batch",
@@ -434,14 +445,14 @@ func (w *Writer) Append(records ...[]byte) (first uint64, err error) {
 	}
 
 	w.mu.Lock()
-	r, err := w.reserveLocked(size, len(records))
+	r, err := w.reserveLocked(size, records)
 	w.mu.Unlock()
 	if err != nil {
 		return 0, err
 	}
 	buf, pos := r.buf, r.pos
 
-	EncodeFrame(buf.b[pos-buf.start:], w.hdr.SegmentID, pos, r.durable, r.first, r.ts, records)
+	encodeFrame(buf.b[pos-buf.start:], w.hdr.Version, w.hdr.SegmentID, pos, r.durable, r.first, r.ts, records)
 
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -467,11 +478,12 @@ type reservation struct {
 	durable int64  // the frame's durable mark: the durable end at reservation (-1: the file has no marks)
 }
 
-// reserveLocked waits for room for a frame of size bytes holding n records
-// in the current buffer, reserves it, and assigns offsets, a timestamp and
+// reserveLocked waits for room for a frame of size bytes holding records
+// (none for a footer) in the current buffer, reserves it, and assigns offsets, a timestamp and
 // the durable mark. The caller encodes into r.buf at r.pos and then
 // decrements r.buf.users.
-func (w *Writer) reserveLocked(size, n int) (r reservation, err error) {
+func (w *Writer) reserveLocked(size int, records [][]byte) (r reservation, err error) {
+	n := len(records)
 	for {
 		if w.err != nil {
 			return r, w.err
@@ -504,7 +516,7 @@ func (w *Writer) reserveLocked(size, n int) (r reservation, err error) {
 	r.ts = max(w.opts.Now().UnixNano(), w.lastTime) // frame times never go back
 	w.lastTime = r.ts
 	if n > 0 && w.opts.OnReserve != nil {
-		w.opts.OnReserve(r.first, r.pos, r.ts)
+		w.opts.OnReserve(r.first, r.pos, r.ts, records)
 	}
 	return r, nil
 }
@@ -527,7 +539,7 @@ func (w *Writer) Seal(footer []byte) (*Footer, error) {
 		w.mu.Unlock()
 		return nil, err
 	}
-	r, err := w.reserveLocked(size, 0)
+	r, err := w.reserveLocked(size, nil)
 	if err != nil {
 		w.mu.Unlock()
 		return nil, err
@@ -538,6 +550,7 @@ func (w *Writer) Seal(footer []byte) (*Footer, error) {
 	buf, pos, next, ts := r.buf, r.pos, r.first, r.ts
 
 	EncodeFooter(buf.b[pos-buf.start:], w.hdr.SegmentID, pos, r.durable, next, ts, footer)
+	crc := binary.LittleEndian.Uint32(buf.b[pos-buf.start:])
 
 	w.mu.Lock()
 	buf.users--
@@ -558,7 +571,7 @@ func (w *Writer) Seal(footer []byte) (*Footer, error) {
 	if err := w.dev.Sync(); err != nil {
 		return nil, fmt.Errorf("wal: seal %s: fdatasync after truncate: %w", w.dev.Name(), err)
 	}
-	return &Footer{Pos: pos, End: end, Next: next, Time: ts, Data: append([]byte(nil), footer...)}, nil
+	return &Footer{Pos: pos, End: end, Next: next, Time: ts, Checksum: crc, Data: append([]byte(nil), footer...)}, nil
 }
 
 // awaitDurableLocked returns once the file is durable up to end, leading

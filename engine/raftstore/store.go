@@ -387,7 +387,7 @@ func replayStable(dev blockdev.Device, kv map[string][]byte) error {
 	}
 	for sc.Next() {
 		var bad error
-		wal.Records(sc.Frame().Payload, func(_ int, rec []byte) bool {
+		wal.Records(sc.Header().Version, sc.Frame().Payload, func(_ int, rec []byte) bool {
 			if len(rec) < 4 || int(binary.LittleEndian.Uint32(rec)) > len(rec)-4 {
 				bad = fmt.Errorf("a malformed record in the frame at %d", sc.Frame().Pos)
 				return false
