@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -72,6 +73,7 @@ func Serve(ctx context.Context, out io.Writer, dirs []string, opts ServeOptions,
 	defer refreshers.Wait()
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
+	var readOnly []*engine.Log // the logs served beside their writer
 	for _, dir := range dirs {
 		name := peer.LogName(filepath.Base(filepath.Clean(dir)))
 		if _, dup := logs[name]; dup {
@@ -97,6 +99,7 @@ func Serve(ctx context.Context, out io.Writer, dirs []string, opts ServeOptions,
 			}
 			if l, err = openStore(dir, false); err == nil {
 				fmt.Fprintf(out, "%s: served read-only, refreshed as its files change (written by %s)\n", dir, writer)
+				readOnly = append(readOnly, l)
 				refreshers.Add(1)
 				go func() {
 					defer refreshers.Done()
@@ -117,6 +120,17 @@ func Serve(ctx context.Context, out io.Writer, dirs []string, opts ServeOptions,
 	}
 	hs := peer.NewServer(logs, peer.ServerOptions{Token: opts.Token, AllowRemote: opts.AllowRemote, AllowedHosts: opts.AllowedHosts,
 		MaxExports: opts.MaxExports, WriteTimeout: opts.WriteTimeout, RateLimit: opts.RateLimit}).HTTPServer("")
+	// A request is answered with every record the writer acknowledged
+	// before it came, not only with what the last refresh found: a
+	// client that appended, then asks, is not shown a log behind its own
+	// append. (A failed refresh is KeepRefreshed's to report.)
+	handler := hs.Handler
+	hs.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		for _, l := range readOnly {
+			l.Refresh()
+		}
+		handler.ServeHTTP(w, r)
+	})
 	if (opts.TLSCert == "") != (opts.TLSKey == "") {
 		ln.Close()
 		return usageError{errors.New("--tls-cert and --tls-key go together")}

@@ -302,3 +302,36 @@ func TestServeADirectoryNamedInNotUTF8(t *testing.T) {
 	cancel()
 	require.NoError(t, <-served)
 }
+
+// TestServeReadOnlyIsCurrent: a store served read-only beside its writer
+// answers each request with every record the writer acknowledged before
+// it, without waiting for a refresh: each append, then a listing at once,
+// shows it.
+func TestServeReadOnlyIsCurrent(t *testing.T) {
+	dir := smallStore(t)
+	writer := openWriter(t, dir)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	addr := make(chan string, 1)
+	served := make(chan error, 1)
+	go func() {
+		served <- Serve(ctx, io.Discard, []string{dir}, ServeOptions{Listen: "127.0.0.1:0", ReadOnly: true, Refresh: time.Hour}, func(a string) { addr <- a })
+	}()
+	url := "http://" + <-addr + "/v1/logs"
+	for i := range 30 {
+		_, err := writer.Append(fmt.Appendf(nil, "record %d", i))
+		require.NoError(t, err)
+		if i%10 == 9 {
+			require.NoError(t, writer.Roll()) // and across new segments
+		}
+		resp, err := http.Get(url)
+		require.NoError(t, err)
+		var logs []struct{ End uint64 }
+		require.NoError(t, json.NewDecoder(resp.Body).Decode(&logs))
+		resp.Body.Close()
+		require.Len(t, logs, 1)
+		require.Equal(t, writer.EndOffset(), logs[0].End, "after append %d", i)
+	}
+	cancel()
+	require.NoError(t, <-served)
+}
