@@ -637,3 +637,17 @@ func TestVersion(t *testing.T) {
 	require.Equal(t, ExitOK, r.code)
 	assert.Regexp(t, `^segtool \S+.*, go1\.\d+.* linux/\w+, wal format \d+\n$`, r.stdout)
 }
+
+// TestOlderFormatStore: a store written by wal format 2 (engine's golden
+// one) is read by every command that reads, and dump names its format.
+func TestOlderFormatStore(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "v2")
+	require.NoError(t, os.CopyFS(dir, os.DirFS("../engine/testdata/golden-v2")))
+	for _, args := range [][]string{{"inspect", dir}, {"verify", dir}, {"cat", dir, "--count", "3"}, {"dump", dir, "--count", "2", "--records"}} {
+		out, err := runSegtool(t, args...)
+		require.NoError(t, err, "%v", args)
+		if args[0] == "dump" {
+			assert.Contains(t, out, ": format 2, base ")
+		}
+	}
+}

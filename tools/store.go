@@ -966,11 +966,11 @@ func dumpSegment(w *bufio.Writer, enc *json.Encoder, name string, opts DumpOptio
 	}
 	h := sc.Header()
 	if opts.JSON {
-		enc.Encode(map[string]any{"segment": filepath.Base(name), "base": h.BaseOffset, "segment_id": fmt.Sprintf("%016x", h.SegmentID),
+		enc.Encode(map[string]any{"segment": filepath.Base(name), "format": h.Version, "base": h.BaseOffset, "segment_id": fmt.Sprintf("%016x", h.SegmentID),
 			"created": time.Unix(0, h.Created).UTC(), "max_write": h.MaxWrite, "bytes": size})
 	} else {
-		fmt.Fprintf(w, "segment %s: base %d, id %016x, created %s, max write %d, %d bytes\n",
-			filepath.Base(name), h.BaseOffset, h.SegmentID, time.Unix(0, h.Created).UTC().Format(timeFormat), h.MaxWrite, size)
+		fmt.Fprintf(w, "segment %s: format %d, base %d, id %016x, created %s, max write %d, %d bytes\n",
+			filepath.Base(name), h.Version, h.BaseOffset, h.SegmentID, time.Unix(0, h.Created).UTC().Format(timeFormat), h.MaxWrite, size)
 	}
 	*end = max(*end, h.BaseOffset)
 	for sc.Next() {
