@@ -297,15 +297,19 @@ func (s *summary) markdown() string {
 	}
 	var notes []string
 	for _, w := range s.Workloads {
+		var capped []string
 		for _, a := range s.Adapters {
 			for _, r := range s.cells[w.Name][a.Name] {
 				switch {
 				case r.Status == "error":
 					notes = append(notes, fmt.Sprintf("%s on %s, rep %d: ERROR %s", w.Name, a.Name, r.Rep, r.Error))
 				case r.Capped:
-					notes = append(notes, fmt.Sprintf("%s on %s, rep %d: stopped at the time cap after %d operations (%.1f s)", w.Name, a.Name, r.Rep, r.Ops, r.Seconds))
+					capped = append(capped, fmt.Sprintf("%s rep %d (%d ops in %.1f s)", a.Name, r.Rep, r.Ops, r.Seconds))
 				}
 			}
+		}
+		if len(capped) > 0 {
+			notes = append(notes, fmt.Sprintf("%s stopped at the time cap on %s", w.Name, strings.Join(capped, ", ")))
 		}
 	}
 	if segs := s.segmentNotes(); len(segs) > 0 {
@@ -413,7 +417,7 @@ func (s *summary) chart(base string) error {
 	p.X.Tick.Marker = plot.ConstantTicks(ticks)
 	p.Add(plotter.NewGrid())
 	p.NominalY(names...)
-	p.Legend.Top = true
+	p.Legend.Top, p.Legend.Left = true, true
 	h := vg.Length(1+0.3*float64(len(names))) * vg.Inch
 	for _, ext := range []string{".svg", ".png"} {
 		if err := p.Save(8*vg.Inch, h, base+ext); err != nil {

@@ -421,11 +421,11 @@ func doRandRead(a Adapter, p Params, r *Result) error {
 	counts, lat, d, err := parallel(n, func(w int) (count int64, lat []time.Duration, err error) {
 		lat = make([]time.Duration, 0, per)
 		var buf []byte
-		for k, i := range lists[w] {
-			if p.Seconds > 0 && k%64 == 0 && time.Now().After(deadline) {
+		for _, i := range lists[w] {
+			t := time.Now()
+			if p.Seconds > 0 && t.After(deadline) {
 				break
 			}
-			t := time.Now()
 			buf, err = s.Read(i, buf[:0])
 			lat = append(lat, time.Since(t))
 			if err != nil {
