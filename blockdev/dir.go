@@ -318,7 +318,8 @@ func NewSimDir(opts SimOptions) *SimDir {
 type simChanges struct {
 	mu    sync.Mutex
 	count int
-	limit int // -1: no limit
+	limit int      // -1: no limit
+	ops   []string // "op name" of each change taken, in order
 }
 
 // enter counts one change of op on name, or refuses it once the limit is
@@ -330,6 +331,7 @@ func (c *simChanges) enter(op, name string) error {
 		return fmt.Errorf("blockdev: %s %s: the directory stopped after %d changes: %w: %w", op, name, c.limit, ErrInjected, syscall.EIO)
 	}
 	c.count++
+	c.ops = append(c.ops, op+" "+name)
 	return nil
 }
 
@@ -340,6 +342,15 @@ func (d *SimDir) Changes() int {
 	d.changes.mu.Lock()
 	defer d.changes.mu.Unlock()
 	return d.changes.count
+}
+
+// ChangesSince lists the changes taken after the first n (as Changes
+// counts them), each as "op file" ("write sim:NAME", "sync sim:NAME" for
+// a device, "sync sim" for the directory), in the order they were taken.
+func (d *SimDir) ChangesSince(n int) []string {
+	d.changes.mu.Lock()
+	defer d.changes.mu.Unlock()
+	return slices.Clone(d.changes.ops[min(n, len(d.changes.ops)):])
 }
 
 // StopAfter lets the directory and its files take n more changes (see

@@ -236,6 +236,8 @@ func TestSimDirStopAfter(t *testing.T) {
 	require.NoError(t, d.Sync())        // 4
 	require.NoError(t, f.Truncate(512)) // 5
 	assert.Equal(t, 5, d.Changes())
+	assert.Equal(t, []string{"write sim:a", "sync sim:a", "sync sim", "truncate sim:a"}, d.ChangesSince(1), "the changes, in order")
+	assert.Empty(t, d.ChangesSince(5))
 
 	d.StopAfter(1)
 	require.NoError(t, d.Rename("a", "b")) // the one change left

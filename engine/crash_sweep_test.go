@@ -36,6 +36,7 @@ var crashActions = []crashAction{
 		},
 		run: func(l *Log) error {
 			_, err := l.Append(offRecord(l.EndOffset(), bigRecord(l)))
+			settle(l) // the roll it triggered, with its every step
 			return err
 		},
 		appends: true},
@@ -67,6 +68,10 @@ func nextAppendRolls(l *Log) bool {
 	pos, _ := l.active.w.Durable()
 	return pos+int64(l.opts.MaxWrite) >= l.opts.SegmentSize
 }
+
+// settle waits for the rolls that appends started in goroutines of their
+// own (creation, seal, manifest, retention) to finish.
+func settle(l *Log) { l.bg.Wait() }
 
 // waitSpare waits until the spare file being prepared (if any) is ready,
 // so that what follows does the same device operations in every run.
@@ -157,8 +162,10 @@ func setupCrash(t *testing.T, a crashAction, prealloc bool, so blockdev.SimOptio
 	require.NoError(t, err)
 	for len(c.l.Segments()) < 3 {
 		appendOff(t, c.l, 1, sweepRecord)
+		settle(c.l) // the same records in every run, whatever the roll goroutines' timing
 	}
 	appendOff(t, c.l, 12, sweepRecord)
+	settle(c.l)
 	if a.prepare != nil {
 		a.prepare(t, c.l)
 	}

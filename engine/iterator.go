@@ -84,7 +84,7 @@ func (it *Iterator) nextInFrame() bool {
 }
 
 // nextFrame loads the next verified frame, crossing into the next segment
-// at the end of a sealed one. It returns false when caught up.
+// at the end of a sealed (or retired) one. It returns false when caught up.
 func (it *Iterator) nextFrame() (bool, error) {
 	for {
 		if it.l.isClosed.Load() {
@@ -113,7 +113,7 @@ func (it *Iterator) nextFrame() (bool, error) {
 			it.seg.mu.RLock()
 			sealed := it.seg.sealed
 			it.seg.mu.RUnlock()
-			if !sealed {
+			if !sealed && !it.seg.retired.Load() {
 				return false, nil // caught up with the active segment
 			}
 			it.leaveSegment()

@@ -46,12 +46,34 @@ type Log struct {
 	ownCache bool
 	unlock   func() error
 
-	// mu: Append holds it shared; Roll and Close hold it exclusively, so a
-	// segment is never sealed under an append. Readers never take it.
+	// changeMu serializes the changes to the log's files and segment list
+	// other than appends: a roll (from the creation of its next segment
+	// until the old one is sealed, the manifest written and retention
+	// applied), truncations, imports and Close. It is taken before mu.
+	changeMu sync.Mutex
+	// mu: Append holds it shared; a roll holds it exclusively only while
+	// it makes the next segment the active one (no append is then in
+	// flight), truncations, imports and Close for their whole change.
+	// Readers never take it.
 	mu       sync.RWMutex
 	active   *segment    // guarded by mu; nil when read-only or failed
-	failed   error       // guarded by mu: a roll or truncation stopped halfway; no more changes
+	failed   error       // guarded by mu, set with changeMu held too: a roll or truncation stopped halfway; no more changes
 	isClosed atomic.Bool // set once by Close, under mu; readers check it without mu
+	// rolling is the roll an append triggered, run by a goroutine of its
+	// own (so the appender returns once its batch is durable): appends
+	// wait for its next segment instead of filling the full one further.
+	rolling atomic.Pointer[pendingRoll]
+	bg      sync.WaitGroup // roll goroutines; Close waits for them
+	// retiring is the segment a roll has retired and not sealed yet (its
+	// writer's counters are neither the active segment's nor in sealed).
+	// statsMu guards it, and orders the seal's move of those counters into
+	// sealed against Stats, which reads both.
+	statsMu  sync.Mutex
+	retiring *segment
+	// rollHook, set by tests only, runs at named steps of a roll an append
+	// triggered: "start" (in its goroutine, before anything is locked) and
+	// "cut" (the next segment takes appends; the old one is not sealed yet).
+	rollHook func(step string)
 
 	segs  atomic.Pointer[[]*segment] // immutable snapshot, ascending by base
 	files openFiles                  // the sealed segments whose files are open, bounded
@@ -464,8 +486,13 @@ func (l *Log) openSegment(base uint64, last bool, nextBase uint64, lazy bool) (*
 			l.noteReport(func(r *Recovery) { r.ActiveFrames = frames })
 		}
 		s.mu.Lock()
-		s.sealed = !last || damaged >= 0
+		// Not last and unsealed: a crash (or this open's timing) came
+		// between a roll and its seal, which a writer's open, or the
+		// writer, completes. Its records end here; it has no footer to
+		// export yet, so it is retired, not sealed.
+		s.sealed = damaged >= 0 || (!last && lazy)
 		s.mu.Unlock()
+		s.retired.Store(!last && !s.sealed)
 		return s, nil
 	}
 	var w *wal.Writer
@@ -721,7 +748,7 @@ func (l *Log) createSegment(base uint64, preallocate bool) (*segment, error) {
 // seal writes s's footer and makes it immutable. Its commit point is the
 // wal seal's final fdatasync.
 func (l *Log) seal(s *segment) error {
-	// No append is in flight (the caller holds l.mu exclusively, or is
+	// No append is in flight (s is retired by a roll, or the caller is
 	// opening): once synced, the records end where the footer will go.
 	if err := s.w.Sync(); err != nil {
 		return err
@@ -736,9 +763,13 @@ func (l *Log) seal(s *segment) error {
 	if err != nil {
 		return err
 	}
-	st := s.w.Stats()
-	l.addSealedStats(st)
+	l.statsMu.Lock()
+	l.addSealedStats(s.w.Stats())
+	if l.retiring == s {
+		l.retiring = nil
+	}
 	s.w = nil
+	l.statsMu.Unlock()
 	s.mu.Lock()
 	s.sealed, s.sealedAt = true, foot.Time
 	s.man = footerEntry(s, foot)
@@ -750,18 +781,23 @@ func (l *Log) seal(s *segment) error {
 func (l *Log) addSealedStats(st wal.Stats) {
 	for {
 		old := l.sealed.Load()
-		sum := *old
-		sum.Appends += st.Appends
-		sum.Records += st.Records
-		sum.FrameBytes += st.FrameBytes
-		sum.Writes += st.Writes
-		sum.WriteBytes += st.WriteBytes
-		sum.Syncs += st.Syncs
-		sum.SyncTime += st.SyncTime
+		sum := addStats(*old, st)
 		if l.sealed.CompareAndSwap(old, &sum) {
 			return
 		}
 	}
+}
+
+// addStats returns the sum of two writers' counters.
+func addStats(a, b wal.Stats) wal.Stats {
+	a.Appends += b.Appends
+	a.Records += b.Records
+	a.FrameBytes += b.FrameBytes
+	a.Writes += b.Writes
+	a.WriteBytes += b.WriteBytes
+	a.Syncs += b.Syncs
+	a.SyncTime += b.SyncTime
+	return a
 }
 
 func (l *Log) notifyDurable() {
@@ -822,12 +858,20 @@ func (l *Log) publishDurable() {
 	l.durMu.Unlock()
 }
 
+// publishDurableLocked publishes the active segment's durable end; while
+// a roll has retired a segment and not sealed it yet, that segment's end
+// instead: readers in other processes see the roll when the seal is done
+// (a segment followed by another but without its footer would look like
+// one a crash left unsealed, and they would take it as sealed).
 func (l *Log) publishDurableLocked() {
 	if l.durable == nil || l.opts.ReadOnly {
 		return
 	}
 	if segs := *l.segs.Load(); len(segs) > 0 {
 		s := segs[len(segs)-1]
+		if n := len(segs); n > 1 && segs[n-2].retired.Load() && !segs[n-2].isSealed() {
+			s = segs[n-2]
+		}
 		l.durable.publish(s.base, s.vis())
 	}
 }
@@ -849,6 +893,9 @@ func (l *Log) Append(records ...[]byte) (first uint64, err error) {
 // append is Append; makeRoom: a batch too large for the active segment
 // but within the log's MaxWrite may replace the segment (once).
 func (l *Log) append(records [][]byte, makeRoom bool) (first uint64, err error) {
+	if r := l.rolling.Load(); r != nil {
+		<-r.created // the active segment is full: wait for the next one
+	}
 	l.mu.RLock()
 	if err := l.writableLocked(); err != nil {
 		l.mu.RUnlock()
@@ -874,13 +921,61 @@ func (l *Log) append(records [][]byte, makeRoom bool) (first uint64, err error) 
 	if half {
 		l.prepareSpareLocked(s)
 	}
-	l.mu.RUnlock()
 	if roll {
-		// An error here is sticky (l.failed, logged by fail) or says the
-		// log was closed meanwhile: neither unacknowledges the batch.
-		_ = l.rollIf(s)
+		l.startRollLocked(s)
 	}
+	l.mu.RUnlock()
 	return first, nil
+}
+
+// pendingRoll is a roll of segment s that an append triggered; created is
+// closed once s takes no more appends (the next segment does, or the roll
+// found nothing to do or failed).
+type pendingRoll struct {
+	s       *segment
+	created chan struct{}
+}
+
+// startRollLocked starts a goroutine that rolls s, the full active
+// segment, unless a roll is under way. The caller holds mu shared: Close,
+// which waits for the goroutine, cannot have begun.
+func (l *Log) startRollLocked(s *segment) {
+	r := &pendingRoll{s: s, created: make(chan struct{})}
+	if !l.rolling.CompareAndSwap(nil, r) {
+		return
+	}
+	l.bg.Add(1)
+	go l.rollInBackground(r)
+}
+
+// rollInBackground rolls r.s, unless it is no longer the active segment or
+// the log stopped taking changes. Appends wait only for the next segment's
+// creation; the seal, the manifest and retention follow with appends going
+// on. A failure stops the log (logged by fail): the appender that
+// triggered the roll was acknowledged already.
+func (l *Log) rollInBackground(r *pendingRoll) {
+	defer l.bg.Done()
+	l.testHook("start")
+	l.changeMu.Lock()
+	defer l.changeMu.Unlock()
+	l.mu.Lock()
+	cut := false
+	if l.writableLocked() == nil && l.active == r.s && r.s.w.NextOffset() != r.s.base {
+		cut = l.cutLocked(r.s) == nil
+	}
+	l.rolling.Store(nil)
+	close(r.created)
+	l.mu.Unlock()
+	if cut {
+		l.testHook("cut")
+		_ = l.finishRoll(r.s)
+	}
+}
+
+func (l *Log) testHook(step string) {
+	if l.rollHook != nil {
+		l.rollHook(step)
+	}
 }
 
 // shouldRollLocked reports whether s, the active segment, is full (or too
@@ -908,6 +1003,14 @@ func (l *Log) shouldRollLocked(s *segment) (roll, half bool) {
 // changes until it is reopened (recovery finishes or undoes it).
 func (l *Log) fail(what string, err error) error {
 	l.failed = &failure{what: what, err: err}
+	if a := l.active; a != nil && a.w != nil {
+		// Its records are written and synced (in SyncNever and SyncInterval
+		// modes they may be in its buffer still), its goroutines stopped.
+		// An error here is the failure's, or follows from it.
+		_ = a.w.Close()
+		l.addSealedStats(a.w.Stats())
+		a.w = nil
+	}
 	l.active = nil
 	l.wakeWaiters() // a Wait for what will never be durable returns the failure
 	// Said here too: a roll that Append triggers fails after its batch was
@@ -929,17 +1032,26 @@ func (l *Log) Roll() error {
 }
 
 // rollIf seals s and starts the next segment, unless s is no longer the
-// active segment (another goroutine rolled it) or holds no records.
+// active segment (another goroutine rolled it) or holds no records. It
+// returns once s is sealed.
 func (l *Log) rollIf(s *segment) error {
+	l.changeMu.Lock()
+	defer l.changeMu.Unlock()
 	l.mu.Lock()
-	defer l.mu.Unlock()
 	if err := l.writableLocked(); err != nil {
+		l.mu.Unlock()
 		return err
 	}
 	if l.active != s || s.w.NextOffset() == s.base {
+		l.mu.Unlock()
 		return nil
 	}
-	return l.rollLocked(s)
+	err := l.cutLocked(s)
+	l.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	return l.finishRoll(s)
 }
 
 // makeRoomFor replaces s, the active segment, by one created with the
@@ -948,6 +1060,11 @@ func (l *Log) rollIf(s *segment) error {
 // and created again (as TruncateBack at a segment's start does). Nothing
 // happens if s is no longer the active segment.
 func (l *Log) makeRoomFor(s *segment) error {
+	if s.w.NextOffset() != s.base {
+		return l.rollIf(s)
+	}
+	l.changeMu.Lock()
+	defer l.changeMu.Unlock()
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if err := l.writableLocked(); err != nil {
@@ -955,9 +1072,6 @@ func (l *Log) makeRoomFor(s *segment) error {
 	}
 	if l.active != s {
 		return nil
-	}
-	if s.w.NextOffset() != s.base {
-		return l.rollLocked(s)
 	}
 	if err := s.w.Close(); err != nil {
 		return l.fail("closing the empty segment "+s.name, err)
@@ -975,32 +1089,72 @@ func (l *Log) makeRoomFor(s *segment) error {
 	return nil
 }
 
-// rollLocked seals s, the active segment holding records, and starts the
-// next one. The caller holds l.mu exclusively.
-func (l *Log) rollLocked(s *segment) error {
-	if err := l.seal(s); err != nil {
-		return l.fail("sealing segment "+s.name, err)
-	}
-	// The new manifest must be in place before the next segment is: its
-	// rename is committed by createSegment's directory fsync.
-	if err := l.writeManifest(false); err != nil {
-		return l.fail("writing the manifest after sealing "+s.name, err)
+// cutLocked is the first half of a roll: it makes s, the active segment
+// holding records, durable to its end, and creates the next segment, which
+// takes appends from then on. s is left unsealed (retired) for finishRoll.
+// The caller holds changeMu and mu exclusively (no append is in flight).
+//
+// s must be durable first: a crash must never leave records of the next
+// segment durable after a gap in s (open would find records missing). In
+// SyncAlways mode it already is (every append to it returned).
+func (l *Log) cutLocked(s *segment) error {
+	if err := s.w.Sync(); err != nil {
+		return l.fail("syncing segment "+s.name+" before rolling it", err)
 	}
 	next, err := l.createSegment(s.vis().off, true)
 	if err != nil {
 		return l.fail("creating the segment after "+s.name, err)
 	}
+	s.retired.Store(true)
+	l.statsMu.Lock()
+	l.retiring = s
+	l.statsMu.Unlock()
 	segs := append(slices.Clone(*l.segs.Load()), next)
 	l.segs.Store(&segs)
 	l.active = next
+	l.notifyDurable() // readers in other processes learn of the next segment
+	return nil
+}
+
+// finishRoll is the second half of a roll, run with appends going on in
+// the next segment: it seals s, writes the manifest, and applies
+// retention. The caller holds changeMu, not mu. A crash before the seal's
+// commit point leaves s unsealed before the next segment, which open
+// seals (Recovery.Resealed); before the manifest's, an older manifest,
+// which costs open the reading of s's footer. A failure stops the log.
+func (l *Log) finishRoll(s *segment) error {
+	if err := l.seal(s); err != nil {
+		return l.failAfterRoll("sealing segment "+s.name, err)
+	}
 	l.notifyDurable() // wakes WaitActive callers on the sealed segment
 	l.noteOpen(s)
+	// Committed by the next directory fsync (the next roll's creation, or
+	// Close's): until then an older manifest, which is only slower.
+	if err := l.writeManifest(false); err != nil {
+		return l.failAfterRoll("writing the manifest after sealing "+s.name, err)
+	}
 	if err := l.applyRetentionLocked(); err != nil {
 		// A deletion may have stopped halfway (START written, files not all
 		// removed, or a directory fsync failed): reopening finishes it.
-		return l.fail("applying retention after sealing "+s.name, err)
+		return l.failAfterRoll("applying retention after sealing "+s.name, err)
 	}
 	return nil
+}
+
+// failAfterRoll is fail for the second half of a roll, which runs without
+// mu. The retired segment's writer, if its seal failed, is closed too (its
+// goroutines stopped).
+func (l *Log) failAfterRoll(what string, err error) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.statsMu.Lock()
+	if r := l.retiring; r != nil {
+		_ = r.w.Close() // its error is the seal's
+		l.addSealedStats(r.w.Stats())
+		r.w, l.retiring = nil, nil
+	}
+	l.statsMu.Unlock()
+	return l.fail(what, err)
 }
 
 // Read appends the record at offset to dst and returns it. Records are
@@ -1244,7 +1398,22 @@ func (l *Log) waitUntil(ctx context.Context, check func() (bool, error)) error {
 }
 
 // Sync returns once every record appended so far is durable.
+//
+// It also waits for a roll those appends started: when it returns, the
+// segments they filled are sealed (and retention has run).
 func (l *Log) Sync() error {
+	if err := l.syncActive(); err != nil {
+		return err
+	}
+	if r := l.rolling.Load(); r != nil {
+		<-r.created
+	}
+	l.changeMu.Lock() // held by a roll until its seal, manifest and retention are done
+	defer l.changeMu.Unlock()
+	return l.failed // a failure of that roll
+}
+
+func (l *Log) syncActive() error {
 	l.mu.RLock()
 	defer l.mu.RUnlock()
 	if l.isClosed.Load() {
@@ -1365,19 +1534,21 @@ type Stats struct {
 
 // Stats returns the counters.
 func (l *Log) Stats() Stats {
-	// The sealed sum and the active writer's counters are read under one
-	// hold of l.mu: a roll (which moves the active segment's counters into
-	// the sealed sum) holds it exclusively, so it is wholly before or
-	// after, and the counters never go back.
+	// The sealed sum, the retired segment's and the active writer's
+	// counters are read under one hold of l.mu: a roll's cut (which makes
+	// the active segment the retired one) holds it exclusively, and its
+	// seal moves the retired segment's counters into the sealed sum under
+	// statsMu; so each move is wholly before or after, and the counters
+	// never go back.
 	l.mu.RLock()
+	l.statsMu.Lock()
 	w := *l.sealed.Load()
+	if r := l.retiring; r != nil {
+		w = addStats(w, r.w.Stats())
+	}
+	l.statsMu.Unlock()
 	if l.active != nil && l.active.w != nil {
-		a := l.active.w.Stats()
-		w.Appends += a.Appends
-		w.Records += a.Records
-		w.Writes += a.Writes
-		w.Syncs += a.Syncs
-		w.SyncTime += a.SyncTime
+		w = addStats(w, l.active.w.Stats())
 	}
 	l.mu.RUnlock()
 	st := Stats{Appends: w.Appends, Records: w.Records, Writes: w.Writes, Syncs: w.Syncs,
@@ -1406,9 +1577,11 @@ func (l *Log) Stats() Stats {
 // Close syncs and closes the active segment and every file. Reads after
 // Close fail.
 func (l *Log) Close() error {
+	l.changeMu.Lock() // a roll in progress finishes first
 	l.mu.Lock()
 	if l.isClosed.Swap(true) {
 		l.mu.Unlock()
+		l.changeMu.Unlock()
 		return ErrClosed
 	}
 	var err error
@@ -1428,6 +1601,8 @@ func (l *Log) Close() error {
 		l.durMu.Unlock()
 	}
 	l.mu.Unlock()
+	l.changeMu.Unlock()
+	l.bg.Wait()        // a roll goroutine that had not begun finds the log closed
 	l.wakeWaiters()    // Wait returns ErrClosed, WaitActive returns
 	l.refreshMu.Lock() // a Refresh in progress finishes with the files open
 	l.closeFiles()

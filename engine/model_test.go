@@ -244,6 +244,7 @@ func runModel(t *testing.T, seed uint64, draw func(*rand.Rand) Options, ops *mod
 			activeSeg := (*l.segs.Load())[len(*l.segs.Load())-1]
 			tooLargeForActive := !wal.BatchFits(recs, int(activeSeg.hdr.MaxWrite), int64(activeSeg.dev.Alignment().Block))
 			first, err := l.Append(recs...)
+			settle(l) // a roll it started runs in a goroutine; its retention moves the start
 			if errors.Is(err, ErrBatchTooLarge) {
 				ops[opTooLarge]++
 				continue // refused whole; the check below proves nothing was written

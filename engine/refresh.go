@@ -99,15 +99,17 @@ func (l *Log) look() (changed, held bool, err error) {
 	if len(segs) != len(old) {
 		changed = true
 	}
-	if len(segs) > 0 {
-		last := segs[len(segs)-1]
-		if !last.isSealed() {
-			grew, err := l.follow(last, bases[len(bases)-1] > last.base)
-			if err != nil {
-				return changed, false, err
-			}
-			changed = changed || grew
+	for i, s := range segs {
+		// The last segment, and any the writer rolled past before its
+		// seal was seen (its footer comes after the next file).
+		if s.isSealed() || (i < len(segs)-1 && !s.retired.Load()) {
+			continue
 		}
+		grew, err := l.follow(s, bases[len(bases)-1] > s.base)
+		if err != nil {
+			return changed, false, err
+		}
+		changed = changed || grew
 	}
 	added, held, err := l.refreshNew(&segs, bases)
 	if added {
@@ -370,17 +372,16 @@ func (l *Log) follow(s *segment, rolled bool) (grew bool, err error) {
 		s.visible.Store(&end)
 		grew = true
 	}
-	if rolled && !bounded {
+	if rolled && !bounded && !s.retired.Load() {
 		// A later file exists and no live writer bounds this one, so the
-		// writer is done with it; its seal went before the next file's
-		// creation, but a crash can leave it unsealed (a read-write open
-		// seals it). The next segment must start at its end, which
-		// refreshNew checks. Beside a live writer only the footer seals
+		// writer is done with it: it is retired. Its seal comes after the
+		// next file's creation, and a crash can leave it unsealed (a
+		// read-write open seals it); a later look still takes its footer
+		// when it appears. The next segment must start at its end, which
+		// refreshNew checks. Beside a live writer only the footer ends
 		// s: a bound it published says where s was durable then, not
-		// where s ends.
-		s.mu.Lock()
-		s.sealed = true
-		s.mu.Unlock()
+		// where s ends (it publishes the next segment once s is sealed).
+		s.retired.Store(true)
 		grew = true
 	}
 	return grew, nil
@@ -401,7 +402,7 @@ func (l *Log) refreshNew(segs *[]*segment, bases []uint64) (added, held bool, er
 		}
 		if n > 0 {
 			prev := (*segs)[n-1]
-			if !prev.isSealed() {
+			if !prev.isSealed() && !prev.retired.Load() {
 				return added, true, nil
 			}
 			if end := prev.vis().off; end != base {
@@ -429,6 +430,11 @@ func (l *Log) refreshNew(segs *[]*segment, bases []uint64) (added, held bool, er
 				// Removed since the listing (the writer truncated back):
 				// the next look lists the directory again and tells.
 				return added, false, nil
+			}
+			if i < len(bases)-1 && !l.segmentExists(bases[i+1]) {
+				// The next file listed is gone: the writer truncated back
+				// and rewrote this one since the listing.
+				return added, false, fmt.Errorf("%w: segment %s changed and %s is gone since the directory was listed: reopen (%w)", ErrRewritten, segName(base), segName(bases[i+1]), err)
 			}
 			return added, false, err
 		}

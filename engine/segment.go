@@ -68,12 +68,18 @@ type segment struct {
 
 	visible atomic.Pointer[position] // readers see records below it
 	// w is the active segment's writer; nil once sealed or truncated away.
-	// Ownership: w is set and cleared only with Log.mu held exclusively (or
-	// while opening, before the segment is shared), and read only with
-	// Log.mu held, shared or exclusive, and only through Log.active (while
-	// s is the active segment, s.w is not nil). A goroutine that let go of
-	// Log.mu must not touch w: a roll or TruncateBack may have cleared it.
+	// Ownership: while s is the active segment, w is set and cleared only
+	// with Log.mu held exclusively (or while opening, before the segment is
+	// shared), and read only with Log.mu held, shared or exclusive, and
+	// only through Log.active (s.w is then not nil). A goroutine that let go
+	// of Log.mu must not touch w: a roll or TruncateBack may have cleared
+	// it. Once a roll has retired s, only that roll uses w (to seal s,
+	// holding Log.changeMu).
 	w *wal.Writer
+	// retired: a roll made the next segment the active one; s takes no
+	// more appends and its records end at visible, but its seal may not be
+	// done yet (iterators move on from its end all the same).
+	retired atomic.Bool
 	// refs: 1 for the segment's owner (the log's segment list, or whoever
 	// is building it), plus userRef per reader using the file (acquire,
 	// done). The device is closed when it drops to zero, so a segment

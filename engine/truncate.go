@@ -46,6 +46,8 @@ func (l *Log) setStart(b []byte) error {
 // TruncateFront returns (START file: write, fdatasync, rename, directory
 // fsync; the rename's directory fsync is the commit point).
 func (l *Log) TruncateFront(before uint64) error {
+	l.changeMu.Lock()
+	defer l.changeMu.Unlock()
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if err := l.writableLocked(); err != nil {
@@ -145,6 +147,8 @@ func (l *Log) applyRetentionLocked() error {
 // removes. Nothing is modified in place, so readers that hold the old file
 // keep reading it safely; iterators move to the new one at their next frame.
 func (l *Log) TruncateBack(from uint64) error {
+	l.changeMu.Lock()
+	defer l.changeMu.Unlock()
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if err := l.writableLocked(); err != nil {

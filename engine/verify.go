@@ -136,7 +136,10 @@ func verifyListed(d *blockdev.OSDir, names []string, opts VerifyOptions) (*Verif
 				}
 			}
 		}
-		err := r.verifySegment(d, base, last, acked)
+		// A live writer seals the segment before its last after the last
+		// one takes appends: it may be writing that footer now.
+		sealing := r.LiveWriter && i == len(bases)-2
+		err := r.verifySegment(d, base, last, sealing, acked)
 		if isNotExist(err) {
 			front, lerr := droppedFromFront(d, base)
 			if lerr != nil {
@@ -205,8 +208,10 @@ func openExistingDir(dir string, buffered bool) (*blockdev.OSDir, error) {
 }
 
 // verifySegment checks one segment file. acked, if not -1, is how far a
-// live writer had acknowledged the last segment before it was read.
-func (r *VerifyReport) verifySegment(d blockdev.Dir, base uint64, last bool, acked int64) error {
+// live writer had acknowledged the last segment before it was read;
+// sealing says a live writer may be sealing this one (its seal, torn or
+// unfinished, is then a write in flight, not a problem).
+func (r *VerifyReport) verifySegment(d blockdev.Dir, base uint64, last, sealing bool, acked int64) error {
 	name := segName(base)
 	path := filepath.Join(d.Path(), name)
 	problem := func(pos int64, kind string, repairable bool, format string, args ...any) {
@@ -275,7 +280,7 @@ func (r *VerifyReport) verifySegment(d blockdev.Dir, base uint64, last bool, ack
 		switch {
 		case last && r.LiveWriter && t.Pos < acked:
 			problem(t.Pos, ProblemCorruption, false, "damaged bytes before byte %d, which the writer has acknowledged as durable: %s", acked, t.Reason)
-		case last && r.LiveWriter:
+		case (last && r.LiveWriter) || sealing:
 			r.TailInFlight = true
 		case last:
 			problem(t.Pos, ProblemTornTail, true, "%d bytes of an unfinished write: %s", t.Bytes, t.Reason)
@@ -288,14 +293,17 @@ func (r *VerifyReport) verifySegment(d blockdev.Dir, base uint64, last bool, ack
 		problem(sc.End(), ProblemCorruption, false, "the frames end at byte %d, but the writer has acknowledged records up to byte %d", sc.End(), acked)
 	}
 	if foot == nil {
-		if !last {
+		switch {
+		case sealing && sc.Torn() == nil:
+			r.TailInFlight = true // the writer has not written the footer yet
+		case !last && !sealing:
 			problem(sc.End(), ProblemUnsealed, true, "no footer: the log was stopped between the segment's last append and its seal")
 		}
 		return nil
 	}
 	r.Sealed++
 	if foot.End < size {
-		if last && r.LiveWriter {
+		if (last && r.LiveWriter) || sealing {
 			r.TailInFlight = true // the writer is between the footer's fdatasync and the truncate
 		} else {
 			problem(foot.End, ProblemUnfinishedSeal, true, "the footer ends at byte %d, followed by %d zero bytes: the seal's final truncate did not happen", foot.End, size-foot.End)

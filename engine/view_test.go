@@ -46,6 +46,7 @@ func fillSegments(t *testing.T, l *Log, n int) {
 		_, err := l.Append(batch...)
 		require.NoError(t, err)
 	}
+	require.NoError(t, l.Sync()) // the roll the last append started is done: the segments before the last are sealed
 }
 
 // overTCP sends with send over a loopback TCP connection and returns what

@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -36,12 +37,14 @@ func smallStore(t *testing.T) string {
 	opts := engine.DefaultOptions()
 	opts.SegmentSize, opts.MaxWrite, opts.IndexInterval, opts.Logger = 64<<10, 16<<10, 4096, quietLogger
 	now := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
-	opts.Now = func() time.Time { now = now.Add(time.Millisecond); return now }
+	var mu sync.Mutex // a roll seals in a goroutine of its own
+	opts.Now = func() time.Time { mu.Lock(); defer mu.Unlock(); now = now.Add(time.Millisecond); return now }
 	l, err := engine.Open(dir, opts)
 	require.NoError(t, err)
 	for i := 0; len(l.Segments()) < 4; i++ {
 		_, err := l.Append([]byte(fmt.Sprintf("record %04d: %s", i, strings.Repeat("ab", 100))), []byte(fmt.Sprintf("second %04d", i)))
 		require.NoError(t, err)
+		require.NoError(t, l.Sync()) // the roll it started is done: the same steps, at the same times, in every run
 	}
 	require.NoError(t, l.Close())
 	return dir

@@ -492,6 +492,12 @@ func (s *Server) listSegments(w *statusWriter, r *http.Request) error {
 			e.Checksum = fmt.Sprintf("%08x", si.FooterCRC)
 		}
 		out = append(out, e)
+		if !e.Sealed {
+			// A segment the log rolled past is listed last, as the active
+			// one, until its seal (a moment after the roll) is done: a
+			// follower takes every segment but the last to be sealed.
+			break
+		}
 	}
 	return writeJSON(w, out)
 }

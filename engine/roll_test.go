@@ -1,0 +1,129 @@
+package engine
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/segstore/segstore/blockdev"
+)
+
+// TestRollIsOffTheAppendPath counts what each append waits for around a
+// roll, in every sync mode, with and without preallocated (spare) files:
+//   - the append that fills the segment makes its own frame durable (one
+//     write and one fdatasync in SyncAlways mode; in the others the
+//     writer's goroutine writes the segment meanwhile, and nothing else
+//     happens) and returns: the roll runs in a goroutine of its own (held
+//     at its start here, so nothing of it can be on the append's path);
+//   - the roll's part that appends wait for, until the next segment takes
+//     them, is its creation: the spare's rename (or the file's creation),
+//     the header's write and one fdatasync, and the directory fsync;
+//   - with the old segment not sealed yet (the roll held there), an append
+//     to the next one again pays only its own frame, and reads, iterators
+//     and a reopen see every record; then the seal, the manifest and
+//     retention run, and the old segment is sealed.
+func TestRollIsOffTheAppendPath(t *testing.T) {
+	for _, mode := range []SyncMode{SyncAlways, SyncInterval, SyncNever} {
+		for _, prealloc := range []bool{true, false} {
+			t.Run(fmt.Sprintf("%v/prealloc=%v", mode, prealloc), func(t *testing.T) {
+				dir := blockdev.NewSimDir(blockdev.SimOptions{Seed: 1})
+				o := testOptions(dir)
+				o.SyncMode, o.Preallocate = mode, prealloc
+				o.SyncInterval = MinSyncInterval * 1000 // no tick during the test
+				l, err := Open("sim", o)
+				require.NoError(t, err)
+				started, goOn := make(chan struct{}), make(chan struct{})
+				cut, finish := make(chan struct{}), make(chan struct{})
+				l.rollHook = func(step string) {
+					switch step {
+					case "start":
+						close(started)
+						<-goOn
+					case "cut":
+						close(cut)
+						<-finish
+					}
+				}
+				// ownFrames checks that ops are what an append of a frame to
+				// the segment file seg does.
+				ownFrames := func(ops []string, seg, what string) {
+					t.Helper()
+					// The spare's preparation, started by the append that
+					// crossed half the segment, runs in a goroutine too.
+					ops = slices.DeleteFunc(ops, func(op string) bool { return strings.HasSuffix(op, " sim:"+spareName) })
+					if mode == SyncAlways {
+						require.Equal(t, []string{"write sim:" + seg, "sync sim:" + seg}, ops, what)
+						return
+					}
+					for _, op := range ops { // the writer's goroutine, flushing
+						require.Contains(t, []string{"write sim:" + seg, "sync sim:" + seg}, op, what)
+					}
+				}
+				var ops []string
+				for l.rolling.Load() == nil {
+					waitSpare(l) // its preparation is not on the append path either, but goes on beside it
+					n := dir.Changes()
+					appendOff(t, l, 1, 3000)
+					ops = dir.ChangesSince(n)
+					if l.rolling.Load() == nil {
+						ownFrames(ops, segName(0), "an append that does not roll")
+					}
+				}
+				ownFrames(ops, segName(0), "the append that triggered the roll pays only for its own frame")
+				<-started
+				full := l.EndOffset()
+				require.Len(t, l.Segments(), 1, "nothing of the roll has happened yet")
+
+				n := dir.Changes()
+				close(goOn)
+				<-cut
+				next := segName(full)
+				creation := []string{"rename sim:spare.tmp", "write sim:" + next, "sync sim:" + next, "sync sim"}
+				if !prealloc {
+					creation = []string{"create sim:" + next, "write sim:" + next, "sync sim:" + next, "sync sim"}
+				}
+				ops = dir.ChangesSince(n)
+				if mode != SyncAlways {
+					// The old segment's buffered records are made durable
+					// first (the next segment's must never be durable after
+					// a gap in them): its sync is the roll's first change.
+					k := 0
+					for k < len(ops) && strings.HasSuffix(ops[k], segName(0)) {
+						k++
+					}
+					require.Greater(t, k, 0, "the old segment is synced before the next one is made")
+					require.Equal(t, "sync sim:"+segName(0), ops[k-1], "the old segment is synced before the next one is made")
+					ops = ops[k:]
+				}
+				require.Equal(t, creation, ops, "what appends wait for during a roll")
+
+				segs := l.Segments()
+				require.Len(t, segs, 2)
+				require.False(t, segs[0].Sealed, "held before its seal")
+				n = dir.Changes()
+				appendOff(t, l, 1, 3000)
+				ownFrames(dir.ChangesSince(n), next, "an append beside the unsealed old segment pays only for its own frame")
+				require.NoError(t, l.syncActive()) // Sync would wait for the roll held here
+				requireOffRecords(t, l, 0, full+1, 3000)
+
+				close(finish)
+				settle(l)
+				segs = l.Segments()
+				require.True(t, segs[0].Sealed, "sealed once the roll is done")
+				ops = dir.ChangesSince(n)
+				require.Contains(t, strings.Join(ops, ","), "rename sim:MANIFEST.tmp", "the manifest is written after the seal")
+				require.NoError(t, l.Close())
+
+				l, err = Open("sim", o)
+				require.NoError(t, err)
+				require.Equal(t, full+1, l.EndOffset())
+				require.Equal(t, 1, l.report.Deferred, "the manifest written by the roll holds the sealed segment")
+				requireOffRecords(t, l, 0, full+1, 3000)
+				require.NoError(t, l.Close())
+			})
+		}
+	}
+}
