@@ -195,13 +195,16 @@ func run(c config) (failed int, err error) {
 		enc.Encode(r)
 		fmt.Fprintln(os.Stderr, progressLine(c, r))
 	}
-	cold := dropCaches()
-	if cold != nil {
-		fmt.Fprintf(os.Stderr, "peerbench: cold unavailable: %v\n", cold)
-	}
-	needData := false
+	needData, needCold := false, false
 	for _, w := range c.workloads {
 		needData = needData || w.needsDataSet()
+		needCold = needCold || w.Temp == "cold"
+	}
+	var cold error
+	if needCold {
+		if cold = dropCaches(); cold != nil {
+			fmt.Fprintf(os.Stderr, "peerbench: cold unavailable: %v\n", cold)
+		}
 	}
 	if needData {
 		for _, a := range c.adapters {

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -178,4 +180,64 @@ func TestParseFio(t *testing.T) {
 	assert.ErrorContains(t, err, "no job")
 	_, err = parseFio([]byte(`garbage`), false)
 	assert.ErrorContains(t, err, "parsing fio's JSON")
+}
+
+// TestRunEndToEnd runs the harness as the command does, each measurement
+// in a child process (this test binary, see TestMain), on tiny sizes: two
+// repetitions of appends, concurrent appends, sequential and hot
+// concurrent random reads and a reopen after a SIGKILL, on three stores.
+func TestRunEndToEnd(t *testing.T) {
+	ws, err := selectWorkloads("append-1k-x1,append-1k-x1-c16,seqread-warm,randread-zipf-hot-c16,reopen-kill-warm")
+	require.NoError(t, err)
+	as, err := selectAdapters("segstore,raft-wal,pagelog")
+	require.NoError(t, err)
+	tiny := Sizes{AppendSeconds: 5, AppendBytes: 1 << 20, AppendSmall: 160, DataSet: 2048, Reads: 320, ReadSeconds: 5}
+	c := config{reps: 2, workloads: ws, adapters: as, root: t.TempDir(), out: t.TempDir(), sizes: tiny, run: "test"}
+	failed, err := run(c)
+	require.NoError(t, err)
+	require.Zero(t, failed)
+
+	b, err := os.ReadFile(filepath.Join(c.out, "raw.jsonl"))
+	require.NoError(t, err)
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	require.Len(t, lines, len(as)+c.reps*len(ws)*len(as), "a build per store, then a line per measurement")
+	var results []Result
+	for _, l := range lines {
+		var r Result
+		require.NoError(t, json.Unmarshal([]byte(l), &r))
+		results = append(results, r)
+	}
+	for _, r := range results {
+		if r.Workload == "append-1k-x1-c16" && r.Adapter == "raft-wal" {
+			assert.Equal(t, "n/a", r.Status)
+			continue
+		}
+		require.Equal(t, "ok", r.Status, "%s on %s: %s", r.Workload, r.Adapter, r.Error)
+		assert.Positive(t, r.MaxRSSKiB, "%s on %s: peak RSS from the child's rusage", r.Workload, r.Adapter)
+		assert.False(t, r.Capped, "%s on %s", r.Workload, r.Adapter)
+		if r.Workload == "reopen-kill-warm" {
+			assert.Positive(t, r.ReopenMs)
+		} else {
+			assert.Positive(t, r.Ops)
+		}
+	}
+	// The order rotates by one per repetition.
+	slot := map[[2]string]int{}
+	for _, r := range results {
+		if r.Workload == "seqread-warm" {
+			slot[[2]string{fmt.Sprint(r.Rep), r.Adapter}] = r.Slot
+		}
+	}
+	assert.Equal(t, map[[2]string]int{
+		{"1", "segstore"}: 0, {"1", "raft-wal"}: 1, {"1", "pagelog"}: 2,
+		{"2", "segstore"}: 2, {"2", "raft-wal"}: 0, {"2", "pagelog"}: 1,
+	}, slot)
+	for _, f := range []string{"summary.md", "ratio.svg", "ratio.png"} {
+		st, err := os.Stat(filepath.Join(c.out, f))
+		require.NoError(t, err)
+		assert.Positive(t, st.Size(), f)
+	}
+	entries, err := os.ReadDir(filepath.Join(c.root, "append"))
+	require.NoError(t, err)
+	assert.Empty(t, entries, "each append measurement's store is removed after it")
 }
