@@ -391,6 +391,9 @@ func hold(p Params) error {
 	if rerr != nil || line != "ready\n" {
 		return fmt.Errorf("the child to be killed on %s did not get ready (%v, %v): %s", p.Adapter, rerr, werr, tail(stderr.String(), 2000))
 	}
+	if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); !ok || !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
+		return fmt.Errorf("the child to be killed on %s ended before the SIGKILL (%v): %s", p.Adapter, werr, tail(stderr.String(), 2000))
+	}
 	return nil
 }
 

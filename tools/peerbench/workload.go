@@ -494,5 +494,9 @@ func doHold(a Adapter, p Params, ready func()) error {
 		return fmt.Errorf("appending before the kill: the store gave index %d, want %d", first, last+1)
 	}
 	ready()
-	select {}
+	// Sleep rather than block forever: with no goroutine left to run (the
+	// page-cache log has none), the runtime would end a blocked process
+	// itself, as a deadlock, before the SIGKILL.
+	time.Sleep(childTimeout)
+	return fmt.Errorf("not killed within %v of saying ready", childTimeout)
 }
