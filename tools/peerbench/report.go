@@ -77,7 +77,12 @@ func machine(dir string) []string {
 		mem = strings.TrimSpace(strings.TrimPrefix(strings.SplitN(string(b), "\n", 2)[0], "MemTotal:"))
 	}
 	df := strings.Split(out("df", "-hT", dir), "\n")
+	commit := out("git", "rev-parse", "--short", "HEAD")
+	if st := out("git", "status", "--porcelain", "--untracked-files=no"); st != "" && !strings.HasPrefix(st, "unknown") {
+		commit += " with uncommitted changes"
+	}
 	return []string{
+		"segstore measured: commit " + commit,
 		fmt.Sprintf("machine: %s cores (nproc), %s, memory %s", out("nproc"), cpu, mem),
 		"kernel: " + out("uname", "-srvm"),
 		fmt.Sprintf("go: %s %s/%s", runtime.Version(), runtime.GOOS, runtime.GOARCH),
