@@ -80,6 +80,7 @@ func waitSpare(l *Log) {
 	sp := l.spare
 	l.spareMu.Unlock()
 	if sp != nil {
+		sp.hurry.Store(true) // its zeroing waits for appends otherwise
 		<-sp.done
 	}
 }

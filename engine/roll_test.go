@@ -9,6 +9,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/segstore/segstore/blockdev"
+	"github.com/segstore/segstore/wal"
 )
 
 // TestRollIsOffTheAppendPath counts what each append waits for around a
@@ -126,4 +127,50 @@ func TestRollIsOffTheAppendPath(t *testing.T) {
 			})
 		}
 	}
+}
+
+// TestSpareZeroingIsPaced: the next segment's file is zeroed a piece at a
+// time as the active segment fills, never more than spareLead times what
+// was appended since its preparation began (plus the piece being
+// written), so appends never find tens of MiB of zeros queued before
+// their fdatasync; the roll takes the spare, finishing its zeroing at once
+// if the appends outran it, and the spare holds zeros only.
+func TestSpareZeroingIsPaced(t *testing.T) {
+	dir := blockdev.NewSimDir(blockdev.SimOptions{Seed: 1})
+	o := testOptions(dir)
+	o.SegmentSize, o.MaxWrite = 2<<20, 64<<10
+	l, err := Open("sim", o)
+	require.NoError(t, err)
+	defer l.Close()
+	var start int64 = -1 // where the active segment was when the spare began
+	zeroed := 0          // zero writes to the spare seen so far
+	seen := dir.Changes()
+	for len(l.Segments()) == 1 {
+		appendOff(t, l, 1, 3000)
+		if start < 0 {
+			l.spareMu.Lock()
+			if l.spare != nil {
+				start = l.active.vis().pos
+			}
+			l.spareMu.Unlock()
+		}
+		for _, op := range dir.ChangesSince(seen) {
+			if op == "write sim:"+spareName {
+				zeroed++
+			}
+		}
+		seen = dir.Changes()
+		if start >= 0 && l.rolling.Load() == nil && len(l.Segments()) == 1 { // no roll has hurried it
+			appended := l.active.vis().pos - start
+			require.LessOrEqual(t, int64(zeroed)*wal.ZeroChunk, spareLead*appended+wal.ZeroChunk,
+				"zeros written ahead of the appends (%d bytes appended since the spare began)", appended)
+		}
+	}
+	require.NotEqual(t, -1, start, "the spare was begun")
+	settle(l)
+	require.NoError(t, l.Close())
+	l, err = Open("sim", o)
+	require.NoError(t, err)
+	require.Len(t, l.Segments(), 2)
+	require.Equal(t, []uint64(nil), l.report.RemovedIncomplete)
 }

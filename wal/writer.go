@@ -220,7 +220,7 @@ func create(dev blockdev.Device, base uint64, opts Options, prepared bool) (*Wri
 		return nil, fmt.Errorf("wal: create %s: write header: %w", dev.Name(), err)
 	}
 	if !prepared {
-		if err := preallocate(dev, int64(len(head)), opts); err != nil {
+		if err := preallocate(dev, int64(len(head)), opts, nil); err != nil {
 			return nil, err
 		}
 	}
@@ -236,8 +236,12 @@ func create(dev blockdev.Device, base uint64, opts Options, prepared bool) (*Wri
 // fills. Zeroed blocks make small durable appends cheaper (their fdatasync
 // overwrites instead of converting unwritten extents); for appends large
 // enough to be bandwidth-bound the zeroing only doubles the bytes written.
-func Prepare(dev blockdev.Device, size int64, zero bool) error {
-	if err := preallocate(dev, 0, Options{Preallocate: size, PreZero: zero}); err != nil {
+//
+// pace, if not nil, is called before each write of zeros (ZeroChunk bytes
+// at most) with the bytes zeroed so far; it may wait, to spread the
+// zeroing, and an error from it stops Prepare with that error.
+func Prepare(dev blockdev.Device, size int64, zero bool, pace func(done int64) error) error {
+	if err := preallocate(dev, 0, Options{Preallocate: size, PreZero: zero}, pace); err != nil {
 		return err
 	}
 	if err := dev.Sync(); err != nil {
@@ -253,7 +257,12 @@ func CreatePrepared(dev blockdev.Device, base uint64, opts Options) (*Writer, er
 	return create(dev, base, opts, true)
 }
 
-func preallocate(dev blockdev.Device, from int64, opts Options) error {
+// ZeroChunk is the largest write of zeros Prepare makes when paced: each
+// fdatasync of the file being appended to also flushes the zeros written
+// since the last one, so smaller pieces spread that cost thin.
+const ZeroChunk = 128 << 10
+
+func preallocate(dev blockdev.Device, from int64, opts Options, pace func(done int64) error) error {
 	blk := int64(dev.Alignment().Block)
 	end := alignedbuf.AlignUp(opts.Preallocate, blk)
 	if end <= from {
@@ -265,8 +274,17 @@ func preallocate(dev blockdev.Device, from int64, opts Options) error {
 		}
 		return nil
 	}
-	zero := dev.Alignment().Alloc(int(min(scanChunk, end-from)))
+	chunk := int64(scanChunk)
+	if pace != nil {
+		chunk = ZeroChunk
+	}
+	zero := dev.Alignment().Alloc(int(min(chunk, end-from)))
 	for p := from; p < end; {
+		if pace != nil {
+			if err := pace(p - from); err != nil {
+				return err
+			}
+		}
 		n := min(int64(len(zero)), end-p)
 		if _, err := dev.WriteAt(zero[:n], p); err != nil {
 			return fmt.Errorf("wal: pre-zero %s at %d: %w", dev.Name(), p, err)

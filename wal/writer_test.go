@@ -242,7 +242,7 @@ func TestSyncsPerCreateAndAppend(t *testing.T) {
 			return Create(dev, 7, o)
 		}, 1},
 		{"prepared", func(dev blockdev.Device) (*Writer, error) {
-			if err := Prepare(dev, opts.Preallocate, true); err != nil {
+			if err := Prepare(dev, opts.Preallocate, true, nil); err != nil {
 				return nil, err
 			}
 			return CreatePrepared(dev, 7, opts)
