@@ -155,7 +155,7 @@ func (d *OSDir) Lock(name string) (release func() error, err error) {
 		return nil, err
 	}
 	path := filepath.Join(d.path, name)
-	f, err := openRegular(path, os.O_RDWR|os.O_CREATE)
+	f, err := OpenRegular(path, os.O_RDWR|os.O_CREATE)
 	if err != nil {
 		return nil, fmt.Errorf("blockdev: lock: %w", err)
 	}
@@ -187,7 +187,7 @@ func (d *OSDir) LockHolder(name string) (held bool, pid int, err error) {
 		return false, 0, err
 	}
 	path := filepath.Join(d.path, name)
-	f, err := openRegular(path, os.O_RDONLY)
+	f, err := OpenRegular(path, os.O_RDONLY)
 	if errors.Is(err, fs.ErrNotExist) {
 		return false, 0, nil
 	}

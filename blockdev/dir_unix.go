@@ -9,11 +9,11 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// openRegular opens path with flag (and perm 0o644 if it creates it) without
+// OpenRegular opens path with flag (and perm 0o644 if it creates it) without
 // ever blocking, and refuses, with ErrNotRegular, anything but a regular
 // file: O_NONBLOCK makes the open of a FIFO return at once (it changes
 // nothing for a regular file, and is cleared before returning).
-func openRegular(path string, flag int) (*os.File, error) {
+func OpenRegular(path string, flag int) (*os.File, error) {
 	f, err := os.OpenFile(path, flag|unix.O_NONBLOCK, 0o644)
 	if err != nil {
 		return nil, err

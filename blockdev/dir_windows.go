@@ -12,9 +12,9 @@ import (
 	"golang.org/x/sys/windows"
 )
 
-// openRegular opens path with flag (and perm 0o644 if it creates it),
+// OpenRegular opens path with flag (and perm 0o644 if it creates it),
 // and refuses, with ErrNotRegular, anything but a regular file.
-func openRegular(path string, flag int) (*os.File, error) {
+func OpenRegular(path string, flag int) (*os.File, error) {
 	f, err := os.OpenFile(path, flag, 0o644)
 	if err != nil {
 		return nil, err

@@ -8,8 +8,7 @@ import (
 	"sync/atomic"
 	"unsafe"
 
-	"golang.org/x/sys/unix"
-
+	"github.com/segstore/segstore/blockdev"
 	"github.com/segstore/segstore/wal"
 )
 
@@ -64,7 +63,7 @@ func createDurable(dir string) (*durableFile, error) {
 		f.Close()
 		return nil, fmt.Errorf("engine: the durable-position file: %w", err)
 	}
-	mem, err := unix.Mmap(int(f.Fd()), 0, durableSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	mem, err := blockdev.Map(f, durableSize, true)
 	if err != nil {
 		f.Close()
 		return nil, fmt.Errorf("engine: mapping the durable-position file: %w", err)
@@ -81,21 +80,22 @@ func createDurable(dir string) (*durableFile, error) {
 // none, or none usable (being created, not a regular file, not mappable):
 // readers then treat a live writer as publishing nothing.
 func openDurable(dir string) *durableFile {
-	// O_NONBLOCK: opening a FIFO to read it would wait for a writer.
-	f, err := os.OpenFile(filepath.Join(dir, durableName), os.O_RDONLY|unix.O_NONBLOCK, 0)
+	// OpenRegular never waits (opening a FIFO to read it would wait for
+	// a writer) and refuses anything but a regular file.
+	f, err := blockdev.OpenRegular(filepath.Join(dir, durableName), os.O_RDONLY)
 	if err != nil {
 		return nil
 	}
 	defer f.Close()
-	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() || fi.Size() < durableSize {
+	if fi, err := f.Stat(); err != nil || fi.Size() < durableSize {
 		return nil
 	}
-	mem, err := unix.Mmap(int(f.Fd()), 0, durableSize, unix.PROT_READ, unix.MAP_SHARED)
+	mem, err := blockdev.Map(f, durableSize, false)
 	if err != nil {
 		return nil
 	}
 	if string(mem[:8]) != durableMagic {
-		unix.Munmap(mem)
+		blockdev.Unmap(mem)
 		return nil
 	}
 	return &durableFile{mem: mem}
@@ -126,7 +126,7 @@ func (d *durableFile) close(writer bool) {
 		d.f.WriteAt(poke[:], durablePoke)
 		d.f.Close()
 	}
-	unix.Munmap(d.mem)
+	blockdev.Unmap(d.mem)
 }
 
 // durableTries bounds how many times a reader reads the words before it

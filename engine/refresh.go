@@ -10,8 +10,6 @@ import (
 	"sort"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/segstore/segstore/blockdev"
 	"github.com/segstore/segstore/wal"
 )
@@ -136,14 +134,18 @@ func (l *Log) hook(step string, bases *[]uint64) {
 // file in its directory changes (inotify: a write, a file created, renamed
 // or removed; the writer also writes to its DURABLE file each time it
 // acknowledges appends), and at least every interval, for file systems
-// that send no such events (without inotify it only polls, and logs so).
+// that send no such events (without inotify, as everywhere but Linux, it
+// only polls).
 // Readers waiting in Wait wake as records are found. It returns ctx's
 // error, or Refresh's (ErrRewritten: reopen the log).
 func (l *Log) KeepRefreshed(ctx context.Context, interval time.Duration) error {
-	changes, stop, err := l.watchDir()
-	if err != nil {
+	changes, stop, err := blockdev.WatchDir(l.dir.Path())
+	switch {
+	case errors.Is(err, blockdev.ErrNoWatch): // expected where there is no inotify
+		l.opts.Logger.Debug("segstore: polling the log's directory", "dir", l.Dir(), "every", interval)
+	case err != nil:
 		l.opts.Logger.Warn("segstore: no inotify on the log's directory; polling instead", "dir", l.Dir(), "every", interval, "err", err)
-	} else {
+	default:
 		defer stop()
 	}
 	t := time.NewTicker(interval)
@@ -159,36 +161,6 @@ func (l *Log) KeepRefreshed(ctx context.Context, interval time.Duration) error {
 		case <-t.C:
 		}
 	}
-}
-
-// watchDir returns a channel that is ready (events coalesced) after a file
-// in the log's directory was written, created, renamed or removed, and a
-// function that stops watching.
-func (l *Log) watchDir() (<-chan struct{}, func(), error) {
-	fd, err := unix.InotifyInit1(unix.IN_NONBLOCK | unix.IN_CLOEXEC)
-	if err != nil {
-		return nil, nil, fmt.Errorf("inotify_init1: %w", err)
-	}
-	const mask = unix.IN_MODIFY | unix.IN_CREATE | unix.IN_MOVED_TO | unix.IN_MOVED_FROM | unix.IN_DELETE
-	if _, err := unix.InotifyAddWatch(fd, l.dir.Path(), mask); err != nil {
-		unix.Close(fd)
-		return nil, nil, fmt.Errorf("inotify_add_watch %s: %w", l.dir.Path(), err)
-	}
-	f := os.NewFile(uintptr(fd), "inotify") // non-blocking: reads wait in Go's poller
-	ch := make(chan struct{}, 1)
-	go func() {
-		buf := make([]byte, 16<<10)
-		for {
-			if _, err := f.Read(buf); err != nil {
-				return // closed by stop
-			}
-			select {
-			case ch <- struct{}{}:
-			default:
-			}
-		}
-	}()
-	return ch, func() { f.Close() }, nil
 }
 
 // WriterInfo is what a log knows of its directory's writer.

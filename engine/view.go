@@ -12,8 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"golang.org/x/sys/unix"
-
+	"github.com/segstore/segstore/blockdev"
 	"github.com/segstore/segstore/wal"
 )
 
@@ -115,27 +114,17 @@ func (s *segment) info() SegmentInfo {
 	return si
 }
 
-// reopen opens the segment's file again, read-only and without O_DIRECT:
-// through /proc/self/fd, so it is the very file the segment holds even if
-// its name was removed or replaced since, with a file position of its own.
+// reopen opens the segment's file again, read-only and without O_DIRECT,
+// with a file position of its own (blockdev.Reopen: on Linux the very
+// file the segment holds even if its name was removed or replaced since).
 func (s *segment) reopen() (*os.File, error) {
 	f := s.dev.File()
 	if f == nil {
 		return nil, fmt.Errorf("engine: segment %s has no file to export (a simulated device)", s.path)
 	}
-	rc, err := f.SyscallConn()
+	nf, err := blockdev.Reopen(f)
 	if err != nil {
-		return nil, err
-	}
-	var nf *os.File
-	var openErr error
-	if err := rc.Control(func(fd uintptr) {
-		nf, openErr = os.Open(fmt.Sprintf("/proc/self/fd/%d", fd))
-	}); err != nil {
-		return nil, err
-	}
-	if openErr != nil {
-		return nil, fmt.Errorf("engine: reopen segment %s for export: %w", s.path, openErr)
+		return nil, fmt.Errorf("engine: reopen segment %s for export: %w", s.path, err)
 	}
 	return nf, nil
 }
@@ -226,7 +215,7 @@ func (sec *Section) WriteTo(w io.Writer) (int64, error) {
 	if v.l.opts.ExportDropCache {
 		// Pages still in socket buffers cannot be dropped yet; Close
 		// advises again for the whole view.
-		_ = unix.Fadvise(int(f.Fd()), sec.off, sec.n, unix.FADV_DONTNEED) // advice only
+		blockdev.DropCache(f, sec.off, sec.n)
 	}
 	return n, err
 }
@@ -259,7 +248,7 @@ func (v *SegmentView) Close() error {
 		return ErrClosed
 	}
 	if v.l.opts.ExportDropCache {
-		_ = unix.Fadvise(int(v.f.Fd()), 0, v.size, unix.FADV_DONTNEED) // advice only
+		blockdev.DropCache(v.f, 0, v.size)
 	}
 	err := v.f.Close()
 	v.s.done()
@@ -290,13 +279,13 @@ func (v *SegmentView) Mmap() (*Mapping, error) {
 	if !v.info.Sealed {
 		return nil, fmt.Errorf("%w: segment %d is the active segment; map it once it is sealed (or read it through the view)", ErrNotSealed, v.info.Base)
 	}
-	data, err := unix.Mmap(int(v.f.Fd()), 0, int(v.size), unix.PROT_READ, unix.MAP_SHARED)
+	data, err := blockdev.Map(v.f, int(v.size), false)
 	if err != nil {
 		return nil, fmt.Errorf("engine: mmap segment %s: %w", v.s.path, err)
 	}
-	_ = unix.Madvise(data, unix.MADV_SEQUENTIAL) // advice only
+	blockdev.AdviseSequential(data)
 	if !v.s.acquire() {
-		unix.Munmap(data)
+		blockdev.Unmap(data)
 		return nil, ErrClosed
 	}
 	return &Mapping{s: v.s, data: data, hdr: v.s.hdr, end: v.s.vis()}, nil
@@ -312,7 +301,7 @@ func (m *Mapping) Close() error {
 	if m.closed.Swap(true) {
 		return ErrClosed
 	}
-	err := unix.Munmap(m.data)
+	err := blockdev.Unmap(m.data)
 	m.s.done()
 	return err
 }

@@ -7,8 +7,6 @@ import (
 	"os"
 	"path/filepath"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/segstore/segstore/blockdev"
 	"github.com/segstore/segstore/engine"
 	"github.com/segstore/segstore/wal"
@@ -90,8 +88,8 @@ func (st *stage) cut(size int64) error {
 	if err := st.f.Truncate(size); err != nil {
 		return fmt.Errorf("peer: cutting the follower's stage %s to %d bytes: %w", st.path, size, err)
 	}
-	if err := unix.Fdatasync(int(st.f.Fd())); err != nil {
-		return fmt.Errorf("peer: fdatasync %s: %w", st.path, err)
+	if err := blockdev.Datasync(st.f); err != nil {
+		return fmt.Errorf("peer: the follower's stage: %w", err)
 	}
 	st.size = size
 	return nil
@@ -110,8 +108,8 @@ func (st *stage) append(r io.Reader, want int64) error {
 	if n == 0 {
 		return err
 	}
-	if serr := unix.Fdatasync(int(st.f.Fd())); serr != nil {
-		return errors.Join(fmt.Errorf("peer: fdatasync %s: %w", st.path, serr), st.cut(0))
+	if serr := blockdev.Datasync(st.f); serr != nil {
+		return errors.Join(fmt.Errorf("peer: the follower's stage: %w", serr), st.cut(0))
 	}
 	st.size += n
 	return err

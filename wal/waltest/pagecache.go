@@ -10,8 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
+	"github.com/segstore/segstore/blockdev"
 	"github.com/segstore/segstore/wal"
 )
 
@@ -48,7 +47,7 @@ func (l *PageCacheLog) Append(records ...[]byte) (uint64, error) {
 	if _, err := l.f.WriteAt(l.buf[:n], l.pos); err != nil {
 		return 0, err
 	}
-	if err := unix.Fdatasync(int(l.f.Fd())); err != nil {
+	if err := blockdev.Datasync(l.f); err != nil {
 		return 0, err
 	}
 	first := l.next
