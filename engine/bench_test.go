@@ -11,7 +11,6 @@ import (
 	"sort"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -215,7 +214,7 @@ func BenchmarkScanCold(b *testing.B) {
 		}
 		cold(b, func(b *testing.B) {
 			for _, name := range files {
-				f, err := os.OpenFile(name, os.O_RDONLY|syscall.O_DIRECT, 0)
+				f, err := openDirect(name)
 				if err != nil {
 					b.Fatal(err)
 				}

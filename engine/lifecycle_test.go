@@ -9,7 +9,6 @@ import (
 	"runtime"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -203,7 +202,7 @@ func TestSpecialDurableOrLockNeverBlocksAnOpen(t *testing.T) {
 			require.NoError(t, w.Close())
 			fifo := filepath.Join(path, name)
 			require.NoError(t, os.Remove(fifo))
-			require.NoError(t, syscall.Mkfifo(fifo, 0o644))
+			mkfifo(t, fifo)
 
 			done := make(chan string, 3)
 			go func() {

@@ -12,7 +12,6 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	"golang.org/x/sys/unix"
 
 	"github.com/segstore/segstore/blockdev"
 	"github.com/segstore/segstore/wal"
@@ -354,9 +353,9 @@ func holdDurableMidUpdate(t *testing.T, path string) (release func()) {
 	f, err := os.OpenFile(filepath.Join(path, durableName), os.O_RDWR, 0)
 	require.NoError(t, err)
 	defer f.Close()
-	mem, err := unix.Mmap(int(f.Fd()), 0, durableSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	mem, err := blockdev.Map(f, durableSize, true)
 	require.NoError(t, err)
-	t.Cleanup(func() { unix.Munmap(mem) })
+	t.Cleanup(func() { blockdev.Unmap(mem) })
 	d := &durableFile{mem: mem}
 	d.word(durSeq).Add(1)
 	return func() { d.word(durSeq).Add(1) }

@@ -24,7 +24,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	"golang.org/x/sys/unix"
 
 	"github.com/segstore/segstore/engine"
 )
@@ -410,7 +409,7 @@ func newHostile(t *testing.T, opts ServerOptions) *hostileServer {
 	opts.Registry = h.reg
 	h.srv = NewServer(map[string]*engine.Log{"main": l}, opts)
 	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
-		return c.Control(func(fd uintptr) { _ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUF, 4096) })
+		return c.Control(func(fd uintptr) { setSockBuf(fd, syscall.SO_SNDBUF, 4096) })
 	}}
 	ln, err := lc.Listen(context.Background(), "tcp", "127.0.0.1:0")
 	require.NoError(t, err)
@@ -425,7 +424,7 @@ func newHostile(t *testing.T, opts ServerOptions) *hostileServer {
 func (h *hostileServer) dial(t *testing.T) net.Conn {
 	t.Helper()
 	d := net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
-		return c.Control(func(fd uintptr) { _ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, 4096) })
+		return c.Control(func(fd uintptr) { setSockBuf(fd, syscall.SO_RCVBUF, 4096) })
 	}}
 	c, err := d.Dial("tcp", h.addr)
 	require.NoError(t, err)
