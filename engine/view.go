@@ -229,12 +229,13 @@ type FileSender interface {
 }
 
 // sendsFile reports whether io.Copy to w uses sendfile: the standard
-// library does it for TCP and Unix sockets (not for TLS, whose bytes are
-// encrypted in user space); other writers may say so (FileSender).
+// library does it for TCP and Unix sockets where the platform has it
+// (blockdev.SendfileToTCP; not for TLS, whose bytes are encrypted in user
+// space); other writers may say so (FileSender).
 func sendsFile(w io.Writer) bool {
 	switch w := w.(type) {
 	case *net.TCPConn, *net.UnixConn:
-		return true
+		return blockdev.SendfileToTCP()
 	case FileSender:
 		return w.SendsFile()
 	}

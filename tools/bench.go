@@ -13,8 +13,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/segstore/segstore/engine"
 )
 
@@ -52,10 +50,7 @@ type BenchEnv struct {
 func benchEnv(l *engine.Log) BenchEnv {
 	e := BenchEnv{CPUs: runtime.NumCPU(), Go: runtime.Version(), LoadBefore: loadAverage(), Started: time.Now().UTC()}
 	e.Host, _ = os.Hostname()
-	var u unix.Utsname
-	if unix.Uname(&u) == nil {
-		e.Kernel = unix.ByteSliceToString(u.Release[:])
-	}
+	e.Kernel = kernelRelease()
 	st := l.Storage()
 	e.Filesystem, e.Direct = st.Filesystem, st.Direct
 	return e

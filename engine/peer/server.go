@@ -24,6 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/segstore/segstore/blockdev"
 	"github.com/segstore/segstore/engine"
 )
 
@@ -349,8 +350,10 @@ func (w *statusWriter) ReadFrom(r io.Reader) (int64, error) {
 	return io.Copy(struct{ io.Writer }{w.ResponseWriter}, r)
 }
 
-// SendsFile implements engine.FileSender.
-func (w *statusWriter) SendsFile() bool { return !w.tls }
+// SendsFile implements engine.FileSender: net/http hands the copy to the
+// TCP connection, which sends the file in the kernel where the platform
+// can (blockdev.SendfileToTCP), unless TLS encrypts it in user space.
+func (w *statusWriter) SendsFile() bool { return !w.tls && blockdev.SendfileToTCP() }
 
 func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
