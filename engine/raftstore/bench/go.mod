@@ -1,6 +1,6 @@
 module github.com/segstore/segstore/engine/raftstore/bench
 
-go 1.26.8
+go 1.26.0
 
 replace github.com/segstore/segstore => ../../..
 
