@@ -1,6 +1,6 @@
 module github.com/segstore/segstore/tools/peerbench
 
-go 1.26.8
+go 1.26.0
 
 replace github.com/segstore/segstore => ../..
 
@@ -44,6 +44,7 @@ require (
 	github.com/hashicorp/golang-lru v1.0.2 // indirect
 	github.com/mattn/go-colorable v0.1.12 // indirect
 	github.com/mattn/go-isatty v0.0.22 // indirect
+	github.com/ncw/directio v1.0.5 // indirect
 	github.com/tidwall/gjson v1.10.2 // indirect
 	github.com/tidwall/match v1.1.1 // indirect
 	github.com/tidwall/pretty v1.2.0 // indirect

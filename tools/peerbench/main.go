@@ -32,8 +32,6 @@ import (
 	"strings"
 	"syscall"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 func main() {
@@ -349,11 +347,7 @@ func (c config) child(p Params) Result {
 		fail.Error = strings.TrimSpace(fmt.Sprintf("%v: %s", err, tail(stderr.String(), 2000)))
 		return fail
 	}
-	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
-		r.MaxRSSKiB = ru.Maxrss // KiB on Linux
-		r.UserS = time.Duration(ru.Utime.Nano()).Seconds()
-		r.SysS = time.Duration(ru.Stime.Nano()).Seconds()
-	}
+	childUsage(cmd.ProcessState, &r)
 	return r
 }
 
@@ -400,7 +394,7 @@ func hold(p Params) error {
 // dropCaches writes back dirty pages and drops the page cache (as root);
 // the error says why it cannot.
 func dropCaches() error {
-	unix.Sync()
+	syncFilesystems()
 	if err := os.WriteFile("/proc/sys/vm/drop_caches", []byte("3\n"), 0); err != nil {
 		return fmt.Errorf("dropping the page cache (echo 3 > /proc/sys/vm/drop_caches needs root): %w", err)
 	}

@@ -12,7 +12,7 @@ import (
 	"slices"
 	"sync"
 
-	"golang.org/x/sys/unix"
+	"github.com/segstore/segstore/blockdev"
 )
 
 // pageLog is the plain log anyone would write first: one file written
@@ -115,7 +115,7 @@ func (p *pageLog) scan() error {
 		if err := p.f.Truncate(off); err != nil {
 			return fmt.Errorf("cutting the torn tail at offset %d: %w", off, err)
 		}
-		if err := unix.Fdatasync(int(p.f.Fd())); err != nil {
+		if err := blockdev.Datasync(p.f); err != nil {
 			return fmt.Errorf("syncing after cutting the torn tail at offset %d: %w", off, err)
 		}
 	}
@@ -143,7 +143,7 @@ func (p *pageLog) Append(batch [][]byte) (uint64, error) {
 		p.offs = p.offs[:start]
 		return 0, err
 	}
-	if err := unix.Fdatasync(int(p.f.Fd())); err != nil {
+	if err := blockdev.Datasync(p.f); err != nil {
 		p.offs = p.offs[:start]
 		return 0, err
 	}
