@@ -36,6 +36,11 @@ type Value struct {
 // Len and cap are the value's length.
 func (v *Value) Bytes() []byte { return v.buf[:v.n:v.n] }
 
+// Size is the memory v occupies: its whole block (a pooled block is the
+// smallest class that holds the value, at least 512 bytes) and its
+// descriptor. A holder that bounds what it keeps counts this, not Len.
+func (v *Value) Size() int64 { return v.cost() }
+
 // ID identifies this use of the block: a block reused for another value
 // gets another ID.
 func (v *Value) ID() uint64 { return v.id }

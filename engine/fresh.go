@@ -14,9 +14,12 @@ import (
 // stored, a follower tailing its leader) costs no device read: a
 // write-through cache of the newest records, as Redpanda's batch cache.
 //
-// It is bounded to maxBytes of record bytes (freshBytes of the cache's
-// budget), in blocks from the cache's pool (outside the Go heap, not
-// counted in the cache's budget): the oldest batches go first. Entries are
+// It is bounded to maxBytes (freshBytes, or an eighth of the cache's
+// budget) of the memory its batches occupy: their blocks from the cache's
+// pool (outside the Go heap, not counted in the cache's budget), whole,
+// and their descriptors, so that batches of tiny records, each in a block
+// of at least 512 bytes, hold no more than larger ones; the oldest batches
+// go first. Entries are
 // keyed by the segment's cache namespace as well as by offset, so a
 // segment rewritten by TruncateBack (which gets a new namespace) never
 // shows a record of its old contents; TruncateBack also drops them all,
@@ -30,7 +33,7 @@ import (
 type fresh struct {
 	mu       sync.RWMutex
 	batches  []freshBatch // ascending by first offset; guarded by mu
-	bytes    int          // value bytes held; guarded by mu
+	bytes    int          // memory the batches occupy (their values' Size); guarded by mu
 	maxBytes int
 	hits     atomic.Int64 // reads served
 }
@@ -41,6 +44,7 @@ type freshBatch struct {
 	ns    cache.Namespace
 	first uint64
 	count int
+	size  int // v.Size(): what the batch counts against maxBytes
 	v     *cache.Value
 }
 
@@ -84,11 +88,12 @@ func (f *fresh) add(c *cache.Cache, ns cache.Namespace, first uint64, records []
 	}
 	f.batches = append(f.batches, freshBatch{})
 	copy(f.batches[i+1:], f.batches[i:])
-	f.batches[i] = freshBatch{ns: ns, first: first, count: len(records), v: v}
-	f.bytes += n
+	size := int(v.Size())
+	f.batches[i] = freshBatch{ns: ns, first: first, count: len(records), size: size, v: v}
+	f.bytes += size
 	drop := 0
 	for f.bytes > f.maxBytes {
-		f.bytes -= len(f.batches[drop].v.Bytes())
+		f.bytes -= f.batches[drop].size
 		f.batches[drop].v.Release()
 		drop++
 	}
