@@ -120,6 +120,12 @@ func (l *Log) noteRead(off uint64, c raChunk) {
 	}
 	ra.mu.Lock()
 	defer ra.mu.Unlock()
+	if ra.closed {
+		// Close let go of every chunk before this read, which passed its
+		// closed check earlier, got here: a chunk kept now would be held
+		// for good.
+		return
+	}
 	ra.clock++
 	st := ra.streamFor(off)
 	switch {
