@@ -103,6 +103,9 @@ func TestFreshAppendsAreReadFromMemory(t *testing.T) {
 				require.NoError(t, err)
 				require.Equal(t, freshRecord(i, size, 0), got)
 			}
+			// The run started read-ahead: its device read is counted in
+			// ReadDeviceBytes just after the device saw it.
+			l.ra.wg.Wait()
 			st = l.Stats()
 			assert.Positive(t, st.ReadDeviceBytes)
 			assert.Equal(t, d.bytes.Load()-before, st.ReadDeviceBytes, "ReadDeviceBytes is what the device read")
