@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 
 	"github.com/ncw/directio"
 	"golang.org/x/sys/unix"
@@ -34,13 +33,9 @@ func refusedDirect(err error) (string, bool) {
 // path does not exist yet), as statfs calls it ("apfs", "ufs", "zfs",
 // "tmpfs", ...).
 func filesystemOf(path string) (string, error) {
-	var st unix.Statfs_t
-	err := unix.Statfs(path, &st)
-	if errors.Is(err, unix.ENOENT) {
-		err = unix.Statfs(filepath.Dir(path), &st)
-	}
+	st, err := statfs(path)
 	if err != nil {
-		return "", fmt.Errorf("blockdev: statfs %s: %w", path, err)
+		return "", err
 	}
 	return unix.ByteSliceToString(st.Fstypename[:]), nil
 }

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 
@@ -45,13 +44,9 @@ var fsNames = map[int64]string{
 // filesystemOf names the filesystem holding path (or its directory, if path
 // does not exist yet).
 func filesystemOf(path string) (string, error) {
-	var st unix.Statfs_t
-	err := unix.Statfs(path, &st)
-	if errors.Is(err, unix.ENOENT) {
-		err = unix.Statfs(filepath.Dir(path), &st)
-	}
+	st, err := statfs(path)
 	if err != nil {
-		return "", fmt.Errorf("blockdev: statfs %s: %w", path, err)
+		return "", err
 	}
 	if name, ok := fsNames[int64(st.Type)]; ok {
 		return name, nil
