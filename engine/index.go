@@ -113,7 +113,10 @@ func (s *segment) pointWindow() int64 { return s.interval + wal.RecordHeaderLen 
 // for read-ahead), and past it only
 // the rest of off's record, rounded out to the device's offset alignment
 // A: at most the record, its header, one interval and 2A (n + 5 KiB for a
-// 4 KiB interval and A = 512).
+// 4 KiB interval and A = 512). An index thinned at seal (or a peer's
+// sparser one) does not keep every record within an interval of its entry:
+// a walk that has not reached off's record at the end of what it read
+// reads on (a span at a time, never past end) instead of giving up.
 //
 // A checksum that fails, or a walk that finds no record where one must
 // be, is corruption: reported with the segment, the file and the position.
@@ -133,11 +136,31 @@ func (l *Log) readRecordRun(s *segment, e indexEntry, end int64, off uint64, spa
 		return nil, read, err
 	}
 	read = have - start
+	// more extends the read to the file bytes before to (at most limit).
+	more := func(to int64) error {
+		to = min(limit, alignedbuf.AlignUp(to, a))
+		if to <= have {
+			return nil
+		}
+		grown := s.dev.Alignment().Alloc(int(to - start))
+		copy(grown, raw)
+		if _, _, err := s.readAt(have, to, grown[have-start:]); err != nil {
+			return err
+		}
+		read += to - have
+		raw, have = grown, to
+		return nil
+	}
 	var table []uint32
 	p, k, left := e.pos, e.off, e.left
 	for {
 		if left == 0 { // the frame ended: the next one's header follows
 			p = alignedbuf.AlignUp(p, wal.FrameAlign)
+			if k <= off && p+wal.FrameHeaderLen > have {
+				if err := more(p + span); err != nil {
+					return nil, read, err
+				}
+			}
 			if p+wal.FrameHeaderLen > have {
 				break
 			}
@@ -154,6 +177,11 @@ func (l *Log) readRecordRun(s *segment, e indexEntry, end int64, off uint64, spa
 			p += wal.FrameHeaderLen
 			left = h.Count
 		}
+		if k <= off && p+wal.RecordHeaderLen > have {
+			if err := more(p + span); err != nil {
+				return nil, read, err
+			}
+		}
 		if p+wal.RecordHeaderLen > have {
 			if k <= off {
 				return nil, read, l.pointReadCorrupt(s, e, off, p, fmt.Errorf("no record header before byte %d, where offset %d's record must have started", have, off))
@@ -169,21 +197,18 @@ func (l *Log) readRecordRun(s *segment, e indexEntry, end int64, off uint64, spa
 			break
 		}
 		if recEnd > have {
-			if k < off {
-				return nil, read, l.pointReadCorrupt(s, e, off, p, fmt.Errorf("record %d claims %d bytes, past the read that must hold offset %d's record", k, n, off))
-			}
 			if k > off {
 				break
 			}
-			// The record asked for runs past the first read: read its rest.
-			more := alignedbuf.AlignUp(recEnd, a)
-			grown := s.dev.Alignment().Alloc(int(more - start))
-			copy(grown, raw)
-			if _, _, err := s.readAt(have, more, grown[have-start:]); err != nil {
+			// A record before off's (a thinned index) runs past the read:
+			// read it and a span after it. off's record: read its rest.
+			to := recEnd
+			if k < off {
+				to += span
+			}
+			if err := more(to); err != nil {
 				return nil, read, err
 			}
-			read += more - have
-			raw, have = grown, more
 		}
 		rec := raw[p+wal.RecordHeaderLen-start : recEnd-start]
 		if err := wal.VerifyRecord(s.hdr.SegmentID, k, p, crc, rec); err != nil {

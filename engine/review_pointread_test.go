@@ -1,0 +1,121 @@
+package engine
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/segstore/segstore/blockdev"
+)
+
+// warnings is a slog handler that keeps the messages of warnings.
+type warnings struct {
+	mu   sync.Mutex
+	msgs []string
+}
+
+func (w *warnings) Enabled(_ context.Context, l slog.Level) bool { return l >= slog.LevelWarn }
+func (w *warnings) WithAttrs([]slog.Attr) slog.Handler           { return w }
+func (w *warnings) WithGroup(string) slog.Handler                { return w }
+func (w *warnings) Handle(_ context.Context, r slog.Record) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.msgs = append(w.msgs, r.Message)
+	return nil
+}
+
+func (w *warnings) has(s string) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, m := range w.msgs {
+		if strings.Contains(m, s) {
+			return true
+		}
+	}
+	return false
+}
+
+// TestThinnedFooterPointReads: a seal that thins a segment's index (its
+// footer holds fewer entries than the segment has: here a device whose
+// block is larger than the 4 KiB Open assumes leaves less room for the
+// footer) must leave every record readable. Records larger than the index
+// interval between small ones make the thinned entries uneven: a read of a
+// small record that walks from a kept entry over a skipped large record
+// must still find it.
+func TestThinnedFooterPointReads(t *testing.T) {
+	for _, big := range []int{600, 3000} {
+		t.Run(fmt.Sprint(big), func(t *testing.T) {
+			w := &warnings{}
+			d := &countingDir{Dir: blockdev.NewSimDir(blockdev.SimOptions{Alignment: blockdev.Alignment{Memory: 512, Offset: 512, Block: 16 << 10}})}
+			o := DefaultOptions()
+			o.Dir, o.SegmentSize, o.MaxWrite, o.IndexInterval, o.CacheBytes, o.Preallocate = d, 768<<10, 64<<10, 512, 1<<20, false
+			o.Logger = slog.New(w)
+			l, err := Open("sim", o)
+			require.NoError(t, err)
+			defer l.Close()
+			var want [][]byte
+			for len(l.Segments()) < 3 {
+				batch := [][]byte{pointRecord(l.EndOffset(), big)}
+				for i, n := 0, big; n < 40<<10; i++ {
+					batch = append(batch, pointRecord(l.EndOffset()+uint64(1+i), 10+i%7))
+					n += 8 + 10 + i%7
+				}
+				_, err := l.Append(batch...)
+				require.NoError(t, err)
+				want = append(want, batch...)
+			}
+			require.True(t, w.has("thinned"), "the seal thinned the index (the case under test)")
+			require.NoError(t, l.Close())
+			l, err = Open("sim", o) // the sealed segments' index now comes from their footers
+			require.NoError(t, err)
+			for off := len(want) - 1; off >= 0; off-- {
+				rec, _, err := coldRead(t, l, d, uint64(off))
+				require.NoError(t, err, "offset %d", off)
+				require.True(t, bytes.Equal(want[off], rec), "offset %d", off)
+			}
+		})
+	}
+}
+
+// TestPointReadCostByDeviceAlignment: the n + 8 KiB bound of a cold point
+// read holds on devices whose offset alignment is 4 KiB (4Kn disks), not
+// only 512 bytes: every record of batches of small and block-sized
+// records.
+func TestPointReadCostByDeviceAlignment(t *testing.T) {
+	for _, align := range []int{512, 4096} {
+		for _, size := range []int{1, 100, 4<<10 - 8, 4 << 10, 4<<10 + 1} {
+			t.Run(fmt.Sprintf("align%d/%d", align, size), func(t *testing.T) {
+				d := &countingDir{Dir: blockdev.NewSimDir(blockdev.SimOptions{Alignment: blockdev.Alignment{Memory: align, Offset: align, Block: 4096}})}
+				o := DefaultOptions()
+				o.Dir, o.Logger, o.SegmentSize, o.Preallocate = d, quiet, 64<<20, false
+				l, err := Open("sim", o)
+				require.NoError(t, err)
+				defer l.Close()
+				var want []int
+				for _, n := range []int{1, 7, 300} {
+					recs := make([][]byte, n)
+					for i := range recs {
+						recs[i] = pointRecord(l.EndOffset()+uint64(i), size+(i%3)*(i%5))
+						want = append(want, len(recs[i]))
+					}
+					_, err := l.Append(recs...)
+					require.NoError(t, err)
+				}
+				require.NoError(t, l.Roll())
+				worst := int64(0)
+				for off := len(want) - 1; off >= 0; off-- {
+					_, cost, err := coldRead(t, l, d, uint64(off))
+					require.NoError(t, err)
+					worst = max(worst, cost-int64(want[off]))
+				}
+				require.LessOrEqual(t, worst, int64(8<<10), "a cold point read read up to the record plus %d bytes", worst)
+			})
+		}
+	}
+}
