@@ -119,3 +119,44 @@ func TestPointReadCostByDeviceAlignment(t *testing.T) {
 		}
 	}
 }
+
+// TestTruncateBackOlderFormatFullBatches: TruncateBack rewrites the
+// segment holding its cut; a segment of format version 2 (4-byte record
+// headers) whose batches filled its writer must still be cut, and keep its
+// records, although the same batches take more room in the current
+// format's 8-byte record headers.
+func TestTruncateBackOlderFormatFullBatches(t *testing.T) {
+	for _, size := range []int{1, 100, 1000} {
+		t.Run(fmt.Sprint(size), func(t *testing.T) {
+			formatVersion = 2
+			defer func() { formatVersion = 0 }()
+			o := testOptions(blockdev.NewSimDir(blockdev.SimOptions{}))
+			o.Preallocate = false
+			l, err := Open("sim", o)
+			require.NoError(t, err)
+			defer l.Close()
+			require.EqualValues(t, 2, l.active.hdr.Version)
+			var want [][]byte
+			for b := range 3 {
+				var batch [][]byte
+				for n := 0; n+size+4 <= l.active.w.MaxBatchBytes(); n += size + 4 {
+					batch = append(batch, pointRecord(l.EndOffset()+uint64(len(batch)), size))
+				}
+				_, err := l.Append(batch...)
+				require.NoError(t, err, "batch %d of %d records", b, len(batch))
+				want = append(want, batch...)
+			}
+			cut := uint64(len(want) - 3)
+			require.NoError(t, l.TruncateBack(cut))
+			require.Equal(t, cut, l.EndOffset())
+			require.EqualValues(t, 2, l.active.hdr.Version, "the rewritten segment keeps its format")
+			for off := range cut {
+				rec, err := l.Read(off, nil)
+				require.NoError(t, err, "offset %d", off)
+				require.Equal(t, want[off], rec, "offset %d", off)
+			}
+			_, err = l.Append([]byte("after"))
+			require.NoError(t, err, "the log takes appends after the cut")
+		})
+	}
+}

@@ -218,8 +218,10 @@ func (l *Log) truncateBackLocked(from uint64) error {
 func reverse(s []*segment) []*segment { r := slices.Clone(s); slices.Reverse(r); return r }
 
 // writePrefix copies the records of s below from into a new file NAME.tmp,
-// in the same batches with the same timestamps, and makes it durable. It
-// returns the temporary name.
+// in the same batches with the same timestamps and in s's format version
+// (a batch that filled a writer of an older version, with its shorter
+// record headers, would not fit one of the current version), and makes it
+// durable. It returns the temporary name.
 func (l *Log) writePrefix(s *segment, from uint64) (string, error) {
 	if err := l.ensure(s); err != nil {
 		return "", err
@@ -234,7 +236,7 @@ func (l *Log) writePrefix(s *segment, from uint64) (string, error) {
 	}
 	defer dev.Close()
 	var frameTime int64 // the writer's clock: each copied frame keeps its time
-	w, err := wal.Create(dev, s.base, wal.Options{SyncMode: wal.SyncNever, MaxWrite: int(s.hdr.MaxWrite),
+	w, err := wal.Create(dev, s.base, wal.Options{SyncMode: wal.SyncNever, MaxWrite: int(s.hdr.MaxWrite), Version: s.hdr.Version,
 		Now: func() time.Time { return time.Unix(0, frameTime) }})
 	if err != nil {
 		return "", err
