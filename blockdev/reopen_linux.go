@@ -1,3 +1,5 @@
+//go:build linux && !segstore_byname
+
 package blockdev
 
 import (

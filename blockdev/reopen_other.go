@@ -1,22 +1,18 @@
-//go:build !linux && !windows
+//go:build (!linux && !windows) || segstore_byname
 
 package blockdev
 
 import (
-	"errors"
 	"fmt"
 	"os"
 )
-
-// ErrReplaced: Reopen found f's name gone or naming another file, on a
-// platform that can only reopen a file by its name.
-var ErrReplaced = errors.New("blockdev: the file's name was removed or replaced since it was opened")
 
 // Reopen opens the file f holds again, read-only and without direct
 // I/O, with a file position of its own. There is no /proc/self/fd here
 // (macOS' /dev/fd shares the position), so it opens f's name and checks
 // that it is the same file: a name removed or replaced since fails with
-// ErrReplaced.
+// ErrReplaced. The tag segstore_byname builds this for Linux, so that its
+// tests run there.
 func Reopen(f *os.File) (*os.File, error) {
 	held, err := f.Stat()
 	if err != nil {
