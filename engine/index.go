@@ -460,6 +460,9 @@ func decodeFooterV2(b []byte, segID, base, next uint64, pos int64) (index []inde
 		return nil, 0, err
 	}
 	payload := pos + wal.FrameHeaderLen
+	if !zeroBytes(b[footerHeadLen : sm.blocksAt-payload]) {
+		return nil, 0, fmt.Errorf("footer padding before its index blocks (bytes %d to %d) is not zero", payload+footerHeadLen, sm.blocksAt)
+	}
 	index = make([]indexEntry, 0, sm.entries)
 	for k, first := range sm.first {
 		at := sm.blocksAt + int64(k*indexBlockLen)
@@ -509,10 +512,23 @@ func decodeIndexBlock(blk []byte, segID, base uint64, at int64) ([]indexEntry, i
 		out[i] = decodeEntry(blk[indexBlockHead+i*indexEntryLen:], base)
 	}
 	next := int64(binary.LittleEndian.Uint64(blk[16:]))
+	if !zeroBytes(blk[24:indexBlockHead]) || !zeroBytes(blk[indexBlockHead+n*indexEntryLen:indexBlockLen]) {
+		return nil, 0, fmt.Errorf("index block at byte %d: reserved bytes, or those after its %d entries, are not zero", at, n)
+	}
 	if out[0].off != binary.LittleEndian.Uint64(blk[8:]) || next <= out[n-1].pos {
 		return nil, 0, fmt.Errorf("index block at byte %d: its head (offset %d, next position %d) disagrees with its entries", at, binary.LittleEndian.Uint64(blk[8:]), next)
 	}
 	return out, next, nil
+}
+
+// zeroBytes reports whether b holds only zeros.
+func zeroBytes(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // entryCheck matches a footer's index entries, in order, against the
