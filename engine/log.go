@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -156,9 +157,12 @@ type Recovery struct {
 	Torn              *wal.TornTail // torn tail cut from the active segment
 	ActiveScan        time.Duration // of Duration, opening the last segment (a scan unless sealed)
 	// CleanEnd: the last segment was closed cleanly, so its preallocated
-	// tail was not read to prove it empty.
-	CleanEnd bool
-	Duration time.Duration
+	// tail was not read to prove it empty. CleanIndex: moreover its index
+	// and end came from the clean close record, so none of its records
+	// were read (ActiveFrames is 0): open read no segment data beyond the
+	// last segment's header, its footer probe and its end's block.
+	CleanEnd, CleanIndex bool
+	Duration             time.Duration
 }
 
 // Open opens the log in dir, creating dir (but not its parents: a
@@ -426,6 +430,10 @@ func (l *Log) openSegment(base uint64, last bool, nextBase uint64, lazy bool) (*
 		return nil, l.dir.Sync()
 	case !errors.Is(err, wal.ErrNotSealed):
 		return s, err
+	case last:
+		if ok, err := l.openFromCleanClose(s, hdr, readOnly); ok || err != nil {
+			return s, err
+		}
 	}
 
 	sc, err := wal.NewScanner(dev)
@@ -529,6 +537,59 @@ func (l *Log) openSegment(base uint64, last bool, nextBase uint64, lazy bool) (*
 	}
 	l.noteReport(func(r *Recovery) { r.Resealed = append(r.Resealed, base) })
 	return s, nil
+}
+
+// openFromCleanClose opens s, the last segment, whose header is hdr,
+// from the manifest's clean close record, if it has one for s and the file
+// agrees with it (the size it had, zeros after the end in the end's
+// block): the index and the end come from the record, and no record is
+// read. It reports whether it opened s; false (nil error) means the caller
+// scans the file.
+func (l *Log) openFromCleanClose(s *segment, hdr wal.FileHeader, readOnly bool) (bool, error) {
+	c := l.clean
+	if c == nil || c.base != s.base || c.index == nil {
+		return false, nil
+	}
+	if size, err := s.dev.Size(); err != nil || size != c.size {
+		return false, nil
+	}
+	s.hdr = hdr
+	if err := l.checkHeader(s); err != nil {
+		return false, err
+	}
+	index, interval, err := s.decodeFooterIndex(&wal.Footer{Data: c.index, Next: c.next, Pos: c.end})
+	if err != nil {
+		l.opts.Logger.Warn("segstore: the manifest's clean close record does not fit the last segment; scanning it", "segment", s.path, "err", err)
+		return false, nil
+	}
+	// The block holding the end must be zeros from the end on: what a
+	// clean close left, and what the writer would rewrite.
+	a := s.dev.Alignment()
+	blk := int64(a.Block)
+	from := alignedbuf.AlignDown(c.end, blk)
+	if from+blk <= c.size {
+		b := a.Alloc(int(blk))
+		if _, err := s.dev.ReadAt(b, from); err != nil && !errors.Is(err, io.EOF) {
+			return false, fmt.Errorf("engine: read segment %s at %d: %w", s.path, from, err)
+		}
+		if !bytes.Equal(b[c.end-from:], make([]byte, blk-(c.end-from))) {
+			return false, nil
+		}
+	}
+	s.mu.Lock()
+	s.index, s.interval, s.lastRec = index, interval, c.lastRec
+	s.mu.Unlock()
+	s.visible.Store(&position{pos: c.end, off: c.next})
+	l.noteReport(func(r *Recovery) { r.CleanEnd, r.CleanIndex = true, true })
+	if readOnly {
+		return true, nil
+	}
+	w, err := wal.Resume(s.dev, &wal.Recovery{Header: hdr, End: c.end, NextOffset: c.next, LastTime: c.lastTime}, l.walOptions(s))
+	if err != nil {
+		return true, err
+	}
+	s.w = w
+	return true, nil
 }
 
 // finishSeal cuts a sealed file whose seal a crash interrupted to end at
@@ -1669,13 +1730,19 @@ func (l *Log) Close() error {
 }
 
 // recordCleanClose writes the manifest with where the closed active
-// segment s ends, so the next open need not read its preallocated tail.
+// segment s ends and its index, so the next open reads none of its
+// records (nor its preallocated tail). s.w is closed (everything synced).
 func (l *Log) recordCleanClose(s *segment) error {
 	size, err := s.dev.Size()
 	if err != nil {
 		return err
 	}
-	clean := &cleanEnd{base: s.base, end: s.vis().pos, size: size}
+	end := s.vis()
+	index, _ := s.encodeFooter(end.off, end.pos, math.MaxInt32) // never thinned
+	s.mu.RLock()
+	lastRec := s.lastRec
+	s.mu.RUnlock()
+	clean := &cleanEnd{base: s.base, end: end.pos, size: size, next: end.off, lastTime: s.w.LastTime(), lastRec: lastRec, index: index}
 	l.manifestMu.Lock()
 	defer l.manifestMu.Unlock()
 	return writeMeta(l.dir, manifestName, metaManifest, encodeManifest(l.manifestEntries(), clean), true)

@@ -34,16 +34,27 @@ import (
 // time, first frame's time), crc the CRC-32C of the footer bytes.
 //
 // A clean Close appends one more record, which the next read-write open
-// removes (rewriting the manifest) before anything is written:
+// removes (rewriting the manifest, durably) before anything is written:
 //
-//	0          8      16     24     32
-//	+----------+------+------+------+
-//	| cleanend | base | end  | size |   the last segment's records end at end; its file has size bytes
-//	+----------+------+------+------+
+//	0          8      16     24     32     40         48        56     60     64
+//	+----------+------+------+------+------+----------+---------+------+------+---- - -
+//	| cleanen2 | base | end  | size | next | lastTime | lastRec | n    | 0    | index (n bytes)
+//	+----------+------+------+------+------+----------+---------+------+------+---- - -
 //
-// An open that finds its last segment's frames ending exactly there, at a
-// zeroed header, in a file of that size, need not read the rest of the
-// preallocated file to prove it holds no torn write (wal TrustCleanEnd).
+// The last segment's records end at position end with next offset next,
+// the last frame stamped lastTime, in a file of size bytes; lastRec is
+// where its last record starts (what the record-granular index goes on
+// from; 0 for older formats); index is its index in the footer's encoding
+// (encodeFooter, decodeFooterIndex). An
+// open that finds that segment's file of that size, with zeros after end
+// in end's block, takes all of it from here and reads none of its records
+// (Recovery.CleanIndex). The commit point that keeps this true is the
+// read-write open's manifest rewrite: it is durable before the open
+// returns, so before any append can write, and a crash after an append
+// never finds the record. A manifest written by an earlier version ends
+// in a 32-byte record, "cleanend" base end size: the open then scans the
+// last segment's frames up to end, but not the preallocated zeros after
+// it (wal TrustCleanEnd).
 //
 // It is rewritten whole at every roll, before the directory fsync that
 // commits the new segment, so a sealed segment is never followed by a
@@ -55,14 +66,21 @@ const (
 	manifestName     = "MANIFEST"
 	metaManifest     = 2
 	manifestEntryLen = 56
-	cleanMagic       = "cleanend"
+	cleanMagic       = "cleanend" // an earlier version's record: base, end, size
 	cleanLen         = 32
+	clean2Magic      = "cleanen2"
+	clean2Len        = 64 // before the index bytes
 )
 
-// cleanEnd is where a clean Close left the last segment.
+// cleanEnd is where a clean Close left the last segment. index is nil
+// for an earlier version's record (then next and lastTime are unset).
 type cleanEnd struct {
 	base      uint64
 	end, size int64
+	next      uint64
+	lastTime  int64
+	lastRec   int64  // position of the last record (version 3 files)
+	index     []byte // the footer's encoding of the segment's index
 }
 
 // manifestEntry is what a sealed segment's footer says about it. The zero
@@ -104,10 +122,16 @@ func encodeManifest(entries []manifestEntry, clean *cleanEnd) []byte {
 		binary.LittleEndian.PutUint32(p[48:], e.crc)
 	}
 	if clean != nil {
-		b = append(b, cleanMagic...)
+		b = append(b, clean2Magic...)
 		b = binary.LittleEndian.AppendUint64(b, clean.base)
 		b = binary.LittleEndian.AppendUint64(b, uint64(clean.end))
 		b = binary.LittleEndian.AppendUint64(b, uint64(clean.size))
+		b = binary.LittleEndian.AppendUint64(b, clean.next)
+		b = binary.LittleEndian.AppendUint64(b, uint64(clean.lastTime))
+		b = binary.LittleEndian.AppendUint64(b, uint64(clean.lastRec))
+		b = binary.LittleEndian.AppendUint32(b, uint32(len(clean.index)))
+		b = binary.LittleEndian.AppendUint32(b, 0)
+		b = append(b, clean.index...)
 	}
 	return b
 }
@@ -118,13 +142,27 @@ func decodeManifest(b []byte) (map[uint64]manifestEntry, *cleanEnd, error) {
 	}
 	n := int(binary.LittleEndian.Uint32(b))
 	var clean *cleanEnd
-	switch rest := len(b) - 8 - n*manifestEntryLen; {
-	case n > (len(b)-8)/manifestEntryLen:
+	if n > (len(b)-8)/manifestEntryLen {
 		return nil, nil, fmt.Errorf("manifest claims %d entries in %d bytes", n, len(b))
-	case rest == cleanLen && string(b[len(b)-cleanLen:len(b)-cleanLen+8]) == cleanMagic:
-		c := b[len(b)-cleanLen+8:]
+	}
+	tail := b[8+n*manifestEntryLen:]
+	switch {
+	case len(tail) == 0:
+	case len(tail) == cleanLen && string(tail[:8]) == cleanMagic:
+		c := tail[8:]
 		clean = &cleanEnd{base: binary.LittleEndian.Uint64(c), end: int64(binary.LittleEndian.Uint64(c[8:])), size: int64(binary.LittleEndian.Uint64(c[16:]))}
-	case rest != 0:
+	case len(tail) >= clean2Len && string(tail[:8]) == clean2Magic:
+		c := tail[8:]
+		clean = &cleanEnd{base: binary.LittleEndian.Uint64(c), end: int64(binary.LittleEndian.Uint64(c[8:])), size: int64(binary.LittleEndian.Uint64(c[16:])),
+			next: binary.LittleEndian.Uint64(c[24:]), lastTime: int64(binary.LittleEndian.Uint64(c[32:])), lastRec: int64(binary.LittleEndian.Uint64(c[40:]))}
+		if k := int64(binary.LittleEndian.Uint32(c[48:])); k == 0 || k != int64(len(tail)-clean2Len) || binary.LittleEndian.Uint32(c[52:]) != 0 {
+			return nil, nil, fmt.Errorf("manifest's clean close record claims %d index bytes in %d", k, len(tail)-clean2Len)
+		}
+		clean.index = tail[clean2Len:]
+		if clean.end < wal.DataStart || clean.size < clean.end || clean.next < clean.base || clean.lastRec < 0 || clean.lastRec >= clean.end {
+			return nil, nil, fmt.Errorf("manifest's clean close record (segment %d, end %d, size %d, next %d) is out of range", clean.base, clean.end, clean.size, clean.next)
+		}
+	default:
 		return nil, nil, fmt.Errorf("manifest claims %d entries in %d bytes", n, len(b))
 	}
 	m := make(map[uint64]manifestEntry, n)

@@ -347,7 +347,9 @@ func (s *segment) decodeFooter(f *wal.Footer) error {
 }
 
 // decodeFooterIndex checks the footer f of s and returns its index: a
-// version 2 footer in a file of version 3, version 1 in older ones.
+// version 2 footer in a file of version 3, version 1 in older ones. A
+// sealed footer and the manifest's clean close record (encodeFooter's
+// bytes for the active segment) both go through here.
 func (s *segment) decodeFooterIndex(f *wal.Footer) ([]indexEntry, int64, error) {
 	b := f.Data
 	if s.recordIndexed() {

@@ -808,6 +808,15 @@ func (w *Writer) Sync() error {
 	return w.err
 }
 
+// LastTime is the timestamp (unix nanoseconds) of the last frame
+// appended; after Close, that of the file's last frame. A writer resumed
+// on the file must be given it, so frame times never go back.
+func (w *Writer) LastTime() int64 {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.lastTime
+}
+
 // Durable returns the file position and the record offset below which
 // everything is durable.
 func (w *Writer) Durable() (pos int64, offset uint64) {

@@ -1,0 +1,174 @@
+package engine
+
+import (
+	"fmt"
+	"os"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/segstore/segstore/blockdev"
+)
+
+// TestOpenAfterCleanCloseReadsNoRecords: after a clean close, a read-only
+// and a read-write open read the same device bytes whether the active
+// segment holds 20 KiB or 1 MiB of records (the metadata files, the last
+// segment's header, its footer probe and its end's block; the sealed
+// segments are trusted through the manifest): none of its records. The
+// index and end come from the clean close record; reads work, appends
+// extend the index, and the segment seals and reopens with every record.
+func TestOpenAfterCleanCloseReadsNoRecords(t *testing.T) {
+	opened := map[bool]int64{}
+	for _, active := range []int{20 << 10, 1 << 20} {
+		d := &countingDir{Dir: blockdev.NewSimDir(blockdev.SimOptions{})}
+		o := testOptions(d)
+		o.SegmentSize, o.MaxWrite, o.IndexInterval = 8<<20, 256<<10, 64<<10
+		l, err := Open("sim", o)
+		require.NoError(t, err)
+		appendOff(t, l, 40, 3000)
+		require.NoError(t, l.Roll())
+		appendOff(t, l, 40, 3000)
+		require.NoError(t, l.Roll())
+		for l.Segments()[2].DataEnd < int64(active) {
+			recs := make([][]byte, 16)
+			for k := range recs {
+				recs[k] = offRecord(l.EndOffset()+uint64(k), 3000)
+			}
+			_, err := l.Append(recs...)
+			require.NoError(t, err)
+		}
+		end := l.EndOffset()
+		require.NoError(t, l.Close())
+		for _, readOnly := range []bool{true, false} { // read-only first: the read-write open removes the record
+			ro := o
+			ro.ReadOnly = readOnly
+			before := d.bytes.Load()
+			l, err = Open("sim", ro)
+			require.NoError(t, err)
+			read := d.bytes.Load() - before
+			rec := l.Stats().LastOpenRecovery
+			what := fmt.Sprintf("active segment of %d KiB, read-only %v", active>>10, readOnly)
+			assert.True(t, rec.CleanIndex, what)
+			assert.Zero(t, rec.ActiveFrames, what)
+			assert.Equal(t, 2, rec.Deferred, what)
+			if prev, ok := opened[readOnly]; ok {
+				assert.Equal(t, prev, read, "%s: open reads the same bytes whatever the active segment holds", what)
+			}
+			opened[readOnly] = read
+			t.Logf("%s: open read %d bytes", what, read)
+			require.Equal(t, end, l.EndOffset(), what)
+			requireOffRecords(t, l, end-10, end, 3000)
+			if !readOnly {
+				end = appendOff(t, l, 5, 3000)
+				require.NoError(t, l.Roll())
+				end = appendOff(t, l, 2, 3000)
+			}
+			require.NoError(t, l.Close())
+		}
+		l, err = Open("sim", o)
+		require.NoError(t, err)
+		requireOffRecords(t, l, 0, end, 3000)
+		require.NoError(t, l.Close())
+	}
+}
+
+// TestCleanCloseRecordAtEveryStep: the clean close record is trusted only
+// while nothing was written after it. A log closed cleanly is opened
+// read-write and appended to (three batches) and closed again, with the
+// simulated directory stopped after every step n of that (the open's
+// manifest rewrite, which removes the record, each append's write and
+// sync, the close's) and crashed (unsynced writes lost, torn or kept, in
+// turn). Once the open has returned, the manifest on the device holds no
+// record. Reopened, read-only and read-write, the log holds every
+// acknowledged record and never more than was appended; it was opened
+// from the record (CleanIndex) only if nothing was appended or the close
+// that wrote a new one completed. With SEGSTORE_LONG=1 every step crashes
+// every way.
+func TestCleanCloseRecordAtEveryStep(t *testing.T) {
+	modes := []blockdev.CrashMode{blockdev.CrashDropUnsynced, blockdev.CrashTear, blockdev.CrashKeepAll}
+	long := os.Getenv("SEGSTORE_LONG") != ""
+	for _, prealloc := range []bool{true, false} {
+		setup := func(seed uint64) (*blockdev.SimDir, Options, uint64) {
+			dir := blockdev.NewSimDir(blockdev.SimOptions{Seed: seed})
+			o := testOptions(dir)
+			o.Preallocate = prealloc
+			l, err := Open("sim", o)
+			require.NoError(t, err)
+			for len(l.Segments()) < 2 {
+				appendOff(t, l, 1, sweepRecord)
+			}
+			end := appendOff(t, l, 3, sweepRecord)
+			waitSpare(l)
+			require.NoError(t, l.Close())
+			return dir, o, end
+		}
+		// run opens, appends three records and closes, the directory
+		// stopped after n changes; it returns how many appends were
+		// acknowledged and whether the close returned.
+		run := func(dir *blockdev.SimDir, o Options, n int) (opened bool, acked int, closed bool) {
+			dir.StopAfter(n)
+			l, err := Open("sim", o)
+			if err != nil {
+				return false, 0, false
+			}
+			for range 3 {
+				if _, err := l.Append(offRecord(l.EndOffset(), sweepRecord)); err != nil {
+					break
+				}
+				acked++
+			}
+			return true, acked, l.Close() == nil
+		}
+		dir, o, _ := setup(1)
+		start := dir.Changes()
+		_, acked, closed := run(dir, o, -1)
+		require.Equal(t, 3, acked)
+		require.True(t, closed)
+		steps := dir.Changes() - start
+		for n := 0; n <= steps; n++ {
+			for i, mode := range modes {
+				if !long && (n+i)%len(modes) != 0 {
+					continue
+				}
+				what := fmt.Sprintf("prealloc %v, crash after step %d of %d, mode %d", prealloc, n, steps, mode)
+				dir, o, end := setup(uint64(n + 1))
+				opened, acked, closed := run(dir, o, n)
+				crashed := dir.Crash(mode)
+				o.Dir = crashed
+				if opened && !closed {
+					// The commit point: an open that returned has made the
+					// manifest without the record durable.
+					b, err := readMeta(crashed, manifestName, metaManifest)
+					require.NoError(t, err, what)
+					_, clean, err := decodeManifest(b)
+					require.NoError(t, err, what)
+					require.Nil(t, clean, "%s: the clean close record outlived a read-write open", what)
+				}
+				for _, readOnly := range []bool{true, false} {
+					ro := o
+					ro.ReadOnly = readOnly
+					l, err := Open("sim", ro)
+					require.NoError(t, err, what)
+					got := l.DurableOffset()
+					require.GreaterOrEqual(t, got, end+uint64(acked), "%s: acknowledged records lost", what)
+					require.LessOrEqual(t, got, end+3, "%s: more records than were appended", what)
+					requireOffRecordsSized(t, l, 0, got, what)
+					if rec := l.Stats().LastOpenRecovery; rec.CleanIndex {
+						require.True(t, got == end && acked == 0 || closed, "%s: opened from a clean close record after appends (end %d, acknowledged %d)", what, got, acked)
+					}
+					if !readOnly {
+						appendOff(t, l, 1, sweepRecord)
+						require.NoError(t, l.Close(), what)
+						l, err = Open("sim", o)
+						require.NoError(t, err, what)
+						require.Equal(t, got+1, l.EndOffset(), what)
+						require.True(t, l.Stats().LastOpenRecovery.CleanIndex, "%s: a clean close after recovery is trusted", what)
+					}
+					require.NoError(t, l.Close(), what)
+				}
+			}
+		}
+		t.Logf("prealloc %v: %d steps", prealloc, steps)
+	}
+}
