@@ -246,7 +246,7 @@ func TestValuesMatchTheirKeysUnderChurn(t *testing.T) {
 							wrong.Add(1)
 						}
 					}
-					for i := range 3000 {
+					for i := range 1500 {
 						ns := nss[(i+g)%2]
 						pos := int64((i*7919+g*104729)%tc.keys) * 8
 						if v, ok := c.Get(ns, pos); ok {

@@ -165,6 +165,24 @@ func (l *Log) noteRead(off uint64, c raChunk) {
 	}
 }
 
+// sequential reports whether a read of off continues a run or holds
+// to one: its chunk is then the stream's to keep (lock-free, as the first
+// checks of noteRead).
+func (ra *readAheads) sequential(off uint64) bool {
+	for i := range ra.streams {
+		st := &ra.streams[i]
+		if st.nextA.Load() == off && off > 0 {
+			return true
+		}
+	}
+	for i := range ra.recent {
+		if off > 0 && ra.recent[i].Load() == off {
+			return true
+		}
+	}
+	return false
+}
+
 // noteRecent remembers that off was read, for the next read to find.
 func (ra *readAheads) noteRecent(off uint64) {
 	ra.recent[ra.slot.Add(1)%raStreams].Store(off + 1)

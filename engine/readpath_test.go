@@ -235,3 +235,60 @@ func TestSequentialReadsAreReadAhead(t *testing.T) {
 		assert.Zero(t, st.ReadAheadHits)
 	})
 }
+
+// TestScansDoNotEvictThePointReadWorkingSet: a working set of point reads
+// (32 records in scattered index intervals) cached, then an Iterator scan
+// of the whole log (about twice the cache's budget) and a run of
+// sequential point reads over it (read ahead): the working set is still
+// cached: no read of it misses, no device byte is read for it.
+func TestScansDoNotEvictThePointReadWorkingSet(t *testing.T) {
+	d := &countingDir{Dir: blockdev.NewSimDir(blockdev.SimOptions{})}
+	o := testOptions(d)
+	o.SegmentSize, o.MaxWrite = 1<<20, 64<<10
+	l, err := Open("sim", o)
+	require.NoError(t, err)
+	end := appendOff(t, l, 700, 3000) // about 2 MiB: twice the 1 MiB cache
+	require.NoError(t, l.Close())
+	l, err = Open("sim", o) // nothing fresh: reads go through the cache
+	require.NoError(t, err)
+	defer l.Close()
+	var set []uint64
+	for i := range uint64(32) {
+		set = append(set, (i*7919)%end)
+	}
+	readSet := func() {
+		for _, off := range set {
+			got, err := l.Read(off, nil)
+			require.NoError(t, err)
+			require.NoError(t, checkOffRecord(off, got, 3000))
+		}
+	}
+	readSet()
+	l.cache.Wait()
+	readSet() // all hits now
+	st := l.Stats()
+	require.Equal(t, int64(len(set)), st.Cache.Hits, "the working set is cached")
+
+	it := l.NewIterator(0)
+	n := uint64(0)
+	for it.Next() {
+		n++
+	}
+	require.NoError(t, it.Err())
+	require.NoError(t, it.Close())
+	require.Equal(t, end, n)
+	for off := uint64(100); off < 400; off++ { // sequential point reads: read ahead around the cache
+		_, err := l.Read(off, nil)
+		require.NoError(t, err)
+	}
+	l.ra.wg.Wait()
+	l.cache.Wait()
+
+	before := l.Stats()
+	readSet()
+	l.ra.wg.Wait() // a read of 400, just after 399, starts a run: what it reads ahead is not the set's
+	after := l.Stats()
+	assert.Equal(t, before.Cache.Misses, after.Cache.Misses, "a read of the working set missed after the scan")
+	assert.Equal(t, before.ReadDeviceBytes-before.ReadAheadBytes, after.ReadDeviceBytes-after.ReadAheadBytes,
+		"the working set was read from the device after the scan")
+}
