@@ -142,26 +142,18 @@ func (l *Log) noteRead(off uint64, c raChunk) {
 		return
 	}
 	st.used = ra.clock
-	// Keep what the stream has not read past, and c if it is not held.
-	kept := st.chunks[:0]
-	have := false
-	for _, k := range st.chunks {
-		if k.next <= st.next {
-			k.v.Release()
-			continue
-		}
-		have = have || (k.ns == c.ns && k.first == c.first)
-		kept = append(kept, k)
-	}
-	st.chunks = kept
-	if !have && c.v != nil && c.next > st.next && c.v.Acquire(c.v.ID()) {
+	// Keep what the stream has not read past, and c if nothing held has
+	// off (the reader can be ahead of the read-ahead).
+	held := st.holds(off)
+	st.dropRead()
+	if !held && c.v != nil && c.next > st.next && c.v.Acquire(c.v.ID()) {
 		st.chunks = append(st.chunks, c)
 	}
 	st.publish()
 	if !st.reading && !ra.closed && len(st.chunks) > 0 && st.ahead() < raDepth {
 		st.reading = true
 		ra.wg.Add(1)
-		go l.readAhead(st, st.chunks[len(st.chunks)-1])
+		go l.readAhead(st, st.furthest())
 	}
 }
 
@@ -197,6 +189,33 @@ func (st *raStream) holds(off uint64) bool {
 		}
 	}
 	return false
+}
+
+// dropRead lets go of the chunks the stream has read past. The caller
+// holds ra.mu.
+func (st *raStream) dropRead() {
+	kept := st.chunks[:0]
+	for _, k := range st.chunks {
+		if k.next <= st.next {
+			k.v.Release()
+			continue
+		}
+		kept = append(kept, k)
+	}
+	clear(st.chunks[len(kept):])
+	st.chunks = kept
+}
+
+// furthest is the chunk holding the stream's last offsets: read-ahead
+// goes on from its end.
+func (st *raStream) furthest() raChunk {
+	f := st.chunks[0]
+	for _, c := range st.chunks[1:] {
+		if c.next > f.next {
+			f = c
+		}
+	}
+	return f
 }
 
 // ahead counts the chunks wholly past the stream's read position.
@@ -265,9 +284,20 @@ func (l *Log) readAhead(st *raStream, last raChunk) {
 		c, ok := l.readChunkAhead(ns, next, pos, left)
 		ra := &l.ra
 		ra.mu.Lock()
-		valid := ok && !ra.closed && st.run > 0 && len(st.chunks) > 0 && st.chunks[len(st.chunks)-1].next == next
+		// Still of use if the run has not read past it (a reader faster
+		// than the device overtakes it); the chunks it covers go.
+		valid := ok && !ra.closed && st.run > 0 && c.next > st.next
 		if valid {
-			st.chunks = append(st.chunks, c)
+			kept := st.chunks[:0]
+			for _, k := range st.chunks {
+				if k.ns == c.ns && k.first >= c.first && k.next <= c.next {
+					k.v.Release()
+					continue
+				}
+				kept = append(kept, k)
+			}
+			clear(st.chunks[len(kept):])
+			st.chunks = append(kept, c)
 		} else if ok {
 			c.v.Release()
 		}
