@@ -143,14 +143,15 @@ type slab struct {
 
 // pools are the free blocks, by class, in slabs that have one. At most
 // maxFree bytes stay free: past it a slab whose blocks are all free is
-// unmapped, so memory held beyond the budget stays bounded.
+// unmapped, so memory held beyond the budget stays bounded. Each class
+// has its own lock (16 readers missing at once contended on one), and
+// the counters are atomics.
 type pools struct {
-	mu      sync.Mutex
-	partial [][]*slab // by class: the slabs with a free block; guarded by mu
-	bytes   int64     // bytes of free blocks; guarded by mu
-	mapped  int64     // bytes of slabs mapped; guarded by mu
+	classes []classPool
+	bytes   atomic.Int64 // bytes of free blocks
+	mapped  atomic.Int64 // bytes of slabs mapped
 	maxFree int64
-	closed  bool // guarded by mu: the cache is closed, no block is kept free
+	closed  atomic.Bool // the cache is closed: no block is kept free
 
 	nextID   atomic.Uint64
 	allocs   atomic.Int64 // blocks taken from a new slab (or the heap)
@@ -158,8 +159,14 @@ type pools struct {
 	unmapped atomic.Int64 // slabs returned to the system
 }
 
+// classPool is one class's slabs that have a free block.
+type classPool struct {
+	mu      sync.Mutex
+	partial []*slab // guarded by mu, and so are the slabs' free and partial
+}
+
 func newPools(maxFree int64) *pools {
-	return &pools{partial: make([][]*slab, len(classes)), maxFree: maxFree}
+	return &pools{classes: make([]classPool, len(classes)), maxFree: maxFree}
 }
 
 // get returns a value of n bytes, with one reference (the caller's) and a
@@ -171,9 +178,10 @@ func (p *pools) get(n int) *Value {
 		v = &Value{buf: make([]byte, n), class: -1, pools: p}
 		p.allocs.Add(1)
 	} else {
-		p.mu.Lock()
-		v = p.takeLocked(k)
-		p.mu.Unlock()
+		cp := &p.classes[k]
+		cp.mu.Lock()
+		v = p.takeLocked(cp, k)
+		cp.mu.Unlock()
 		if v != nil {
 			p.reuses.Add(1)
 		} else {
@@ -189,9 +197,10 @@ func (p *pools) get(n int) *Value {
 	return v
 }
 
-// takeLocked pops a free block of class k, or returns nil.
-func (p *pools) takeLocked(k int) *Value {
-	l := p.partial[k]
+// takeLocked pops a free block of class k, or returns nil. The caller
+// holds cp.mu.
+func (p *pools) takeLocked(cp *classPool, k int) *Value {
+	l := cp.partial
 	if len(l) == 0 {
 		return nil
 	}
@@ -199,9 +208,9 @@ func (p *pools) takeLocked(k int) *Value {
 	v := s.free[len(s.free)-1]
 	s.free[len(s.free)-1] = nil
 	s.free = s.free[:len(s.free)-1]
-	p.bytes -= int64(classes[k])
+	p.bytes.Add(-int64(classes[k]))
 	if len(s.free) == 0 {
-		p.unlinkLocked(s)
+		cp.unlinkLocked(s)
 	}
 	return v
 }
@@ -221,30 +230,32 @@ func (p *pools) newSlab(k int) *Value {
 	for i := range vs {
 		vs[i] = Value{buf: mem[i*size : (i+1)*size : (i+1)*size], class: k, slab: s, pools: p}
 	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.mapped += int64(len(mem))
+	p.mapped.Add(int64(len(mem)))
+	if count == 1 {
+		return &vs[0]
+	}
+	cp := &p.classes[k]
+	cp.mu.Lock()
+	defer cp.mu.Unlock()
 	for i := count - 1; i > 0; i-- {
 		s.free = append(s.free, &vs[i])
 	}
-	if len(s.free) > 0 {
-		p.bytes += int64(len(s.free) * size)
-		p.linkLocked(s)
-	}
+	p.bytes.Add(int64(len(s.free) * size))
+	cp.linkLocked(s)
 	return &vs[0]
 }
 
-func (p *pools) linkLocked(s *slab) {
-	s.partial = len(p.partial[s.class])
-	p.partial[s.class] = append(p.partial[s.class], s)
+func (cp *classPool) linkLocked(s *slab) {
+	s.partial = len(cp.partial)
+	cp.partial = append(cp.partial, s)
 }
 
-func (p *pools) unlinkLocked(s *slab) {
-	l := p.partial[s.class]
+func (cp *classPool) unlinkLocked(s *slab) {
+	l := cp.partial
 	last := l[len(l)-1]
 	l[s.partial], last.partial = last, s.partial
 	l[len(l)-1] = nil
-	p.partial[s.class] = l[:len(l)-1]
+	cp.partial = l[:len(l)-1]
 	s.partial = -1
 }
 
@@ -256,59 +267,59 @@ func (p *pools) put(v *Value) {
 	if s == nil {
 		return // a heap block: the collector's
 	}
-	p.mu.Lock()
+	cp := &p.classes[s.class]
+	size := int64(len(v.buf))
+	cp.mu.Lock()
 	s.free = append(s.free, v)
-	p.bytes += int64(len(v.buf))
+	free := p.bytes.Add(size)
 	if s.partial < 0 {
-		p.linkLocked(s)
+		cp.linkLocked(s)
 	}
-	if len(s.free) < s.blocks || (!p.closed && p.bytes <= p.maxFree) {
-		p.mu.Unlock()
+	if len(s.free) < s.blocks || (!p.closed.Load() && free <= p.maxFree) {
+		cp.mu.Unlock()
 		return
 	}
 	// Every block of s is free, and so nobody holds one: no Acquire can
-	// succeed on them (refs 0), and with s off the lists none is handed out.
-	p.unlinkLocked(s)
-	p.bytes -= int64(s.blocks * len(v.buf))
-	p.mapped -= int64(len(s.mem))
-	p.mu.Unlock()
+	// succeed on them (refs 0), and with s off the list none is handed out.
+	cp.unlinkLocked(s)
+	cp.mu.Unlock()
+	p.release(s)
+}
+
+// release unmaps s, off its class's list with all its blocks free.
+func (p *pools) release(s *slab) {
+	p.bytes.Add(-int64(s.blocks * classes[s.class]))
+	p.mapped.Add(-int64(len(s.mem)))
 	s.free = nil
 	if err := alignedbuf.UnmapPages(s.mem); err != nil {
-		panic("cache: munmap of a slab failed: " + err.Error()) // only on a bad address: a bug here
+		panic("cache: unmapping a slab failed: " + err.Error()) // only on a bad address: a bug here
 	}
 	p.unmapped.Add(1)
 }
 
 // usage returns the bytes free and mapped now.
-func (p *pools) usage() (free, mapped int64) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.bytes, p.mapped
-}
+func (p *pools) usage() (free, mapped int64) { return p.bytes.Load(), p.mapped.Load() }
 
 // close unmaps every slab whose blocks are all free and stops keeping
 // free ones: the others are unmapped when their last block is released.
 func (p *pools) close() {
-	p.mu.Lock()
-	p.closed = true
-	var empty []*slab
-	for _, l := range p.partial {
-		for _, s := range l {
+	p.closed.Store(true)
+	for k := range p.classes {
+		cp := &p.classes[k]
+		cp.mu.Lock()
+		var empty []*slab
+		for _, s := range cp.partial {
 			if len(s.free) == s.blocks {
 				empty = append(empty, s)
 			}
 		}
-	}
-	for _, s := range empty {
-		p.unlinkLocked(s)
-		p.bytes -= int64(s.blocks * classes[s.class])
-		p.mapped -= int64(len(s.mem))
-	}
-	p.mu.Unlock()
-	for _, s := range empty {
-		s.free = nil
-		_ = alignedbuf.UnmapPages(s.mem)
-		p.unmapped.Add(1)
+		for _, s := range empty {
+			cp.unlinkLocked(s)
+		}
+		cp.mu.Unlock()
+		for _, s := range empty {
+			p.release(s)
+		}
 	}
 }
 
