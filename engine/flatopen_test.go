@@ -15,13 +15,15 @@ import (
 // and a read-write open read the same device bytes whether the active
 // segment holds 20 KiB or 1 MiB of records (the metadata files, the last
 // segment's header, its footer probe and its end's block; the sealed
-// segments are trusted through the manifest): none of its records. The
+// segments are trusted through the manifest): none of its records; and
+// they write nothing (the first append removes the record). The
 // index and end come from the clean close record; reads work, appends
 // extend the index, and the segment seals and reopens with every record.
 func TestOpenAfterCleanCloseReadsNoRecords(t *testing.T) {
 	opened := map[bool]int64{}
 	for _, active := range []int{20 << 10, 1 << 20} {
-		d := &countingDir{Dir: blockdev.NewSimDir(blockdev.SimOptions{})}
+		sim := blockdev.NewSimDir(blockdev.SimOptions{})
+		d := &countingDir{Dir: sim}
 		o := testOptions(d)
 		o.SegmentSize, o.MaxWrite, o.IndexInterval = 8<<20, 256<<10, 64<<10
 		l, err := Open("sim", o)
@@ -43,10 +45,15 @@ func TestOpenAfterCleanCloseReadsNoRecords(t *testing.T) {
 		for _, readOnly := range []bool{true, false} { // read-only first: the read-write open removes the record
 			ro := o
 			ro.ReadOnly = readOnly
-			before := d.bytes.Load()
+			before, changes := d.bytes.Load(), sim.Changes()
 			l, err = Open("sim", ro)
 			require.NoError(t, err)
 			read := d.bytes.Load() - before
+			wantChanges := 0
+			if !readOnly {
+				wantChanges = 1 // the resumed writer's fdatasync of what it found
+			}
+			assert.Equal(t, wantChanges, sim.Changes()-changes, "open writes nothing")
 			rec := l.Stats().LastOpenRecovery
 			what := fmt.Sprintf("active segment of %d KiB, read-only %v", active>>10, readOnly)
 			assert.True(t, rec.CleanIndex, what)
@@ -79,8 +86,10 @@ func TestOpenAfterCleanCloseReadsNoRecords(t *testing.T) {
 // simulated directory stopped after every step n of that (the open's
 // manifest rewrite, which removes the record, each append's write and
 // sync, the close's) and crashed (unsynced writes lost, torn or kept, in
-// turn). Once the open has returned, the manifest on the device holds no
-// record. Reopened, read-only and read-write, the log holds every
+// turn). While the manifest on the device holds the record, its segment
+// holds nothing written after it (the first append removes the record,
+// durably, before it writes). Reopened, read-only and read-write, the log
+// holds every
 // acknowledged record and never more than was appended; it was opened
 // from the record (CleanIndex) only if nothing was appended or the close
 // that wrote a new one completed. With SEGSTORE_LONG=1 every step crashes
@@ -137,13 +146,15 @@ func TestCleanCloseRecordAtEveryStep(t *testing.T) {
 				crashed := dir.Crash(mode)
 				o.Dir = crashed
 				if opened && !closed {
-					// The commit point: an open that returned has made the
-					// manifest without the record durable.
+					// The commit point: while the device's manifest holds
+					// the record, nothing was written after it.
 					b, err := readMeta(crashed, manifestName, metaManifest)
 					require.NoError(t, err, what)
 					_, clean, err := decodeManifest(b)
 					require.NoError(t, err, what)
-					require.Nil(t, clean, "%s: the clean close record outlived a read-write open", what)
+					if clean != nil {
+						requireNothingAfter(t, crashed, clean, what)
+					}
 				}
 				for _, readOnly := range []bool{true, false} {
 					ro := o
@@ -170,5 +181,25 @@ func TestCleanCloseRecordAtEveryStep(t *testing.T) {
 			}
 		}
 		t.Logf("prealloc %v: %d steps", prealloc, steps)
+	}
+}
+
+// requireNothingAfter checks that the segment file a clean close record
+// describes is as the record says: its size, and zeros after its end.
+func requireNothingAfter(t *testing.T, dir blockdev.Dir, clean *cleanEnd, what string) {
+	t.Helper()
+	dev, err := dir.Open(segName(clean.base), blockdev.Options{ReadOnly: true})
+	require.NoError(t, err, what)
+	defer dev.Close()
+	size, err := dev.Size()
+	require.NoError(t, err, what)
+	require.Equal(t, clean.size, size, "%s: the file grew after its clean close record", what)
+	b := dev.Alignment().Alloc(int(size))
+	_, err = dev.ReadAt(b, 0)
+	require.NoError(t, err, what)
+	for p := clean.end; p < size; p++ {
+		if b[p] != 0 {
+			require.Failf(t, "written after the clean close record", "%s: byte %d (the record says the records end at %d) is %#x", what, p, clean.end, b[p])
+		}
 	}
 }

@@ -109,7 +109,10 @@ type Log struct {
 	exportSendfile atomic.Int64 // bytes exported by sendfile (Section.WriteTo to a socket)
 	exportCopied   atomic.Int64 // bytes exported by a copy (any other writer)
 	manifestMu     sync.Mutex   // serializes manifest writes
-	refreshMu      sync.Mutex   // serializes Refresh (read-only logs)
+	// cleanPending: the manifest on disk still holds the clean close record
+	// this log was opened from; the first change removes it first.
+	cleanPending atomic.Bool
+	refreshMu    sync.Mutex // serializes Refresh (read-only logs)
 	// durable: the DURABLE file, written by a writer (under durMu) and
 	// read by read-only logs (under refreshMu; nil until the writer made
 	// it, or in a simulated directory).
@@ -373,7 +376,14 @@ func (l *Log) load() error {
 		return &OptionError{Option: "MaxWrite", Value: sizeString(int64(l.opts.MaxWrite)),
 			Problem: fmt.Sprintf("is too small for the device's block of %d bytes: use at least %s", blk, sizeString(4*blk))}
 	}
-	if current, err := readMeta(l.dir, manifestName, metaManifest); err != nil || !bytes.Equal(current, l.manifest()) {
+	current, err := readMeta(l.dir, manifestName, metaManifest)
+	switch {
+	case err == nil && bytes.Equal(current, l.manifest()):
+	case err == nil && l.clean != nil && bytes.Equal(current, encodeManifest(l.manifestEntries(), l.clean)):
+		// Only the clean close record differs: the first change removes it
+		// before it writes (dropCleanRecord), so an open writes nothing.
+		l.cleanPending.Store(true)
+	default:
 		return l.writeManifest(true)
 	}
 	return nil

@@ -33,8 +33,9 @@ import (
 // position, size the file's, sealedAt and firstTime unix nanoseconds (seal
 // time, first frame's time), crc the CRC-32C of the footer bytes.
 //
-// A clean Close appends one more record, which the next read-write open
-// removes (rewriting the manifest, durably) before anything is written:
+// A clean Close appends one more record, which the first change after
+// the next open removes (rewriting the manifest, durably) before anything
+// is written:
 //
 //	0          8      16     24     32     40         48        56     60     64
 //	+----------+------+------+------+------+----------+---------+------+------+---- - -
@@ -49,9 +50,9 @@ import (
 // open that finds that segment's file of that size, with zeros after end
 // in end's block, takes all of it from here and reads none of its records
 // (Recovery.CleanIndex). The commit point that keeps this true is the
-// read-write open's manifest rewrite: it is durable before the open
-// returns, so before any append can write, and a crash after an append
-// never finds the record. A manifest written by an earlier version ends
+// manifest rewrite without the record that the first change after the
+// open makes, durably, before it writes anything (dropCleanRecord): a
+// crash after a write never finds the record. A manifest written by an earlier version ends
 // in a 32-byte record, "cleanend" base end size: the open then scans the
 // last segment's frames up to end, but not the preallocated zeros after
 // it (wal TrustCleanEnd).

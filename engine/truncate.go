@@ -313,6 +313,28 @@ func (l *Log) writableLocked() error {
 		return l.failed
 	case l.active == nil:
 		return ErrReadOnly
+	case l.cleanPending.Load():
+		return l.dropCleanRecord()
 	}
+	return nil
+}
+
+// dropCleanRecord rewrites the manifest without the clean close record
+// the log was opened from (fdatasync, rename, directory fsync), before
+// the first change writes anything: the commit point that keeps the record
+// true, since an open trusts it only while nothing was written after it.
+// Every change checks writableLocked first. If the rewrite fails, the
+// change is refused with nothing written.
+func (l *Log) dropCleanRecord() error {
+	l.manifestMu.Lock()
+	defer l.manifestMu.Unlock()
+	if !l.cleanPending.Load() {
+		return nil
+	}
+	if err := writeMeta(l.dir, manifestName, metaManifest, l.manifest(), true); err != nil {
+		return fmt.Errorf("engine: removing the clean close record from %s before the first change failed (nothing was written; try again, or reopen the log): %w",
+			filepath.Join(l.dir.Path(), manifestName), err)
+	}
+	l.cleanPending.Store(false)
 	return nil
 }
