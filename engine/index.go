@@ -130,12 +130,13 @@ func (l *Log) readRecordRun(s *segment, e indexEntry, end int64, off uint64, spa
 		buf = l.readPool.Get()
 		defer func() { l.readPool.Put(buf) }() // the chunk is a copy
 	}
-	var raw []byte
-	raw, buf, err = s.readAt(start, have, buf)
+	var raw, got []byte
+	raw, got, err = s.readAt(start, have, buf)
 	if err != nil {
 		return nil, read, err
 	}
-	read = have - start
+	buf = got[:cap(got)] // the whole buffer, for the pool
+	read = int64(len(got))
 	// more extends the read to the file bytes before to (at most limit).
 	more := func(to int64) error {
 		to = min(limit, alignedbuf.AlignUp(to, a))
@@ -144,10 +145,11 @@ func (l *Log) readRecordRun(s *segment, e indexEntry, end int64, off uint64, spa
 		}
 		grown := s.dev.Alignment().Alloc(int(to - start))
 		copy(grown, raw)
-		if _, _, err := s.readAt(have, to, grown[have-start:]); err != nil {
+		_, got, err := s.readAt(have, to, grown[have-start:])
+		if err != nil {
 			return err
 		}
-		read += to - have
+		read += int64(len(got))
 		raw, have = grown, to
 		return nil
 	}
@@ -225,8 +227,9 @@ func (l *Log) readRecordRun(s *segment, e indexEntry, end int64, off uint64, spa
 
 // readAt reads the file bytes [from, to), both aligned, into buf (or a new
 // aligned buffer if buf is too small) with one O_DIRECT read, and returns
-// them and the buffer. Reading past the end of the file is an error only
-// for bytes below the visible end.
+// them and the bytes of the buffer the device returned (fewer at the end
+// of the file; what was read, for the counters). Reading past the end of
+// the file is an error only for bytes below the visible end.
 func (s *segment) readAt(from, to int64, buf []byte) (data, aligned []byte, err error) {
 	if int64(len(buf)) < to-from {
 		buf = s.dev.Alignment().Alloc(int(to - from))
@@ -239,7 +242,7 @@ func (s *segment) readAt(from, to int64, buf []byte) (data, aligned []byte, err 
 	if vis := s.vis().pos; from+int64(n) < min(to, vis) {
 		return nil, nil, s.corrupt("read", from+int64(n), fmt.Errorf("file ends at %d, records were acknowledged up to %d", from+int64(n), vis))
 	}
-	return buf, buf, nil
+	return buf, buf[:n], nil // aligned: the bytes the device returned (fewer at the end of the file)
 }
 
 // pointReadCorrupt reports damage a point read of offset off found at
