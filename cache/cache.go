@@ -239,6 +239,17 @@ func (c *Cache) Wait() {
 // MaxBytes is the budget.
 func (c *Cache) MaxBytes() int64 { return c.maxBytes }
 
+// Room is how many more bytes the cache takes now without evicting
+// anything (0 once closed).
+func (c *Cache) Room() int64 {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if c.closed {
+		return 0
+	}
+	return c.rc.RemainingCost()
+}
+
 // Stats returns the counters.
 func (c *Cache) Stats() Stats {
 	m := c.rc.Metrics

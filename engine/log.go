@@ -1302,9 +1302,7 @@ func (l *Log) Read(offset uint64, dst []byte) ([]byte, error) {
 	}
 	vis := s.vis()
 	start, end, complete := s.lookup(offset, vis)
-	// A read that continues a run keeps its chunk in the run's stream,
-	// not the cache, so runs do not evict the random reads' working set.
-	v, err := l.chunkBytes(s, start, end, complete, !l.ra.sequential(offset), offset)
+	v, err := l.chunkBytes(s, start, end, complete, offset)
 	if err != nil {
 		return dst, err
 	}
@@ -1357,10 +1355,9 @@ func (l *Log) segmentFor(offset uint64) (*segment, error) {
 // or from the device (readRecordRun for a segment of version 3, which
 // reads about the record; the whole index interval, verified frame by
 // frame, for older ones). It is cached if the bytes up to end can no
-// longer change and admit is set (a sequential read's chunk is kept by its
-// stream instead); the run of the growing end of the active segment is
-// kept as the log's tail instead.
-func (l *Log) chunkBytes(s *segment, start indexEntry, end int64, complete, admit bool, offset uint64) (*cache.Value, error) {
+// longer change; the run of the growing end of the active segment is kept
+// as the log's tail instead.
+func (l *Log) chunkBytes(s *segment, start indexEntry, end int64, complete bool, offset uint64) (*cache.Value, error) {
 	if complete {
 		if v, ok := l.cache.Get(s.ns, start.pos); ok {
 			if _, ok := chunk(v.Bytes()).record(offset - start.off); ok {
@@ -1388,11 +1385,10 @@ func (l *Log) chunkBytes(s *segment, start indexEntry, end int64, complete, admi
 	if err != nil {
 		return nil, err
 	}
-	switch {
-	case !complete:
-		l.keepTail(&tailChunk{ns: s.ns, pos: start.pos, v: v, id: v.ID()})
-	case admit:
+	if complete {
 		l.cache.Set(s.ns, start.pos, v)
+	} else {
+		l.keepTail(&tailChunk{ns: s.ns, pos: start.pos, v: v, id: v.ID()})
 	}
 	return v, nil
 }

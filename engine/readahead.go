@@ -150,29 +150,15 @@ func (l *Log) noteRead(off uint64, c raChunk) {
 		st.chunks = append(st.chunks, c)
 	}
 	st.publish()
-	if !st.reading && !ra.closed && len(st.chunks) > 0 && st.ahead() < raDepth {
+	// While the cache has room for what read-ahead would bring, the run's
+	// reads fill it instead (read-ahead's chunks are not cached): a run
+	// that warms the cache for random reads later (every record read once,
+	// then random reads) must leave them there.
+	if !st.reading && !ra.closed && len(st.chunks) > 0 && st.ahead() < raDepth && l.cache.Room() < raDepth*raSpan {
 		st.reading = true
 		ra.wg.Add(1)
 		go l.readAhead(st, st.furthest())
 	}
-}
-
-// sequential reports whether a read of off continues a run or holds
-// to one: its chunk is then the stream's to keep (lock-free, as the first
-// checks of noteRead).
-func (ra *readAheads) sequential(off uint64) bool {
-	for i := range ra.streams {
-		st := &ra.streams[i]
-		if st.nextA.Load() == off && off > 0 {
-			return true
-		}
-	}
-	for i := range ra.recent {
-		if off > 0 && ra.recent[i].Load() == off {
-			return true
-		}
-	}
-	return false
 }
 
 // noteRecent remembers that off was read, for the next read to find.
