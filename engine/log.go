@@ -125,7 +125,7 @@ type Log struct {
 	// after it listed the directory ("listed", with the segment files
 	// listed), before it follows the files.
 	refreshHook func(step string, bases *[]uint64)
-	reportMu    sync.Mutex // guards report while segments open in parallel
+	reportMu    sync.Mutex // guards report while segments open in parallel, and against Stats (a TruncateBack reopens the active segment)
 	clean       *cleanEnd  // the manifest's clean close record, while opening
 	report      Recovery
 }
@@ -1671,9 +1671,12 @@ func (l *Log) Stats() Stats {
 		w = addStats(w, l.active.w.Stats())
 	}
 	l.mu.RUnlock()
+	l.reportMu.Lock() // a TruncateBack's reopen of the active segment notes its scan
+	report := l.report
+	l.reportMu.Unlock()
 	st := Stats{Appends: w.Appends, Records: w.Records, Writes: w.Writes, Syncs: w.Syncs,
 		Cache: l.cache.Stats(), StartOffset: l.StartOffset(), EndOffset: l.EndOffset(),
-		DurableOffset: l.DurableOffset(), LastOpenRecovery: l.report,
+		DurableOffset: l.DurableOffset(), LastOpenRecovery: report,
 		ExportSendfileBytes: l.exportSendfile.Load(), ExportCopiedBytes: l.exportCopied.Load(),
 		SyncLatency: l.syncHist.snapshot(), FlushBatch: l.batchHist.snapshot(),
 		PointReads: l.pointReads.Load(), ReadDeviceBytes: l.readDeviceBytes.Load(),
