@@ -81,17 +81,18 @@ func TestRollFailingAfterTheCut(t *testing.T) {
 					require.NoError(t, checkOffRecord(off, got, 3000), what)
 				}
 				l.Close()
-				crashed := dir.Crash(blockdev.CrashDropUnsynced)
-				o.Dir = crashed
-				l2, err := Open("sim", o)
-				require.NoError(t, err, what)
-				require.GreaterOrEqual(t, l2.EndOffset(), end, "%s: acknowledged records lost", what)
-				for off := max(l2.StartOffset(), start); off < end; off++ {
-					got, err := l2.Read(off, nil)
-					require.NoError(t, err, "%s: read %d after reopen", what, off)
-					require.NoError(t, checkOffRecord(off, got, 3000), what)
+				for _, cm := range []blockdev.CrashMode{blockdev.CrashDropUnsynced, blockdev.CrashTear, blockdev.CrashKeepAll} {
+					o.Dir = dir.Crash(cm)
+					l2, err := Open("sim", o)
+					require.NoError(t, err, "%s crash %d", what, cm)
+					require.GreaterOrEqual(t, l2.EndOffset(), end, "%s crash %d: acknowledged records lost", what, cm)
+					for off := max(l2.StartOffset(), start); off < end; off++ {
+						got, err := l2.Read(off, nil)
+						require.NoError(t, err, "%s crash %d: read %d after reopen", what, cm, off)
+						require.NoError(t, checkOffRecord(off, got, 3000), what)
+					}
+					require.NoError(t, l2.Close())
 				}
-				require.NoError(t, l2.Close())
 			}
 		}
 	}
