@@ -41,19 +41,7 @@ func TestRollFailingAfterTheCut(t *testing.T) {
 						<-finish
 					}
 				}
-			fill:
-				for {
-					select {
-					case <-cut:
-						break fill
-					default:
-					}
-					if l.rolling.Load() != nil {
-						<-cut
-						break
-					}
-					appendOff(t, l, 1, 3000)
-				}
+				appendUntilCut(t, l, cut, nil)
 				end := appendOff(t, l, 5, 3000) // acknowledged, in the next segment
 				require.NoError(t, l.syncActive())
 				start := l.StartOffset()
@@ -143,21 +131,11 @@ func TestFollowersDuringAHeldRoll(t *testing.T) {
 				require.Equal(t, r2.EndOffset(), n, what+": iterator")
 				require.NoError(t, r2.Close())
 			}
-		fill:
-			for {
-				select {
-				case <-cut:
-					break fill
-				default:
-				}
-				if w.rolling.Load() != nil {
-					<-cut
-					break
-				}
-				if appendOff(t, w, 1, 3000)%8 == 0 {
+			appendUntilCut(t, w, cut, func(off uint64) {
+				if off%8 == 0 {
 					look("filling")
 				}
-			}
+			})
 			look("held after the cut")
 			appendOff(t, w, 3, 3000)
 			look("held, appended to the next segment")
@@ -260,4 +238,26 @@ func TestRollsRacingChanges(t *testing.T) {
 	require.NoError(t, l.Close())
 	l.bg.Wait()
 	require.Nil(t, l.rolling.Load())
+}
+
+// appendUntilCut appends 3,000-byte records to l, one a batch, until the
+// roll the test holds has switched segments (cut is closed), calling each,
+// if not nil, with every offset appended.
+func appendUntilCut(t *testing.T, l *Log, cut <-chan struct{}, each func(off uint64)) {
+	t.Helper()
+	for {
+		select {
+		case <-cut:
+			return
+		default:
+		}
+		if l.rolling.Load() != nil {
+			<-cut
+			return
+		}
+		off := appendOff(t, l, 1, 3000)
+		if each != nil {
+			each(off)
+		}
+	}
 }
