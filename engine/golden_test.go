@@ -78,21 +78,6 @@ func TestGenerateGoldenStore(t *testing.T) {
 	}
 }
 
-// copyGolden copies a golden store into a fresh directory (opening one
-// read-write changes it).
-func copyGolden(t *testing.T, from string) string {
-	t.Helper()
-	dir := t.TempDir()
-	ents, err := os.ReadDir(from)
-	require.NoError(t, err)
-	for _, e := range ents {
-		b, err := os.ReadFile(filepath.Join(from, e.Name()))
-		require.NoError(t, err)
-		require.NoError(t, os.WriteFile(filepath.Join(dir, e.Name()), b, 0o644))
-	}
-	return dir
-}
-
 // TestGoldenStoreOfFormatVersion2 opens the version 2 store read-only and
 // read-write, reads every record, iterates, walks the sealed segments'
 // mappings and verifies it; the read-write log then appends and reopens.
@@ -144,7 +129,7 @@ func TestGoldenStoreOfFormatVersion2(t *testing.T) {
 	}
 
 	t.Run("read-only", func(t *testing.T) {
-		dir := copyGolden(t, goldenV2)
+		dir := copyStore(t, goldenV2)
 		o := goldenOptions()
 		o.ReadOnly = true
 		l, err := Open(dir, o)
@@ -158,7 +143,7 @@ func TestGoldenStoreOfFormatVersion2(t *testing.T) {
 		assert.Equal(t, uint64(len(want)), rep.End)
 	})
 	t.Run("read-write", func(t *testing.T) {
-		dir := copyGolden(t, goldenV2)
+		dir := copyStore(t, goldenV2)
 		l, err := Open(dir, goldenOptions())
 		require.NoError(t, err)
 		check(t, l, len(want))
