@@ -4,8 +4,8 @@
 //
 // What is cached: the bytes of a frame whose checksum was verified when they
 // came from the device. A hit is served without checking the checksum again
-// (invariant 7: re-checking a 64 KiB frame per point read costs
-// microseconds).
+// (checksums are checked when bytes come from the device, not on every hit:
+// re-checking a 64 KiB frame per point read costs microseconds).
 //
 // Values live in blocks that the cache reuses (see Value): Alloc hands out
 // a block, Set offers it, and a block evicted or refused goes back to a

@@ -7,8 +7,8 @@ import (
 )
 
 // openFiles bounds the sealed segments whose files are open and whose
-// sparse index is in memory (design invariant 6: memory and open files
-// do not grow with the number of segments). Every loaded sealed segment
+// sparse index is in memory, so that memory and open files do not grow
+// with the number of segments. Every loaded sealed segment
 // is noted here; past Options.MaxOpenSegments, a clock sweep (an
 // approximation of least recently used: each use sets the segment's used
 // bit, the sweep clears it and passes over it once) unloads one that

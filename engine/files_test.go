@@ -51,7 +51,7 @@ func fileOptions() Options {
 }
 
 // TestMemoryAndFilesBounded: heap and open descriptors do not grow with
-// the number of segments (design invariant 6). Each segment gets three
+// the number of segments. Each segment gets three
 // appends, each followed by a read of the newest record (raft's GetLog of
 // what it just stored), then a roll; then every segment is read once
 // (lazily loaded, or loaded again after the bound closed it). At N and 4N
