@@ -327,10 +327,7 @@ func (l *Log) replaceActiveLocked(s *segment, tmp string) ([]*segment, error) {
 // segment and starts a new active segment after it. Commit point: the
 // rename's directory fsync (done by createSegment, after the manifest).
 func (l *Log) commitImport(s *segment, tmp string) error {
-	l.changeMu.Lock()
-	defer l.changeMu.Unlock()
-	l.mu.Lock()
-	defer l.mu.Unlock()
+	defer l.lockChange()()
 	segs, err := l.replaceActiveLocked(s, tmp)
 	if err != nil {
 		return err
@@ -399,10 +396,7 @@ func (l *Log) verifyActive(s *segment, size int64) (*wal.Recovery, error) {
 // segment, replacing the empty one, and opens its writer after the last
 // frame. Commit point: the rename's directory fsync.
 func (l *Log) commitActive(s *segment, tmp string, rec *wal.Recovery) error {
-	l.changeMu.Lock()
-	defer l.changeMu.Unlock()
-	l.mu.Lock()
-	defer l.mu.Unlock()
+	defer l.lockChange()()
 	segs, err := l.replaceActiveLocked(s, tmp)
 	if err != nil {
 		return err

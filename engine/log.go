@@ -1183,10 +1183,7 @@ func (l *Log) makeRoomFor(s *segment) error {
 	if s.w.NextOffset() != s.base {
 		return l.rollIf(s)
 	}
-	l.changeMu.Lock()
-	defer l.changeMu.Unlock()
-	l.mu.Lock()
-	defer l.mu.Unlock()
+	defer l.lockChange()()
 	if err := l.writableLocked(); err != nil {
 		return err
 	}

@@ -46,10 +46,7 @@ func (l *Log) setStart(b []byte) error {
 // TruncateFront returns (START file: write, fdatasync, rename, directory
 // fsync; the rename's directory fsync is the commit point).
 func (l *Log) TruncateFront(before uint64) error {
-	l.changeMu.Lock()
-	defer l.changeMu.Unlock()
-	l.mu.Lock()
-	defer l.mu.Unlock()
+	defer l.lockChange()()
 	if err := l.writableLocked(); err != nil {
 		return err
 	}
@@ -147,10 +144,7 @@ func (l *Log) applyRetentionLocked() error {
 // removes. Nothing is modified in place, so readers that hold the old file
 // keep reading it safely; iterators move to the new one at their next frame.
 func (l *Log) TruncateBack(from uint64) error {
-	l.changeMu.Lock()
-	defer l.changeMu.Unlock()
-	l.mu.Lock()
-	defer l.mu.Unlock()
+	defer l.lockChange()()
 	if err := l.writableLocked(); err != nil {
 		return err
 	}
@@ -303,6 +297,18 @@ func (l *Log) startActiveLocked(base uint64) error {
 	l.segs.Store(&segs)
 	l.active = s
 	return nil
+}
+
+// lockChange takes the two locks a change of the log's files and segment
+// list holds, in their order (changeMu, then mu), and returns what lets go
+// of both: defer l.lockChange()().
+func (l *Log) lockChange() (unlock func()) {
+	l.changeMu.Lock()
+	l.mu.Lock()
+	return func() {
+		l.mu.Unlock()
+		l.changeMu.Unlock()
+	}
 }
 
 func (l *Log) writableLocked() error {
