@@ -35,8 +35,8 @@ var quickSizes = Sizes{
 }
 
 var fullSizes = Sizes{
-	AppendSeconds: 30, AppendBytes: 1 << 30, AppendSmall: 200_000,
-	DataSet: 1 << 20, Reads: 200_000, ReadSeconds: 10,
+	AppendSeconds: 15, AppendBytes: 1 << 30, AppendSmall: 200_000,
+	DataSet: 1 << 20, Reads: 200_000, ReadSeconds: 5,
 	FioSeconds: 5, FioBytes: 2 << 30, Reps: 3,
 }
 
@@ -133,6 +133,7 @@ var workloads = func() []Workload {
 		appendWorkload("append-1k-x1", 1<<10, 1, 1, "durable appends of one 1 KiB record per batch"),
 		appendWorkload("append-1k-x64", 1<<10, 64, 1, "durable appends of 64 x 1 KiB records per batch"),
 		appendWorkload("append-64k-x16", 64<<10, 16, 1, "durable appends of 16 x 64 KiB records per batch"),
+		appendWorkload("append-1k-x1024", 1<<10, 1024, 1, "bulk load: durable appends of 1024 x 1 KiB records per batch (the data set's shape) into a new store"),
 		appendWorkload("append-1k-x1-c16", 1<<10, 1, appenders, "16 concurrent appenders, each one 1 KiB record per durable batch"),
 	}
 	for _, temp := range []string{"cold", "warm"} {
