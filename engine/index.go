@@ -121,21 +121,49 @@ func (s *segment) pointWindow() int64 { return s.interval + wal.RecordHeaderLen 
 // A checksum that fails, or a walk that finds no record where one must
 // be, is corruption: reported with the segment, the file and the position.
 func (l *Log) readRecordRun(s *segment, e indexEntry, end int64, off uint64, span int64) (v *cache.Value, read int64, err error) {
+	var buf []byte
+	if runRead(s, e, end, span) <= int64(l.readPool.Size()) && s.dev.Alignment().Memory <= poolAlign {
+		buf = l.readPool.Get()
+		defer l.readPool.Put(buf) // the chunk is a copy
+	}
+	run, read, err := l.readRecords(s, e, end, off, span, buf)
+	if err != nil {
+		return nil, read, err
+	}
+	return newChunk(run.raw, run.table, run.left, l.cache.Alloc), read, nil
+}
+
+// runRead is how many bytes readRecords first reads into its buffer.
+func runRead(s *segment, e indexEntry, end, span int64) int64 {
+	a := int64(s.dev.Alignment().Offset)
+	return min(alignedbuf.AlignUp(end, a), alignedbuf.AlignUp(e.pos+span, a)) - alignedbuf.AlignDown(e.pos, a)
+}
+
+// recordRun is a run of verified records as readRecords found them: their
+// file bytes, from the run's first record position, in buf (the aligned
+// buffer the records were read into), each record's start (relative to
+// raw) and length, and how many records of the last one's frame follow
+// the run.
+type recordRun struct {
+	raw, buf []byte
+	table    []uint32
+	left     uint32
+}
+
+// readRecords is readRecordRun without the copy into a chunk: it reads
+// into buf (if it is large enough; runRead says what it needs, a record
+// that runs past it grows it into a new buffer) and returns the run where
+// it lies.
+func (l *Log) readRecords(s *segment, e indexEntry, end int64, off uint64, span int64, buf []byte) (run recordRun, read int64, err error) {
 	a := int64(s.dev.Alignment().Offset)
 	start := alignedbuf.AlignDown(e.pos, a)
 	limit := alignedbuf.AlignUp(end, a)
 	have := min(limit, alignedbuf.AlignUp(e.pos+span, a))
-	var buf []byte
-	if have-start <= int64(l.readPool.Size()) && s.dev.Alignment().Memory <= poolAlign {
-		buf = l.readPool.Get()
-		defer func() { l.readPool.Put(buf) }() // the chunk is a copy
-	}
 	var raw, got []byte
 	raw, got, err = s.readAt(start, have, buf)
 	if err != nil {
-		return nil, read, err
+		return run, read, err
 	}
-	buf = got[:cap(got)] // the whole buffer, for the pool
 	read = int64(len(got))
 	// more extends the read to the file bytes before to (at most limit).
 	more := func(to int64) error {
@@ -160,7 +188,7 @@ func (l *Log) readRecordRun(s *segment, e indexEntry, end int64, off uint64, spa
 			p = alignedbuf.AlignUp(p, wal.FrameAlign)
 			if k <= off && p+wal.FrameHeaderLen > have {
 				if err := more(p + span); err != nil {
-					return nil, read, err
+					return run, read, err
 				}
 			}
 			if p+wal.FrameHeaderLen > have {
@@ -174,19 +202,19 @@ func (l *Log) readRecordRun(s *segment, e indexEntry, end int64, off uint64, spa
 				if k > off {
 					break // past the record asked for: not ours to judge
 				}
-				return nil, read, l.pointReadCorrupt(s, e, off, p, err)
+				return run, read, l.pointReadCorrupt(s, e, off, p, err)
 			}
 			p += wal.FrameHeaderLen
 			left = h.Count
 		}
 		if k <= off && p+wal.RecordHeaderLen > have {
 			if err := more(p + span); err != nil {
-				return nil, read, err
+				return run, read, err
 			}
 		}
 		if p+wal.RecordHeaderLen > have {
 			if k <= off {
-				return nil, read, l.pointReadCorrupt(s, e, off, p, fmt.Errorf("no record header before byte %d, where offset %d's record must have started", have, off))
+				return run, read, l.pointReadCorrupt(s, e, off, p, fmt.Errorf("no record header before byte %d, where offset %d's record must have started", have, off))
 			}
 			break
 		}
@@ -194,7 +222,7 @@ func (l *Log) readRecordRun(s *segment, e indexEntry, end int64, off uint64, spa
 		recEnd := p + wal.RecordHeaderLen + int64(n)
 		if n > wal.MaxRecordSize || recEnd > end {
 			if k <= off {
-				return nil, read, l.pointReadCorrupt(s, e, off, p, fmt.Errorf("record %d claims %d bytes, past byte %d where it must end", k, n, end))
+				return run, read, l.pointReadCorrupt(s, e, off, p, fmt.Errorf("record %d claims %d bytes, past byte %d where it must end", k, n, end))
 			}
 			break
 		}
@@ -209,12 +237,12 @@ func (l *Log) readRecordRun(s *segment, e indexEntry, end int64, off uint64, spa
 				to += span
 			}
 			if err := more(to); err != nil {
-				return nil, read, err
+				return run, read, err
 			}
 		}
 		rec := raw[p+wal.RecordHeaderLen-start : recEnd-start]
 		if err := wal.VerifyRecord(s.hdr.SegmentID, k, p, crc, rec); err != nil {
-			return nil, read, l.pointReadCorrupt(s, e, off, p, err)
+			return run, read, l.pointReadCorrupt(s, e, off, p, err)
 		}
 		table = append(table, uint32(p+wal.RecordHeaderLen-e.pos), uint32(n))
 		p, k, left = recEnd, k+1, left-1
@@ -222,7 +250,7 @@ func (l *Log) readRecordRun(s *segment, e indexEntry, end int64, off uint64, spa
 			break
 		}
 	}
-	return newChunk(raw[e.pos-start:p-start], table, left, l.cache.Alloc), read, nil
+	return recordRun{raw: raw[e.pos-start : p-start], buf: raw[:cap(raw)], table: table, left: left}, read, nil
 }
 
 // readAt reads the file bytes [from, to), both aligned, into buf (or a new

@@ -187,6 +187,7 @@ func Open(dir string, opts Options) (*Log, error) {
 	if l.raPool, err = alignedbuf.NewPool(raSpan+2*poolAlign, poolAlign); err != nil {
 		return nil, err
 	}
+	l.ra.pool = l.raPool
 	l.sealed.Store(&wal.Stats{})
 	if l.dir == nil {
 		open := blockdev.OpenDir
@@ -1289,13 +1290,10 @@ func (l *Log) Read(offset uint64, dst []byte) ([]byte, error) {
 		l.pointReads.Add(1)
 		return out, nil
 	}
-	if v, first, ok := l.ra.get(s.ns, offset); ok {
-		defer v.Release()
-		if rec, ok := chunk(v.Bytes()).record(offset - first); ok {
-			l.noteRead(offset, raChunk{})
-			l.pointReads.Add(1)
-			return append(dst, rec...), nil
-		}
+	if out, ok := l.ra.get(s.ns, offset, dst); ok {
+		l.noteRead(offset, raChunk{})
+		l.pointReads.Add(1)
+		return out, nil
 	}
 	vis := s.vis()
 	start, end, complete := s.lookup(offset, vis)
@@ -1309,7 +1307,7 @@ func (l *Log) Read(offset uint64, dst []byte) ([]byte, error) {
 	if !ok {
 		return dst, s.corrupt("read", start.pos, fmt.Errorf("offset %d is not in the index interval [%d, %d) that should hold it", offset, start.pos, end))
 	}
-	l.noteRead(offset, raChunk{ns: s.ns, first: start.off, next: start.off + uint64(c.count()), pos: start.pos, end: start.pos + c.span(), left: c.left(), v: v})
+	l.noteRead(offset, raChunk{ns: s.ns, first: start.off, next: start.off + uint64(c.count()), pos: start.pos, end: start.pos + c.span(), left: c.left(), v: v, indexed: s.recordIndexed()})
 	l.pointReads.Add(1)
 	return append(dst, rec...), nil
 }

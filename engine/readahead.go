@@ -1,6 +1,8 @@
 package engine
 
 import (
+	"io"
+	"sort"
 	"sync"
 	"sync/atomic"
 
@@ -19,37 +21,115 @@ import (
 // A stream is a run of reads each one offset past the last. The log
 // follows up to raStreams of them (so interleaved followers each keep
 // theirs); a read that continues none replaces the stream used least
-// recently. Each stream keeps the chunk its last read used and the chunks
-// read ahead of it, at most raSpan × raDepth bytes (plus one frame wider
-// than the span), and runs at most one read-ahead goroutine: so a log
-// holds at most raStreams × raDepth × raSpan bytes of read-ahead (8 MiB)
-// and raStreams goroutines. A chunk is dropped only once the stream has
-// read past its last record, or the stream is replaced: a block the next
-// reads of the run will use is never dropped before they run.
+// recently. The second read of a run starts its read-ahead, whatever the
+// cache's fill: raSpan bytes per read, ending at an index entry so that
+// the read after it is planned (and started) before it is under way:
+// raInflight reads are in flight at once, up to raDepth chunks ahead of
+// the run. A read of the run that finds its record still being read ahead
+// waits for that read instead of making a small one of its own. Each chunk
+// read ahead is verified (each record's checksum) once, when it is read;
+// the run's reads of it copy the record out, nothing else.
+//
+// Bound: a stream holds the chunk its last read used and at most raDepth
+// chunks read ahead or in flight, each of about raSpan bytes (one record
+// longer than the span is read whole), and runs at most 2 × raInflight
+// goroutines (reading, or copying what they read into the cache, each
+// holding its buffer until done): so a log holds at most raStreams ×
+// (1 + raDepth + 2 × raInflight) × (raSpan + 8 KiB) bytes of read-ahead
+// (about 36 MiB), outside the cache's budget, and raStreams × 2 ×
+// raInflight (16) goroutines; Close waits for them. A chunk is dropped
+// only once the stream has read past its last record, or the stream is
+// replaced: a block the next reads of the run will use is never dropped
+// before they run.
 const (
-	raStreams = 4
-	raDepth   = 2       // chunks read ahead of the one in use
-	raSpan    = 1 << 20 // bytes per read-ahead read (whole frames; wider for a frame that does not fit)
-	raMinRun  = 2       // reads in a row that make a run
+	raStreams  = 4
+	raDepth    = 4       // chunks read ahead of the one in use
+	raSpan     = 1 << 20 // bytes per read-ahead read (whole frames; wider for a frame that does not fit)
+	raMinRun   = 2       // reads in a row that make a run
+	raInflight = 2       // read-ahead reads under way at once, per stream
 )
 
-// raChunk is verified frames of a segment, as a chunk, holding the
-// records [first, next) at file positions [pos, end).
+// raChunk is verified records of a segment holding the records [first,
+// next) at file positions [pos, end): a chunk in a cache value (v, held by
+// the stream), or, read ahead from a record-indexed segment, the records
+// where they were read (run, in a buffer of the log's read-ahead pool):
+// read-ahead does not copy them.
 type raChunk struct {
 	ns          cache.Namespace
 	first, next uint64
 	pos, end    int64
 	left        uint32       // records of the last record's frame after end (0: end is a frame's start)
-	v           *cache.Value // held by the stream
+	v           *cache.Value // held by the stream, or nil
+	run         recordRun    // if v is nil
+	own         *raBuf       // holds run.buf, if v is nil
+	carve       []indexEntry // the index entries to offer the cache its intervals by (cacheIntervals)
 	ahead       bool         // read by read-ahead (a hit on it is a read-ahead hit)
+	indexed     bool         // of a record-indexed segment (see readAheadNow)
+}
+
+// record returns the chunk's record of offset off (in [first, next)).
+func (c *raChunk) record(off uint64) []byte {
+	if c.v != nil {
+		rec, _ := chunk(c.v.Bytes()).record(off - c.first)
+		return rec
+	}
+	p, n := c.run.at(int(off - c.first))
+	return c.run.raw[p : p+n]
+}
+
+// at returns where the run's record k starts in raw and how long it is.
+func (r *recordRun) at(k int) (start, length int) {
+	return int(r.table[2*k]), int(r.table[2*k+1])
+}
+
+// free lets go of the chunk's memory: its reference, or its buffer.
+func (c *raChunk) free(pool *alignedbuf.Pool) {
+	if c.v != nil {
+		c.v.Release()
+	} else {
+		c.own.put(pool)
+	}
+}
+
+// raBuf is a read-ahead buffer, shared by the stream's chunk and the copy
+// of its intervals into the cache, which may still run once the stream
+// has let go of the chunk.
+type raBuf struct {
+	b    []byte
+	refs atomic.Int32
+}
+
+// put drops a reference; the last returns the buffer to pool (a buffer
+// grown past the pool's size is dropped).
+func (r *raBuf) put(pool *alignedbuf.Pool) {
+	if r.refs.Add(-1) == 0 {
+		pool.Put(r.b)
+	}
+}
+
+// raPlan is where a stream's next read-ahead read starts: offset next, at
+// file position pos of the segment of namespace ns (or the start of the
+// next segment, if next is past it) with left records of its frame.
+type raPlan struct {
+	ns   cache.Namespace
+	next uint64
+	pos  int64
+	left uint32
+	ok   bool // planned; else the next read waits for the one under way (or for the run)
 }
 
 type raStream struct {
-	next    uint64 // the offset the run reads next
-	run     int    // 0: the stream is free
-	used    uint64 // the reads' clock when last used
-	chunks  []raChunk
-	reading bool // a read-ahead goroutine runs for this stream
+	next     uint64 // the offset the run reads next
+	run      int    // 0: the stream is free
+	used     uint64 // the reads' clock when last used
+	chunks   []raChunk
+	plan     raPlan // where the next read-ahead read starts
+	inflight int    // read-ahead reads under way (each its own goroutine)
+	running  int    // read-ahead goroutines (reading, or copying into the cache)
+	skip     uint64 // no read-ahead starts before the run reaches it (what follows is cached)
+	gen      uint64 // counts the runs the stream followed: a read of an older one is dropped
+	// readingA is inflight > 0, for the lock-free checks.
+	readingA atomic.Bool
 	// span is [lo, hi) of the offsets the stream's chunks hold and nextA
 	// its next, for the lock-free checks of every read.
 	lo, hi, nextA atomic.Uint64
@@ -64,37 +144,55 @@ type readAheads struct {
 	streams [raStreams]raStream // guarded by mu (but for the atomics)
 	clock   uint64              // guarded by mu
 	closed  bool                // guarded by mu: no more read-ahead starts
+	pool    *alignedbuf.Pool    // the read-ahead buffers (the log's raPool)
 	recent  [raStreams]atomic.Uint64
 	slot    atomic.Uint64
+	cond    sync.Cond      // on mu: a stream's chunks or reading changed (publish)
+	waits   atomic.Int64   // reads that waited for a read-ahead under way
 	wg      sync.WaitGroup // read-ahead goroutines
 	hits    atomic.Int64   // point reads served from a chunk read ahead
 	bytes   atomic.Int64   // device bytes read ahead
 }
 
-// get returns the chunk holding offset off of namespace ns, if a stream
-// holds one, with a reference (release it), and the chunk's first offset.
-func (ra *readAheads) get(ns cache.Namespace, off uint64) (*cache.Value, uint64, bool) {
+// get appends to dst the record of offset off of namespace ns, if a
+// stream holds it (copied under the lock: the stream may let go of its
+// chunk as soon as it is released). A read that continues a run whose read-ahead is under way waits for it
+// rather than reading the record itself: its read would be a small one,
+// of bytes the read-ahead is reading anyway.
+func (ra *readAheads) get(ns cache.Namespace, off uint64, dst []byte) ([]byte, bool) {
 	held := false
 	for i := range ra.streams {
 		st := &ra.streams[i]
-		held = held || (st.lo.Load() <= off && off < st.hi.Load())
+		held = held || (st.lo.Load() <= off && off < st.hi.Load()) || (st.nextA.Load() == off && st.readingA.Load())
 	}
 	if !held {
-		return nil, 0, false
+		return dst, false
 	}
 	ra.mu.Lock()
 	defer ra.mu.Unlock()
-	for i := range ra.streams {
-		for _, c := range ra.streams[i].chunks {
-			if c.ns == ns && c.first <= off && off < c.next && c.v.Acquire(c.v.ID()) {
-				if c.ahead {
-					ra.hits.Add(1)
+	for {
+		waiting := false
+		for i := range ra.streams {
+			st := &ra.streams[i]
+			for i := range st.chunks {
+				if c := &st.chunks[i]; c.ns == ns && c.first <= off && off < c.next {
+					if c.ahead {
+						ra.hits.Add(1)
+					}
+					return append(dst, c.record(off)...), true
 				}
-				return c.v, c.first, true
 			}
+			waiting = waiting || (st.run > 0 && st.next == off && st.inflight > 0)
 		}
+		if !waiting || ra.closed {
+			return dst, false
+		}
+		if ra.cond.L == nil {
+			ra.cond.L = &ra.mu
+		}
+		ra.waits.Add(1)
+		ra.cond.Wait() // woken by publish: a chunk added, or the read-ahead stopped
 	}
-	return nil, 0, false
 }
 
 // noteRead records a point read of off in segment s, served by chunk c
@@ -136,7 +234,7 @@ func (l *Log) noteRead(off uint64, c raChunk) {
 		// Inside what the stream holds: another reader of the run, or a
 		// reread; the run goes on from where it is.
 	case follows: // a new run: off follows the read of off-1
-		st.release()
+		st.release(ra.pool)
 		st.run, st.next = raMinRun, off+1
 	default:
 		return
@@ -145,20 +243,49 @@ func (l *Log) noteRead(off uint64, c raChunk) {
 	// Keep what the stream has not read past, and c if nothing held has
 	// off (the reader can be ahead of the read-ahead).
 	held := st.holds(off)
-	st.dropRead()
+	st.dropRead(ra.pool)
 	if !held && c.v != nil && c.next > st.next && c.v.Acquire(c.v.ID()) {
 		st.chunks = append(st.chunks, c)
 	}
-	st.publish()
-	// While the cache has room for what read-ahead would bring, the run's
-	// reads fill it instead (read-ahead's chunks are not cached): a run
-	// that warms the cache for random reads later (every record read once,
-	// then random reads) must leave them there.
-	if !st.reading && !ra.closed && len(st.chunks) > 0 && st.ahead() < raDepth && l.cache.Room() < raDepth*raSpan {
-		st.reading = true
-		ra.wg.Add(1)
-		go l.readAhead(st, st.furthest())
+	ra.publish(st)
+	if st.inflight == 0 && !st.plan.ok && st.next >= st.skip {
+		// Read ahead from the end of the furthest chunk: the stream's, or
+		// the one this read used (a chunk of one record, as a record as
+		// long as an index interval makes, ends where the run reads next:
+		// the stream need not keep it).
+		if last, ok := st.furthest(c); ok && l.readAheadNow(last) {
+			st.plan = raPlan{ns: last.ns, next: last.next, pos: last.end, left: last.left, ok: true}
+		}
 	}
+	l.startReadAhead(st)
+}
+
+// startReadAhead starts the stream's planned read-ahead reads: at most
+// raInflight at once, and at most raDepth chunks ahead of the run's
+// position, counting those under way. The caller holds ra.mu.
+func (l *Log) startReadAhead(st *raStream) {
+	ra := &l.ra
+	for !ra.closed && st.run > 0 && st.plan.ok && st.inflight < raInflight && st.running < 2*raInflight && st.ahead()+st.inflight < raDepth {
+		p := st.plan
+		st.plan.ok = false
+		st.inflight++
+		st.running++
+		ra.wg.Add(1)
+		go l.readAhead(st, p, st.gen)
+	}
+	ra.publish(st)
+}
+
+// readAheadNow reports whether a run whose furthest chunk is last reads
+// ahead now. A run in a record-indexed segment always does: its read-ahead
+// ends its reads at index entries and offers the cache every index
+// interval it read whole while the cache has room (cacheIntervals), so a
+// run that warms the cache for random reads later (every record read once,
+// then random reads) leaves them there. In older segments read-ahead's
+// chunks are not cached, so while the cache has room for what read-ahead
+// would bring, the run's reads fill it instead.
+func (l *Log) readAheadNow(last raChunk) bool {
+	return last.indexed || l.cache.Room() < raDepth*raSpan
 }
 
 // noteRecent remembers that off was read, for the next read to find.
@@ -179,11 +306,11 @@ func (st *raStream) holds(off uint64) bool {
 
 // dropRead lets go of the chunks the stream has read past. The caller
 // holds ra.mu.
-func (st *raStream) dropRead() {
+func (st *raStream) dropRead(pool *alignedbuf.Pool) {
 	kept := st.chunks[:0]
 	for _, k := range st.chunks {
 		if k.next <= st.next {
-			k.v.Release()
+			k.free(pool)
 			continue
 		}
 		kept = append(kept, k)
@@ -192,16 +319,17 @@ func (st *raStream) dropRead() {
 	st.chunks = kept
 }
 
-// furthest is the chunk holding the stream's last offsets: read-ahead
-// goes on from its end.
-func (st *raStream) furthest() raChunk {
-	f := st.chunks[0]
-	for _, c := range st.chunks[1:] {
-		if c.next > f.next {
-			f = c
+// furthest is the chunk holding the stream's last offsets, or c (if it
+// has a value) if it reaches further: read-ahead goes on from its end. It
+// reports false if there is neither.
+func (st *raStream) furthest(c raChunk) (raChunk, bool) {
+	f, ok := c, c.v != nil
+	for _, k := range st.chunks {
+		if !ok || k.next > f.next {
+			f, ok = k, true
 		}
 	}
-	return f
+	return f, ok
 }
 
 // ahead counts the chunks wholly past the stream's read position.
@@ -215,9 +343,9 @@ func (st *raStream) ahead() int {
 	return n
 }
 
-// publish stores the stream's bounds for the lock-free checks. The
-// caller holds ra.mu.
-func (st *raStream) publish() {
+// publish stores the stream's bounds for the lock-free checks and wakes
+// the reads waiting for its read-ahead. The caller holds ra.mu.
+func (ra *readAheads) publish(st *raStream) {
 	lo, hi := uint64(1), uint64(0) // empty
 	if len(st.chunks) > 0 {
 		lo, hi = st.chunks[0].first, st.chunks[0].next
@@ -232,6 +360,8 @@ func (st *raStream) publish() {
 	} else {
 		st.nextA.Store(0)
 	}
+	st.readingA.Store(st.inflight > 0)
+	ra.cond.Broadcast()
 }
 
 // streamFor returns the stream whose run off continues or whose chunks
@@ -251,51 +381,77 @@ func (ra *readAheads) streamFor(off uint64) *raStream {
 }
 
 // release lets go of the stream's chunks. The caller holds ra.mu.
-func (st *raStream) release() {
+func (st *raStream) release(pool *alignedbuf.Pool) {
 	for _, c := range st.chunks {
-		c.v.Release()
+		c.free(pool)
 	}
 	st.chunks = st.chunks[:0]
+	st.plan.ok = false
+	st.gen++
 }
 
-// readAhead reads the chunks after last, up to raDepth ahead of the
-// stream's read position, and adds them to the stream; it stops at the
-// durable end, at a segment that is still growing past it (its last
-// interval is the tail's), at an error (the read that needs the records
-// reports it), and when the stream moved elsewhere.
-func (l *Log) readAhead(st *raStream, last raChunk) {
-	defer l.ra.wg.Done()
-	next, pos, left, ns := last.next, last.end, last.left, last.ns
-	for {
-		c, ok := l.readChunkAhead(ns, next, pos, left)
-		ra := &l.ra
+// readAhead reads the chunk planned at p for the stream's run gen and
+// adds it to the stream. Once it knows where its read ends (an index
+// entry), before it reads, it plans the next read and starts it: so two
+// reads are in flight, which this machine's disk serves faster than one.
+// Read-ahead stops at the durable end, at a segment that is still growing
+// past it (its last interval is the tail's), at an error (the read that
+// needs the records reports it), and when the stream moved elsewhere.
+func (l *Log) readAhead(st *raStream, p raPlan, gen uint64) {
+	ra := &l.ra
+	defer ra.wg.Done()
+	planned := false
+	c, ok := l.readChunkAhead(p, func(next raPlan) {
 		ra.mu.Lock()
-		// Still of use if the run has not read past it (a reader faster
-		// than the device overtakes it); the chunks it covers go.
-		valid := ok && !ra.closed && st.run > 0 && c.next > st.next
-		if valid {
-			kept := st.chunks[:0]
-			for _, k := range st.chunks {
-				if k.ns == c.ns && k.first >= c.first && k.next <= c.next {
-					k.v.Release()
-					continue
-				}
-				kept = append(kept, k)
+		defer ra.mu.Unlock()
+		if st.gen == gen {
+			planned = true
+			st.plan = next
+			l.startReadAhead(st)
+		}
+	})
+	ra.mu.Lock()
+	st.inflight--
+	// Still of use if the run has not read past it (a reader faster than
+	// the device overtakes it); the chunks it covers go.
+	valid := ok && !ra.closed && st.gen == gen && st.run > 0 && c.next > st.next
+	if valid {
+		kept := st.chunks[:0]
+		for _, k := range st.chunks {
+			if k.ns == c.ns && k.first >= c.first && k.next <= c.next {
+				k.free(ra.pool)
+				continue
 			}
-			clear(st.chunks[len(kept):])
-			st.chunks = append(kept, c)
-		} else if ok {
-			c.v.Release()
+			kept = append(kept, k)
 		}
-		st.publish()
-		if !valid || st.ahead() >= raDepth {
-			st.reading = false
-			ra.mu.Unlock()
-			return
+		clear(st.chunks[len(kept):])
+		st.chunks = append(kept, c)
+		if !planned {
+			st.plan = raPlan{ns: c.ns, next: c.next, pos: c.end, left: c.left, ok: true}
 		}
-		ra.mu.Unlock()
-		next, pos, left, ns = c.next, c.end, c.left, c.ns
 	}
+	carve := valid && len(c.carve) > 0
+	if carve {
+		c.own.refs.Add(1) // cacheIntervals' (the stream may let go of c meanwhile)
+	}
+	if ok && !valid {
+		c.free(ra.pool)
+	}
+	if !ok && st.gen == gen {
+		st.skip = c.next
+	}
+	l.startReadAhead(st)
+	ra.mu.Unlock()
+	if carve {
+		// After the chunk is the stream's: its reads need not wait for
+		// the copy.
+		l.cacheIntervals(&c)
+		c.own.put(ra.pool)
+	}
+	ra.mu.Lock()
+	st.running--
+	l.startReadAhead(st)
+	ra.mu.Unlock()
 }
 
 // readChunkAhead reads the records from offset next on, at file position
@@ -304,7 +460,8 @@ func (l *Log) readAhead(st *raStream, last raChunk) {
 // next), verifies them and returns them as a chunk: whole frames in a
 // segment of version 1 or 2, a run of records checked one by one
 // (readRecordRun) in one of version 3.
-func (l *Log) readChunkAhead(ns cache.Namespace, next uint64, pos int64, left uint32) (raChunk, bool) {
+func (l *Log) readChunkAhead(p raPlan, plan func(raPlan)) (raChunk, bool) {
+	ns, next, pos, left := p.ns, p.next, p.pos, p.left
 	if l.isClosed.Load() {
 		return raChunk{}, false
 	}
@@ -323,19 +480,39 @@ func (l *Log) readChunkAhead(ns cache.Namespace, next uint64, pos int64, left ui
 	if l.fresh.has(s.ns, next) {
 		return raChunk{}, false // appended last: served from memory anyway
 	}
+	if end := l.cached(s, next); end > next {
+		return raChunk{next: end}, false // read-ahead waits for the run to pass end
+	}
 	if s.recordIndexed() {
-		v, read, err := l.readRecordRun(s, indexEntry{off: next, pos: pos, left: left}, vis.pos, next, raSpan)
+		e := indexEntry{off: next, pos: pos, left: left}
+		end, at, entry := s.runEnd(pos, raSpan, vis)
+		if entry {
+			plan(raPlan{ns: s.ns, next: at.off, pos: at.pos, left: at.left, ok: true})
+		}
+		var buf []byte
+		if runRead(s, e, end, raSpan) <= int64(l.raPool.Size()) && s.dev.Alignment().Memory <= poolAlign {
+			buf = l.raPool.Get()
+		}
+		run, read, err := l.readRecords(s, e, end, next, raSpan, buf)
 		l.readDeviceBytes.Add(read)
 		l.ra.bytes.Add(read)
+		if err == nil && len(run.table) == 0 {
+			err = io.EOF // nothing whole in the span: the durable end
+		}
 		if err != nil {
+			l.raPool.Put(buf)
 			return raChunk{}, false
 		}
-		c := chunk(v.Bytes())
-		if c.count() == 0 { // nothing whole in the span: the durable end
-			v.Release()
-			return raChunk{}, false
+		if buf != nil && &run.buf[0] != &buf[0] {
+			l.raPool.Put(buf) // a record longer than the span: read into a buffer of its own
 		}
-		return raChunk{ns: s.ns, first: next, next: next + uint64(c.count()), pos: pos, end: pos + c.span(), left: c.left(), v: v, ahead: true}, true
+		c := raChunk{ns: s.ns, first: next, next: next + uint64(len(run.table)/2), pos: pos, end: pos + int64(len(run.raw)), left: run.left,
+			run: run, own: &raBuf{b: run.buf}, ahead: true, indexed: true}
+		c.own.refs.Store(1)
+		if l.cache.Room() >= int64(len(run.raw)+4*len(run.table)) {
+			c.carve = s.entriesIn(c.first, c.next)
+		}
+		return c, true
 	}
 	span := int64(raSpan)
 	for {
@@ -386,8 +563,95 @@ func (ra *readAheads) reset() {
 	defer ra.mu.Unlock()
 	for i := range ra.streams {
 		st := &ra.streams[i]
-		st.release()
+		st.release(ra.pool)
 		st.run = 0
-		st.publish()
+		ra.publish(st)
+	}
+}
+
+// runEnd is where a read-ahead read of s from file position from ends:
+// at the last index entry at most span bytes on, so the next read starts
+// at an entry and every interval it reads is whole (cacheIntervals); at
+// the visible end if that comes first; at the first entry past the span
+// if none is within it (a record longer than the span). entry: it ends at
+// the entry at.
+func (s *segment) runEnd(from, span int64, vis position) (end int64, at indexEntry, entry bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	to := min(from+span, vis.pos)
+	i := sort.Search(len(s.index), func(i int) bool { return s.index[i].pos > to }) // the first entry past to
+	switch {
+	case to == vis.pos:
+	case i > 0 && s.index[i-1].pos > from:
+		return s.index[i-1].pos, s.index[i-1], true
+	case i < len(s.index) && s.index[i].pos < vis.pos:
+		return s.index[i].pos, s.index[i], true
+	}
+	return vis.pos, indexEntry{}, false
+}
+
+// entriesIn returns a copy of s's index entries of offsets first to
+// next, both included, and, if next is the end of a sealed s, one for the
+// end (its last interval ends there).
+func (s *segment) entriesIn(first, next uint64) []indexEntry {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	lo := sort.Search(len(s.index), func(i int) bool { return s.index[i].off >= first })
+	hi := sort.Search(len(s.index), func(i int) bool { return s.index[i].off > next })
+	es := append([]indexEntry(nil), s.index[lo:hi]...)
+	if vis := s.vis(); s.sealed && next == vis.off {
+		es = append(es, indexEntry{off: next, pos: vis.pos})
+	}
+	return es
+}
+
+// cached returns the end of the run of records from off of s that the
+// cache holds (off if it holds none): a point read of them would not read
+// the device.
+func (l *Log) cached(s *segment, off uint64) uint64 {
+	e, _, complete := s.lookup(off, s.vis())
+	if !complete {
+		return off
+	}
+	v, ok := l.cache.Get(s.ns, e.pos)
+	if !ok {
+		return off
+	}
+	defer v.Release()
+	if n := uint64(chunk(v.Bytes()).count()); e.off+n > off {
+		return e.off + n
+	}
+	return off
+}
+
+// cacheIntervals offers the cache the index intervals that the read-ahead
+// chunk c holds whole (between its carve entries), each as the chunk a
+// point read of it would have cached (its records up to the next entry),
+// copied from c: the records were verified when c was read. readChunkAhead
+// gives c entries only while the cache has room for it.
+func (l *Log) cacheIntervals(c *raChunk) {
+	b, es := &c.run, c.carve
+	var table []uint32
+	for k := 0; k+1 < len(es); k++ {
+		a, z := es[k], es[k+1] // the interval [a.off, z.off)
+		first, last := int(a.off-c.first), int(z.off-c.first)-1
+		p0, _ := b.at(first)
+		pn, n := b.at(last)
+		base := p0 - wal.RecordHeaderLen
+		if int64(base) != a.pos-c.pos {
+			return // the index and the chunk disagree: leave it to point reads
+		}
+		table = table[:0]
+		for i := first; i <= last; i++ {
+			p, n := b.at(i)
+			table = append(table, uint32(p-base), uint32(n))
+		}
+		left := uint32(0) // records of the last record's frame after it
+		if z.before > 0 {
+			left = z.left
+		}
+		v := newChunk(b.raw[base:pn+n], table, left, l.cache.Alloc)
+		l.cache.Set(c.ns, a.pos, v)
+		v.Release()
 	}
 }
