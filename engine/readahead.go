@@ -148,7 +148,6 @@ type readAheads struct {
 	recent  [raStreams]atomic.Uint64
 	slot    atomic.Uint64
 	cond    sync.Cond      // on mu: a stream's chunks or reading changed (publish)
-	waits   atomic.Int64   // reads that waited for a read-ahead under way
 	wg      sync.WaitGroup // read-ahead goroutines
 	hits    atomic.Int64   // point reads served from a chunk read ahead
 	bytes   atomic.Int64   // device bytes read ahead
@@ -190,7 +189,6 @@ func (ra *readAheads) get(ns cache.Namespace, off uint64, dst []byte) ([]byte, b
 		if ra.cond.L == nil {
 			ra.cond.L = &ra.mu
 		}
-		ra.waits.Add(1)
 		ra.cond.Wait() // woken by publish: a chunk added, or the read-ahead stopped
 	}
 }
@@ -386,7 +384,7 @@ func (st *raStream) release(pool *alignedbuf.Pool) {
 		c.free(pool)
 	}
 	st.chunks = st.chunks[:0]
-	st.plan.ok = false
+	st.plan.ok, st.skip = false, 0
 	st.gen++
 }
 
