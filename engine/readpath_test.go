@@ -154,23 +154,7 @@ func TestFreshAppendsAreNotShownBeforeDurable(t *testing.T) {
 // served from the fresh appends.
 func seqLog(t *testing.T, frames, batch, size int) (*Log, *countingDir) {
 	t.Helper()
-	d := &countingDir{Dir: blockdev.NewSimDir(blockdev.SimOptions{})}
-	o := testOptions(d)
-	o.SegmentSize, o.MaxWrite, o.CacheBytes = 1<<20, 256<<10, 64<<10
-	l, err := Open("sim", o)
-	require.NoError(t, err)
-	for range frames {
-		recs := make([][]byte, batch)
-		for k := range recs {
-			recs[k] = freshRecord(l.EndOffset()+uint64(k), size, 0)
-		}
-		_, err := l.Append(recs...)
-		require.NoError(t, err)
-	}
-	require.NoError(t, l.Close())
-	l, err = Open("sim", o)
-	require.NoError(t, err)
-	return l, d
+	return seqLogCache(t, frames, batch, size, 64<<10)
 }
 
 // TestSequentialReadsAreReadAhead: a run of Read(i), Read(i+1), … over
