@@ -22,6 +22,8 @@ package cache
 import (
 	"errors"
 	"fmt"
+	"math/bits"
+	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 
@@ -65,8 +67,8 @@ type Cache struct {
 	// hold mu shared (ristretto's Set never blocks: a full buffer drops the
 	// value), Close exclusively.
 	mu       sync.RWMutex
-	closed   bool
-	rc       *ristretto.Cache[uint64, entry]
+	closed   atomic.Bool // set under mu held exclusively
+	rc       *ristretto.Cache[uint64, *entry]
 	maxBytes int64
 	nextNS   atomic.Uint32
 	pools    *pools
@@ -76,6 +78,32 @@ type Cache struct {
 	pending    atomic.Int64
 	maxPending int64
 	dropped    atomic.Int64 // Sets dropped for that
+	// hints is the direct-mapped table in front of ristretto's index that
+	// serves most hits (see Get); hintShift turns a key's hash into its
+	// slot.
+	hints     []atomic.Pointer[entry]
+	hintShift uint
+	// hits and misses are counted here (ristretto sees only the sampled
+	// hint hits), striped so readers on different cores do not share a
+	// cache line.
+	hits, misses stripes
+}
+
+// stripes is a counter split over cache lines: an Add touches the stripe
+// of its key, a Load sums them.
+type stripes [16]struct {
+	n atomic.Int64
+	_ [56]byte
+}
+
+func (s *stripes) add(key uint64) { s[key%uint64(len(s))].n.Add(1) }
+
+func (s *stripes) load() int64 {
+	var n int64
+	for i := range s {
+		n += s[i].n.Load()
+	}
+	return n
 }
 
 // ErrTooSmall: the budget cannot hold anything useful.
@@ -111,22 +139,36 @@ func New(maxBytes int64) (*Cache, error) {
 		return nil, fmt.Errorf("%w (got %d)", ErrTooLarge, maxBytes)
 	}
 	c := &Cache{maxBytes: maxBytes, pools: newPools(maxPooled(maxBytes)), maxPending: maxPooled(maxBytes)}
+	hb := hintBits(maxBytes)
+	c.hints, c.hintShift = make([]atomic.Pointer[entry], 1<<hb), 64-hb
 	// ristretto advises 10 counters per expected entry; entries are frames
 	// of ~4 KiB and more.
-	rc, err := ristretto.NewCache(&ristretto.Config[uint64, entry]{
+	rc, err := ristretto.NewCache(&ristretto.Config[uint64, *entry]{
 		NumCounters: max(maxBytes/4096*10, 1000),
 		MaxCost:     maxBytes,
 		BufferItems: 64,
 		Metrics:     true, // sharded atomic counters: the source of Stats
-		// A value for a key is the same verified bytes whoever sets it (or,
-		// for two keys that share a slot, the first one set keeps it).
-		ShouldUpdate: func(cur, prev entry) bool { return false },
-		// Every value ristretto lets go of (evicted, refused, or cleared by
-		// Close) drops the cache's reference.
-		OnExit: func(e entry) { e.drop() },
+		// A value set again for its key replaces the one held only if it is
+		// longer: the values of one key are verified bytes of one file from
+		// the same position, so a longer one holds all the shorter one did
+		// and more (a point read that read a run of records further, after
+		// a hit on a shorter run missed its record; keeping the shorter one
+		// would send every read of that record to the device). For two keys
+		// that share a slot, the first one set keeps it. prev is still held
+		// by the cache here (its reference is dropped after it leaves
+		// ristretto's store), so its length is stable.
+		ShouldUpdate: func(cur, prev *entry) bool {
+			return cur.ns == prev.ns && cur.pos == prev.pos && cur.v.n > prev.v.n
+		},
+		// Every value ristretto lets go of (evicted, refused, replaced, or
+		// cleared by Close) drops the cache's reference, and its hint.
+		OnExit: func(e *entry) {
+			e.drop()
+			c.unhint(e)
+		},
 		// Called as ristretto's goroutine takes up each Set (given cost 0):
 		// the value is no longer pending.
-		Cost: func(e entry) int64 {
+		Cost: func(e *entry) int64 {
 			cost := e.v.cost()
 			c.pending.Add(-cost)
 			return cost
@@ -152,7 +194,8 @@ func (c *Cache) NewNamespace() Namespace {
 // keeps one value per 64-bit slot, and a (namespace, position) pair does not
 // fit in 64 bits, so a value is only returned for the key it was set for.
 // id is the value's ID when it was set: the block may have been reused by
-// the time a Get finds the entry (see Value.Acquire).
+// the time a Get finds the entry (see Value.Acquire). An entry never
+// changes once made, so a hint can name it with one pointer.
 type entry struct {
 	v   *Value
 	id  uint64
@@ -161,8 +204,8 @@ type entry struct {
 }
 
 // drop releases the cache's reference on e's value, once.
-func (e entry) drop() {
-	if e.v != nil && e.v.cachedID.CompareAndSwap(e.id, 0) {
+func (e *entry) drop() {
+	if e != nil && e.v != nil && e.v.cachedID.CompareAndSwap(e.id, 0) {
 		e.v.Release()
 	}
 }
@@ -174,21 +217,80 @@ func (e entry) drop() {
 // slot with another key; entry tells them apart.
 func slot(ns Namespace, pos int64) uint64 { return uint64(ns)<<32 ^ uint64(pos)>>3 }
 
+// hintBits: the hint table has a slot per 4 KiB of budget (a value is a
+// run of records of about an index interval, or more), rounded up to a
+// power of two, from 2^10 to 2^19 slots (8 KiB to 4 MiB of pointers).
+func hintBits(budget int64) uint {
+	return uint(min(max(bits.Len64(uint64(budget-1)>>12), 10), 19))
+}
+
+// hintSample: one hint hit in this many also looks the key up in
+// ristretto, for its admission and eviction counters to see that the key
+// is read (they see every miss and every other hit).
+const hintSample = 8
+
+// hint returns the slot of the hint table for the key with ristretto
+// slot k (a multiplicative hash: its high bits).
+func (c *Cache) hint(k uint64) *atomic.Pointer[entry] {
+	return &c.hints[(k*0x9e3779b97f4a7c15)>>c.hintShift]
+}
+
 // Get returns the value cached for (ns, pos), with a reference the caller
 // must Release; nothing once closed.
+//
+// Most hits are served by the hint table: a direct-mapped array of the
+// entries ristretto's index returned last, one per slot, so a hit is a
+// load, a key compare and the reference (ristretto's lookup takes a
+// shard lock, probes a map and queues the key for its admission counters:
+// most of a hit's cost). A hint is only ever a guess: the value is taken
+// with the ID the entry was made with, so a block evicted and reused for
+// another value reads as a miss, and a value evicted but still held by a
+// reader is still the verified bytes of its key. One hint hit in
+// hintSample (chosen at random) also does ristretto's lookup, so its
+// counters keep seeing the keys read most.
 func (c *Cache) Get(ns Namespace, pos int64) (*Value, bool) {
+	k := slot(ns, pos)
+	h := c.hint(k)
+	if e := h.Load(); e != nil && e.ns == ns && e.pos == pos && !c.closed.Load() && e.v.Acquire(e.id) {
+		c.hits.add(k)
+		if rand.Uint32()%hintSample == 0 {
+			c.mu.RLock()
+			if !c.closed.Load() {
+				c.rc.Get(k)
+			}
+			c.mu.RUnlock()
+		}
+		return e.v, true
+	}
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	if c.closed {
+	if c.closed.Load() {
 		return nil, false
 	}
-	e, ok := c.rc.Get(slot(ns, pos))
+	e, ok := c.rc.Get(k)
 	if !ok || e.ns != ns || e.pos != pos || !e.v.Acquire(e.id) {
 		// A block evicted and reused since ristretto's index named it
 		// holds another value: a miss.
+		c.misses.add(k)
 		return nil, false
 	}
+	h.Store(e)
+	if e.v.cachedID.Load() != e.id {
+		// Ristretto let go of e since it returned it, maybe before the
+		// store above, where its unhint would not have seen the hint.
+		h.CompareAndSwap(e, nil)
+	}
+	c.hits.add(k)
 	return e.v, true
+}
+
+// unhint clears the hint to e, which ristretto let go of, so hints name
+// only entries ristretto holds (or is letting go of now): a hint never
+// keeps a value's descriptor, nor its slab's, alive on the heap.
+func (c *Cache) unhint(e *entry) {
+	if e != nil {
+		c.hint(slot(e.ns, e.pos)).CompareAndSwap(e, nil)
+	}
 }
 
 // Alloc returns a value of n bytes (any n ≥ 0) for the caller to fill,
@@ -199,13 +301,15 @@ func (c *Cache) Alloc(n int) *Value { return c.pools.get(n) }
 
 // Set offers v, filled and verified, for (ns, pos), any position; the
 // admission policy may refuse it, and so does a slot held by another key.
-// The cache takes a reference of its own (it never mutates v); the
+// A value held for (ns, pos) is replaced only by a longer one (values of
+// one key are bytes from the same file position: the longer holds the
+// shorter). The cache takes a reference of its own (it never mutates v); the
 // caller keeps its reference and releases it when done. Once closed, or
 // if v was set before, it does nothing.
 func (c *Cache) Set(ns Namespace, pos int64, v *Value) {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	if c.closed {
+	if c.closed.Load() {
 		return
 	}
 	cost := v.cost()
@@ -219,7 +323,7 @@ func (c *Cache) Set(ns Namespace, pos int64, v *Value) {
 		return
 	}
 	v.refs.Add(1)
-	e := entry{v: v, id: v.id, pos: pos, ns: ns}
+	e := &entry{v: v, id: v.id, pos: pos, ns: ns}
 	if !c.rc.Set(slot(ns, pos), e, 0) {
 		c.pending.Add(-cost)
 		e.drop() // dropped (a full buffer): ristretto never saw it
@@ -231,7 +335,7 @@ func (c *Cache) Set(ns Namespace, pos int64, v *Value) {
 func (c *Cache) Wait() {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	if !c.closed {
+	if !c.closed.Load() {
 		c.rc.Wait()
 	}
 }
@@ -244,7 +348,7 @@ func (c *Cache) MaxBytes() int64 { return c.maxBytes }
 func (c *Cache) Room() int64 {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	if c.closed {
+	if c.closed.Load() {
 		return 0
 	}
 	return c.rc.RemainingCost()
@@ -256,7 +360,7 @@ func (c *Cache) Stats() Stats {
 	p := c.pools
 	free, mapped := p.usage()
 	return Stats{
-		Hits: int64(m.Hits()), Misses: int64(m.Misses()),
+		Hits: c.hits.load(), Misses: c.misses.load(),
 		Added: int64(m.KeysAdded()), Evicted: int64(m.KeysEvicted()),
 		Refused: int64(m.SetsDropped()+m.SetsRejected()) + c.dropped.Load(),
 		Bytes:   int64(m.CostAdded()) - int64(m.CostEvicted()), MaxBytes: c.maxBytes,
@@ -270,8 +374,8 @@ func (c *Cache) Stats() Stats {
 func (c *Cache) Close() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if !c.closed {
-		c.closed = true
+	if !c.closed.Load() {
+		c.closed.Store(true)
 		c.rc.Close() // drops the cache's references (OnExit)
 		c.pools.close()
 	}

@@ -52,8 +52,10 @@ func TestGetSetAndNamespaces(t *testing.T) {
 	_, ok = get(c, a, 4104)
 	assert.False(t, ok)
 
-	// The first value for a key stays: it is the same verified bytes.
+	// A value for a key is the same verified bytes whoever sets it: one
+	// no longer than the value held does not replace it.
 	set(c, a, 4096, []byte("other"))
+	set(c, a, 4096, []byte("frame-b"))
 	c.Wait()
 	v, _ = get(c, a, 4096)
 	assert.Equal(t, []byte("frame-a"), v)
@@ -67,6 +69,41 @@ func TestGetSetAndNamespaces(t *testing.T) {
 	// entry: the smallest block holds 7 bytes.
 	assert.GreaterOrEqual(t, st.Bytes, int64(classes[0]+valueOverhead))
 	assert.Less(t, st.Bytes, int64(classes[0]+valueOverhead+256))
+}
+
+// TestLongerValueReplacesShorter: a longer value set for a key replaces
+// the one held (the longer run of records read from the same position),
+// whose block is let go of by the cache; a shorter one, or one of another
+// key that shares the slot (an unaligned position), does not.
+func TestLongerValueReplacesShorter(t *testing.T) {
+	c, err := New(1 << 20)
+	require.NoError(t, err)
+	defer c.Close()
+	ns := c.NewNamespace()
+	short := c.Alloc(3)
+	copy(short.Bytes(), "abc")
+	c.Set(ns, 4096, short)
+	c.Wait()
+	require.EqualValues(t, 2, short.refs.Load(), "ours and the cache's")
+
+	set(c, ns, 4096, []byte("abcdef"))
+	c.Wait()
+	got, ok := get(c, ns, 4096)
+	require.True(t, ok)
+	assert.Equal(t, []byte("abcdef"), got)
+	assert.EqualValues(t, 1, short.refs.Load(), "the cache let go of the value replaced")
+	short.Release()
+
+	set(c, ns, 4096, []byte("abcd"))
+	require.Equal(t, slot(ns, 4096), slot(ns, 4097))
+	set(c, ns, 4097, []byte("another key, longer"))
+	c.Wait()
+	got, _ = get(c, ns, 4096)
+	assert.Equal(t, []byte("abcdef"), got)
+	_, ok = get(c, ns, 4097)
+	assert.False(t, ok)
+	st := c.Stats()
+	assert.Less(t, st.Bytes, int64(2*(classes[0]+valueOverhead)), "one entry's bytes: the replaced value's cost left with it")
 }
 
 func TestBudgetIsRespected(t *testing.T) {
@@ -188,7 +225,7 @@ func TestReusedBlockIsNotTheOldValue(t *testing.T) {
 	got.Release()
 	// Force the block free under the index (as if the entry were stale):
 	// drop the cache's reference and the caller's.
-	entry{v: x, id: x.ID()}.drop()
+	(&entry{v: x, id: x.ID()}).drop()
 	x.Release()
 	y := c.Alloc(100)
 	require.Same(t, x, y)
@@ -276,6 +313,13 @@ func TestValuesMatchTheirKeysUnderChurn(t *testing.T) {
 			}
 			wg.Wait()
 			c.Wait()
+			// Hints name only entries ristretto holds: one it let go of
+			// would keep a value's descriptor (and its slab's) alive.
+			for i := range c.hints {
+				if e := c.hints[i].Load(); e != nil {
+					assert.Equal(t, e.id, e.v.cachedID.Load(), "a hint names an entry the cache let go of")
+				}
+			}
 			st := c.Stats()
 			assert.Zero(t, wrong.Load(), "values that were not their key's bytes")
 			assert.Positive(t, hits.Load())

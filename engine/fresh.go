@@ -36,6 +36,12 @@ type fresh struct {
 	bytes    int          // memory the batches occupy (their values' Size); guarded by mu
 	maxBytes int
 	hits     atomic.Int64 // reads served
+	// lo and hi bound the offsets the batches hold, [lo, hi) (any
+	// namespace), stored under mu held exclusively: a read outside them
+	// (most reads of a log bigger than the bound) takes no lock. A read
+	// that races an add may miss the batch added and read the record
+	// elsewhere, as it would have a moment earlier.
+	lo, hi atomic.Uint64
 }
 
 // freshBatch is one appended batch: its records' bytes, then their end
@@ -100,11 +106,26 @@ func (f *fresh) add(c *cache.Cache, ns cache.Namespace, first uint64, records []
 	if drop > 0 {
 		f.batches = append(f.batches[:0], f.batches[drop:]...)
 	}
+	f.publishLocked()
+}
+
+// publishLocked stores the bounds of the offsets held. The caller holds
+// mu exclusively.
+func (f *fresh) publishLocked() {
+	lo, hi := uint64(0), uint64(0)
+	for i, b := range f.batches {
+		if i == 0 || b.first < lo {
+			lo = b.first
+		}
+		hi = max(hi, b.first+uint64(b.count))
+	}
+	f.lo.Store(lo)
+	f.hi.Store(hi)
 }
 
 // get appends the record at off of namespace ns to dst, if it is held.
 func (f *fresh) get(ns cache.Namespace, off uint64, dst []byte) ([]byte, bool) {
-	if f == nil {
+	if f == nil || off < f.lo.Load() || off >= f.hi.Load() {
 		return dst, false
 	}
 	f.mu.RLock()
@@ -156,4 +177,5 @@ func (f *fresh) release() {
 		b.v.Release()
 	}
 	f.batches, f.bytes = nil, 0
+	f.publishLocked()
 }
