@@ -235,15 +235,17 @@ func (l *Log) verifyImport(s *segment) error {
 	if err := s.decodeFooter(foot); err != nil {
 		return s.corrupt("import", foot.Pos, err)
 	}
-	if err := l.checkImportIndex(s, foot.Pos); err != nil {
+	index, _, err := s.decodeFooterIndex(foot) // all of it, for the checks (s keeps what reads need)
+	if err != nil {
+		return s.corrupt("import", foot.Pos, err)
+	}
+	if err := l.checkImportIndex(s, index, foot.Pos); err != nil {
 		return err
 	}
 	// Every index entry must be a record (a frame, before version 3) the
 	// scan finds, with its offset and time (reads trust the index to find
 	// records). Both are in file order, so one pass matches them.
-	s.mu.RLock()
-	check := entryCheck{index: s.index, hdr: s.hdr}
-	s.mu.RUnlock()
+	check := entryCheck{index: index, hdr: s.hdr}
 	mismatch := func(i int) error {
 		return s.corrupt("import", foot.Pos, fmt.Errorf("the footer's index entry %d (offset %d at byte %d) does not match a record", i, check.index[i].off, check.index[i].pos))
 	}
@@ -274,18 +276,16 @@ func (l *Log) verifyImport(s *segment) error {
 }
 
 // checkImportIndex checks that the footer's index entries of a received
-// sealed file s, whose frames end at dataEnd, are no further apart than
+// sealed file s, index, whose frames end at dataEnd, are no further apart than
 // this log's own writer puts them (an index interval and a frame): a point
 // read reads and caches one whole interval, so a peer's sparse index would
 // otherwise decide what each read allocates.
-func (l *Log) checkImportIndex(s *segment, dataEnd int64) error {
+func (l *Log) checkImportIndex(s *segment, index []indexEntry, dataEnd int64) error {
 	limit := int64(l.opts.IndexInterval) + int64(l.opts.MaxWrite)
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	for i, e := range s.index {
+	for i, e := range index {
 		end := dataEnd
-		if i+1 < len(s.index) {
-			end = s.index[i+1].pos
+		if i+1 < len(index) {
+			end = index[i+1].pos
 		}
 		if end-e.pos > limit {
 			return s.corrupt("import", e.pos, fmt.Errorf("the footer's index entry %d (offset %d) spans %d bytes, this log reads at most %d per interval: open it with IndexInterval at least %d",

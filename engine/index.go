@@ -79,13 +79,12 @@ func (e indexEntry) frameOf() (pos int64, first uint64) {
 	return e.pos - int64(e.back), e.off - uint64(e.before)
 }
 
-// lookup returns the index entry for off (the last at or before it) and
-// the position before which off's record ends: the next entry's position,
-// or the visible end. complete: the bytes up to that end never change (a
-// later entry exists, or the segment is sealed).
-func (s *segment) lookup(off uint64, vis position) (e indexEntry, end int64, complete bool) {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
+// lookupLocked returns the index entry for off (the last at or before it)
+// in the index in memory, and the position before which off's record
+// ends: the next entry's position, or the visible end. complete: the
+// bytes up to that end never change (a later entry exists, or the segment
+// is sealed). The caller holds s.mu (Log.lookup).
+func (s *segment) lookupLocked(off uint64, vis position) (e indexEntry, end int64, complete bool) {
 	i := entryFor(s.index, off)
 	e = s.index[max(i, 0)]
 	if i+1 < len(s.index) && s.index[i+1].pos <= vis.pos {
@@ -538,46 +537,79 @@ func decodeFooterSummary(b []byte, size int, segID, base, next uint64, pos int64
 // and returns its entries and interval: the trailer and summary, every
 // block, and entries that ascend inside the segment's record range.
 func decodeFooterV2(b []byte, segID, base, next uint64, pos int64) (index []indexEntry, interval int64, err error) {
-	sm, err := decodeFooterSummary(b, len(b), segID, base, next, pos)
+	sm, err := walkFooterV2(b, segID, base, next, pos, func(part []indexEntry) { index = append(index, part...) })
 	if err != nil {
 		return nil, 0, err
 	}
+	return index, sm.interval, nil
+}
+
+// walkFooterV2 checks a whole version 2 footer as decodeFooterV2 does and
+// returns its summary, handing each block's entries to each (if not nil)
+// in order: a caller that keeps only the summary holds one block's
+// entries at a time.
+func walkFooterV2(b []byte, segID, base, next uint64, pos int64, each func([]indexEntry)) (*footerSummary, error) {
+	sm, err := decodeFooterSummary(b, len(b), segID, base, next, pos)
+	if err != nil {
+		return nil, err
+	}
 	payload := pos + wal.FrameHeaderLen
 	if !zeroBytes(b[footerHeadLen : sm.blocksAt-payload]) {
-		return nil, 0, fmt.Errorf("footer padding before its index blocks (bytes %d to %d) is not zero", payload+footerHeadLen, sm.blocksAt)
+		return nil, fmt.Errorf("footer padding before its index blocks (bytes %d to %d) is not zero", payload+footerHeadLen, sm.blocksAt)
 	}
-	index = make([]indexEntry, 0, sm.entries)
-	for k, first := range sm.first {
+	var prev *indexEntry
+	for k := range sm.first {
 		at := sm.blocksAt + int64(k*indexBlockLen)
-		part, bnext, err := decodeIndexBlock(b[at-payload:][:indexBlockLen], segID, base, at)
+		part, err := sm.checkBlock(b[at-payload:][:indexBlockLen], k, segID, base, next, prev)
 		if err != nil {
-			return nil, 0, err
-		}
-		wantNext := sm.dataEnd
-		if k+1 < len(sm.first) {
-			wantNext = -1 // checked against the next block's first entry below
-		}
-		if want := min(entriesPerBlock, sm.entries-k*entriesPerBlock); len(part) != want || part[0].off != first.off || part[0].time != first.time || (wantNext >= 0 && bnext != wantNext) {
-			return nil, 0, fmt.Errorf("index block %d at byte %d (%d entries from offset %d) disagrees with the summary (%d from %d)", k, at, len(part), part[0].off, want, first.off)
+			return nil, err
 		}
 		if k > 0 {
-			if prev := binary.LittleEndian.Uint64(b[at-indexBlockLen-payload+16:]); int64(prev) != part[0].pos {
-				return nil, 0, fmt.Errorf("index block %d says the next block starts at byte %d, it starts at %d", k-1, prev, part[0].pos)
+			if prevNext := binary.LittleEndian.Uint64(b[at-indexBlockLen-payload+16:]); int64(prevNext) != part[0].pos {
+				return nil, fmt.Errorf("index block %d says the next block starts at byte %d, it starts at %d", k-1, prevNext, part[0].pos)
 			}
 		}
-		index = append(index, part...)
-	}
-	for i, e := range index {
-		if e.off < base || e.off >= next || e.pos < wal.DataStart+wal.FrameHeaderLen || e.pos >= sm.dataEnd ||
-			int64(e.back) > e.pos-wal.DataStart || uint64(e.before) > e.off-base || e.left == 0 ||
-			(i > 0 && (e.off <= index[i-1].off || e.pos <= index[i-1].pos || e.time < index[i-1].time)) {
-			return nil, 0, fmt.Errorf("footer index entry %d (offset %d at %d) is out of order or range", i, e.off, e.pos)
+		prev = &part[len(part)-1]
+		if each != nil {
+			each(part)
 		}
 	}
-	if sm.count > 0 && (index[0].pos != wal.DataStart+wal.FrameHeaderLen || index[0].before != 0) {
-		return nil, 0, errors.New("footer index does not start at the first record")
+	return sm, nil
+}
+
+// checkBlock decodes index block k of the footer sm describes, blk (read
+// from its file position), and checks it: its own checksum and head, that
+// it agrees with its summary slot (first offset and time, entry count; the
+// last block's next position is the data end), and that its entries
+// ascend (from prev, the previous block's last entry, if known) inside
+// the segment's record range. A lone block read through the cache is
+// checked the same way as a block of a whole footer.
+func (sm *footerSummary) checkBlock(blk []byte, k int, segID, base, next uint64, prev *indexEntry) ([]indexEntry, error) {
+	at := sm.blocksAt + int64(k*indexBlockLen)
+	part, bnext, err := decodeIndexBlock(blk, segID, base, at)
+	if err != nil {
+		return nil, err
 	}
-	return index, sm.interval, nil
+	first := sm.first[k]
+	last := k+1 == len(sm.first)
+	if want := min(entriesPerBlock, sm.entries-k*entriesPerBlock); len(part) != want || part[0].off != first.off || part[0].time != first.time || (last && bnext != sm.dataEnd) || bnext > sm.dataEnd {
+		return nil, fmt.Errorf("index block %d at byte %d (%d entries from offset %d) disagrees with the summary (%d from %d)", k, at, len(part), part[0].off, want, first.off)
+	}
+	for j := range part {
+		e, i := part[j], k*entriesPerBlock+j
+		if j > 0 {
+			prev = &part[j-1]
+		}
+		if e.off < base || e.off >= next || e.pos < wal.DataStart+wal.FrameHeaderLen || e.pos >= sm.dataEnd ||
+			int64(e.back) > e.pos-wal.DataStart || uint64(e.before) > e.off-base || e.left == 0 ||
+			(prev != nil && (e.off <= prev.off || e.pos <= prev.pos || e.time < prev.time)) {
+			return nil, fmt.Errorf("footer index entry %d (offset %d at %d) is out of order or range", i, e.off, e.pos)
+		}
+	}
+	if k == 0 && (part[0].pos != wal.DataStart+wal.FrameHeaderLen || part[0].before != 0) {
+		return nil, errors.New("footer index does not start at the first record")
+	}
+	return part, nil
 }
 
 // decodeIndexBlock checks the index block at file position at and

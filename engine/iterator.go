@@ -104,7 +104,11 @@ func (it *Iterator) nextFrame() (bool, error) {
 			if err != nil {
 				return false, err
 			}
-			start, _, _ := s.lookup(it.next, s.vis())
+			start, _, _, err := it.l.lookup(s, it.next, s.vis())
+			if err != nil {
+				s.done()
+				return false, err
+			}
 			pos, first := start.frameOf()
 			it.seg, it.pos, it.posOff, it.buf = s, pos, first, nil
 		}

@@ -101,8 +101,13 @@ type Log struct {
 	// Point reads: Read calls that returned a record, and the bytes they
 	// read from the device (read-ahead included).
 	pointReads, readDeviceBytes atomic.Int64
-	ra                          readAheads       // sequential point reads (readahead.go)
-	raPool                      *alignedbuf.Pool // aligned buffers of read-ahead reads
+	// indexReadBytes: the part of readDeviceBytes that read sealed
+	// segments' index blocks (sealedindex.go); indexHits, indexMisses:
+	// the cache's hits and misses that were lookups of index blocks.
+	indexReadBytes, indexHits, indexMisses atomic.Int64
+
+	ra     readAheads       // sequential point reads (readahead.go)
+	raPool *alignedbuf.Pool // aligned buffers of read-ahead reads
 
 	syncHist, batchHist *hist // fdatasync latency, appends per flush
 
@@ -901,6 +906,7 @@ func (l *Log) seal(s *segment) error {
 	l.statsMu.Unlock()
 	s.mu.Lock()
 	s.sealed, s.sealedAt = true, foot.Time
+	s.keepSummary(foot)
 	s.man = footerEntry(s, foot)
 	s.mu.Unlock()
 	s.visible.Store(&position{pos: foot.Pos, off: foot.Next})
@@ -1304,7 +1310,10 @@ func (l *Log) Read(offset uint64, dst []byte) ([]byte, error) {
 		return out, nil
 	}
 	vis := s.vis()
-	start, end, complete := s.lookup(offset, vis)
+	start, end, complete, err := l.lookup(s, offset, vis)
+	if err != nil {
+		return dst, err
+	}
 	v, err := l.chunkBytes(s, start, end, complete, offset)
 	if err != nil {
 		return dst, err

@@ -103,7 +103,9 @@ func footerEntry(s *segment, f *wal.Footer) manifestEntry {
 	if !s.recordIndexed() {
 		e.crc = crc32.Checksum(f.Data, castagnoli)
 	}
-	if len(s.index) > 0 {
+	if sm := s.sum.Load(); sm != nil && len(sm.first) > 0 {
+		e.firstTime = sm.first[0].time
+	} else if len(s.index) > 0 {
 		e.firstTime = s.index[0].time
 	}
 	return e
@@ -310,6 +312,7 @@ func (s *segment) adopt(t *segment) error {
 	t.mu.RUnlock()
 	s.mu.Lock()
 	s.index, s.interval = index, interval
+	s.sum.Store(t.sum.Load())
 	s.mu.Unlock()
 	s.dev, s.hdr = t.dev, t.hdr
 	s.loaded.Store(true)

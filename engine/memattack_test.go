@@ -70,7 +70,8 @@ func TestReadRacingCloseKeepsNoBlock(t *testing.T) {
 			off := before
 			s, err := l.segmentFor(off)
 			require.NoError(t, err)
-			start, end, complete := s.lookup(off, s.vis())
+			start, end, complete, err := l.lookup(s, off, s.vis())
+			require.NoError(t, err)
 			v, err := l.chunkBytes(s, start, end, complete, off)
 			require.NoError(t, err)
 			require.NoError(t, l.Close())

@@ -483,7 +483,7 @@ func (l *Log) readChunkAhead(p raPlan, plan func(raPlan)) (raChunk, bool) {
 	}
 	if s.recordIndexed() {
 		e := indexEntry{off: next, pos: pos, left: left}
-		end, at, entry := s.runEnd(pos, raSpan, vis)
+		end, at, entry := l.runEnd(s, next, pos, raSpan, vis)
 		if entry {
 			plan(raPlan{ns: s.ns, next: at.off, pos: at.pos, left: at.left, ok: true})
 		}
@@ -508,7 +508,7 @@ func (l *Log) readChunkAhead(p raPlan, plan func(raPlan)) (raChunk, bool) {
 			run: run, own: &raBuf{b: run.buf}, ahead: true, indexed: true}
 		c.own.refs.Store(1)
 		if l.cache.Room() >= int64(len(run.raw)+4*len(run.table)) {
-			c.carve = s.entriesIn(c.first, c.next)
+			c.carve = l.entriesIn(s, c.first, c.next)
 		}
 		return c, true
 	}
@@ -572,10 +572,8 @@ func (ra *readAheads) reset() {
 // at an entry and every interval it reads is whole (cacheIntervals); at
 // the visible end if that comes first; at the first entry past the span
 // if none is within it (a record longer than the span). entry: it ends at
-// the entry at.
-func (s *segment) runEnd(from, span int64, vis position) (end int64, at indexEntry, entry bool) {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
+// the entry at. The caller holds s.mu (Log.runEnd).
+func (s *segment) runEndLocked(from, span int64, vis position) (end int64, at indexEntry, entry bool) {
 	to := min(from+span, vis.pos)
 	i := sort.Search(len(s.index), func(i int) bool { return s.index[i].pos > to }) // the first entry past to
 	switch {
@@ -590,10 +588,9 @@ func (s *segment) runEnd(from, span int64, vis position) (end int64, at indexEnt
 
 // entriesIn returns a copy of s's index entries of offsets first to
 // next, both included, and, if next is the end of a sealed s, one for the
-// end (its last interval ends there).
-func (s *segment) entriesIn(first, next uint64) []indexEntry {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
+// end (its last interval ends there). The caller holds s.mu
+// (Log.entriesIn).
+func (s *segment) entriesInLocked(first, next uint64) []indexEntry {
 	lo := sort.Search(len(s.index), func(i int) bool { return s.index[i].off >= first })
 	hi := sort.Search(len(s.index), func(i int) bool { return s.index[i].off > next })
 	es := append([]indexEntry(nil), s.index[lo:hi]...)
@@ -607,8 +604,8 @@ func (s *segment) entriesIn(first, next uint64) []indexEntry {
 // cache holds (off if it holds none): a point read of them would not read
 // the device.
 func (l *Log) cached(s *segment, off uint64) uint64 {
-	e, _, complete := s.lookup(off, s.vis())
-	if !complete {
+	e, _, complete, err := l.lookup(s, off, s.vis())
+	if err != nil || !complete {
 		return off
 	}
 	v, ok := l.cache.Get(s.ns, e.pos)

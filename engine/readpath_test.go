@@ -247,7 +247,9 @@ func TestScansDoNotEvictThePointReadWorkingSet(t *testing.T) {
 	l.cache.Wait()
 	readSet() // all hits now
 	st := l.Stats()
-	require.Equal(t, int64(len(set)), st.Cache.Hits, "the working set is cached")
+	// Less the lookups of the sealed segments' index blocks, which go
+	// through the cache too.
+	require.Equal(t, int64(len(set)), st.Cache.Hits-l.indexHits.Load(), "the working set is cached")
 
 	it := l.NewIterator(0)
 	n := uint64(0)

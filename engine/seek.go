@@ -27,8 +27,12 @@ func (l *Log) SeekTime(t time.Time) (uint64, error) {
 	from := l.StartOffset()
 	if i >= 0 && segs[i].acquire() {
 		err := l.ensure(segs[i])
+		var e indexEntry
 		if err == nil {
-			_, first := segs[i].entryBefore(ts).frameOf()
+			e, err = l.entryBefore(segs[i], ts)
+		}
+		if err == nil {
+			_, first := e.frameOf()
 			from = max(from, first)
 		}
 		segs[i].done()
@@ -53,19 +57,15 @@ func (s *segment) firstEntry() (indexEntry, bool) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	switch {
+	case s.sum.Load() != nil: // the first record's entry, as far as SeekTime and info look
+		if sum := s.sum.Load(); len(sum.first) > 0 {
+			return indexEntry{off: s.base, pos: wal.DataStart + wal.FrameHeaderLen, time: sum.first[0].time, back: wal.FrameHeaderLen}, true
+		}
+		return indexEntry{}, false
 	case len(s.index) > 0:
 		return s.index[0], true
 	case s.sealed && s.man.next != 0: // not loaded (or unloaded): as described
 		return indexEntry{off: s.base, pos: wal.DataStart, time: s.man.firstTime}, true
 	}
 	return indexEntry{}, false
-}
-
-// entryBefore is the last index entry whose time is before ts (the first
-// entry if none is).
-func (s *segment) entryBefore(ts int64) indexEntry {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	j := sort.Search(len(s.index), func(j int) bool { return s.index[j].time >= ts }) - 1
-	return s.index[max(j, 0)]
 }

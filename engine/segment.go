@@ -111,6 +111,12 @@ type segment struct {
 	// it, and when that look started (read-only logs; under refreshMu).
 	looked struct{ mod, at time.Time }
 
+	// sum: for a sealed segment of version 3 whose footer is sound, the
+	// footer's summary; its index entries stay on disk, read a block at a
+	// time through the cache (sealedindex.go), and index is nil. Set when
+	// the footer is loaded or written, cleared by unload.
+	sum atomic.Pointer[footerSummary]
+
 	mu       sync.RWMutex // guards index, lastRec, sealed and sealedAt
 	index    []indexEntry // sparse, ascending; the first frame (record) is always in it
 	interval int64
@@ -244,6 +250,7 @@ func (s *segment) unload() bool {
 	s.loaded.Store(false)
 	s.mu.Lock()
 	s.index = nil
+	s.sum.Store(nil)
 	s.mu.Unlock()
 	s.dev.Close()
 	s.dev = nil
@@ -333,13 +340,26 @@ func (s *segment) encodeFooter(next uint64, dataEnd int64, fit int) (footer []by
 
 // decodeFooter checks a footer against the wal footer frame it came in and
 // loads the index. Entries must ascend inside the segment's record range.
+// A version 2 footer's entries are checked, block by block, and only its
+// summary is kept (sealedindex.go).
 func (s *segment) decodeFooter(f *wal.Footer) error {
-	index, interval, err := s.decodeFooterIndex(f)
+	var index []indexEntry
+	var sum *footerSummary
+	interval := int64(0)
+	var err error
+	if s.recordIndexed() {
+		if sum, err = walkFooterV2(f.Data, s.hdr.SegmentID, s.base, f.Next, f.Pos, nil); err == nil {
+			interval = sum.interval
+		}
+	} else {
+		index, interval, err = s.decodeFooterIndex(f)
+	}
 	if err != nil {
 		return err
 	}
 	s.mu.Lock()
 	s.index, s.interval, s.sealed, s.sealedAt = index, interval, true, f.Time
+	s.sum.Store(sum)
 	s.man = footerEntry(s, f)
 	s.mu.Unlock()
 	s.visible.Store(&position{pos: f.Pos, off: f.Next})

@@ -320,9 +320,11 @@ func (r *VerifyReport) verifySegment(d blockdev.Dir, base uint64, last, sealing 
 	if check == nil {
 		// The file does not end at its footer (an unfinished seal): the
 		// footer came from the scan, so the frames are read again.
-		s.mu.RLock()
-		check = &entryCheck{index: s.index, hdr: s.hdr}
-		s.mu.RUnlock()
+		index, _, err := s.decodeFooterIndex(foot)
+		if err != nil {
+			return err // decodeFooter checked the same bytes
+		}
+		check = &entryCheck{index: index, hdr: s.hdr}
 		sc2, err := wal.NewScanner(dev)
 		if err != nil {
 			return err

@@ -1,0 +1,230 @@
+package engine
+
+import (
+	"encoding/binary"
+	"fmt"
+	"sort"
+
+	"github.com/segstore/segstore/wal"
+)
+
+// A sealed segment of version 3 keeps in memory only its footer's summary
+// (the trailer's facts and each index block's first offset and time: 16
+// bytes per 127 entries, about 2 KiB for a full 64 MiB segment), never its
+// entries. A lookup finds the block of an offset (or a time) in the
+// summary, takes the block through the log's cache under the segment's
+// namespace at the block's file position (past the data end, so no chunk
+// of records shares the key) and searches its encoded entries in place.
+// A block read from the device is checked before it is cached and used:
+// its checksum, its head, its agreement with the summary and the order and
+// range of its entries (footerSummary.checkBlock, the check a whole
+// footer's blocks get). The active segment, and segments of older versions
+// or whose footer was found damaged (served from an index rebuilt from the
+// records), keep their index in memory.
+
+// keepSummary makes s, just sealed with footer f, keep only f's summary,
+// dropping its index from memory. The caller holds s.mu.
+func (s *segment) keepSummary(f *wal.Footer) {
+	if !s.recordIndexed() {
+		return
+	}
+	sum, err := decodeFooterSummary(f.Data, len(f.Data), s.hdr.SegmentID, s.base, f.Next, f.Pos)
+	if err != nil {
+		return // cannot be (the seal encoded it): the index stays in memory
+	}
+	// s.interval stays: readers read it without the lock (a thinned
+	// footer's wider interval only makes their walks read on).
+	s.index = nil
+	s.sum.Store(sum)
+}
+
+// indexBlock is a checked index block: its 4096 encoded bytes.
+type indexBlock []byte
+
+func (b indexBlock) count() int { return int(binary.LittleEndian.Uint32(b[4:])) }
+
+func (b indexBlock) entry(j int, base uint64) indexEntry {
+	return decodeEntry(b[indexBlockHead+j*indexEntryLen:], base)
+}
+
+// field is entry j's uint64 (width 8) or uint32 (width 4) at byte at.
+func (b indexBlock) field(j, at, width int) uint64 {
+	p := b[indexBlockHead+j*indexEntryLen+at:]
+	if width == 4 {
+		return uint64(binary.LittleEndian.Uint32(p))
+	}
+	return binary.LittleEndian.Uint64(p)
+}
+
+// find returns the block's entry for off (the last at or before it; the
+// first if none is) and where off's record ends at the latest: the next
+// entry's position, or the block's next position.
+func (b indexBlock) find(base, off uint64) (indexEntry, int64) {
+	n, rel := b.count(), off-base
+	j := max(sort.Search(n, func(j int) bool { return b.field(j, 16, 4) > rel })-1, 0)
+	end := int64(binary.LittleEndian.Uint64(b[16:]))
+	if j+1 < n {
+		end = int64(b.field(j+1, 0, 8))
+	}
+	return b.entry(j, base), end
+}
+
+// before returns the block's last entry whose time is before ts (the
+// first if none is).
+func (b indexBlock) before(base uint64, ts int64) indexEntry {
+	j := sort.Search(b.count(), func(j int) bool { return int64(b.field(j, 8, 8)) >= ts }) - 1
+	return b.entry(max(j, 0), base)
+}
+
+// inMemory calls use, under s.mu, if s's index is in memory, and returns
+// nil; otherwise it returns the footer summary s keeps instead.
+func (s *segment) inMemory(use func()) *footerSummary {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if sum := s.sum.Load(); sum != nil {
+		return sum
+	}
+	use()
+	return nil
+}
+
+// block is the index block that holds off's entry.
+func (sum *footerSummary) block(off uint64) int {
+	return max(sort.Search(len(sum.first), func(k int) bool { return sum.first[k].off > off })-1, 0)
+}
+
+// lookup finds off's index entry in s (see segment.lookupLocked): in the
+// index in memory, or for a sealed segment that keeps only its footer's
+// summary, in the index block that holds it.
+func (l *Log) lookup(s *segment, off uint64, vis position) (e indexEntry, end int64, complete bool, err error) {
+	sum := s.inMemory(func() { e, end, complete = s.lookupLocked(off, vis) })
+	if sum == nil {
+		return e, end, complete, nil
+	}
+	err = l.withIndexBlock(s, sum, sum.block(off), func(b indexBlock) { e, end = b.find(s.base, off) })
+	return e, end, true, err
+}
+
+// runEnd is where a read-ahead read of s from file position from (the
+// record of offset next) ends: see segment.runEndLocked. In a segment that
+// keeps only its summary it walks the blocks from next's on (two or three
+// for a 1 MiB span at a 4 KiB interval); a block that cannot be read ends
+// the run at the visible end, and the point read that meets it reports it.
+func (l *Log) runEnd(s *segment, next uint64, from, span int64, vis position) (end int64, at indexEntry, entry bool) {
+	sum := s.inMemory(func() { end, at, entry = s.runEndLocked(from, span, vis) })
+	if sum == nil {
+		return end, at, entry
+	}
+	to := min(from+span, vis.pos)
+	if to == vis.pos {
+		return vis.pos, indexEntry{}, false
+	}
+	var last, past indexEntry
+	found, over := false, false
+	for k := sum.block(next); k < len(sum.first) && !over; k++ {
+		err := l.withIndexBlock(s, sum, k, func(b indexBlock) {
+			for j := range b.count() {
+				e := b.entry(j, s.base)
+				if e.pos > to {
+					past, over = e, true
+					return
+				}
+				if e.pos > from {
+					last, found = e, true
+				}
+			}
+		})
+		if err != nil {
+			return vis.pos, indexEntry{}, false
+		}
+	}
+	switch {
+	case found:
+		return last.pos, last, true
+	case over && past.pos < vis.pos:
+		return past.pos, past, true
+	}
+	return vis.pos, indexEntry{}, false
+}
+
+// entriesIn returns a copy of s's index entries of offsets first to next,
+// both included, and one for the end if next is the end of a sealed s:
+// see segment.entriesInLocked. It returns none if a block cannot be read
+// (read-ahead then caches no intervals of its chunk).
+func (l *Log) entriesIn(s *segment, first, next uint64) (es []indexEntry) {
+	sum := s.inMemory(func() { es = s.entriesInLocked(first, next) })
+	if sum == nil {
+		return es
+	}
+	for k := sum.block(first); k < len(sum.first) && sum.first[k].off <= next; k++ {
+		err := l.withIndexBlock(s, sum, k, func(b indexBlock) {
+			for j := range b.count() {
+				if e := b.entry(j, s.base); e.off >= first && e.off <= next {
+					es = append(es, e)
+				}
+			}
+		})
+		if err != nil {
+			return nil
+		}
+	}
+	if vis := s.vis(); next == vis.off {
+		es = append(es, indexEntry{off: next, pos: vis.pos})
+	}
+	return es
+}
+
+// entryBefore is s's last index entry whose time is before ts (the first
+// entry if none is). s is loaded.
+func (l *Log) entryBefore(s *segment, ts int64) (e indexEntry, err error) {
+	sum := s.inMemory(func() {
+		j := sort.Search(len(s.index), func(j int) bool { return s.index[j].time >= ts }) - 1
+		e = s.index[max(j, 0)]
+	})
+	if sum == nil {
+		return e, nil
+	}
+	k := max(sort.Search(len(sum.first), func(k int) bool { return sum.first[k].time >= ts })-1, 0)
+	err = l.withIndexBlock(s, sum, k, func(b indexBlock) { e = b.before(s.base, ts) })
+	return e, err
+}
+
+// withIndexBlock calls use with index block k of s's footer (described
+// by sum): from the cache, or read from the device, checked and offered
+// to the cache. The block is valid only during use. A block that fails its
+// checks is corruption, reported with the block's position.
+func (l *Log) withIndexBlock(s *segment, sum *footerSummary, k int, use func(indexBlock)) error {
+	at := sum.blocksAt + int64(k*indexBlockLen)
+	if v, ok := l.cache.Get(s.ns, at); ok {
+		l.indexHits.Add(1)
+		use(indexBlock(v.Bytes()))
+		v.Release()
+		return nil
+	}
+	l.indexMisses.Add(1)
+	var buf []byte
+	if s.dev.Alignment().Memory <= poolAlign {
+		buf = l.readPool.Get() // at least 64 KiB
+		defer l.readPool.Put(buf)
+	}
+	_, got, err := s.readAt(at, at+indexBlockLen, buf)
+	if err != nil {
+		return err
+	}
+	l.readDeviceBytes.Add(int64(len(got)))
+	l.indexReadBytes.Add(int64(len(got)))
+	if len(got) < indexBlockLen {
+		err = fmt.Errorf("the file ends at byte %d, inside the block", at+int64(len(got)))
+	} else {
+		_, err = sum.checkBlock(got[:indexBlockLen], k, s.hdr.SegmentID, s.base, s.vis().off, nil)
+	}
+	if err != nil {
+		return s.corrupt("read", at, fmt.Errorf("index block %d of the footer (offsets from %d): %w; the records are intact: reopen the log, whose open rebuilds the index from them, or run segtool verify", k, sum.first[k].off, err))
+	}
+	v := l.cache.Alloc(indexBlockLen)
+	copy(v.Bytes(), got)
+	l.cache.Set(s.ns, at, v)
+	use(indexBlock(v.Bytes()))
+	v.Release()
+	return nil
+}
