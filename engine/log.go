@@ -105,6 +105,7 @@ type Log struct {
 	// segments' index blocks (sealedindex.go); indexHits, indexMisses:
 	// the cache's hits and misses that were lookups of index blocks.
 	indexReadBytes, indexHits, indexMisses atomic.Int64
+	indexHints                             indexHints // sealedindex.go
 
 	ra     readAheads       // sequential point reads (readahead.go)
 	raPool *alignedbuf.Pool // aligned buffers of read-ahead reads

@@ -170,13 +170,14 @@ func TestSharedCacheAcrossLogs(t *testing.T) {
 	}
 	st := c.Stats()
 	// Less the lookups of the sealed segments' index blocks (one block per
-	// log: a miss, then hits), which go through the cache too.
+	// log: a miss, then hits, most of them through the log's own hints),
+	// which go through the cache too.
 	var indexHits, indexMisses int64
 	for _, l := range logs {
 		indexHits += l.indexHits.Load()
 		indexMisses += l.indexMisses.Load()
 	}
-	assert.Equal(t, [2]int64{2, 4}, [2]int64{indexMisses, indexHits}, "one index block per log")
+	assert.Equal(t, int64(2), indexMisses, "one index block per log")
 	assert.Equal(t, int64(2), st.Misses-indexMisses, "one miss per log")
 	assert.Equal(t, int64(4), st.Hits-indexHits)
 	for _, l := range logs {

@@ -4,7 +4,9 @@ import (
 	"encoding/binary"
 	"fmt"
 	"sort"
+	"sync/atomic"
 
+	"github.com/segstore/segstore/cache"
 	"github.com/segstore/segstore/wal"
 )
 
@@ -61,7 +63,15 @@ func (b indexBlock) field(j, at, width int) uint64 {
 // entry's position, or the block's next position.
 func (b indexBlock) find(base, off uint64) (indexEntry, int64) {
 	n, rel := b.count(), off-base
-	j := max(sort.Search(n, func(j int) bool { return b.field(j, 16, 4) > rel })-1, 0)
+	lo, hi := 0, n // the entry sought is in [lo, hi): the first's offset is at most off
+	for hi-lo > 1 {
+		if m := int(uint(lo+hi) >> 1); b.field(m, 16, 4) > rel {
+			hi = m
+		} else {
+			lo = m
+		}
+	}
+	j := lo
 	end := int64(binary.LittleEndian.Uint64(b[16:]))
 	if j+1 < n {
 		end = int64(b.field(j+1, 0, 8))
@@ -96,13 +106,25 @@ func (sum *footerSummary) block(off uint64) int {
 // lookup finds off's index entry in s (see segment.lookupLocked): in the
 // index in memory, or for a sealed segment that keeps only its footer's
 // summary, in the index block that holds it.
+//
+// This is on the path of every cache hit, so the summary is taken without
+// the lock when it is set (it is cleared only by unload, which waits for
+// every reader to let go of s), and the block is searched in the cache's
+// value, with no copy and no closure.
 func (l *Log) lookup(s *segment, off uint64, vis position) (e indexEntry, end int64, complete bool, err error) {
-	sum := s.inMemory(func() { e, end, complete = s.lookupLocked(off, vis) })
+	sum := s.sum.Load()
 	if sum == nil {
-		return e, end, complete, nil
+		if sum = s.inMemory(func() { e, end, complete = s.lookupLocked(off, vis) }); sum == nil {
+			return e, end, complete, nil
+		}
 	}
-	err = l.withIndexBlock(s, sum, sum.block(off), func(b indexBlock) { e, end = b.find(s.base, off) })
-	return e, end, true, err
+	v, err := l.indexBlock(s, sum, sum.block(off))
+	if err != nil {
+		return e, 0, false, err
+	}
+	e, end = indexBlock(v.Bytes()).find(s.base, off)
+	v.Release()
+	return e, end, true, nil
 }
 
 // runEnd is where a read-ahead read of s from file position from (the
@@ -122,21 +144,20 @@ func (l *Log) runEnd(s *segment, next uint64, from, span int64, vis position) (e
 	var last, past indexEntry
 	found, over := false, false
 	for k := sum.block(next); k < len(sum.first) && !over; k++ {
-		err := l.withIndexBlock(s, sum, k, func(b indexBlock) {
-			for j := range b.count() {
-				e := b.entry(j, s.base)
-				if e.pos > to {
-					past, over = e, true
-					return
-				}
-				if e.pos > from {
-					last, found = e, true
-				}
-			}
-		})
+		v, err := l.indexBlock(s, sum, k)
 		if err != nil {
 			return vis.pos, indexEntry{}, false
 		}
+		b := indexBlock(v.Bytes())
+		for j := 0; j < b.count() && !over; j++ {
+			switch e := b.entry(j, s.base); {
+			case e.pos > to:
+				past, over = e, true
+			case e.pos > from:
+				last, found = e, true
+			}
+		}
+		v.Release()
 	}
 	switch {
 	case found:
@@ -157,16 +178,17 @@ func (l *Log) entriesIn(s *segment, first, next uint64) (es []indexEntry) {
 		return es
 	}
 	for k := sum.block(first); k < len(sum.first) && sum.first[k].off <= next; k++ {
-		err := l.withIndexBlock(s, sum, k, func(b indexBlock) {
-			for j := range b.count() {
-				if e := b.entry(j, s.base); e.off >= first && e.off <= next {
-					es = append(es, e)
-				}
-			}
-		})
+		v, err := l.indexBlock(s, sum, k)
 		if err != nil {
 			return nil
 		}
+		b := indexBlock(v.Bytes())
+		for j := range b.count() {
+			if e := b.entry(j, s.base); e.off >= first && e.off <= next {
+				es = append(es, e)
+			}
+		}
+		v.Release()
 	}
 	if vis := s.vis(); next == vis.off {
 		es = append(es, indexEntry{off: next, pos: vis.pos})
@@ -185,21 +207,61 @@ func (l *Log) entryBefore(s *segment, ts int64) (e indexEntry, err error) {
 		return e, nil
 	}
 	k := max(sort.Search(len(sum.first), func(k int) bool { return sum.first[k].time >= ts })-1, 0)
-	err = l.withIndexBlock(s, sum, k, func(b indexBlock) { e = b.before(s.base, ts) })
-	return e, err
+	v, err := l.indexBlock(s, sum, k)
+	if err != nil {
+		return e, err
+	}
+	e = indexBlock(v.Bytes()).before(s.base, ts)
+	v.Release()
+	return e, nil
 }
 
-// withIndexBlock calls use with index block k of s's footer (described
-// by sum): from the cache, or read from the device, checked and offered
-// to the cache. The block is valid only during use. A block that fails its
-// checks is corruption, reported with the block's position.
-func (l *Log) withIndexBlock(s *segment, sum *footerSummary, k int, use func(indexBlock)) error {
+// indexHints is a direct-mapped table of the index blocks read last (256
+// slots, a pointer each: no memory of their own), in front of the cache:
+// a lookup whose block is named by its slot takes it with one reference
+// (Value.Acquire with the ID it had, which fails once the cache let go of
+// the block and it was reused) and skips the cache's lookup, the second
+// one of a hit. One use in 16 of a hint also asks the cache, so its
+// admission policy still sees that the block is used.
+type indexHints [256]atomic.Pointer[indexHint]
+
+type indexHint struct {
+	v    *cache.Value
+	id   uint64
+	ns   cache.Namespace
+	at   int64
+	uses atomic.Uint32
+}
+
+func (h *indexHints) slot(ns cache.Namespace, at int64) *atomic.Pointer[indexHint] {
+	return &h[(uint64(ns)<<32^uint64(at)>>12)*0x9e3779b97f4a7c15>>56]
+}
+
+// indexBlock returns index block k of s's footer (described by sum), in
+// a cache value the caller must release: through its hint, from the
+// cache, or read from the device, checked and offered to the cache. A
+// block that fails its checks is corruption, reported with the block's
+// position.
+func (l *Log) indexBlock(s *segment, sum *footerSummary, k int) (*cache.Value, error) {
 	at := sum.blocksAt + int64(k*indexBlockLen)
+	slot := l.indexHints.slot(s.ns, at)
+	h := slot.Load()
+	ours := h != nil && h.ns == s.ns && h.at == at
+	if ours && h.uses.Add(1)%16 != 0 {
+		if h.v.Acquire(h.id) {
+			return h.v, nil
+		}
+		ours = false // the cache let go of it: a new hint below
+	}
 	if v, ok := l.cache.Get(s.ns, at); ok {
 		l.indexHits.Add(1)
-		use(indexBlock(v.Bytes()))
-		v.Release()
-		return nil
+		if h == nil || (h.ns == s.ns && h.at == at && !ours) {
+			// An empty slot, or a stale hint of this block. A slot that
+			// names another block keeps it (no garbage per hit); the next
+			// read from the device takes it.
+			slot.Store(&indexHint{v: v, id: v.ID(), ns: s.ns, at: at})
+		}
+		return v, nil
 	}
 	l.indexMisses.Add(1)
 	var buf []byte
@@ -209,7 +271,7 @@ func (l *Log) withIndexBlock(s *segment, sum *footerSummary, k int, use func(ind
 	}
 	_, got, err := s.readAt(at, at+indexBlockLen, buf)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	l.readDeviceBytes.Add(int64(len(got)))
 	l.indexReadBytes.Add(int64(len(got)))
@@ -219,12 +281,11 @@ func (l *Log) withIndexBlock(s *segment, sum *footerSummary, k int, use func(ind
 		_, err = sum.checkBlock(got[:indexBlockLen], k, s.hdr.SegmentID, s.base, s.vis().off, nil)
 	}
 	if err != nil {
-		return s.corrupt("read", at, fmt.Errorf("index block %d of the footer (offsets from %d): %w; the records are intact: reopen the log, whose open rebuilds the index from them, or run segtool verify", k, sum.first[k].off, err))
+		return nil, s.corrupt("read", at, fmt.Errorf("index block %d of the footer (offsets from %d): %w; the records are intact: reopen the log, whose open rebuilds the index from them, or run segtool verify", k, sum.first[k].off, err))
 	}
 	v := l.cache.Alloc(indexBlockLen)
 	copy(v.Bytes(), got)
 	l.cache.Set(s.ns, at, v)
-	use(indexBlock(v.Bytes()))
-	v.Release()
-	return nil
+	slot.Store(&indexHint{v: v, id: v.ID(), ns: s.ns, at: at})
+	return v, nil
 }
