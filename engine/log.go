@@ -165,6 +165,10 @@ type Recovery struct {
 	ActiveFrames      int           // frames scanned in the active segment
 	Torn              *wal.TornTail // torn tail cut from the active segment
 	ActiveScan        time.Duration // of Duration, opening the last segment (a scan unless sealed)
+	// ActiveRead: device bytes the scan of the active segment read (its
+	// frames, and the proof that nothing follows them, which reads up to
+	// its high-water mark); 0 when it was opened from a clean close record.
+	ActiveRead int64
 	// CleanEnd: the last segment was closed cleanly, so its preallocated
 	// tail was not read to prove it empty. CleanIndex: moreover its index
 	// and end came from the clean close record, so none of its records
@@ -505,6 +509,10 @@ func (l *Log) openSegment(base uint64, last bool, nextBase uint64, lazy bool) (*
 	if damaged >= 0 {
 		l.noteReport(func(r *Recovery) { r.RebuiltFooters = append(r.RebuiltFooters, base) })
 		l.opts.Logger.Warn("segstore: damaged footer, index rebuilt from the records", "segment", name, "footer", damaged)
+	}
+	if last {
+		read := sc.BytesRead()
+		l.noteReport(func(r *Recovery) { r.ActiveRead = read })
 	}
 	if readOnly {
 		if last {

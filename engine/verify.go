@@ -241,6 +241,7 @@ func (r *VerifyReport) verifySegment(d blockdev.Dir, base uint64, last, sealing 
 		problem(0, ProblemCorruption, false, "%v", err)
 		return nil
 	}
+	sc.ReadAll() // stray data past the high-water mark is damage too
 	if h := sc.Header(); h.BaseOffset != base {
 		problem(0, ProblemCorruption, false, "the file header says base offset %d, the name says %d", h.BaseOffset, base)
 	}

@@ -523,6 +523,8 @@ func (r InspectReport) MarshalJSON() ([]byte, error) {
 		RebuiltFooters    []uint64 `json:"rebuilt_footers"`
 		RemovedIncomplete []uint64 `json:"removed_incomplete"`
 		ActiveFrames      int      `json:"active_frames"`
+		ActiveRead        int64    `json:"active_bytes_read"`
+		ActiveScanMicros  int64    `json:"active_scan_us"`
 		TornTail          *torn    `json:"torn_tail,omitempty"`
 		CleanEnd          bool     `json:"clean_end"`
 		Microseconds      int64    `json:"duration_us"`
@@ -545,7 +547,7 @@ func (r InspectReport) MarshalJSON() ([]byte, error) {
 		Segments: []segment{}, Start: r.Start, End: r.End, Records: r.Records, Bytes: r.Bytes,
 		Recovery: recovery{Segments: rec.Segments, SealedByFooter: rec.Sealed, SealedByManifest: rec.Deferred, Resealed: list(rec.Resealed),
 			FinishedSeals: list(rec.FinishedSeals), RebuiltFooters: list(rec.RebuiltFooters), RemovedIncomplete: list(rec.RemovedIncomplete),
-			ActiveFrames: rec.ActiveFrames, CleanEnd: rec.CleanEnd, Microseconds: rec.Duration.Microseconds()},
+			ActiveFrames: rec.ActiveFrames, ActiveRead: rec.ActiveRead, ActiveScanMicros: rec.ActiveScan.Microseconds(), CleanEnd: rec.CleanEnd, Microseconds: rec.Duration.Microseconds()},
 		Writer: r.Writer, Warnings: append([]string{}, r.Warnings...), Replication: r.Replication}
 	if t := rec.Torn; t != nil {
 		doc.Recovery.TornTail = &torn{t.Pos, t.Bytes, t.Reason}
@@ -618,6 +620,9 @@ func Inspect(out io.Writer, dir string, asJSON bool) error {
 	rec := r.Recovery
 	fmt.Fprintf(out, "open: %d sealed segments trusted (%d through their footers, %d through the manifest), last segment scanned: %d frames\n",
 		rec.Sealed+rec.Deferred, rec.Sealed, rec.Deferred, rec.ActiveFrames)
+	if !rec.CleanIndex && rec.Segments > 0 {
+		fmt.Fprintf(out, "recovery: the last segment's scan read %d bytes in %s (it stops at the segment's high-water mark)\n", rec.ActiveRead, rec.ActiveScan.Round(time.Microsecond))
+	}
 	switch w := r.Writer; {
 	case w.Published:
 		fmt.Fprintf(out, "writer: another process, appends acknowledged below offset %d (shown here: up to there)\n", w.Acknowledged)

@@ -86,8 +86,11 @@ func runCrashSeed(t *testing.T, seed uint64) (acked, present, torn, tornBytes in
 	simOpts := blockdev.SimOptions{Name: fmt.Sprint("seed", seed), Seed: seed}
 	opts := Options{
 		MaxWrite:    []int{16 << 10, 32 << 10, 64 << 10}[rng.IntN(3)],
-		Preallocate: []int64{0, 64 << 10}[rng.IntN(2)],
+		Preallocate: []int64{0, 64 << 10, 256 << 10}[rng.IntN(3)],
 		PreZero:     rng.IntN(2) == 0,
+		// Half the seeds move the high-water mark every few flushes, so
+		// that it binds in these small files.
+		highWaterStep: []int64{0, 512}[rng.IntN(2)],
 	}
 	// Mostly SyncAlways, where every ack must survive; the other modes only
 	// promise a valid, contiguous log (their window rule keeps tears
@@ -144,6 +147,7 @@ func runCrashSeed(t *testing.T, seed uint64) (acked, present, torn, tornBytes in
 		wg.Wait()
 		w.Close() // fails: the device is gone
 
+		sameRecovery(t, img, fmt.Sprintf("seed %d round %d", seed, round))
 		dev = blockdev.NewSimFrom(img, simOpts)
 		var rec *Recovery
 		w, rec, err = Open(dev, opts)

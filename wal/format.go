@@ -549,3 +549,66 @@ func isZero(b []byte) bool {
 	}
 	return true
 }
+
+// High-water mark, in the header block at HighWaterPos (a sector of its
+// own, so a crash leaves it old or new, never a mix), little endian:
+//
+//	0               8               16      20
+//	+---------------+---------------+-------+
+//	| magic         | high water    | crc32c|
+//	+---------------+---------------+-------+
+//
+// magic is "seghiwat"; high water is a file position the writer has never
+// written past (and, by the rule below, never will before it makes a new
+// mark durable); crc32c (Castagnoli) covers the segment id (8 bytes LE)
+// and bytes [0, 16), so a mark copied from another file fails it. Every
+// other byte of the sector is zero. All zeros: the file carries no mark
+// (a file of an older build), and recovery reads the rest of the file.
+//
+// The writer's rule: no write reaches past a mark that is durable. Before
+// a flush ends within MaxWrite of the mark, the flush also writes a new
+// mark (HighWaterStep further on), which its own fdatasync makes durable:
+// the next flush, which ends at most MaxWrite further, stays below it.
+const (
+	HighWaterPos = 512
+	HighWaterLen = 20
+	// HighWaterStep is how far past the lookahead a new mark is set: a
+	// mark is written about once per HighWaterStep of data, and recovery
+	// reads at most MaxWrite + HighWaterStep past the end of the data.
+	HighWaterStep  = 1 << 20
+	highWaterMagic = "seghiwat"
+)
+
+// encodeHighWater writes the mark hw of the file with segment id segID into
+// b[:HighWaterLen].
+func encodeHighWater(b []byte, segID uint64, hw int64) {
+	copy(b[0:8], highWaterMagic)
+	binary.LittleEndian.PutUint64(b[8:16], uint64(hw))
+	binary.LittleEndian.PutUint32(b[16:20], highWaterChecksum(segID, b[:16]))
+}
+
+func highWaterChecksum(segID uint64, b []byte) uint32 {
+	var id [8]byte
+	binary.LittleEndian.PutUint64(id[:], segID)
+	return crc32.Update(crc32.Checksum(id[:], castagnoli), castagnoli, b)
+}
+
+// decodeHighWater reads the mark in b[:HighWaterLen] of the file with
+// segment id segID: 0 and no error if b is all zeros (no mark).
+func decodeHighWater(b []byte, segID uint64) (int64, error) {
+	b = b[:HighWaterLen]
+	if isZero(b) {
+		return 0, nil
+	}
+	if string(b[0:8]) != highWaterMagic {
+		return 0, fmt.Errorf("high-water mark magic %q", b[0:8])
+	}
+	if got, want := highWaterChecksum(segID, b[:16]), binary.LittleEndian.Uint32(b[16:20]); got != want {
+		return 0, fmt.Errorf("high-water mark checksum %#x, want %#x", got, want)
+	}
+	hw := binary.LittleEndian.Uint64(b[8:16])
+	if hw < DataStart || hw > 1<<62 {
+		return 0, fmt.Errorf("high-water mark %d is impossible (frames start at %d)", hw, DataStart)
+	}
+	return int64(hw), nil
+}

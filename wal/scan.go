@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"sync/atomic"
 
 	"github.com/segstore/segstore/alignedbuf"
 	"github.com/segstore/segstore/blockdev"
@@ -86,7 +87,35 @@ type Scanner struct {
 	done     bool
 	trustEnd int64 // see TrustCleanEnd
 	live     bool  // a Continue scan
+
+	highWater int64        // the file's high-water mark (0: none)
+	readAll   bool         // see ReadAll
+	bytesRead atomic.Int64 // device bytes read (lastNonZero reads in parallel)
 }
+
+// ReadAll makes the scanner ignore the file's high-water mark: the proof
+// that nothing follows the frames reads the whole rest of the file, so
+// that stray data past the mark (damage in space no write reached) is
+// found too. Verification calls it; recovery does not need it. Call it
+// before Next.
+func (s *Scanner) ReadAll() { s.readAll = true }
+
+// proofEnd is where the bytes the proof of a clean or torn end must read
+// end: the file's high-water mark (the writer never wrote past it, so
+// everything from there on is as preallocation left it: zeros), or the end
+// of the file.
+func (s *Scanner) proofEnd() int64 {
+	if s.highWater > 0 && !s.readAll {
+		return min(s.size, s.highWater)
+	}
+	return s.size
+}
+
+// HighWater returns the file's high-water mark, 0 if it has none.
+func (s *Scanner) HighWater() int64 { return s.highWater }
+
+// BytesRead returns the device bytes the scanner has read so far.
+func (s *Scanner) BytesRead() int64 { return s.bytesRead.Load() }
 
 // TrustCleanEnd tells the scanner that the file was closed cleanly with
 // its frames ending at pos and nothing written since: if the frames do end
@@ -139,13 +168,56 @@ func NewScanner(dev blockdev.Device) (*Scanner, error) {
 		}
 		return nil, &CorruptionError{File: dev.Name(), Pos: 0, Reason: "file header", Err: err}
 	}
-	if i := lastNonZeroIn(b[FileHeaderLen:]); i > 0 {
-		return nil, &CorruptionError{File: dev.Name(), Segment: s.hdr.BaseOffset, Pos: int64(FileHeaderLen + i - 1),
-			Reason: "non-zero byte in the header block's padding (it is written as zeros)"}
+	if err := s.readHeaderBlock(b); err != nil {
+		return nil, err
 	}
 	s.nextOffset = s.hdr.BaseOffset
 	s.readAhead = scanChunk // from here on the scanner reads sequentially
 	return s, nil
+}
+
+// readHeaderBlock checks the header block b after the file header: zeros,
+// but for the high-water mark, which it decodes.
+func (s *Scanner) readHeaderBlock(b []byte) error {
+	padding := func(from, to int) error {
+		if from >= min(to, len(b)) {
+			return nil
+		}
+		if i := lastNonZeroIn(b[from:min(to, len(b))]); i > 0 {
+			return &CorruptionError{File: s.dev.Name(), Segment: s.hdr.BaseOffset, Pos: int64(from + i - 1),
+				Reason: "non-zero byte in the header block's padding (it is written as zeros)"}
+		}
+		return nil
+	}
+	if err := padding(FileHeaderLen, HighWaterPos); err != nil {
+		return err
+	}
+	if err := padding(HighWaterPos+HighWaterLen, DataStart); err != nil {
+		return err
+	}
+	if len(b) < HighWaterPos+HighWaterLen {
+		return padding(HighWaterPos, HighWaterPos+HighWaterLen)
+	}
+	hw, err := decodeHighWater(b[HighWaterPos:], s.hdr.SegmentID)
+	if err != nil {
+		// A writer in another process may be rewriting the mark as this
+		// read ran (a buffered device copies it in pieces): read it once
+		// more. A crash cannot leave it damaged: it lies in one sector.
+		s.winStart, s.winEnd = 0, 0
+		again, rerr := s.fetch(HighWaterPos, HighWaterLen)
+		if rerr != nil {
+			return rerr
+		}
+		if len(again) < HighWaterLen {
+			return &CorruptionError{File: s.dev.Name(), Segment: s.hdr.BaseOffset, Pos: HighWaterPos, Reason: "high-water mark", Err: err}
+		}
+		if hw, err = decodeHighWater(again, s.hdr.SegmentID); err != nil {
+			return &CorruptionError{File: s.dev.Name(), Segment: s.hdr.BaseOffset, Pos: HighWaterPos,
+				Reason: "damaged high-water mark in the header block (a crash leaves it whole: it lies in one sector)", Err: err}
+		}
+	}
+	s.highWater = hw
+	return nil
 }
 
 // Header returns the file header.
@@ -536,7 +608,8 @@ func (s *Scanner) lastNonZero(p int64) (int64, error) {
 		err  error
 	}
 	var pieces []piece
-	for at := q; at < s.size; at += scanChunk {
+	end := s.proofEnd()
+	for at := q; at < end; at += scanChunk {
 		pieces = append(pieces, piece{at: at})
 	}
 	sem := make(chan struct{}, scanParallel)
@@ -547,8 +620,9 @@ func (s *Scanner) lastNonZero(p int64) (int64, error) {
 		go func() {
 			defer func() { <-sem; wg.Done() }()
 			pc := &pieces[i]
-			buf := a.Alloc(int(min(scanChunk, alignedbuf.AlignUp(s.size-pc.at, int64(a.Offset)))))
+			buf := a.Alloc(int(min(scanChunk, alignedbuf.AlignUp(end-pc.at, int64(a.Offset)))))
 			n, err := s.dev.ReadAt(buf, pc.at)
+			s.bytesRead.Add(int64(n))
 			if err != nil && !errors.Is(err, io.EOF) {
 				pc.err = fmt.Errorf("wal: read %s at %d (%d bytes): %w", s.dev.Name(), pc.at, len(buf), err)
 				return
@@ -591,12 +665,14 @@ func (s *Scanner) fetch(p int64, n int) ([]byte, error) {
 	a := s.dev.Alignment()
 	start := alignedbuf.AlignDown(p, int64(a.Offset))
 	length := alignedbuf.AlignUp(p+int64(n), int64(a.Offset)) - start
-	// Read ahead, but not past the end of the file.
-	length = max(length, min(s.readAhead, alignedbuf.AlignUp(s.size, int64(a.Offset))-start))
+	// Read ahead, but not past the end of the file, nor past the
+	// high-water mark (no frame lies there).
+	length = max(length, min(s.readAhead, alignedbuf.AlignUp(s.proofEnd(), int64(a.Offset))-start))
 	if int64(len(s.win)) < length {
 		s.win = a.Alloc(int(length))
 	}
 	m, err := s.dev.ReadAt(s.win[:length], start)
+	s.bytesRead.Add(int64(m))
 	if err != nil && !errors.Is(err, io.EOF) {
 		return nil, fmt.Errorf("wal: read %s at %d (%d bytes): %w", s.dev.Name(), start, length, err)
 	}
@@ -615,13 +691,17 @@ type Recovery struct {
 	LastTime   int64     // timestamp of the last valid frame (0 if none)
 	Torn       *TornTail // the torn tail found, nil if the file ended cleanly
 	Footer     *Footer   // the footer of a sealed file, nil if not sealed
+	// HighWater is the file's high-water mark (0: none): the proof of the
+	// end read no further.
+	HighWater int64
+	BytesRead int64 // device bytes the scan read
 }
 
 // Recovery summarizes the scan; it is complete once Next has returned
 // false with a nil Err.
 func (s *Scanner) Recovery() *Recovery {
 	return &Recovery{Header: s.hdr, End: s.pos, NextOffset: s.nextOffset, Frames: s.frames, Records: s.records,
-		LastTime: s.lastTime, Torn: s.torn, Footer: s.footer}
+		LastTime: s.lastTime, Torn: s.torn, Footer: s.footer, HighWater: s.highWater, BytesRead: s.BytesRead()}
 }
 
 // Recover scans a whole file read-only and reports where its valid frames

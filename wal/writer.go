@@ -93,6 +93,10 @@ type Options struct {
 	// on). Under the writer's lock: keep it short, do not call the Writer.
 	// (The engine wakes callers waiting for durability that will not come.)
 	OnFail func(err error)
+
+	// highWaterStep replaces HighWaterStep if positive: tests make marks
+	// bind in small files.
+	highWaterStep int64
 }
 
 // DefaultMaxWrite is Options.MaxWrite's default, in bytes.
@@ -108,6 +112,9 @@ func (o Options) withDefaults() Options {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
+	if o.highWaterStep <= 0 {
+		o.highWaterStep = HighWaterStep
+	}
 	return o
 }
 
@@ -120,6 +127,9 @@ type Stats struct {
 	WriteBytes int64         // bytes written, tail-block rewrites and padding included
 	Syncs      int64         // fdatasync calls
 	SyncTime   time.Duration // total time spent in fdatasync
+	// MarkWrites counts writes of the high-water mark (a sector of the
+	// header block; not in Writes): each rides on a flush's fdatasync.
+	MarkWrites int64
 }
 
 // Writer appends batches of records to one wal file.
@@ -173,9 +183,22 @@ type Writer struct {
 	syncWanted bool          // a Sync, Close or the interval ticker asks for fdatasync
 	group      int           // appends the last flush carried plus those pending at its end
 	flushTime  time.Duration // moving average of write+sync time
+	mark       highWater     // changed only by the leader (or before the writer is shared)
 	err        error         // sticky: the first write or sync failure
 	closing    bool
 	stats      Stats
+}
+
+// highWater is the writer's view of the file's high-water mark.
+type highWater struct {
+	durable int64 // a mark made durable: no write reaches past it
+	written int64 // the mark last written (>= durable): durable after the next fdatasync
+	// unit holds the device's write unit that contains the mark (with the
+	// file header when the unit starts at 0), at unitAt; nil until the
+	// writer first writes a mark after an open.
+	unit   []byte
+	unitAt int64
+	writes int64 // marks written since the writer opened
 }
 
 // wbuf is an aligned buffer holding the file bytes [start, end).
@@ -216,6 +239,8 @@ func create(dev blockdev.Device, base uint64, opts Options, prepared bool) (*Wri
 	hdr := FileHeader{Version: cmp.Or(opts.Version, Version), SegmentID: rand.Uint64() | 1, BaseOffset: base, Created: opts.Now().UnixNano(), MaxWrite: uint32(maxWrite)}
 	head := dev.Alignment().Alloc(int(alignedbuf.AlignUp(DataStart, blk)))
 	EncodeFileHeader(head, hdr)
+	hw := nextHighWater(DataStart, maxWrite, blk, opts.highWaterStep)
+	encodeHighWater(head[HighWaterPos:], hdr.SegmentID, hw)
 	if _, err := dev.WriteAt(head, 0); err != nil {
 		return nil, fmt.Errorf("wal: create %s: write header: %w", dev.Name(), err)
 	}
@@ -227,7 +252,7 @@ func create(dev blockdev.Device, base uint64, opts Options, prepared bool) (*Wri
 	if err := dev.Sync(); err != nil {
 		return nil, fmt.Errorf("wal: create %s: %w", dev.Name(), err)
 	}
-	return newWriter(dev, hdr, DataStart, base, 0, opts, true)
+	return newWriter(dev, hdr, DataStart, base, 0, hw, opts, true)
 }
 
 // Prepare reserves size bytes of dev, zeroing them if zero is set, and
@@ -339,7 +364,7 @@ func Resume(dev blockdev.Device, rec *Recovery, opts Options) (*Writer, error) {
 	// The header's MaxWrite bounds what recovery will accept as torn, so the
 	// writer must never issue a larger write: it takes the header's value.
 	opts.MaxWrite = int(rec.Header.MaxWrite)
-	return newWriter(dev, rec.Header, rec.End, rec.NextOffset, rec.LastTime, opts, false)
+	return newWriter(dev, rec.Header, rec.End, rec.NextOffset, rec.LastTime, rec.HighWater, opts, false)
 }
 
 // cutTail zeroes the torn bytes and syncs: the commit point of the cut.
@@ -381,10 +406,12 @@ func Cut(dev blockdev.Device, pos, end int64) error {
 	return nil
 }
 
-// newWriter returns the writer of a file whose frames end at end. synced
-// says the caller has just fdatasynced everything in the file (Create);
-// otherwise it is synced here.
-func newWriter(dev blockdev.Device, hdr FileHeader, end int64, next uint64, lastTime int64, opts Options, synced bool) (*Writer, error) {
+// newWriter returns the writer of a file whose frames end at end and whose
+// high-water mark is hw (0: none). synced says the caller has just
+// fdatasynced everything in the file (Create); otherwise it is synced here,
+// after a new mark is written if hw is not one the first flush may write
+// below.
+func newWriter(dev blockdev.Device, hdr FileHeader, end int64, next uint64, lastTime int64, hw int64, opts Options, synced bool) (*Writer, error) {
 	blk := int64(dev.Alignment().Block)
 	maxWrite, err := writeSize(int(hdr.MaxWrite), blk)
 	if err != nil {
@@ -395,6 +422,7 @@ func newWriter(dev blockdev.Device, hdr FileHeader, end int64, next uint64, last
 		maxFrame:   int(maxWrite - blk),
 		nextOffset: next, lastTime: lastTime,
 		written: end, writtenOff: next, durable: end, durableOff: next, reported: end,
+		mark: highWater{durable: hw, written: hw},
 	}
 	w.cond = sync.NewCond(&w.mu)
 	w.cur = &wbuf{b: dev.Alignment().Alloc(int(maxWrite)), start: alignedbuf.AlignDown(end, blk), end: end, endOff: next}
@@ -411,6 +439,24 @@ func newWriter(dev blockdev.Device, hdr FileHeader, end int64, next uint64, last
 	// before anything is built on it. A file just created was synced by
 	// Create: a second fdatasync there cost every roll one more sync.
 	if !synced {
+		// A caller that did not scan (an open from a clean close record)
+		// does not know the mark: read it.
+		if hw == 0 {
+			if err := w.mark.load(w, true); err != nil {
+				return nil, fmt.Errorf("wal: open %s: %w", dev.Name(), err)
+			}
+			hw = w.mark.durable
+		}
+		// Recovery proved the file zero from end on up to the old mark (or
+		// to its end), so a new mark anywhere past end is a bound: set one
+		// that the first flush stays below, made durable by this sync.
+		if wend := alignedbuf.AlignUp(end, blk); wend+maxWrite > hw {
+			hw = nextHighWater(wend, maxWrite, blk, opts.highWaterStep)
+			if err := w.mark.write(w, hw); err != nil {
+				return nil, fmt.Errorf("wal: open %s: %w", dev.Name(), err)
+			}
+			w.mark.durable = hw
+		}
 		if err := dev.Sync(); err != nil {
 			return nil, fmt.Errorf("wal: open %s: %w", dev.Name(), err)
 		}
@@ -649,6 +695,7 @@ func (w *Writer) leadLocked(doSync bool) {
 	}
 	w.syncWanted = false
 	durable, written, writtenOff := w.durable, w.written, w.writtenOff
+	mark := w.mark
 	w.mu.Unlock()
 
 	start := time.Now()
@@ -656,7 +703,7 @@ func (w *Writer) leadLocked(doSync bool) {
 	var presynced bool
 	var err error
 	if buf != nil {
-		wrote, presynced, err = w.write(buf, durable)
+		wrote, presynced, err = w.write(buf, durable, &mark)
 	}
 	var syncTime time.Duration
 	if err == nil && doSync {
@@ -671,6 +718,11 @@ func (w *Writer) leadLocked(doSync bool) {
 	w.mu.Lock()
 	w.flushing = false
 	w.cond.Broadcast()
+	w.mark = mark
+	w.stats.MarkWrites = mark.writes
+	if err == nil && doSync {
+		w.mark.durable = w.mark.written
+	}
 	if err != nil {
 		first := w.err == nil
 		w.err = fmt.Errorf("%w: %w", ErrFailed, err)
@@ -741,24 +793,116 @@ func (w *Writer) takeLocked() *wbuf {
 }
 
 // write issues the single device write for buf, padding its last block with
-// zeros. In modes that do not sync every flush it first syncs if the write
-// would leave more than maxWrite bytes unsynced past the durable end, the
-// bound recovery relies on to tell a torn tail from corruption. It returns
-// the bytes written and whether it synced first.
-func (w *Writer) write(buf *wbuf, durable int64) (n int64, presynced bool, err error) {
+// zeros. It first syncs if the write would reach past the durable
+// high-water mark (writing a new mark before, if none covers it: the only
+// case in which an append waits for two rounds; it does not arise while
+// every flush syncs), or, in modes that do not sync every flush, if the
+// write would leave more than maxWrite bytes unsynced past the durable
+// end: the bounds recovery relies on to tell a torn tail from corruption
+// and to know where to stop reading. If the write ends within maxWrite of
+// the mark written, it writes a new mark beside it, which the flush's
+// fdatasync (or the next one, before any write that needs it) makes
+// durable. It updates mark and returns the bytes written and whether it
+// synced first.
+func (w *Writer) write(buf *wbuf, durable int64, mark *highWater) (n int64, presynced bool, err error) {
 	wend := alignedbuf.AlignUp(buf.end, w.blk)
 	clear(buf.b[buf.end-buf.start : wend-buf.start])
-	if w.opts.SyncMode != SyncAlways && wend-alignedbuf.AlignDown(durable, w.blk) > w.maxWrite {
+	presync := func() error {
 		if err := w.dev.Sync(); err != nil {
-			return 0, false, fmt.Errorf("fdatasync %s: %w", w.dev.Name(), err)
+			return fmt.Errorf("fdatasync %s: %w", w.dev.Name(), err)
 		}
-		presynced = true
+		presynced, mark.durable = true, mark.written
+		return nil
+	}
+	if wend > mark.durable {
+		if wend > mark.written {
+			if err := mark.write(w, w.nextHighWater(wend)); err != nil {
+				return 0, false, err
+			}
+		}
+		if err := presync(); err != nil {
+			return 0, false, err
+		}
+	}
+	if !presynced && w.opts.SyncMode != SyncAlways && wend-alignedbuf.AlignDown(durable, w.blk) > w.maxWrite {
+		if err := presync(); err != nil {
+			return 0, false, err
+		}
+	}
+	var markDone chan error
+	if wend+w.maxWrite > mark.written {
+		// The next flush may end past the mark: move it now, beside this
+		// write, so that this flush's fdatasync covers both.
+		markDone = make(chan error, 1)
+		next, m := w.nextHighWater(wend), *mark
+		go func() { markDone <- m.write(w, next) }()
+		defer func() {
+			if merr := <-markDone; merr != nil {
+				err = cmp.Or(err, merr)
+			} else {
+				*mark = m
+			}
+		}()
 	}
 	m, err := w.dev.WriteAt(buf.b[:wend-buf.start], buf.start)
 	if err != nil {
 		return 0, presynced, fmt.Errorf("write %s at %d (%d bytes): %w", w.dev.Name(), buf.start, wend-buf.start, err)
 	}
 	return int64(m), presynced, nil
+}
+
+// nextHighWater is the mark a writer sets when a write ending at wend
+// comes within maxWrite of the current one: far enough that the next write
+// (at most maxWrite further) stays below it, and HighWaterStep more, so
+// that marks are rare.
+func nextHighWater(wend, maxWrite, blk, step int64) int64 {
+	return alignedbuf.AlignUp(wend+maxWrite+step, blk)
+}
+
+func (w *Writer) nextHighWater(wend int64) int64 {
+	return nextHighWater(wend, w.maxWrite, w.blk, w.opts.highWaterStep)
+}
+
+// write writes hw as the file's high-water mark (not synced) and records it
+// as written. The first write after an open reads the device's write unit
+// holding the mark if that unit holds the file header too, which it then
+// rewrites with the same bytes.
+func (m *highWater) write(w *Writer, hw int64) error {
+	if m.unit == nil {
+		if err := m.load(w, false); err != nil {
+			return err
+		}
+	}
+	encodeHighWater(m.unit[HighWaterPos-m.unitAt:], w.hdr.SegmentID, hw)
+	if _, err := w.dev.WriteAt(m.unit, m.unitAt); err != nil {
+		return fmt.Errorf("write the high-water mark of %s (%d): %w", w.dev.Name(), hw, err)
+	}
+	m.written = hw
+	m.writes++
+	return nil
+}
+
+// load reads the device's write unit that holds the mark, if it holds the
+// file header too or decode is set (then it also takes the mark found as
+// durable and written; a damaged one counts as none: the caller writes a
+// new one).
+func (m *highWater) load(w *Writer, decode bool) error {
+	a := w.dev.Alignment()
+	off := int64(a.Offset)
+	m.unitAt = alignedbuf.AlignDown(HighWaterPos, off)
+	m.unit = a.Alloc(int(alignedbuf.AlignUp(HighWaterPos+HighWaterLen, off) - m.unitAt))
+	if m.unitAt >= FileHeaderLen && !decode {
+		return nil
+	}
+	if n, err := w.dev.ReadAt(m.unit, m.unitAt); n < len(m.unit) {
+		want := len(m.unit)
+		m.unit = nil
+		return fmt.Errorf("read the header block of %s at %d for its high-water mark: %d of %d bytes: %w", w.dev.Name(), m.unitAt, n, want, cmp.Or(err, io.ErrUnexpectedEOF))
+	}
+	if hw, err := decodeHighWater(m.unit[HighWaterPos-m.unitAt:], w.hdr.SegmentID); err == nil && decode {
+		m.durable, m.written = hw, hw
+	}
+	return nil
 }
 
 // flushInBackground leads flushes in SyncInterval and SyncNever modes,
