@@ -193,9 +193,9 @@ type Writer struct {
 type highWater struct {
 	durable int64 // a mark made durable: no write reaches past it
 	written int64 // the mark last written (>= durable): durable after the next fdatasync
-	// unit holds the device's write unit that contains the mark (with the
-	// file header when the unit starts at 0), at unitAt; nil until the
-	// writer first writes a mark after an open.
+	// unit holds the device block that contains the mark (with the file
+	// header when the block starts at 0), at unitAt; nil until the writer
+	// first writes a mark after an open.
 	unit   []byte
 	unitAt int64
 	writes int64 // marks written since the writer opened
@@ -252,7 +252,11 @@ func create(dev blockdev.Device, base uint64, opts Options, prepared bool) (*Wri
 	if err := dev.Sync(); err != nil {
 		return nil, fmt.Errorf("wal: create %s: %w", dev.Name(), err)
 	}
-	return newWriter(dev, hdr, DataStart, base, 0, hw, opts, true)
+	w, err := newWriter(dev, hdr, DataStart, base, 0, hw, opts, true)
+	if err == nil { // the block holding the mark, for its next write: no read
+		w.mark.unit = head[:alignedbuf.AlignUp(HighWaterPos+HighWaterLen, blk)]
+	}
+	return w, err
 }
 
 // Prepare reserves size bytes of dev, zeroing them if zero is set, and
@@ -864,7 +868,7 @@ func (w *Writer) nextHighWater(wend int64) int64 {
 }
 
 // write writes hw as the file's high-water mark (not synced) and records it
-// as written. The first write after an open reads the device's write unit
+// as written. The first write after an open reads the device block
 // holding the mark if that unit holds the file header too, which it then
 // rewrites with the same bytes.
 func (m *highWater) write(w *Writer, hw int64) error {
@@ -882,15 +886,18 @@ func (m *highWater) write(w *Writer, hw int64) error {
 	return nil
 }
 
-// load reads the device's write unit that holds the mark, if it holds the
+// load reads the device block that holds the mark, if it holds the
 // file header too or decode is set (then it also takes the mark found as
 // durable and written; a damaged one counts as none: the caller writes a
 // new one).
 func (m *highWater) load(w *Writer, decode bool) error {
+	// A whole block: a smaller direct write makes the device (and ext4,
+	// which serializes direct writes that are not block aligned)
+	// read-modify-write.
 	a := w.dev.Alignment()
-	off := int64(a.Offset)
-	m.unitAt = alignedbuf.AlignDown(HighWaterPos, off)
-	m.unit = a.Alloc(int(alignedbuf.AlignUp(HighWaterPos+HighWaterLen, off) - m.unitAt))
+	blk := int64(a.Block)
+	m.unitAt = alignedbuf.AlignDown(HighWaterPos, blk)
+	m.unit = a.Alloc(int(alignedbuf.AlignUp(HighWaterPos+HighWaterLen, blk) - m.unitAt))
 	if m.unitAt >= FileHeaderLen && !decode {
 		return nil
 	}
