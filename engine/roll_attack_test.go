@@ -245,13 +245,17 @@ func TestRollsRacingChanges(t *testing.T) {
 // if not nil, with every offset appended.
 func appendUntilCut(t *testing.T, l *Log, cut <-chan struct{}, each func(off uint64)) {
 	t.Helper()
+	n := len(l.Segments())
 	for {
 		select {
 		case <-cut:
 			return
 		default:
 		}
-		if l.rolling.Load() != nil {
+		// A roll under way, or one that made the next segment but has not
+		// reached its hook yet: an append now would go to the next segment
+		// (and could fill it, starting a roll that waits for the held one).
+		if l.rolling.Load() != nil || len(l.Segments()) != n {
 			<-cut
 			return
 		}
