@@ -239,8 +239,11 @@ func create(dev blockdev.Device, base uint64, opts Options, prepared bool) (*Wri
 	hdr := FileHeader{Version: cmp.Or(opts.Version, Version), SegmentID: rand.Uint64() | 1, BaseOffset: base, Created: opts.Now().UnixNano(), MaxWrite: uint32(maxWrite)}
 	head := dev.Alignment().Alloc(int(alignedbuf.AlignUp(DataStart, blk)))
 	EncodeFileHeader(head, hdr)
-	hw := nextHighWater(DataStart, maxWrite, blk, opts.highWaterStep)
-	encodeHighWater(head[HighWaterPos:], hdr.SegmentID, hw)
+	var hw int64
+	if marksFit(dev.Alignment()) {
+		hw = nextHighWater(DataStart, maxWrite, blk, opts.highWaterStep)
+		encodeHighWater(head[HighWaterPos:], hdr.SegmentID, hw)
+	}
 	if _, err := dev.WriteAt(head, 0); err != nil {
 		return nil, fmt.Errorf("wal: create %s: write header: %w", dev.Name(), err)
 	}
@@ -253,8 +256,8 @@ func create(dev blockdev.Device, base uint64, opts Options, prepared bool) (*Wri
 		return nil, fmt.Errorf("wal: create %s: %w", dev.Name(), err)
 	}
 	w, err := newWriter(dev, hdr, DataStart, base, 0, hw, opts, true)
-	if err == nil { // the block holding the mark, for its next write: no read
-		w.mark.unit = head[:alignedbuf.AlignUp(HighWaterPos+HighWaterLen, blk)]
+	if err == nil && hw > 0 { // the block holding the mark, for its next write: no read
+		w.mark.unit = head[:markUnitEnd(dev.Alignment())]
 	}
 	return w, err
 }
@@ -442,10 +445,29 @@ func newWriter(dev blockdev.Device, hdr FileHeader, end int64, next uint64, last
 	// process may have died between its write and its sync): make it durable
 	// before anything is built on it. A file just created was synced by
 	// Create: a second fdatasync there cost every roll one more sync.
+	fits := marksFit(dev.Alignment())
+	if !synced && !fits {
+		// A mark in the file (made on another device) that this writer
+		// cannot move: drop it (recovery then reads the whole file).
+		// Nothing else writes yet, so the frames the write holds are
+		// rewritten as they are.
+		if err := w.mark.load(w, true); err != nil {
+			return nil, fmt.Errorf("wal: open %s: %w", dev.Name(), err)
+		}
+		if b := w.mark.unit[HighWaterPos-w.mark.unitAt:][:HighWaterLen]; !isZero(b) {
+			clear(b)
+			if _, err := dev.WriteAt(w.mark.unit, w.mark.unitAt); err != nil {
+				return nil, fmt.Errorf("wal: open %s: drop the high-water mark: %w", dev.Name(), err)
+			}
+		}
+	}
+	if !fits {
+		w.mark = highWater{durable: noMark, written: noMark}
+	}
 	if !synced {
 		// A caller that did not scan (an open from a clean close record)
 		// does not know the mark: read it.
-		if hw == 0 {
+		if hw == 0 && fits {
 			if err := w.mark.load(w, true); err != nil {
 				return nil, fmt.Errorf("wal: open %s: %w", dev.Name(), err)
 			}
@@ -454,7 +476,7 @@ func newWriter(dev blockdev.Device, hdr FileHeader, end int64, next uint64, last
 		// Recovery proved the file zero from end on up to the old mark (or
 		// to its end), so a new mark anywhere past end is a bound: set one
 		// that the first flush stays below, made durable by this sync.
-		if wend := alignedbuf.AlignUp(end, blk); wend+maxWrite > hw {
+		if wend := alignedbuf.AlignUp(end, blk); fits && wend+maxWrite > hw {
 			hw = nextHighWater(wend, maxWrite, blk, opts.highWaterStep)
 			if err := w.mark.write(w, hw); err != nil {
 				return nil, fmt.Errorf("wal: open %s: %w", dev.Name(), err)
@@ -834,11 +856,13 @@ func (w *Writer) write(buf *wbuf, durable int64, mark *highWater) (n int64, pres
 		}
 	}
 	var markDone chan error
+	hw := mark.written
 	if wend+w.maxWrite > mark.written {
 		// The next flush may end past the mark: move it now, beside this
 		// write, so that this flush's fdatasync covers both.
 		markDone = make(chan error, 1)
 		next, m := w.nextHighWater(wend), *mark
+		hw = next
 		go func() { markDone <- m.write(w, next) }()
 		defer func() {
 			if merr := <-markDone; merr != nil {
@@ -847,6 +871,17 @@ func (w *Writer) write(buf *wbuf, durable int64, mark *highWater) (n int64, pres
 				*mark = m
 			}
 		}()
+	}
+	if buf.start == 0 {
+		// A device block larger than the header block: this write
+		// rewrites the header block too (as read when the writer opened),
+		// so it carries the newest mark, the same bytes as the mark's own
+		// write, whichever of the two lands last.
+		if hw < noMark {
+			encodeHighWater(buf.b[HighWaterPos:], w.hdr.SegmentID, hw)
+		} else {
+			clear(buf.b[HighWaterPos : HighWaterPos+HighWaterLen])
+		}
 	}
 	m, err := w.dev.WriteAt(buf.b[:wend-buf.start], buf.start)
 	if err != nil {
@@ -886,6 +921,24 @@ func (m *highWater) write(w *Writer, hw int64) error {
 	return nil
 }
 
+// markUnitEnd is where the write of the mark ends: the end of the device
+// block holding it, but never past the header block (a larger block holds
+// frames, which the mark's write must not rewrite), nor short of the
+// device's direct I/O unit.
+func markUnitEnd(a blockdev.Alignment) int64 {
+	return min(alignedbuf.AlignUp(HighWaterPos+HighWaterLen, int64(a.Block)),
+		max(DataStart, alignedbuf.AlignUp(HighWaterPos+HighWaterLen, int64(a.Offset))))
+}
+
+// marksFit reports whether a device can write the mark without rewriting
+// frames: its direct I/O unit fits in the header block. On a device whose
+// unit is larger (a 16 KiB page as that unit), the writer keeps no mark
+// and recovery reads the whole file.
+func marksFit(a blockdev.Alignment) bool { return markUnitEnd(a) <= DataStart }
+
+// noMark is the writer's mark where it keeps none: no write reaches it.
+const noMark = 1 << 62
+
 // load reads the device block that holds the mark, if it holds the
 // file header too or decode is set (then it also takes the mark found as
 // durable and written; a damaged one counts as none: the caller writes a
@@ -895,9 +948,8 @@ func (m *highWater) load(w *Writer, decode bool) error {
 	// which serializes direct writes that are not block aligned)
 	// read-modify-write.
 	a := w.dev.Alignment()
-	blk := int64(a.Block)
-	m.unitAt = alignedbuf.AlignDown(HighWaterPos, blk)
-	m.unit = a.Alloc(int(alignedbuf.AlignUp(HighWaterPos+HighWaterLen, blk) - m.unitAt))
+	m.unitAt = alignedbuf.AlignDown(HighWaterPos, int64(a.Block))
+	m.unit = a.Alloc(int(markUnitEnd(a) - m.unitAt))
 	if m.unitAt >= FileHeaderLen && !decode {
 		return nil
 	}
