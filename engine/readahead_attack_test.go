@@ -184,3 +184,22 @@ func readAheadAttack(t *testing.T, size int, cacheBytes, flaky int64) {
 		require.Empty(t, st.chunks, "read-ahead chunks held after Close")
 	}
 }
+
+// TestTruncateFrontLetsGoOfReadAhead: a TruncateFront past every record a
+// stream holds lets go of its chunks (they can never be read again).
+func TestTruncateFrontLetsGoOfReadAhead(t *testing.T) {
+	l, _ := seqLogCache(t, 40, 64, 1<<10, 64<<10)
+	defer l.Close()
+	for i := range uint64(200) {
+		_, err := l.Read(i, nil)
+		require.NoError(t, err)
+	}
+	l.ra.wg.Wait()
+	require.NoError(t, l.Roll())
+	require.NoError(t, l.TruncateFront(l.EndOffset()))
+	l.ra.mu.Lock()
+	defer l.ra.mu.Unlock()
+	for i := range l.ra.streams {
+		require.Zero(t, len(l.ra.streams[i].chunks), "chunks of truncated records held by stream %d", i)
+	}
+}

@@ -88,6 +88,7 @@ func (l *Log) dropLocked(gone, keep []*segment) error {
 	}
 	keep = slices.Clone(keep)
 	l.segs.Store(&keep)
+	l.ra.reset() // chunks of the records dropped can never be read again
 	for _, s := range gone {
 		s.gone.Store(true) // iterators holding it move on
 		if err := l.dir.Remove(s.name); err != nil && !isNotExist(err) {
