@@ -36,7 +36,10 @@ import (
 // goroutines (reading, or copying what they read into the cache, each
 // holding its buffer until done): so a log holds at most raStreams ×
 // (1 + raDepth + 2 × raInflight) × (raSpan + 8 KiB) bytes of read-ahead
-// (about 36 MiB), outside the cache's budget, and raStreams × 2 ×
+// (about 36 MiB; but a record longer than raSpan makes its chunk as long
+// as the record, so with such records the bound is 36 × the longest
+// record, up to 36 × MaxWrite: a known gap), outside the cache's budget,
+// and raStreams × 2 ×
 // raInflight (16) goroutines; Close waits for them. A chunk is dropped
 // only once the stream has read past its last record, or the stream is
 // replaced: a block the next reads of the run will use is never dropped
