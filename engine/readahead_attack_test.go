@@ -176,6 +176,13 @@ func readAheadAttack(t *testing.T, size int, cacheBytes, flaky int64) {
 		t.Fatal(b)
 	}
 	require.NoError(t, l.Close())
+	requireNoReadAhead(t, l)
+}
+
+// requireNoReadAhead fails unless no stream of l (closed) runs a read-ahead
+// goroutine or holds a chunk.
+func requireNoReadAhead(t *testing.T, l *Log) {
+	t.Helper()
 	l.ra.mu.Lock()
 	defer l.ra.mu.Unlock()
 	for i := range l.ra.streams {

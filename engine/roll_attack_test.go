@@ -32,15 +32,7 @@ func TestRollFailingAfterTheCut(t *testing.T) {
 				}
 				l, err := Open("sim", o)
 				require.NoError(t, err)
-				cut, finish := make(chan struct{}), make(chan struct{})
-				hooked := false
-				l.rollHook = func(step string) {
-					if step == "cut" && !hooked {
-						hooked = true
-						close(cut)
-						<-finish
-					}
-				}
+				cut, finish := holdFirstRollAtCut(l)
 				appendUntilCut(t, l, cut, nil)
 				end := appendOff(t, l, 5, 3000) // acknowledged, in the next segment
 				require.NoError(t, l.syncActive())
@@ -104,15 +96,7 @@ func TestFollowersDuringAHeldRoll(t *testing.T) {
 			r, err := Open(path, ro)
 			require.NoError(t, err)
 			defer r.Close()
-			cut, finish := make(chan struct{}), make(chan struct{})
-			hooked := false
-			w.rollHook = func(step string) {
-				if step == "cut" && !hooked {
-					hooked = true
-					close(cut)
-					<-finish
-				}
-			}
+			cut, finish := holdFirstRollAtCut(w)
 			look := func(what string) {
 				t.Helper()
 				_, err := r.Refresh()
@@ -264,4 +248,20 @@ func appendUntilCut(t *testing.T, l *Log, cut <-chan struct{}, each func(off uin
 			each(off)
 		}
 	}
+}
+
+// holdFirstRollAtCut makes l's first roll stop at its cut: cut is closed
+// when it gets there, and the roll goes on when finish is closed. Later
+// rolls run through.
+func holdFirstRollAtCut(l *Log) (cut, finish chan struct{}) {
+	cut, finish = make(chan struct{}), make(chan struct{})
+	hooked := false
+	l.rollHook = func(step string) {
+		if step == "cut" && !hooked {
+			hooked = true
+			close(cut)
+			<-finish
+		}
+	}
+	return cut, finish
 }

@@ -280,13 +280,7 @@ func TestSequentialReadDuringChanges(t *testing.T) {
 			require.NoError(t, err)
 			require.NoError(t, l.Close())
 			<-done
-			l.ra.mu.Lock()
-			defer l.ra.mu.Unlock()
-			for i := range l.ra.streams {
-				st := &l.ra.streams[i]
-				assert.Zero(t, st.running, "read-ahead goroutines after Close")
-				assert.Empty(t, st.chunks, "read-ahead chunks held after Close")
-			}
+			requireNoReadAhead(t, l)
 		})
 	}
 }
