@@ -175,11 +175,18 @@ type WriterInfo struct {
 }
 
 // Writer reports on the log's writer: itself for a log opened for
-// writing; for a read-only one, whether another process holds the lock
+// writing (nothing once it is closed: it holds the lock no more); for a
+// read-only one, whether another process holds the lock
 // and how far it has acknowledged appends.
 func (l *Log) Writer() WriterInfo {
 	if !l.opts.ReadOnly {
-		return WriterInfo{Live: true, Acknowledged: l.DurableOffset(), Published: l.durable != nil}
+		l.durMu.Lock() // Close clears durable under it
+		w := WriterInfo{Live: true, Acknowledged: l.DurableOffset(), Published: l.durable != nil}
+		l.durMu.Unlock()
+		if l.isClosed.Load() { // set before Close lets go of anything: w was read before it began
+			return WriterInfo{}
+		}
+		return w
 	}
 	if _, ok := l.dir.(*blockdev.OSDir); !ok {
 		return WriterInfo{}

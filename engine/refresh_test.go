@@ -344,6 +344,26 @@ func TestWriterInfo(t *testing.T) {
 	assert.Equal(t, WriterInfo{}, reader.Writer(), "closed: no writer")
 }
 
+// TestWriterDuringClose: Writer() on a writer while Close runs reports
+// the writer as it was before Close began or, once Close has begun, no
+// writer (go test -race reported its unlocked read of the DURABLE file
+// that Close clears).
+func TestWriterDuringClose(t *testing.T) {
+	open := WriterInfo{Live: true, Acknowledged: 1, Published: true}
+	for range 20 {
+		writer, err := Open(t.TempDir(), realOptions())
+		require.NoError(t, err)
+		_, err = writer.Append([]byte("a"))
+		require.NoError(t, err)
+		require.Equal(t, open, writer.Writer())
+		done := make(chan WriterInfo)
+		go func() { done <- writer.Writer() }()
+		require.NoError(t, writer.Close())
+		assert.Contains(t, []WriterInfo{open, {}}, <-done)
+		assert.Equal(t, WriterInfo{}, writer.Writer(), "closed: it holds the lock no more")
+	}
+}
+
 // holdDurableMidUpdate maps path's DURABLE file as a second writer would
 // and leaves its sequence counter odd, as a writer preempted (or stopped)
 // in the middle of publishing leaves it; the returned function makes it
