@@ -50,12 +50,10 @@ var errNotFound = errors.New("not found")
 const baseKey = "\x00segstore/index-base"
 
 // Open opens (creating if needed) a store in dir. opts configures the
-// log (engine.DefaultOptions() if zero: durable appends); opts.Dir, if
+// log as it does engine.Open (start from engine.DefaultOptions(): durable
+// appends; fields left zero take the engine's defaults); opts.Dir, if
 // set, replaces the directory (tests).
 func Open(dir string, opts engine.Options) (*Store, error) {
-	if opts.SegmentSize == 0 {
-		opts = engine.DefaultOptions()
-	}
 	l, err := engine.Open(dir, opts) // takes the directory's lock
 	if err != nil {
 		return nil, err

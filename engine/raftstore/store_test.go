@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -214,4 +216,24 @@ func TestStableStoreCompacts(t *testing.T) {
 	size, err := crashed.Size(stableName)
 	require.NoError(t, err)
 	assert.Less(t, size, int64(2*stableCompactAt), "compacted")
+}
+
+// TestOpenKeepsTheCallersOptions: options whose SegmentSize is left 0 are
+// the caller's, zero fields taking the engine's defaults (Open once
+// replaced them all with engine.DefaultOptions(), dropping Dir, Buffered
+// and Logger: this store then went to the real directory it was named).
+func TestOpenKeepsTheCallersOptions(t *testing.T) {
+	d := blockdev.NewSimDir(blockdev.SimOptions{})
+	opts := simOptions(d)
+	opts.SegmentSize, opts.MaxWrite, opts.IndexInterval = 0, 0, 0
+	absent := filepath.Join(t.TempDir(), "absent")
+	s, err := Open(absent, opts)
+	require.NoError(t, err)
+	require.NoError(t, s.StoreLogs(entries(1, 3)))
+	require.NoError(t, s.Close())
+	names, err := d.List()
+	require.NoError(t, err)
+	assert.NotEmpty(t, names, "the store is in the simulated directory given as Dir")
+	_, err = os.Stat(absent)
+	assert.True(t, os.IsNotExist(err), "nothing was made on disk")
 }
