@@ -20,7 +20,10 @@ const (
 	SyncNever    = wal.SyncNever
 )
 
-// Options configure a Log. Start from DefaultOptions.
+// Options configure a Log. Start from DefaultOptions. The zero value
+// Options{} is usable too and differs from DefaultOptions only in
+// Preallocate, which it leaves false (every other zero field takes its
+// default, as TestZeroOptionsAreTheDefaultsButPreallocate checks).
 type Options struct {
 	// SegmentSize is the size a segment file is made for, in bytes
 	// (preallocated to it). The active segment is sealed, and a new one

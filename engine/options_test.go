@@ -277,3 +277,20 @@ func TestManyAppendersNearTheFooterBound(t *testing.T) {
 	check(l)
 	require.NoError(t, l.Close())
 }
+
+// TestZeroOptionsAreTheDefaultsButPreallocate: what Open makes of
+// Options{} is what it makes of DefaultOptions() but for Preallocate, as
+// the Options doc says; a field added with a default that only
+// DefaultOptions sets fails here.
+func TestZeroOptionsAreTheDefaultsButPreallocate(t *testing.T) {
+	zero, err := Options{}.resolve()
+	require.NoError(t, err)
+	def, err := DefaultOptions().resolve()
+	require.NoError(t, err)
+	assert.False(t, zero.Preallocate)
+	assert.True(t, def.Preallocate)
+	zero.Preallocate = true
+	zero.Logger, def.Logger = nil, nil // the same slog.Default(); funcs do not compare
+	zero.Now, def.Now = nil, nil
+	assert.Equal(t, def, zero)
+}
