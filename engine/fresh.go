@@ -38,8 +38,11 @@ type fresh struct {
 	hits     atomic.Int64 // reads served
 	// lo and hi bound the offsets the batches hold, [lo, hi) (any
 	// namespace), stored under mu held exclusively: a read outside them
-	// (most reads of a log bigger than the bound) takes no lock. A read
-	// that races an add may miss the batch added and read the record
+	// (most reads of a log bigger than the bound) takes no lock. lo is
+	// the first batch's first offset (the batches are sorted); hi the
+	// highest end added since the last release, which may lie past what
+	// is still held (a read there takes the lock and finds nothing). A
+	// read that races an add may miss the batch added and read the record
 	// elsewhere, as it would have a moment earlier.
 	lo, hi atomic.Uint64
 }
@@ -103,24 +106,20 @@ func (f *fresh) add(c *cache.Cache, ns cache.Namespace, first uint64, records []
 		f.batches[drop].v.Release()
 		drop++
 	}
-	if drop > 0 {
-		f.batches = append(f.batches[:0], f.batches[drop:]...)
+	// Dropped from the front by reslicing: the next append that outgrows
+	// the array copies only the batches held, so an add costs O(1)
+	// amortized however many small batches the bound holds (a copy of
+	// them all at every add, and a scan of them all for the bounds, took
+	// a third of the CPU of 16 appenders of one record each).
+	clear(f.batches[:drop])
+	f.batches = f.batches[drop:]
+	if len(f.batches) == 0 { // the batch's block was larger than the bound
+		f.lo.Store(0)
+		f.hi.Store(0)
+		return
 	}
-	f.publishLocked()
-}
-
-// publishLocked stores the bounds of the offsets held. The caller holds
-// mu exclusively.
-func (f *fresh) publishLocked() {
-	lo, hi := uint64(0), uint64(0)
-	for i, b := range f.batches {
-		if i == 0 || b.first < lo {
-			lo = b.first
-		}
-		hi = max(hi, b.first+uint64(b.count))
-	}
-	f.lo.Store(lo)
-	f.hi.Store(hi)
+	f.hi.Store(max(f.hi.Load(), first+uint64(len(records))))
+	f.lo.Store(f.batches[0].first)
 }
 
 // get appends the record at off of namespace ns to dst, if it is held.
@@ -177,5 +176,6 @@ func (f *fresh) release() {
 		b.v.Release()
 	}
 	f.batches, f.bytes = nil, 0
-	f.publishLocked()
+	f.lo.Store(0)
+	f.hi.Store(0)
 }
