@@ -300,17 +300,6 @@ func (l *Log) load() error {
 	}
 	defer func() { l.clean = nil }() // it described the files as open found them
 	writes := l.manifestWrites.Load()
-	// After a clean close the manifest was the last thing written, at the
-	// close, after every seal it lists had cut its file to end at its
-	// footer and fdatasynced it, and nothing has been written since (the
-	// first change after an open removes the clean close record, durably,
-	// before it writes). So each entry's size is its file's size, and no
-	// stat is needed to prove it: a sealed segment costs this open nothing
-	// but its 56 bytes of manifest. Its footer is still read and checked
-	// against the entry (checksum, end, next offset, size) before its index
-	// is used, at first use. Without the record (after a crash, or a
-	// manifest from a roll), each size is checked by a stat.
-	trustSizes := l.clean != nil && len(bases) > 0 && l.clean.base == bases[len(bases)-1]
 	// Sealed segments through the manifest, or in parallel through their
 	// footers; then the last one (which may create or repair files) alone.
 	type opened struct {
@@ -322,11 +311,6 @@ func (l *Log) load() error {
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, openParallelism)
 	for i := 0; i < len(bases)-1; i++ {
-		if e, ok := manifest[bases[i]]; ok && e.next == bases[i+1] && trustSizes {
-			results[i].s = l.lazySegment(e)
-			l.noteReport(func(r *Recovery) { r.Deferred++ })
-			continue
-		}
 		wg.Add(1)
 		sem <- struct{}{}
 		go func() {
