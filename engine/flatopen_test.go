@@ -3,6 +3,7 @@ package engine
 import (
 	"fmt"
 	"os"
+	"sync/atomic"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -201,5 +202,87 @@ func requireNothingAfter(t *testing.T, dir blockdev.Dir, clean *cleanEnd, what s
 		if b[p] != 0 {
 			require.Failf(t, "written after the clean close record", "%s: byte %d (the record says the records end at %d) is %#x", what, p, clean.end, b[p])
 		}
+	}
+}
+
+// metaCountingDir counts, besides countingDir's device reads and bytes,
+// the calls an open makes of the directory itself: files opened and
+// sizes asked for (a stat each).
+type metaCountingDir struct {
+	countingDir
+	opens, sizes atomic.Int64
+}
+
+func (d *metaCountingDir) Open(name string, opts blockdev.Options) (blockdev.Device, error) {
+	d.opens.Add(1)
+	return d.countingDir.Open(name, opts)
+}
+
+func (d *metaCountingDir) Size(name string) (int64, error) {
+	d.sizes.Add(1)
+	return d.countingDir.Size(name)
+}
+
+// TestOpenAfterCleanCloseIsFlat: after a clean close, an open of a log of
+// 4 and of 64 segments makes the same device reads and opens the same
+// files, read-only and read-write: a sealed segment costs it its manifest
+// entry (56 bytes, read in the same one read of MANIFEST) and one stat
+// that checks its size. Its footer is read and checked at first use.
+// After a crash (the clean close record gone) the same: one stat each.
+func TestOpenAfterCleanCloseIsFlat(t *testing.T) {
+	type cost struct{ reads, opens, sizes, bytes int64 }
+	got := map[string]cost{}
+	for _, segments := range []int{4, 64} {
+		sim := blockdev.NewSimDir(blockdev.SimOptions{})
+		d := &metaCountingDir{countingDir: countingDir{Dir: sim}}
+		o := testOptions(d)
+		o.MaxOpenSegments = 128
+		l, err := Open("sim", o)
+		require.NoError(t, err)
+		for len(l.Segments()) < segments {
+			appendOff(t, l, 3, 3000)
+			require.NoError(t, l.Roll())
+		}
+		end := appendOff(t, l, 3, 3000)
+		require.NoError(t, l.Close())
+		for _, readOnly := range []bool{true, false} {
+			ro := o
+			ro.ReadOnly = readOnly
+			r0, b0, o0, s0 := d.reads.Load(), d.bytes.Load(), d.opens.Load(), d.sizes.Load()
+			l, err = Open("sim", ro)
+			require.NoError(t, err)
+			c := cost{d.reads.Load() - r0, d.opens.Load() - o0, d.sizes.Load() - s0, d.bytes.Load() - b0}
+			rec := l.Stats().LastOpenRecovery
+			what := fmt.Sprintf("%d segments, read-only %v", segments, readOnly)
+			t.Logf("%s: %+v", what, c)
+			assert.True(t, rec.CleanIndex, what)
+			assert.Equal(t, segments-1, rec.Deferred, what)
+			assert.Equal(t, int64(segments-1), c.sizes, "%s: one stat of each sealed segment (its size checked against the manifest), nothing else", what)
+			key := fmt.Sprint(readOnly)
+			if prev, ok := got[key]; ok {
+				assert.Equal(t, prev.reads, c.reads, "%s: device reads", what)
+				assert.Equal(t, prev.opens, c.opens, "%s: files opened", what)
+				// The manifest grows by 56 bytes a segment: at most a
+				// block more of it is read for 60 more segments.
+				assert.LessOrEqual(t, c.bytes-prev.bytes, int64(4096), "%s: bytes read", what)
+			}
+			got[key] = c
+			requireOffRecords(t, l, 0, end, 3000) // every footer checked at first use
+			require.NoError(t, l.Close())
+		}
+		// After a crash-like open (no clean close record): one stat per
+		// sealed segment, still no footer read.
+		l, err = Open("sim", o)
+		require.NoError(t, err)
+		end = appendOff(t, l, 1, 3000) // removes the record
+		crashed := sim.Crash(blockdev.CrashKeepAll)
+		l.Close()
+		d2 := &metaCountingDir{countingDir: countingDir{Dir: crashed}}
+		l, err = Open("sim", testOptionsLike(o, d2))
+		require.NoError(t, err)
+		assert.False(t, l.Stats().LastOpenRecovery.CleanIndex)
+		assert.Equal(t, int64(segments-1), d2.sizes.Load(), "after a crash each sealed size is stat'ed")
+		requireOffRecords(t, l, 0, end, 3000)
+		require.NoError(t, l.Close())
 	}
 }

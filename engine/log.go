@@ -115,6 +115,7 @@ type Log struct {
 	exportSendfile atomic.Int64 // bytes exported by sendfile (Section.WriteTo to a socket)
 	exportCopied   atomic.Int64 // bytes exported by a copy (any other writer)
 	manifestMu     sync.Mutex   // serializes manifest writes
+	manifestWrites atomic.Int64 // manifest writes so far (putManifest)
 	// cleanPending: the manifest on disk still holds the clean close record
 	// this log was opened from; the first change removes it first.
 	cleanPending atomic.Bool
@@ -293,10 +294,12 @@ func (l *Log) load() error {
 	}
 	slices.Sort(bases)
 	var manifest map[uint64]manifestEntry
+	var manifestBytes []byte // as read, to compare with what open found
 	if !l.opts.VerifyOnOpen {
-		manifest, l.clean = l.readManifest()
+		manifest, l.clean, manifestBytes = l.readManifest()
 	}
 	defer func() { l.clean = nil }() // it described the files as open found them
+	writes := l.manifestWrites.Load()
 	// Sealed segments through the manifest, or in parallel through their
 	// footers; then the last one (which may create or repair files) alone.
 	type opened struct {
@@ -387,7 +390,11 @@ func (l *Log) load() error {
 		return &OptionError{Option: "MaxWrite", Value: sizeString(int64(l.opts.MaxWrite)),
 			Problem: fmt.Sprintf("is too small for the device's block of %d bytes: use at least %s", blk, sizeString(4*blk))}
 	}
-	current, err := readMeta(l.dir, manifestName, metaManifest)
+	current, err := manifestBytes, error(nil)
+	if manifestBytes == nil || l.manifestWrites.Load() != writes {
+		// None was read, or this open rewrote it (sealing a segment).
+		current, err = readMeta(l.dir, manifestName, metaManifest)
+	}
 	switch {
 	case err == nil && bytes.Equal(current, l.manifest()):
 	case err == nil && l.clean != nil && bytes.Equal(current, encodeManifest(l.manifestEntries(), l.clean)):
@@ -1771,7 +1778,7 @@ func (l *Log) recordCleanClose(s *segment) error {
 	clean := &cleanEnd{base: s.base, end: end.pos, size: size, next: end.off, lastTime: s.w.LastTime(), lastRec: lastRec, index: index}
 	l.manifestMu.Lock()
 	defer l.manifestMu.Unlock()
-	return writeMeta(l.dir, manifestName, metaManifest, encodeManifest(l.manifestEntries(), clean), true)
+	return l.putManifestLocked(encodeManifest(l.manifestEntries(), clean), true)
 }
 
 // closeFiles drops the log's references: each file closes now, or when its

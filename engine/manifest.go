@@ -185,26 +185,26 @@ func decodeManifest(b []byte) (map[uint64]manifestEntry, *cleanEnd, error) {
 	return m, clean, nil
 }
 
-// readManifest returns the manifest's entries by base and the clean
-// close record, or nil if there is none or it cannot be used (then every
-// segment is opened eagerly, and a damaged manifest is reported: it is
-// only a shortcut, nothing is lost).
-func (l *Log) readManifest() (map[uint64]manifestEntry, *cleanEnd) {
+// readManifest returns the manifest's entries by base, the clean close
+// record and the manifest's bytes, or nils if there is none or it cannot
+// be used (then every segment is opened eagerly, and a damaged manifest is
+// reported: it is only a shortcut, nothing is lost).
+func (l *Log) readManifest() (map[uint64]manifestEntry, *cleanEnd, []byte) {
 	b, err := readMeta(l.dir, manifestName, metaManifest)
 	if err == nil {
 		m, clean, err := decodeManifest(b)
 		if err == nil {
-			return m, clean
+			return m, clean, b
 		}
 		l.opts.Logger.Warn("segstore: manifest unusable, opening every segment's footer instead",
 			"file", filepath.Join(l.dir.Path(), manifestName), "err", err)
-		return nil, nil
+		return nil, nil, nil
 	}
 	if !isNotExist(err) {
 		l.opts.Logger.Warn("segstore: manifest unusable, opening every segment's footer instead",
 			"file", filepath.Join(l.dir.Path(), manifestName), "err", err)
 	}
-	return nil, nil
+	return nil, nil, nil
 }
 
 // manifest encodes the manifest of the current sealed segments (those
@@ -229,7 +229,15 @@ func (l *Log) manifestEntries() []manifestEntry {
 func (l *Log) writeManifest(syncDir bool) error {
 	l.manifestMu.Lock()
 	defer l.manifestMu.Unlock()
-	return writeMeta(l.dir, manifestName, metaManifest, l.manifest(), syncDir)
+	return l.putManifestLocked(l.manifest(), syncDir)
+}
+
+// putManifestLocked writes b as the manifest and counts the write (an
+// open compares the manifest it read with what it found only if nothing
+// rewrote it since). The caller holds l.manifestMu.
+func (l *Log) putManifestLocked(b []byte, syncDir bool) error {
+	l.manifestWrites.Add(1)
+	return writeMeta(l.dir, manifestName, metaManifest, b, syncDir)
 }
 
 // lazySegment is a sealed segment known from its manifest entry; its file

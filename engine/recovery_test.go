@@ -261,12 +261,12 @@ func TestCleanCloseSkipsTheTailProof(t *testing.T) {
 	require.NoError(t, err)
 	assert.True(t, l.Stats().LastOpenRecovery.CleanEnd)
 	requireAll(t, l, 120)
-	_, clean := l.readManifest()
+	_, clean, _ := l.readManifest()
 	assert.NotNil(t, clean, "nothing written yet: the record stands")
 	for i := uint64(120); i < 150; i += 3 {
 		_, err := l.Append(batchOf3(i)...)
 		require.NoError(t, err)
-		_, clean := l.readManifest()
+		_, clean, _ := l.readManifest()
 		assert.True(t, clean == nil, "the record is gone before anything is written")
 	}
 	crashed := dir.Crash(blockdev.CrashTear)

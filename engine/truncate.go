@@ -338,7 +338,7 @@ func (l *Log) dropCleanRecord() error {
 	if !l.cleanPending.Load() {
 		return nil
 	}
-	if err := writeMeta(l.dir, manifestName, metaManifest, l.manifest(), true); err != nil {
+	if err := l.putManifestLocked(l.manifest(), true); err != nil {
 		return fmt.Errorf("engine: removing the clean close record from %s before the first change failed (nothing was written; try again, or reopen the log): %w",
 			filepath.Join(l.dir.Path(), manifestName), err)
 	}
