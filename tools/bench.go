@@ -1,19 +1,23 @@
 package tools
 
 import (
+	"errors"
 	"fmt"
+	"github.com/segstore/segstore/engine"
+	"github.com/segstore/segstore/wal"
+	"github.com/spf13/cobra"
 	"io"
 	"math/rand/v2"
 	"os"
+	"os/signal"
 	"runtime"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"text/tabwriter"
 	"time"
-
-	"github.com/segstore/segstore/engine"
 )
 
 // BenchOptions configure the append and read benchmarks.
@@ -353,4 +357,74 @@ func printBench(out io.Writer, o BenchOptions, env BenchEnv, rs ...BenchResult) 
 		}
 	}
 	return nil
+}
+
+func newBenchCommand() *cobra.Command {
+	bench := &cobra.Command{Use: "bench", Short: "Benchmarks of the store's paths", Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return usageError{errors.New("want a benchmark: append, read or export")}
+		}}
+	var eo ExportBenchOptions
+	export := &cobra.Command{
+		Use:   "export",
+		Short: "Send one sealed segment over loopback TCP by read+write, sendfile, splice and mmap+write, and compare them",
+		Args:  noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return interruptible(ctx, func() error { _, err := ExportBench(cmd.OutOrStdout(), eo); return err })
+		},
+	}
+	sizeVar(export.Flags(), &eo.Size, "size", 1<<30, "bytes of records in the segment")
+	export.Flags().BoolVar(&eo.Pin, "pin", false, "pin the sender to CPU 0 and the receiver to CPU 1")
+	export.Flags().BoolVar(&eo.Cold, "cold", false, "drop the page cache before each path (root only)")
+	export.Flags().BoolVar(&eo.JSON, "json", false, "print one JSON document")
+	export.Flags().IntVar(&eo.Runs, "runs", 3, "rounds over all paths, interleaved; figures are medians")
+	export.Flags().StringVar(&eo.Dir, "dir", "", "directory to build the segment in (default: a new temporary directory, removed after)")
+	bound(export, "1", "", "runs")
+	bound(export, "64KiB", "", "size")
+	bench.AddCommand(export)
+
+	var bo BenchOptions
+	common := func(cmd *cobra.Command) {
+		cmd.Flags().StringVar(&bo.Dir, "dir", "", "store directory (default: a new temporary directory, removed after)")
+		cmd.Flags().IntVar(&bo.RecordSize, "record-size", 1024, "bytes per record")
+		cmd.Flags().IntVar(&bo.Batch, "batch", 16, "records per Append")
+		cmd.Flags().IntVar(&bo.Workers, "workers", 4, "concurrent appenders or readers")
+		cmd.Flags().StringVar(&bo.Sync, "sync", "always", "always, interval or never")
+		cmd.Flags().DurationVar(&bo.Duration, "duration", 5*time.Second, "how long to run")
+		sizeVar(cmd.Flags(), &bo.SegmentSize, "segment-size", 64<<20, "segment file size")
+		cmd.Flags().BoolVar(&bo.JSON, "json", false, "print one JSON document")
+		bound(cmd, "1", "", "batch")
+		bound(cmd, "1", "1024", "workers")
+		bound(cmd, "1", strconv.Itoa(wal.MaxRecordSize), "record-size")
+		bound(cmd, "1ms", "", "duration")
+		bound(cmd, "64KiB", "16GiB", "segment-size")
+	}
+	run := func(f func(io.Writer) error) func(*cobra.Command, []string) error {
+		return func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return interruptible(ctx, func() error { return f(cmd.OutOrStdout()) })
+		}
+	}
+	appendCmd := &cobra.Command{
+		Use:   "append",
+		Short: "Durable appends from concurrent appenders: throughput, latency, group commit",
+		Args:  noArgs,
+		RunE:  run(func(out io.Writer) error { _, err := BenchAppend(out, bo); return err }),
+	}
+	common(appendCmd)
+	readCmd := &cobra.Command{
+		Use:   "read",
+		Short: "Random point reads (uniform or Zipf) from concurrent readers over a store of two segments, then a scan",
+		Args:  noArgs,
+		RunE:  run(func(out io.Writer) error { _, err := BenchRead(out, bo); return err }),
+	}
+	common(readCmd)
+	readCmd.Flags().StringVar(&bo.Dist, "dist", "uniform", "uniform or zipf")
+	sizeVar(readCmd.Flags(), &bo.CacheBytes, "cache", 64<<20, "cache budget")
+	bound(readCmd, "64KiB", "", "cache")
+	bench.AddCommand(appendCmd, readCmd)
+	return bench
 }

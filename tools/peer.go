@@ -5,6 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/segstore/segstore/blockdev"
+	"github.com/segstore/segstore/engine"
+	"github.com/segstore/segstore/engine/peer"
+	"github.com/spf13/cobra"
 	"io"
 	"io/fs"
 	"log/slog"
@@ -12,14 +16,12 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
-
-	"github.com/segstore/segstore/blockdev"
-	"github.com/segstore/segstore/engine"
-	"github.com/segstore/segstore/engine/peer"
 )
 
 // ServeOptions configure Serve.
@@ -390,4 +392,48 @@ func Promote(out io.Writer, dir string, asJSON bool) error {
 	fmt.Fprintf(out, "promoted %s: %d staged records of the leader's active segment are now its own; it holds offsets [%d, %d) and takes appends\n",
 		dir, rep.Added, rep.Start, rep.End)
 	return nil
+}
+
+func newPromoteCommand() *cobra.Command {
+	return dirReportCommand("promote DIR", "Make a follower whose leader is lost a log of its own, with every record it received (run with replicate stopped)", Promote)
+}
+
+func newReplicateCommand() *cobra.Command {
+	var o ReplicateOptions
+	var tokenFile string
+	var indexInterval, maxWrite int64
+	cmd := &cobra.Command{
+		Use:   "replicate URL DIR",
+		Short: "Follow a served log into DIR: sealed segments byte for byte, then the tail; until interrupted",
+		Args: func(_ *cobra.Command, args []string) error {
+			if len(args) != 2 {
+				return usageError{errors.New("want the leader's URL and the follower's directory")}
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var err error
+			if o.Token, err = resolveToken(cmd.ErrOrStderr(), o.Token, tokenFile); err != nil {
+				return err
+			}
+			o.IndexInterval, o.MaxWrite = int(indexInterval), int(maxWrite)
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return Replicate(ctx, cmd.OutOrStdout(), cmd.ErrOrStderr(), args[0], args[1], o)
+		},
+	}
+	cmd.Flags().StringVar(&o.Name, "name", "", "the log's name on the leader (default: DIR's base name, bytes that are not UTF-8 written as \\xNN, as serve names it)")
+	cmd.Flags().StringVar(&tokenFile, "token-file", "", "file holding the bearer token for the leader (or set "+tokenEnv+")")
+	cmd.Flags().StringVar(&o.Token, "token", "", "bearer token for the leader (visible in ps: prefer --token-file or "+tokenEnv+")")
+	cmd.Flags().DurationVar(&o.Wait, "wait", 10*time.Second, "long-poll wait for new records")
+	cmd.Flags().BoolVar(&o.UntilCaughtUp, "until-caught-up", false, "exit once the copy holds, durably, every record the leader has acknowledged, instead of following")
+	cmd.Flags().DurationVar(&o.ReadTimeout, "read-timeout", 30*time.Second, "a leader that does not connect, answer, or deliver each 256 KiB of a body within this fails the step, which is retried")
+	sizeVar(cmd.Flags(), &o.SegmentSize, "segment-size", 64<<20, "the follower's segment size: the leader's segments must be no larger than the follower's own")
+	sizeVar(cmd.Flags(), &indexInterval, "index-interval", 64<<10, "the follower's index interval: the leader's segment indexes must be no sparser")
+	sizeVar(cmd.Flags(), &maxWrite, "max-write", 4<<20, "the follower's largest write: the leader's segments must allow no larger writes")
+	bound(cmd, "1ms", "", "wait", "read-timeout")
+	bound(cmd, "64KiB", "16GiB", "segment-size")
+	bound(cmd, "512", "16MiB", "index-interval")
+	bound(cmd, "16KiB", "64MiB", "max-write")
+	return cmd
 }

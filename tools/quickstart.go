@@ -9,6 +9,11 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/segstore/segstore/blockdev"
+	"github.com/segstore/segstore/engine"
+	"github.com/segstore/segstore/engine/peer"
+	"github.com/segstore/segstore/wal"
+	"github.com/spf13/cobra"
 	"io"
 	"log/slog"
 	"math/rand/v2"
@@ -17,11 +22,6 @@ import (
 	"path/filepath"
 	"sync"
 	"time"
-
-	"github.com/segstore/segstore/blockdev"
-	"github.com/segstore/segstore/engine"
-	"github.com/segstore/segstore/engine/peer"
-	"github.com/segstore/segstore/wal"
 )
 
 // QuickstartOptions configure Quickstart.
@@ -392,4 +392,30 @@ func checkRecord(r, want []byte) error {
 		return errors.New("content differs from what was appended")
 	}
 	return nil
+}
+
+func newQuickstartCommand() *cobra.Command {
+	var qs QuickstartOptions
+	quick := &cobra.Command{
+		Use:   "quickstart",
+		Short: "Write a log with concurrent durable appenders, reopen it, read every record back, export and replicate it",
+		Args:  noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return Quickstart(cmd.OutOrStdout(), qs)
+		},
+	}
+	quick.Flags().StringVar(&qs.Dir, "dir", "", "directory for the store, new or empty, kept after (default: a new temporary directory, removed after unless --keep)")
+	quick.Flags().BoolVar(&qs.Keep, "keep", false, "keep the temporary store and its replica")
+	quick.Flags().IntVar(&qs.Appenders, "appenders", 8, "concurrent appenders")
+	quick.Flags().IntVar(&qs.Appends, "appends", 2000, "Append calls per appender")
+	quick.Flags().IntVar(&qs.Batch, "batch", 4, "records per Append")
+	quick.Flags().IntVar(&qs.RecordSize, "record-size", 1024, "bytes per record")
+	sizeVar(quick.Flags(), &qs.SegmentSize, "segment-size", 16<<20, "segment file size")
+	quick.Flags().IntVar(&qs.Reads, "reads", 20000, "random point reads")
+	quick.Flags().BoolVar(&qs.JSON, "json", false, "print one JSON document instead of text")
+	bound(quick, "1", "", "appenders", "appends", "batch")
+	bound(quick, "16", "65536", "record-size")
+	bound(quick, "0", "", "reads")
+	bound(quick, "64KiB", "16GiB", "segment-size")
+	return quick
 }
