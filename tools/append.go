@@ -6,14 +6,16 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"github.com/segstore/segstore/engine"
-	"github.com/segstore/segstore/wal"
-	"github.com/spf13/cobra"
 	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/segstore/segstore/engine"
+	"github.com/segstore/segstore/wal"
 )
 
 // AppendOptions configure Append.

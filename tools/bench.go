@@ -3,9 +3,6 @@ package tools
 import (
 	"errors"
 	"fmt"
-	"github.com/segstore/segstore/engine"
-	"github.com/segstore/segstore/wal"
-	"github.com/spf13/cobra"
 	"io"
 	"math/rand/v2"
 	"os"
@@ -18,6 +15,11 @@ import (
 	"syscall"
 	"text/tabwriter"
 	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/segstore/segstore/engine"
+	"github.com/segstore/segstore/wal"
 )
 
 // BenchOptions configure the append and read benchmarks.

@@ -6,14 +6,16 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"github.com/segstore/segstore/engine"
-	"github.com/spf13/cobra"
 	"io"
 	"os"
 	"os/signal"
 	"syscall"
 	"time"
 	"unicode/utf8"
+
+	"github.com/spf13/cobra"
+
+	"github.com/segstore/segstore/engine"
 )
 
 // CatOptions configure Cat.

@@ -5,13 +5,15 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/segstore/segstore/engine"
-	"github.com/spf13/cobra"
 	"io"
 	"io/fs"
 	"log/slog"
 	"os"
 	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/segstore/segstore/engine"
 )
 
 // ErrDamage: verify found damage (exit status 1).

@@ -5,14 +5,16 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/segstore/segstore/blockdev"
-	"github.com/segstore/segstore/engine"
-	"github.com/segstore/segstore/wal"
-	"github.com/spf13/cobra"
 	"io"
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/segstore/segstore/blockdev"
+	"github.com/segstore/segstore/engine"
+	"github.com/segstore/segstore/wal"
 )
 
 // DumpOptions configure Dump.

@@ -3,11 +3,13 @@ package tools
 import (
 	"encoding/json"
 	"fmt"
-	"github.com/segstore/segstore/engine"
-	"github.com/spf13/cobra"
 	"io"
 	"text/tabwriter"
 	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/segstore/segstore/engine"
 )
 
 // InspectReport is what Inspect prints.

@@ -5,10 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/segstore/segstore/blockdev"
-	"github.com/segstore/segstore/engine"
-	"github.com/segstore/segstore/engine/peer"
-	"github.com/spf13/cobra"
 	"io"
 	"io/fs"
 	"log/slog"
@@ -22,6 +18,12 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/segstore/segstore/blockdev"
+	"github.com/segstore/segstore/engine"
+	"github.com/segstore/segstore/engine/peer"
 )
 
 // ServeOptions configure Serve.

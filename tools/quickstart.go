@@ -9,11 +9,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"github.com/segstore/segstore/blockdev"
-	"github.com/segstore/segstore/engine"
-	"github.com/segstore/segstore/engine/peer"
-	"github.com/segstore/segstore/wal"
-	"github.com/spf13/cobra"
 	"io"
 	"log/slog"
 	"math/rand/v2"
@@ -22,6 +17,13 @@ import (
 	"path/filepath"
 	"sync"
 	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/segstore/segstore/blockdev"
+	"github.com/segstore/segstore/engine"
+	"github.com/segstore/segstore/engine/peer"
+	"github.com/segstore/segstore/wal"
 )
 
 // QuickstartOptions configure Quickstart.

@@ -2,13 +2,15 @@ package tools
 
 import (
 	"fmt"
-	"github.com/segstore/segstore/blockdev"
-	"github.com/segstore/segstore/engine"
-	"github.com/spf13/cobra"
 	"io"
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/segstore/segstore/blockdev"
+	"github.com/segstore/segstore/engine"
 )
 
 // RepairOptions configure Repair.

@@ -2,12 +2,14 @@ package tools
 
 import (
 	"fmt"
-	"github.com/segstore/segstore/wal"
-	"github.com/spf13/cobra"
 	"io"
 	"runtime"
 	"runtime/debug"
 	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/segstore/segstore/wal"
 )
 
 // NewRootCommand returns the segtool command tree writing to out and errOut.

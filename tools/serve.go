@@ -2,11 +2,12 @@ package tools
 
 import (
 	"errors"
-	"github.com/spf13/cobra"
 	"os"
 	"os/signal"
 	"syscall"
 	"time"
+
+	"github.com/spf13/cobra"
 )
 
 func newServeCommand() *cobra.Command {

@@ -4,10 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/schollz/progressbar/v3"
-	"github.com/segstore/segstore/engine"
-	"github.com/spf13/cobra"
-	"golang.org/x/term"
 	"io"
 	"os"
 	"os/signal"
@@ -15,6 +11,12 @@ import (
 	"strings"
 	"sync/atomic"
 	"syscall"
+
+	"github.com/schollz/progressbar/v3"
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	"github.com/segstore/segstore/engine"
 )
 
 // VerifyOptions configure Verify.
