@@ -46,6 +46,18 @@ type durableFile struct {
 	// that readers watching the directory (inotify) wake; the mapping's
 	// stores make no file event.
 	f *os.File
+	// pokes asks the poker goroutine (the writer's) for a wake-up byte.
+	// publish runs under the segment writer's lock, on every appender's
+	// path; the byte is a write to a file system that can wait on its
+	// journal, so it is written off that path. One pending request covers
+	// every publish before the poker takes it: the poker writes after it
+	// takes the request, so after the words that publish stored, and a
+	// watcher never misses a wake (it may get fewer, coalesced ones).
+	pokes chan struct{}
+	// poked is closed when the poker has returned.
+	poked chan struct{}
+	// pokeHook, if set (tests), is called by the poker before each byte.
+	pokeHook func()
 }
 
 func (d *durableFile) word(off int) *atomic.Uint64 {
@@ -55,6 +67,11 @@ func (d *durableFile) word(off int) *atomic.Uint64 {
 // createDurable opens (creating) the DURABLE file of the writer of dir and
 // maps it for writing.
 func createDurable(dir string) (*durableFile, error) {
+	return createDurableHooked(dir, nil)
+}
+
+// createDurableHooked is createDurable with the poker's pokeHook.
+func createDurableHooked(dir string, pokeHook func()) (*durableFile, error) {
 	f, err := os.OpenFile(filepath.Join(dir, durableName), os.O_RDWR|os.O_CREATE, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("engine: the durable-position file: %w", err)
@@ -69,11 +86,23 @@ func createDurable(dir string) (*durableFile, error) {
 		return nil, fmt.Errorf("engine: mapping the durable-position file: %w", err)
 	}
 	copy(mem, durableMagic)
-	d := &durableFile{mem: mem, f: f}
+	d := &durableFile{mem: mem, f: f, pokes: make(chan struct{}, 1), poked: make(chan struct{}), pokeHook: pokeHook}
 	if d.word(durSeq).Load()%2 == 1 {
 		d.word(durSeq).Add(1) // left odd by a writer that died mid-update
 	}
+	go d.poker()
 	return d, nil
+}
+
+// poker writes a wake-up byte for each request, until pokes is closed.
+func (d *durableFile) poker() {
+	defer close(d.poked)
+	for range d.pokes {
+		if d.pokeHook != nil {
+			d.pokeHook()
+		}
+		d.f.WriteAt(poke[:], durablePoke) // a wake-up only: nothing reads it
+	}
 }
 
 // openDurable maps the DURABLE file of dir read-only; nil if there is
@@ -111,7 +140,10 @@ func (d *durableFile) publish(base uint64, p position) {
 	d.word(durOffset).Store(p.off)
 	seq.Add(1)
 	d.word(durOpen).Store(1)
-	d.f.WriteAt(poke[:], durablePoke) // a wake-up only: nothing reads it
+	select {
+	case d.pokes <- struct{}{}:
+	default: // one is pending: the poker has yet to take it, and writes after this
+	}
 }
 
 // durablePoke is where publish writes its wake-up byte, away from the words.
@@ -119,8 +151,14 @@ const durablePoke = durableSize - 1
 
 var poke = [1]byte{1}
 
-// close marks the log closed by its writer and unmaps the file.
+// close marks the log closed by its writer and unmaps the file; a
+// writer's last wake-up byte is written before it returns (callers
+// serialize it with publish, and publish nothing after it).
 func (d *durableFile) close(writer bool) {
+	if d.pokes != nil {
+		close(d.pokes)
+		<-d.poked
+	}
 	if writer {
 		d.word(durOpen).Store(0)
 		d.f.WriteAt(poke[:], durablePoke)
