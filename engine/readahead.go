@@ -69,22 +69,33 @@ type raHeld struct {
 
 // reserve counts n bytes against st and the log, unless either bound
 // would be passed: then it reports false and counts nothing.
+// (Compare-and-swap, not add-then-undo: a counter never shows, even for
+// a moment, more than its bound, so its peak is what was held.)
 func (ra *readAheads) reserve(st *raStream, n int64) (*raHeld, bool) {
-	if st.held.Add(n) > raStreamBytes {
-		st.held.Add(-n)
+	if !addWithin(&st.held, &st.peak, n, raStreamBytes) {
 		return nil, false
 	}
-	t := ra.held.Add(n)
-	if t > raTotalBytes {
-		ra.held.Add(-n)
+	if !addWithin(&ra.held, &ra.peak, n, raTotalBytes) {
 		st.held.Add(-n)
 		return nil, false
-	}
-	for p := ra.peak.Load(); t > p && !ra.peak.CompareAndSwap(p, t); p = ra.peak.Load() {
-	}
-	for p := st.peak.Load(); st.held.Load() > p && !st.peak.CompareAndSwap(p, st.held.Load()); p = st.peak.Load() {
 	}
 	return &raHeld{ra: ra, st: st, n: n}, true
+}
+
+// addWithin adds n to c unless that passes bound, and raises peak to the
+// new value; it reports whether it added.
+func addWithin(c, peak *atomic.Int64, n, bound int64) bool {
+	for {
+		cur := c.Load()
+		if cur+n > bound {
+			return false
+		}
+		if c.CompareAndSwap(cur, cur+n) {
+			for p := peak.Load(); cur+n > p && !peak.CompareAndSwap(p, cur+n); p = peak.Load() {
+			}
+			return true
+		}
+	}
 }
 
 // shrink gives back what the reservation holds beyond n.
