@@ -615,6 +615,7 @@ func (l *Log) readChunkAhead(st *raStream, p raPlan, plan func(raPlan)) (raChunk
 		return c, true
 	}
 	span := int64(raSpan)
+	skipTo := uint64(0) // where a frame too wide to read ahead ends (0: unknown)
 	for {
 		to := min(pos+span, vis.pos)
 		// The most the read holds: the pool's buffer, the read (if it is
@@ -629,9 +630,12 @@ func (l *Log) readChunkAhead(st *raStream, p raPlan, plan func(raPlan)) (raChunk
 				need += rng
 			}
 		}
+		if need > raStreamBytes {
+			return raChunk{next: skipTo}, false // left to the run's point reads
+		}
 		held, ok := l.ra.reserve(st, need)
 		if !ok {
-			return raChunk{}, false // left to the run's point reads (or its next read)
+			return raChunk{}, false // the run's next read plans it again
 		}
 		if s.dev.Alignment().Memory <= poolAlign {
 			buf = l.raPool.Get()
@@ -645,15 +649,25 @@ func (l *Log) readChunkAhead(st *raStream, p raPlan, plan func(raPlan)) (raChunk
 		l.readDeviceBytes.Add(int64(len(aligned)))
 		l.ra.bytes.Add(int64(len(aligned)))
 		v, stop, err := buildChunk(raw, s.hdr, indexEntry{off: next, pos: pos}, l.cache.Alloc)
+		// One frame wider than the span: read it whole, as wide as its
+		// header says (no wider than MaxWrite; a header that lies only
+		// sizes this read, whose bytes are verified like any other).
+		wide := alignedbuf.AlignUp(int64(s.hdr.MaxWrite), 4096)
+		if err == nil && stop == pos {
+			if h, herr := wal.DecodeFrameHeader(raw, int(s.hdr.MaxWrite)); herr == nil && h.First == next {
+				wide = min(wide, alignedbuf.AlignUp(int64(wal.FrameSize(int(h.Length))), 4096))
+				skipTo = next + uint64(h.Count)
+			}
+		}
 		l.raPool.Put(buf) // buildChunk copied what it keeps (a larger read allocated its own)
 		if err != nil {
 			held.done()
 			return raChunk{}, false
 		}
-		if stop == pos { // one frame wider than the span
+		if stop == pos {
 			v.Release()
 			held.done()
-			if wide := alignedbuf.AlignUp(int64(s.hdr.MaxWrite), 4096); span < wide && to < vis.pos {
+			if span < wide && to < vis.pos {
 				span = wide
 				continue
 			}
