@@ -31,16 +31,17 @@ import (
 // the run's reads of it copy the record out, nothing else.
 //
 // Bound: a stream holds the chunk its last read used and at most raDepth
-// chunks read ahead or in flight, each of about raSpan bytes (one record
-// longer than the span is read whole), and runs at most 2 × raInflight
+// chunks read ahead or in flight, and runs at most 2 × raInflight
 // goroutines (reading, or copying what they read into the cache, each
-// holding its buffer until done): so a log holds at most raStreams ×
-// (1 + raDepth + 2 × raInflight) × (raSpan + 8 KiB) bytes of read-ahead
-// (about 36 MiB; but a record longer than raSpan makes its chunk as long
-// as the record, so with such records the bound is 36 × the longest
-// record, up to 36 × MaxWrite: a known gap), outside the cache's budget,
-// and raStreams × 2 ×
-// raInflight (16) goroutines; Close waits for them. A chunk is dropped
+// holding its buffer until done). Whatever the record sizes, the buffers
+// of one stream (its chunks, its reads in flight, the copies into the
+// cache still running) hold at most raStreamBytes (9 × (raSpan + 8 KiB),
+// about 9 MiB): a read reserves its buffer's bytes before it reads, and
+// one that does not fit is not made (a run of records longer than that
+// is read by its point reads, on their own, and read-ahead goes on after
+// it). So a log holds at most raStreams × raStreamBytes (about 36 MiB) of
+// read-ahead outside the cache's budget, and raStreams × 2 × raInflight
+// (16) goroutines; Close waits for them. A chunk is dropped
 // only once the stream has read past its last record, or the stream is
 // replaced: a block the next reads of the run will use is never dropped
 // before they run.
@@ -50,7 +51,64 @@ const (
 	raSpan     = 1 << 20 // bytes per read-ahead read (whole frames; wider for a frame that does not fit)
 	raMinRun   = 2       // reads in a row that make a run
 	raInflight = 2       // read-ahead reads under way at once, per stream
+	// raStreamBytes bounds the buffers of one stream: its chunks and its
+	// reads (each a pool buffer, raSpan + 8 KiB, for reads within the
+	// span).
+	raStreamBytes = (1 + raDepth + 2*raInflight) * (raSpan + 2*poolAlign)
+	// raTotalBytes bounds the read-ahead buffers of a log.
+	raTotalBytes = raStreams * raStreamBytes
 )
+
+// raHeld is bytes reserved for a read-ahead buffer, counted against its
+// stream and the log until done.
+type raHeld struct {
+	ra *readAheads
+	st *raStream
+	n  int64
+}
+
+// reserve counts n bytes against st and the log, unless either bound
+// would be passed: then it reports false and counts nothing.
+// (Compare-and-swap, not add-then-undo: a counter never shows, even for
+// a moment, more than its bound, so its peak is what was held.)
+func (ra *readAheads) reserve(st *raStream, n int64) (*raHeld, bool) {
+	if !addWithin(&st.held, &st.peak, n, raStreamBytes) {
+		return nil, false
+	}
+	if !addWithin(&ra.held, &ra.peak, n, raTotalBytes) {
+		st.held.Add(-n)
+		return nil, false
+	}
+	return &raHeld{ra: ra, st: st, n: n}, true
+}
+
+// addWithin adds n to c unless that passes bound, and raises peak to the
+// new value; it reports whether it added.
+func addWithin(c, peak *atomic.Int64, n, bound int64) bool {
+	for {
+		cur := c.Load()
+		if cur+n > bound {
+			return false
+		}
+		if c.CompareAndSwap(cur, cur+n) {
+			for p := peak.Load(); cur+n > p && !peak.CompareAndSwap(p, cur+n); p = peak.Load() {
+			}
+			return true
+		}
+	}
+}
+
+// shrink gives back what the reservation holds beyond n.
+func (h *raHeld) shrink(n int64) {
+	if h != nil && n < h.n {
+		h.st.held.Add(n - h.n)
+		h.ra.held.Add(n - h.n)
+		h.n = n
+	}
+}
+
+// done gives back the reservation (nil: none).
+func (h *raHeld) done() { h.shrink(0) }
 
 // raChunk is verified records of a segment holding the records [first,
 // next) at file positions [pos, end): a chunk in a cache value (v, held by
@@ -66,6 +124,7 @@ type raChunk struct {
 	run         recordRun    // if v is nil
 	own         *raBuf       // holds run.buf, if v is nil
 	carve       []indexEntry // the index entries to offer the cache its intervals by (cacheIntervals)
+	held        *raHeld      // the bytes v counts against the bound (nil: v is not read-ahead's)
 	ahead       bool         // read by read-ahead (a hit on it is a read-ahead hit)
 	indexed     bool         // of a record-indexed segment (see readAheadNow)
 }
@@ -89,6 +148,7 @@ func (r *recordRun) at(k int) (start, length int) {
 func (c *raChunk) free(pool *alignedbuf.Pool) {
 	if c.v != nil {
 		c.v.Release()
+		c.held.done()
 	} else {
 		c.own.put(pool)
 	}
@@ -100,13 +160,15 @@ func (c *raChunk) free(pool *alignedbuf.Pool) {
 type raBuf struct {
 	b    []byte
 	refs atomic.Int32
+	held *raHeld // the bytes b counts against the bound
 }
 
 // put drops a reference; the last returns the buffer to pool (a buffer
-// grown past the pool's size is dropped).
+// grown past the pool's size is dropped) and its bytes to the bound.
 func (r *raBuf) put(pool *alignedbuf.Pool) {
 	if r.refs.Add(-1) == 0 {
 		pool.Put(r.b)
+		r.held.done()
 	}
 }
 
@@ -136,6 +198,9 @@ type raStream struct {
 	// span is [lo, hi) of the offsets the stream's chunks hold and nextA
 	// its next, for the lock-free checks of every read.
 	lo, hi, nextA atomic.Uint64
+	// held is the bytes of the stream's read-ahead buffers (at most
+	// raStreamBytes), peak the most it held.
+	held, peak atomic.Int64
 }
 
 // readAheads is the log's read-ahead state. Every point read consults it,
@@ -154,6 +219,8 @@ type readAheads struct {
 	wg      sync.WaitGroup // read-ahead goroutines
 	hits    atomic.Int64   // point reads served from a chunk read ahead
 	bytes   atomic.Int64   // device bytes read ahead
+	held    atomic.Int64   // bytes of the read-ahead buffers (at most raTotalBytes)
+	peak    atomic.Int64   // the most held
 }
 
 // get appends to dst the record of offset off of namespace ns, if a
@@ -402,7 +469,7 @@ func (l *Log) readAhead(st *raStream, p raPlan, gen uint64) {
 	ra := &l.ra
 	defer ra.wg.Done()
 	planned := false
-	c, ok := l.readChunkAhead(p, func(next raPlan) {
+	c, ok := l.readChunkAhead(st, p, func(next raPlan) {
 		ra.mu.Lock()
 		defer ra.mu.Unlock()
 		if st.gen == gen {
@@ -461,7 +528,14 @@ func (l *Log) readAhead(st *raStream, p raPlan, gen uint64) {
 // next), verifies them and returns them as a chunk: whole frames in a
 // segment of version 1 or 2, a run of records checked one by one
 // (readRecordRun) in one of version 3.
-func (l *Log) readChunkAhead(p raPlan, plan func(raPlan)) (raChunk, bool) {
+//
+// Each read first reserves its buffer's bytes against the stream's bound
+// (reserve). One that can never fit (a record longer than the bound) is
+// not made: the records up to its end are left to the run's point reads
+// (the chunk returned names where that is) and the read after it is
+// planned. One that does not fit now is not made either: the run's next
+// read plans it again.
+func (l *Log) readChunkAhead(st *raStream, p raPlan, plan func(raPlan)) (raChunk, bool) {
 	ns, next, pos, left := p.ns, p.next, p.pos, p.left
 	if l.isClosed.Load() {
 		return raChunk{}, false
@@ -487,11 +561,34 @@ func (l *Log) readChunkAhead(p raPlan, plan func(raPlan)) (raChunk, bool) {
 	if s.recordIndexed() {
 		e := indexEntry{off: next, pos: pos, left: left}
 		end, at, entry := l.runEnd(s, next, pos, raSpan, vis)
+		pooled := runRead(s, e, end, raSpan) <= int64(l.raPool.Size()) && s.dev.Alignment().Memory <= poolAlign
+		// The most the read holds: the pool's buffer, and a buffer of the
+		// whole run if it is longer (a record longer than the span).
+		a := int64(s.dev.Alignment().Offset)
+		need := alignedbuf.AlignUp(end, a) - alignedbuf.AlignDown(pos, a)
+		if pooled {
+			if need <= int64(l.raPool.Size()) {
+				need = 0
+			}
+			need += int64(l.raPool.Size())
+		}
+		if need > raStreamBytes {
+			skipTo := vis.off
+			if entry {
+				plan(raPlan{ns: s.ns, next: at.off, pos: at.pos, left: at.left, ok: true})
+				skipTo = at.off
+			}
+			return raChunk{next: skipTo}, false
+		}
+		held, ok := l.ra.reserve(st, need)
+		if !ok {
+			return raChunk{}, false
+		}
 		if entry {
 			plan(raPlan{ns: s.ns, next: at.off, pos: at.pos, left: at.left, ok: true})
 		}
 		var buf []byte
-		if runRead(s, e, end, raSpan) <= int64(l.raPool.Size()) && s.dev.Alignment().Memory <= poolAlign {
+		if pooled {
 			buf = l.raPool.Get()
 		}
 		run, read, err := l.readRecords(s, e, end, next, raSpan, buf)
@@ -502,13 +599,15 @@ func (l *Log) readChunkAhead(p raPlan, plan func(raPlan)) (raChunk, bool) {
 		}
 		if err != nil {
 			l.raPool.Put(buf)
+			held.done()
 			return raChunk{}, false
 		}
 		if buf != nil && &run.buf[0] != &buf[0] {
 			l.raPool.Put(buf) // a record longer than the span: read into a buffer of its own
 		}
+		held.shrink(int64(cap(run.buf)))
 		c := raChunk{ns: s.ns, first: next, next: next + uint64(len(run.table)/2), pos: pos, end: pos + int64(len(run.raw)), left: run.left,
-			run: run, own: &raBuf{b: run.buf}, ahead: true, indexed: true}
+			run: run, own: &raBuf{b: run.buf, held: held}, ahead: true, indexed: true}
 		c.own.refs.Store(1)
 		if l.cache.Room() >= int64(len(run.raw)+4*len(run.table)) {
 			c.carve = l.entriesIn(s, c.first, c.next)
@@ -516,33 +615,66 @@ func (l *Log) readChunkAhead(p raPlan, plan func(raPlan)) (raChunk, bool) {
 		return c, true
 	}
 	span := int64(raSpan)
+	skipTo := uint64(0) // where a frame too wide to read ahead ends (0: unknown)
 	for {
 		to := min(pos+span, vis.pos)
+		// The most the read holds: the pool's buffer, the read (if it is
+		// longer, into a buffer of its own) and the chunk built from it.
+		a := int64(s.dev.Alignment().Offset)
+		rng := alignedbuf.AlignUp(to, a) - alignedbuf.AlignDown(pos, a)
+		need := 2 * rng
 		var buf []byte
+		if s.dev.Alignment().Memory <= poolAlign {
+			need = int64(l.raPool.Size()) + rng
+			if rng > int64(l.raPool.Size()) {
+				need += rng
+			}
+		}
+		if need > raStreamBytes {
+			return raChunk{next: skipTo}, false // left to the run's point reads
+		}
+		held, ok := l.ra.reserve(st, need)
+		if !ok {
+			return raChunk{}, false // the run's next read plans it again
+		}
 		if s.dev.Alignment().Memory <= poolAlign {
 			buf = l.raPool.Get()
 		}
 		raw, aligned, err := s.readRange(pos, to, buf)
 		if err != nil {
 			l.raPool.Put(buf)
+			held.done()
 			return raChunk{}, false
 		}
 		l.readDeviceBytes.Add(int64(len(aligned)))
 		l.ra.bytes.Add(int64(len(aligned)))
 		v, stop, err := buildChunk(raw, s.hdr, indexEntry{off: next, pos: pos}, l.cache.Alloc)
+		// One frame wider than the span: read it whole, as wide as its
+		// header says (no wider than MaxWrite; a header that lies only
+		// sizes this read, whose bytes are verified like any other).
+		wide := alignedbuf.AlignUp(int64(s.hdr.MaxWrite), 4096)
+		if err == nil && stop == pos {
+			if h, herr := wal.DecodeFrameHeader(raw, int(s.hdr.MaxWrite)); herr == nil && h.First == next {
+				wide = min(wide, alignedbuf.AlignUp(int64(wal.FrameSize(int(h.Length))), 4096))
+				skipTo = next + uint64(h.Count)
+			}
+		}
 		l.raPool.Put(buf) // buildChunk copied what it keeps (a larger read allocated its own)
 		if err != nil {
+			held.done()
 			return raChunk{}, false
 		}
-		if stop == pos { // one frame wider than the span
+		if stop == pos {
 			v.Release()
-			if wide := alignedbuf.AlignUp(int64(s.hdr.MaxWrite), 4096); span < wide && to < vis.pos {
+			held.done()
+			if span < wide && to < vis.pos {
 				span = wide
 				continue
 			}
 			return raChunk{}, false
 		}
-		return raChunk{ns: s.ns, first: next, next: next + uint64(chunk(v.Bytes()).count()), pos: pos, end: stop, v: v, ahead: true}, true
+		held.shrink(int64(cap(v.Bytes())))
+		return raChunk{ns: s.ns, first: next, next: next + uint64(chunk(v.Bytes()).count()), pos: pos, end: stop, v: v, ahead: true, held: held}, true
 	}
 }
 

@@ -34,9 +34,16 @@ const (
 	// larger version is refused with ErrVersion. Version 2 added the durable
 	// mark of each frame (see the frame diagram); version 3 gave each record
 	// its own checksum (see the record diagram), so that one record can be
-	// read and verified without its frame. Files of versions 1 and 2 are
-	// still read, and appended to in their own version.
-	Version = 3
+	// read and verified without its frame; version 4 added the high-water
+	// mark at HighWaterPos (see its diagram), which bounds how much of the
+	// file recovery reads. Files of versions 1 to 3 are still read, and
+	// appended to in their own version: without a mark.
+	Version = 4
+	// HighWaterVersion is the first version whose files carry a high-water
+	// mark. In an older file the mark's bytes are zero (a build of that
+	// version refuses anything else as damage), so a writer never marks one
+	// and recovery reads it to its end.
+	HighWaterVersion = 4
 	// MinVersion is the oldest format version this package reads.
 	MinVersion = 1
 	// FileHeaderLen is the encoded size of the file header.
@@ -123,6 +130,10 @@ func RecordHeaderSize(v uint32) int {
 
 // RecordHeaderLen is the record header length of the file.
 func (h FileHeader) RecordHeaderLen() int { return RecordHeaderSize(h.Version) }
+
+// HasHighWater reports whether the file's version carries a high-water
+// mark (version HighWaterVersion and later).
+func (h FileHeader) HasHighWater() bool { return h.Version >= HighWaterVersion }
 
 // RecordChecksum is the checksum a version 3 record header carries for rec,
 // the record at offset off whose header is at position pos in the file with
@@ -281,7 +292,7 @@ func DecodeFileHeader(b []byte) (FileHeader, error) {
 	}
 	v := binary.LittleEndian.Uint32(b[8:12])
 	if v > Version {
-		return FileHeader{}, fmt.Errorf("%w: file has version %d, this build reads %d to %d: upgrade segstore", ErrVersion, v, MinVersion, Version)
+		return FileHeader{}, fmt.Errorf("%w: file has version %d, this build reads %d to %d: upgrade segstore to a build that reads format version %d (the file is left as it is)", ErrVersion, v, MinVersion, Version, v)
 	}
 	if v < MinVersion {
 		return FileHeader{}, fmt.Errorf("%w: version %d", ErrNotWAL, v)
@@ -563,7 +574,15 @@ func isZero(b []byte) bool {
 // mark durable); crc32c (Castagnoli) covers the segment id (8 bytes LE)
 // and bytes [0, 16), so a mark copied from another file fails it. Every
 // other byte of the sector is zero. All zeros: the file carries no mark
-// (a file of an older build), and recovery reads the rest of the file.
+// (yet), and recovery reads the rest of the file.
+//
+// Only files of version HighWaterVersion and later carry a mark: a build
+// of version 3 or older reads any non-zero byte here as damage, so a
+// writer never marks an older file, and the scanner never takes a mark
+// from one as a bound. (A build that predated the version bump marked
+// version 3 files: their mark is accepted as valid bytes, ignored, and
+// erased by the next writer that opens the file, which makes the file
+// readable by version 3 builds again.)
 //
 // The writer's rule: no write reaches past a mark that is durable. Before
 // a flush ends within MaxWrite of the mark, the flush also writes a new

@@ -122,14 +122,14 @@ func TestHighWaterBoundsRecoveryReads(t *testing.T) {
 // highWaterScript appends batches of varied sizes to a small file whose
 // marks move often (a 512-byte step), for the crash sweep. It returns the
 // records acknowledged as durable (in SyncAlways mode) and stops at the
-// first error.
-func highWaterScript(dev *blockdev.Sim, mode SyncMode) (acked map[uint64][]byte, w *Writer, err error) {
+// first error. v is the file's format version (0: the current one).
+func highWaterScript(dev *blockdev.Sim, mode SyncMode, v uint32) (acked map[uint64][]byte, w *Writer, err error) {
 	records := uint64(120)
 	if longRun() {
 		records = 400
 	}
 	acked = map[uint64][]byte{}
-	opts := Options{SyncMode: mode, MaxWrite: 16 << 10, Preallocate: 256 << 10, PreZero: true, highWaterStep: 512}
+	opts := Options{SyncMode: mode, MaxWrite: 16 << 10, Preallocate: 256 << 10, PreZero: true, highWaterStep: 512, Version: v}
 	w, err = Create(dev, 0, opts)
 	if err != nil {
 		return acked, nil, err
@@ -161,12 +161,23 @@ func highWaterScript(dev *blockdev.Sim, mode SyncMode) (acked map[uint64][]byte,
 // synced. After each: recovery succeeds, every acknowledged record is
 // there, recovery finds exactly what a scan of the whole file finds (the
 // mark never hides a frame or damage), and the file takes appends again.
+// A version 3 file, the same appends and crashes: it never gets a mark (a
+// version 3 build would read one as damage), and its recovery is the scan
+// of the whole file.
 func TestHighWaterCrashSweep(t *testing.T) {
-	for _, mode := range []SyncMode{SyncAlways, SyncNever} {
+	for _, c := range []struct {
+		mode SyncMode
+		v    uint32
+	}{{SyncAlways, 0}, {SyncNever, 0}, {SyncAlways, 3}, {SyncNever, 3}} {
+		mode, v := c.mode, c.v
 		dry := blockdev.NewSim(blockdev.SimOptions{})
-		_, w, err := highWaterScript(dry, mode)
+		_, w, err := highWaterScript(dry, mode, v)
 		require.NoError(t, err)
-		require.Greater(t, w.Stats().MarkWrites, int64(5), "the sweep must cross many marks")
+		if v == 0 {
+			require.Greater(t, w.Stats().MarkWrites, int64(5), "the sweep must cross many marks")
+		} else {
+			require.Zero(t, w.Stats().MarkWrites, "version %d: no marks", v)
+		}
 		calls := map[blockdev.Op]int{blockdev.OpWrite: dry.Calls(blockdev.OpWrite), blockdev.OpSync: dry.Calls(blockdev.OpSync)}
 		crashes := []blockdev.CrashMode{blockdev.CrashDropUnsynced, blockdev.CrashTear, blockdev.CrashKeepAll}
 		if longRun() {
@@ -176,11 +187,14 @@ func TestHighWaterCrashSweep(t *testing.T) {
 		for op, n := range calls {
 			for k := 1; k <= n+1; k++ {
 				for ci, cm := range crashes {
-					what := fmt.Sprintf("%v, crash before %v #%d, mode %d/%d", mode, op, k, cm, ci)
+					what := fmt.Sprintf("%v, version %d, crash before %v #%d, mode %d/%d", mode, v, op, k, cm, ci)
 					dev := blockdev.NewSim(blockdev.SimOptions{Seed: uint64(k*10 + ci)})
 					dev.FailNth(op, k)
-					acked, w, _ := highWaterScript(dev, mode)
+					acked, w, _ := highWaterScript(dev, mode, v)
 					img := dev.Crash(cm)
+					if v != 0 && len(img) >= DataStart {
+						require.True(t, isZero(img[HighWaterPos:DataStart]), "%s: a mark in a version %d file", what, v)
+					}
 					if w == nil { // Create failed: the file never existed
 						_, err := Recover(blockdev.NewSimFrom(img, blockdev.SimOptions{}))
 						if errors.Is(err, ErrNotWAL) {
@@ -204,12 +218,15 @@ func TestHighWaterCrashSweep(t *testing.T) {
 					_, err = w2.Append(batch(rec.NextOffset, 3)...)
 					require.NoError(t, err, what)
 					require.NoError(t, w2.Close(), what)
+					if v != 0 {
+						require.True(t, isZero(dev.Bytes()[HighWaterPos:DataStart]), "%s: reopened: a mark in a version %d file", what, v)
+					}
 					sameRecovery(t, dev.Bytes(), what+", reopened and appended")
 					runs++
 				}
 			}
 		}
-		t.Logf("%v: %d crashes (%v calls)", mode, runs, calls)
+		t.Logf("%v, version %d: %d crashes (%v calls)", mode, v, runs, calls)
 	}
 }
 

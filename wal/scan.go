@@ -216,7 +216,12 @@ func (s *Scanner) readHeaderBlock(b []byte) error {
 				Reason: "damaged high-water mark in the header block (a crash leaves it whole: it lies in one sector)", Err: err}
 		}
 	}
-	s.highWater = hw
+	if s.hdr.HasHighWater() {
+		// Only a file of a version that has marks may take one as a bound:
+		// an older file's mark (written by a build that marked files of
+		// its version) is valid bytes, not a bound recovery relies on.
+		s.highWater = hw
+	}
 	return nil
 }
 

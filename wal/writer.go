@@ -68,7 +68,8 @@ type Options struct {
 	// Version is the format version Create writes the file in, from
 	// MinVersion to Version (default 0: Version), for tools and tests
 	// that need a file an older build reads. Open appends to a file in
-	// the file's own version, whatever this says.
+	// the file's own version, whatever this says. A file older than
+	// HighWaterVersion gets no high-water mark.
 	Version uint32
 	// OnReserve, if set, is called for every records frame when room for
 	// it is reserved: in file order, with the writer's lock held, with the
@@ -240,7 +241,7 @@ func create(dev blockdev.Device, base uint64, opts Options, prepared bool) (*Wri
 	head := dev.Alignment().Alloc(int(alignedbuf.AlignUp(DataStart, blk)))
 	EncodeFileHeader(head, hdr)
 	var hw int64
-	if marksFit(dev.Alignment()) {
+	if hdr.HasHighWater() && marksFit(dev.Alignment()) {
 		hw = nextHighWater(DataStart, maxWrite, blk, opts.highWaterStep)
 		encodeHighWater(head[HighWaterPos:], hdr.SegmentID, hw)
 	}
@@ -445,12 +446,14 @@ func newWriter(dev blockdev.Device, hdr FileHeader, end int64, next uint64, last
 	// process may have died between its write and its sync): make it durable
 	// before anything is built on it. A file just created was synced by
 	// Create: a second fdatasync there cost every roll one more sync.
-	fits := marksFit(dev.Alignment())
+	fits := hdr.HasHighWater() && marksFit(dev.Alignment())
 	if !synced && !fits {
-		// A mark in the file (made on another device) that this writer
-		// cannot move: drop it (recovery then reads the whole file).
-		// Nothing else writes yet, so the frames the write holds are
-		// rewritten as they are.
+		// A mark in the file that this writer cannot move (made on another
+		// device), or must not keep (a file of a version without marks,
+		// marked by a build that predated the version that added them):
+		// drop it (recovery then reads the whole file). Nothing else
+		// writes yet, so the frames the write holds are rewritten as they
+		// are.
 		if err := w.mark.load(w, true); err != nil {
 			return nil, fmt.Errorf("wal: open %s: %w", dev.Name(), err)
 		}

@@ -1,0 +1,114 @@
+package engine
+
+import (
+	"encoding/binary"
+	"fmt"
+	"sync"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+// boundRecord is the record of offset off in TestReadAheadMemoryIsBounded:
+// n bytes that name their offset, so a read that returned another
+// offset's bytes is caught.
+func boundRecord(off uint64, n int) []byte {
+	r := make([]byte, n)
+	for i := 0; i < n; i += 8 {
+		var w [8]byte
+		binary.LittleEndian.PutUint64(w[:], off*0x9e3779b97f4a7c15+uint64(i))
+		copy(r[i:], w[:])
+	}
+	return r
+}
+
+// TestReadAheadMemoryIsBounded: a log of records from 1 byte to the
+// largest a 16 MiB MaxWrite takes (past the read-ahead span, past a
+// stream's whole bound), each long one among runs of small ones, in a
+// segment of the current format (read ahead by index intervals) and of
+// version 2 (read ahead by frames), is read in order by four readers at
+// once, each from another offset (four streams). Every read returns its
+// offset's bytes; read-ahead ran; and the bytes its buffers held (counted
+// when reserved, before each read) never passed raStreamBytes per stream
+// nor raTotalBytes in all, whatever the record sizes.
+func TestReadAheadMemoryIsBounded(t *testing.T) {
+	const maxWrite = 16 << 20
+	maxRecord := maxWrite - 8<<10
+	sizes := []int{1, 2, 700, 4095, 4097, 300 << 10, 1<<20 - 100, 1<<20 + 100, 2<<20 + 3, 5 << 20, raStreamBytes + 1, maxRecord}
+	for _, v := range []uint32{0, 2} {
+		t.Run(fmt.Sprint("version ", v), func(t *testing.T) {
+			formatVersion = v
+			defer func() { formatVersion = 0 }()
+			path := t.TempDir()
+			o := DefaultOptions()
+			o.SegmentSize, o.MaxWrite, o.CacheBytes, o.Logger = 64<<20, maxWrite, 2<<20, quiet
+			l, err := Open(path, o)
+			require.NoError(t, err)
+			var want []int
+			add := func(n int) {
+				off := uint64(len(want))
+				_, err := l.Append(boundRecord(off, n))
+				require.NoError(t, err)
+				want = append(want, n)
+			}
+			for _, n := range sizes {
+				for i := 0; i < 24; i++ {
+					add(1 + i*97%3000)
+				}
+				add(n)
+			}
+			for i := 0; i < 24; i++ {
+				add(1 + i*89%3000)
+			}
+			require.NoError(t, l.Close())
+
+			l, err = Open(path, o) // from the device: no fresh appends in memory
+			require.NoError(t, err)
+			defer l.Close()
+			var wg sync.WaitGroup
+			errs := make(chan error, 4)
+			for r := 0; r < 4; r++ {
+				wg.Add(1)
+				go func(start int) {
+					defer wg.Done()
+					var buf []byte
+					for k := 0; k < len(want); k++ {
+						off := (start + k) % len(want)
+						got, err := l.Read(uint64(off), buf[:0])
+						if err != nil {
+							errs <- fmt.Errorf("read %d: %w", off, err)
+							return
+						}
+						if len(got) != want[off] || string(got) != string(boundRecord(uint64(off), want[off])) {
+							errs <- fmt.Errorf("read %d: %d bytes, not the record's %d", off, len(got), want[off])
+							return
+						}
+						buf = got
+					}
+				}(r * len(want) / 4)
+			}
+			wg.Wait()
+			close(errs)
+			for err := range errs {
+				require.NoError(t, err)
+			}
+			require.Positive(t, l.ra.hits.Load(), "read-ahead served reads")
+			peak := l.ra.peak.Load()
+			t.Logf("read-ahead: %d hits, %d device bytes, peak %d bytes held (bound %d), per stream %v", l.ra.hits.Load(), l.ra.bytes.Load(), peak, raTotalBytes, streamPeaks(l))
+			require.LessOrEqual(t, peak, int64(raTotalBytes))
+			for i, p := range streamPeaks(l) {
+				require.LessOrEqual(t, p, int64(raStreamBytes), "stream %d", i)
+			}
+			require.NoError(t, l.Close())
+			require.Zero(t, l.ra.held.Load(), "every reservation given back at Close")
+		})
+	}
+}
+
+func streamPeaks(l *Log) []int64 {
+	var out []int64
+	for i := range l.ra.streams {
+		out = append(out, l.ra.streams[i].peak.Load())
+	}
+	return out
+}
