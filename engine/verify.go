@@ -28,6 +28,9 @@ const (
 	// read-write open followed by a close writes it anew.
 	ProblemManifest = "manifest"
 	ProblemMissing  = "missing" // records missing between two segments (a gap)
+	// ProblemVersion: a segment written by a newer format version than
+	// this build reads; it is not damage, and a newer build checks it.
+	ProblemVersion = "version"
 )
 
 // Problem is one piece of damage Verify found.
@@ -42,8 +45,11 @@ type Problem struct {
 
 func (p Problem) String() string {
 	fix := "not repairable without losing records"
-	if p.Repairable {
+	switch {
+	case p.Repairable:
 		fix = "repairable"
+	case p.Kind == ProblemVersion:
+		fix = "not damage: check it with a newer segstore"
 	}
 	return fmt.Sprintf("segment %d (%s) at byte %d: %s: %s (%s)", p.Segment, p.File, p.Position, p.Kind, p.Detail, fix)
 }
@@ -237,6 +243,10 @@ func (r *VerifyReport) verifySegment(d blockdev.Dir, base uint64, last, sealing 
 	}
 	r.endUnknown = true // until this segment is read to its end
 	sc, err := wal.NewScanner(dev)
+	if errors.Is(err, wal.ErrVersion) {
+		problem(0, ProblemVersion, false, "%v", err)
+		return nil
+	}
 	if err != nil {
 		problem(0, ProblemCorruption, false, "%v", err)
 		return nil

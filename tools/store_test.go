@@ -422,6 +422,9 @@ func TestNewerFormatVersion(t *testing.T) {
 	out, err := runSegtool(t, "verify", dir)
 	require.ErrorIs(t, err, ErrDamage)
 	assert.Contains(t, out, "upgrade segstore")
+	assert.Contains(t, out, ": version: ")
+	assert.Contains(t, out, "not damage: check it with a newer segtool")
+	assert.NotContains(t, out, "not repairable without losing records", "a newer file is not damage")
 }
 
 // TestReadOnlyCommandsBesideAWriter: inspect, cat, dump and verify work on

@@ -99,8 +99,11 @@ func Verify(ctx context.Context, out, errOut io.Writer, dir string, opts VerifyO
 // explanation (Problem.Detail, shown whole with --verbose).
 func problemLine(p engine.Problem) string {
 	fix := "not repairable without losing records"
-	if p.Repairable {
+	switch {
+	case p.Repairable:
 		fix = "repairable: segtool repair --apply"
+	case p.Kind == engine.ProblemVersion:
+		fix = "not damage: check it with a newer segtool"
 	}
 	return fmt.Sprintf("segment %d (%s) at byte %d: %s: %s (%s)", p.Segment, p.File, p.Position, p.Kind, shortDetail(p.Detail), fix)
 }
