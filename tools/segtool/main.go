@@ -5,9 +5,9 @@ package main
 import (
 	"os"
 
-	"github.com/segstore/segstore/tools"
+	"github.com/segstore/segstore/tools/internal/cli"
 )
 
 func main() {
-	os.Exit(tools.Run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
+	os.Exit(cli.Run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
 }

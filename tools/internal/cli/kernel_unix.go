@@ -1,6 +1,6 @@
 //go:build unix
 
-package tools
+package cli
 
 import "golang.org/x/sys/unix"
 

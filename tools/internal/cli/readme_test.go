@@ -1,6 +1,6 @@
 //go:build unix
 
-package tools
+package cli
 
 import (
 	"bytes"
@@ -20,7 +20,7 @@ import (
 // heading, joined.
 func readmeBlock(t *testing.T, heading string) string {
 	t.Helper()
-	b, err := os.ReadFile("../README.md")
+	b, err := os.ReadFile("../../../README.md")
 	require.NoError(t, err)
 	s := string(b)
 	start := strings.Index(s, "\n## "+heading+"\n")

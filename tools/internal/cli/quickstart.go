@@ -1,7 +1,7 @@
 // Package tools holds the logic of the segtool command line: each command
 // writes to an io.Writer so tests can run it in-process. tools/segtool is a
 // thin main around NewRootCommand.
-package tools
+package cli
 
 import (
 	"bytes"

@@ -1,4 +1,4 @@
-package tools
+package cli
 
 import (
 	"bufio"
@@ -58,7 +58,7 @@ func buildSegtool(t *testing.T) string {
 			return
 		}
 		segtoolBin = filepath.Join(binDir, "segtool")
-		if out, err := exec.Command("go", "build", "-o", segtoolBin, "./segtool").CombinedOutput(); err != nil {
+		if out, err := exec.Command("go", "build", "-o", segtoolBin, "../../segtool").CombinedOutput(); err != nil {
 			segtoolErr = fmt.Errorf("building segtool: %w\n%s", err, out)
 		}
 	})
@@ -102,7 +102,7 @@ func commands(root *cobra.Command) []*cobra.Command {
 }
 
 // TestHelpGolden: segtool --help and every command's --help are kept in
-// testdata/golden/help (go test ./tools -update rewrites them); no flag's
+// testdata/golden/help (go test ./tools/internal/cli -update rewrites them); no flag's
 // help says its default twice.
 func TestHelpGolden(t *testing.T) {
 	for _, c := range commands(NewRootCommand(io.Discard, io.Discard)) {
@@ -363,7 +363,7 @@ func TestExitCodeClassification(t *testing.T) {
 // TestExitStatusesDocumented: segtool --help and README.md list the same
 // exit statuses.
 func TestExitStatusesDocumented(t *testing.T) {
-	readme, err := os.ReadFile("../README.md")
+	readme, err := os.ReadFile("../../../README.md")
 	require.NoError(t, err)
 	var help bytes.Buffer
 	require.Equal(t, ExitOK, Run([]string{"--help"}, strings.NewReader(""), &help, io.Discard))
@@ -642,7 +642,7 @@ func TestVersion(t *testing.T) {
 // one) is read by every command that reads, and dump names its format.
 func TestOlderFormatStore(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "v2")
-	require.NoError(t, os.CopyFS(dir, os.DirFS("../engine/testdata/golden-v2")))
+	require.NoError(t, os.CopyFS(dir, os.DirFS("../../../engine/testdata/golden-v2")))
 	for _, args := range [][]string{{"inspect", dir}, {"verify", dir}, {"cat", dir, "--count", "3"}, {"dump", dir, "--count", "2", "--records"}} {
 		out, err := runSegtool(t, args...)
 		require.NoError(t, err, "%v", args)
