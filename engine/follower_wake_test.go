@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"fmt"
+	"os"
 	"sync"
 	"testing"
 	"time"
@@ -74,5 +75,27 @@ func TestFollowerSeesEveryAcknowledgedAppend(t *testing.T) {
 	for off := range end {
 		_, err := reader.Read(off, nil)
 		require.NoError(t, err, "offset %d", off)
+	}
+}
+
+// TestCloseStopsThePoker: once a writer's Close returns, its poker
+// goroutine has returned and the DURABLE file it wrote through is closed:
+// no wake-up byte can land in whatever file reuses the descriptor.
+func TestCloseStopsThePoker(t *testing.T) {
+	path := t.TempDir()
+	for range 3 {
+		l := realLog(t, path)
+		d := l.durable
+		require.NotNil(t, d)
+		_, err := l.Append([]byte("one"))
+		require.NoError(t, err)
+		require.NoError(t, l.Close())
+		select {
+		case <-d.poked:
+		default:
+			t.Fatal("the poker still runs after Close returned")
+		}
+		_, err = d.f.WriteAt(poke[:], durablePoke)
+		require.ErrorIs(t, err, os.ErrClosed, "the DURABLE file is closed")
 	}
 }
