@@ -25,7 +25,7 @@ func TestReadOnlyOpenBesideRollsAndRetention(t *testing.T) {
 	rec := func(off uint64) []byte { return fmt.Appendf(nil, "record %d %0500d", off, off) }
 	done := make(chan error, 1)
 	go func() {
-		for range 1500 {
+		for range 700 {
 			off := writer.EndOffset()
 			recs := make([][]byte, 4)
 			for k := range recs {
