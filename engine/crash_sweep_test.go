@@ -101,7 +101,16 @@ func waitSpare(l *Log) {
 //     after, if it returned success), no temporary file is left, every
 //     sealed file ends at its footer and exports as above, and appends
 //     continue.
-func TestCrashAtEveryStep(t *testing.T) {
+func TestCrashAtEveryStep(t *testing.T) { crashAtEveryStep(t, false) }
+
+// TestCrashAtEveryStepAfterCleanClose is TestCrashAtEveryStep on a log
+// that was closed cleanly and opened again before the operation: its
+// sealed segments known only from the manifest (not yet opened), its
+// active segment's end and index taken from the clean close record, which
+// the operation's first step removes from the manifest.
+func TestCrashAtEveryStepAfterCleanClose(t *testing.T) { crashAtEveryStep(t, true) }
+
+func crashAtEveryStep(t *testing.T, reopen bool) {
 	modes := []blockdev.CrashMode{blockdev.CrashDropUnsynced, blockdev.CrashTear, blockdev.CrashKeepAll}
 	// The default run crashes each step one way, taking the modes in turn
 	// (so each mode meets every kind of step across the operations);
@@ -116,7 +125,7 @@ func TestCrashAtEveryStep(t *testing.T) {
 			t.Run(fmt.Sprintf("%s/prealloc=%v", a.name, prealloc), func(t *testing.T) {
 				// A run without a crash says how many steps the operation
 				// takes and where it leaves the log.
-				ref := setupCrash(t, a, prealloc, blockdev.SimOptions{Seed: 1})
+				ref := setupCrash(t, a, prealloc, reopen, blockdev.SimOptions{Seed: 1})
 				before := ref.l.Segments()
 				require.NoError(t, ref.run(-1), "the operation without a crash")
 				want := [2]uint64{ref.l.StartOffset(), ref.l.EndOffset()}
@@ -132,7 +141,7 @@ func TestCrashAtEveryStep(t *testing.T) {
 							seeds = tears
 						}
 						for seed := range seeds {
-							c := setupCrash(t, a, prealloc, blockdev.SimOptions{Seed: uint64(seed + 1)})
+							c := setupCrash(t, a, prealloc, reopen, blockdev.SimOptions{Seed: uint64(seed + 1)})
 							c.crashAfter(t, n, mode, want)
 						}
 					}
@@ -153,7 +162,9 @@ type crashCase struct {
 	steps            int // changes the operation made (after run)
 }
 
-func setupCrash(t *testing.T, a crashAction, prealloc bool, so blockdev.SimOptions) *crashCase {
+// setupCrash makes the log of a case; reopen: closed and opened again
+// before the operation is prepared.
+func setupCrash(t *testing.T, a crashAction, prealloc, reopen bool, so blockdev.SimOptions) *crashCase {
 	t.Helper()
 	c := &crashCase{a: a, dir: blockdev.NewSimDir(so)}
 	c.o = testOptions(c.dir)
@@ -167,6 +178,14 @@ func setupCrash(t *testing.T, a crashAction, prealloc bool, so blockdev.SimOptio
 	}
 	appendOff(t, c.l, 12, sweepRecord)
 	settle(c.l)
+	if reopen {
+		require.NoError(t, c.l.Close())
+		c.l, err = Open("sim", c.o)
+		require.NoError(t, err)
+		rec := c.l.Stats().LastOpenRecovery
+		require.True(t, rec.CleanIndex, "opened from the clean close record")
+		require.Positive(t, rec.Deferred, "sealed segments known from the manifest")
+	}
 	if a.prepare != nil {
 		a.prepare(t, c.l)
 	}

@@ -348,6 +348,11 @@ func (l *Log) load() error {
 		}
 		if firstErr == nil && r.err != nil {
 			firstErr = r.err
+			if l.opts.ReadOnly && isNotExist(r.err) {
+				// Listed, then removed before it was opened: a live writer's
+				// retention or truncation. A later open finds it gone.
+				firstErr = fmt.Errorf("%w: a segment was removed by the log's writer (retention or a truncation) while this read-only open read the directory; open it again: %w", ErrOutOfRange, r.err)
+			}
 		}
 		if firstErr != nil || r.s == nil {
 			continue // keep collecting, so every opened file gets closed
