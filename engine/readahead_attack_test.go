@@ -66,6 +66,15 @@ func TestReadAheadUnderAttack(t *testing.T) {
 			}
 		}
 	}
+	// Segments of format version 2, read ahead by whole frames (their own
+	// reservations and give-backs), with failing reads.
+	for _, size := range []int{300, 4096 + 1} {
+		t.Run(fmt.Sprintf("version=2/size=%d/cache=%d/flaky=%d", size, 64<<10, 97), func(t *testing.T) {
+			formatVersion = 2
+			defer func() { formatVersion = 0 }()
+			readAheadAttack(t, size, 64<<10, 97)
+		})
+	}
 }
 
 func readAheadAttack(t *testing.T, size int, cacheBytes, flaky int64) {
