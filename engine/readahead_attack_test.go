@@ -66,6 +66,15 @@ func TestReadAheadUnderAttack(t *testing.T) {
 			}
 		}
 	}
+	// Segments of format version 2, read ahead by whole frames (their own
+	// reservations and give-backs), with failing reads.
+	for _, size := range []int{300, 4096 + 1} {
+		t.Run(fmt.Sprintf("version=2/size=%d/cache=%d/flaky=%d", size, 64<<10, 97), func(t *testing.T) {
+			formatVersion = 2
+			defer func() { formatVersion = 0 }()
+			readAheadAttack(t, size, 64<<10, 97)
+		})
+	}
 }
 
 func readAheadAttack(t *testing.T, size int, cacheBytes, flaky int64) {
@@ -175,8 +184,26 @@ func readAheadAttack(t *testing.T, size int, cacheBytes, flaky int64) {
 	if b := bad.Load(); b != nil {
 		t.Fatal(b)
 	}
+	// Before Close: once the read-ahead goroutines are done and the
+	// streams let go of their chunks, every reservation is back (one kept
+	// by a failed read, a truncation or a replaced stream would shrink the
+	// bound for good, and stop read-ahead once it reached it).
+	l.ra.wg.Wait()
+	l.ra.reset()
+	requireNoReservation(t, l)
 	require.NoError(t, l.Close())
 	requireNoReadAhead(t, l)
+	requireNoReservation(t, l)
+}
+
+// requireNoReservation fails unless no byte of l's read-ahead bound, nor of
+// any stream's, is reserved.
+func requireNoReservation(t *testing.T, l *Log) {
+	t.Helper()
+	require.Zero(t, l.ra.held.Load(), "read-ahead bytes still reserved")
+	for i := range l.ra.streams {
+		require.Zero(t, l.ra.streams[i].held.Load(), "read-ahead bytes still reserved by stream %d", i)
+	}
 }
 
 // requireNoReadAhead fails unless no stream of l (closed) runs a read-ahead

@@ -112,3 +112,70 @@ func streamPeaks(l *Log) []int64 {
 	}
 	return out
 }
+
+// TestReadAheadGoesOnAfterARecordPastTheBound: a run reads, in order, small
+// records, one record longer than a stream's whole bound (never read
+// ahead: its point read reads it) and then many small records, in a
+// segment of the current format and of version 2. Every read returns its
+// offset's bytes, and read-ahead serves reads after the long record (it
+// does not stop for good at it), with its reservations within the bound
+// and all given back at Close.
+func TestReadAheadGoesOnAfterARecordPastTheBound(t *testing.T) {
+	const maxWrite = 16 << 20
+	for _, v := range []uint32{0, 2} {
+		t.Run(fmt.Sprint("version ", v), func(t *testing.T) {
+			formatVersion = v
+			defer func() { formatVersion = 0 }()
+			path := t.TempDir()
+			o := DefaultOptions()
+			o.SegmentSize, o.MaxWrite, o.CacheBytes, o.Logger = 64<<20, maxWrite, 2<<20, quiet
+			l, err := Open(path, o)
+			require.NoError(t, err)
+			var want []int
+			add := func(n int) {
+				_, err := l.Append(boundRecord(uint64(len(want)), n))
+				require.NoError(t, err)
+				want = append(want, n)
+			}
+			for i := 0; i < 100; i++ {
+				add(3000 + i)
+			}
+			long := len(want)
+			add(raStreamBytes + 1)
+			for i := 0; i < 40; i++ { // in batches: fewer fsyncs
+				var recs [][]byte
+				for j := 0; j < 50; j++ {
+					n := 3000 + j
+					recs = append(recs, boundRecord(uint64(len(want)), n))
+					want = append(want, n)
+				}
+				_, err := l.Append(recs...)
+				require.NoError(t, err)
+			}
+			require.NoError(t, l.Close())
+			l, err = Open(path, o)
+			require.NoError(t, err)
+			defer l.Close()
+			var buf []byte
+			var hitsAtLong int64
+			for off := range want {
+				if off == long+1 {
+					hitsAtLong = l.ra.hits.Load()
+				}
+				got, err := l.Read(uint64(off), buf[:0])
+				require.NoError(t, err, "read %d", off)
+				require.Equal(t, want[off], len(got), "read %d", off)
+				require.Equal(t, string(boundRecord(uint64(off), want[off])), string(got), "read %d", off)
+				buf = got
+			}
+			after := l.ra.hits.Load() - hitsAtLong
+			t.Logf("read-ahead hits: %d before the long record, %d after it (of %d reads)", hitsAtLong, after, len(want)-long-1)
+			require.Positive(t, after, "read-ahead stopped at the record longer than its bound")
+			for i, p := range streamPeaks(l) {
+				require.LessOrEqual(t, p, int64(raStreamBytes), "stream %d", i)
+			}
+			require.NoError(t, l.Close())
+			require.Zero(t, l.ra.held.Load(), "every reservation given back at Close")
+		})
+	}
+}
