@@ -37,11 +37,7 @@ func TestReadAheadMemoryIsBounded(t *testing.T) {
 	sizes := []int{1, 2, 700, 4095, 4097, 300 << 10, 1<<20 - 100, 1<<20 + 100, 2<<20 + 3, 5 << 20, raStreamBytes + 1, maxRecord}
 	for _, v := range []uint32{0, 2} {
 		t.Run(fmt.Sprint("version ", v), func(t *testing.T) {
-			formatVersion = v
-			defer func() { formatVersion = 0 }()
-			path := t.TempDir()
-			o := DefaultOptions()
-			o.SegmentSize, o.MaxWrite, o.CacheBytes, o.Logger = 64<<20, maxWrite, 2<<20, quiet
+			path, o := boundLogOptions(t, v, maxWrite)
 			l, err := Open(path, o)
 			require.NoError(t, err)
 			var want []int
@@ -124,11 +120,7 @@ func TestReadAheadGoesOnAfterARecordPastTheBound(t *testing.T) {
 	const maxWrite = 16 << 20
 	for _, v := range []uint32{0, 2} {
 		t.Run(fmt.Sprint("version ", v), func(t *testing.T) {
-			formatVersion = v
-			defer func() { formatVersion = 0 }()
-			path := t.TempDir()
-			o := DefaultOptions()
-			o.SegmentSize, o.MaxWrite, o.CacheBytes, o.Logger = 64<<20, maxWrite, 2<<20, quiet
+			path, o := boundLogOptions(t, v, maxWrite)
 			l, err := Open(path, o)
 			require.NoError(t, err)
 			var want []int
@@ -178,4 +170,15 @@ func TestReadAheadGoesOnAfterARecordPastTheBound(t *testing.T) {
 			require.Zero(t, l.ra.held.Load(), "every reservation given back at Close")
 		})
 	}
+}
+
+// boundLogOptions makes a directory and options for a log that writes
+// segments of format version v (0: the current one) with MaxWrite
+// maxWrite, 64 MiB segments and a 2 MiB cache: the read-ahead bound tests'.
+func boundLogOptions(t *testing.T, v uint32, maxWrite int) (string, Options) {
+	formatVersion = v
+	t.Cleanup(func() { formatVersion = 0 })
+	o := DefaultOptions()
+	o.SegmentSize, o.MaxWrite, o.CacheBytes, o.Logger = 64<<20, maxWrite, 2<<20, quiet
+	return t.TempDir(), o
 }
