@@ -72,7 +72,8 @@ func FuzzDecodeManifest(f *testing.F) {
 }
 
 func FuzzDecodeFooter(f *testing.F) {
-	s := &segment{base: 100, interval: 4096, index: []indexEntry{{off: 100, pos: wal.DataStart, time: 1}, {off: 140, pos: wal.DataStart + 5000, time: 2}}}
+	s := &segment{base: 100, index: []indexEntry{{off: 100, pos: wal.DataStart, time: 1}, {off: 140, pos: wal.DataStart + 5000, time: 2}}}
+	s.interval.Store(4096)
 	good, _ := s.encodeFooter(180, wal.DataStart+9000, math.MaxInt)
 	f.Add(good, uint64(180), int64(wal.DataStart+9000))
 	f.Add(good[:20], uint64(180), int64(wal.DataStart+9000))
@@ -165,7 +166,8 @@ func FuzzReadRecordRun(f *testing.F) {
 		copy(file, img[:wal.DataStart])
 		copy(file[wal.DataStart:], data)
 		l := &Log{readPool: pool, cache: cc}
-		s := &segment{base: 10, dev: blockdev.NewSimFrom(file, blockdev.SimOptions{}), hdr: hdr, interval: 4096}
+		s := &segment{base: 10, dev: blockdev.NewSimFrom(file, blockdev.SimOptions{}), hdr: hdr}
+		s.interval.Store(4096)
 		s.visible.Store(&position{pos: end, off: want + 1})
 		v, _, err := l.readRecordRun(s, indexEntry{off: off, pos: pos, left: left}, end, want, s.pointWindow())
 		if err != nil {

@@ -40,7 +40,7 @@ func (s *segment) addFrameRecords(first uint64, pos, ts int64, count int, size f
 	defer s.mu.Unlock()
 	p := pos + wal.FrameHeaderLen
 	for i := range count {
-		if len(s.index) == 0 || alignedbuf.AlignDown(p, s.interval) > s.lastRec {
+		if len(s.index) == 0 || alignedbuf.AlignDown(p, s.interval.Load()) > s.lastRec {
 			s.index = append(s.index, indexEntry{off: first + uint64(i), pos: p, time: ts,
 				back: uint32(p - pos), before: uint32(i), left: uint32(count - i)})
 		}
@@ -150,7 +150,7 @@ func entryFor(index []indexEntry, off uint64) int {
 // from its entry on (at most: it stops at the next entry): one index
 // interval, before whose end the record asked for starts, and its record
 // header. Only the rest of a record that runs past it is read after.
-func (s *segment) pointWindow() int64 { return s.interval + wal.RecordHeaderLen }
+func (s *segment) pointWindow() int64 { return s.interval.Load() + wal.RecordHeaderLen }
 
 // readRecordRun reads from the device the records of s from index entry e
 // (or any record position with its place in its frame: where a run

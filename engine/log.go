@@ -614,7 +614,8 @@ func (l *Log) openFromCleanClose(s *segment, hdr wal.FileHeader, readOnly bool) 
 		}
 	}
 	s.mu.Lock()
-	s.index, s.interval, s.lastRec = index, interval, c.lastRec
+	s.index, s.lastRec = index, c.lastRec
+	s.interval.Store(interval)
 	s.mu.Unlock()
 	s.visible.Store(&position{pos: c.end, off: c.next})
 	l.noteReport(func(r *Recovery) { r.CleanEnd, r.CleanIndex = true, true })
@@ -664,7 +665,8 @@ func allZero(dev blockdev.Device) (bool, error) {
 func (l *Log) newSegment(base uint64, dev blockdev.Device) *segment {
 	name := segName(base)
 	s := &segment{base: base, name: name, path: filepath.Join(l.dir.Path(), name), dev: dev,
-		ns: l.cache.NewNamespace(), interval: int64(l.opts.IndexInterval)}
+		ns: l.cache.NewNamespace()}
+	s.interval.Store(int64(l.opts.IndexInterval))
 	s.refs.Store(1)
 	s.loaded.Store(dev != nil)
 	return s

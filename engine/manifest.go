@@ -316,10 +316,11 @@ func (s *segment) adopt(t *segment) error {
 		s.footerBad.Store(true)
 	}
 	t.mu.RLock()
-	index, interval := t.index, t.interval
+	index, interval := t.index, t.interval.Load()
 	t.mu.RUnlock()
 	s.mu.Lock()
-	s.index, s.interval = index, interval
+	s.index = index
+	s.interval.Store(interval)
 	s.sum.Store(t.sum.Load())
 	s.mu.Unlock()
 	s.dev, s.hdr = t.dev, t.hdr

@@ -34,8 +34,8 @@ func (s *segment) keepSummary(f *wal.Footer) {
 	if err != nil {
 		return // cannot be (the seal encoded it): the index stays in memory
 	}
-	// s.interval stays: readers read it without the lock (a thinned
-	// footer's wider interval only makes their walks read on).
+	// s.interval stays (a thinned footer's wider interval only makes
+	// point reads' walks read on).
 	s.index = nil
 	s.sum.Store(sum)
 }

@@ -117,9 +117,12 @@ type segment struct {
 	// the footer is loaded or written, cleared by unload.
 	sum atomic.Pointer[footerSummary]
 
-	mu       sync.RWMutex // guards index, lastRec, sealed and sealedAt
-	index    []indexEntry // sparse, ascending; the first frame (record) is always in it
-	interval int64
+	mu    sync.RWMutex // guards index, lastRec, sealed and sealedAt
+	index []indexEntry // sparse, ascending; the first frame (record) is always in it
+	// interval is the index's spacing: atomic, as point reads read it
+	// without mu while a follower's Refresh loads the footer of a segment
+	// that was sealed (a thinned footer's interval is wider).
+	interval atomic.Int64
 	lastRec  int64 // position of the last record indexed (version 3)
 	sealed   bool
 	sealedAt int64 // unix nanoseconds, from the footer frame
@@ -273,7 +276,7 @@ func (s *segment) reloadable() bool {
 // file order (wal OnReserve, or a scan).
 func (s *segment) addIndex(first uint64, pos, ts int64) {
 	s.mu.Lock()
-	if n := len(s.index); n == 0 || pos >= s.index[n-1].pos+s.interval {
+	if n := len(s.index); n == 0 || pos >= s.index[n-1].pos+s.interval.Load() {
 		s.index = append(s.index, indexEntry{off: first, pos: pos, time: ts})
 	}
 	s.mu.Unlock()
@@ -320,13 +323,13 @@ func (s *segment) encodeFooter(next uint64, dataEnd int64, fit int) (footer []by
 		for i := range kept {
 			kept[i] = s.index[i*stride]
 		}
-		return encodeFooterV2(s.hdr.SegmentID, s.base, next-s.base, dataEnd, s.interval*int64(stride), kept), stride
+		return encodeFooterV2(s.hdr.SegmentID, s.base, next-s.base, dataEnd, s.interval.Load()*int64(stride), kept), stride
 	}
 	b := make([]byte, footerHeaderLen+footerEntryLen*n)
 	binary.LittleEndian.PutUint32(b[0:], footerVersion)
 	binary.LittleEndian.PutUint64(b[8:], next-s.base)
 	binary.LittleEndian.PutUint64(b[16:], uint64(dataEnd))
-	binary.LittleEndian.PutUint32(b[24:], uint32(s.interval*int64(stride)))
+	binary.LittleEndian.PutUint32(b[24:], uint32(s.interval.Load()*int64(stride)))
 	binary.LittleEndian.PutUint32(b[28:], uint32(n))
 	for i := range n {
 		e := s.index[i*stride]
@@ -358,7 +361,8 @@ func (s *segment) decodeFooter(f *wal.Footer) error {
 		return err
 	}
 	s.mu.Lock()
-	s.index, s.interval, s.sealed, s.sealedAt = index, interval, true, f.Time
+	s.index, s.sealed, s.sealedAt = index, true, f.Time
+	s.interval.Store(interval)
 	s.sum.Store(sum)
 	s.man = footerEntry(s, f)
 	s.mu.Unlock()
