@@ -39,7 +39,7 @@ type Stats struct {
 	Added        int64 // values admitted
 	Evicted      int64 // values evicted to stay within the budget
 	Refused      int64 // values the admission policy (or a full buffer, or too many bytes in flight) turned away
-	Bytes        int64 // bytes held now: blocks plus ristretto's per-entry bookkeeping
+	Bytes        int64 // bytes held now: blocks, their descriptors and the bookkeeping of each entry
 	MaxBytes     int64
 	// Blocks: taken from a newly mapped slab, and reused; slabs unmapped
 	// (returned to the system once all their blocks were free and more
@@ -126,8 +126,8 @@ var ErrTooLarge = errors.New("cache: budget must be at most 256 GiB")
 // absorb that lag and the spread of value sizes.
 func maxPooled(budget int64) int64 { return min(max(budget/16, 256<<10), 16<<20) }
 
-// New returns a cache holding at most maxBytes of values (plus ristretto's
-// per-entry bookkeeping, which counts against the budget too); maxBytes is
+// New returns a cache holding at most maxBytes of values (and their
+// bookkeeping on the Go heap, which counts against the budget too); maxBytes is
 // at least 64 KiB and at most MaxBytes. Beyond the budget the cache holds
 // at most Stats.MaxPooled bytes of free blocks, and the values its callers
 // still hold.
@@ -147,7 +147,10 @@ func New(maxBytes int64) (*Cache, error) {
 		NumCounters: max(maxBytes/4096*10, 1000),
 		MaxCost:     maxBytes,
 		BufferItems: 64,
-		Metrics:     true, // sharded atomic counters: the source of Stats
+		// entryCost counts ristretto's bookkeeping, measured, instead of
+		// the size of its store item alone.
+		IgnoreInternalCost: true,
+		Metrics:            true, // sharded atomic counters: the source of Stats
 		// A value set again for its key replaces the one held only if it is
 		// longer: the values of one key are verified bytes of one file from
 		// the same position, so a longer one holds all the shorter one did
@@ -169,7 +172,7 @@ func New(maxBytes int64) (*Cache, error) {
 		// Called as ristretto's goroutine takes up each Set (given cost 0):
 		// the value is no longer pending.
 		Cost: func(e *entry) int64 {
-			cost := e.v.cost()
+			cost := e.v.cost() + entryCost
 			c.pending.Add(-cost)
 			return cost
 		},
@@ -180,6 +183,17 @@ func New(maxBytes int64) (*Cache, error) {
 	c.rc = rc
 	return c, nil
 }
+
+// entryCost is what holding a value costs the cache beyond the value's
+// own Size: the entry, ristretto's store item and map slot, its policy's
+// record of the key's cost and its sampled counters. TestEntryHeapCost
+// measures the heap a cached value takes, descriptor included, after a
+// collection (about 300 bytes); entryCost counts about twice that, less
+// the descriptor, because the collector lets the heap grow to twice what
+// is live before it collects. Values of index intervals are a few KiB,
+// so this is about a tenth of what they cost, and a budget filled with
+// them would otherwise be exceeded by that much.
+const entryCost = 512
 
 // NewNamespace returns a namespace no other caller has.
 func (c *Cache) NewNamespace() Namespace {
@@ -312,7 +326,7 @@ func (c *Cache) Set(ns Namespace, pos int64, v *Value) {
 	if c.closed.Load() {
 		return
 	}
-	cost := v.cost()
+	cost := v.cost() + entryCost
 	if n := c.pending.Add(cost); n > c.maxPending && n != cost { // one alone always goes
 		c.pending.Add(-cost)
 		c.dropped.Add(1)
