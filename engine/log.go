@@ -106,6 +106,7 @@ type Log struct {
 	// the cache's hits and misses that were lookups of index blocks.
 	indexReadBytes, indexHits, indexMisses atomic.Int64
 	indexHints                             indexHints // sealedindex.go
+	indexRuns                              indexRuns  // sealedindex.go
 
 	ra     readAheads       // sequential point reads (readahead.go)
 	raPool *alignedbuf.Pool // aligned buffers of read-ahead reads
@@ -1764,6 +1765,7 @@ func (l *Log) Close() error {
 	l.refreshMu.Unlock()
 	l.closeReadAhead()
 	l.keepTail(nil)
+	l.indexRuns.drop()
 	l.fresh.release()
 	l.release()
 	return err

@@ -284,3 +284,90 @@ func TestSequentialReadDuringChanges(t *testing.T) {
 		})
 	}
 }
+
+// TestReadAheadReadsIndexBlocksInRuns: a sequential scan of sealed
+// segments that keep only their footer's summary reads their index blocks
+// raIndexBlocks at a time (one device read per run), with a cache that has
+// room for them and with one that holds almost nothing; read one by one,
+// they were a synchronous 4 KiB read before every other chunk. Every
+// record read is the right one. A flipped byte in an index block that a
+// run holds (not its first) ends the run there: the scan returns the
+// right record or a CorruptionError naming that block, never other bytes,
+// and a point read through that block afterwards reports it.
+func TestReadAheadReadsIndexBlocksInRuns(t *testing.T) {
+	for _, cacheBytes := range seqCaches {
+		t.Run(fmt.Sprintf("cache=%d", cacheBytes), func(t *testing.T) {
+			dir := t.TempDir()
+			od, err := blockdev.OpenDir(dir, false)
+			require.NoError(t, err)
+			d := &countingDir{Dir: od}
+			o := testOptions(d)
+			o.SegmentSize, o.MaxWrite, o.IndexInterval, o.CacheBytes, o.SyncMode = 2<<20, 256<<10, 512, cacheBytes, SyncNever
+			l, err := Open(dir, o)
+			require.NoError(t, err)
+			for len(l.Segments()) < 4 {
+				recs := make([][]byte, 4)
+				for i := range recs {
+					recs[i] = offRecord(l.EndOffset()+uint64(i), 300)
+				}
+				_, err := l.Append(recs...)
+				require.NoError(t, err)
+			}
+			require.NoError(t, l.Close())
+			l, err = Open(dir, o)
+			require.NoError(t, err)
+			defer func() { require.NoError(t, l.Close()) }()
+
+			segs := *l.segs.Load()
+			sealed := segs[:len(segs)-1]
+			runs := 0
+			for _, s := range sealed {
+				require.NoError(t, l.ensure(s))
+				sum := s.sum.Load()
+				require.NotNil(t, sum, "segment %d keeps only its summary", s.base)
+				require.Greater(t, len(sum.first), raIndexBlocks+4, "segment %d: the test needs segments of several runs of blocks", s.base)
+				runs += (len(sum.first) + raIndexBlocks - 1) / raIndexBlocks
+			}
+			end := sealed[len(sealed)-1].vis().off
+			before := l.indexMisses.Load()
+			for off := uint64(0); off < end; off++ {
+				got, err := l.Read(off, nil)
+				require.NoError(t, err)
+				require.NoError(t, checkOffRecord(off, got, 300))
+			}
+			misses := l.indexMisses.Load() - before
+			t.Logf("%d index block reads for %d runs of %d blocks (%d segments)", misses, runs, raIndexBlocks, len(sealed))
+			assert.LessOrEqual(t, misses, int64(runs+2*len(sealed)), "index blocks read in runs")
+
+			// A damaged block inside a run.
+			l.ra.wg.Wait()
+			s := sealed[1]
+			sum := s.sum.Load()
+			k := raIndexBlocks + 3
+			flipByte(t, filepath.Join(dir, s.name), sum.blocksAt+int64(k*indexBlockLen)+100)
+			for _, ss := range *l.segs.Load() {
+				ss.ns = l.cache.NewNamespace() // nothing cached
+			}
+			l.tail.Store(nil)
+			l.indexRuns.drop()
+			at := sum.blocksAt + int64(k*indexBlockLen)
+			for off := s.base; off < s.vis().off; off++ {
+				got, err := l.Read(off, nil)
+				var ce *CorruptionError
+				if errors.As(err, &ce) {
+					require.Equal(t, at, ce.Position, "offset %d: %v", off, err)
+					continue
+				}
+				require.NoError(t, err, "offset %d", off)
+				require.NoError(t, checkOffRecord(off, got, 300), "offset %d", off)
+			}
+			// The run kept (and cached) only the blocks before the damaged
+			// one: a point read that needs it reads it and reports it.
+			l.ra.wg.Wait()
+			_, _, err = coldRead(t, l, d, sum.first[k].off+1)
+			var ce *CorruptionError
+			require.True(t, errors.As(err, &ce), "a point read through the damaged block: %v", err)
+			assert.Equal(t, at, ce.Position)
+		})
+	}
+}
