@@ -21,7 +21,8 @@ import (
 // A stream is a run of reads each one offset past the last. The log
 // follows up to raStreams of them (so interleaved followers each keep
 // theirs); a read that continues none replaces the stream used least
-// recently. The second read of a run starts its read-ahead, whatever the
+// recently. The third read of a run (found by the table of recent reads,
+// whatever other reads come between) starts its read-ahead, whatever the
 // cache's fill: raSpan bytes per read, ending at an index entry so that
 // the read after it is planned (and started) before it is under way:
 // raInflight reads are in flight at once, up to raDepth chunks ahead of
@@ -49,7 +50,7 @@ const (
 	raStreams  = 4
 	raDepth    = 4       // chunks read ahead of the one in use
 	raSpan     = 1 << 20 // bytes per read-ahead read (whole frames; wider for a frame that does not fit)
-	raMinRun   = 2       // reads in a row that make a run
+	raMinRun   = 3       // reads in a row that make a run
 	raInflight = 2       // read-ahead reads under way at once, per stream
 	// raStreamBytes bounds the buffers of one stream: its chunks and its
 	// reads (each a pool buffer, raSpan + 8 KiB, for reads within the
@@ -205,22 +206,21 @@ type raStream struct {
 
 // readAheads is the log's read-ahead state. Every point read consults it,
 // so its checks are lock-free until a read is sequential or hits a held
-// chunk: the offsets the last raStreams reads asked for (plus one) and
-// each stream's bounds are atomics.
+// chunk: the table of recent reads and each stream's bounds are atomics.
 type readAheads struct {
 	mu      sync.Mutex
-	streams [raStreams]raStream // guarded by mu (but for the atomics)
-	clock   uint64              // guarded by mu
-	closed  bool                // guarded by mu: no more read-ahead starts
-	pool    *alignedbuf.Pool    // the read-ahead buffers (the log's raPool)
-	recent  [raStreams]atomic.Uint64
-	slot    atomic.Uint64
-	cond    sync.Cond      // on mu: a stream's chunks or reading changed (publish)
-	wg      sync.WaitGroup // read-ahead goroutines
-	hits    atomic.Int64   // point reads served from a chunk read ahead
-	bytes   atomic.Int64   // device bytes read ahead
-	held    atomic.Int64   // bytes of the read-ahead buffers (at most raTotalBytes)
-	peak    atomic.Int64   // the most held
+	streams [raStreams]raStream  // guarded by mu (but for the atomics)
+	clock   uint64               // guarded by mu
+	closed  bool                 // guarded by mu: no more read-ahead starts
+	pool    *alignedbuf.Pool     // the read-ahead buffers (the log's raPool)
+	recent  [raRecent]recentRead // recent[raRecentSlot(o)].off = o: a read of o-1 was made
+	reads   atomic.Uint64        // point reads noted: their sequence numbers
+	cond    sync.Cond            // on mu: a stream's chunks or reading changed (publish)
+	wg      sync.WaitGroup       // read-ahead goroutines
+	hits    atomic.Int64         // point reads served from a chunk read ahead
+	bytes   atomic.Int64         // device bytes read ahead
+	held    atomic.Int64         // bytes of the read-ahead buffers (at most raTotalBytes)
+	peak    atomic.Int64         // the most held
 }
 
 // get appends to dst the record of offset off of namespace ns, if a
@@ -276,10 +276,10 @@ func (l *Log) noteRead(off uint64, c raChunk) {
 		st := &ra.streams[i]
 		cont = cont || st.nextA.Load() == off || (st.lo.Load() <= off && off < st.hi.Load())
 	}
-	follows := false
-	for i := range ra.recent {
-		follows = follows || (off > 0 && ra.recent[i].Load() == off)
-	}
+	// off-2 and off-1 were read: a run's third read (two consecutive
+	// offsets are common among random reads of a few hot records).
+	now := ra.reads.Load()
+	follows := off > 1 && ra.wasRead(off-1, now) && ra.wasRead(off-2, now)
 	defer ra.noteRecent(off)
 	if !cont && !follows {
 		return
@@ -301,7 +301,7 @@ func (l *Log) noteRead(off uint64, c raChunk) {
 	case st.run > 0 && st.holds(off):
 		// Inside what the stream holds: another reader of the run, or a
 		// reread; the run goes on from where it is.
-	case follows: // a new run: off follows the read of off-1
+	case follows: // a new run: off follows the reads of off-2 and off-1
 		st.release(ra.pool)
 		st.run, st.next = raMinRun, off+1
 	default:
@@ -358,8 +358,39 @@ func (l *Log) readAheadNow(last raChunk) bool {
 
 // noteRecent remembers that off was read, for the next read to find.
 func (ra *readAheads) noteRecent(off uint64) {
-	ra.recent[ra.slot.Add(1)%raStreams].Store(off + 1)
+	r := &ra.recent[raRecentSlot(off+1)]
+	r.off.Store(off + 1)
+	r.seq.Store(ra.reads.Add(1))
 }
+
+// wasRead reports whether off was read among the raWindow reads before
+// the one numbered now.
+func (ra *readAheads) wasRead(off, now uint64) bool {
+	r := &ra.recent[raRecentSlot(off+1)]
+	return r.off.Load() == off+1 && now-r.seq.Load() < raWindow
+}
+
+// recentRead is a slot of the table of recent reads: the offset after the
+// one read, and the read's sequence number. (The two are stored apart: a
+// reader that sees a new offset with an old number only misses a run's
+// start by one read, or starts one a read early.)
+type recentRead struct{ off, seq atomic.Uint64 }
+
+// The table of recent reads finds a run's third read: are the reads of
+// offsets off-2 and off-1 among the last raWindow reads? It is direct-mapped by
+// offset (raRecent slots), so a run is found whatever reads come between
+// two of its own, up to raWindow of them; the last raStreams reads alone
+// were forgotten after four random reads, and a follower replicating
+// among four clients reading at random got no read-ahead at all. The
+// window is short on purpose: random reads of a few hot records (a Zipf
+// distribution, newest hottest) meet consecutive offsets, and a false run
+// reads a whole span ahead.
+const (
+	raRecent = 256
+	raWindow = 48
+)
+
+func raRecentSlot(off uint64) uint64 { return off * 0x9e3779b97f4a7c15 >> 56 }
 
 // holds reports whether a chunk of the stream holds off. The caller holds
 // ra.mu.

@@ -4,9 +4,12 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"math"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
+	"sort"
 	"sync"
 	"testing"
 
@@ -369,5 +372,89 @@ func TestReadAheadReadsIndexBlocksInRuns(t *testing.T) {
 			require.True(t, errors.As(err, &ce), "a point read through the damaged block: %v", err)
 			assert.Equal(t, at, ce.Position)
 		})
+	}
+}
+
+// TestSequentialReaderAmongRandomReaders: a run is found whatever other
+// reads come between its reads (a follower replicating while clients read
+// at random). One in-order reader's reads alternate with 1 to 16 random
+// reads each: the run is read ahead (most of its reads are read-ahead
+// hits) and every record is right. The log used to remember the last four
+// reads only, and five random reads between two of a run's hid it.
+func TestSequentialReaderAmongRandomReaders(t *testing.T) {
+	const frames, batch, size = 400, 64, 1 << 10
+	l, _ := seqLogCache(t, frames, batch, size, seqCaches[1])
+	defer l.Close()
+	n := uint64(frames * batch)
+	for k, between := range []int{1, 4, 5, 16} {
+		t.Run(fmt.Sprintf("between=%d", between), func(t *testing.T) {
+			rng := rand.New(rand.NewPCG(uint64(between), 1))
+			const run = 2000
+			from := uint64(2*run + k*3*run) // a run of its own, far from the others'
+			hits := int64(0)
+			for i := from; i < from+run; i++ {
+				before := l.ra.hits.Load()
+				got, err := l.Read(i, nil)
+				require.NoError(t, err)
+				require.Equal(t, freshRecord(i, size, 0), got, "offset %d", i)
+				hits += l.ra.hits.Load() - before
+				for range between {
+					off := rng.Uint64N(n)
+					for off >= from-run && off < from+2*run { // not near the run
+						off = rng.Uint64N(n)
+					}
+					got, err := l.Read(off, nil)
+					require.NoError(t, err)
+					require.Equal(t, freshRecord(off, size, 0), got, "offset %d", off)
+				}
+			}
+			t.Logf("%d random reads between in-order ones: %d of %d in-order reads served by read-ahead", between, hits, run)
+			assert.Greater(t, hits, int64(run)*8/10, "the run is read ahead")
+		})
+	}
+}
+
+// TestRandomReadsReadLittleAhead: random reads, uniform and Zipf (newest
+// hottest, as clients read a log), start few runs: the bytes read ahead
+// stay a small part of what the point reads themselves read. A Zipf
+// reader reads the hottest records one after another often; two
+// consecutive offsets do not make a run, three do.
+func TestRandomReadsReadLittleAhead(t *testing.T) {
+	const frames, batch, size = 400, 64, 1 << 10
+	l, d := seqLogCache(t, frames, batch, size, seqCaches[1])
+	defer l.Close()
+	n := uint64(frames * batch)
+	for _, dist := range []string{"uniform", "zipf"} {
+		t.Run(dist, func(t *testing.T) {
+			rng := rand.New(rand.NewPCG(7, 1))
+			zipf := newZipf(rng, 1.1, n)
+			aheadBefore, before := l.ra.bytes.Load(), d.bytes.Load()
+			for range 20000 {
+				off := rng.Uint64N(n)
+				if dist == "zipf" {
+					off = n - 1 - zipf()
+				}
+				got, err := l.Read(off, nil)
+				require.NoError(t, err)
+				require.Equal(t, freshRecord(off, size, 0), got, "offset %d", off)
+			}
+			l.ra.wg.Wait()
+			ahead, all := l.ra.bytes.Load()-aheadBefore, d.bytes.Load()-before
+			t.Logf("%s: %d KiB read ahead of %d KiB read", dist, ahead>>10, all>>10)
+			assert.LessOrEqual(t, ahead, all/10, "read ahead for random reads")
+		})
+	}
+}
+
+// newZipf returns a draw of ranks in [0, n) with P(k) ∝ (k+1)^-s.
+func newZipf(rng *rand.Rand, s float64, n uint64) func() uint64 {
+	cdf := make([]float64, n)
+	sum := 0.0
+	for k := range cdf {
+		sum += math.Pow(float64(k+1), -s)
+		cdf[k] = sum
+	}
+	return func() uint64 {
+		return uint64(sort.SearchFloat64s(cdf, rng.Float64()*sum))
 	}
 }
