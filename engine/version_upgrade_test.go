@@ -56,6 +56,7 @@ func TestVersion3LogUpgraded(t *testing.T) {
 			add(l, 50, 2)
 			require.NoError(t, l.Roll())
 			add(l, 70, 3)
+			l.bg.Wait() // a roll these appends started is sealed: one unsealed segment
 			segs := l.Segments()
 			img := d.Crash(cm)
 			_ = l.Close()
