@@ -32,7 +32,8 @@ func TestCloseDuringReadAhead(t *testing.T) {
 					require.NoError(t, err)
 					n := max(8, 6<<20/size)
 					step := max(1, 1<<20/size)
-					var want [][]byte // each offset's record, made once: the readers compare against it
+					// Each offset's record, made once: the readers compare against it.
+					var want [][]byte
 					for i := 0; i < n; i += step { // in batches: fewer fsyncs
 						var recs [][]byte
 						for j := i; j < min(n, i+step); j++ {
