@@ -229,7 +229,6 @@ func isDamageError(err error) bool {
 // once: each flip's opens wait on the disk (the read-write open syncs), so
 // the copies' waits overlap. Every flip is still made and checked.
 func TestEveryBitFlipOfAStore(t *testing.T) {
-	t.Parallel() // it waits on the disk and counts nothing of its process
 	fs := buildFlipStore(t)
 	all := fs.flips(1999)
 	var mu sync.Mutex

@@ -88,9 +88,6 @@ func TestEngineKillLoop(t *testing.T) {
 	if os.Getenv(killChildEnv) != "" {
 		t.Skip("in the child")
 	}
-	// It waits on its children and the disk, and counts nothing of its own
-	// process: it runs beside the package's other parallel tests.
-	t.Parallel()
 	cycles := 50
 	if os.Getenv("SEGSTORE_LONG") != "" {
 		cycles = 1000
