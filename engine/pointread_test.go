@@ -60,6 +60,7 @@ func TestPointReadCostsTheRecordPlus8KiB(t *testing.T) {
 	batches := []int{1, 7, 64, 1024}
 	for _, size := range sizes {
 		t.Run(fmt.Sprint(size), func(t *testing.T) {
+			t.Parallel() // its own simulated directory; a core busy each
 			d := &countingDir{Dir: blockdev.NewSimDir(blockdev.SimOptions{})}
 			o := DefaultOptions()
 			o.Dir, o.Logger, o.SegmentSize, o.Preallocate = d, quiet, 256<<20, false
