@@ -1,12 +1,14 @@
 package engine
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -25,13 +27,17 @@ func flipRecord(off uint64) []byte {
 	return []byte(fmt.Sprintf("flip record %06d %s", off, strings.Repeat("x", int(off%53))))
 }
 
+// flipCacheBytes is the cache of the flip store's logs: more than the
+// store holds.
+const flipCacheBytes = 1 << 20
+
 // buildFlipStore writes three sealed segments and an active one, drops a
 // prefix (so START exists), and closes.
 func buildFlipStore(t *testing.T) flipStore {
 	t.Helper()
 	dir := t.TempDir()
 	opts := DefaultOptions()
-	opts.SegmentSize, opts.MaxWrite, opts.IndexInterval, opts.CacheBytes, opts.Logger = 64<<10, 32<<10, 1024, 1<<20, quiet
+	opts.SegmentSize, opts.MaxWrite, opts.IndexInterval, opts.CacheBytes, opts.Logger = 64<<10, 32<<10, 1024, flipCacheBytes, quiet
 	l, err := Open(dir, opts)
 	require.NoError(t, err)
 	for seg := 0; seg < 4; seg++ {
@@ -57,7 +63,9 @@ func buildFlipStore(t *testing.T) flipStore {
 	return fs
 }
 
-// restore writes every file back as it was and removes any other.
+// restore writes every file back as it was and removes any other. A file
+// whose bytes are unchanged is left alone: rewriting it (a truncation and
+// new blocks) would cost the filesystem more than the flip's checks do.
 func (fs flipStore) restore(t *testing.T) {
 	names, err := os.ReadDir(fs.dir)
 	require.NoError(t, err)
@@ -67,8 +75,36 @@ func (fs flipStore) restore(t *testing.T) {
 		}
 	}
 	for name, b := range fs.files {
-		require.NoError(t, os.WriteFile(filepath.Join(fs.dir, name), b, 0o644))
+		path := filepath.Join(fs.dir, name)
+		if cur, err := os.ReadFile(path); err == nil && bytes.Equal(cur, b) {
+			continue
+		}
+		require.NoError(t, os.WriteFile(path, b, 0o644))
 	}
+}
+
+// copyTo is the same store in another directory (its own files, for a
+// sweep that runs beside this one's).
+func (fs flipStore) copyTo(t *testing.T, dir string) flipStore {
+	t.Helper()
+	c := fs
+	c.dir = dir
+	for name, b := range fs.files {
+		require.NoError(t, os.WriteFile(filepath.Join(dir, name), b, 0o644))
+	}
+	return c
+}
+
+// flipInPlace writes f's file with f's bit flipped, in place: only the
+// flipped byte is written, the rest of the file (restored before) is as it
+// was.
+func (fs flipStore) flipInPlace(t *testing.T, f storeFlip) {
+	t.Helper()
+	fh, err := os.OpenFile(filepath.Join(fs.dir, f.file), os.O_WRONLY, 0)
+	require.NoError(t, err)
+	_, err = fh.WriteAt([]byte{fs.files[f.file][f.pos] ^ 1<<f.bit}, int64(f.pos))
+	require.NoError(t, err)
+	require.NoError(t, fh.Close())
 }
 
 // flips lists the bits the sweep flips: in each file, one bit of each of
@@ -114,7 +150,9 @@ func longRun() bool { return os.Getenv("SEGSTORE_LONG") != "" }
 // So do the records of every sealed segment's mapping.
 func (fs flipStore) checkReads(t *testing.T, what string, readOnly bool) {
 	opts := DefaultOptions()
-	opts.ReadOnly, opts.Logger = readOnly, quiet
+	// The store's own cache size (it holds the whole store either way):
+	// the default's counters cost more to make and clear than the reads.
+	opts.ReadOnly, opts.Logger, opts.CacheBytes = readOnly, quiet, flipCacheBytes
 	l, err := Open(fs.dir, opts)
 	if err != nil {
 		require.True(t, isDamageError(err), "%s: open (read-only %v) fails with %v, not as damage", what, readOnly, err)
@@ -186,29 +224,48 @@ func isDamageError(err error) bool {
 // damage or give back every acknowledged record exact, and no read or
 // iterator (nor an in-place iterator of a sealed segment's mapping) returns
 // wrong bytes or silently fewer records.
+//
+// The flips are shared out among flipShards copies of the store, swept at
+// once: each flip's opens wait on the disk (the read-write open syncs), so
+// the copies' waits overlap. Every flip is still made and checked.
 func TestEveryBitFlipOfAStore(t *testing.T) {
 	fs := buildFlipStore(t)
 	all := fs.flips(1999)
+	var mu sync.Mutex
 	reported := map[string]int{}
-	for _, f := range all {
-		what := fmt.Sprintf("%s byte %d bit %d", f.file, f.pos, f.bit)
-		path := filepath.Join(fs.dir, f.file)
-		b := slices.Clone(fs.files[f.file])
-		b[f.pos] ^= 1 << f.bit
-		require.NoError(t, os.WriteFile(path, b, 0o644))
-
-		rep, err := Verify(fs.dir, VerifyOptions{})
-		if err == nil && rep.Clean() {
-			require.False(t, verifyChecks(f.file), "%s: verify found nothing", what)
-		} else {
-			reported[f.file]++
-		}
-		fs.checkReads(t, what, true)
-		fs.checkReads(t, what, false)
-		fs.restore(t)
+	var wg sync.WaitGroup
+	for shard := range flipShards {
+		c := fs.copyTo(t, t.TempDir())
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			t.Run(fmt.Sprint("shard=", shard), func(t *testing.T) {
+				for i := shard; i < len(all); i += flipShards {
+					f := all[i]
+					what := fmt.Sprintf("%s byte %d bit %d", f.file, f.pos, f.bit)
+					c.flipInPlace(t, f)
+					rep, err := Verify(c.dir, VerifyOptions{})
+					if err == nil && rep.Clean() {
+						require.False(t, verifyChecks(f.file), "%s: verify found nothing", what)
+					} else {
+						mu.Lock()
+						reported[f.file]++
+						mu.Unlock()
+					}
+					c.checkReads(t, what, true)
+					c.checkReads(t, what, false)
+					c.restore(t)
+				}
+			})
+		}()
 	}
+	wg.Wait()
 	t.Logf("%d flips over %d files; reported by verify, by file: %v", len(all), len(fs.files), reported)
 }
+
+// flipShards is how many copies of the store TestEveryBitFlipOfAStore
+// sweeps at once.
+const flipShards = 4
 
 // verifyChecks says whether verify checks every byte of file: segments,
 // START and MANIFEST. DURABLE holds no durable data (a live writer's

@@ -123,6 +123,9 @@ func crashAtEveryStep(t *testing.T, reopen bool) {
 	for _, a := range crashActions {
 		for _, prealloc := range []bool{true, false} {
 			t.Run(fmt.Sprintf("%s/prealloc=%v", a.name, prealloc), func(t *testing.T) {
+				// Each case has its own simulated directories and keeps
+				// one core busy: two run at once on two.
+				t.Parallel()
 				// A run without a crash says how many steps the operation
 				// takes and where it leaves the log.
 				ref := setupCrash(t, a, prealloc, reopen, blockdev.SimOptions{Seed: 1})

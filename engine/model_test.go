@@ -10,6 +10,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -58,13 +59,8 @@ func modelRecord(rng *rand.Rand, off uint64) []byte {
 // checks every answer against a slice of the records appended. SyncAlways:
 // every acknowledged append survives every crash.
 func TestModel(t *testing.T) {
-	var ops modelOps
-	for _, seed := range seeds(t, 150, 5000) {
-		if !t.Run(fmt.Sprint("seed=", seed), func(t *testing.T) { runModel(t, seed, fixedOptions, &ops) }) {
-			t.Fatalf("seed %d failed; replay: SEGSTORE_SEED=%d go test ./engine -run 'TestModel$'", seed, seed)
-		}
-	}
-	t.Log(ops)
+	ops := runSeeds(t, seeds(t, 150, 5000), fixedOptions, "go test ./engine -run 'TestModel$'")
+	t.Cleanup(func() { t.Log(ops) })
 }
 
 // TestModelOptions: the option space. Each seed draws Options at random
@@ -77,14 +73,40 @@ func TestModel(t *testing.T) {
 // model (appends with rolls, reads, iterators, truncations, reopens,
 // crashes) with every answer checked. SEGSTORE_LONG=1 runs 1,000 seeds.
 func TestModelOptions(t *testing.T) {
+	ops := runSeeds(t, seeds(t, 48, 1000), drawOptions, "go test ./engine -run TestModelOptions")
+	t.Cleanup(func() {
+		t.Log(ops)
+		require.NotZero(t, ops[opRoll]+ops[opRolled], "no segment rolled")
+	})
+}
+
+// runSeeds runs the model once per seed, each seed a parallel subtest of
+// t (each has its own simulated directory, random source and clock, and
+// the package's tests set no state they share; a seed keeps one core
+// busy, so two run at once on two). The operations counted are complete
+// once t's subtests are (in t.Cleanup). A failed seed logs how to replay
+// it alone.
+func runSeeds(t *testing.T, seeds []uint64, draw func(*rand.Rand) Options, replay string) *modelOps {
+	var mu sync.Mutex
 	var ops modelOps
-	for _, seed := range seeds(t, 48, 1000) {
-		if !t.Run(fmt.Sprint("seed=", seed), func(t *testing.T) { runModel(t, seed, drawOptions, &ops) }) {
-			t.Fatalf("seed %d failed; replay: SEGSTORE_SEED=%d go test ./engine -run TestModelOptions", seed, seed)
-		}
+	for _, seed := range seeds {
+		t.Run(fmt.Sprint("seed=", seed), func(t *testing.T) {
+			t.Parallel()
+			t.Cleanup(func() {
+				if t.Failed() {
+					t.Logf("seed %d failed; replay: SEGSTORE_SEED=%d %s", seed, seed, replay)
+				}
+			})
+			var own modelOps
+			runModel(t, seed, draw, &own)
+			mu.Lock()
+			defer mu.Unlock()
+			for i := range ops {
+				ops[i] += own[i]
+			}
+		})
 	}
-	t.Log(ops)
-	require.NotZero(t, ops[opRoll]+ops[opRolled], "no segment rolled")
+	return &ops
 }
 
 // fixedOptions are TestModel's: small segments that roll, SyncAlways.

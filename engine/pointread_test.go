@@ -33,7 +33,9 @@ func coldRead(t *testing.T, l *Log, d *countingDir, off uint64) ([]byte, int64, 
 	before, index := d.bytes.Load(), l.indexReadBytes.Load()
 	rec, err := l.Read(off, nil)
 	index = l.indexReadBytes.Load() - index
-	require.LessOrEqual(t, index, int64(indexBlockLen), "a cold read of offset %d read %d bytes of index blocks", off, index)
+	if index > int64(indexBlockLen) { // testify's comparison, per read, costs more than the read
+		require.LessOrEqual(t, index, int64(indexBlockLen), "a cold read of offset %d read %d bytes of index blocks", off, index)
+	}
 	return rec, d.bytes.Load() - before - index, err
 }
 
@@ -58,6 +60,7 @@ func TestPointReadCostsTheRecordPlus8KiB(t *testing.T) {
 	batches := []int{1, 7, 64, 1024}
 	for _, size := range sizes {
 		t.Run(fmt.Sprint(size), func(t *testing.T) {
+			t.Parallel() // its own simulated directory; a core busy each
 			d := &countingDir{Dir: blockdev.NewSimDir(blockdev.SimOptions{})}
 			o := DefaultOptions()
 			o.Dir, o.Logger, o.SegmentSize, o.Preallocate = d, quiet, 256<<20, false

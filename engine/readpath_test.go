@@ -43,9 +43,7 @@ func (c *countingDevice) ReadAt(p []byte, off int64) (int, error) {
 // offset spelled out at the start; the rest varies with gen).
 func freshRecord(i uint64, size int, gen byte) []byte {
 	b := make([]byte, size)
-	for k := range b {
-		b[k] = byte(k) ^ byte(i) ^ gen
-	}
+	fillXor(b, 0, byte(i)^gen)
 	copy(b, fmt.Sprintf("record-%08d/%d", i, gen))
 	return b
 }

@@ -51,6 +51,7 @@ func (w *warnings) has(s string) bool {
 func TestThinnedFooterPointReads(t *testing.T) {
 	for _, big := range []int{600, 3000} {
 		t.Run(fmt.Sprint(big), func(t *testing.T) {
+			t.Parallel() // its own simulated directory; a core busy each
 			w := &warnings{}
 			d := &countingDir{Dir: blockdev.NewSimDir(blockdev.SimOptions{Alignment: blockdev.Alignment{Memory: 512, Offset: 512, Block: 16 << 10}})}
 			o := DefaultOptions()
