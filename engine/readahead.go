@@ -2,6 +2,7 @@ package engine
 
 import (
 	"io"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -189,12 +190,14 @@ type raStream struct {
 	run      int    // 0: the stream is free
 	used     uint64 // the reads' clock when last used
 	chunks   []raChunk
-	plan     raPlan // where the next read-ahead read starts
-	inflight int    // read-ahead reads under way (each its own goroutine)
-	running  int    // read-ahead goroutines (reading, or copying into the cache)
-	skip     uint64 // no read-ahead starts before the run reaches it (what follows is cached)
-	gen      uint64 // counts the runs the stream followed: a read of an older one is dropped
-	// readingA is inflight > 0, for the lock-free checks.
+	plan     raPlan   // where the next read-ahead read starts
+	inflight int      // read-ahead reads under way (each its own goroutine)
+	from     []uint64 // the offset each read under way starts at (inflight of them)
+	running  int      // read-ahead goroutines (reading, or copying into the cache)
+	skip     uint64   // no read-ahead starts before the run reaches it (what follows is cached)
+	gen      uint64   // counts the runs the stream followed: a read of an older one is dropped
+	// readingA: a read under way starts at or before next (it may bring
+	// the run's next record), for the lock-free checks.
 	readingA atomic.Bool
 	// span is [lo, hi) of the offsets the stream's chunks hold and nextA
 	// its next, for the lock-free checks of every read.
@@ -218,6 +221,7 @@ type readAheads struct {
 	cond    sync.Cond            // on mu: a stream's chunks or reading changed (publish)
 	wg      sync.WaitGroup       // read-ahead goroutines
 	hits    atomic.Int64         // point reads served from a chunk read ahead
+	waits   atomic.Int64         // times a point read waited for a read-ahead read
 	bytes   atomic.Int64         // device bytes read ahead
 	held    atomic.Int64         // bytes of the read-ahead buffers (at most raTotalBytes)
 	peak    atomic.Int64         // the most held
@@ -251,7 +255,7 @@ func (ra *readAheads) get(ns cache.Namespace, off uint64, dst []byte) ([]byte, b
 					return append(dst, c.record(off)...), true
 				}
 			}
-			waiting = waiting || (st.run > 0 && st.next == off && st.inflight > 0)
+			waiting = waiting || (st.run > 0 && st.next == off && st.readingFor(off))
 		}
 		if !waiting || ra.closed {
 			return dst, false
@@ -259,8 +263,23 @@ func (ra *readAheads) get(ns cache.Namespace, off uint64, dst []byte) ([]byte, b
 		if ra.cond.L == nil {
 			ra.cond.L = &ra.mu
 		}
+		ra.waits.Add(1)
 		ra.cond.Wait() // woken by publish: a chunk added, or the read-ahead stopped
 	}
+}
+
+// readingFor reports whether a read-ahead read under way starts at or
+// before off, so it may bring off's record. One that starts past off (the
+// stream skipped a run too long for its bound, left to the point reads,
+// and reads on after it) never will: a reader of off does not wait for
+// it. The caller holds ra.mu.
+func (st *raStream) readingFor(off uint64) bool {
+	for _, f := range st.from {
+		if f <= off {
+			return true
+		}
+	}
+	return false
 }
 
 // noteRead records a point read of off in segment s, served by chunk c
@@ -337,6 +356,7 @@ func (l *Log) startReadAhead(st *raStream) {
 		p := st.plan
 		st.plan.ok = false
 		st.inflight++
+		st.from = append(st.from, p.next)
 		st.running++
 		ra.wg.Add(1)
 		go l.readAhead(st, p, st.gen)
@@ -459,7 +479,7 @@ func (ra *readAheads) publish(st *raStream) {
 	} else {
 		st.nextA.Store(0)
 	}
-	st.readingA.Store(st.inflight > 0)
+	st.readingA.Store(st.run > 0 && st.readingFor(st.next))
 	ra.cond.Broadcast()
 }
 
@@ -511,6 +531,9 @@ func (l *Log) readAhead(st *raStream, p raPlan, gen uint64) {
 	})
 	ra.mu.Lock()
 	st.inflight--
+	if i := slices.Index(st.from, p.next); i >= 0 {
+		st.from = slices.Delete(st.from, i, i+1)
+	}
 	// Still of use if the run has not read past it (a reader faster than
 	// the device overtakes it); the chunks it covers go.
 	valid := ok && !ra.closed && st.gen == gen && st.run > 0 && c.next > st.next
