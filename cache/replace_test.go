@@ -1,0 +1,82 @@
+package cache
+
+import (
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// heldBytes is what the values c holds for keys [0, n) of ns occupy, as
+// their cost counts it.
+func heldBytes(c *Cache, ns Namespace, n int) int64 {
+	var held int64
+	for i := range n {
+		if v, ok := c.Get(ns, int64(i)*8); ok {
+			held += v.cost() + entryCost
+			v.Release()
+		}
+	}
+	return held
+}
+
+// TestRefusedShorterValueKeepsItsCost: a shorter value set for a key that
+// holds a longer one is refused (the longer stays), and the budget still
+// counts the longer one: what the cache holds stays within its budget
+// when new keys come after. Ristretto records the cost of a refused
+// update for the key: the budget then counts the short value while the
+// long one is held.
+func TestRefusedShorterValueKeepsItsCost(t *testing.T) {
+	const budget = 1 << 20
+	c, err := New(budget)
+	require.NoError(t, err)
+	defer c.Close()
+	ns := c.NewNamespace()
+	const long, short, n = 30 << 10, 100, 200
+	for i := range n {
+		v := c.Alloc(long)
+		c.Set(ns, int64(i)*8, v)
+		v.Release()
+		c.Wait()
+	}
+	for i := range n { // refused: the longer values stay
+		v := c.Alloc(short)
+		c.Set(ns, int64(i)*8, v)
+		v.Release()
+		c.Wait()
+	}
+	held := heldBytes(c, ns, n)
+	st := c.Stats()
+	t.Logf("held %d KiB, counted %d KiB, budget %d KiB", held>>10, st.Bytes>>10, budget>>10)
+	assert.LessOrEqual(t, held, int64(budget), "held past the budget: %+v", st)
+	assert.GreaterOrEqual(t, st.Bytes, held, "the budget counts less than is held: %+v", st)
+}
+
+// TestLongerValuesReplacingStayWithinBudget: values replaced by longer
+// ones for their keys (a run read further) keep the cache within its
+// budget: ristretto applies an update's cost without evicting.
+func TestLongerValuesReplacingStayWithinBudget(t *testing.T) {
+	const budget = 1 << 20
+	c, err := New(budget)
+	require.NoError(t, err)
+	defer c.Close()
+	ns := c.NewNamespace()
+	const short, long, n = 4 << 10, 60 << 10, 200
+	for i := range n {
+		v := c.Alloc(short)
+		c.Set(ns, int64(i)*8, v)
+		v.Release()
+		c.Wait()
+	}
+	for i := range n {
+		v := c.Alloc(long)
+		c.Set(ns, int64(i)*8, v)
+		v.Release()
+		c.Wait()
+	}
+	held := heldBytes(c, ns, n)
+	st := c.Stats()
+	t.Logf("held %d KiB, counted %d KiB, budget %d KiB", held>>10, st.Bytes>>10, budget>>10)
+	assert.LessOrEqual(t, st.Bytes, int64(budget), "%+v", st)
+	assert.LessOrEqual(t, held, int64(budget), "%+v", st)
+}
