@@ -81,3 +81,31 @@ func TestLongerValuesReplacingStayWithinBudget(t *testing.T) {
 	assert.LessOrEqual(t, st.Bytes, int64(budget), "%+v", st)
 	assert.LessOrEqual(t, held, int64(budget), "%+v", st)
 }
+
+// TestTinyBudget: a cache of the smallest budget holds any value whose
+// cost (block, descriptor and entryCost) fits it, refuses larger ones
+// without holding them or anything in flight, and takes values after
+// them: nothing stays pending.
+func TestTinyBudget(t *testing.T) {
+	const budget = 64 << 10
+	c, err := New(budget)
+	require.NoError(t, err)
+	defer c.Close()
+	ns := c.NewNamespace()
+	for i, n := range []int{0, 1, 4096, 60 << 10, 60<<10 + 1, 64 << 10, 1 << 20, 200 << 20, 7} {
+		v := c.Alloc(n)
+		cost := v.cost() + entryCost
+		fits := cost <= budget
+		c.Set(ns, int64(i)*8, v)
+		v.Release()
+		c.Wait()
+		got, ok := c.Get(ns, int64(i)*8)
+		require.Equal(t, fits, ok, "a value of %d bytes (cost %d) in a %d-byte cache", n, cost, budget)
+		if ok {
+			assert.Equal(t, n, len(got.Bytes()))
+			got.Release()
+		}
+		assert.Zero(t, c.pending.Load(), "bytes left pending after a value of %d", n)
+		assert.LessOrEqual(t, c.Stats().Bytes, int64(budget))
+	}
+}
