@@ -1,6 +1,7 @@
 package cache
 
 import (
+	"sync"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -108,4 +109,35 @@ func TestTinyBudget(t *testing.T) {
 		assert.Zero(t, c.pending.Load(), "bytes left pending after a value of %d", n)
 		assert.LessOrEqual(t, c.Stats().Bytes, int64(budget))
 	}
+}
+
+// TestConcurrentSetsOfOneKeyCountWhatIsHeld: goroutines setting values of
+// many lengths for the same keys (some replace, most are refused): once
+// every Set is applied, the budget counts exactly what is held and
+// nothing is pending.
+func TestConcurrentSetsOfOneKeyCountWhatIsHeld(t *testing.T) {
+	c, err := New(4 << 20)
+	require.NoError(t, err)
+	defer c.Close()
+	ns := c.NewNamespace()
+	const keys = 64
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 2000 {
+				n := 1 + (i*7919+g*104729)%(8<<10)
+				v := c.Alloc(n)
+				c.Set(ns, int64(i%keys)*8, v)
+				v.Release()
+			}
+		}()
+	}
+	wg.Wait()
+	c.Wait()
+	st := c.Stats()
+	require.Zero(t, st.Evicted, "the test needs every key held: %+v", st)
+	assert.Zero(t, c.pending.Load())
+	assert.Equal(t, heldBytes(c, ns, keys), st.Bytes, "%+v", st)
 }
