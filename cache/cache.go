@@ -22,6 +22,7 @@ package cache
 import (
 	"errors"
 	"fmt"
+	"math"
 	"math/bits"
 	"math/rand/v2"
 	"sync"
@@ -160,8 +161,21 @@ func New(maxBytes int64) (*Cache, error) {
 		// that share a slot, the first one set keeps it. prev is still held
 		// by the cache here (its reference is dropped after it leaves
 		// ristretto's store), so its length is stable.
+		//
+		// A refused value still reaches ristretto's policy as a new key,
+		// and the policy, which has the key, takes the refused value's
+		// cost for it: the held value would be counted at the cost of the
+		// one refused (a short value refused for a key that holds a long
+		// one made the budget count a fraction of what was held). The
+		// refused entry therefore carries the held value's cost, and Cost
+		// gives the policy the larger of the two.
 		ShouldUpdate: func(cur, prev *entry) bool {
-			return cur.ns == prev.ns && cur.pos == prev.pos && cur.v.n > prev.v.n
+			if cur.ns == prev.ns && cur.pos == prev.pos && cur.v.n > prev.v.n {
+				return true
+			}
+			// cur is not yet shared: refused, it is only queued.
+			cur.held = uint32(min((prev.v.cost()+entryCost+31)/32, math.MaxUint32))
+			return false
 		},
 		// Every value ristretto lets go of (evicted, refused, replaced, or
 		// cleared by Close) drops the cache's reference, and its hint.
@@ -174,7 +188,7 @@ func New(maxBytes int64) (*Cache, error) {
 		Cost: func(e *entry) int64 {
 			cost := e.v.cost() + entryCost
 			c.pending.Add(-cost)
-			return cost
+			return max(cost, int64(e.held)*32)
 		},
 	})
 	if err != nil {
@@ -215,6 +229,12 @@ type entry struct {
 	id  uint64
 	pos int64
 	ns  Namespace
+	// held is the cost, in units of 32 bytes rounded up, of the value
+	// held for the entry's ristretto slot when the entry was refused for
+	// it (ShouldUpdate), 0 if none was: written before the entry is
+	// queued, read as it is taken up. (32 bits, so the entry stays 32
+	// bytes; costs are multiples of 32, and below 128 GiB.)
+	held uint32
 }
 
 // drop releases the cache's reference on e's value, once.

@@ -296,9 +296,11 @@ func (l *Log) indexBlock(s *segment, sum *footerSummary, k int) (*cache.Value, e
 // the device's rate, measured).
 const raIndexBlocks = 16
 
-// indexRuns are the runs of index blocks read-ahead read last, one per
-// stream it follows (round robin), held outside the cache: raStreams ×
-// raIndexBlocks × 4 KiB (256 KiB) at most.
+// indexRuns are the runs of index blocks read-ahead read last, in
+// raStreams slots taken round robin by every run read (not one per
+// stream: a stream that reads runs faster than the others takes their
+// slots), held outside the cache: raStreams × raIndexBlocks × 4 KiB
+// (256 KiB) at most.
 type indexRuns struct {
 	slots [raStreams]atomic.Pointer[indexRun]
 	next  atomic.Uint32
@@ -319,8 +321,9 @@ type indexRun struct {
 // before, or from a new run of up to raIndexBlocks read with one device
 // read (each block checked, and offered to the cache for point reads). It
 // returns the block and the value holding it, which the caller releases.
-// Only block k failing its check is an error; the run ends before the
-// first other block that fails (a read of it reports it).
+// Only block k failing its check, or the read failing, is an error; the
+// run ends before the first other block that fails (a read of it
+// reports it).
 func (l *Log) indexBlockAhead(s *segment, sum *footerSummary, k int) (indexBlock, *cache.Value, error) {
 	at := sum.blocksAt + int64(k*indexBlockLen)
 	if v, ok := l.cache.Get(s.ns, at); ok {
