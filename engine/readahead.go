@@ -295,10 +295,15 @@ func (l *Log) noteRead(off uint64, c raChunk) {
 		st := &ra.streams[i]
 		cont = cont || st.nextA.Load() == off || (st.lo.Load() <= off && off < st.hi.Load())
 	}
-	// off-2 and off-1 were read: a run's third read (two consecutive
-	// offsets are common among random reads of a few hot records).
+	// off-2 and off-1 were read, in that order: a run's third read (two
+	// consecutive offsets are common among random reads of a few hot
+	// records, and offsets read again in descending order are no run).
 	now := ra.reads.Load()
-	follows := off > 1 && ra.wasRead(off-1, now) && ra.wasRead(off-2, now)
+	follows := false
+	if off > 1 {
+		r1, r2 := ra.readAt(off-1, now), ra.readAt(off-2, now)
+		follows = r2 > 0 && r1 > r2
+	}
 	defer ra.noteRecent(off)
 	if !cont && !follows {
 		return
@@ -383,11 +388,14 @@ func (ra *readAheads) noteRecent(off uint64) {
 	r.seq.Store(ra.reads.Add(1))
 }
 
-// wasRead reports whether off was read among the raWindow reads before
-// the one numbered now.
-func (ra *readAheads) wasRead(off, now uint64) bool {
+// readAt returns the number of the read of off if it was among the
+// raWindow reads before the one numbered now, or 0.
+func (ra *readAheads) readAt(off, now uint64) uint64 {
 	r := &ra.recent[raRecentSlot(off+1)]
-	return r.off.Load() == off+1 && now-r.seq.Load() < raWindow
+	if seq := r.seq.Load(); r.off.Load() == off+1 && now-seq < raWindow {
+		return seq
+	}
+	return 0
 }
 
 // recentRead is a slot of the table of recent reads: the offset after the

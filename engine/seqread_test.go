@@ -418,7 +418,8 @@ func TestSequentialReaderAmongRandomReaders(t *testing.T) {
 // hottest, as clients read a log), start few runs: the bytes read ahead
 // stay a small part of what the point reads themselves read. A Zipf
 // reader reads the hottest records one after another often; two
-// consecutive offsets do not make a run, three do.
+// consecutive offsets do not make a run, three do, and only in ascending
+// order (offsets read again in descending order make none).
 func TestRandomReadsReadLittleAhead(t *testing.T) {
 	const frames, batch, size = 400, 64, 1 << 10
 	l, d := seqLogCache(t, frames, batch, size, seqCaches[1])
@@ -437,6 +438,12 @@ func TestRandomReadsReadLittleAhead(t *testing.T) {
 				got, err := l.Read(off, nil)
 				require.NoError(t, err)
 				require.Equal(t, freshRecord(off, size, 0), got, "offset %d", off)
+			}
+			for range 2 { // 40 offsets read in descending order, twice
+				for off := n / 2; off > n/2-40; off-- {
+					_, err := l.Read(off, nil)
+					require.NoError(t, err)
+				}
 			}
 			l.ra.wg.Wait()
 			ahead, all := l.ra.bytes.Load()-aheadBefore, d.bytes.Load()-before
