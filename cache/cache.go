@@ -358,7 +358,19 @@ func (c *Cache) Set(ns Namespace, pos int64, v *Value) {
 	}
 	v.refs.Add(1)
 	e := &entry{v: v, id: v.id, pos: pos, ns: ns}
-	if !c.rc.Set(slot(ns, pos), e, 0) {
+	k := slot(ns, pos)
+	if old, ok := c.rc.Get(k); ok && old.ns == ns && old.pos == pos && old.v.Acquire(old.id) {
+		// A shorter value held for the key: ristretto would apply a
+		// longer one's cost as an update, without evicting anything, and
+		// the cache would hold past its budget. Deleted first, the value
+		// is a new key to ristretto, which admits it or not, and evicts
+		// to make room.
+		if old.v.n < v.n {
+			c.rc.Del(k)
+		}
+		old.v.Release()
+	}
+	if !c.rc.Set(k, e, 0) {
 		c.pending.Add(-cost)
 		e.drop() // dropped (a full buffer): ristretto never saw it
 	}

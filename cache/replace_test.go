@@ -55,9 +55,9 @@ func TestRefusedShorterValueKeepsItsCost(t *testing.T) {
 
 // TestLongerValuesReplacingStayWithinBudget: values replaced by longer
 // ones for their keys (a run read further) keep the cache within its
-// budget: ristretto applies an update's cost without evicting.
+// budget (ristretto applies an update's cost without evicting: Set deletes
+// a shorter value first).
 func TestLongerValuesReplacingStayWithinBudget(t *testing.T) {
-	t.Skip("known defect: ristretto applies an update's cost without evicting; the cache holds past its budget until a new key is added")
 	const budget = 1 << 20
 	c, err := New(budget)
 	require.NoError(t, err)
@@ -137,7 +137,7 @@ func TestConcurrentSetsOfOneKeyCountWhatIsHeld(t *testing.T) {
 	wg.Wait()
 	c.Wait()
 	st := c.Stats()
-	require.Zero(t, st.Evicted, "the test needs every key held: %+v", st)
+	require.LessOrEqual(t, st.Bytes, int64(4<<20), "%+v", st)
 	assert.Zero(t, c.pending.Load())
 	assert.Equal(t, heldBytes(c, ns, keys), st.Bytes, "%+v", st)
 }
