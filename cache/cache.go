@@ -185,9 +185,19 @@ func New(maxBytes int64) (*Cache, error) {
 		},
 		// Called as ristretto's goroutine takes up each Set (given cost 0):
 		// the value is no longer pending.
+		//
+		// A new value for a slot whose value was deleted (Set deletes a
+		// shorter one) can meet another value set for the slot meanwhile,
+		// which ristretto stored first: the policy then has the key, refuses
+		// this one and takes its cost for the one held. Cost runs in
+		// ristretto's goroutine just before that, so it gives the held
+		// one's cost.
 		Cost: func(e *entry) int64 {
 			cost := e.v.cost() + entryCost
 			c.pending.Add(-cost)
+			if prev, ok := c.rc.Get(slot(e.ns, e.pos)); ok && prev != e && e.held == 0 {
+				return prev.v.cost() + entryCost
+			}
 			return max(cost, int64(e.held)*32)
 		},
 	})
