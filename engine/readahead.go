@@ -23,8 +23,8 @@ import (
 // follows up to raStreams of them (so interleaved followers each keep
 // theirs); a read that continues none replaces the stream used least
 // recently. The third read of a run (found by the table of recent reads,
-// whatever other reads come between) starts its read-ahead, whatever the
-// cache's fill: raSpan bytes per read, ending at an index entry so that
+// whatever other reads come between, up to about 23) starts its
+// read-ahead, whatever the cache's fill: raSpan bytes per read, ending at an index entry so that
 // the read after it is planned (and started) before it is under way:
 // raInflight reads are in flight at once, up to raDepth chunks ahead of
 // the run. A read of the run that finds its record still being read ahead
@@ -407,7 +407,8 @@ type recentRead struct{ off, seq atomic.Uint64 }
 // The table of recent reads finds a run's third read: are the reads of
 // offsets off-2 and off-1 among the last raWindow reads? It is direct-mapped by
 // offset (raRecent slots), so a run is found whatever reads come between
-// two of its own, up to raWindow of them; the last raStreams reads alone
+// two of its own, up to about raWindow/2 of them (three of its reads fall
+// within the window); the last raStreams reads alone
 // were forgotten after four random reads, and a follower replicating
 // among four clients reading at random got no read-ahead at all. The
 // window is short on purpose: random reads of a few hot records (a Zipf
