@@ -24,8 +24,9 @@ import (
 // theirs); a read that continues none replaces the stream used least
 // recently. The third read of a run (found by the table of recent reads,
 // whatever other reads come between, up to about 23) starts its
-// read-ahead, whatever the cache's fill: raSpan bytes per read, ending at an index entry so that
-// the read after it is planned (and started) before it is under way:
+// read-ahead, whatever the cache's fill: raSpan bytes per read, ending
+// at an index entry so that the read after it is planned (and started)
+// before it is under way:
 // raInflight reads are in flight at once, up to raDepth chunks ahead of
 // the run. A read of the run that finds its record still being read ahead
 // waits for that read instead of making a small one of its own. Each chunk
