@@ -305,29 +305,15 @@ func TestReadAheadReadsIndexBlocksInRuns(t *testing.T) {
 			require.NoError(t, err)
 			d := &countingDir{Dir: od}
 			o := testOptions(d)
-			o.SegmentSize, o.MaxWrite, o.IndexInterval, o.CacheBytes, o.SyncMode = 2<<20, 256<<10, 512, cacheBytes, SyncNever
-			l, err := Open(dir, o)
-			require.NoError(t, err)
-			for len(l.Segments()) < 4 {
-				recs := make([][]byte, 4)
-				for i := range recs {
-					recs[i] = offRecord(l.EndOffset()+uint64(i), 300)
-				}
-				_, err := l.Append(recs...)
-				require.NoError(t, err)
-			}
-			require.NoError(t, l.Close())
-			l, err = Open(dir, o)
-			require.NoError(t, err)
+			o.CacheBytes = cacheBytes
+			l := indexRunsLog(t, dir, o)
 			defer func() { require.NoError(t, l.Close()) }()
 
 			segs := *l.segs.Load()
 			sealed := segs[:len(segs)-1]
 			runs := 0
 			for _, s := range sealed {
-				require.NoError(t, l.ensure(s))
 				sum := s.sum.Load()
-				require.NotNil(t, sum, "segment %d keeps only its summary", s.base)
 				require.Greater(t, len(sum.first), raIndexBlocks+4, "segment %d: the test needs segments of several runs of blocks", s.base)
 				runs += (len(sum.first) + raIndexBlocks - 1) / raIndexBlocks
 			}
