@@ -273,19 +273,31 @@ func (l *Log) indexBlock(s *segment, sum *footerSummary, k int) (*cache.Value, e
 	}
 	l.readDeviceBytes.Add(int64(len(got)))
 	l.indexReadBytes.Add(int64(len(got)))
-	if len(got) < indexBlockLen {
-		err = fmt.Errorf("the file ends at byte %d, inside the block", at+int64(len(got)))
-	} else {
-		_, err = sum.checkBlock(got[:indexBlockLen], k, s.hdr.SegmentID, s.base, s.vis().off, nil)
-	}
-	if err != nil {
-		return nil, s.corrupt("read", at, fmt.Errorf("index block %d of the footer (offsets from %d): %w; the records are intact: reopen the log, whose open rebuilds the index from them, or run segtool verify", k, sum.first[k].off, err))
+	if err := checkIndexBlock(s, sum, k, at, got); err != nil {
+		return nil, err
 	}
 	v := l.cache.Alloc(indexBlockLen)
 	copy(v.Bytes(), got)
 	l.cache.Set(s.ns, at, v)
 	slot.Store(&indexHint{v: v, id: v.ID(), ns: s.ns, at: at})
 	return v, nil
+}
+
+// checkIndexBlock checks b, read from file position at for index block k
+// of s's footer (described by sum; shorter than a block if the file ended
+// there), and returns the damage it finds as a CorruptionError that says
+// where and what to do.
+func checkIndexBlock(s *segment, sum *footerSummary, k int, at int64, b []byte) error {
+	var err error
+	if len(b) < indexBlockLen {
+		err = fmt.Errorf("the file ends at byte %d, inside the block", at+int64(len(b)))
+	} else {
+		_, err = sum.checkBlock(b[:indexBlockLen], k, s.hdr.SegmentID, s.base, s.vis().off, nil)
+	}
+	if err != nil {
+		return s.corrupt("read", at, fmt.Errorf("index block %d of the footer (offsets from %d): %w; the records are intact: reopen the log, whose open rebuilds the index from them, or run segtool verify", k, sum.first[k].off, err))
+	}
+	return nil
 }
 
 // raIndexBlocks is how many index blocks read-ahead reads at once when the
@@ -361,23 +373,25 @@ func (l *Log) indexBlockAhead(s *segment, sum *footerSummary, k int) (indexBlock
 	l.indexReadBytes.Add(int64(len(got)))
 	good := 0
 	for j := range n {
+		bat := at + int64(j*indexBlockLen)
 		b := got[min(j*indexBlockLen, len(got)):]
-		if len(b) < indexBlockLen {
-			err = fmt.Errorf("the file ends at byte %d, inside the block", at+int64(len(got)))
-		} else {
-			_, err = sum.checkBlock(b[:indexBlockLen], k+j, s.hdr.SegmentID, s.base, s.vis().off, nil)
-		}
-		if err != nil {
+		if err := checkIndexBlock(s, sum, k+j, bat, b); err != nil {
 			if j == 0 {
 				v.Release()
-				return nil, nil, s.corrupt("read", at, fmt.Errorf("index block %d of the footer (offsets from %d): %w; the records are intact: reopen the log, whose open rebuilds the index from them, or run segtool verify", k, sum.first[k].off, err))
+				return nil, nil, err
 			}
 			break
 		}
-		copy(v.Bytes()[j*indexBlockLen:], b[:indexBlockLen]) // nothing, if read in place
+		b = b[:indexBlockLen]
+		if buf == nil {
+			copy(v.Bytes()[j*indexBlockLen:], b)
+		}
+		// A copy of its own in the cache (4 KiB of index per 512 KiB of
+		// records at the default interval), so that point reads after the
+		// scan find the block when the run is gone.
 		bv := l.cache.Alloc(indexBlockLen)
-		copy(bv.Bytes(), b[:indexBlockLen])
-		l.cache.Set(s.ns, at+int64(j*indexBlockLen), bv)
+		copy(bv.Bytes(), b)
+		l.cache.Set(s.ns, bat, bv)
 		bv.Release()
 		good++
 	}
