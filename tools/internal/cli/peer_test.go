@@ -36,12 +36,7 @@ func TestServeAndReplicate(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	addr := make(chan string, 1)
-	served := make(chan error, 1)
-	go func() {
-		served <- Serve(ctx, &bytes.Buffer{}, []string{dir}, ServeOptions{Listen: "127.0.0.1:0"}, func(a string) { addr <- a })
-	}()
-	url := "http://" + <-addr
+	url, served := serveStore(ctx, &bytes.Buffer{}, dir, ServeOptions{})
 	copyDir := filepath.Join(t.TempDir(), "copy")
 	rctx, rcancel := context.WithCancel(ctx)
 	replicated := make(chan error, 1)
@@ -99,13 +94,8 @@ func TestServeBesideWriter(t *testing.T) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	addr := make(chan string, 1)
-	served := make(chan error, 1)
 	var out bytes.Buffer
-	go func() {
-		served <- Serve(ctx, &out, []string{dir}, ServeOptions{Listen: "127.0.0.1:0", Refresh: 5 * time.Millisecond}, func(a string) { addr <- a })
-	}()
-	url := "http://" + <-addr
+	url, served := serveStore(ctx, &out, dir, ServeOptions{Refresh: 5 * time.Millisecond})
 	assert.Contains(t, out.String(), fmt.Sprintf("served read-only, refreshed as its files change (written by process %d)", os.Getpid()), "the writer is this process")
 	copyDir := filepath.Join(t.TempDir(), "copy")
 	rctx, rcancel := context.WithCancel(ctx)
@@ -223,12 +213,7 @@ func TestReplicateTakesTheFollowersOptions(t *testing.T) {
 	require.NoError(t, l.Close())
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	addr := make(chan string, 1)
-	served := make(chan error, 1)
-	go func() {
-		served <- Serve(ctx, &bytes.Buffer{}, []string{dir}, ServeOptions{Listen: "127.0.0.1:0"}, func(a string) { addr <- a })
-	}()
-	url := "http://" + <-addr
+	url, served := serveStore(ctx, &bytes.Buffer{}, dir, ServeOptions{})
 	for _, tc := range []struct {
 		maxWrite int
 		refused  bool
@@ -284,12 +269,7 @@ func TestServeADirectoryNamedInNotUTF8(t *testing.T) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	addr := make(chan string, 1)
-	served := make(chan error, 1)
-	go func() {
-		served <- Serve(ctx, &bytes.Buffer{}, []string{dir}, ServeOptions{Listen: "127.0.0.1:0"}, func(a string) { addr <- a })
-	}()
-	url := "http://" + <-addr
+	url, served := serveStore(ctx, &bytes.Buffer{}, dir, ServeOptions{})
 	for path, want := range map[string]string{"/v1/logs": `"name":"caf\\xe9"`, "/metrics": `segstore_records_total{log="caf\\xe9"}`} {
 		resp, err := http.Get(url + path)
 		require.NoError(t, err)
@@ -312,12 +292,8 @@ func TestServeReadOnlyIsCurrent(t *testing.T) {
 	writer := openWriter(t, dir)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	addr := make(chan string, 1)
-	served := make(chan error, 1)
-	go func() {
-		served <- Serve(ctx, io.Discard, []string{dir}, ServeOptions{Listen: "127.0.0.1:0", ReadOnly: true, Refresh: time.Hour}, func(a string) { addr <- a })
-	}()
-	url := "http://" + <-addr + "/v1/logs"
+	url, served := serveStore(ctx, io.Discard, dir, ServeOptions{ReadOnly: true, Refresh: time.Hour})
+	url += "/v1/logs"
 	for i := range 30 {
 		_, err := writer.Append(fmt.Appendf(nil, "record %d", i))
 		require.NoError(t, err)
@@ -334,4 +310,14 @@ func TestServeReadOnlyIsCurrent(t *testing.T) {
 	}
 	cancel()
 	require.NoError(t, <-served)
+}
+
+// serveStore serves dir as Serve does, on a free loopback port, until ctx
+// is done: it returns the server's URL and where Serve's result arrives.
+func serveStore(ctx context.Context, out io.Writer, dir string, o ServeOptions) (string, <-chan error) {
+	addr := make(chan string, 1)
+	served := make(chan error, 1)
+	o.Listen = "127.0.0.1:0"
+	go func() { served <- Serve(ctx, out, []string{dir}, o, func(a string) { addr <- a }) }()
+	return "http://" + <-addr, served
 }
