@@ -79,10 +79,10 @@ type Cache struct {
 	pending    atomic.Int64
 	maxPending int64
 	dropped    atomic.Int64 // Sets dropped for that
-	// hints is the direct-mapped table in front of ristretto's index that
-	// serves most hits (see Get); hintShift turns a key's hash into its
-	// slot.
-	hints     []atomic.Pointer[entry]
+	// hints is the set-associative table in front of ristretto's index
+	// that serves most hits (see Get); hintShift turns a key's hash into
+	// its set.
+	hints     []hintSet
 	hintShift uint
 	// hits and misses are counted here (ristretto sees only the sampled
 	// hint hits), striped so readers on different cores do not share a
@@ -140,8 +140,8 @@ func New(maxBytes int64) (*Cache, error) {
 		return nil, fmt.Errorf("%w (got %d)", ErrTooLarge, maxBytes)
 	}
 	c := &Cache{maxBytes: maxBytes, pools: newPools(maxPooled(maxBytes)), maxPending: maxPooled(maxBytes)}
-	hb := hintBits(maxBytes)
-	c.hints, c.hintShift = make([]atomic.Pointer[entry], 1<<hb), 64-hb
+	hb := hintBits(maxBytes) - uint(bits.Len(hintWays-1))
+	c.hints, c.hintShift = make([]hintSet, 1<<hb), 64-hb
 	// ristretto advises 10 counters per expected entry; entries are frames
 	// of ~4 KiB and more.
 	rc, err := ristretto.NewCache(&ristretto.Config[uint64, *entry]{
@@ -263,9 +263,62 @@ func slot(ns Namespace, pos int64) uint64 { return uint64(ns)<<32 ^ uint64(pos)>
 
 // hintBits: the hint table has a slot per 4 KiB of budget (a value is a
 // run of records of about an index interval, or more), rounded up to a
-// power of two, from 2^10 to 2^19 slots (8 KiB to 4 MiB of pointers).
+// power of two, from 2^10 to 2^19 slots (16 KiB to 8 MiB).
 func hintBits(budget int64) uint {
 	return uint(min(max(bits.Len64(uint64(budget-1)>>12), 10), 19))
+}
+
+// hintWays: a key may be hinted in any of the slots of its set, which
+// share a cache line. In a direct-mapped table (one slot a key) two values
+// read often that share a slot keep replacing each other, and a cache
+// full of values of about 4 KiB has about as many values as slots.
+const hintWays = 4
+
+// hintSlot is a hint: an entry and its ristretto slot, so a lookup
+// compares the keys in its set's line and follows only the pointer of the
+// key it seeks. Both are only a guess (they are stored one after the
+// other): the entry's own key decides.
+type hintSlot struct {
+	key atomic.Uint64
+	e   atomic.Pointer[entry]
+}
+
+type hintSet [hintWays]hintSlot
+
+// find returns the entry hinted for slot k, or nil.
+func (s *hintSet) find(k uint64) *entry {
+	for i := range s {
+		if s[i].key.Load() == k {
+			if e := s[i].e.Load(); e != nil {
+				return e
+			}
+		}
+	}
+	return nil
+}
+
+// put hints e for slot k: in the slot that hints k already, else in an
+// empty one, else in one chosen at random.
+func (s *hintSet) put(k uint64, e *entry) {
+	h := &s[rand.Uint32()%hintWays]
+	for i := range s {
+		if s[i].key.Load() == k {
+			h = &s[i]
+			break
+		}
+		if s[i].e.Load() == nil {
+			h = &s[i]
+		}
+	}
+	h.e.Store(e)
+	h.key.Store(k)
+}
+
+// drop clears every hint to e.
+func (s *hintSet) drop(e *entry) {
+	for i := range s {
+		s[i].e.CompareAndSwap(e, nil)
+	}
 }
 
 // hintSample: one hint hit in this many also looks the key up in
@@ -273,9 +326,9 @@ func hintBits(budget int64) uint {
 // is read (they see every miss and every other hit).
 const hintSample = 8
 
-// hint returns the slot of the hint table for the key with ristretto
-// slot k (a multiplicative hash: its high bits).
-func (c *Cache) hint(k uint64) *atomic.Pointer[entry] {
+// hint returns the set of the hint table for the key with ristretto slot
+// k (a multiplicative hash: its high bits).
+func (c *Cache) hint(k uint64) *hintSet {
 	return &c.hints[(k*0x9e3779b97f4a7c15)>>c.hintShift]
 }
 
@@ -295,7 +348,7 @@ func (c *Cache) hint(k uint64) *atomic.Pointer[entry] {
 func (c *Cache) Get(ns Namespace, pos int64) (*Value, bool) {
 	k := slot(ns, pos)
 	h := c.hint(k)
-	if e := h.Load(); e != nil && e.ns == ns && e.pos == pos && !c.closed.Load() && e.v.Acquire(e.id) {
+	if e := h.find(k); e != nil && e.ns == ns && e.pos == pos && !c.closed.Load() && e.v.Acquire(e.id) {
 		c.hits.add(k)
 		if rand.Uint32()%hintSample == 0 {
 			c.mu.RLock()
@@ -318,11 +371,11 @@ func (c *Cache) Get(ns Namespace, pos int64) (*Value, bool) {
 		c.misses.add(k)
 		return nil, false
 	}
-	h.Store(e)
+	h.put(k, e)
 	if e.v.cachedID.Load() != e.id {
 		// Ristretto let go of e since it returned it, maybe before the
-		// store above, where its unhint would not have seen the hint.
-		h.CompareAndSwap(e, nil)
+		// put above, where its unhint would not have seen the hint.
+		h.drop(e)
 	}
 	c.hits.add(k)
 	return e.v, true
@@ -333,7 +386,7 @@ func (c *Cache) Get(ns Namespace, pos int64) (*Value, bool) {
 // keeps a value's descriptor, nor its slab's, alive on the heap.
 func (c *Cache) unhint(e *entry) {
 	if e != nil {
-		c.hint(slot(e.ns, e.pos)).CompareAndSwap(e, nil)
+		c.hint(slot(e.ns, e.pos)).drop(e)
 	}
 }
 
@@ -380,8 +433,15 @@ func (c *Cache) Set(ns Namespace, pos int64, v *Value) {
 		}
 		old.v.Release()
 	}
+	// Hinted before ristretto takes it up, so the first Get of a value
+	// needs no lookup in ristretto either; a value ristretto refuses or
+	// evicts is unhinted as it lets go of it (OnExit), which comes after
+	// this put.
+	h := c.hint(k)
+	h.put(k, e)
 	if !c.rc.Set(k, e, 0) {
 		c.pending.Add(-cost)
+		h.drop(e)
 		e.drop() // dropped (a full buffer): ristretto never saw it
 	}
 }

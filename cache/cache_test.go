@@ -317,8 +317,10 @@ func TestValuesMatchTheirKeysUnderChurn(t *testing.T) {
 			// Hints name only entries ristretto holds: one it let go of
 			// would keep a value's descriptor (and its slab's) alive.
 			for i := range c.hints {
-				if e := c.hints[i].Load(); e != nil {
-					assert.Equal(t, e.id, e.v.cachedID.Load(), "a hint names an entry the cache let go of")
+				for j := range c.hints[i] {
+					if e := c.hints[i][j].e.Load(); e != nil {
+						assert.Equal(t, e.id, e.v.cachedID.Load(), "a hint names an entry the cache let go of")
+					}
 				}
 			}
 			st := c.Stats()
@@ -502,4 +504,41 @@ func TestCloseWhileInUse(t *testing.T) {
 		assert.False(t, ok, "try %d: a closed cache holds nothing", try)
 		assert.Zero(t, wrong.Load(), "try %d: no Get returned another key's value", try)
 	}
+}
+
+// TestHintsOfKeysSharingASet: four values whose keys fall in one set of
+// the hint table are all hinted, from their Set on (the first Get of a
+// value needs no lookup in ristretto), and a value let go of is hinted no
+// more.
+func TestHintsOfKeysSharingASet(t *testing.T) {
+	c, err := New(1 << 20)
+	require.NoError(t, err)
+	defer c.Close()
+	ns := c.NewNamespace()
+	set0 := c.hint(slot(ns, 0))
+	var keys []int64
+	for pos := int64(0); len(keys) < 4; pos += 8 {
+		if c.hint(slot(ns, pos)) == set0 {
+			keys = append(keys, pos)
+		}
+	}
+	for _, pos := range keys {
+		set(c, ns, pos, []byte(fmt.Sprint(pos)))
+	}
+	c.Wait()
+	for _, pos := range keys {
+		e := set0.find(slot(ns, pos))
+		require.NotNil(t, e, "no hint for position %d", pos)
+		assert.Equal(t, pos, e.pos)
+		v, ok := get(c, ns, pos)
+		require.True(t, ok)
+		assert.Equal(t, []byte(fmt.Sprint(pos)), v)
+	}
+	e := set0.find(slot(ns, keys[0]))
+	c.rc.Del(slot(ns, keys[0]))
+	c.Wait()
+	assert.Nil(t, set0.find(slot(ns, keys[0])), "a hint to a value the cache let go of")
+	_, ok := get(c, ns, keys[0])
+	assert.False(t, ok)
+	assert.Zero(t, e.v.cachedID.Load())
 }
