@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -194,5 +195,62 @@ func TestFlippedIndexBlockByte(t *testing.T) {
 			require.NoError(t, r.Close())
 			flip(b.seg, b.pos+int64(p))
 		}
+	}
+}
+
+// TestIndexBlockFind: a block's find returns, for every offset, the last
+// entry at or before it (the first if none is) and where that entry's
+// records end, as a linear search does, whatever the spacing of the
+// entries' offsets (its first guess assumes even steps).
+func TestIndexBlockFind(t *testing.T) {
+	even := func(n int, step uint64) []uint64 {
+		offs := make([]uint64, n)
+		for i := range offs {
+			offs[i] = 5 + uint64(i)*step
+		}
+		return offs
+	}
+	skewed := func(n int) []uint64 { // steps growing quadratically
+		offs := make([]uint64, n)
+		for i := range offs {
+			offs[i] = uint64(i * i * 3)
+		}
+		return offs
+	}
+	cases := map[string][]uint64{
+		"one":               {7},
+		"two":               {0, 9},
+		"even, full":        even(entriesPerBlock, 4),
+		"even, steps of 1":  even(entriesPerBlock, 1),
+		"even, partial":     even(40, 13),
+		"skewed":            skewed(entriesPerBlock),
+		"one far gap":       append(even(100, 4), 1<<14, 1<<14+1),
+		"dense then sparse": append(even(60, 1), even(60, 500)[1:]...),
+	}
+	const base, next = 1000, 1 << 40
+	for name, offs := range cases {
+		t.Run(name, func(t *testing.T) {
+			b := make(indexBlock, indexBlockLen)
+			binary.LittleEndian.PutUint32(b[4:], uint32(len(offs)))
+			binary.LittleEndian.PutUint64(b[16:], next)
+			for i, o := range offs {
+				encodeEntry(b[indexBlockHead+i*indexEntryLen:], base, indexEntry{pos: int64(100 * (i + 1)), off: base + o})
+			}
+			for rel := uint64(0); rel <= offs[len(offs)-1]+3; rel++ {
+				j := 0
+				for i, o := range offs {
+					if o <= rel {
+						j = i
+					}
+				}
+				end := int64(next)
+				if j+1 < len(offs) {
+					end = int64(100 * (j + 2))
+				}
+				e, gotEnd := b.find(base, base+rel)
+				require.Equal(t, base+offs[j], e.off, "offset %d", base+rel)
+				require.Equal(t, end, gotEnd, "offset %d", base+rel)
+			}
+		})
 	}
 }
