@@ -433,8 +433,14 @@ func newWriter(dev blockdev.Device, hdr FileHeader, end int64, next uint64, last
 		mark: highWater{durable: hw, written: hw},
 	}
 	w.cond = sync.NewCond(&w.mu)
-	w.cur = &wbuf{b: dev.Alignment().Alloc(int(maxWrite)), start: alignedbuf.AlignDown(end, blk), end: end, endOff: next}
-	w.spare = &wbuf{b: dev.Alignment().Alloc(int(maxWrite))}
+	// The two MaxWrite buffers are allocated at the first append
+	// (reserveLocked, takeLocked), not here: a writer that is opened and
+	// closed, as every clean open and close of a log does to its last
+	// segment, never touches them (measured: 2.5-3 of a 5-6 ms clean open
+	// of a 1 GiB log went to faulting in their 8 MiB). Until then cur
+	// holds only the partial last block.
+	w.cur = &wbuf{b: dev.Alignment().Alloc(int(blk)), start: alignedbuf.AlignDown(end, blk), end: end, endOff: next}
+	w.spare = &wbuf{}
 	// Load the partial last block: the next flush rewrites it.
 	if tail := end - w.cur.start; tail > 0 {
 		if _, err := dev.ReadAt(w.cur.b[:blk], w.cur.start); err != nil && !errors.Is(err, io.EOF) {
@@ -583,6 +589,13 @@ func (w *Writer) reserveLocked(size int, records [][]byte) (r reservation, err e
 		}
 		if w.closing {
 			return r, ErrClosed
+		}
+		if !w.taking && len(w.cur.b) < int(w.maxWrite) {
+			// The first append: nobody encodes into cur yet (users is
+			// only raised below), and its bytes are the last block.
+			b := w.dev.Alignment().Alloc(int(w.maxWrite))
+			copy(b, w.cur.b)
+			w.cur.b = b
 		}
 		if !w.taking && w.cur.end+int64(size) <= w.cur.start+int64(len(w.cur.b)) {
 			break
@@ -813,6 +826,9 @@ func (w *Writer) takeLocked() *wbuf {
 		w.cond.Wait()
 	}
 	buf, next := w.cur, w.spare
+	if next.b == nil {
+		next.b = w.dev.Alignment().Alloc(int(w.maxWrite))
+	}
 	tail := alignedbuf.AlignDown(buf.end, w.blk)
 	copy(next.b, buf.b[tail-buf.start:buf.end-buf.start])
 	next.start, next.end, next.endOff, next.appends, next.users = tail, buf.end, buf.endOff, 0, 0

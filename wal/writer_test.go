@@ -277,3 +277,34 @@ func TestSyncsPerCreateAndAppend(t *testing.T) {
 		})
 	}
 }
+
+// TestWriteBuffersAreAllocatedAtTheFirstAppend: a writer opened and closed
+// without an append (a log's clean open and close) allocates neither of its
+// two MaxWrite buffers; the first append, which continues the partial last
+// block, does, and what it writes follows the records before.
+func TestWriteBuffersAreAllocatedAtTheFirstAppend(t *testing.T) {
+	const maxWrite = 1 << 20
+	dev := newSim(3)
+	w, err := Create(dev, 0, Options{MaxWrite: maxWrite})
+	require.NoError(t, err)
+	_, err = w.Append(batch(0, 5)...)
+	require.NoError(t, err)
+	require.NoError(t, w.Close())
+	rec, err := Recover(dev)
+	require.NoError(t, err)
+
+	w2, err := Resume(dev, rec, Options{})
+	require.NoError(t, err)
+	assert.Less(t, len(w2.cur.b), maxWrite, "Resume allocated the current buffer")
+	assert.Nil(t, w2.spare.b, "Resume allocated the spare buffer")
+	_, err = w2.Append(batch(5, 5)...)
+	require.NoError(t, err)
+	assert.Len(t, w2.cur.b, maxWrite)
+	assert.Len(t, w2.spare.b, maxWrite)
+	require.NoError(t, w2.Close())
+	got, _ := readAll(t, dev)
+	require.Len(t, got, 10)
+	for o := uint64(0); o < 10; o++ {
+		require.Equal(t, record(o, recordSize(o)), got[o], "offset %d", o)
+	}
+}
