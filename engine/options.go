@@ -26,7 +26,7 @@ const (
 // (DefaultOptions spells the same defaults out).
 type Options struct {
 	// SegmentSize is the size a segment file is made for, in bytes
-	// (preallocated to it). The active segment is sealed, and a new one
+	// (preallocated to it unless NoPreallocate). The active segment is sealed, and a new one
 	// started, after the append that brings the position of its last
 	// index entry (one every IndexInterval of file) within MaxWrite of
 	// SegmentSize, so that the next batch, up to MaxWrite, might not fit;
