@@ -171,7 +171,7 @@ func setupCrash(t *testing.T, a crashAction, prealloc, reopen bool, so blockdev.
 	t.Helper()
 	c := &crashCase{a: a, dir: blockdev.NewSimDir(so)}
 	c.o = testOptions(c.dir)
-	c.o.Preallocate = prealloc
+	c.o.NoPreallocate = !prealloc
 	var err error
 	c.l, err = Open("sim", c.o)
 	require.NoError(t, err)

@@ -19,14 +19,23 @@ import (
 // mapped shared by the writer and its readers; the kernel writes it back
 // like any file, but nothing depends on it surviving a crash.
 //
-//	0        8        16       24       32       40       48
-//	+--------+--------+--------+--------+--------+--------+
-//	| magic  | seq    | base   | pos    | offset | open   |   magic "segdur01"; native-endian u64 words
-//	+--------+--------+--------+--------+--------+--------+
+//	0        8        16       24       32       40       48       56
+//	+--------+--------+--------+--------+--------+--------+--------+
+//	| magic  | seq    | base   | pos    | offset | open   | order  |   magic "segdur01"; native-endian u64 words
+//	+--------+--------+--------+--------+--------+--------+--------+
 //
 // seq is a sequence lock: odd while the writer updates base, pos and
 // offset (the active segment, its durable end as a file position and as a
 // record offset); open is 1 while a writer has the log open.
+//
+// The words are native endian, unlike every other file of a store: they
+// are atomic loads and stores on a shared mapping, between processes of
+// one machine, and the file is never exported. order is durableOrder as
+// its writer stores it: a process of the other byte order (an emulated
+// one, or a directory moved between machines) reads it swapped, and then
+// trusts none of the words (read fails closed) instead of taking open's
+// swapped 1 for a closed log or pos for a huge durable end. A writer
+// whose order the file does not have starts its words afresh.
 const durableName = "DURABLE"
 
 const (
@@ -37,6 +46,9 @@ const (
 	durPos       = 24
 	durOffset    = 32
 	durOpen      = 40
+	durOrder     = 48
+	// durableOrder reads the same only in the byte order that stored it.
+	durableOrder = 0x0102030405060708
 )
 
 // durableFile is the mapped DURABLE file.
@@ -87,7 +99,15 @@ func createDurableHooked(dir string, pokeHook func()) (*durableFile, error) {
 	}
 	copy(mem, durableMagic)
 	d := &durableFile{mem: mem, f: f, pokes: make(chan struct{}, 1), poked: make(chan struct{}), pokeHook: pokeHook}
-	if d.word(durSeq).Load()%2 == 1 {
+	switch {
+	case d.word(durOrder).Load() != durableOrder:
+		// New, or written in the other byte order: readers of this
+		// order trust no word until order is stored, last.
+		for off := durSeq; off < durOrder; off += 8 {
+			d.word(off).Store(0)
+		}
+		d.word(durOrder).Store(durableOrder)
+	case d.word(durSeq).Load()%2 == 1:
 		d.word(durSeq).Add(1) // left odd by a writer that died mid-update
 	}
 	go d.poker()
@@ -182,10 +202,14 @@ type durableState struct {
 }
 
 // read is one consistent read of the words. ok is false if they stayed
-// mid-update through every try: the caller then knows nothing of what the
-// writer has acknowledged and must show no more than it already does.
+// mid-update through every try, or are in the other byte order: the
+// caller then knows nothing of what the writer has acknowledged and must
+// show no more than it already does.
 func (d *durableFile) read() (st durableState, ok bool) {
 	for range durableTries {
+		if d.word(durOrder).Load() != durableOrder {
+			return durableState{}, false
+		}
 		seq := d.word(durSeq).Load()
 		if seq%2 == 1 {
 			runtime.Gosched() // an update in progress: let the writer finish

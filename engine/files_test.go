@@ -46,7 +46,7 @@ func sizedRecord(off uint64, n int) []byte {
 func fileOptions() Options {
 	o := DefaultOptions()
 	o.SegmentSize, o.MaxWrite, o.CacheBytes, o.Logger = 128<<10, 32<<10, 64<<10, quiet
-	o.Preallocate, o.MaxOpenSegments = false, 8
+	o.NoPreallocate, o.MaxOpenSegments = true, 8
 	return o
 }
 
@@ -336,7 +336,7 @@ func TestReadersRaceFileEviction(t *testing.T) {
 // preallocated file as full kept one fewer).
 func TestRetentionCountsWrittenBytes(t *testing.T) {
 	o := testOptions(blockdev.NewSimDir(blockdev.SimOptions{}))
-	o.Preallocate = true
+	o.NoPreallocate = false
 	o.RetentionBytes = o.SegmentSize * 5 / 2
 	l, err := Open("sim", o)
 	require.NoError(t, err)

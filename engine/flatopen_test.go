@@ -102,7 +102,7 @@ func TestCleanCloseRecordAtEveryStep(t *testing.T) {
 		setup := func(seed uint64) (*blockdev.SimDir, Options, uint64) {
 			dir := blockdev.NewSimDir(blockdev.SimOptions{Seed: seed})
 			o := testOptions(dir)
-			o.Preallocate = prealloc
+			o.NoPreallocate = !prealloc
 			l, err := Open("sim", o)
 			require.NoError(t, err)
 			for len(l.Segments()) < 2 {

@@ -55,7 +55,7 @@ func goldenRecord(off, size int) []byte {
 
 func goldenOptions() Options {
 	o := DefaultOptions()
-	o.SegmentSize, o.MaxWrite, o.IndexInterval, o.Preallocate, o.Logger = 64<<10, 16<<10, 4096, false, quiet
+	o.SegmentSize, o.MaxWrite, o.IndexInterval, o.NoPreallocate, o.Logger = 64<<10, 16<<10, 4096, true, quiet
 	o.Now = func() time.Time { return time.Unix(1_700_000_000, 0) }
 	return o
 }

@@ -17,7 +17,7 @@ import (
 func TestOpenAfterCrashReadsUpToTheHighWaterMark(t *testing.T) {
 	sim := blockdev.NewSimDir(blockdev.SimOptions{})
 	o := testOptions(sim)
-	o.SegmentSize, o.MaxWrite, o.IndexInterval, o.Preallocate = 64<<20, 4<<20, 64<<10, true
+	o.SegmentSize, o.MaxWrite, o.IndexInterval, o.NoPreallocate = 64<<20, 4<<20, 64<<10, false
 	l, err := Open("sim", o)
 	require.NoError(t, err)
 	for l.Segments()[0].DataEnd < 1<<20 {

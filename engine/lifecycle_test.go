@@ -163,7 +163,7 @@ func TestFailedOpenStopsItsWriters(t *testing.T) {
 					for n := 0; ; n++ {
 						d := blockdev.NewSimDir(blockdev.SimOptions{})
 						o := testOptions(d)
-						o.SyncMode, o.Preallocate = mode, prealloc
+						o.SyncMode, o.NoPreallocate = mode, !prealloc
 						records := 0
 						if reopen {
 							l, err := Open("sim", o)

@@ -704,7 +704,7 @@ func (l *Log) walOptions(s *segment) wal.Options {
 		OnFail:  func(error) { l.wakeWaiters() },
 		Version: formatVersion,
 	}
-	if l.opts.Preallocate {
+	if !l.opts.NoPreallocate {
 		o.Preallocate, o.PreZero = l.opts.SegmentSize, true
 	}
 	return o
@@ -756,7 +756,7 @@ var errSpareDropped = errors.New("engine: the spare segment file was dropped (th
 // of zeros (measured with strace: 1 KiB x 64 appends, fdatasync p50 213
 // µs, 1.6 ms during the zeroing).
 func (l *Log) prepareSpareLocked(s *segment) {
-	if !l.opts.Preallocate || l.opts.ReadOnly {
+	if l.opts.NoPreallocate || l.opts.ReadOnly {
 		return
 	}
 	l.spareMu.Lock()
@@ -848,7 +848,7 @@ func (l *Log) dropSpare() {
 // between the rename and the header's sync leaves a named file of zeros,
 // which open removes as an interrupted creation. Without preallocate (and
 // no spare ready), the file is not reserved and zeroed up front, whatever
-// Options.Preallocate says.
+// Options.NoPreallocate says.
 func (l *Log) createSegment(base uint64, preallocate bool) (*segment, error) {
 	name := segName(base)
 	var dev blockdev.Device
@@ -1621,6 +1621,11 @@ type StorageInfo struct {
 
 // Dir is the path of the log's directory ("sim" for a simulated one).
 func (l *Log) Dir() string { return l.dir.Path() }
+
+// Options returns the options the log runs with: those given to Open,
+// with each zero field filled with its default (or the value derived for
+// it, as MaxWrite and IndexInterval are).
+func (l *Log) Options() Options { return l.opts }
 
 // Storage describes the files of the newest segment.
 func (l *Log) Storage() StorageInfo {

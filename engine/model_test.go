@@ -114,7 +114,7 @@ func fixedOptions(rng *rand.Rand) Options {
 	return Options{
 		SegmentSize: 256 << 10, MaxWrite: 64 << 10, CacheBytes: 256 << 10,
 		IndexInterval:  []int{512, 4096, 16 << 10}[rng.IntN(3)],
-		Preallocate:    rng.IntN(2) == 0,
+		NoPreallocate:  rng.IntN(2) != 0,
 		RetentionBytes: []int64{0, 0, 0, 600 << 10}[rng.IntN(4)], // retention drops whole old segments
 	}
 }
@@ -127,7 +127,7 @@ func drawOptions(rng *rand.Rand) Options {
 		SegmentSize:     pick(64<<10, 64<<10, 96<<10, 128<<10, 128<<10, 256<<10, 512<<10, 1<<20, 2<<20),
 		MaxWrite:        int(pick(0, 0, 16<<10, 20000, 32<<10, 64<<10, 256<<10, 1<<20)),
 		IndexInterval:   int(pick(0, 0, 512, 4096, 16<<10, 64<<10, 1<<20)),
-		Preallocate:     rng.IntN(2) == 0,
+		NoPreallocate:   rng.IntN(2) != 0,
 		SyncMode:        []SyncMode{SyncAlways, SyncInterval, SyncNever}[rng.IntN(3)],
 		SyncInterval:    time.Duration(pick(0, int64(time.Millisecond), int64(5*time.Millisecond))),
 		CacheBytes:      pick(0, 64<<10, 100<<10, 1<<20),

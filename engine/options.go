@@ -20,13 +20,13 @@ const (
 	SyncNever    = wal.SyncNever
 )
 
-// Options configure a Log. Start from DefaultOptions. The zero value
-// Options{} is usable too and differs from DefaultOptions only in
-// Preallocate, which it leaves false (every other zero field takes its
-// default, as TestZeroOptionsAreTheDefaultsButPreallocate checks).
+// Options configure a Log. The zero value Options{} is the defaults: a
+// field left zero takes the default its comment names, and Open uses
+// every field a caller sets as given or refuses it with an *OptionError
+// (DefaultOptions spells the same defaults out).
 type Options struct {
 	// SegmentSize is the size a segment file is made for, in bytes
-	// (preallocated to it). The active segment is sealed, and a new one
+	// (preallocated to it unless NoPreallocate). The active segment is sealed, and a new one
 	// started, after the append that brings the position of its last
 	// index entry (one every IndexInterval of file) within MaxWrite of
 	// SegmentSize, so that the next batch, up to MaxWrite, might not fit;
@@ -86,10 +86,12 @@ type Options struct {
 	// or the narrowest 4 KiB multiple that fits where SegmentSize and
 	// MaxWrite need it.
 	IndexInterval int
-	// Preallocate reserves and zeroes each new segment file to SegmentSize
-	// up front (fdatasyncs then overwrite blocks instead of growing the
-	// file). Default true in DefaultOptions.
-	Preallocate bool
+	// NoPreallocate creates each new segment file empty, to grow as it is
+	// appended to. Default false: each is reserved to SegmentSize up front
+	// and zeroed (after the first, only while appends average under 256
+	// KiB), so that fdatasyncs overwrite written blocks instead of growing
+	// the file (1.5 to 2 times cheaper per sync on ext4).
+	NoPreallocate bool
 	// ReadOnly opens without taking the directory lock and refuses every
 	// change: for tools on a live or damaged store. Nothing is repaired.
 	ReadOnly bool
@@ -133,8 +135,9 @@ type Options struct {
 // core busy for nothing.
 const MinSyncInterval = time.Millisecond
 
-// DefaultOptions returns the documented defaults. MaxWrite and
-// IndexInterval are left 0, to be derived from SegmentSize.
+// DefaultOptions returns the documented defaults, which Options{} also
+// takes. MaxWrite and IndexInterval are left 0, to be derived from
+// SegmentSize.
 func DefaultOptions() Options {
 	return Options{
 		SegmentSize:     64 << 20,
@@ -142,7 +145,6 @@ func DefaultOptions() Options {
 		SyncInterval:    10 * time.Millisecond,
 		CacheBytes:      64 << 20,
 		MaxOpenSegments: 64,
-		Preallocate:     true,
 	}
 }
 

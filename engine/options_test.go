@@ -3,8 +3,10 @@ package engine
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"log/slog"
 	"math"
+	"reflect"
 	"sync"
 	"testing"
 	"time"
@@ -278,19 +280,164 @@ func TestManyAppendersNearTheFooterBound(t *testing.T) {
 	require.NoError(t, l.Close())
 }
 
-// TestZeroOptionsAreTheDefaultsButPreallocate: what Open makes of
-// Options{} is what it makes of DefaultOptions() but for Preallocate, as
-// the Options doc says; a field added with a default that only
-// DefaultOptions sets fails here.
-func TestZeroOptionsAreTheDefaultsButPreallocate(t *testing.T) {
+// TestZeroOptionsAreTheDefaults: what Open makes of Options{} is what it
+// makes of DefaultOptions(), as the Options doc says; a field added with a
+// default that only DefaultOptions sets fails here.
+func TestZeroOptionsAreTheDefaults(t *testing.T) {
 	zero, err := Options{}.resolve()
 	require.NoError(t, err)
 	def, err := DefaultOptions().resolve()
 	require.NoError(t, err)
-	assert.False(t, zero.Preallocate)
-	assert.True(t, def.Preallocate)
-	zero.Preallocate = true
 	zero.Logger, def.Logger = nil, nil // the same slog.Default(); funcs do not compare
 	zero.Now, def.Now = nil, nil
 	assert.Equal(t, def, zero)
+}
+
+// TestZeroOptionsOpenAndWork: a log opened with nothing set but the
+// directory appends, reads back and reopens, with a preallocated segment.
+func TestZeroOptionsOpenAndWork(t *testing.T) {
+	dir := blockdev.NewSimDir(blockdev.SimOptions{})
+	for range 2 {
+		l, err := Open("sim", Options{Dir: dir, Logger: quiet})
+		require.NoError(t, err)
+		_, err = l.Append([]byte(fmt.Sprintf("record %d", l.EndOffset())))
+		require.NoError(t, err)
+		for off := range l.EndOffset() {
+			rec, err := l.Read(off, nil)
+			require.NoError(t, err)
+			assert.Equal(t, fmt.Sprintf("record %d", off), string(rec))
+		}
+		size, err := dir.Size(segName(0))
+		require.NoError(t, err)
+		assert.Equal(t, DefaultOptions().SegmentSize, size, "preallocated by default")
+		require.NoError(t, l.Close())
+	}
+}
+
+// optionRow sets one Options field to a value other than its default.
+type optionRow struct {
+	field string
+	set   func(*Options)
+}
+
+// optionRows has a row for every Options field (TestOptionRowsCoverEveryField).
+// Each row goes with the others' base, Options{Dir: a simulated directory,
+// Logger: a discarding one}.
+func optionRows(t *testing.T) []optionRow {
+	shared, err := cache.New(1 << 20)
+	require.NoError(t, err)
+	t.Cleanup(shared.Close)
+	other := slog.New(slog.NewTextHandler(io.Discard, nil))
+	clock := func() time.Time { return time.Unix(1e9, 0) }
+	return []optionRow{
+		{"SegmentSize", func(o *Options) { o.SegmentSize = 1 << 20 }},
+		{"SegmentAge", func(o *Options) { o.SegmentAge = time.Hour }},
+		{"SyncMode", func(o *Options) { o.SyncMode = SyncNever }},
+		{"SyncInterval", func(o *Options) { o.SyncMode, o.SyncInterval = SyncInterval, 5*time.Millisecond }},
+		{"CacheBytes", func(o *Options) { o.CacheBytes = 1 << 20 }},
+		{"Cache", func(o *Options) { o.Cache = shared }},
+		{"RetentionBytes", func(o *Options) { o.RetentionBytes = 1 << 30 }},
+		{"RetentionAge", func(o *Options) { o.RetentionAge = time.Hour }},
+		{"MaxOpenSegments", func(o *Options) { o.MaxOpenSegments = 3 }},
+		{"IndexInterval", func(o *Options) { o.IndexInterval = 8 << 10 }},
+		{"NoPreallocate", func(o *Options) { o.NoPreallocate = true }},
+		{"ReadOnly", func(o *Options) { o.ReadOnly = true }},
+		{"VerifyOnOpen", func(o *Options) { o.VerifyOnOpen = true }},
+		// On the directory Open opens (not preallocated: no 64 MiB of zeros on disk).
+		{"Buffered", func(o *Options) { o.Buffered, o.Dir, o.NoPreallocate = true, nil, true }},
+		{"MaxWrite", func(o *Options) { o.MaxWrite = 32 << 10 }},
+		{"ExportDropCache", func(o *Options) { o.ExportDropCache = true }},
+		{"Logger", func(o *Options) { o.Logger = other }},
+		{"Now", func(o *Options) { o.Now = clock }},
+		{"Dir", func(o *Options) { o.Dir = blockdev.NewSimDir(blockdev.SimOptions{Seed: 2}) }},
+	}
+}
+
+// requireCallersOptions checks that every field set in given has, in used,
+// the caller's value (the same pointer, func or Dir for those).
+func requireCallersOptions(t *testing.T, given, used Options) {
+	t.Helper()
+	g, u := reflect.ValueOf(given), reflect.ValueOf(used)
+	for i := range g.NumField() {
+		gf, uf, name := g.Field(i), u.Field(i), g.Type().Field(i).Name
+		switch {
+		case gf.IsZero():
+		case gf.Kind() == reflect.Func || gf.Kind() == reflect.Pointer:
+			assert.Equal(t, gf.Pointer(), uf.Pointer(), "Options.%s is not the caller's", name)
+		case gf.Kind() == reflect.Interface:
+			assert.True(t, gf.Interface() == uf.Interface(), "Options.%s is not the caller's", name)
+		default:
+			assert.Equal(t, gf.Interface(), uf.Interface(), "Options.%s is not the caller's", name)
+		}
+	}
+}
+
+// TestOptionRowsCoverEveryField: optionRows has one row for each Options
+// field, and each sets its field to a value other than the default.
+func TestOptionRowsCoverEveryField(t *testing.T) {
+	def, err := DefaultOptions().resolve()
+	require.NoError(t, err)
+	var fields []string
+	for _, f := range reflect.VisibleFields(reflect.TypeFor[Options]()) {
+		fields = append(fields, f.Name)
+	}
+	var rows []string
+	for _, row := range optionRows(t) {
+		rows = append(rows, row.field)
+		o := def
+		row.set(&o)
+		got, dflt := reflect.ValueOf(o).FieldByName(row.field), reflect.ValueOf(def).FieldByName(row.field)
+		if got.Kind() == reflect.Func || got.Kind() == reflect.Pointer {
+			assert.NotEqual(t, dflt.Pointer(), got.Pointer(), row.field)
+		} else {
+			assert.NotEqual(t, dflt.Interface(), got.Interface(), row.field)
+		}
+	}
+	assert.ElementsMatch(t, fields, rows)
+}
+
+// TestOpenKeepsEveryOptionAsGiven: each Options field set by itself is the
+// value the log runs with, and the rest are the defaults; Buffered and
+// NoPreallocate also show in the files.
+func TestOpenKeepsEveryOptionAsGiven(t *testing.T) {
+	def, err := DefaultOptions().resolve()
+	require.NoError(t, err)
+	for _, row := range optionRows(t) {
+		t.Run(row.field, func(t *testing.T) {
+			o := Options{Dir: blockdev.NewSimDir(blockdev.SimOptions{}), Logger: quiet}
+			row.set(&o)
+			path := t.TempDir()
+			if o.ReadOnly { // a read-only open needs a log
+				w := o
+				w.ReadOnly = false
+				l, err := Open(path, w)
+				require.NoError(t, err)
+				require.NoError(t, l.Close())
+			}
+			l, err := Open(path, o)
+			require.NoError(t, err)
+			defer l.Close()
+			used := l.Options()
+			requireCallersOptions(t, o, used)
+			// What the caller left zero is the default (derived fields
+			// aside; the references are compared by requireCallersOptions,
+			// and a failure would print the whole simulated directory).
+			want, got := def, used
+			row.set(&want)
+			assert.True(t, want.Cache == got.Cache, "Options.Cache")
+			for _, o := range []*Options{&want, &got} {
+				o.Dir, o.Logger, o.Now, o.Cache, o.MaxWrite, o.IndexInterval = nil, nil, nil, nil, 0, 0
+			}
+			assert.Equal(t, want, got)
+
+			if o.Buffered {
+				assert.False(t, l.Storage().Direct, "Buffered: segment files are opened without O_DIRECT")
+			}
+			if !o.ReadOnly {
+				size, err := l.dir.Size(segName(0))
+				require.NoError(t, err)
+				assert.Equal(t, !o.NoPreallocate, size == used.SegmentSize, "the first segment is preallocated unless NoPreallocate (file of %d bytes)", size)
+			}
+		})
+	}
 }

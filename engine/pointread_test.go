@@ -63,7 +63,7 @@ func TestPointReadCostsTheRecordPlus8KiB(t *testing.T) {
 			t.Parallel() // its own simulated directory; a core busy each
 			d := &countingDir{Dir: blockdev.NewSimDir(blockdev.SimOptions{})}
 			o := DefaultOptions()
-			o.Dir, o.Logger, o.SegmentSize, o.Preallocate = d, quiet, 256<<20, false
+			o.Dir, o.Logger, o.SegmentSize, o.NoPreallocate = d, quiet, 256<<20, true
 			l, err := Open("sim", o)
 			require.NoError(t, err)
 			defer l.Close()

@@ -64,7 +64,7 @@ func readersDuringStateChanges(t *testing.T, seed uint64) {
 	o := DefaultOptions()
 	o.SegmentSize, o.MaxWrite, o.IndexInterval, o.CacheBytes, o.Logger = minSegmentSize, 16<<10, 4096, 256<<10, quiet
 	o.RetentionBytes = 6 * minSegmentSize
-	o.Preallocate = seed%2 == 1
+	o.NoPreallocate = seed%2 == 0
 	l, err := Open(t.TempDir(), o)
 	require.NoError(t, err)
 	defer l.Close()

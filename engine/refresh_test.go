@@ -427,7 +427,7 @@ func TestReaderFailsClosedOnDurableMidUpdate(t *testing.T) {
 func TestWriterOpensBesideProbingReaders(t *testing.T) {
 	path := t.TempDir()
 	opts := realOptions()
-	opts.Preallocate = false // the opens, not the zeroing, are under test
+	opts.NoPreallocate = true // the opens, not the zeroing, are under test
 	l, err := Open(path, opts)
 	require.NoError(t, err)
 	_, err = l.Append([]byte("a"))

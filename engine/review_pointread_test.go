@@ -55,7 +55,7 @@ func TestThinnedFooterPointReads(t *testing.T) {
 			w := &warnings{}
 			d := &countingDir{Dir: blockdev.NewSimDir(blockdev.SimOptions{Alignment: blockdev.Alignment{Memory: 512, Offset: 512, Block: 16 << 10}})}
 			o := DefaultOptions()
-			o.Dir, o.SegmentSize, o.MaxWrite, o.IndexInterval, o.CacheBytes, o.Preallocate = d, 768<<10, 64<<10, 512, 1<<20, false
+			o.Dir, o.SegmentSize, o.MaxWrite, o.IndexInterval, o.CacheBytes, o.NoPreallocate = d, 768<<10, 64<<10, 512, 1<<20, true
 			o.Logger = slog.New(w)
 			l, err := Open("sim", o)
 			require.NoError(t, err)
@@ -94,7 +94,7 @@ func TestPointReadCostByDeviceAlignment(t *testing.T) {
 			t.Run(fmt.Sprintf("align%d/%d", align, size), func(t *testing.T) {
 				d := &countingDir{Dir: blockdev.NewSimDir(blockdev.SimOptions{Alignment: blockdev.Alignment{Memory: align, Offset: align, Block: 4096}})}
 				o := DefaultOptions()
-				o.Dir, o.Logger, o.SegmentSize, o.Preallocate = d, quiet, 64<<20, false
+				o.Dir, o.Logger, o.SegmentSize, o.NoPreallocate = d, quiet, 64<<20, true
 				l, err := Open("sim", o)
 				require.NoError(t, err)
 				defer l.Close()
@@ -132,7 +132,7 @@ func TestTruncateBackOlderFormatFullBatches(t *testing.T) {
 			formatVersion = 2
 			defer func() { formatVersion = 0 }()
 			o := testOptions(blockdev.NewSimDir(blockdev.SimOptions{}))
-			o.Preallocate = false
+			o.NoPreallocate = true
 			l, err := Open("sim", o)
 			require.NoError(t, err)
 			defer l.Close()

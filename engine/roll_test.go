@@ -32,7 +32,7 @@ func TestRollIsOffTheAppendPath(t *testing.T) {
 			t.Run(fmt.Sprintf("%v/prealloc=%v", mode, prealloc), func(t *testing.T) {
 				dir := blockdev.NewSimDir(blockdev.SimOptions{Seed: 1})
 				o := testOptions(dir)
-				o.SyncMode, o.Preallocate = mode, prealloc
+				o.SyncMode, o.NoPreallocate = mode, !prealloc
 				o.SyncInterval = MinSyncInterval * 1000 // no tick during the test
 				l, err := Open("sim", o)
 				require.NoError(t, err)

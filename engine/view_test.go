@@ -614,7 +614,7 @@ func TestImportFailingAfterItsManifestLeavesALogThatOpens(t *testing.T) {
 			fillSegments(t, leader, 2)
 			infos, files := sealedFiles(t, leaderPath, leader)
 			opts := realOptions()
-			opts.Preallocate = prealloc
+			opts.NoPreallocate = !prealloc
 			l, err := Open(path, opts)
 			require.NoError(t, err)
 			_, err = l.ImportSegment(bytes.NewReader(files[0]), infos[0].Base, int64(len(files[0])))

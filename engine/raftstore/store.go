@@ -50,10 +50,15 @@ var errNotFound = errors.New("not found")
 const baseKey = "\x00segstore/index-base"
 
 // Open opens (creating if needed) a store in dir. opts configures the
-// log as it does engine.Open (start from engine.DefaultOptions(): durable
-// appends; fields left zero take the engine's defaults); opts.Dir, if
-// set, replaces the directory (tests).
+// log as it does engine.Open, field for field (engine.Options{} is the
+// engine's defaults: durable appends); opts.Dir, if set, replaces the
+// directory (tests), for the stable file too. A raft store must be
+// writable: opts.ReadOnly is refused (open the directory with
+// engine.Open to read the log).
 func Open(dir string, opts engine.Options) (*Store, error) {
+	if opts.ReadOnly {
+		return nil, fmt.Errorf("raftstore: opening %s: Options.ReadOnly is not supported (raft writes its log and stable store): leave it false, or read the log with engine.Open", dir)
+	}
 	l, err := engine.Open(dir, opts) // takes the directory's lock
 	if err != nil {
 		return nil, err

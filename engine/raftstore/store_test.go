@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"reflect"
 	"testing"
 	"time"
 
@@ -14,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/segstore/segstore/blockdev"
+	"github.com/segstore/segstore/cache"
 	"github.com/segstore/segstore/engine"
 )
 
@@ -236,4 +238,88 @@ func TestOpenKeepsTheCallersOptions(t *testing.T) {
 	assert.NotEmpty(t, names, "the store is in the simulated directory given as Dir")
 	_, err = os.Stat(absent)
 	assert.True(t, os.IsNotExist(err), "nothing was made on disk")
+}
+
+// TestOpenKeepsEveryOptionAsGiven: each engine.Options field set by
+// itself reaches the log as the caller gave it (no field is dropped, and
+// options with a zero SegmentSize are not swapped for the defaults);
+// ReadOnly, which a raft store cannot honour, is refused.
+func TestOpenKeepsEveryOptionAsGiven(t *testing.T) {
+	shared, err := cache.New(1 << 20)
+	require.NoError(t, err)
+	defer shared.Close()
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	other := slog.New(slog.NewTextHandler(io.Discard, nil))
+	clock := func() time.Time { return time.Unix(1e9, 0) }
+	rows := []struct {
+		field string
+		set   func(*engine.Options)
+	}{
+		{"SegmentSize", func(o *engine.Options) { o.SegmentSize = 1 << 20 }},
+		{"SegmentAge", func(o *engine.Options) { o.SegmentAge = time.Hour }},
+		{"SyncMode", func(o *engine.Options) { o.SyncMode = engine.SyncNever }},
+		{"SyncInterval", func(o *engine.Options) { o.SyncMode, o.SyncInterval = engine.SyncInterval, 5*time.Millisecond }},
+		{"CacheBytes", func(o *engine.Options) { o.CacheBytes = 1 << 20 }},
+		{"Cache", func(o *engine.Options) { o.Cache = shared }},
+		{"RetentionBytes", func(o *engine.Options) { o.RetentionBytes = 1 << 30 }},
+		{"RetentionAge", func(o *engine.Options) { o.RetentionAge = time.Hour }},
+		{"MaxOpenSegments", func(o *engine.Options) { o.MaxOpenSegments = 3 }},
+		{"IndexInterval", func(o *engine.Options) { o.IndexInterval = 8 << 10 }},
+		{"NoPreallocate", func(o *engine.Options) { o.NoPreallocate = true }},
+		{"ReadOnly", func(o *engine.Options) { o.ReadOnly = true }},
+		{"VerifyOnOpen", func(o *engine.Options) { o.VerifyOnOpen = true }},
+		// On the directory Open opens (not preallocated: no 64 MiB of zeros on disk).
+		{"Buffered", func(o *engine.Options) { o.Buffered, o.Dir, o.NoPreallocate = true, nil, true }},
+		{"MaxWrite", func(o *engine.Options) { o.MaxWrite = 32 << 10 }},
+		{"ExportDropCache", func(o *engine.Options) { o.ExportDropCache = true }},
+		{"Logger", func(o *engine.Options) { o.Logger = other }},
+		{"Now", func(o *engine.Options) { o.Now = clock }},
+		{"Dir", func(o *engine.Options) { o.Dir = blockdev.NewSimDir(blockdev.SimOptions{Seed: 2}) }},
+	}
+	var fields, named []string
+	for _, f := range reflect.VisibleFields(reflect.TypeFor[engine.Options]()) {
+		fields = append(fields, f.Name)
+	}
+	for _, row := range rows {
+		named = append(named, row.field)
+	}
+	require.ElementsMatch(t, fields, named, "a row for every engine.Options field")
+
+	for _, row := range rows {
+		t.Run(row.field, func(t *testing.T) {
+			o := engine.Options{Dir: blockdev.NewSimDir(blockdev.SimOptions{}), Logger: quiet}
+			row.set(&o)
+			s, err := Open(t.TempDir(), o)
+			if o.ReadOnly {
+				require.ErrorContains(t, err, "Options.ReadOnly is not supported")
+				return
+			}
+			require.NoError(t, err)
+			defer s.Close()
+			used := s.Log().Options()
+			g, u := reflect.ValueOf(o), reflect.ValueOf(used)
+			for i := range g.NumField() {
+				gf, uf, name := g.Field(i), u.Field(i), g.Type().Field(i).Name
+				switch {
+				case gf.IsZero():
+				case gf.Kind() == reflect.Func || gf.Kind() == reflect.Pointer:
+					assert.Equal(t, gf.Pointer(), uf.Pointer(), "Options.%s is not the caller's", name)
+				case gf.Kind() == reflect.Interface:
+					assert.True(t, gf.Interface() == uf.Interface(), "Options.%s is not the caller's", name)
+				default:
+					assert.Equal(t, gf.Interface(), uf.Interface(), "Options.%s is not the caller's", name)
+				}
+			}
+			if o.Buffered {
+				assert.False(t, s.Log().Storage().Direct, "Buffered: segment files are opened without O_DIRECT")
+			}
+			require.NoError(t, s.StoreLogs(entries(1, 3)))
+			if o.SyncMode != engine.SyncAlways {
+				// The store shows entries once durable, which these modes
+				// leave to a Sync.
+				require.NoError(t, s.Log().Sync())
+			}
+			requireRange(t, s, 1, 3)
+		})
+	}
 }

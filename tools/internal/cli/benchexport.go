@@ -47,7 +47,7 @@ type exportPath struct {
 // bytes of 64 KiB records and returns its file and size.
 func buildSegment(dir string, size int64) (string, int64, error) {
 	opts := engine.DefaultOptions()
-	opts.SegmentSize, opts.SyncMode, opts.Preallocate = size+(64<<20), engine.SyncNever, false
+	opts.SegmentSize, opts.SyncMode, opts.NoPreallocate = size+(64<<20), engine.SyncNever, true
 	if opts.SegmentSize > engine.MaxSegmentSize {
 		return "", 0, usageError{fmt.Errorf("--size %d is too large for one segment: use at most %d", size, engine.MaxSegmentSize-(64<<20))}
 	}
