@@ -54,10 +54,16 @@ const baseKey = "\x00segstore/index-base"
 // engine's defaults: durable appends); opts.Dir, if set, replaces the
 // directory (tests), for the stable file too. A raft store must be
 // writable: opts.ReadOnly is refused (open the directory with
-// engine.Open to read the log).
+// engine.Open to read the log). Its appends must be durable and readable
+// when StoreLogs returns (raft answers a leader, and reads the entries
+// back, as soon as they are stored; the log shows records once they are
+// durable): a SyncMode other than SyncAlways is refused.
 func Open(dir string, opts engine.Options) (*Store, error) {
 	if opts.ReadOnly {
 		return nil, fmt.Errorf("raftstore: opening %s: Options.ReadOnly is not supported (raft writes its log and stable store): leave it false, or read the log with engine.Open", dir)
+	}
+	if opts.SyncMode != engine.SyncAlways {
+		return nil, fmt.Errorf("raftstore: opening %s: Options.SyncMode %v is not supported: raft needs every stored entry durable and readable when StoreLogs returns, which only SyncAlways (the default) gives; leave SyncMode unset", dir, opts.SyncMode)
 	}
 	l, err := engine.Open(dir, opts) // takes the directory's lock
 	if err != nil {
