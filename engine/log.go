@@ -182,7 +182,53 @@ type Recovery struct {
 
 // Open opens the log in dir, creating dir (but not its parents: a
 // missing parent is refused) unless opts.ReadOnly.
+//
+// A read-only open lists the directory and then opens the files listed,
+// while the writer beside it may roll, retain and truncate back (which
+// removes files and renames a rewritten one over its name). A file gone
+// since the listing, or one rewritten so that it no longer reaches the
+// next one listed, fails the attempt; if the listing is not the same after
+// the failure as before the attempt, a writer changed the directory under
+// it, so the open starts again (up to readOnlyOpenTries attempts) instead
+// of reporting the writer's change as damage. Damage is reported from a
+// listing that stood still across the attempt.
 func Open(dir string, opts Options) (*Log, error) {
+	if !opts.ReadOnly {
+		return open(dir, opts)
+	}
+	for try := 1; ; try++ {
+		before, lerr := listNames(dir, opts)
+		l, err := open(dir, opts)
+		if err == nil || lerr != nil || try == readOnlyOpenTries {
+			return l, err
+		}
+		if after, lerr := listNames(dir, opts); lerr != nil || slices.Equal(before, after) {
+			return nil, err
+		}
+	}
+}
+
+// readOnlyOpenTries bounds the attempts of a read-only open whose listing
+// a writer keeps changing. Each failed attempt overlapped a step of a
+// change (a file removed, a rewrite renamed into place), and the writer
+// takes a few of them per truncation, so a writer that is not truncating
+// without pause lets one of these succeed.
+const readOnlyOpenTries = 32
+
+// listNames lists the directory a read-only open reads.
+func listNames(path string, opts Options) ([]string, error) {
+	d := opts.Dir
+	if d == nil {
+		od, err := openExistingDir(path, opts.Buffered)
+		if err != nil {
+			return nil, err
+		}
+		d = od
+	}
+	return d.List()
+}
+
+func open(dir string, opts Options) (*Log, error) {
 	start := time.Now()
 	opts, err := opts.resolve()
 	if err != nil {

@@ -181,6 +181,7 @@ func (l *Log) truncateBackLocked(from uint64) error {
 	for segs[k].base > from {
 		k--
 	}
+	l.hideFromReaders(segs[k].base)
 	if segs[k].base == from {
 		// At a segment boundary: drop k and after, start a new segment.
 		if err := l.dropLocked(reverse(segs[k:]), segs[:k]); err != nil {
@@ -269,6 +270,22 @@ func (l *Log) writePrefix(s *segment, from uint64) (string, error) {
 		return "", err
 	}
 	return tmp, nil
+}
+
+// hideFromReaders publishes, before TruncateBack removes or replaces the
+// files from base on, that nothing of the segment at base is durable: until
+// TruncateBack publishes the rewritten end, read-only logs in other
+// processes show none of it beyond what they showed. The words it replaces
+// describe the file being replaced: a reader that opened the rewrite (or a
+// new file under a dropped one's name) and then read them would look for
+// records up to the old end, past what the rewrite kept, and report the
+// writer's change as damage.
+func (l *Log) hideFromReaders(base uint64) {
+	l.durMu.Lock()
+	defer l.durMu.Unlock()
+	if l.durable != nil {
+		l.durable.publish(base, position{pos: wal.DataStart, off: base})
+	}
 }
 
 // reopenActiveLocked opens the rewritten file of old as the active
