@@ -133,9 +133,17 @@ type Log struct {
 	// after it listed the directory ("listed", with the segment files
 	// listed), before it follows the files.
 	refreshHook func(step string, bases *[]uint64)
-	reportMu    sync.Mutex // guards report while segments open in parallel, and against Stats (a TruncateBack reopens the active segment)
-	clean       *cleanEnd  // the manifest's clean close record, while opening
-	report      Recovery
+	clean       *cleanEnd // the manifest's clean close record, while opening
+	// report is what Open found and did. Open's segments, opened in
+	// parallel, note in it under reportMu; it is final once Open returns
+	// (reportFinal), so Stats copies it without a lock. What a segment
+	// opened later (a lazy load, Refresh, TruncateBack's reopen) finds is
+	// not Open's: noteReport drops it, except a damaged footer, which goes
+	// to rebuiltSince.
+	reportMu     sync.Mutex
+	reportFinal  bool // guarded by reportMu: Open has returned
+	report       Recovery
+	rebuiltSince []uint64 // guarded by reportMu: segments whose damaged footer a load after Open found, each once
 }
 
 // poolAlign is the alignment of pooled read buffers: it covers the direct
@@ -289,6 +297,9 @@ func open(dir string, opts Options) (*Log, error) {
 	}
 	l.report.Duration = time.Since(start)
 	opts.Logger.Debug("segstore: opened log", "dir", dir, "segments", l.report.Segments, "torn", l.report.Torn, "took", l.report.Duration)
+	l.reportMu.Lock()
+	l.reportFinal = true
+	l.reportMu.Unlock()
 	return l, nil
 }
 
@@ -566,7 +577,7 @@ func (l *Log) openSegment(base uint64, last bool, nextBase uint64, lazy bool) (*
 		return s, s.corrupt("open", end.pos, fmt.Errorf("unsealed segment ends at offset %d, but the next segment starts at %d: records are missing (file left untouched)", end.off, nextBase))
 	}
 	if damaged >= 0 {
-		l.noteReport(func(r *Recovery) { r.RebuiltFooters = append(r.RebuiltFooters, base) })
+		l.noteRebuiltFooter(base)
 		l.opts.Logger.Warn("segstore: damaged footer, index rebuilt from the records", "segment", name, "footer", damaged)
 	}
 	if last {
@@ -719,10 +730,43 @@ func (l *Log) newSegment(base uint64, dev blockdev.Device) *segment {
 	return s
 }
 
+// noteReport applies f to Open's report while Open runs; after it, a
+// segment opened (a lazy load, Refresh, a TruncateBack's reopen) changes
+// nothing: the report stays what Open did.
 func (l *Log) noteReport(f func(*Recovery)) {
 	l.reportMu.Lock()
-	f(&l.report)
+	if !l.reportFinal {
+		f(&l.report)
+	}
 	l.reportMu.Unlock()
+}
+
+// noteRebuiltFooter reports that segment base is served from an index
+// rebuilt from its records, its footer being damaged: in Open's report
+// while Open runs, else once in rebuiltSince (a segment the open-file
+// bound closes is found damaged again at each load).
+func (l *Log) noteRebuiltFooter(base uint64) {
+	l.reportMu.Lock()
+	defer l.reportMu.Unlock()
+	switch {
+	case !l.reportFinal:
+		l.report.RebuiltFooters = append(l.report.RebuiltFooters, base)
+	case !slices.Contains(l.rebuiltSince, base):
+		l.rebuiltSince = append(l.rebuiltSince, base)
+	}
+}
+
+// clone returns a copy of r that shares no memory with it.
+func (r Recovery) clone() Recovery {
+	r.Resealed = slices.Clone(r.Resealed)
+	r.FinishedSeals = slices.Clone(r.FinishedSeals)
+	r.RebuiltFooters = slices.Clone(r.RebuiltFooters)
+	r.RemovedIncomplete = slices.Clone(r.RemovedIncomplete)
+	if r.Torn != nil {
+		torn := *r.Torn
+		r.Torn = &torn
+	}
+	return r
 }
 
 func (l *Log) checkHeader(s *segment) error {
@@ -1713,7 +1757,16 @@ type Stats struct {
 	StartOffset      uint64
 	EndOffset        uint64
 	DurableOffset    uint64
+	// LastOpenRecovery is what Open found and did, as it was when Open
+	// returned; it never changes after (each call returns a copy of it).
 	LastOpenRecovery Recovery
+	// RebuiltFootersSinceOpen: sealed segments trusted at Open without
+	// reading their footer (through the manifest), or opened by Refresh,
+	// whose footer was found damaged when their file was opened after
+	// Open, in the order found, each once. They are served from an index
+	// rebuilt from their records; a writer's next open rebuilds each
+	// footer on disk and reports it in LastOpenRecovery.RebuiltFooters.
+	RebuiltFootersSinceOpen []uint64
 	// Exported bytes (SegmentView and Section WriteTo): sent by sendfile to
 	// a socket, or copied (any other writer, e.g. TLS or a buffer).
 	ExportSendfileBytes, ExportCopiedBytes int64
@@ -1750,12 +1803,12 @@ func (l *Log) Stats() Stats {
 		w = addStats(w, l.active.w.Stats())
 	}
 	l.mu.RUnlock()
-	l.reportMu.Lock() // a TruncateBack's reopen of the active segment notes its scan
-	report := l.report
+	l.reportMu.Lock()
+	rebuilt := slices.Clone(l.rebuiltSince)
 	l.reportMu.Unlock()
-	st := Stats{Appends: w.Appends, Records: w.Records, Writes: w.Writes, Syncs: w.Syncs,
+	st := Stats{RebuiltFootersSinceOpen: rebuilt, Appends: w.Appends, Records: w.Records, Writes: w.Writes, Syncs: w.Syncs,
 		Cache: l.cache.Stats(), StartOffset: l.StartOffset(), EndOffset: l.EndOffset(),
-		DurableOffset: l.DurableOffset(), LastOpenRecovery: report,
+		DurableOffset: l.DurableOffset(), LastOpenRecovery: l.report.clone(), // final since Open returned
 		ExportSendfileBytes: l.exportSendfile.Load(), ExportCopiedBytes: l.exportCopied.Load(),
 		SyncLatency: l.syncHist.snapshot(), FlushBatch: l.batchHist.snapshot(),
 		PointReads: l.pointReads.Load(), ReadDeviceBytes: l.readDeviceBytes.Load(),

@@ -184,8 +184,8 @@ func TestInterruptedTruncateBack(t *testing.T) {
 
 // TestLazyDamagedFooter: a sealed segment trusted through the manifest
 // whose footer is damaged is found at its first read, served from an index
-// rebuilt from its records, reported, and dropped from the manifest, so
-// the next open rebuilds the footer on disk.
+// rebuilt from its records, reported (RebuiltFootersSinceOpen), and
+// dropped from the manifest, so the next open rebuilds the footer on disk.
 func TestLazyDamagedFooter(t *testing.T) {
 	dir, bases := fourSegments(t)
 	seg := dir.File(segName(bases[1]))
@@ -197,7 +197,8 @@ func TestLazyDamagedFooter(t *testing.T) {
 	assert.Equal(t, 3, rec.Deferred, "the three sealed segments are trusted through the manifest")
 	assert.Empty(t, rec.RebuiltFooters)
 	requireAll(t, l, 120)
-	assert.Equal(t, []uint64{bases[1]}, l.Stats().LastOpenRecovery.RebuiltFooters)
+	assert.Equal(t, []uint64{bases[1]}, l.Stats().RebuiltFootersSinceOpen)
+	assert.Equal(t, rec, l.Stats().LastOpenRecovery, "what Open did")
 	require.NoError(t, l.Close())
 
 	l, err = Open("sim", testOptions(dir))

@@ -130,7 +130,11 @@ func Inspect(out io.Writer, dir string, asJSON bool) error {
 		v.Close()
 	}
 	r := InspectReport{Dir: dir, Storage: l.Storage(), Segments: l.Segments(), Start: l.StartOffset(), End: l.DurableOffset(),
-		Recovery: l.Stats().LastOpenRecovery, Writer: l.Writer(), Replication: readReplication(dir)}
+		Writer: l.Writer(), Replication: readReplication(dir)}
+	st := l.Stats()
+	r.Recovery = st.LastOpenRecovery
+	// The footers loaded above are part of what opening the store found.
+	r.Recovery.RebuiltFooters = append(r.Recovery.RebuiltFooters, st.RebuiltFootersSinceOpen...)
 	r.Records = r.End - r.Start
 	for _, s := range r.Segments {
 		r.Bytes += s.Bytes
