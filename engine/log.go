@@ -207,11 +207,14 @@ func Open(dir string, opts Options) (*Log, error) {
 	for try := 1; ; try++ {
 		before, lerr := listNames(dir, opts)
 		l, err := open(dir, opts)
-		if err == nil || lerr != nil || try == readOnlyOpenTries {
+		if err == nil || lerr != nil {
 			return l, err
 		}
 		if after, lerr := listNames(dir, opts); lerr != nil || slices.Equal(before, after) {
 			return nil, err
+		}
+		if try == readOnlyOpenTries {
+			return nil, fmt.Errorf("%w (the log's writer changed %s during each of %d attempts to open it read-only: open it again once the writer pauses)", err, dir, try)
 		}
 	}
 }

@@ -337,14 +337,13 @@ func (l *Log) follow(s *segment, rolled bool) (grew bool, err error) {
 		s.indexFrame(f)
 		end = position{pos: f.End(), off: f.First + uint64(f.Count)}
 	}
-	if err := sc.Err(); err != nil && (!bounded || sc.End() < limit.pos) {
-		return false, s.corrupt("refresh", sc.End(), err)
-	}
 	// A frame that fails to decode at or past the acknowledged end is an
 	// append in flight, not damage: a write that extends a file not
 	// preallocated (the rewrite TruncateBack leaves) can show its first
 	// block before the file's size covers the frame.
-	//
+	if err := sc.Err(); err != nil && (!bounded || sc.End() < limit.pos) {
+		return false, s.corrupt("refresh", sc.End(), err)
+	}
 	// A footer is written after the records before it are durable.
 	if f := sc.Footer(); f != nil && f.Pos == end.pos {
 		if err := s.decodeFooter(f); err != nil {
