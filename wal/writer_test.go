@@ -1,6 +1,7 @@
 package wal
 
 import (
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -307,4 +308,47 @@ func TestWriteBuffersAreAllocatedAtTheFirstAppend(t *testing.T) {
 	for o := uint64(0); o < 10; o++ {
 		require.Equal(t, record(o, recordSize(o)), got[o], "offset %d", o)
 	}
+}
+
+// TestWaitersSleepThroughOtherFrames: appenders waiting for a flush to end
+// are not woken by the frames other appenders encode in the meantime (with
+// 16 appenders those wake-ups cost more CPU than the appends). The first
+// append's write is held at the device while 15 more appenders encode
+// their frames and wait one by one; none of them wakes before the write is
+// let go, and then all 16 records are durable.
+func TestWaitersSleepThroughOtherFrames(t *testing.T) {
+	dev := &gateDev{Sim: newSim(1), entered: make(chan int, 1), gates: map[int]chan struct{}{2: make(chan struct{})}}
+	w, err := Create(dev, 0, Options{}) // write 1: the header
+	require.NoError(t, err)
+	var wg sync.WaitGroup
+	appendOne := func() {
+		defer wg.Done()
+		_, err := w.Append(make([]byte, 100))
+		assert.NoError(t, err)
+	}
+	wg.Add(1)
+	go appendOne()
+	require.Equal(t, 2, <-dev.entered, "the first append's write holds the device")
+	sleepers := func() int {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		return w.sleepers
+	}
+	const waiting = 15
+	for i := 1; i <= waiting; i++ {
+		wg.Add(1)
+		go appendOne()
+		for sleepers() < i {
+			runtime.Gosched()
+		}
+	}
+	w.mu.Lock()
+	wakes := w.wakes
+	w.mu.Unlock()
+	close(dev.gates[2])
+	wg.Wait()
+	assert.Zero(t, wakes, "wake-ups of appenders waiting for the held write, while the others encoded")
+	require.NoError(t, w.Close())
+	recs, _ := readAll(t, dev.Sim)
+	assert.Len(t, recs, waiting+1)
 }
