@@ -68,15 +68,21 @@ func newFresh(budget int64) *fresh {
 // add keeps a copy of records, the batch appended at first in the segment
 // of namespace ns. A batch larger than the whole bound is not kept.
 func (f *fresh) add(c *cache.Cache, ns cache.Namespace, first uint64, records [][]byte) {
+	f.insert(ns, first, len(records), f.copyOf(c, records))
+}
+
+// copyOf copies records into one value laid out as fresh keeps a batch
+// (nil if f is nil or the batch is larger than the whole bound).
+func (f *fresh) copyOf(c *cache.Cache, records [][]byte) *cache.Value {
 	if f == nil || len(records) == 0 {
-		return
+		return nil
 	}
 	n := 4 * len(records)
 	for _, r := range records {
 		n += len(r)
 	}
 	if n > f.maxBytes {
-		return
+		return nil
 	}
 	v := c.Alloc(n)
 	b := v.Bytes()
@@ -85,6 +91,15 @@ func (f *fresh) add(c *cache.Cache, ns cache.Namespace, first uint64, records []
 	for i, r := range records {
 		p += copy(b[p:], r)
 		binary.LittleEndian.PutUint32(b[table+4*i:], uint32(p))
+	}
+	return v
+}
+
+// insert keeps v, a copy of the count records appended at first in the
+// segment of namespace ns (made by copyOf; nil keeps nothing).
+func (f *fresh) insert(ns cache.Namespace, first uint64, count int, v *cache.Value) {
+	if v == nil {
+		return
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -98,7 +113,7 @@ func (f *fresh) add(c *cache.Cache, ns cache.Namespace, first uint64, records []
 	f.batches = append(f.batches, freshBatch{})
 	copy(f.batches[i+1:], f.batches[i:])
 	size := int(v.Size())
-	f.batches[i] = freshBatch{ns: ns, first: first, count: len(records), size: size, v: v}
+	f.batches[i] = freshBatch{ns: ns, first: first, count: count, size: size, v: v}
 	f.bytes += size
 	drop := 0
 	for f.bytes > f.maxBytes {
@@ -118,7 +133,7 @@ func (f *fresh) add(c *cache.Cache, ns cache.Namespace, first uint64, records []
 		f.hi.Store(0)
 		return
 	}
-	f.hi.Store(max(f.hi.Load(), first+uint64(len(records))))
+	f.hi.Store(max(f.hi.Load(), first+uint64(count)))
 	f.lo.Store(f.batches[0].first)
 }
 

@@ -266,3 +266,49 @@ func TestScansDoNotEvictThePointReadWorkingSet(t *testing.T) {
 	assert.Equal(t, before.ReadDeviceBytes-before.ReadAheadBytes, after.ReadDeviceBytes-after.ReadAheadBytes,
 		"the working set was read from the device after the scan")
 }
+
+// TestLargeFreshBatchesAreCopiedBesideTheWrite: a batch of at least
+// freshAside bytes, whose copy for the write-through cache is made by
+// another goroutine while Append writes it, is read back with no device
+// read and the bytes appended; an Append that fails drops that copy
+// (the cache's memory in use is what it was before).
+func TestLargeFreshBatchesAreCopiedBesideTheWrite(t *testing.T) {
+	sim := blockdev.NewSimDir(blockdev.SimOptions{})
+	d := &countingDir{Dir: sim}
+	o := testOptions(d)
+	o.SegmentSize, o.MaxWrite, o.CacheBytes = 4<<20, 1<<20, 16<<20 // fresh holds 2 MiB
+	l, err := Open("sim", o)
+	require.NoError(t, err)
+	defer l.Close()
+	const size, batch = 100 << 10, 3
+	require.GreaterOrEqual(t, size*batch, freshAside)
+	recs := func(first uint64, gen byte) [][]byte {
+		r := make([][]byte, batch)
+		for k := range r {
+			r[k] = freshRecord(first+uint64(k), size, gen)
+		}
+		return r
+	}
+	for range 8 {
+		first := l.EndOffset()
+		got, err := l.Append(recs(first, 0)...)
+		require.NoError(t, err)
+		require.Equal(t, first, got)
+		before := d.bytes.Load()
+		for k := range uint64(batch) {
+			rec, err := l.Read(first+k, nil)
+			require.NoError(t, err)
+			require.Equal(t, freshRecord(first+k, size, 0), rec)
+		}
+		require.Equal(t, before, d.bytes.Load(), "a fresh batch read from the device")
+	}
+	assert.Equal(t, int64(8*batch), l.Stats().FreshHits)
+
+	inUse := func() int64 { st := l.cache.Stats(); return st.Mapped - st.Pooled }
+	held := inUse()
+	active := sim.File(segName(l.Segments()[len(l.Segments())-1].Base))
+	active.FailNth(blockdev.OpSync, active.Calls(blockdev.OpSync)+1)
+	_, err = l.Append(recs(l.EndOffset(), 1)...)
+	require.Error(t, err)
+	assert.Equal(t, held, inUse(), "the failed append's copy is dropped")
+}
