@@ -1,16 +1,23 @@
 package blockdev
 
 import (
+	"encoding/binary"
 	"fmt"
 	"os"
+	"path/filepath"
+	"slices"
 
 	"golang.org/x/sys/unix"
 )
 
 // WatchDir returns a channel that is ready (events coalesced) after a
 // file in the directory at path was written, created, renamed or
-// removed, and a function that stops watching. It uses inotify.
-func WatchDir(path string) (<-chan struct{}, func(), error) {
+// removed, or after one of the files of the directory named in reads was
+// read, and a function that stops watching. It uses inotify. The reads
+// are watched on each named file, not on the directory, whose watch would
+// report every read of every file in it; a named file that does not exist
+// yet (or is replaced) is watched from the moment it appears.
+func WatchDir(path string, reads ...string) (<-chan struct{}, func(), error) {
 	fd, err := unix.InotifyInit1(unix.IN_NONBLOCK | unix.IN_CLOEXEC)
 	if err != nil {
 		return nil, nil, fmt.Errorf("inotify_init1: %w", err)
@@ -20,14 +27,27 @@ func WatchDir(path string) (<-chan struct{}, func(), error) {
 		unix.Close(fd)
 		return nil, nil, fmt.Errorf("inotify_add_watch %s: %w", path, err)
 	}
+	watchReads := func(name string) {
+		// A file that is not there is watched once its creation is seen.
+		_, _ = unix.InotifyAddWatch(fd, filepath.Join(path, name), unix.IN_ACCESS)
+	}
+	for _, name := range reads {
+		watchReads(name)
+	}
 	f := os.NewFile(uintptr(fd), "inotify") // non-blocking: reads wait in Go's poller
 	ch := make(chan struct{}, 1)
 	go func() {
 		buf := make([]byte, 16<<10)
 		for {
-			if _, err := f.Read(buf); err != nil {
+			n, err := f.Read(buf)
+			if err != nil {
 				return // closed by stop
 			}
+			inotifyEvents(buf[:n], func(mask uint32, name string) {
+				if mask&(unix.IN_CREATE|unix.IN_MOVED_TO) != 0 && slices.Contains(reads, name) {
+					watchReads(name)
+				}
+			})
 			select {
 			case ch <- struct{}{}:
 			default:
@@ -35,4 +55,25 @@ func WatchDir(path string) (<-chan struct{}, func(), error) {
 		}
 	}()
 	return ch, func() { f.Close() }, nil
+}
+
+// inotifyEvents calls fn with the mask and name (empty for an event of
+// the watched file itself) of each whole event in b, as read from an
+// inotify descriptor: a 16-byte header (watch descriptor, mask, cookie,
+// name length, in native order) and the name, padded with NULs.
+func inotifyEvents(b []byte, fn func(mask uint32, name string)) {
+	for len(b) >= unix.SizeofInotifyEvent {
+		mask := binary.NativeEndian.Uint32(b[4:8])
+		n := int(binary.NativeEndian.Uint32(b[12:16]))
+		b = b[unix.SizeofInotifyEvent:]
+		if n < 0 || n > len(b) {
+			return
+		}
+		name := b[:n]
+		if i := slices.Index(name, 0); i >= 0 {
+			name = name[:i]
+		}
+		fn(mask, string(name))
+		b = b[n:]
+	}
 }

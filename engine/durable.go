@@ -54,22 +54,15 @@ const (
 // durableFile is the mapped DURABLE file.
 type durableFile struct {
 	mem []byte
-	// f (the writer's): one byte is written to it after each publish, so
-	// that readers watching the directory (inotify) wake; the mapping's
-	// stores make no file event.
-	f *os.File
-	// pokes asks the poker goroutine (the writer's) for a wake-up byte.
-	// publish runs under the segment writer's lock, on every appender's
-	// path; the byte is a write to a file system that can wait on its
-	// journal, so it is written off that path. One pending request covers
-	// every publish before the poker takes it: the poker writes after it
-	// takes the request, so after the words that publish stored, and a
-	// watcher never misses a wake (it may get fewer, coalesced ones).
-	pokes chan struct{}
-	// poked is closed when the poker has returned.
-	poked chan struct{}
-	// pokeHook, if set (tests), is called by the poker before each byte.
-	pokeHook func()
+	// f (the writer's) is the file, for the byte Close writes; wake (the
+	// writer's) reads one byte of it after each publish, so that readers
+	// watching the file (inotify, which reports reads) wake: the
+	// mapping's stores make no file event. A read costs the publisher a
+	// system call of about a microsecond on the appender's path, and
+	// nothing else: the file is opened O_NOATIME where the system has it,
+	// so the read never updates the inode (a write would, through the
+	// file system's journal, which can make it wait).
+	f, wake *os.File
 }
 
 func (d *durableFile) word(off int) *atomic.Uint64 {
@@ -79,12 +72,8 @@ func (d *durableFile) word(off int) *atomic.Uint64 {
 // createDurable opens (creating) the DURABLE file of the writer of dir and
 // maps it for writing.
 func createDurable(dir string) (*durableFile, error) {
-	return createDurableHooked(dir, nil)
-}
-
-// createDurableHooked is createDurable with the poker's pokeHook.
-func createDurableHooked(dir string, pokeHook func()) (*durableFile, error) {
-	f, err := os.OpenFile(filepath.Join(dir, durableName), os.O_RDWR|os.O_CREATE, 0o644)
+	path := filepath.Join(dir, durableName)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("engine: the durable-position file: %w", err)
 	}
@@ -92,13 +81,22 @@ func createDurableHooked(dir string, pokeHook func()) (*durableFile, error) {
 		f.Close()
 		return nil, fmt.Errorf("engine: the durable-position file: %w", err)
 	}
+	wake, err := os.OpenFile(path, os.O_RDONLY|noAtime, 0)
+	if err != nil && noAtime != 0 { // O_NOATIME is for the file's owner only
+		wake, err = os.OpenFile(path, os.O_RDONLY, 0)
+	}
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("engine: the durable-position file: %w", err)
+	}
 	mem, err := blockdev.Map(f, durableSize, true)
 	if err != nil {
 		f.Close()
+		wake.Close()
 		return nil, fmt.Errorf("engine: mapping the durable-position file: %w", err)
 	}
 	copy(mem, durableMagic)
-	d := &durableFile{mem: mem, f: f, pokes: make(chan struct{}, 1), poked: make(chan struct{}), pokeHook: pokeHook}
+	d := &durableFile{mem: mem, f: f, wake: wake}
 	switch {
 	case d.word(durOrder).Load() != durableOrder:
 		// New, or written in the other byte order: readers of this
@@ -110,19 +108,7 @@ func createDurableHooked(dir string, pokeHook func()) (*durableFile, error) {
 	case d.word(durSeq).Load()%2 == 1:
 		d.word(durSeq).Add(1) // left odd by a writer that died mid-update
 	}
-	go d.poker()
 	return d, nil
-}
-
-// poker writes a wake-up byte for each request, until pokes is closed.
-func (d *durableFile) poker() {
-	defer close(d.poked)
-	for range d.pokes {
-		if d.pokeHook != nil {
-			d.pokeHook()
-		}
-		d.f.WriteAt(poke[:], durablePoke) // a wake-up only: nothing reads it
-	}
 }
 
 // openDurable maps the DURABLE file of dir read-only; nil if there is
@@ -151,7 +137,7 @@ func openDurable(dir string) *durableFile {
 }
 
 // publish records segment base as durable up to p (writer; callers
-// serialize).
+// serialize), then wakes the readers watching the file.
 func (d *durableFile) publish(base uint64, p position) {
 	seq := d.word(durSeq)
 	seq.Add(1)
@@ -160,29 +146,25 @@ func (d *durableFile) publish(base uint64, p position) {
 	d.word(durOffset).Store(p.off)
 	seq.Add(1)
 	d.word(durOpen).Store(1)
-	select {
-	case d.pokes <- struct{}{}:
-	default: // one is pending: the poker has yet to take it, and writes after this
-	}
+	d.wake.ReadAt(wakeByte[:], durableWakeAt) // a wake-up only: its bytes and error do not matter
 }
 
-// durablePoke is where publish writes its wake-up byte, away from the words.
-const durablePoke = durableSize - 1
+// durableWakeAt is the byte publish reads and Close writes, away from the
+// words.
+const durableWakeAt = durableSize - 1
 
-var poke = [1]byte{1}
+var wakeByte [1]byte
 
-// close marks the log closed by its writer and unmaps the file; a
-// writer's last wake-up byte is written before it returns (callers
-// serialize it with publish, and publish nothing after it).
+// close marks the log closed by its writer and unmaps the file (callers
+// serialize it with publish, and publish nothing after it). A writer's
+// close writes its last wake-up byte: a write, which readers that watch
+// only the directory's writes see too.
 func (d *durableFile) close(writer bool) {
-	if d.pokes != nil {
-		close(d.pokes)
-		<-d.poked
-	}
 	if writer {
 		d.word(durOpen).Store(0)
-		d.f.WriteAt(poke[:], durablePoke)
+		d.f.WriteAt([]byte{1}, durableWakeAt)
 		d.f.Close()
+		d.wake.Close()
 	}
 	blockdev.Unmap(d.mem)
 }

@@ -78,10 +78,10 @@ func TestFollowerSeesEveryAcknowledgedAppend(t *testing.T) {
 	}
 }
 
-// TestCloseStopsThePoker: once a writer's Close returns, its poker
-// goroutine has returned and the DURABLE file it wrote through is closed:
-// no wake-up byte can land in whatever file reuses the descriptor.
-func TestCloseStopsThePoker(t *testing.T) {
+// TestCloseClosesTheWakeDescriptors: once a writer's Close returns, the
+// DURABLE descriptors it wrote and read through are closed: no wake-up
+// byte can land in, or be read from, whatever file reuses them.
+func TestCloseClosesTheWakeDescriptors(t *testing.T) {
 	path := t.TempDir()
 	for range 3 {
 		l := realLog(t, path)
@@ -90,12 +90,9 @@ func TestCloseStopsThePoker(t *testing.T) {
 		_, err := l.Append([]byte("one"))
 		require.NoError(t, err)
 		require.NoError(t, l.Close())
-		select {
-		case <-d.poked:
-		default:
-			t.Fatal("the poker still runs after Close returned")
-		}
-		_, err = d.f.WriteAt(poke[:], durablePoke)
+		_, err = d.f.WriteAt([]byte{1}, durableWakeAt)
 		require.ErrorIs(t, err, os.ErrClosed, "the DURABLE file is closed")
+		_, err = d.wake.ReadAt(make([]byte, 1), durableWakeAt)
+		require.ErrorIs(t, err, os.ErrClosed, "the wake-up descriptor is closed")
 	}
 }

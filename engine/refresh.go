@@ -132,14 +132,14 @@ func (l *Log) hook(step string, bases *[]uint64) {
 
 // KeepRefreshed refreshes a read-only log until ctx is done: whenever a
 // file in its directory changes (inotify: a write, a file created, renamed
-// or removed; the writer also writes to its DURABLE file each time it
+// or removed, or a read of DURABLE, which the writer makes each time it
 // acknowledges appends), and at least every interval, for file systems
 // that send no such events (without inotify, as everywhere but Linux, it
 // only polls).
 // Readers waiting in Wait wake as records are found. It returns ctx's
 // error, or Refresh's (ErrRewritten: reopen the log).
 func (l *Log) KeepRefreshed(ctx context.Context, interval time.Duration) error {
-	changes, stop, err := blockdev.WatchDir(l.dir.Path())
+	changes, stop, err := blockdev.WatchDir(l.dir.Path(), durableName)
 	switch {
 	case errors.Is(err, blockdev.ErrNoWatch): // expected where there is no inotify
 		l.opts.Logger.Debug("segstore: polling the log's directory", "dir", l.Dir(), "every", interval)

@@ -1,0 +1,86 @@
+package blockdev
+
+import (
+	"encoding/binary"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
+)
+
+// TestWatchDirSeesReadsOfANamedFileCreatedLater: a watch that names a
+// file not there yet watches its reads from the moment it is created;
+// its appearance is the one event before the read. The bound on
+// each wait detects a wedge, not a speed.
+func TestWatchDirSeesReadsOfANamedFileCreatedLater(t *testing.T) {
+	dir := t.TempDir()
+	changes, stop, err := WatchDir(dir, "NAMED")
+	require.NoError(t, err)
+	defer stop()
+	woken := func(what string) {
+		t.Helper()
+		select {
+		case <-changes:
+		case <-time.After(time.Minute):
+			t.Fatalf("the watch was not ready after %s", what)
+		}
+	}
+	// Written elsewhere and renamed in: one event (IN_MOVED_TO) before the
+	// read, which must return a byte to count as one.
+	other := filepath.Join(t.TempDir(), "file")
+	require.NoError(t, os.WriteFile(other, []byte("x"), 0o644))
+	require.NoError(t, os.Rename(other, filepath.Join(dir, "NAMED")))
+	woken("the file's appearance")
+	f, err := os.Open(filepath.Join(dir, "NAMED"))
+	require.NoError(t, err)
+	defer f.Close()
+	_, err = f.ReadAt(make([]byte, 1), 0)
+	require.NoError(t, err)
+	woken("a read of the named file")
+}
+
+// TestInotifyEvents: whole events are decoded with their names (NUL
+// padding cut), a name longer than what is left ends the decoding, and a
+// partial header is ignored.
+func TestInotifyEvents(t *testing.T) {
+	event := func(mask uint32, name string, pad int) []byte {
+		b := make([]byte, unix.SizeofInotifyEvent+len(name)+pad)
+		binary.NativeEndian.PutUint32(b[4:], mask)
+		binary.NativeEndian.PutUint32(b[12:], uint32(len(name)+pad))
+		copy(b[unix.SizeofInotifyEvent:], name)
+		return b
+	}
+	type seen struct {
+		mask uint32
+		name string
+	}
+	decode := func(b []byte) (got []seen) {
+		inotifyEvents(b, func(mask uint32, name string) { got = append(got, seen{mask, name}) })
+		return got
+	}
+	two := append(event(unix.IN_CREATE, "DURABLE", 9), event(unix.IN_ACCESS, "", 0)...)
+	assert.Equal(t, []seen{{unix.IN_CREATE, "DURABLE"}, {unix.IN_ACCESS, ""}}, decode(two))
+	assert.Equal(t, []seen{{unix.IN_CREATE, "DURABLE"}}, decode(two[:len(two)-1]), "a partial header")
+	long := event(unix.IN_MODIFY, "x", 3)
+	binary.NativeEndian.PutUint32(long[12:], 1<<31)
+	assert.Empty(t, decode(long), "a name past the end")
+	assert.Empty(t, decode(nil))
+}
+
+// FuzzInotifyEvents: any bytes decode without a panic, and every name
+// lies within them.
+func FuzzInotifyEvents(f *testing.F) {
+	f.Add([]byte{})
+	f.Add(make([]byte, unix.SizeofInotifyEvent+8))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		inotifyEvents(b, func(_ uint32, name string) {
+			if len(name) > len(b) {
+				t.Fatalf("a name of %d bytes from %d bytes", len(name), len(b))
+			}
+		})
+	})
+}
