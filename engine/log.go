@@ -97,6 +97,8 @@ type Log struct {
 	// fresh: the batches appended last, served without a device read (nil
 	// for a read-only log).
 	fresh *fresh
+	// bufs: the write buffers the segments' writers hand on at each roll.
+	bufs wal.Buffers
 
 	// Point reads: Read calls that returned a record, and the bytes they
 	// read from the device (read-ahead included).
@@ -796,6 +798,7 @@ func (l *Log) walOptions(s *segment) wal.Options {
 		OnFlush: l.noteFlush,
 		OnFail:  func(error) { l.wakeWaiters() },
 		Version: formatVersion,
+		Buffers: &l.bufs,
 	}
 	if !l.opts.NoPreallocate {
 		o.Preallocate, o.PreZero = l.opts.SegmentSize, true

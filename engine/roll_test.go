@@ -174,3 +174,20 @@ func TestSpareZeroingIsPaced(t *testing.T) {
 	require.Len(t, l.Segments(), 2)
 	require.Equal(t, []uint64(nil), l.report.RemovedIncomplete)
 }
+
+// TestRollsReuseTheWriteBuffers: a log that rolls through ten segments,
+// each roll done before the next, allocates four write buffers in all
+// (the active writer's two and a retired one's two, until its seal hands
+// them on); a new segment's first appends take the buffers of one
+// retired before.
+func TestRollsReuseTheWriteBuffers(t *testing.T) {
+	l, err := Open("sim", testOptions(blockdev.NewSimDir(blockdev.SimOptions{})))
+	require.NoError(t, err)
+	defer l.Close()
+	for len(l.Segments()) < 10 {
+		appendN(t, l, 20)
+		l.bg.Wait() // the roll it started is done, seal and all
+	}
+	require.Positive(t, l.bufs.Allocs(), "the writers take their buffers from the log's")
+	require.LessOrEqual(t, l.bufs.Allocs(), int64(4), "write buffers allocated over %d segments", len(l.Segments()))
+}

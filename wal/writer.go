@@ -95,6 +95,13 @@ type Options struct {
 	// (The engine wakes callers waiting for durability that will not come.)
 	OnFail func(err error)
 
+	// Buffers, if set, lends the writer its two write buffers (MaxWrite
+	// bytes each), and takes them back when the writer is closed or
+	// sealed: the writers of one log share one, so a roll's new writer
+	// takes the buffers of one retired before instead of allocating (and
+	// the runtime clearing) its own on its first appends.
+	Buffers *Buffers
+
 	// highWaterStep replaces HighWaterStep if positive: tests make marks
 	// bind in small files.
 	highWaterStep int64
@@ -597,7 +604,7 @@ func (w *Writer) reserveLocked(size int, records [][]byte) (r reservation, err e
 		if !w.taking && len(w.cur.b) < int(w.maxWrite) {
 			// The first append: nobody encodes into cur yet (users is
 			// only raised below), and its bytes are the last block.
-			b := w.dev.Alignment().Alloc(int(w.maxWrite))
+			b := w.opts.Buffers.get(int(w.maxWrite), w.dev.Alignment())
 			copy(b, w.cur.b)
 			w.cur.b = b
 		}
@@ -674,6 +681,7 @@ func (w *Writer) Seal(footer []byte) (*Footer, error) {
 	if err != nil {
 		return nil, err
 	}
+	w.lendBack()
 	end := pos + int64(size)
 	if err := w.dev.Truncate(end); err != nil {
 		return nil, fmt.Errorf("wal: seal %s: %w", w.dev.Name(), err)
@@ -846,7 +854,7 @@ func (w *Writer) takeLocked() *wbuf {
 	}
 	buf, next := w.cur, w.spare
 	if next.b == nil {
-		next.b = w.dev.Alignment().Alloc(int(w.maxWrite))
+		next.b = w.opts.Buffers.get(int(w.maxWrite), w.dev.Alignment())
 	}
 	tail := alignedbuf.AlignDown(buf.end, w.blk)
 	copy(next.b, buf.b[tail-buf.start:buf.end-buf.start])
@@ -1115,7 +1123,25 @@ func (w *Writer) Close() error {
 	}
 	w.mu.Unlock()
 	w.stopBackground()
+	if err == nil {
+		w.lendBack()
+	}
 	return err
+}
+
+// lendBack gives the writer's buffers to Options.Buffers, once the writer
+// is closed or sealed with every write done (after a failure they may be
+// in a write that failed: they are left to the collector). The writer
+// never touches them again: it takes no more appends.
+func (w *Writer) lendBack() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, b := range []*wbuf{w.cur, w.spare} {
+		if b != nil && len(b.b) == int(w.maxWrite) {
+			w.opts.Buffers.put(b.b)
+			b.b = nil
+		}
+	}
 }
 
 // stopBackground waits for the background flusher (which exits once closing

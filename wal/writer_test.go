@@ -352,3 +352,56 @@ func TestWaitersSleepThroughOtherFrames(t *testing.T) {
 	recs, _ := readAll(t, dev.Sim)
 	assert.Len(t, recs, waiting+1)
 }
+
+// TestBuffersAreLentToTheNextWriter: writers that share a Buffers, one
+// after another (closed, or sealed), allocate two buffers between them,
+// and each writer's records read back whole whatever the buffers held; a
+// writer of another MaxWrite allocates its own; a writer that failed
+// gives nothing back.
+func TestBuffersAreLentToTheNextWriter(t *testing.T) {
+	var bufs Buffers
+	opts := Options{MaxWrite: 64 << 10, Buffers: &bufs}
+	for i := range 6 {
+		dev := newSim(uint64(i))
+		w, err := Create(dev, 0, opts)
+		require.NoError(t, err)
+		for k := range 40 {
+			_, err := w.Append(batch(uint64(k*3), 3)...)
+			require.NoError(t, err)
+		}
+		if i%2 == 0 {
+			require.NoError(t, w.Close())
+		} else {
+			_, err := w.Seal([]byte("footer"))
+			require.NoError(t, err)
+		}
+		recs, _ := readAll(t, dev)
+		require.Len(t, recs, 120, "writer %d", i)
+		for off, r := range recs {
+			require.Equal(t, record(off, recordSize(off)), r, "writer %d offset %d", i, off)
+		}
+		require.Equal(t, int64(2), bufs.Allocs(), "after writer %d", i)
+	}
+
+	other := Options{MaxWrite: 128 << 10, Buffers: &bufs}
+	w, err := Create(newSim(9), 0, other)
+	require.NoError(t, err)
+	_, err = w.Append(batch(0, 3)...)
+	require.NoError(t, err)
+	require.NoError(t, w.Close())
+	assert.Equal(t, int64(4), bufs.Allocs(), "buffers of another size are allocated")
+
+	dev := newSim(10)
+	w, err = Create(dev, 0, opts)
+	require.NoError(t, err)
+	dev.FailNth(blockdev.OpSync, dev.Calls(blockdev.OpSync)+1)
+	_, err = w.Append(batch(0, 3)...)
+	require.Error(t, err)
+	require.Error(t, w.Close())
+	w, err = Create(newSim(11), 0, opts)
+	require.NoError(t, err)
+	_, err = w.Append(batch(0, 3)...)
+	require.NoError(t, err)
+	require.NoError(t, w.Close())
+	assert.Equal(t, int64(6), bufs.Allocs(), "a failed writer's buffers are not lent again")
+}

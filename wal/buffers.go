@@ -1,0 +1,61 @@
+package wal
+
+import (
+	"sync"
+	"sync/atomic"
+
+	"github.com/segstore/segstore/alignedbuf"
+	"github.com/segstore/segstore/blockdev"
+)
+
+// Buffers lends write buffers to writers in turn (Options.Buffers). A
+// log has two writers at a time at most (the active segment's, and a
+// retired one's until its seal is done), so four buffers serve every
+// roll. The zero value is ready; a nil *Buffers allocates every buffer.
+// Safe for concurrent use.
+type Buffers struct {
+	mu     sync.Mutex
+	free   [][]byte // guarded by mu
+	allocs atomic.Int64
+}
+
+// buffersKept bounds the free buffers a Buffers holds: two writers'
+// worth. A new writer may take one, then a retired one give back its two
+// (its seal ending), before the new one takes its second at its first
+// flush; with room for only two, one of the three was dropped and a later
+// roll allocated again.
+const buffersKept = 4
+
+// Allocs is how many buffers it has allocated (the others were lent again).
+func (b *Buffers) Allocs() int64 { return b.allocs.Load() }
+
+// get lends a buffer of size bytes aligned for a: a free one if one fits,
+// else a new one. Its bytes are what its last writer left.
+func (b *Buffers) get(size int, a blockdev.Alignment) []byte {
+	if b == nil {
+		return a.Alloc(size)
+	}
+	b.mu.Lock()
+	for i := len(b.free) - 1; i >= 0; i-- {
+		if buf := b.free[i]; len(buf) == size && alignedbuf.IsSliceAligned(buf, a.Memory) {
+			b.free = append(b.free[:i], b.free[i+1:]...)
+			b.mu.Unlock()
+			return buf
+		}
+	}
+	b.mu.Unlock()
+	b.allocs.Add(1)
+	return a.Alloc(size)
+}
+
+// put takes buf back (it is dropped if buffersKept are free already).
+func (b *Buffers) put(buf []byte) {
+	if b == nil {
+		return
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if len(b.free) < buffersKept {
+		b.free = append(b.free, buf)
+	}
+}
