@@ -75,6 +75,17 @@ type Log struct {
 	// triggered: "start" (in its goroutine, before anything is locked) and
 	// "cut" (the next segment takes appends; the old one is not sealed yet).
 	rollHook func(step string)
+	// truncHook, set by tests only, runs at each step of a TruncateBack
+	// that changes the files or DURABLE, with the writer's locks held:
+	// "hidden" (DURABLE says nothing of the segment cut into is durable),
+	// "removed NAME" (each segment file dropped, once removed; TruncateFront
+	// and retention, which drop files the same way, run it too), "prefix"
+	// (the kept records are durable in NAME.tmp), "renamed" (NAME.tmp is
+	// NAME), "synced" (the directory fsync after the rename), "reopened"
+	// (the rewrite is the active segment) or, at a segment boundary,
+	// "started" (the new active segment exists), and "published" (DURABLE
+	// holds the new end).
+	truncHook func(step string)
 
 	segs  atomic.Pointer[[]*segment] // immutable snapshot, ascending by base
 	files openFiles                  // the sealed segments whose files are open, bounded
@@ -219,6 +230,20 @@ func Open(dir string, opts Options) (*Log, error) {
 	}
 }
 
+// readOnlyOpenHook, set by tests only (and only while no other test opens
+// a log), runs at named steps of each attempt of a read-only open:
+// "listed" (the directory is listed, no segment file opened yet) and
+// "loaded" (every file listed is opened and the last one scanned; the
+// writer's DURABLE words are read next).
+var readOnlyOpenHook func(step string)
+
+// openStep runs readOnlyOpenHook at a step of a read-only open.
+func (l *Log) openStep(step string) {
+	if l.opts.ReadOnly && readOnlyOpenHook != nil {
+		readOnlyOpenHook(step)
+	}
+}
+
 // readOnlyOpenTries bounds the attempts of a read-only open whose listing
 // a writer keeps changing. Each failed attempt overlapped a step of a
 // change (a file removed, a rewrite renamed into place), and the writer
@@ -294,6 +319,7 @@ func open(dir string, opts Options) (*Log, error) {
 		l.abandon()
 		return nil, err
 	}
+	l.openStep("loaded")
 	if err := l.openDurable(); err != nil {
 		l.abandon()
 		return nil, err
@@ -340,6 +366,7 @@ func (l *Log) load() error {
 	if err != nil {
 		return err
 	}
+	l.openStep("listed")
 	var bases []uint64
 	for _, n := range names {
 		if b, ok := ParseSegmentName(n); ok {
@@ -1213,6 +1240,13 @@ func (l *Log) rollInBackground(r *pendingRoll) {
 	if cut {
 		l.testHook("cut")
 		_ = l.finishRoll(r.s)
+	}
+}
+
+// truncStep runs truncHook at a step of a TruncateBack (nil outside tests).
+func (l *Log) truncStep(step string) {
+	if l.truncHook != nil {
+		l.truncHook(step)
 	}
 }
 
