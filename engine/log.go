@@ -1433,7 +1433,10 @@ func (l *Log) failAfterRoll(what string, err error) error {
 }
 
 // Read appends the record at offset to dst and returns it. Records are
-// visible once durable.
+// visible once durable. A read-only log's read of a segment file its
+// writer has since removed fails with ErrOutOfRange, and of one it has
+// since rewritten (TruncateBack) with an error wrapping ErrRewritten:
+// reopen the log.
 func (l *Log) Read(offset uint64, dst []byte) ([]byte, error) {
 	if l.isClosed.Load() {
 		return dst, ErrClosed
