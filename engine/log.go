@@ -209,7 +209,10 @@ type Recovery struct {
 // next one listed, fails the attempt; if the listing is not the same after
 // the failure as before the attempt, a writer changed the directory under
 // it, so the open starts again (up to readOnlyOpenTries attempts) instead
-// of reporting the writer's change as damage. Damage is reported from a
+// of reporting the writer's change as damage. So it does when a file the
+// writer's acknowledged end bounds was removed or replaced after the
+// attempt opened it (the names listed are then the same): that end, read
+// after the files, describes the new file. Damage is reported from a
 // listing that stood still across the attempt.
 func Open(dir string, opts Options) (*Log, error) {
 	if !opts.ReadOnly {
@@ -221,7 +224,9 @@ func Open(dir string, opts Options) (*Log, error) {
 		if err == nil || lerr != nil {
 			return l, err
 		}
-		if after, lerr := listNames(dir, opts); lerr != nil || slices.Equal(before, after) {
+		// A rewrite renamed over a file the attempt read changes the
+		// directory without changing its names.
+		if after, lerr := listNames(dir, opts); lerr != nil || (slices.Equal(before, after) && !errors.Is(err, ErrRewritten)) {
 			return nil, err
 		}
 		if try == readOnlyOpenTries {
@@ -1114,7 +1119,18 @@ func (l *Log) openDurable() error {
 	}
 	l.lookAtWriter()
 	for _, s := range *l.segs.Load() {
-		if end, bounded := l.ackLimit(s); bounded && !s.isSealed() && s.vis().pos > end.pos {
+		end, bounded := l.ackLimit(s)
+		if !bounded || s.isSealed() {
+			continue
+		}
+		// The words bound the file they were published for: the one this
+		// open read only if its name still is that file now that they are
+		// read. A rewrite renamed over it since (TruncateBack) has other
+		// frames at those positions.
+		if same, err := l.sameFile(s); err != nil || !same {
+			return errors.Join(err, fmt.Errorf("%w: segment %s was removed or replaced while this read-only open read it", ErrRewritten, s.name))
+		}
+		if s.vis().pos > end.pos {
 			s.hideFrom(end)
 		}
 	}

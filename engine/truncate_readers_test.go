@@ -3,6 +3,7 @@ package engine
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 
@@ -244,6 +245,139 @@ func TestReadOnlyLogsAtEveryStepOfTruncateBack(t *testing.T) {
 					require.Equal(t, w.EndOffset(), (*r).EndOffset(), "%s: after the writer's appends the reader shows every record", name)
 				}
 			})
+		}
+	}
+}
+
+// pausedTruncation runs w.TruncateBack(from) and then appends generation
+// 1 at the cut offsets, in a goroutine that waits before it starts and
+// after each of the truncation's steps until advance lets it on;
+// "appended" is the step after the appends.
+type pausedTruncation struct {
+	at       chan string   // the step the writer has reached
+	on       chan struct{} // lets the writer take its next step
+	done     chan error
+	steps    []string // every step, "appended" last
+	i        int      // steps reached so far
+	finished bool     // done was received
+}
+
+func startPausedTruncation(w *Log, row truncateRow) *pausedTruncation {
+	p := &pausedTruncation{at: make(chan string), on: make(chan struct{}, 1), done: make(chan error, 1), steps: append(slices.Clone(row.steps), "appended")}
+	w.truncHook = func(step string) {
+		p.at <- step
+		<-p.on
+	}
+	go func() {
+		<-p.on
+		err := w.TruncateBack(row.from)
+		w.truncHook = nil
+		for err == nil && w.EndOffset() < max(row.from, sweepEnd)+4 {
+			off := w.EndOffset()
+			_, err = w.Append(sweepRec(1, off), sweepRec(1, off+1), sweepRec(1, off+2))
+		}
+		if err == nil {
+			p.at <- "appended"
+		}
+		p.done <- err
+	}()
+	return p
+}
+
+// advance lets the writer run until it has taken step, and stops it there.
+func (p *pausedTruncation) advance(t *testing.T, step string) {
+	t.Helper()
+	require.Contains(t, p.steps, step)
+	for p.i == 0 || p.steps[p.i-1] != step {
+		require.Less(t, p.i, len(p.steps), "the writer is past %q", step)
+		p.on <- struct{}{}
+		select {
+		case got := <-p.at:
+			require.Equal(t, p.steps[p.i], got, "the truncation's step %d", p.i)
+		case err := <-p.done:
+			p.finished = true
+			require.NoError(t, err, "the writer, before %q", p.steps[p.i])
+			require.Fail(t, "the writer ended before "+p.steps[p.i])
+		}
+		p.i++
+	}
+}
+
+// finish lets the writer run to its end.
+func (p *pausedTruncation) finish(t *testing.T) {
+	t.Helper()
+	p.advance(t, "appended")
+	p.finished = true
+	require.NoError(t, <-p.done)
+}
+
+// drain lets a writer that a failed test left paused run to its end.
+func (p *pausedTruncation) drain() {
+	for !p.finished {
+		select {
+		case <-p.at:
+		case p.on <- struct{}{}:
+		case <-p.done:
+			p.finished = true
+		}
+	}
+}
+
+// TestReadOnlyOpenAcrossTruncateBack: a read-only open that lists the
+// directory and opens the files at one step of a TruncateBack and reads
+// the writer's DURABLE words at a later one (the writer moving on between
+// the open's steps, its listing the same when nothing was removed: a
+// rewrite is renamed over the old name). Every pair of steps, from before
+// the truncation to after the writer appended other records at the cut
+// offsets. The open must succeed and show the old records or the new
+// ones, each read right; after a refresh (a reopen if it says
+// ErrRewritten) exactly the writer's log.
+func TestReadOnlyOpenAcrossTruncateBack(t *testing.T) {
+	ro := realOptions()
+	ro.ReadOnly = true
+	rows := []truncateRow{truncateRows[0], truncateRows[1], truncateRows[4], truncateRows[6], truncateRows[9]}
+	for _, row := range rows {
+		points := append([]string{"before"}, row.steps...)
+		points = append(points, "appended")
+		for i, files := range points {
+			for _, words := range points[i:] {
+				t.Run(fmt.Sprintf("%s/files at %s/words at %s", row.name, files, words), func(t *testing.T) {
+					path, w := sweepStore(t)
+					p := startPausedTruncation(w, row)
+					defer p.drain()
+					acted := map[string]bool{}
+					readOnlyOpenHook = func(step string) {
+						if acted[step] {
+							return // a later attempt of the same open
+						}
+						acted[step] = true
+						switch step {
+						case "listed":
+							if files != "before" {
+								p.advance(t, files)
+							}
+						case "loaded":
+							if words != "before" {
+								p.advance(t, words)
+							}
+						}
+					}
+					r, err := Open(path, ro)
+					readOnlyOpenHook = nil
+					require.NoError(t, err, "a read-only open across the truncation")
+					defer func() { r.Close() }()
+					writerDone := words == "appended"
+					checkView(t, r, row.from, true, writerDone, true, "opened across the truncation")
+
+					p.finish(t)
+					for range 2 { // a replaced file is found at the next look
+						r = refreshOrReopen(t, r, path, "after the truncation")
+					}
+					checkView(t, r, row.from, false, true, false, "after the truncation")
+					requireOnlyAcknowledged(t, w, r, "after the truncation")
+					require.Equal(t, w.EndOffset(), r.EndOffset(), "after the writer's appends the reader shows every record")
+				})
+			}
 		}
 	}
 }
