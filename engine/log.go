@@ -140,9 +140,11 @@ type Log struct {
 	ack        durableState // read-only logs: what the live writer had published at the last look (under refreshMu)
 	ackOK      bool         // ack was read consistently (under refreshMu)
 	// refreshHook, set by tests only, runs at named steps of a look
-	// (under refreshMu): after it read the writer's words ("words"), and
+	// (under refreshMu): after it read the writer's words ("words"),
 	// after it listed the directory ("listed", with the segment files
-	// listed), before it follows the files.
+	// listed), and after it checked the segments it knows against the
+	// listing and its last one's file ("known"), before it follows the
+	// files.
 	refreshHook func(step string, bases *[]uint64)
 	clean       *cleanEnd // the manifest's clean close record, while opening
 	// report is what Open found and did. Open's segments, opened in

@@ -94,6 +94,7 @@ func (l *Log) look() (changed, held bool, err error) {
 	if err != nil {
 		return changed, false, err
 	}
+	l.hook("known", nil)
 	if len(segs) != len(old) {
 		changed = true
 	}

@@ -381,3 +381,70 @@ func TestReadOnlyOpenAcrossTruncateBack(t *testing.T) {
 		}
 	}
 }
+
+// TestRefreshAcrossTruncateBack: a Refresh of a read-only log opened
+// before a TruncateBack (nothing read: its sealed segments trusted
+// through the manifest) during which the truncation moves on: to one of
+// its steps after the look read the writer's words or after it listed
+// the directory, and to the same or a later one after it checked the
+// segments it knows against the listing, before it follows the files
+// (every pair of steps, up to after the writer appended other records at
+// the cut offsets). The look may say only ErrRewritten (then the log is
+// reopened); the log shows the old records or the new ones, each right,
+// told at most ErrRewritten or, past the cut, ErrOutOfRange; after
+// another refresh, exactly the writer's log.
+func TestRefreshAcrossTruncateBack(t *testing.T) {
+	ro := realOptions()
+	ro.ReadOnly = true
+	rows := []truncateRow{truncateRows[0], truncateRows[1], truncateRows[4], truncateRows[6], truncateRows[9]}
+	for _, row := range rows {
+		points := append([]string{"before"}, row.steps...)
+		points = append(points, "appended")
+		for _, first := range []string{"words", "listed"} {
+			for i, early := range points {
+				for _, late := range points[i:] {
+					t.Run(fmt.Sprintf("%s/%s at %s/known at %s", row.name, first, early, late), func(t *testing.T) {
+						path, w := sweepStore(t)
+						r, err := Open(path, ro)
+						require.NoError(t, err)
+						defer func() { r.Close() }()
+						p := startPausedTruncation(w, row)
+						defer p.drain()
+						looks := 0
+						r.refreshHook = func(step string, _ *[]uint64) {
+							if step == "words" {
+								looks++
+							}
+							if looks > 1 {
+								return // a later look of the same Refresh
+							}
+							switch {
+							case step == first && early != "before":
+								p.advance(t, early)
+							case step == "known" && late != "before":
+								p.advance(t, late)
+							}
+						}
+						_, err = r.Refresh()
+						r.refreshHook = nil
+						if err != nil {
+							require.ErrorIs(t, err, ErrRewritten, "Refresh across the truncation may fail only with ErrRewritten")
+							r.Close()
+							r, err = Open(path, ro)
+							require.NoError(t, err, "reopening after ErrRewritten")
+						}
+						checkView(t, r, row.from, true, late == "appended", true, "refreshed across the truncation")
+
+						p.finish(t)
+						for range 2 { // a replaced file is found at the next look
+							r = refreshOrReopen(t, r, path, "after the truncation")
+						}
+						checkView(t, r, row.from, false, true, false, "after the truncation")
+						requireOnlyAcknowledged(t, w, r, "after the truncation")
+						require.Equal(t, w.EndOffset(), r.EndOffset(), "after the writer's appends the reader shows every record")
+					})
+				}
+			}
+		}
+	}
+}
