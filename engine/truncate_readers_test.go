@@ -133,8 +133,8 @@ func checkView(t *testing.T, r *Log, from uint64, old, now, stale bool, what str
 }
 
 // refreshOrReopen refreshes r; if the writer rewrote the end (ErrRewritten,
-// the only error a writer's own change may give) it reopens r, as
-// documented, and the new open must succeed. It returns the log to use.
+// the only error a writer's own change may give) it reopens r with its
+// options, as documented, and the new open must succeed. It returns the log to use.
 func refreshOrReopen(t *testing.T, r *Log, path, what string) *Log {
 	t.Helper()
 	_, err := r.Refresh()
@@ -142,10 +142,9 @@ func refreshOrReopen(t *testing.T, r *Log, path, what string) *Log {
 		return r
 	}
 	require.ErrorIs(t, err, ErrRewritten, "%s: Refresh may fail only with ErrRewritten", what)
+	opts := r.Options()
 	r.Close()
-	ro := realOptions()
-	ro.ReadOnly = true
-	r, err = Open(path, ro)
+	r, err = Open(path, opts)
 	require.NoError(t, err, "%s: reopening after ErrRewritten", what)
 	return r
 }
@@ -204,6 +203,16 @@ func TestReadOnlyLogsAtEveryStepOfTruncateBack(t *testing.T) {
 				unread, err := Open(path, ro)
 				require.NoError(t, err)
 				defer func() { unread.Close() }()
+				// Opened before and read through with room for one open
+				// sealed file: the bound closed the other, and its next read
+				// opens it by name again.
+				bounded := ro
+				bounded.MaxOpenSegments = 1
+				closed, err := Open(path, bounded)
+				require.NoError(t, err)
+				defer func() { closed.Close() }()
+				checkView(t, closed, row.from, true, false, false, "the bounded reader before the truncation")
+				require.Positive(t, closed.files.unloads.Load(), "the bound closed a sealed file")
 
 				var fresh *Log
 				defer func() {
@@ -221,7 +230,8 @@ func TestReadOnlyLogsAtEveryStepOfTruncateBack(t *testing.T) {
 					require.NoError(t, err, "a read-only open at %q", at)
 					checkView(t, fresh, row.from, true, false, false, "opened at "+at)
 					checkView(t, unread, row.from, true, false, true, "not refreshed, at "+at)
-					for _, r := range []**Log{&old, &unread} {
+					checkView(t, closed, row.from, true, false, true, "bounded, not refreshed, at "+at)
+					for _, r := range []**Log{&old, &unread, &closed} {
 						*r = refreshOrReopen(t, *r, path, "refreshed at "+at)
 						checkView(t, *r, row.from, true, false, false, "refreshed at "+at)
 					}
@@ -235,7 +245,7 @@ func TestReadOnlyLogsAtEveryStepOfTruncateBack(t *testing.T) {
 				for _, reader := range []struct {
 					name string
 					r    **Log
-				}{{"opened at " + step, &fresh}, {"opened before", &old}, {"opened before, not read", &unread}} {
+				}{{"opened at " + step, &fresh}, {"opened before", &old}, {"opened before, not read", &unread}, {"opened before, files closed by the bound", &closed}} {
 					name, r := reader.name, reader.r
 					for range 2 { // a replaced file is found at the next look
 						*r = refreshOrReopen(t, *r, path, name+", after the truncation")
