@@ -3,6 +3,7 @@ package engine
 import (
 	"errors"
 	"fmt"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -179,13 +180,18 @@ var truncateRows = []truncateRow{
 // TestReadOnlyLogsAtEveryStepOfTruncateBack sweeps TruncateBack beside
 // read-only logs: for each row and each step of the truncation that
 // changes files or DURABLE, at that step (the writer's locks held) a new
-// read-only log is opened on the directory, and one opened before the
-// truncation is refreshed. Neither may fail (the old one may be told
-// ErrRewritten, and its reopen must succeed), and every record either
-// shows is the writer's at that offset: below the cut what it was,
-// at or past it the old record or nothing. Once the truncation returns
-// and the writer appends other records at the cut offsets, both, after a
-// refresh, show exactly the writer's log, never an old record there.
+// read-only log is opened on the directory, Verify finds no problem, and
+// logs opened before the truncation (read through; never read; read
+// through, then its sealed files closed as the open-file bound does) are
+// read and then
+// refreshed. None may fail: a log not refreshed yet may be told that the
+// writer rewrote (ErrRewritten) or, past the cut, removed (ErrOutOfRange)
+// what it reads, a refresh may say ErrRewritten and the reopen must
+// succeed. Every record each shows is the writer's at that offset: below
+// the cut what it was, at or past it the old record or nothing. Once the
+// truncation returns and the writer appends other records at the cut
+// offsets, all of them, after a refresh, show exactly the writer's log,
+// never an old record there.
 func TestReadOnlyLogsAtEveryStepOfTruncateBack(t *testing.T) {
 	ro := realOptions()
 	ro.ReadOnly = true
@@ -203,16 +209,21 @@ func TestReadOnlyLogsAtEveryStepOfTruncateBack(t *testing.T) {
 				unread, err := Open(path, ro)
 				require.NoError(t, err)
 				defer func() { unread.Close() }()
-				// Opened before and read through with room for one open
-				// sealed file: the bound closed the other, and its next read
-				// opens it by name again.
-				bounded := ro
-				bounded.MaxOpenSegments = 1
-				closed, err := Open(path, bounded)
+				// Opened before and read through, then its sealed files
+				// closed as the open-file bound closes them (unload): their
+				// next reads open them by name again.
+				closed, err := Open(path, ro)
 				require.NoError(t, err)
 				defer func() { closed.Close() }()
-				checkView(t, closed, row.from, true, false, false, "the bounded reader before the truncation")
-				require.Positive(t, closed.files.unloads.Load(), "the bound closed a sealed file")
+				checkView(t, closed, row.from, true, false, false, "the reader whose files are closed, before the truncation")
+				for _, s := range *closed.segs.Load() {
+					if s.isSealed() {
+						for !s.unload() { // false while a reader lets go of it
+							runtime.Gosched()
+						}
+						require.False(t, s.loaded.Load(), "segment %d's file is closed", s.base)
+					}
+				}
 
 				var fresh *Log
 				defer func() {
@@ -229,8 +240,11 @@ func TestReadOnlyLogsAtEveryStepOfTruncateBack(t *testing.T) {
 					fresh, err = Open(path, ro)
 					require.NoError(t, err, "a read-only open at %q", at)
 					checkView(t, fresh, row.from, true, false, false, "opened at "+at)
+					rep, err := Verify(path, VerifyOptions{})
+					require.NoError(t, err, "Verify at %q", at)
+					require.Empty(t, rep.Problems, "Verify at %q", at)
 					checkView(t, unread, row.from, true, false, true, "not refreshed, at "+at)
-					checkView(t, closed, row.from, true, false, true, "bounded, not refreshed, at "+at)
+					checkView(t, closed, row.from, true, false, true, "files closed, not refreshed, at "+at)
 					for _, r := range []**Log{&old, &unread, &closed} {
 						*r = refreshOrReopen(t, *r, path, "refreshed at "+at)
 						checkView(t, *r, row.from, true, false, false, "refreshed at "+at)
@@ -245,7 +259,7 @@ func TestReadOnlyLogsAtEveryStepOfTruncateBack(t *testing.T) {
 				for _, reader := range []struct {
 					name string
 					r    **Log
-				}{{"opened at " + step, &fresh}, {"opened before", &old}, {"opened before, not read", &unread}, {"opened before, files closed by the bound", &closed}} {
+				}{{"opened at " + step, &fresh}, {"opened before", &old}, {"opened before, not read", &unread}, {"opened before, files closed", &closed}} {
 					name, r := reader.name, reader.r
 					for range 2 { // a replaced file is found at the next look
 						*r = refreshOrReopen(t, *r, path, name+", after the truncation")
