@@ -472,3 +472,40 @@ func TestRefreshAcrossTruncateBack(t *testing.T) {
 		}
 	}
 }
+
+// TestVerifyAcrossTruncateBack: Verify beside a writer whose TruncateBack
+// moves on, paused at each of its steps (and after the writer appended
+// other records at the cut offsets), after Verify listed the directory or
+// after it read the writer's words for the last segment: it must report
+// no problem. Each row's truncation, at every step, once for each place.
+func TestVerifyAcrossTruncateBack(t *testing.T) {
+	for _, row := range truncateRows {
+		points := append(slices.Clone(row.steps), "appended")
+		for _, at := range []string{"listed", "words"} {
+			for _, step := range points {
+				t.Run(fmt.Sprintf("%s/%s/%s", row.name, at, step), func(t *testing.T) {
+					path, w := sweepStore(t)
+					p := startPausedTruncation(w, row)
+					defer p.drain()
+					acted := false
+					verifyHook = func(s string) {
+						if s == at && !acted {
+							acted = true
+							p.advance(t, step)
+						}
+					}
+					rep, err := Verify(path, VerifyOptions{})
+					verifyHook = nil
+					require.NoError(t, err)
+					require.True(t, acted, "the writer moved on during the check")
+					require.Empty(t, rep.Problems, "Verify across the truncation")
+					p.finish(t)
+					rep, err = Verify(path, VerifyOptions{})
+					require.NoError(t, err)
+					require.Empty(t, rep.Problems, "Verify after the truncation")
+					require.Equal(t, w.EndOffset(), rep.End)
+				})
+			}
+		}
+	}
+}
