@@ -75,6 +75,17 @@ type Log struct {
 	// triggered: "start" (in its goroutine, before anything is locked) and
 	// "cut" (the next segment takes appends; the old one is not sealed yet).
 	rollHook func(step string)
+	// truncHook, set by tests only, runs at each step of a TruncateBack
+	// that changes the files or DURABLE, with the writer's locks held:
+	// "hidden" (DURABLE says nothing of the segment cut into is durable),
+	// "removed NAME" (each segment file dropped, once removed; TruncateFront
+	// and retention, which drop files the same way, run it too), "prefix"
+	// (the kept records are durable in NAME.tmp), "renamed" (NAME.tmp is
+	// NAME), "synced" (the directory fsync after the rename), "reopened"
+	// (the rewrite is the active segment) or, at a segment boundary,
+	// "started" (the new active segment exists), and "published" (DURABLE
+	// holds the new end).
+	truncHook func(step string)
 
 	segs  atomic.Pointer[[]*segment] // immutable snapshot, ascending by base
 	files openFiles                  // the sealed segments whose files are open, bounded
@@ -131,9 +142,11 @@ type Log struct {
 	ack        durableState // read-only logs: what the live writer had published at the last look (under refreshMu)
 	ackOK      bool         // ack was read consistently (under refreshMu)
 	// refreshHook, set by tests only, runs at named steps of a look
-	// (under refreshMu): after it read the writer's words ("words"), and
+	// (under refreshMu): after it read the writer's words ("words"),
 	// after it listed the directory ("listed", with the segment files
-	// listed), before it follows the files.
+	// listed), and after it checked the segments it knows against the
+	// listing and its last one's file ("known"), before it follows the
+	// files.
 	refreshHook func(step string, bases *[]uint64)
 	clean       *cleanEnd // the manifest's clean close record, while opening
 	// report is what Open found and did. Open's segments, opened in
@@ -200,7 +213,10 @@ type Recovery struct {
 // next one listed, fails the attempt; if the listing is not the same after
 // the failure as before the attempt, a writer changed the directory under
 // it, so the open starts again (up to readOnlyOpenTries attempts) instead
-// of reporting the writer's change as damage. Damage is reported from a
+// of reporting the writer's change as damage. So it does when a file the
+// writer's acknowledged end bounds was removed or replaced after the
+// attempt opened it (the names listed are then the same): that end, read
+// after the files, describes the new file. Damage is reported from a
 // listing that stood still across the attempt.
 func Open(dir string, opts Options) (*Log, error) {
 	if !opts.ReadOnly {
@@ -212,12 +228,28 @@ func Open(dir string, opts Options) (*Log, error) {
 		if err == nil || lerr != nil {
 			return l, err
 		}
-		if after, lerr := listNames(dir, opts); lerr != nil || slices.Equal(before, after) {
+		// A rewrite renamed over a file the attempt read changes the
+		// directory without changing its names.
+		if after, lerr := listNames(dir, opts); lerr != nil || (slices.Equal(before, after) && !errors.Is(err, ErrRewritten)) {
 			return nil, err
 		}
 		if try == readOnlyOpenTries {
 			return nil, fmt.Errorf("%w (the log's writer changed %s during each of %d attempts to open it read-only: open it again once the writer pauses)", err, dir, try)
 		}
+	}
+}
+
+// readOnlyOpenHook, set by tests only (and only while no other test opens
+// a log), runs at named steps of each attempt of a read-only open:
+// "listed" (the directory is listed, no segment file opened yet) and
+// "loaded" (every file listed is opened and the last one scanned; the
+// writer's DURABLE words are read next).
+var readOnlyOpenHook func(step string)
+
+// openStep runs readOnlyOpenHook at a step of a read-only open.
+func (l *Log) openStep(step string) {
+	if l.opts.ReadOnly && readOnlyOpenHook != nil {
+		readOnlyOpenHook(step)
 	}
 }
 
@@ -296,6 +328,7 @@ func open(dir string, opts Options) (*Log, error) {
 		l.abandon()
 		return nil, err
 	}
+	l.openStep("loaded")
 	if err := l.openDurable(); err != nil {
 		l.abandon()
 		return nil, err
@@ -342,6 +375,7 @@ func (l *Log) load() error {
 	if err != nil {
 		return err
 	}
+	l.openStep("listed")
 	var bases []uint64
 	for _, n := range names {
 		if b, ok := ParseSegmentName(n); ok {
@@ -1090,7 +1124,18 @@ func (l *Log) openDurable() error {
 	}
 	l.lookAtWriter()
 	for _, s := range *l.segs.Load() {
-		if end, bounded := l.ackLimit(s); bounded && !s.isSealed() && s.vis().pos > end.pos {
+		end, bounded := l.ackLimit(s)
+		if !bounded || s.isSealed() {
+			continue
+		}
+		// The words bound the file they were published for: the one this
+		// open read only if its name still is that file now that they are
+		// read. A rewrite renamed over it since (TruncateBack) has other
+		// frames at those positions.
+		if same, err := l.sameFile(s); err != nil || !same {
+			return errors.Join(err, fmt.Errorf("%w: segment %s was removed or replaced while this read-only open read it", ErrRewritten, s.name))
+		}
+		if s.vis().pos > end.pos {
 			s.hideFrom(end)
 		}
 	}
@@ -1256,6 +1301,13 @@ func (l *Log) rollInBackground(r *pendingRoll) {
 	if cut {
 		l.testHook("cut")
 		_ = l.finishRoll(r.s)
+	}
+}
+
+// truncStep runs truncHook at a step of a TruncateBack (nil outside tests).
+func (l *Log) truncStep(step string) {
+	if l.truncHook != nil {
+		l.truncHook(step)
 	}
 }
 
@@ -1442,7 +1494,10 @@ func (l *Log) failAfterRoll(what string, err error) error {
 }
 
 // Read appends the record at offset to dst and returns it. Records are
-// visible once durable.
+// visible once durable. A read-only log's read of a segment file its
+// writer has since removed fails with ErrOutOfRange, and of one it has
+// since rewritten (TruncateBack) with an error wrapping ErrRewritten:
+// reopen the log.
 func (l *Log) Read(offset uint64, dst []byte) ([]byte, error) {
 	if l.isClosed.Load() {
 		return dst, ErrClosed

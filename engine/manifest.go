@@ -289,6 +289,13 @@ func (l *Log) load1(s *segment) (bool, error) {
 		if l.opts.ReadOnly && isNotExist(err) {
 			return false, fmt.Errorf("%w: segment %s was removed by the log's writer (truncated): %w", ErrOutOfRange, s.path, err)
 		}
+		if l.opts.ReadOnly && l.rewrittenAfter(s) {
+			// The file under the name is not the sealed one this log
+			// trusted, and the writer has rewritten the end since: its
+			// rewrite (TruncateBack), or a new segment under a dropped
+			// one's name, not damage.
+			return false, fmt.Errorf("%w: segment %s is not the file this read-only log trusted: reopen", ErrRewritten, s.path)
+		}
 		return false, err
 	}
 	if !wasBad && s.footerBad.Load() && !l.opts.ReadOnly {

@@ -94,6 +94,7 @@ func (l *Log) look() (changed, held bool, err error) {
 	if err != nil {
 		return changed, false, err
 	}
+	l.hook("known", nil)
 	if len(segs) != len(old) {
 		changed = true
 	}
@@ -425,6 +426,31 @@ func (l *Log) refreshNew(segs *[]*segment, bases []uint64) (added, held bool, er
 		added = true
 	}
 	return added, false, nil
+}
+
+// rewrittenAfter reports whether the writer has rewritten the end of a
+// read-only log since the log last looked, as seen from its segment s: a
+// segment it shows after s is gone from the directory, or the name of its
+// last one is another file now (it holds that file open, so the files
+// themselves are compared). A TruncateBack into s or before it does
+// either: it removes every segment after the one it cuts into, and
+// replaces that one.
+func (l *Log) rewrittenAfter(s *segment) bool {
+	if _, ok := l.dir.(*blockdev.OSDir); !ok {
+		return false
+	}
+	segs := *l.segs.Load()
+	i := sort.Search(len(segs), func(i int) bool { return segs[i].base > s.base })
+	if i == len(segs) {
+		return false
+	}
+	for _, t := range segs[i:] {
+		if !l.segmentExists(t.base) {
+			return true
+		}
+	}
+	same, err := l.sameFile(segs[len(segs)-1])
+	return err == nil && !same
 }
 
 // segmentExists reports whether the file of the segment at base is in

@@ -94,6 +94,7 @@ func (l *Log) dropLocked(gone, keep []*segment) error {
 		if err := l.dir.Remove(s.name); err != nil && !isNotExist(err) {
 			return err
 		}
+		l.truncStep("removed " + s.name)
 		if err := l.dir.Sync(); err != nil {
 			return err
 		}
@@ -164,6 +165,7 @@ func (l *Log) TruncateBack(from uint64) error {
 		return l.fail(fmt.Sprintf("TruncateBack(%d)", from), err)
 	}
 	l.notifyDurable() // wakes WaitActive callers on the cut segment
+	l.truncStep("published")
 	return nil
 }
 
@@ -182,12 +184,17 @@ func (l *Log) truncateBackLocked(from uint64) error {
 		k--
 	}
 	l.hideFromReaders(segs[k].base)
+	l.truncStep("hidden")
 	if segs[k].base == from {
 		// At a segment boundary: drop k and after, start a new segment.
 		if err := l.dropLocked(reverse(segs[k:]), segs[:k]); err != nil {
 			return err
 		}
-		return l.startActiveLocked(from)
+		if err := l.startActiveLocked(from); err != nil {
+			return err
+		}
+		l.truncStep("started")
+		return nil
 	}
 	// Held until the rewritten file replaces it, so the open-file bound
 	// never closes it and a reader never opens the new file under its name.
@@ -202,13 +209,20 @@ func (l *Log) truncateBackLocked(from uint64) error {
 	if err != nil {
 		return err
 	}
+	l.truncStep("prefix")
 	if err := l.dir.Rename(tmp, segs[k].name); err != nil {
 		return err
 	}
+	l.truncStep("renamed")
 	if err := l.dir.Sync(); err != nil {
 		return err
 	}
-	return l.reopenActiveLocked(segs[k])
+	l.truncStep("synced")
+	if err := l.reopenActiveLocked(segs[k]); err != nil {
+		return err
+	}
+	l.truncStep("reopened")
+	return nil
 }
 
 func reverse(s []*segment) []*segment { r := slices.Clone(s); slices.Reverse(r); return r }

@@ -90,17 +90,45 @@ type VerifyOptions struct {
 // the frames (range, sizes, each index entry), the contiguity of the
 // segments. Damage is reported as Problems, saying whether opening the log
 // would repair it; the error is for what stops the check itself.
+//
+// Beside a live writer, a check that found problems lists the directory
+// again; if the writer changed it meanwhile (a TruncateBack removes the
+// segments after the one it cuts into, then renames its rewrite over that
+// one, which the check may have read as an unsealed segment in the middle
+// of the log), the check starts over, up to verifyTries times, so what is
+// reported comes from a listing that stood still across the check.
 func Verify(dir string, opts VerifyOptions) (*VerifyReport, error) {
 	d, err := openExistingDir(dir, opts.Buffered)
 	if err != nil {
 		return nil, err
 	}
-	names, err := d.List()
-	if err != nil {
-		return nil, err
+	for try := 1; ; try++ {
+		names, err := d.List()
+		if err != nil {
+			return nil, err
+		}
+		if verifyHook != nil {
+			verifyHook("listed")
+		}
+		r, err := verifyListed(d, names, opts)
+		if err != nil || r.Clean() || !r.LiveWriter || try == verifyTries {
+			return r, err
+		}
+		if again, err := d.List(); err != nil || slices.Equal(names, again) {
+			return r, nil
+		}
 	}
-	return verifyListed(d, names, opts)
 }
+
+// verifyTries bounds the checks of a Verify whose directory a live writer
+// keeps changing while each finds problems.
+const verifyTries = 8
+
+// verifyHook, set by tests only (and only while no other test verifies a
+// store), runs after each check's listing ("listed") and after it read
+// the writer's words for the last segment, whose file it has opened
+// ("words").
+var verifyHook func(step string)
 
 // verifyListed is Verify of the files a listing of d named. A writer's
 // retention (or TruncateFront) may remove the oldest of them before they
@@ -134,13 +162,27 @@ func verifyListed(d *blockdev.OSDir, names []string, opts VerifyOptions) (*Verif
 	r.verifyMetadata(d)
 	for i, base := range bases {
 		last := i == len(bases)-1
-		acked := int64(-1) // unknown
-		if last && published != nil {
-			if st, ok := published.read(); ok { // else unknown, as without DURABLE
-				if end, bounded := st.limit(base); bounded {
-					acked = end.pos // read before the scan, so the scan must find all of it
-				}
+		// How far the writer has acknowledged the last segment, read after
+		// its file was opened and before the scan, so the scan must find
+		// all of it; -1 for unknown. The words describe the file opened
+		// only if its name still is that file once they are read: the
+		// writer's TruncateBack renames a shorter rewrite over it.
+		acked := func(dev blockdev.Device) int64 {
+			if !last || published == nil {
+				return -1
 			}
+			st, ok := published.read()
+			if verifyHook != nil {
+				verifyHook("words")
+			}
+			end, bounded := st.limit(base)
+			if !ok || !bounded { // unknown, as without DURABLE; or not the writer's active segment
+				return -1
+			}
+			if !namedFile(d, segName(base), dev) {
+				return -1
+			}
+			return end.pos
 		}
 		// A live writer seals the segment before its last after the last
 		// one takes appends: it may be writing that footer now.
@@ -213,11 +255,25 @@ func openExistingDir(dir string, buffered bool) (*blockdev.OSDir, error) {
 	return blockdev.OpenDir(dir, buffered)
 }
 
-// verifySegment checks one segment file. acked, if not -1, is how far a
-// live writer had acknowledged the last segment before it was read;
+// namedFile reports whether name in d is still the file dev has open.
+func namedFile(d blockdev.Dir, name string, dev blockdev.Device) bool {
+	f, ok := dev.(*blockdev.File)
+	if !ok {
+		return true
+	}
+	named, err := os.Stat(filepath.Join(d.Path(), name))
+	if err != nil {
+		return false
+	}
+	open, err := f.File().Stat()
+	return err == nil && os.SameFile(named, open)
+}
+
+// verifySegment checks one segment file. ackedOf, given the file once it
+// is opened, says how far a live writer has acknowledged it, or -1;
 // sealing says a live writer may be sealing this one (its seal, torn or
 // unfinished, is then a write in flight, not a problem).
-func (r *VerifyReport) verifySegment(d blockdev.Dir, base uint64, last, sealing bool, acked int64) error {
+func (r *VerifyReport) verifySegment(d blockdev.Dir, base uint64, last, sealing bool, ackedOf func(blockdev.Device) int64) error {
 	name := segName(base)
 	path := filepath.Join(d.Path(), name)
 	problem := func(pos int64, kind string, repairable bool, format string, args ...any) {
@@ -229,6 +285,7 @@ func (r *VerifyReport) verifySegment(d blockdev.Dir, base uint64, last, sealing 
 		return err
 	}
 	defer dev.Close()
+	acked := ackedOf(dev)
 	size, err := dev.Size()
 	if err != nil {
 		return err
