@@ -329,9 +329,11 @@ func (l *Log) follow(s *segment, rolled bool) (grew bool, err error) {
 		return false, err
 	}
 	end := v
+	ahead := false // the scan reached a frame past the acknowledged end
 	for sc.Next() {
 		f := sc.Frame()
 		if bounded && f.End() > limit.pos {
+			ahead = true
 			break // written, not acknowledged yet
 		}
 		s.indexFrame(f)
@@ -350,6 +352,23 @@ func (l *Log) follow(s *segment, rolled bool) (grew bool, err error) {
 			return false, s.corrupt("refresh", f.Pos, err)
 		}
 		return true, nil
+	}
+	if bounded && !ahead && end.pos < limit.pos {
+		// The scan found no valid frame (a live scan gives no verdict)
+		// below the end the live writer had acknowledged before the scan
+		// began: every frame there was durable before the writer said so,
+		// and it changes none in place. Unless the file was replaced since
+		// (the next look finds that), the frame at end is damage to
+		// acknowledged records: shown as nothing, a reader would stop
+		// there without a word, and one waiting for them would wait for
+		// ever.
+		same, err := l.sameFile(s)
+		if err != nil {
+			return false, err
+		}
+		if same {
+			return false, s.corrupt("refresh", end.pos, fmt.Errorf("no valid frame at byte %d, below byte %d, where the live writer has acknowledged the records before offset %d", end.pos, limit.pos, limit.off))
+		}
 	}
 	if end.pos > v.pos {
 		s.visible.Store(&end)

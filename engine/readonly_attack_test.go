@@ -1,0 +1,156 @@
+package engine
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/segstore/segstore/blockdev"
+	"github.com/segstore/segstore/wal"
+)
+
+// frameLog writes batches of 10 records in one segment (each batch one
+// frame) and closes the writer; it returns the directory and where each
+// frame ends (what the writer published after it).
+func frameLog(t *testing.T, batches int) (path string, ends []position) {
+	t.Helper()
+	path = t.TempDir()
+	w := realLog(t, path)
+	for b := range batches {
+		recs := make([][]byte, 10)
+		for i := range recs {
+			recs[i] = sizedRecord(uint64(b*10+i), 300)
+		}
+		_, err := w.Append(recs...)
+		require.NoError(t, err)
+		st, ok := w.durable.read()
+		require.True(t, ok)
+		ends = append(ends, st.end)
+	}
+	require.NoError(t, w.Close())
+	return path, ends
+}
+
+// fakeWriter holds the log's lock and publishes end for segment 0, as a
+// live writer that has acknowledged that far would.
+type fakeWriter struct {
+	unlock func() error
+	d      *durableFile
+}
+
+func newFakeWriter(t *testing.T, path string, end position) *fakeWriter {
+	dir, err := blockdev.OpenDir(path, false)
+	require.NoError(t, err)
+	unlock, err := dir.Lock(lockName)
+	require.NoError(t, err)
+	d, err := createDurable(path)
+	require.NoError(t, err)
+	d.publish(0, end)
+	return &fakeWriter{unlock: unlock, d: d}
+}
+
+func (f *fakeWriter) gone(t *testing.T) {
+	// Killed: the lock goes with the process, the words stay as they were.
+	close(f.d.pokes)
+	<-f.d.poked
+	f.d.f.Close()
+	blockdev.Unmap(f.d.mem)
+	require.NoError(t, f.unlock())
+}
+
+func flipSegByte(t *testing.T, path string, at int64) {
+	f, err := os.OpenFile(filepath.Join(path, segName(0)), os.O_RDWR, 0)
+	require.NoError(t, err)
+	defer f.Close()
+	var b [1]byte
+	_, err = f.ReadAt(b[:], at)
+	require.NoError(t, err)
+	b[0] ^= 0x40
+	_, err = f.WriteAt(b[:], at)
+	require.NoError(t, err)
+}
+
+// damageSegment changes the bytes of segment 0 at [at, at+n): each is
+// flipped, or zeroed if zero is set.
+func damageSegment(t *testing.T, path string, at int64, n int, zero bool) {
+	t.Helper()
+	f, err := os.OpenFile(filepath.Join(path, segName(0)), os.O_RDWR, 0)
+	require.NoError(t, err)
+	defer f.Close()
+	b := make([]byte, n)
+	_, err = f.ReadAt(b, at)
+	require.NoError(t, err)
+	for i := range b {
+		if zero {
+			b[i] = 0
+		} else {
+			b[i] ^= 0x40
+		}
+	}
+	_, err = f.WriteAt(b, at)
+	require.NoError(t, err)
+}
+
+// TestRefreshReportsDamageToAcknowledgedRecords: a read-only log beside a
+// live writer shows nothing of a damaged frame past the end the writer
+// has acknowledged (it may be an append in flight), and no error; once
+// the writer acknowledges records past it, Refresh reports the damage as
+// corruption at the frame's position. It used to stop there without a
+// word: the acknowledged records read as out of range for ever, and a
+// reader waiting for them waited for ever. The records before the frame
+// stay readable and no damaged byte is returned.
+func TestRefreshReportsDamageToAcknowledgedRecords(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		frame int // the damaged frame (of 3)
+		at, n int // damaged bytes from the frame's start
+		zero  bool
+	}{
+		{name: "flipped payload byte, middle frame", frame: 1, at: wal.FrameHeaderLen + 100, n: 1},
+		{name: "flipped header bytes, middle frame", frame: 1, at: 4, n: 8},
+		{name: "zeroed header, middle frame", frame: 1, at: 0, n: wal.FrameHeaderLen, zero: true},
+		{name: "zeroed frame, middle frame", frame: 1, at: 0, n: 3000, zero: true},
+		{name: "flipped payload byte, last frame", frame: 2, at: wal.FrameHeaderLen + 2000, n: 1},
+		{name: "zeroed header, last frame", frame: 2, at: 0, n: wal.FrameHeaderLen, zero: true},
+		{name: "zeroed tail of the last frame", frame: 2, at: 512, n: 2000, zero: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path, ends := frameLog(t, 3)
+			start := ends[tc.frame-1]
+			damageSegment(t, path, start.pos+int64(tc.at), tc.n, tc.zero)
+			fw := newFakeWriter(t, path, start)
+			defer fw.gone(t)
+			r := readerOf(t, path)
+			require.Equal(t, start.off, r.EndOffset())
+
+			// Past the acknowledged end: maybe in flight, not shown, no error.
+			changed, err := r.Refresh()
+			require.NoError(t, err)
+			assert.False(t, changed)
+			_, err = r.Read(start.off, nil)
+			require.ErrorIs(t, err, ErrOutOfRange)
+
+			// Acknowledged: the damage is reported where it is.
+			fw.d.publish(0, ends[2])
+			_, err = r.Refresh()
+			require.ErrorIs(t, err, ErrCorrupt)
+			var ce *CorruptionError
+			require.True(t, errors.As(err, &ce), "%v", err)
+			assert.Equal(t, start.pos, ce.Position, "%v", err)
+			assert.Equal(t, start.off, r.EndOffset(), "nothing of the damaged frame is shown")
+			for off := uint64(0); off < ends[2].off; off++ {
+				b, err := r.Read(off, nil)
+				if off < start.off {
+					require.NoError(t, err, "offset %d", off)
+					require.Equal(t, sizedRecord(off, 300), b, "offset %d", off)
+				} else {
+					require.Error(t, err, "offset %d: damaged or beyond, never data", off)
+				}
+			}
+		})
+	}
+}
