@@ -9,6 +9,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/segstore/segstore/alignedbuf"
 	"github.com/segstore/segstore/blockdev"
 	"github.com/segstore/segstore/wal"
 )
@@ -150,6 +151,83 @@ func TestRefreshReportsDamageToAcknowledgedRecords(t *testing.T) {
 				} else {
 					require.Error(t, err, "offset %d: damaged or beyond, never data", off)
 				}
+			}
+		})
+	}
+}
+
+// TestRefreshAfterTheWriterIsGoneJudgesAsAnOpen: once the writer is gone
+// (killed: its lock released, its words left), a read-only log that
+// followed it judges the frames after what it shows as a read-only open
+// of the directory does: damage a crash cannot explain is corruption, a
+// torn tail shows nothing more, and an intact file all of it. It used to
+// stop at the first frame it could not decode without a word, whatever
+// followed, so a damaged frame the writer had acknowledged left the
+// reader short of records an open showed, for ever.
+func TestRefreshAfterTheWriterIsGoneJudgesAsAnOpen(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		frame   int // the damaged frame (of 3); -1: none
+		at, n   int
+		zero    bool
+		sectors bool // whole sectors from at to the frame's end
+		corrupt bool // what an open finds
+	}{
+		{name: "intact", frame: -1},
+		{name: "flipped payload byte, middle frame", frame: 1, at: wal.FrameHeaderLen + 100, n: 1, corrupt: true},
+		{name: "flipped header bytes, middle frame", frame: 1, at: 4, n: 8, corrupt: true},
+		{name: "zeroed header, middle frame", frame: 1, at: 0, n: wal.FrameHeaderLen, zero: true, corrupt: true},
+		{name: "flipped payload bytes, last frame", frame: 2, at: wal.FrameHeaderLen + 2000, n: 3, corrupt: true},
+		{name: "zeroed sectors at the end of the last frame", frame: 2, at: 1024, zero: true, sectors: true},
+		{name: "zeroed sectors from the last frame's second", frame: 2, at: 1, zero: true, sectors: true},
+		{name: "zeroed last frame", frame: 2, at: 0, n: 3112, zero: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path, ends := frameLog(t, 3)
+			// As a killed writer leaves it: no clean close record.
+			require.NoError(t, os.Remove(filepath.Join(path, manifestName)))
+			shown := ends[0]
+			if tc.frame >= 0 {
+				shown = ends[tc.frame-1]
+			}
+			fw := newFakeWriter(t, path, shown)
+			r := readerOf(t, path)
+			require.Equal(t, shown.off, r.EndOffset())
+			if tc.frame >= 0 {
+				// After the reader's open, past what it shows (the damage
+				// an open beside the writer finds is reported there).
+				at := shown.pos + int64(tc.at)
+				if tc.sectors {
+					at = alignedbuf.AlignUp(at, blockdev.SectorSize)
+					tc.n = int(alignedbuf.AlignUp(ends[tc.frame].pos, blockdev.SectorSize) - at)
+				}
+				damageSegment(t, path, at, tc.n, tc.zero)
+			}
+			_, err := r.Refresh()
+			require.NoError(t, err, "beside the live writer, nothing past what it acknowledged is judged")
+			fw.gone(t)
+
+			opts := realOptions()
+			opts.ReadOnly = true
+			fresh, openErr := Open(path, opts)
+			_, err = r.Refresh()
+			if tc.corrupt {
+				require.ErrorIs(t, openErr, ErrCorrupt)
+				require.ErrorIs(t, err, ErrCorrupt, "an open finds corruption: %v", openErr)
+				var ce *CorruptionError
+				require.True(t, errors.As(err, &ce), "%v", err)
+				assert.Equal(t, shown.pos, ce.Position, "%v", err)
+				assert.Equal(t, shown.off, r.EndOffset())
+				return
+			}
+			require.NoError(t, openErr)
+			defer fresh.Close()
+			require.NoError(t, err)
+			assert.Equal(t, fresh.EndOffset(), r.EndOffset(), "the reader shows what an open shows")
+			for off := uint64(0); off < r.EndOffset(); off++ {
+				b, err := r.Read(off, nil)
+				require.NoError(t, err, "offset %d", off)
+				require.Equal(t, sizedRecord(off, 300), b, "offset %d", off)
 			}
 		})
 	}

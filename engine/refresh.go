@@ -328,6 +328,17 @@ func (l *Log) follow(s *segment, rolled bool) (grew bool, err error) {
 	if err != nil {
 		return false, err
 	}
+	if !l.liveWriter {
+		// No writer has the log open, so nothing past the frames is in
+		// flight: where no valid frame is, the scan judges as an open's
+		// does. A torn tail shows nothing more (the next writer cuts it);
+		// damage is corruption. Stopping there without a verdict, a reader
+		// showed the records before damage the dead writer had
+		// acknowledged, and nothing more, without a word.
+		if err := sc.Settle(); err != nil {
+			return false, err
+		}
+	}
 	end := v
 	ahead := false // the scan reached a frame past the acknowledged end
 	for sc.Next() {
