@@ -20,28 +20,35 @@ import (
 // a failed write. What a reopen recovers is compared byte for byte with
 // what was appended.
 
-const firstMaxWrite = 16 << 10 // four device blocks: the smallest MaxWrite
+const firstMaxWrite = 16 << 10 // four device blocks of 4 KiB: the smallest MaxWrite
 
 // largestRecord is the largest record that fits a batch of its own.
 func largestRecord(t *testing.T, blk int64) int {
-	n := 0
-	for BatchFits([][]byte{make([]byte, n+1)}, firstMaxWrite, blk) {
-		n++
+	return largestRecordOf(t, blk, firstMaxWrite)
+}
+
+func largestRecordOf(t *testing.T, blk int64, maxWrite int) int {
+	lo, hi := 0, maxWrite // BatchFits holds for lo, not for hi
+	for hi-lo > 1 {
+		if m := (lo + hi) / 2; BatchFits([][]byte{make([]byte, m)}, maxWrite, blk) {
+			lo = m
+		} else {
+			hi = m
+		}
 	}
-	require.Positive(t, n)
-	return n
+	require.Positive(t, lo)
+	return lo
 }
 
 // firstSizes: 1 and a few small sizes, every 4th size within 96 bytes of
 // one and of two device blocks, and every 4th size up to the largest.
-func firstSizes(t *testing.T, blk int64) []int {
+func firstSizes(t *testing.T, blk int64, largest int) []int {
 	sizes := []int{1, 7, 8, 9, 100}
 	for _, at := range []int{int(blk), 2 * int(blk)} {
 		for s := at - 96; s <= at+96; s += 4 {
 			sizes = append(sizes, s)
 		}
 	}
-	largest := largestRecord(t, blk)
 	for s := largest - 96; s <= largest; s += 4 {
 		sizes = append(sizes, s)
 	}
@@ -93,8 +100,14 @@ func resume(t *testing.T, dev blockdev.Device) *Writer {
 // into it) come back byte for byte after a reopen, as does everything
 // before them.
 func TestFirstAppendSweep(t *testing.T) {
-	const blk = 4096
-	largest := largestRecord(t, blk)
+	for _, blk := range []int64{512, 4096, 8192} {
+		t.Run(fmt.Sprintf("block %d", blk), func(t *testing.T) { firstAppendSweep(t, blk) })
+	}
+}
+
+func firstAppendSweep(t *testing.T, blk int64) {
+	maxWrite := int(max(4*blk, firstMaxWrite))
+	largest := largestRecordOf(t, blk, maxWrite)
 	prefixes := []struct {
 		name  string
 		sizes [][]int // batches appended (and the writer closed) before the one tested; nil: a new file
@@ -103,15 +116,16 @@ func TestFirstAppendSweep(t *testing.T) {
 		{name: "new file"},
 		{name: "new file, closed unused first", empty: 1},
 		{name: "tail of 40 bytes", sizes: [][]int{{8}}},
-		{name: "tail of a block less 8", sizes: [][]int{{blk - 64 - FrameHeaderLen - RecordHeaderLen}}},
-		{name: "tail after a block", sizes: [][]int{{blk}, {300}}},
+		{name: "tail of a block less 8", sizes: [][]int{{int(blk) - 64 - FrameHeaderLen - RecordHeaderLen}}},
+		{name: "tail after a block", sizes: [][]int{{int(blk)}, {300}}},
 		{name: "tail after a largest batch, closed unused twice", sizes: [][]int{{largest}, {1000, 1000}}, empty: 2},
 	}
 	for _, p := range prefixes {
 		t.Run(p.name, func(t *testing.T) {
-			for _, size := range firstSizes(t, blk) {
-				dev := newSim(uint64(size))
-				w, err := Create(dev, 0, Options{MaxWrite: firstMaxWrite})
+			for _, size := range firstSizes(t, blk, largest) {
+				dev := blockdev.NewSim(blockdev.SimOptions{Name: fmt.Sprint("size", size), Seed: uint64(size),
+					Alignment: blockdev.Alignment{Memory: blockdev.SectorSize, Offset: blockdev.SectorSize, Block: int(blk)}})
+				w, err := Create(dev, 0, Options{MaxWrite: maxWrite})
 				require.NoError(t, err)
 				want := appended{}
 				for _, b := range p.sizes {
@@ -124,7 +138,14 @@ func TestFirstAppendSweep(t *testing.T) {
 					w = resume(t, dev)
 				}
 				if p.sizes != nil || p.empty > 0 {
-					require.Less(t, len(w.cur.b), firstMaxWrite, "size %d: a writer allocated its buffer before its first append", size)
+					require.Less(t, len(w.cur.b), maxWrite, "size %d: a writer allocated its buffer before its first append", size)
+				}
+				// One past the largest batch is refused before anything is
+				// reserved or allocated.
+				_, err = w.Append(make([]byte, largest+1))
+				require.ErrorIs(t, err, ErrBatchTooLarge)
+				if p.sizes != nil || p.empty > 0 {
+					require.Less(t, len(w.cur.b), maxWrite)
 				}
 				want.append(t, w, size)
 				want.append(t, w, size)
