@@ -232,3 +232,46 @@ func TestRefreshAfterTheWriterIsGoneJudgesAsAnOpen(t *testing.T) {
 		})
 	}
 }
+
+// TestRefreshReportsDamageInASegmentTheWriterRolledPast: a reader that
+// showed part of a segment when the writer rolled past it (its footer
+// durable, the writer appending to the next one) reads the rest of it; a
+// frame found damaged there is corruption at the frame, not a rewrite by
+// the writer (ErrRewritten, "reopen", as it was reported).
+func TestRefreshReportsDamageInASegmentTheWriterRolledPast(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		frame int
+		at, n int
+		zero  bool
+	}{
+		{name: "flipped payload byte", frame: 1, at: wal.FrameHeaderLen + 100, n: 1},
+		{name: "zeroed header", frame: 1, at: 0, n: wal.FrameHeaderLen, zero: true},
+		{name: "flipped payload byte of the last frame", frame: 2, at: wal.FrameHeaderLen + 100, n: 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path, ends := frameLog(t, 3)
+			fw := newFakeWriter(t, path, ends[0])
+			r := readerOf(t, path)
+			require.Equal(t, ends[0].off, r.EndOffset())
+			fw.gone(t)
+
+			// The writer comes back, rolls past the segment and appends.
+			w, err := Open(path, realOptions())
+			require.NoError(t, err)
+			defer w.Close()
+			require.NoError(t, w.Roll())
+			_, err = w.Append([]byte("in the next segment"))
+			require.NoError(t, err)
+			require.Len(t, w.Segments(), 2)
+			damageSegment(t, path, ends[tc.frame-1].pos+int64(tc.at), tc.n, tc.zero)
+
+			_, err = r.Refresh()
+			require.ErrorIs(t, err, ErrCorrupt)
+			require.NotErrorIs(t, err, ErrRewritten)
+			var ce *CorruptionError
+			require.True(t, errors.As(err, &ce), "%v", err)
+			assert.Equal(t, ends[tc.frame-1].pos, ce.Position, "%v", err)
+		})
+	}
+}

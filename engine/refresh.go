@@ -328,13 +328,16 @@ func (l *Log) follow(s *segment, rolled bool) (grew bool, err error) {
 	if err != nil {
 		return false, err
 	}
-	if !l.liveWriter {
-		// No writer has the log open, so nothing past the frames is in
-		// flight: where no valid frame is, the scan judges as an open's
+	if !bounded && (!l.liveWriter || rolled) {
+		// No writer has the log open, or the live one has rolled past s
+		// (it publishes the next segment once s's footer is durable, and
+		// changes s in place no more): nothing past the frames is in
+		// flight, so where no valid frame is, the scan judges as an open's
 		// does. A torn tail shows nothing more (the next writer cuts it);
 		// damage is corruption. Stopping there without a verdict, a reader
-		// showed the records before damage the dead writer had
-		// acknowledged, and nothing more, without a word.
+		// showed the records before damage the writer had acknowledged and
+		// nothing more, without a word, or, once the writer had rolled
+		// past, took the gap to the next segment for a rewrite.
 		if err := sc.Settle(); err != nil {
 			return false, err
 		}
