@@ -275,3 +275,41 @@ func TestRefreshReportsDamageInASegmentTheWriterRolledPast(t *testing.T) {
 		})
 	}
 }
+
+// TestRefreshReportsDataAfterAFooterBesideALiveWriter: beside a live
+// writer whose words still name a segment whose footer is durable (its
+// seal is done, the roll not yet published), bytes after that footer are
+// corruption, as an open finds: no append follows a footer, so nothing
+// there is in flight. The reader took the error for an append in flight
+// and the segment for sealed, and never looked at it again.
+func TestRefreshReportsDataAfterAFooterBesideALiveWriter(t *testing.T) {
+	path, ends := frameLog(t, 3)
+	fw := newFakeWriter(t, path, ends[0])
+	r := readerOf(t, path)
+	require.Equal(t, ends[0].off, r.EndOffset())
+	fw.gone(t)
+
+	w, err := Open(path, realOptions())
+	require.NoError(t, err)
+	require.NoError(t, w.Roll())
+	require.NoError(t, w.Close())
+	seg := filepath.Join(path, segName(0))
+	fi, err := os.Stat(seg)
+	require.NoError(t, err)
+	f, err := os.OpenFile(seg, os.O_RDWR, 0)
+	require.NoError(t, err)
+	_, err = f.WriteAt([]byte("bytes after the footer"), fi.Size()+100)
+	require.NoError(t, err)
+	require.NoError(t, f.Close())
+	// The words as they are between the seal's fdatasync and the roll's
+	// publish: the sealed segment, up to its footer.
+	fw = newFakeWriter(t, path, ends[2])
+	defer fw.gone(t)
+
+	opts := realOptions()
+	opts.ReadOnly = true
+	_, openErr := Open(path, opts)
+	require.ErrorIs(t, openErr, ErrCorrupt)
+	_, err = r.Refresh()
+	require.ErrorIs(t, err, ErrCorrupt, "an open finds: %v", openErr)
+}

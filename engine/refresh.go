@@ -356,8 +356,9 @@ func (l *Log) follow(s *segment, rolled bool) (grew bool, err error) {
 	// A frame that fails to decode at or past the acknowledged end is an
 	// append in flight, not damage: a write that extends a file not
 	// preallocated (the rewrite TruncateBack leaves) can show its first
-	// block before the file's size covers the frame.
-	if err := sc.Err(); err != nil && (!bounded || sc.End() < limit.pos) {
+	// block before the file's size covers the frame. Nothing is appended
+	// after a footer, so what the scan found after one is damage.
+	if err := sc.Err(); err != nil && (!bounded || sc.End() < limit.pos || sc.Footer() != nil) {
 		return false, s.corrupt("refresh", sc.End(), err)
 	}
 	// A footer is written after the records before it are durable.
