@@ -164,3 +164,49 @@ func TestHintsUnderChurnOfOneSet(t *testing.T) {
 		})
 	}
 }
+
+// TestLongerValueMeetingAnotherSetStaysWithinBudget: a Set of a longer
+// value for a key whose shorter value it did not see (another Set's was
+// admitted between its look and its offer, so it deleted nothing) reaches
+// ristretto as an update of the key. An update changes the cost counted
+// without evicting anything: taken, it put the cache past its budget by
+// the growth. It is refused instead, and the value held keeps its cost.
+func TestLongerValueMeetingAnotherSetStaysWithinBudget(t *testing.T) {
+	const budget = 256 << 10
+	for _, grow := range []int{600, 5000, 40 << 10, 120 << 10} {
+		t.Run(fmt.Sprint("to ", grow), func(t *testing.T) {
+			c, err := New(budget)
+			require.NoError(t, err)
+			defer c.Close()
+			ns := c.NewNamespace()
+			fill := make([]byte, 500)
+			for pos := int64(0); c.Room() > 2048; pos += 8 {
+				set(c, ns, pos, fill)
+				c.Wait()
+			}
+			before := c.Stats()
+			require.LessOrEqual(t, before.Bytes, int64(budget))
+
+			// Set's offer, past its look at what is held (it saw nothing
+			// shorter to delete): the tail of Set.
+			v := c.Alloc(grow)
+			require.True(t, v.cachedID.CompareAndSwap(0, v.id))
+			v.refs.Add(1)
+			e := &entry{v: v, id: v.id, pos: 0, ns: ns}
+			c.pending.Add(v.cost() + entryCost)
+			c.hint(slot(ns, 0)).put(slot(ns, 0), e)
+			if !c.rc.Set(slot(ns, 0), e, 0) {
+				e.drop()
+			}
+			v.Release()
+			c.Wait()
+			st := c.Stats()
+			assert.LessOrEqual(t, st.Bytes, int64(budget), "before %+v, after %+v", before, st)
+			got, ok := get(c, ns, 0)
+			if ok && len(got) == grow {
+				// Taken as an update, it must have made room.
+				assert.Positive(t, st.Evicted-before.Evicted, "%+v", st)
+			}
+		})
+	}
+}
