@@ -168,7 +168,8 @@ func New(maxBytes int64) (*Cache, error) {
 		// one refused (a short value refused for a key that holds a long
 		// one made the budget count a fraction of what was held). The
 		// refused entry therefore carries the held value's cost, and Cost
-		// gives the policy the larger of the two.
+		// gives the policy the cost of the value held when it runs (the
+		// larger of the two if none is held by then).
 		//
 		// An update changes the cost ristretto counts for the key without
 		// evicting anything, so a longer value that takes a larger block

@@ -144,7 +144,8 @@ func Continue(dev blockdev.Device, hdr FileHeader, pos int64, next uint64) (*Sca
 // Settle makes a Continue scan judge what it finds where no valid frame is
 // as a scan from the file's start does (a torn tail, or corruption),
 // instead of stopping without a verdict: for a file that no writer has
-// open, so that nothing there can be a write in flight. It reads the
+// open, or whose writer has moved on from it, so that nothing there can
+// be a write in flight. It reads the
 // file's high-water mark, which bounds what that judgement reads. Call it
 // before Next.
 func (s *Scanner) Settle() error {
