@@ -168,9 +168,19 @@ func New(maxBytes int64) (*Cache, error) {
 		// one refused (a short value refused for a key that holds a long
 		// one made the budget count a fraction of what was held). The
 		// refused entry therefore carries the held value's cost, and Cost
-		// gives the policy the larger of the two.
+		// gives the policy the cost of the value held when it runs (the
+		// larger of the two if none is held by then).
+		//
+		// An update changes the cost ristretto counts for the key without
+		// evicting anything, so a longer value that takes a larger block
+		// is not an update: Set deletes the shorter value first, and makes
+		// the longer a new key that is admitted or not, with evictions. One
+		// that meets a value set for the key since that delete (another
+		// Set's) is refused here: taken as an update, the budget was
+		// exceeded by the growth (a churn of values of several lengths held
+		// a tenth more than the budget).
 		ShouldUpdate: func(cur, prev *entry) bool {
-			if cur.ns == prev.ns && cur.pos == prev.pos && cur.v.n > prev.v.n {
+			if cur.ns == prev.ns && cur.pos == prev.pos && cur.v.n > prev.v.n && cur.v.cost() <= prev.v.cost() {
 				return true
 			}
 			// cur is not yet shared: refused, it is only queued.
@@ -195,7 +205,9 @@ func New(maxBytes int64) (*Cache, error) {
 		Cost: func(e *entry) int64 {
 			cost := e.v.cost() + entryCost
 			c.pending.Add(-cost)
-			if prev, ok := c.rc.Get(slot(e.ns, e.pos)); ok && prev != e && e.held == 0 {
+			if prev, ok := c.rc.Get(slot(e.ns, e.pos)); ok && prev != e {
+				// Refused or not, e meets a held value: the policy takes
+				// this cost for the one held, as it is now.
 				return prev.v.cost() + entryCost
 			}
 			return max(cost, int64(e.held)*32)

@@ -329,10 +329,26 @@ func (l *Log) follow(s *segment, rolled bool) (grew bool, err error) {
 	if err != nil {
 		return false, err
 	}
+	if !bounded && (!l.liveWriter || rolled) {
+		// No writer has the log open, or the live one has rolled past s
+		// (it publishes the next segment once s's footer is durable, and
+		// changes s in place no more): nothing past the frames is in
+		// flight, so where no valid frame is, the scan judges as an open's
+		// does. A torn tail shows nothing more (the next writer cuts it);
+		// damage is corruption. Stopping there without a verdict, a reader
+		// showed the records before damage the writer had acknowledged and
+		// nothing more, without a word, or, once the writer had rolled
+		// past, took the gap to the next segment for a rewrite.
+		if err := sc.Settle(); err != nil {
+			return false, err
+		}
+	}
 	end := v
+	ahead := false // the scan reached a frame past the acknowledged end
 	for sc.Next() {
 		f := sc.Frame()
 		if bounded && f.End() > limit.pos {
+			ahead = true
 			break // written, not acknowledged yet
 		}
 		s.indexFrame(f)
@@ -341,8 +357,9 @@ func (l *Log) follow(s *segment, rolled bool) (grew bool, err error) {
 	// A frame that fails to decode at or past the acknowledged end is an
 	// append in flight, not damage: a write that extends a file not
 	// preallocated (the rewrite TruncateBack leaves) can show its first
-	// block before the file's size covers the frame.
-	if err := sc.Err(); err != nil && (!bounded || sc.End() < limit.pos) {
+	// block before the file's size covers the frame. Nothing is appended
+	// after a footer, so what the scan found after one is damage.
+	if err := sc.Err(); err != nil && (!bounded || sc.End() < limit.pos || sc.Footer() != nil) {
 		return false, s.corrupt("refresh", sc.End(), err)
 	}
 	// A footer is written after the records before it are durable.
@@ -351,6 +368,23 @@ func (l *Log) follow(s *segment, rolled bool) (grew bool, err error) {
 			return false, s.corrupt("refresh", f.Pos, err)
 		}
 		return true, nil
+	}
+	if bounded && !ahead && end.pos < limit.pos {
+		// The scan found no valid frame (a live scan gives no verdict)
+		// below the end the live writer had acknowledged before the scan
+		// began: every frame there was durable before the writer said so,
+		// and it changes none in place. Unless the file was replaced since
+		// (the next look finds that), the frame at end is damage to
+		// acknowledged records: shown as nothing, a reader would stop
+		// there without a word, and one waiting for them would wait for
+		// ever.
+		same, err := l.sameFile(s)
+		if err != nil {
+			return false, err
+		}
+		if same {
+			return false, s.corrupt("refresh", end.pos, fmt.Errorf("no valid frame at byte %d, below byte %d, where the live writer has acknowledged the records before offset %d", end.pos, limit.pos, limit.off))
+		}
 	}
 	if end.pos > v.pos {
 		s.visible.Store(&end)

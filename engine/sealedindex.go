@@ -69,8 +69,12 @@ func (b indexBlock) find(base, off uint64) (indexEntry, int64) {
 		// of offsets: a first guess between the first and the last entry
 		// is mostly the entry or its neighbour, two or three of the
 		// block's cache lines where a binary search touches five or six.
+		// Only an offset below the first entry's settles on the first
+		// without a look at the next one: entries of equal offsets (never
+		// in a checked block) resolve to the last of them, as the binary
+		// search does.
 		switch first, last := b.field(0, 16, 4), b.field(n-1, 16, 4); {
-		case rel <= first:
+		case rel < first:
 			hi = 1
 		case rel >= last:
 			lo = n - 1

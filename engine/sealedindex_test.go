@@ -226,6 +226,12 @@ func TestIndexBlockFind(t *testing.T) {
 		"skewed":            skewed(entriesPerBlock),
 		"one far gap":       append(even(100, 4), 1<<14, 1<<14+1),
 		"dense then sparse": append(even(60, 1), even(60, 500)[1:]...),
+		// Equal offsets never pass a block's check; find still resolves
+		// them to the last, as its binary search does.
+		"duplicates":       {3, 3, 3, 9, 9, 20, 20},
+		"all one offset":   {4, 4, 4},
+		"two of one":       {0, 0},
+		"the 32-bit limit": {0, 1, 1 << 31, 1<<32 - 2, 1<<32 - 1},
 	}
 	const base, next = 1000, 1 << 40
 	for name, offs := range cases {
@@ -236,7 +242,20 @@ func TestIndexBlockFind(t *testing.T) {
 			for i, o := range offs {
 				encodeEntry(b[indexBlockHead+i*indexEntryLen:], base, indexEntry{pos: int64(100 * (i + 1)), off: base + o})
 			}
-			for rel := uint64(0); rel <= offs[len(offs)-1]+3; rel++ {
+			var rels []uint64 // every offset up to a few past the last, or a few around each entry's
+			for rel := uint64(0); rel <= offs[len(offs)-1]+3 && rel < 1<<16; rel++ {
+				rels = append(rels, rel)
+			}
+			if offs[len(offs)-1] >= 1<<16 {
+				for _, o := range offs {
+					for d := uint64(0); d <= 6; d++ {
+						if o+d >= 3 {
+							rels = append(rels, o+d-3)
+						}
+					}
+				}
+			}
+			for _, rel := range rels {
 				j := 0
 				for i, o := range offs {
 					if o <= rel {

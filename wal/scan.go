@@ -141,6 +141,25 @@ func Continue(dev blockdev.Device, hdr FileHeader, pos int64, next uint64) (*Sca
 	return &Scanner{dev: dev, hdr: hdr, size: size, pos: pos, nextOffset: next, live: true, readAhead: liveChunk}, nil
 }
 
+// Settle makes a Continue scan judge what it finds where no valid frame is
+// as a scan from the file's start does (a torn tail, or corruption),
+// instead of stopping without a verdict: for a file that no writer has
+// open, or whose writer has moved on from it, so that nothing there can
+// be a write in flight. It reads the
+// file's high-water mark, which bounds what that judgement reads. Call it
+// before Next.
+func (s *Scanner) Settle() error {
+	b, err := s.fetch(0, DataStart)
+	if err != nil {
+		return err
+	}
+	if err := s.readHeaderBlock(b); err != nil {
+		return err
+	}
+	s.live = false
+	return nil
+}
+
 // liveChunk is what a Continue scan reads ahead: a writer's recent frames,
 // without the megabyte of zeros a full scan's read-ahead would fetch past
 // them each time.

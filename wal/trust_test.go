@@ -1,11 +1,13 @@
 package wal
 
 import (
+	"bytes"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/segstore/segstore/alignedbuf"
 	"github.com/segstore/segstore/blockdev"
 )
 
@@ -119,4 +121,73 @@ func TestContinue(t *testing.T) {
 	frames, sc = scan(end, next)
 	assert.Empty(t, frames)
 	assert.Equal(t, end, sc.End(), "stopped before the unfinished frame, no verdict")
+}
+
+// TestContinueSettled: a continued scan settled (the file's writer gone)
+// judges where no valid frame is as a scan from the start does, where an
+// unsettled one stops without a verdict: a clean end, a torn tail (the
+// last frame's later sectors never written), damage followed by a valid
+// frame (corruption).
+func TestContinueSettled(t *testing.T) {
+	sim := newSim(2)
+	w, err := Create(sim, 0, Options{Preallocate: 1 << 20, PreZero: true})
+	require.NoError(t, err)
+	var ends []int64
+	for b := range 3 {
+		_, err = w.Append(batch(uint64(b*4), 4)...)
+		require.NoError(t, err)
+		pos, _ := w.Durable()
+		ends = append(ends, pos)
+	}
+	hdr := w.Header()
+	require.NoError(t, w.Close())
+	image := sim.Bytes()
+	for _, tc := range []struct {
+		name    string
+		damage  func(img []byte)
+		frames  int  // from the end of the first frame
+		torn    bool // settled
+		corrupt bool // settled
+	}{
+		{name: "clean", damage: func([]byte) {}, frames: 2},
+		{name: "torn last frame", frames: 1, torn: true, damage: func(img []byte) {
+			clear(img[alignedbuf.AlignUp(ends[1]+1, blockdev.SectorSize):ends[2]])
+		}},
+		{name: "flipped byte in the middle frame", corrupt: true, damage: func(img []byte) {
+			img[ends[0]+FrameHeaderLen+5] ^= 1 << 3
+		}},
+		{name: "zeroed header of the middle frame", corrupt: true, damage: func(img []byte) {
+			clear(img[ends[0] : ends[0]+FrameHeaderLen])
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			img := bytes.Clone(image)
+			tc.damage(img)
+			dev := blockdev.NewSimFrom(img, blockdev.SimOptions{})
+			for _, settle := range []bool{false, true} {
+				sc, err := Continue(dev, hdr, ends[0], 4)
+				require.NoError(t, err)
+				if settle {
+					require.NoError(t, sc.Settle())
+				}
+				n := 0
+				for sc.Next() {
+					n++
+				}
+				if !settle {
+					require.NoError(t, sc.Err(), "no verdict unsettled")
+					assert.Nil(t, sc.Torn(), "no verdict unsettled")
+					continue
+				}
+				if tc.corrupt {
+					require.ErrorIs(t, sc.Err(), ErrCorrupt)
+					assert.Equal(t, ends[0], sc.End())
+					continue
+				}
+				require.NoError(t, sc.Err())
+				assert.Equal(t, tc.frames, n)
+				assert.Equal(t, tc.torn, sc.Torn() != nil)
+			}
+		})
+	}
 }
