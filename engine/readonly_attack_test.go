@@ -56,9 +56,8 @@ func newFakeWriter(t *testing.T, path string, end position) *fakeWriter {
 
 func (f *fakeWriter) gone(t *testing.T) {
 	// Killed: the lock goes with the process, the words stay as they were.
-	close(f.d.pokes)
-	<-f.d.poked
 	f.d.f.Close()
+	f.d.wake.Close()
 	blockdev.Unmap(f.d.mem)
 	require.NoError(t, f.unlock())
 }
