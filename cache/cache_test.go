@@ -380,8 +380,10 @@ func TestMemoryStaysWithinBudget(t *testing.T) {
 	t.Logf("peak %.1f MiB (heap growth %.1f MiB) for a %d MiB budget; %+v", float64(peak)/(1<<20), float64(peakHeap)/(1<<20), budget>>20, st)
 	const slack = 4 << 20 // ristretto's entries, the slabs' descriptors, the test's own garbage
 	assert.LessOrEqual(t, peak, budget+st.MaxPooled+slack, "stats %+v", st)
+	// Whether eviction (ristretto samples its victims at random) ever
+	// empties a whole slab here is chance: it did in about 9 of 10 runs.
+	// TestBlockClasses proves that slabs left all free are unmapped.
 	assert.Positive(t, st.Reuses)
-	assert.Positive(t, st.Unmapped, "a shifting mix of sizes empties slabs")
 }
 
 // TestEntryHeapCost: what a cached value takes on the Go heap, its
