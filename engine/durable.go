@@ -63,6 +63,7 @@ type durableFile struct {
 	// so the read never updates the inode (a write would, through the
 	// file system's journal, which can make it wait).
 	f, wake *os.File
+	woken   [1]byte // what wake's reads read (publish is serialized)
 }
 
 func (d *durableFile) word(off int) *atomic.Uint64 {
@@ -146,14 +147,12 @@ func (d *durableFile) publish(base uint64, p position) {
 	d.word(durOffset).Store(p.off)
 	seq.Add(1)
 	d.word(durOpen).Store(1)
-	d.wake.ReadAt(wakeByte[:], durableWakeAt) // a wake-up only: its bytes and error do not matter
+	d.wake.ReadAt(d.woken[:], durableWakeAt) // a wake-up only: its bytes and error do not matter
 }
 
 // durableWakeAt is the byte publish reads and Close writes, away from the
 // words.
 const durableWakeAt = durableSize - 1
-
-var wakeByte [1]byte
 
 // close marks the log closed by its writer and unmaps the file (callers
 // serialize it with publish, and publish nothing after it). A writer's
