@@ -45,6 +45,28 @@ type fresh struct {
 	// read that races an add may miss the batch added and read the record
 	// elsewhere, as it would have a moment earlier.
 	lo, hi atomic.Uint64
+	// aside is the record bytes being copied beside an Append's write
+	// (Log.copyForFresh), at most maxBytes: each such copy is held while
+	// its appender waits for the writer.
+	aside atomic.Int64
+}
+
+// takeAside reserves n bytes of the copies made beside a write, and
+// reports whether it could (never if f is nil or n is more than the bound).
+// The caller gives them back by adding -n to aside once its copy is done.
+func (f *fresh) takeAside(n int) bool {
+	if f == nil || n > f.maxBytes {
+		return false
+	}
+	for {
+		cur := f.aside.Load()
+		if cur+int64(n) > int64(f.maxBytes) {
+			return false
+		}
+		if f.aside.CompareAndSwap(cur, cur+int64(n)) {
+			return true
+		}
+	}
 }
 
 // freshBatch is one appended batch: its records' bytes, then their end

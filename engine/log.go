@@ -1229,6 +1229,14 @@ func (l *Log) append(records [][]byte, makeRoom bool) (first uint64, err error) 
 // it, off the appender's path (a 1 MiB copy is about a tenth of a 1 MiB
 // durable append); a smaller one is copied after, where a hand-off would
 // cost about what the copy does.
+//
+// The copies made beside a write are bounded, in all, by the
+// write-through cache's own bound (fresh.aside): a copy is held from
+// before the append waits for room in the writer's buffer until it
+// returns, so without a bound every appender waiting would hold one (48
+// appenders of 1 MiB held 54 MiB of the cache's memory outside its
+// budget). A batch that finds the bound taken is copied after its write,
+// as a small one is.
 const freshAside = 256 << 10
 
 // copyForFresh starts the copy of records that Append keeps in the
@@ -1240,7 +1248,7 @@ func (l *Log) copyForFresh(records [][]byte) (finish func(keep bool) *cache.Valu
 	for _, r := range records {
 		n += len(r)
 	}
-	if n < freshAside || l.fresh == nil {
+	if n < freshAside || !l.fresh.takeAside(n) {
 		return func(keep bool) *cache.Value {
 			if !keep {
 				return nil
@@ -1252,6 +1260,7 @@ func (l *Log) copyForFresh(records [][]byte) (finish func(keep bool) *cache.Valu
 	go func() { done <- l.fresh.copyOf(l.cache, records) }()
 	return func(keep bool) *cache.Value {
 		v := <-done
+		l.fresh.aside.Add(-int64(n))
 		if !keep && v != nil {
 			v.Release()
 			v = nil
