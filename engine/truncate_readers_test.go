@@ -136,6 +136,23 @@ func checkView(t *testing.T, r *Log, from uint64, old, now, stale bool, what str
 // refreshOrReopen refreshes r; if the writer rewrote the end (ErrRewritten,
 // the only error a writer's own change may give) it reopens r with its
 // options, as documented, and the new open must succeed. It returns the log to use.
+// finishAndFollow lets the paused truncation p of w finish (w then
+// appends other records at the cut offsets), follows it with r, a
+// read-only log of path, and checks that r then shows exactly w's log,
+// the records from from on the new ones. It returns r, or the log that
+// replaced it.
+func finishAndFollow(t *testing.T, p *pausedTruncation, w, r *Log, path string, from uint64) *Log {
+	t.Helper()
+	p.finish(t)
+	for range 2 { // a replaced file is found at the next look
+		r = refreshOrReopen(t, r, path, "after the truncation")
+	}
+	checkView(t, r, from, false, true, false, "after the truncation")
+	requireOnlyAcknowledged(t, w, r, "after the truncation")
+	require.Equal(t, w.EndOffset(), r.EndOffset(), "after the writer's appends the reader shows every record")
+	return r
+}
+
 func refreshOrReopen(t *testing.T, r *Log, path, what string) *Log {
 	t.Helper()
 	_, err := r.Refresh()
@@ -393,13 +410,7 @@ func TestReadOnlyOpenAcrossTruncateBack(t *testing.T) {
 					writerDone := words == "appended"
 					checkView(t, r, row.from, true, writerDone, true, "opened across the truncation")
 
-					p.finish(t)
-					for range 2 { // a replaced file is found at the next look
-						r = refreshOrReopen(t, r, path, "after the truncation")
-					}
-					checkView(t, r, row.from, false, true, false, "after the truncation")
-					requireOnlyAcknowledged(t, w, r, "after the truncation")
-					require.Equal(t, w.EndOffset(), r.EndOffset(), "after the writer's appends the reader shows every record")
+					r = finishAndFollow(t, p, w, r, path, row.from)
 				})
 			}
 		}
@@ -459,13 +470,7 @@ func TestRefreshAcrossTruncateBack(t *testing.T) {
 						}
 						checkView(t, r, row.from, true, late == "appended", true, "refreshed across the truncation")
 
-						p.finish(t)
-						for range 2 { // a replaced file is found at the next look
-							r = refreshOrReopen(t, r, path, "after the truncation")
-						}
-						checkView(t, r, row.from, false, true, false, "after the truncation")
-						requireOnlyAcknowledged(t, w, r, "after the truncation")
-						require.Equal(t, w.EndOffset(), r.EndOffset(), "after the writer's appends the reader shows every record")
+						r = finishAndFollow(t, p, w, r, path, row.from)
 					})
 				}
 			}
