@@ -31,6 +31,7 @@ func TestAsideCopiesAreBoundedWhileAppendersWait(t *testing.T) {
 	sim := blockdev.NewSimDir(blockdev.SimOptions{SyncLatency: 2 * time.Millisecond})
 	o := testOptions(sim)
 	o.SegmentSize, o.MaxWrite, o.CacheBytes = 256<<20, 4<<20, 64<<20 // fresh holds 4 MiB
+	o.NoPreallocate = true                                           // no segment's worth of zeros written into memory, under -race
 	l, err := Open("sim", o)
 	require.NoError(t, err)
 	defer l.Close()
@@ -104,6 +105,7 @@ func TestAppendersMayReuseTheirRecordsOnReturn(t *testing.T) {
 			t.Run(fmt.Sprintf("%s/%d", tc.name, appenders), func(t *testing.T) {
 				o := testOptions(blockdev.NewSimDir(blockdev.SimOptions{}))
 				o.SegmentSize, o.MaxWrite, o.CacheBytes = 64<<20, 4<<20, 16<<20 // fresh holds 2 MiB
+				o.NoPreallocate = true                                          // no segment's worth of zeros written into memory, under -race
 				l, err := Open("sim", o)
 				require.NoError(t, err)
 				defer l.Close()
@@ -186,6 +188,7 @@ func TestFailedLargeAppendsDropTheirCopy(t *testing.T) {
 			sim := blockdev.NewSimDir(blockdev.SimOptions{})
 			o := testOptions(sim)
 			o.SegmentSize, o.MaxWrite, o.CacheBytes = 8<<20, 1<<20, 32<<20
+			o.NoPreallocate = true // no segment's worth of zeros written into memory, under -race
 			l, err := Open("sim", o)
 			require.NoError(t, err)
 			defer l.Close()
@@ -205,6 +208,7 @@ func TestFailedLargeAppendsDropTheirCopy(t *testing.T) {
 		d := &countingDir{Dir: sim}
 		o := testOptions(d)
 		o.SegmentSize, o.MaxWrite, o.CacheBytes = 16<<20, 512<<10, 32<<20
+		o.NoPreallocate = true // no segment's worth of zeros written into memory, under -race
 		l, err := Open("sim", o)
 		require.NoError(t, err)
 		_, err = l.Append(batch(0, 1000)...)
@@ -237,6 +241,7 @@ func TestFailedLargeAppendsDropTheirCopy(t *testing.T) {
 func TestTruncateBackRacingLargeAppendsServesNoCutBatch(t *testing.T) {
 	o := testOptions(blockdev.NewSimDir(blockdev.SimOptions{}))
 	o.SegmentSize, o.MaxWrite, o.CacheBytes = 8<<20, 1<<20, 32<<20
+	o.NoPreallocate = true // no segment's worth of zeros written into memory, under -race
 	l, err := Open("sim", o)
 	require.NoError(t, err)
 	defer l.Close()
@@ -285,6 +290,7 @@ func TestCloseRacingLargeAppendsLeavesNoCopy(t *testing.T) {
 		t.Run(fmt.Sprint(appenders), func(t *testing.T) {
 			o := testOptions(blockdev.NewSimDir(blockdev.SimOptions{}))
 			o.SegmentSize, o.MaxWrite, o.CacheBytes = 16<<20, 1<<20, 32<<20
+			o.NoPreallocate = true // no segment's worth of zeros written into memory, under -race
 			l, err := Open("sim", o)
 			require.NoError(t, err)
 			var acks atomic.Int64
