@@ -1197,7 +1197,7 @@ func (l *Log) append(records [][]byte, makeRoom bool) (first uint64, err error) 
 	copied := l.copyForFresh(records)
 	first, err = s.w.Append(records...)
 	if err != nil {
-		copied(false)
+		copied.finish(l, records, false)
 	}
 	if makeRoom && errors.Is(err, wal.ErrBatchTooLarge) && wal.BatchFits(records, l.opts.MaxWrite, int64(s.dev.Alignment().Block)) {
 		// s was created with a smaller MaxWrite (an earlier open's): a
@@ -1212,7 +1212,7 @@ func (l *Log) append(records [][]byte, makeRoom bool) (first uint64, err error) 
 		l.mu.RUnlock()
 		return 0, err
 	}
-	l.fresh.insert(s.ns, first, len(records), copied(true))
+	l.fresh.insert(s.ns, first, len(records), copied.finish(l, records, true))
 	roll, prepare := l.shouldRollLocked(s)
 	if prepare {
 		l.prepareSpareLocked(s)
@@ -1239,34 +1239,48 @@ func (l *Log) append(records [][]byte, makeRoom bool) (first uint64, err error) 
 // as a small one is.
 const freshAside = 256 << 10
 
+// freshCopy is the copy of a batch for the write-through cache that
+// copyForFresh started, of n bytes of records; done is nil when it is
+// made by finish, after the write.
+type freshCopy struct {
+	done chan *cache.Value
+	n    int
+}
+
 // copyForFresh starts the copy of records that Append keeps in the
-// write-through cache, and returns what finishes it: keep returns the copy
-// (nil: none is kept), !keep drops it. The caller calls it once, before
-// records can change (before Append returns).
-func (l *Log) copyForFresh(records [][]byte) (finish func(keep bool) *cache.Value) {
+// write-through cache beside the write, if the batch is large enough and
+// the bound on such copies allows. The caller calls finish once, before
+// records can change (before Append returns). A small batch costs no
+// allocation here.
+func (l *Log) copyForFresh(records [][]byte) freshCopy {
 	n := 0
 	for _, r := range records {
 		n += len(r)
 	}
 	if n < freshAside || !l.fresh.takeAside(n) {
-		return func(keep bool) *cache.Value {
-			if !keep {
-				return nil
-			}
-			return l.fresh.copyOf(l.cache, records)
-		}
+		return freshCopy{}
 	}
-	done := make(chan *cache.Value, 1)
-	go func() { done <- l.fresh.copyOf(l.cache, records) }()
-	return func(keep bool) *cache.Value {
-		v := <-done
-		l.fresh.aside.Add(-int64(n))
-		if !keep && v != nil {
-			v.Release()
-			v = nil
+	c := freshCopy{done: make(chan *cache.Value, 1), n: n}
+	go func() { c.done <- l.fresh.copyOf(l.cache, records) }()
+	return c
+}
+
+// finish returns the copy of records, made now if it was not made beside
+// the write (nil: none is kept); with keep false it drops it.
+func (c freshCopy) finish(l *Log, records [][]byte, keep bool) *cache.Value {
+	if c.done == nil {
+		if !keep {
+			return nil
 		}
-		return v
+		return l.fresh.copyOf(l.cache, records)
 	}
+	v := <-c.done
+	l.fresh.aside.Add(-int64(c.n))
+	if !keep && v != nil {
+		v.Release()
+		v = nil
+	}
+	return v
 }
 
 // pendingRoll is a roll of segment s that an append triggered; created is
