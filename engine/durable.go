@@ -1,6 +1,8 @@
 package engine
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -252,5 +254,156 @@ func (l *Log) ackLimit(s *segment) (end position, bounded bool) {
 		return position{pos: wal.DataStart, off: s.base}, true
 	default:
 		return l.ack.limit(s.base)
+	}
+}
+
+func (l *Log) notifyDurable() {
+	l.durMu.Lock()
+	l.publishDurableLocked()
+	l.wakeLocked()
+	l.durMu.Unlock()
+}
+
+// wakeWaiters wakes Wait and WaitActive callers to look again (the log
+// failed or closed: what they wait for may never come).
+func (l *Log) wakeWaiters() {
+	l.durMu.Lock()
+	l.wakeLocked()
+	l.durMu.Unlock()
+}
+
+func (l *Log) wakeLocked() {
+	if l.durWaited { // no channel to spend on appends nobody waits for
+		close(l.durCh)
+		l.durCh, l.durWaited = make(chan struct{}), false
+	}
+}
+
+// openDurable sets up the DURABLE file: a writer creates it and publishes
+// where its active segment is durable; a read-only log maps it if it
+// exists, and hides what the writer has not acknowledged yet.
+func (l *Log) openDurable() error {
+	if _, ok := l.dir.(*blockdev.OSDir); !ok {
+		return nil
+	}
+	var err error
+	if !l.opts.ReadOnly {
+		if l.durable, err = createDurable(l.dir.Path()); err != nil {
+			// Appends work without it; readers in other processes then
+			// show none of the active segment while this writer lives.
+			l.opts.Logger.Warn("segstore: cannot publish the acknowledged end for readers in other processes: until this writer closes they show none of its active segment; make "+durableName+" in the log's directory creatable and mappable",
+				"dir", l.dir.Path(), "err", err)
+			return nil
+		}
+		l.publishDurable()
+		return nil
+	}
+	l.lookAtWriter()
+	for _, s := range *l.segs.Load() {
+		end, bounded := l.ackLimit(s)
+		if !bounded || s.isSealed() {
+			continue
+		}
+		// The words bound the file they were published for: the one this
+		// open read only if its name still is that file now that they are
+		// read. A rewrite renamed over it since (TruncateBack) has other
+		// frames at those positions.
+		if same, err := l.sameFile(s); err != nil || !same {
+			return errors.Join(err, fmt.Errorf("%w: segment %s was removed or replaced while this read-only open read it", ErrRewritten, s.name))
+		}
+		if s.vis().pos > end.pos {
+			s.hideFrom(end)
+		}
+	}
+	return nil
+}
+
+// publishDurable tells read-only logs in other processes where the
+// active segment is durable.
+func (l *Log) publishDurable() {
+	l.durMu.Lock()
+	l.publishDurableLocked()
+	l.durMu.Unlock()
+}
+
+// publishDurableLocked publishes the active segment's durable end; while
+// a roll has retired a segment and not sealed it yet, that segment's end
+// instead: readers in other processes see the roll when the seal is done
+// (a segment followed by another but without its footer would look like
+// one a crash left unsealed, and they would take it as sealed).
+func (l *Log) publishDurableLocked() {
+	if l.durable == nil || l.opts.ReadOnly {
+		return
+	}
+	if segs := *l.segs.Load(); len(segs) > 0 {
+		s := segs[len(segs)-1]
+		if n := len(segs); n > 1 && segs[n-2].retired.Load() && !segs[n-2].isSealed() {
+			s = segs[n-2]
+		}
+		l.durable.publish(s.base, s.vis())
+	}
+}
+
+// DurableOffset: every offset below it is durable (and readable).
+func (l *Log) DurableOffset() uint64 {
+	segs := *l.segs.Load()
+	if len(segs) == 0 {
+		return 0
+	}
+	return segs[len(segs)-1].vis().off
+}
+
+// Wait returns once offset is durable (DurableOffset() > offset), or when
+// ctx is done. If offset can no longer become durable it returns at once
+// (a Wait in progress wakes): ErrClosed once the log is closed; once the
+// log has stopped taking appends (a failed write, fdatasync, roll or
+// truncation), that failure, until the log is reopened.
+func (l *Log) Wait(ctx context.Context, offset uint64) error {
+	return l.waitUntil(ctx, func() (bool, error) {
+		if l.DurableOffset() > offset {
+			return true, nil
+		}
+		err := l.stopped()
+		return err != nil, err
+	})
+}
+
+// stopped returns why the log will make nothing more durable: ErrClosed,
+// or the failure that stopped it; nil while it works (or is read-only and
+// open, when its writer may still append).
+func (l *Log) stopped() error {
+	if l.isClosed.Load() {
+		return ErrClosed
+	}
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	switch {
+	case l.failed != nil:
+		return l.failed
+	case l.active != nil && l.active.w != nil:
+		if err := l.active.w.Err(); err != nil {
+			return fmt.Errorf("engine: segment %s stopped taking appends; reopen the log to recover: %w", l.active.path, err)
+		}
+	}
+	return nil
+}
+
+// waitUntil returns once check says it is done (with check's error),
+// looking again whenever durability advances, a segment is sealed, the
+// log's end is cut, the log fails or is closed; or when ctx is done.
+func (l *Log) waitUntil(ctx context.Context, check func() (bool, error)) error {
+	for {
+		l.durMu.Lock()
+		ch := l.durCh
+		l.durWaited = true
+		l.durMu.Unlock()
+		if done, err := check(); done {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-ch:
+		}
 	}
 }

@@ -343,20 +343,6 @@ func (l *Log) lockChange() (unlock func()) {
 	}
 }
 
-func (l *Log) writableLocked() error {
-	switch {
-	case l.isClosed.Load():
-		return ErrClosed
-	case l.failed != nil:
-		return l.failed
-	case l.active == nil:
-		return ErrReadOnly
-	case l.cleanPending.Load():
-		return l.dropCleanRecord()
-	}
-	return nil
-}
-
 // dropCleanRecord rewrites the manifest without the clean close record
 // the log was opened from (fdatasync, rename, directory fsync), before
 // the first change writes anything: the commit point that keeps the record
@@ -375,4 +361,11 @@ func (l *Log) dropCleanRecord() error {
 	}
 	l.cleanPending.Store(false)
 	return nil
+}
+
+// truncStep runs truncHook at a step of a TruncateBack (nil outside tests).
+func (l *Log) truncStep(step string) {
+	if l.truncHook != nil {
+		l.truncHook(step)
+	}
 }

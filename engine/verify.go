@@ -3,7 +3,6 @@ package engine
 import (
 	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -246,15 +245,6 @@ func (r *VerifyReport) verifyMetadata(d blockdev.Dir) {
 	}
 }
 
-// openExistingDir opens dir for reading, refusing (not creating) a
-// missing directory.
-func openExistingDir(dir string, buffered bool) (*blockdev.OSDir, error) {
-	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
-		return nil, fmt.Errorf("engine: %s is not an existing directory: %w", dir, errors.Join(err, fs.ErrNotExist))
-	}
-	return blockdev.OpenDir(dir, buffered)
-}
-
 // namedFile reports whether name in d is still the file dev has open.
 func namedFile(d blockdev.Dir, name string, dev blockdev.Device) bool {
 	f, ok := dev.(*blockdev.File)
@@ -408,20 +398,4 @@ func (r *VerifyReport) verifySegment(d blockdev.Dir, base uint64, last, sealing 
 		problem(foot.Pos, ProblemFooter, true, "index entry %d (offset %d at byte %d) does not match a record", indexBad, e.off, e.pos)
 	}
 	return nil
-}
-
-// writerLive reports whether a writer holds the lock of the store in d
-// (the lock belongs to an open file, so this sees a writer in this process
-// too). It queries the lock without taking it, so a writer opening at the
-// same moment never finds it taken by the probe; it creates nothing. A
-// lock that cannot be queried counts as held, so that readers show only
-// what a writer has acknowledged. A simulated directory has no lock, and
-// no writer in another process.
-func writerLive(d blockdev.Dir) bool {
-	od, ok := d.(*blockdev.OSDir)
-	if !ok {
-		return false
-	}
-	held, _, err := od.LockHolder(lockName)
-	return held || err != nil
 }
