@@ -370,99 +370,25 @@ func (l *Log) load() error {
 // from the records, which the footer's checksum does not cover, and
 // reported. Read-only opens, and lazy ones (a segment's first use, see
 // Log.ensure), repair nothing: they serve what is valid.
+//
+// The steps, one function each: openByFooter (the states the file's tail
+// tells without a scan), scanSegment (index the records), then
+// serveUnsealed (read-only) or resumeUnsealed (writable: cut, resume or
+// seal).
 func (l *Log) openSegment(base uint64, last bool, nextBase uint64, lazy bool) (*segment, error) {
-	name := segName(base)
 	readOnly := l.opts.ReadOnly || lazy
-	dev, err := l.dir.Open(name, blockdev.Options{ReadOnly: readOnly})
+	dev, err := l.dir.Open(segName(base), blockdev.Options{ReadOnly: readOnly})
 	if err != nil {
 		return nil, err
 	}
 	s := l.newSegment(base, dev)
-	damaged := int64(-1) // position of a damaged footer
-	hdr, foot, err := wal.ReadSealed(dev)
-	var ce *wal.CorruptionError
-	switch {
-	case err == nil:
-		s.hdr = hdr
-		if err := l.checkHeader(s); err != nil {
-			return s, err
-		}
-		if err := s.decodeFooter(foot); err == nil {
-			if !lazy {
-				l.noteReport(func(r *Recovery) { r.Sealed++ })
-			}
-			return s, nil
-		}
-		damaged = foot.Pos
-	case errors.As(err, &ce) && ce.InFooter:
-		damaged = ce.Pos
-	case last && errors.Is(err, wal.ErrNotWAL):
-		// A crash while the file was being created: its header never became
-		// durable, so nothing in it was ever acknowledged. Drop it if it is
-		// all zeros; anything else is damage.
-		if empty, zerr := allZero(dev); zerr != nil || !empty {
-			return s, errors.Join(err, zerr)
-		}
-		l.noteReport(func(r *Recovery) { r.RemovedIncomplete = append(r.RemovedIncomplete, base) })
-		s.release()
-		if l.opts.ReadOnly {
-			return nil, nil
-		}
-		if err := l.dir.Remove(name); err != nil {
-			return nil, err
-		}
-		return nil, l.dir.Sync()
-	case !errors.Is(err, wal.ErrNotSealed):
-		return s, err
-	case last:
-		if ok, err := l.openFromCleanClose(s, hdr, readOnly); ok || err != nil {
-			return s, err
-		}
-	}
-
-	sc, err := wal.NewScanner(dev)
-	if err != nil {
+	s, damaged, done, err := l.openByFooter(s, last, lazy, readOnly)
+	if done {
 		return s, err
 	}
-	if c := l.clean; last && c != nil && c.base == base {
-		if size, err := dev.Size(); err == nil && size == c.size {
-			sc.TrustCleanEnd(c.end)
-			l.noteReport(func(r *Recovery) { r.CleanEnd = true })
-		}
-	}
-	s.hdr = sc.Header()
-	if err := l.checkHeader(s); err != nil {
+	sc, frames, done, err := l.scanSegment(s, last, lazy, readOnly, &damaged)
+	if done {
 		return s, err
-	}
-	frames := 0
-	for sc.Next() {
-		s.indexFrame(sc.Frame())
-		frames++
-	}
-	switch err := sc.Err(); {
-	case errors.As(err, &ce) && ce.InFooter:
-		damaged = ce.Pos
-	case err != nil:
-		return s, err
-	case sc.Footer() != nil && damaged < 0:
-		// Sealed, but its final truncate did not happen: the footer is good,
-		// and the scan proved only zeros follow it. A writable open finishes
-		// the seal, so the file ends at its footer again (exports send the
-		// file whole, and importers find the footer at its end); a read-only
-		// one knows the footer's end (s.man.size), which is what it exports.
-		if err := s.decodeFooter(sc.Footer()); err == nil {
-			if size, err := dev.Size(); !readOnly && err == nil && size > sc.Footer().End {
-				if err := finishSeal(dev, sc.Footer()); err != nil {
-					return s, fmt.Errorf("engine: finish the seal of %s (cut the zeros after its footer at byte %d; its records are intact, reopen once the device works): %w", s.path, sc.Footer().End, err)
-				}
-				l.noteReport(func(r *Recovery) { r.FinishedSeals = append(r.FinishedSeals, base) })
-			}
-			if !lazy {
-				l.noteReport(func(r *Recovery) { r.Sealed++ })
-			}
-			return s, nil
-		}
-		damaged = sc.Footer().Pos
 	}
 	end := position{pos: sc.End(), off: sc.NextOffset()}
 	s.visible.Store(&end)
@@ -471,60 +397,175 @@ func (l *Log) openSegment(base uint64, last bool, nextBase uint64, lazy bool) (*
 	}
 	if damaged >= 0 {
 		l.noteRebuiltFooter(base)
-		l.opts.Logger.Warn("segstore: damaged footer, index rebuilt from the records", "segment", name, "footer", damaged)
+		l.opts.Logger.Warn("segstore: damaged footer, index rebuilt from the records", "segment", s.name, "footer", damaged)
 	}
 	if last {
 		read := sc.BytesRead()
 		l.noteReport(func(r *Recovery) { r.ActiveRead = read })
 	}
 	if readOnly {
-		if last {
-			l.noteReport(func(r *Recovery) { r.ActiveFrames = frames })
-		}
-		s.mu.Lock()
-		// Not last and unsealed: a crash (or this open's timing) came
-		// between a roll and its seal, which a writer's open, or the
-		// writer, completes. Its records end here; it has no footer to
-		// export yet, so it is retired, not sealed.
-		s.sealed = damaged >= 0 || (!last && lazy)
-		s.mu.Unlock()
-		s.retired.Store(!last && !s.sealed)
-		return s, nil
+		return l.serveUnsealed(s, last, lazy, damaged, frames), nil
 	}
+	return s, l.resumeUnsealed(s, sc, last, damaged, frames)
+}
+
+// openByFooter opens s by what its tail says, without a scan: a sealed
+// file through its footer, the last file through the manifest's clean
+// close record, and a last file whose header never became durable (all
+// zeros: removed, and nil returned). done says whether the open ended
+// here (with err); otherwise the file needs a scan, and damaged is the
+// position of a damaged footer (-1: none).
+func (l *Log) openByFooter(s *segment, last, lazy, readOnly bool) (_ *segment, damaged int64, done bool, err error) {
+	hdr, foot, err := wal.ReadSealed(s.dev)
+	var ce *wal.CorruptionError
+	switch {
+	case err == nil:
+		s.hdr = hdr
+		if err := l.checkHeader(s); err != nil {
+			return s, -1, true, err
+		}
+		if err := s.decodeFooter(foot); err == nil {
+			if !lazy {
+				l.noteReport(func(r *Recovery) { r.Sealed++ })
+			}
+			return s, -1, true, nil
+		}
+		return s, foot.Pos, false, nil
+	case errors.As(err, &ce) && ce.InFooter:
+		return s, ce.Pos, false, nil
+	case last && errors.Is(err, wal.ErrNotWAL):
+		// A crash while the file was being created: its header never became
+		// durable, so nothing in it was ever acknowledged. Drop it if it is
+		// all zeros; anything else is damage.
+		if empty, zerr := allZero(s.dev); zerr != nil || !empty {
+			return s, -1, true, errors.Join(err, zerr)
+		}
+		l.noteReport(func(r *Recovery) { r.RemovedIncomplete = append(r.RemovedIncomplete, s.base) })
+		s.release()
+		if l.opts.ReadOnly {
+			return nil, -1, true, nil
+		}
+		if err := l.dir.Remove(s.name); err != nil {
+			return nil, -1, true, err
+		}
+		return nil, -1, true, l.dir.Sync()
+	case !errors.Is(err, wal.ErrNotSealed):
+		return s, -1, true, err
+	case last:
+		if ok, err := l.openFromCleanClose(s, hdr, readOnly); ok || err != nil {
+			return s, -1, true, err
+		}
+	}
+	return s, -1, false, nil
+}
+
+// scanSegment scans s, indexing every valid frame, and returns the
+// scanner and the frames it found. A scan that ends at a good footer
+// (sealed, but the seal's final truncate did not happen) opens s as
+// sealed: done. A damaged footer the scan finds is recorded in *damaged.
+func (l *Log) scanSegment(s *segment, last, lazy, readOnly bool, damaged *int64) (sc *wal.Scanner, frames int, done bool, err error) {
+	if sc, err = wal.NewScanner(s.dev); err != nil {
+		return nil, 0, true, err
+	}
+	if c := l.clean; last && c != nil && c.base == s.base {
+		if size, err := s.dev.Size(); err == nil && size == c.size {
+			sc.TrustCleanEnd(c.end)
+			l.noteReport(func(r *Recovery) { r.CleanEnd = true })
+		}
+	}
+	s.hdr = sc.Header()
+	if err := l.checkHeader(s); err != nil {
+		return nil, 0, true, err
+	}
+	for sc.Next() {
+		s.indexFrame(sc.Frame())
+		frames++
+	}
+	var ce *wal.CorruptionError
+	switch err := sc.Err(); {
+	case errors.As(err, &ce) && ce.InFooter:
+		*damaged = ce.Pos
+	case err != nil:
+		return nil, 0, true, err
+	case sc.Footer() != nil && *damaged < 0:
+		// Sealed, but its final truncate did not happen: the footer is good,
+		// and the scan proved only zeros follow it. A writable open finishes
+		// the seal, so the file ends at its footer again (exports send the
+		// file whole, and importers find the footer at its end); a read-only
+		// one knows the footer's end (s.man.size), which is what it exports.
+		if err := s.decodeFooter(sc.Footer()); err == nil {
+			if size, err := s.dev.Size(); !readOnly && err == nil && size > sc.Footer().End {
+				if err := finishSeal(s.dev, sc.Footer()); err != nil {
+					return nil, 0, true, fmt.Errorf("engine: finish the seal of %s (cut the zeros after its footer at byte %d; its records are intact, reopen once the device works): %w", s.path, sc.Footer().End, err)
+				}
+				l.noteReport(func(r *Recovery) { r.FinishedSeals = append(r.FinishedSeals, s.base) })
+			}
+			if !lazy {
+				l.noteReport(func(r *Recovery) { r.Sealed++ })
+			}
+			return nil, 0, true, nil
+		}
+		*damaged = sc.Footer().Pos
+	}
+	return sc, frames, false, nil
+}
+
+// serveUnsealed finishes a read-only (or lazy) open of a scanned file,
+// repairing nothing.
+func (l *Log) serveUnsealed(s *segment, last, lazy bool, damaged int64, frames int) *segment {
+	if last {
+		l.noteReport(func(r *Recovery) { r.ActiveFrames = frames })
+	}
+	s.mu.Lock()
+	// Not last and unsealed: a crash (or this open's timing) came
+	// between a roll and its seal, which a writer's open, or the
+	// writer, completes. Its records end here; it has no footer to
+	// export yet, so it is retired, not sealed.
+	s.sealed = damaged >= 0 || (!last && lazy)
+	s.mu.Unlock()
+	s.retired.Store(!last && !s.sealed)
+	return s
+}
+
+// resumeUnsealed finishes a writable open of a scanned file: it cuts a
+// damaged footer (and what follows it) or the torn tail, resumes a writer
+// after the last valid frame, and seals the file unless it is the last
+// (the active segment).
+func (l *Log) resumeUnsealed(s *segment, sc *wal.Scanner, last bool, damaged int64, frames int) error {
 	var w *wal.Writer
 	var torn *wal.TornTail
 	if damaged >= 0 {
-		size, err := dev.Size()
+		size, err := s.dev.Size()
 		if err != nil {
-			return s, err
+			return err
 		}
-		if err := wal.Cut(dev, damaged, size); err != nil {
-			return s, err
+		if err := wal.Cut(s.dev, damaged, size); err != nil {
+			return err
 		}
-		w, _, err = wal.Open(dev, l.walOptions(s)) // rare: scan again after the cut
-		if err != nil {
-			return s, err
+		if w, _, err = wal.Open(s.dev, l.walOptions(s)); err != nil { // rare: scan again after the cut
+			return err
 		}
 	} else {
 		rec := sc.Recovery()
 		torn = rec.Torn
-		if w, err = wal.Resume(dev, rec, l.walOptions(s)); err != nil {
-			return s, err
+		var err error
+		if w, err = wal.Resume(s.dev, rec, l.walOptions(s)); err != nil {
+			return err
 		}
 	}
 	s.w = w
 	if last {
 		l.noteReport(func(r *Recovery) { r.ActiveFrames, r.Torn = frames, torn })
 		if torn != nil {
-			l.opts.Logger.Warn("segstore: cut a torn tail", "segment", name, "at", torn.Pos, "bytes", torn.Bytes, "reason", torn.Reason)
+			l.opts.Logger.Warn("segstore: cut a torn tail", "segment", s.name, "at", torn.Pos, "bytes", torn.Bytes, "reason", torn.Reason)
 		}
-		return s, nil
+		return nil
 	}
 	if err := l.seal(s); err != nil {
-		return s, err
+		return err
 	}
-	l.noteReport(func(r *Recovery) { r.Resealed = append(r.Resealed, base) })
-	return s, nil
+	l.noteReport(func(r *Recovery) { r.Resealed = append(r.Resealed, s.base) })
+	return nil
 }
 
 // openFromCleanClose opens s, the last segment, whose header is hdr,
