@@ -223,11 +223,46 @@ func (l *Log) release() {
 }
 
 // load opens every segment: sealed ones through their footer, the last one
-// by scanning (and cutting its torn tail).
+// by scanning (and cutting its torn tail). The steps: listSegments,
+// openSegments (in parallel, then the last), chainSegments (the
+// contiguity check), then, for a writer, makeActive and keepManifest.
 func (l *Log) load() error {
-	names, err := l.dir.List()
+	bases, err := l.listSegments()
 	if err != nil {
 		return err
+	}
+	var manifest map[uint64]manifestEntry
+	var manifestBytes []byte // as read, to compare with what open found
+	if !l.opts.VerifyOnOpen {
+		manifest, l.clean, manifestBytes = l.readManifest()
+	}
+	defer func() { l.clean = nil }() // it described the files as open found them
+	writes := l.manifestWrites.Load()
+	segs, err := l.chainSegments(l.openSegments(bases, manifest))
+	l.segs.Store(&segs)
+	if err != nil {
+		return err
+	}
+	l.report.Segments = len(segs)
+	l.noteOpen(segs...)
+	if err := l.loadStart(); err != nil {
+		return err
+	}
+	if l.opts.ReadOnly {
+		return nil
+	}
+	if err := l.makeActive(segs); err != nil {
+		return err
+	}
+	return l.keepManifest(manifestBytes, writes)
+}
+
+// listSegments lists the bases of the segment files in order, and (for a
+// writer) removes the files being written when the process stopped.
+func (l *Log) listSegments() ([]uint64, error) {
+	names, err := l.dir.List()
+	if err != nil {
+		return nil, err
 	}
 	l.openStep("listed")
 	var bases []uint64
@@ -239,25 +274,25 @@ func (l *Log) load() error {
 			// A file being written when the process stopped (a truncation's
 			// rewrite, a metadata update): never committed, so discarded.
 			if err := l.dir.Remove(n); err != nil {
-				return err
+				return nil, err
 			}
 		}
 	}
 	slices.Sort(bases)
-	var manifest map[uint64]manifestEntry
-	var manifestBytes []byte // as read, to compare with what open found
-	if !l.opts.VerifyOnOpen {
-		manifest, l.clean, manifestBytes = l.readManifest()
-	}
-	defer func() { l.clean = nil }() // it described the files as open found them
-	writes := l.manifestWrites.Load()
-	// Sealed segments through the manifest, or in parallel through their
-	// footers; then the last one (which may create or repair files) alone.
-	type opened struct {
-		s   *segment
-		err error
-	}
-	results := make([]opened, len(bases))
+	return bases, nil
+}
+
+// openedSegment is one file as openSegments opened it.
+type openedSegment struct {
+	s   *segment
+	err error
+}
+
+// openSegments opens the segments at bases: the sealed ones through the
+// manifest, or in parallel through their footers; then the last one
+// (which may create or repair files) alone, if every other opened.
+func (l *Log) openSegments(bases []uint64, manifest map[uint64]manifestEntry) []openedSegment {
+	results := make([]openedSegment, len(bases))
 	var loaded atomic.Int64 // sealed segments opened here: those past the bound are closed again
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, openParallelism)
@@ -285,12 +320,20 @@ func (l *Log) load() error {
 		}()
 	}
 	wg.Wait()
-	sealedOK := !slices.ContainsFunc(results, func(r opened) bool { return r.err != nil })
+	sealedOK := !slices.ContainsFunc(results, func(r openedSegment) bool { return r.err != nil })
 	if n := len(bases); n > 0 && sealedOK {
 		t := time.Now()
 		results[n-1].s, results[n-1].err = l.openSegment(bases[n-1], true, 0, false)
 		l.report.ActiveScan = time.Since(t)
 	}
+	return results
+}
+
+// chainSegments returns the opened segments in order, and the first
+// error: of an open, or a segment that does not start where the one
+// before it ends. Every opened segment is returned, error or not, so that
+// the caller closes them all.
+func (l *Log) chainSegments(results []openedSegment) ([]*segment, error) {
 	var segs []*segment
 	var firstErr error
 	for _, r := range results {
@@ -314,19 +357,13 @@ func (l *Log) load() error {
 			}
 		}
 	}
-	if firstErr != nil {
-		l.segs.Store(&segs)
-		return firstErr
-	}
-	l.report.Segments = len(segs)
-	l.segs.Store(&segs)
-	l.noteOpen(segs...)
-	if err := l.loadStart(); err != nil {
-		return err
-	}
-	if l.opts.ReadOnly {
-		return nil
-	}
+	return segs, firstErr
+}
+
+// makeActive makes the last segment the active one, creating it if there
+// is none or the last is sealed, and checks that the segments it will
+// roll to can be written with MaxWrite.
+func (l *Log) makeActive(segs []*segment) error {
 	if len(segs) == 0 || segs[len(segs)-1].w == nil {
 		next := uint64(0)
 		if len(segs) > 0 {
@@ -346,6 +383,13 @@ func (l *Log) load() error {
 		return &OptionError{Option: "MaxWrite", Value: sizeString(int64(l.opts.MaxWrite)),
 			Problem: fmt.Sprintf("is too small for the device's block of %d bytes: use at least %s", blk, sizeString(4*blk))}
 	}
+	return nil
+}
+
+// keepManifest writes the manifest anew unless the one on disk (read as
+// manifestBytes, before the open made writes of its own if the count
+// moved from writes) already says what the open found.
+func (l *Log) keepManifest(manifestBytes []byte, writes int64) error {
 	current, err := manifestBytes, error(nil)
 	if manifestBytes == nil || l.manifestWrites.Load() != writes {
 		// None was read, or this open rewrote it (sealing a segment).
