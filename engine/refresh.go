@@ -195,13 +195,11 @@ func (l *Log) Writer() WriterInfo {
 	w := WriterInfo{Live: writerLive(l.dir)}
 	l.refreshMu.Lock()
 	defer l.refreshMu.Unlock()
-	if l.durable == nil && !l.isClosed.Load() { // the writer may have made it since
-		l.durable = openDurable(l.dir.Path())
-	}
-	if l.durable == nil {
+	d := l.currentDurable()
+	if d == nil {
 		return w
 	}
-	if st, ok := l.durable.read(); ok && st.open && w.Live {
+	if st, ok := d.read(); ok && st.open && w.Live {
 		w.Acknowledged, w.Published = st.end.off, true
 	}
 	return w
