@@ -17,6 +17,10 @@ type Buffers struct {
 	mu     sync.Mutex
 	free   [][]byte // guarded by mu
 	allocs atomic.Int64
+	// lent, if set (tests), is called with each buffer put takes back,
+	// before it is kept or dropped: a test fills it with a pattern that
+	// no device write may then carry.
+	lent func(buf []byte)
 }
 
 // buffersKept bounds the free buffers a Buffers holds: two writers'
@@ -52,6 +56,9 @@ func (b *Buffers) get(size int, a blockdev.Alignment) []byte {
 func (b *Buffers) put(buf []byte) {
 	if b == nil {
 		return
+	}
+	if b.lent != nil {
+		b.lent(buf)
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
