@@ -52,7 +52,12 @@ func (b *Buffers) get(size int, a blockdev.Alignment) []byte {
 	return a.Alloc(size)
 }
 
-// put takes buf back (it is dropped if buffersKept are free already).
+// put takes buf back. If buffersKept are free already, it takes the
+// place of one of another size (kept from writers of another MaxWrite: a
+// segment resumed from an older file keeps the MaxWrite it was created
+// with, so a log whose MaxWrite was changed had two such buffers squat
+// two of the four places for good, and its rolls allocated again), else
+// it is dropped.
 func (b *Buffers) put(buf []byte) {
 	if b == nil {
 		return
@@ -64,5 +69,32 @@ func (b *Buffers) put(buf []byte) {
 	defer b.mu.Unlock()
 	if len(b.free) < buffersKept {
 		b.free = append(b.free, buf)
+		return
 	}
+	for i, f := range b.free {
+		if len(f) != len(buf) {
+			b.free[i] = buf
+			return
+		}
+	}
+}
+
+// Kept is how many bytes of free buffers it holds.
+func (b *Buffers) Kept() int64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var n int64
+	for _, f := range b.free {
+		n += int64(len(f))
+	}
+	return n
+}
+
+// Release drops the free buffers (to the collector): the owner of b has
+// closed every writer it lent to, and lends no more.
+func (b *Buffers) Release() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	clear(b.free)
+	b.free = nil
 }

@@ -171,3 +171,26 @@ func lentBuffersChain(t *testing.T, mode SyncMode) {
 		}
 	}
 }
+
+// TestBuffersMakeRoomForTheSizeInUse: with every place taken by buffers
+// of another size (writers of an older MaxWrite), a buffer of the size
+// now in use takes the place of one of them and is lent again; one more
+// of a size already kept everywhere is dropped. Kept counts the bytes
+// held, Release lets them all go.
+func TestBuffersMakeRoomForTheSizeInUse(t *testing.T) {
+	a := blockdev.Alignment{Memory: 512, Offset: 512, Block: 4096}
+	var b Buffers
+	for range buffersKept {
+		b.put(a.Alloc(64 << 10))
+	}
+	b.put(a.Alloc(64 << 10))
+	require.Equal(t, int64(buffersKept*64<<10), b.Kept(), "one more of the size kept everywhere is dropped")
+	newer := a.Alloc(128 << 10)
+	b.put(newer)
+	got := b.get(128<<10, a)
+	require.Zero(t, b.Allocs(), "the buffer of the size in use was kept")
+	require.Same(t, &newer[0], &got[0])
+	require.Equal(t, int64((buffersKept-1)*64<<10), b.Kept())
+	b.Release()
+	require.Zero(t, b.Kept())
+}
