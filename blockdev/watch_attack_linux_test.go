@@ -120,3 +120,22 @@ func TestWatchDirAddsNoWatchToADescriptorReused(t *testing.T) {
 	}
 	require.Zero(t, inotifyWatches(t, fd), "watches another inotify instance got from a stopped watch")
 }
+
+// TestWatchDirReportsANamedFileItCannotWatch: a named file whose watch
+// cannot be added for another reason than its absence (here a symbolic
+// link to itself; the limit of watches reached is the same case) fails
+// WatchDir, so that its caller says so and polls, instead of a watch
+// whose reads of that file wake nobody.
+func TestWatchDirReportsANamedFileItCannotWatch(t *testing.T) {
+	dir := t.TempDir()
+	require.NoError(t, os.Symlink("LOOP", filepath.Join(dir, "LOOP")))
+	fds := openFDs(t)
+	_, _, err := WatchDir(dir, "LOOP")
+	require.ErrorIs(t, err, unix.ELOOP)
+	require.Equal(t, fds, openFDs(t), "descriptors left open")
+
+	changes, stop, err := WatchDir(dir, "ABSENT")
+	require.NoError(t, err, "a file not there yet is watched once it appears")
+	stop()
+	require.NotNil(t, changes)
+}

@@ -2,6 +2,7 @@ package blockdev
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -28,12 +29,19 @@ func WatchDir(path string, reads ...string) (<-chan struct{}, func(), error) {
 		unix.Close(fd)
 		return nil, nil, fmt.Errorf("inotify_add_watch %s: %w", path, err)
 	}
-	watchReads := func(fd int, name string) {
-		// A file that is not there is watched once its creation is seen.
-		_, _ = unix.InotifyAddWatch(fd, filepath.Join(path, name), unix.IN_ACCESS)
+	watchReads := func(fd int, name string) error {
+		_, err := unix.InotifyAddWatch(fd, filepath.Join(path, name), unix.IN_ACCESS)
+		return err
 	}
 	for _, name := range reads {
-		watchReads(fd, name)
+		// A file that is not there is watched once its creation is seen.
+		// Any other failure (the limit of watches reached) is the
+		// caller's to report: its reads would wake nobody, and a caller
+		// told so polls instead.
+		if err := watchReads(fd, name); err != nil && !errors.Is(err, unix.ENOENT) {
+			unix.Close(fd)
+			return nil, nil, fmt.Errorf("inotify_add_watch %s: %w", filepath.Join(path, name), err)
+		}
 	}
 	f := os.NewFile(uintptr(fd), "inotify") // non-blocking: reads wait in Go's poller
 	rc, err := f.SyscallConn()
@@ -58,7 +66,7 @@ func WatchDir(path string, reads ...string) (<-chan struct{}, func(), error) {
 					// Through the file, never the bare number: once stop
 					// has closed it, Control fails instead of adding the
 					// watch to whatever file now has that number.
-					_ = rc.Control(func(fd uintptr) { watchReads(int(fd), name) })
+					_ = rc.Control(func(fd uintptr) { _ = watchReads(int(fd), name) })
 					if hook != nil {
 						(*hook)("added")
 					}
