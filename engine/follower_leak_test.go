@@ -100,3 +100,17 @@ func TestFollowerWakesForANewDurableFile(t *testing.T) {
 		})
 	}
 }
+
+// TestKeepRefreshedRefusesAnIntervalThatIsNoInterval: an interval of zero
+// or less is refused with an error that says what to pass (the ticker it
+// makes panicked on it).
+func TestKeepRefreshedRefusesAnIntervalThatIsNoInterval(t *testing.T) {
+	path := t.TempDir()
+	w := realLog(t, path)
+	defer w.Close()
+	r := readerOf(t, path)
+	for _, interval := range []time.Duration{0, -time.Second} {
+		err := r.KeepRefreshed(context.Background(), interval)
+		require.ErrorContains(t, err, "interval", "interval %v", interval)
+	}
+}

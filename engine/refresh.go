@@ -138,8 +138,12 @@ func (l *Log) hook(step string, bases *[]uint64) {
 // that send no such events (without inotify, as everywhere but Linux, it
 // only polls).
 // Readers waiting in Wait wake as records are found. It returns ctx's
-// error, or Refresh's (ErrRewritten: reopen the log).
+// error, or Refresh's (ErrRewritten: reopen the log); an interval of zero
+// or less is refused.
 func (l *Log) KeepRefreshed(ctx context.Context, interval time.Duration) error {
+	if interval <= 0 {
+		return fmt.Errorf("engine: KeepRefreshed needs a positive polling interval, not %v (it also looks at least that often where file events do not come)", interval)
+	}
 	changes, stop, err := blockdev.WatchDir(l.dir.Path(), durableName)
 	switch {
 	case errors.Is(err, blockdev.ErrNoWatch): // expected where there is no inotify
