@@ -142,11 +142,13 @@ func openDurable(dir string) *durableFile {
 	return &durableFile{mem: mem, file: fi}
 }
 
-// replaced reports whether the DURABLE file of dir is no longer the one a
-// reader's d maps (removed, or another file under its name).
+// replaced reports whether another file than the one a reader's d maps
+// is the DURABLE file of dir now. One removed and not replaced is not:
+// the writer that has it open publishes there still (a writer that
+// finds none creates one).
 func (d *durableFile) replaced(dir string) bool {
 	fi, err := os.Stat(filepath.Join(dir, durableName))
-	return err != nil || !os.SameFile(fi, d.file)
+	return err == nil && !os.SameFile(fi, d.file)
 }
 
 // currentDurable is the reader's mapping of the DURABLE file of its

@@ -66,3 +66,20 @@ func TestAReaderFollowsAReplacedDurableFile(t *testing.T) {
 		})
 	}
 }
+
+// TestAReaderFollowsARemovedDurableFile: DURABLE removed (and not
+// replaced) while its writer lives: the writer publishes in the file it
+// has open, and a reader that mapped it follows it still.
+func TestAReaderFollowsARemovedDurableFile(t *testing.T) {
+	path, ends := frameLog(t, 5)
+	fw := newFakeWriter(t, path, ends[1])
+	defer fw.gone(t)
+	r := readerOf(t, path)
+	require.Equal(t, ends[1].off, r.EndOffset())
+	require.NoError(t, os.Remove(filepath.Join(path, durableName)))
+	fw.d.publish(0, ends[3])
+	_, err := r.Refresh()
+	require.NoError(t, err)
+	require.Equal(t, ends[3].off, r.EndOffset())
+	require.Equal(t, ends[3].off, r.Writer().Acknowledged)
+}
