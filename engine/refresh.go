@@ -149,7 +149,7 @@ func (l *Log) KeepRefreshed(ctx context.Context, interval time.Duration) error {
 	case errors.Is(err, blockdev.ErrNoWatch): // expected where there is no inotify
 		l.opts.Logger.Debug("segstore: polling the log's directory", "dir", l.Dir(), "every", interval)
 	case err != nil:
-		l.opts.Logger.Warn("segstore: no inotify on the log's directory; polling instead", "dir", l.Dir(), "every", interval, "err", err)
+		l.opts.Logger.Warn("segstore: cannot watch the log's directory and its "+durableName+" file (inotify); polling instead", "dir", l.Dir(), "every", interval, "err", err)
 	default:
 		defer stop()
 	}
