@@ -2,10 +2,12 @@ package blockdev
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 )
@@ -27,14 +29,26 @@ func WatchDir(path string, reads ...string) (<-chan struct{}, func(), error) {
 		unix.Close(fd)
 		return nil, nil, fmt.Errorf("inotify_add_watch %s: %w", path, err)
 	}
-	watchReads := func(name string) {
-		// A file that is not there is watched once its creation is seen.
-		_, _ = unix.InotifyAddWatch(fd, filepath.Join(path, name), unix.IN_ACCESS)
+	watchReads := func(fd int, name string) error {
+		_, err := unix.InotifyAddWatch(fd, filepath.Join(path, name), unix.IN_ACCESS)
+		return err
 	}
 	for _, name := range reads {
-		watchReads(name)
+		// A file that is not there is watched once its creation is seen.
+		// Any other failure (the limit of watches reached) is the
+		// caller's to report: its reads would wake nobody, and a caller
+		// told so polls instead.
+		if err := watchReads(fd, name); err != nil && !errors.Is(err, unix.ENOENT) {
+			unix.Close(fd)
+			return nil, nil, fmt.Errorf("inotify_add_watch %s: %w", filepath.Join(path, name), err)
+		}
 	}
 	f := os.NewFile(uintptr(fd), "inotify") // non-blocking: reads wait in Go's poller
+	rc, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		return nil, nil, fmt.Errorf("inotify: %w", err)
+	}
 	ch := make(chan struct{}, 1)
 	go func() {
 		buf := make([]byte, 16<<10)
@@ -45,7 +59,17 @@ func WatchDir(path string, reads ...string) (<-chan struct{}, func(), error) {
 			}
 			inotifyEvents(buf[:n], func(mask uint32, name string) {
 				if mask&(unix.IN_CREATE|unix.IN_MOVED_TO) != 0 && slices.Contains(reads, name) {
-					watchReads(name)
+					hook := watchHook.Load()
+					if hook != nil {
+						(*hook)("adding")
+					}
+					// Through the file, never the bare number: once stop
+					// has closed it, Control fails instead of adding the
+					// watch to whatever file now has that number.
+					_ = rc.Control(func(fd uintptr) { _ = watchReads(int(fd), name) })
+					if hook != nil {
+						(*hook)("added")
+					}
 				}
 			})
 			select {
@@ -56,6 +80,10 @@ func WatchDir(path string, reads ...string) (<-chan struct{}, func(), error) {
 	}()
 	return ch, func() { f.Close() }, nil
 }
+
+// watchHook, if set (tests), runs before and after the watch of a named
+// file that appeared is added ("adding", "added").
+var watchHook atomic.Pointer[func(step string)]
 
 // inotifyEvents calls fn with the mask and name (empty for an event of
 // the watched file itself) of each whole event in b, as read from an

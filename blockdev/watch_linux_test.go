@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -71,16 +73,59 @@ func TestInotifyEvents(t *testing.T) {
 	assert.Empty(t, decode(nil))
 }
 
-// FuzzInotifyEvents: any bytes decode without a panic, and every name
-// lies within them.
+// FuzzInotifyEvents: any bytes decode without a panic, every name lies
+// within them and holds no NUL, and the events decoded never take more
+// bytes than given; events encoded as the kernel does (names
+// NUL-padded, from the fuzzer's bytes) decode to exactly those events,
+// and any cut of them to exactly the whole events before the cut.
 func FuzzInotifyEvents(f *testing.F) {
 	f.Add([]byte{})
 	f.Add(make([]byte, unix.SizeofInotifyEvent+8))
+	f.Add([]byte{0x02, 7, 9, 'D', 'U', 'R', 'A', 'B', 'L', 'E', 0x01, 0, 0})
+	type seen struct {
+		mask uint32
+		name string
+	}
 	f.Fuzz(func(t *testing.T, b []byte) {
+		used := 0
 		inotifyEvents(b, func(_ uint32, name string) {
-			if len(name) > len(b) {
-				t.Fatalf("a name of %d bytes from %d bytes", len(name), len(b))
+			if len(name) > len(b) || strings.IndexByte(name, 0) >= 0 {
+				t.Fatalf("a name %q from %d bytes", name, len(b))
 			}
+			used += unix.SizeofInotifyEvent + len(name)
 		})
+		if used > len(b) {
+			t.Fatalf("events of %d bytes from %d", used, len(b))
+		}
+
+		// The same bytes as events: mask, name length, padding, name.
+		var want []seen
+		var enc []byte
+		var ends []int
+		for p := b; len(p) >= 3; {
+			mask, n, pad := uint32(p[0]), int(p[1]%24), int(p[2]%9)
+			p = p[3:]
+			n = min(n, len(p))
+			name := strings.ReplaceAll(string(p[:n]), "\x00", "")
+			p = p[n:]
+			ev := make([]byte, unix.SizeofInotifyEvent+len(name)+pad)
+			binary.NativeEndian.PutUint32(ev[4:], mask)
+			binary.NativeEndian.PutUint32(ev[12:], uint32(len(name)+pad))
+			copy(ev[unix.SizeofInotifyEvent:], name)
+			want = append(want, seen{mask, name})
+			enc = append(enc, ev...)
+			ends = append(ends, len(enc))
+		}
+		for cut := 0; cut <= len(enc); cut++ {
+			var got []seen
+			inotifyEvents(enc[:cut], func(mask uint32, name string) { got = append(got, seen{mask, name}) })
+			whole := 0
+			for whole < len(ends) && ends[whole] <= cut {
+				whole++
+			}
+			if len(got) != whole || (whole > 0 && !slices.Equal(got, want[:whole])) {
+				t.Fatalf("%d bytes of %d decode to %v, want %v", cut, len(enc), got, want[:whole])
+			}
+		}
 	})
 }

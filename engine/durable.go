@@ -66,6 +66,10 @@ type durableFile struct {
 	// file system's journal, which can make it wait).
 	f, wake *os.File
 	woken   [1]byte // what wake's reads read (publish is serialized)
+	// file (a reader's) identifies the file mapped: a writer that finds
+	// no DURABLE (removed while no writer had it) creates another file,
+	// whose words a reader still mapping the old one would never see.
+	file os.FileInfo
 }
 
 func (d *durableFile) word(off int) *atomic.Uint64 {
@@ -125,7 +129,8 @@ func openDurable(dir string) *durableFile {
 		return nil
 	}
 	defer f.Close()
-	if fi, err := f.Stat(); err != nil || fi.Size() < durableSize {
+	fi, err := f.Stat()
+	if err != nil || fi.Size() < durableSize {
 		return nil
 	}
 	mem, err := blockdev.Map(f, durableSize, false)
@@ -136,7 +141,34 @@ func openDurable(dir string) *durableFile {
 		blockdev.Unmap(mem)
 		return nil
 	}
-	return &durableFile{mem: mem}
+	return &durableFile{mem: mem, file: fi}
+}
+
+// replaced reports whether another file than the one a reader's d maps
+// is the DURABLE file of dir now. One removed and not replaced is not:
+// the writer that has it open publishes there still (a writer that
+// finds none creates one).
+func (d *durableFile) replaced(dir string) bool {
+	fi, err := os.Stat(filepath.Join(dir, durableName))
+	return err == nil && !os.SameFile(fi, d.file)
+}
+
+// currentDurable is the reader's mapping of the DURABLE file of its
+// directory as it is now (nil if there is none usable), mapped again if
+// the file was replaced since: its old words say nothing of the writer
+// that made the new file (they may say the log is closed, which beside
+// that live writer would show frames it has not acknowledged, or give an
+// end it has long passed, which would hold the reader there). Callers
+// hold refreshMu.
+func (l *Log) currentDurable() *durableFile {
+	if l.durable != nil && l.durable.replaced(l.dir.Path()) {
+		l.durable.close(false)
+		l.durable = nil
+	}
+	if l.durable == nil && !l.isClosed.Load() { // the writer may have made it since
+		l.durable = openDurable(l.dir.Path())
+	}
+	return l.durable
 }
 
 // publish records segment base as durable up to p (writer; callers
@@ -230,9 +262,7 @@ func (st durableState) limit(seg uint64) (end position, bounded bool) {
 // consistently: the look must then show nothing new (the writer wakes its
 // readers again after the update it is in).
 func (l *Log) lookAtWriter() bool {
-	if l.durable == nil { // the writer may have made it since
-		l.durable = openDurable(l.dir.Path())
-	}
+	l.currentDurable()
 	l.liveWriter = writerLive(l.dir)
 	l.ack, l.ackOK = durableState{}, true
 	if l.liveWriter && l.durable != nil {

@@ -180,6 +180,7 @@ func (l *Log) Close() error {
 	l.mu.Unlock()
 	l.changeMu.Unlock()
 	l.bg.Wait()        // a roll goroutine that had not begun finds the log closed
+	l.bufs.Release()   // every writer is closed: a closed log holds no write buffer
 	l.wakeWaiters()    // Wait returns ErrClosed, WaitActive returns
 	l.refreshMu.Lock() // a Refresh in progress finishes with the files open
 	l.closeFiles()

@@ -138,14 +138,18 @@ func (l *Log) hook(step string, bases *[]uint64) {
 // that send no such events (without inotify, as everywhere but Linux, it
 // only polls).
 // Readers waiting in Wait wake as records are found. It returns ctx's
-// error, or Refresh's (ErrRewritten: reopen the log).
+// error, or Refresh's (ErrRewritten: reopen the log); an interval of zero
+// or less is refused.
 func (l *Log) KeepRefreshed(ctx context.Context, interval time.Duration) error {
+	if interval <= 0 {
+		return fmt.Errorf("engine: KeepRefreshed needs a positive polling interval, not %v (it also looks at least that often where file events do not come)", interval)
+	}
 	changes, stop, err := blockdev.WatchDir(l.dir.Path(), durableName)
 	switch {
 	case errors.Is(err, blockdev.ErrNoWatch): // expected where there is no inotify
 		l.opts.Logger.Debug("segstore: polling the log's directory", "dir", l.Dir(), "every", interval)
 	case err != nil:
-		l.opts.Logger.Warn("segstore: no inotify on the log's directory; polling instead", "dir", l.Dir(), "every", interval, "err", err)
+		l.opts.Logger.Warn("segstore: cannot watch the log's directory and its "+durableName+" file (inotify); polling instead", "dir", l.Dir(), "every", interval, "err", err)
 	default:
 		defer stop()
 	}
@@ -195,13 +199,11 @@ func (l *Log) Writer() WriterInfo {
 	w := WriterInfo{Live: writerLive(l.dir)}
 	l.refreshMu.Lock()
 	defer l.refreshMu.Unlock()
-	if l.durable == nil && !l.isClosed.Load() { // the writer may have made it since
-		l.durable = openDurable(l.dir.Path())
-	}
-	if l.durable == nil {
+	d := l.currentDurable()
+	if d == nil {
 		return w
 	}
-	if st, ok := l.durable.read(); ok && st.open && w.Live {
+	if st, ok := d.read(); ok && st.open && w.Live {
 		w.Acknowledged, w.Published = st.end.off, true
 	}
 	return w

@@ -191,3 +191,31 @@ func TestRollsReuseTheWriteBuffers(t *testing.T) {
 	require.Positive(t, l.bufs.Allocs(), "the writers take their buffers from the log's")
 	require.LessOrEqual(t, l.bufs.Allocs(), int64(4), "write buffers allocated over %d segments", len(l.Segments()))
 }
+
+// TestWriteBuffersAfterMaxWriteChanged: a log reopened with another
+// MaxWrite resumes its active segment with the MaxWrite of its file; once
+// that writer's seal hands its two buffers of the old size back, the
+// rolls that follow still reuse buffers of the new size (at most four
+// allocations for them, besides the old writer's two), and Close lets
+// every free buffer go (a closed log held four of them).
+func TestWriteBuffersAfterMaxWriteChanged(t *testing.T) {
+	dir := blockdev.NewSimDir(blockdev.SimOptions{})
+	l, err := Open("sim", testOptions(dir))
+	require.NoError(t, err)
+	appendN(t, l, 5)
+	require.NoError(t, l.Close())
+
+	opts := testOptions(dir)
+	opts.MaxWrite = 64 << 10
+	l, err = Open("sim", opts)
+	require.NoError(t, err)
+	defer l.Close()
+	for len(l.Segments()) < 10 {
+		appendN(t, l, 20)
+		l.bg.Wait() // the roll it started is done, seal and all
+	}
+	require.LessOrEqual(t, l.bufs.Allocs(), int64(2+4), "write buffers allocated over %d segments", len(l.Segments()))
+	require.Positive(t, l.bufs.Kept(), "free buffers between rolls")
+	require.NoError(t, l.Close())
+	require.Zero(t, l.bufs.Kept(), "bytes of write buffers a closed log holds")
+}

@@ -17,6 +17,10 @@ type Buffers struct {
 	mu     sync.Mutex
 	free   [][]byte // guarded by mu
 	allocs atomic.Int64
+	// lent, if set (tests), is called with each buffer put takes back,
+	// before it is kept or dropped: a test fills it with a pattern that
+	// no device write may then carry.
+	lent func(buf []byte)
 }
 
 // buffersKept bounds the free buffers a Buffers holds: two writers'
@@ -48,14 +52,49 @@ func (b *Buffers) get(size int, a blockdev.Alignment) []byte {
 	return a.Alloc(size)
 }
 
-// put takes buf back (it is dropped if buffersKept are free already).
+// put takes buf back. If buffersKept are free already, it takes the
+// place of one of another size (kept from writers of another MaxWrite: a
+// segment resumed from an older file keeps the MaxWrite it was created
+// with, so a log whose MaxWrite was changed had two such buffers squat
+// two of the four places for good, and its rolls allocated again), else
+// it is dropped.
 func (b *Buffers) put(buf []byte) {
 	if b == nil {
 		return
+	}
+	if b.lent != nil {
+		b.lent(buf)
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if len(b.free) < buffersKept {
 		b.free = append(b.free, buf)
+		return
 	}
+	for i, f := range b.free {
+		if len(f) != len(buf) {
+			b.free[i] = buf
+			return
+		}
+	}
+}
+
+// Kept is how many bytes of free buffers it holds.
+func (b *Buffers) Kept() int64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var n int64
+	for _, f := range b.free {
+		n += int64(len(f))
+	}
+	return n
+}
+
+// Release drops the free buffers (to the collector): the owner of b has
+// closed every writer it lent to, and lends no more.
+func (b *Buffers) Release() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	clear(b.free)
+	b.free = nil
 }
