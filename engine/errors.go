@@ -57,7 +57,15 @@ func (e *CorruptionError) Error() string {
 	if e.Op == "import" { // the bytes came from a peer, not from the log's files
 		advice = "nothing of it was imported: the log is as it was"
 	}
-	return fmt.Sprintf("engine: %s: segment %d (%s) at byte %d: %v (%s)", e.Op, e.Segment, e.File, e.Position, e.Err, advice)
+	cause := fmt.Sprint(e.Err)
+	if we, ok := e.Err.(*wal.CorruptionError); ok {
+		// Said once: the segment, file and advice are this error's.
+		cause = we.Detail()
+		if we.Pos != e.Position {
+			cause += fmt.Sprintf(" (at byte %d)", we.Pos)
+		}
+	}
+	return fmt.Sprintf("engine: %s: segment %d (%s) at byte %d: %s (%s)", e.Op, e.Segment, e.File, e.Position, cause, advice)
 }
 
 func (e *CorruptionError) Unwrap() []error { return []error{ErrCorrupt, e.Err} }

@@ -236,11 +236,16 @@ type CorruptionError struct {
 }
 
 func (e *CorruptionError) Error() string {
-	s := fmt.Sprintf("wal: corruption in %s (segment %d) at byte %d: %s", e.File, e.Segment, e.Pos, e.Reason)
+	return fmt.Sprintf("wal: corruption in %s (segment %d) at byte %d: %s (data before this position is intact; the file was not modified: inspect it and repair explicitly)", e.File, e.Segment, e.Pos, e.Detail())
+}
+
+// Detail is what is wrong, without the file, the position or the advice
+// Error adds: for an error that reports those itself and wraps this one.
+func (e *CorruptionError) Detail() string {
 	if e.Err != nil {
-		s += ": " + e.Err.Error()
+		return e.Reason + ": " + e.Err.Error()
 	}
-	return s + " (data before this position is intact; the file was not modified: inspect it and repair explicitly)"
+	return e.Reason
 }
 
 func (e *CorruptionError) Unwrap() []error {
