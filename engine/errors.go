@@ -28,6 +28,17 @@ var (
 	// until it is reopened, which recovers it. The error also wraps the
 	// cause and names the step.
 	ErrFailed = errors.New("engine: the log takes no more changes")
+	// ErrImport: ImportSegment refused a segment; nothing of it is visible.
+	// The error says why (damage also matches ErrCorrupt).
+	ErrImport = errors.New("engine: segment import refused")
+	// ErrRewritten: the writer rewrote the end of the log a read-only Log was
+	// following (TruncateBack), so what it read may no longer be the log's.
+	// Reopen it.
+	ErrRewritten = errors.New("engine: the writer rewrote the end of the log")
+	// ErrNotSealed: the operation needs a sealed segment (Mmap); the
+	// active one is not. (wal.ErrNotSealed is another error: a file without
+	// a footer, which the engine opens as the active segment.)
+	ErrNotSealed = errors.New("engine: segment is not sealed")
 )
 
 // failure is the log's sticky error once a change failed (ErrFailed).

@@ -12,10 +12,6 @@ import (
 	"github.com/segstore/segstore/wal"
 )
 
-// ErrImport: ImportSegment refused a segment; nothing of it is visible.
-// The error says why (damage also matches ErrCorrupt).
-var ErrImport = errors.New("engine: segment import refused")
-
 // importSuffix names an import in progress; like every .tmp file it is
 // discarded by open.
 const importSuffix = ".import" + tmpSuffix

@@ -14,11 +14,6 @@ import (
 	"github.com/segstore/segstore/wal"
 )
 
-// ErrRewritten: the writer rewrote the end of the log a read-only Log was
-// following (TruncateBack), so what it read may no longer be the log's.
-// Reopen it.
-var ErrRewritten = errors.New("engine: the writer rewrote the end of the log")
-
 // Refresh brings a read-only log up to date with its directory's writer,
 // typically another process: the records appended since the last look, the
 // segments sealed and created, and the start moved by TruncateFront or

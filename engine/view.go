@@ -2,7 +2,6 @@ package engine
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -15,9 +14,6 @@ import (
 	"github.com/segstore/segstore/blockdev"
 	"github.com/segstore/segstore/wal"
 )
-
-// ErrNotSealed: the operation needs a sealed segment (Mmap).
-var ErrNotSealed = errors.New("engine: segment is not sealed")
 
 // SegmentView is one segment file opened for export: a sealed file whole,
 // or the active segment up to the durable end it had when the view was

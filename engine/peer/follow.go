@@ -328,14 +328,6 @@ func (b *watchedBody) Close() error {
 	return err
 }
 
-// statusError is a leader's answer other than success.
-type statusError struct {
-	code int
-	msg  string
-}
-
-func (e *statusError) Error() string { return e.msg }
-
 // step makes one move: import the next sealed segment, or receive more of
 // the active one.
 func (f *follower) step(ctx context.Context) error {

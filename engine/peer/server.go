@@ -304,16 +304,17 @@ func (s *Server) allowWrite(w http.ResponseWriter) {
 	_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(s.opts.WriteTimeout)) // not every writer has one
 }
 
-// httpError is an error with the status code to answer.
-type httpError struct {
+// statusError is an HTTP status other than success with its message: what
+// the server answers, or what a follower got from its leader.
+type statusError struct {
 	code int
 	msg  string
 }
 
-func (e *httpError) Error() string { return e.msg }
+func (e *statusError) Error() string { return e.msg }
 
 func errorf(code int, format string, args ...any) error {
-	return &httpError{code: code, msg: fmt.Sprintf(format, args...)}
+	return &statusError{code: code, msg: fmt.Sprintf(format, args...)}
 }
 
 // statusWriter remembers the status code for the metrics, and tells the
@@ -367,7 +368,7 @@ func (s *Server) handle(pattern, endpoint string, h func(*statusWriter, *http.Re
 		}
 		code := strconv.Itoa(w.code)
 		if err != nil && w.code == 0 { // nothing sent yet: say what went wrong
-			var he *httpError
+			var he *statusError
 			status := http.StatusInternalServerError
 			switch {
 			case errors.As(err, &he):
