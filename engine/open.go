@@ -265,11 +265,7 @@ func (l *Log) listSegments() ([]uint64, error) {
 		return nil, err
 	}
 	l.openStep("listed")
-	var bases []uint64
 	for _, n := range names {
-		if b, ok := ParseSegmentName(n); ok {
-			bases = append(bases, b)
-		}
 		if strings.HasSuffix(n, tmpSuffix) && !l.opts.ReadOnly {
 			// A file being written when the process stopped (a truncation's
 			// rewrite, a metadata update): never committed, so discarded.
@@ -278,8 +274,7 @@ func (l *Log) listSegments() ([]uint64, error) {
 			}
 		}
 	}
-	slices.Sort(bases)
-	return bases, nil
+	return segmentBases(names), nil
 }
 
 // openedSegment is one file as openSegments opened it.

@@ -70,13 +70,7 @@ func (l *Log) look() (changed, held bool, err error) {
 	if err != nil {
 		return false, false, err
 	}
-	var bases []uint64
-	for _, n := range names {
-		if b, ok := ParseSegmentName(n); ok {
-			bases = append(bases, b)
-		}
-	}
-	slices.Sort(bases)
+	bases := segmentBases(names)
 	l.hook("listed", &bases)
 	start := l.start.Load()
 	if err := l.refreshStart(); err != nil {

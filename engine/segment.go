@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -33,6 +34,19 @@ func ParseSegmentName(name string) (uint64, bool) {
 	}
 	base, err := strconv.ParseUint(digits, 10, 64)
 	return base, err == nil
+}
+
+// segmentBases returns the base offsets of the segment files among names,
+// in order.
+func segmentBases(names []string) []uint64 {
+	var bases []uint64
+	for _, n := range names {
+		if b, ok := ParseSegmentName(n); ok {
+			bases = append(bases, b)
+		}
+	}
+	slices.Sort(bases)
+	return bases
 }
 
 // indexEntry marks the record at offset off, whose header is at position

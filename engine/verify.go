@@ -138,19 +138,15 @@ var verifyHook func(step string)
 // other segment that is gone is skipped as well, and the next one's start
 // reports the gap it leaves (ProblemMissing).
 func verifyListed(d *blockdev.OSDir, names []string, opts VerifyOptions) (*VerifyReport, error) {
-	var bases []uint64
+	bases := segmentBases(names)
 	var total int64
-	for _, n := range names {
-		if b, ok := ParseSegmentName(n); ok {
-			bases = append(bases, b)
-			size, err := d.Size(n)
-			if err != nil && !isNotExist(err) { // gone: decided when it is read
-				return nil, err
-			}
-			total += size
+	for _, b := range bases {
+		size, err := d.Size(segName(b))
+		if err != nil && !isNotExist(err) { // gone: decided when it is read
+			return nil, err
 		}
+		total += size
 	}
-	slices.Sort(bases)
 	r := &VerifyReport{LiveWriter: writerLive(d)}
 	var published *durableFile // a live writer's acknowledged end
 	if r.LiveWriter {
@@ -216,12 +212,8 @@ func droppedFromFront(d blockdev.Dir, base uint64) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	for _, n := range names {
-		if b, ok := ParseSegmentName(n); ok && b < base {
-			return false, nil
-		}
-	}
-	return slices.ContainsFunc(names, func(n string) bool { _, ok := ParseSegmentName(n); return ok }), nil
+	bases := segmentBases(names)
+	return len(bases) > 0 && bases[0] >= base, nil
 }
 
 // verifyMetadata checks the store's metadata files: START (where the log
