@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"sync"
 	"sync/atomic"
 	"unsafe"
 
@@ -153,22 +154,33 @@ func (d *durableFile) replaced(dir string) bool {
 	return err == nil && !os.SameFile(fi, d.file)
 }
 
+// follower is what a read-only log knows of the writer it follows: its
+// DURABLE file and what the last look read there. Guarded by mu, which
+// serializes Refresh (and Close with it).
+type follower struct {
+	mu      sync.Mutex
+	durable *durableFile // the writer's DURABLE, mapped; nil until the writer made it, or in a simulated directory
+	live    bool         // a writer held the lock at the last look
+	ack     durableState // what the live writer had published at the last look
+	ackOK   bool         // ack was read consistently
+}
+
 // currentDurable is the reader's mapping of the DURABLE file of its
 // directory as it is now (nil if there is none usable), mapped again if
 // the file was replaced since: its old words say nothing of the writer
 // that made the new file (they may say the log is closed, which beside
 // that live writer would show frames it has not acknowledged, or give an
 // end it has long passed, which would hold the reader there). Callers
-// hold refreshMu.
+// hold followed.mu.
 func (l *Log) currentDurable() *durableFile {
-	if l.durable != nil && l.durable.replaced(l.dir.Path()) {
-		l.durable.close(false)
-		l.durable = nil
+	if l.followed.durable != nil && l.followed.durable.replaced(l.dir.Path()) {
+		l.followed.durable.close(false)
+		l.followed.durable = nil
 	}
-	if l.durable == nil && !l.isClosed.Load() { // the writer may have made it since
-		l.durable = openDurable(l.dir.Path())
+	if l.followed.durable == nil && !l.isClosed.Load() { // the writer may have made it since
+		l.followed.durable = openDurable(l.dir.Path())
 	}
-	return l.durable
+	return l.followed.durable
 }
 
 // publish records segment base as durable up to p (writer; callers
@@ -256,19 +268,19 @@ func (st durableState) limit(seg uint64) (end position, bounded bool) {
 	}
 }
 
-// lookAtWriter reads, once per look of a read-only log (under refreshMu),
+// lookAtWriter reads, once per look of a read-only log (under followed.mu),
 // whether a writer holds the lock and what it has published, for ackLimit.
 // It reports false when a live writer's words could not be read
 // consistently: the look must then show nothing new (the writer wakes its
 // readers again after the update it is in).
 func (l *Log) lookAtWriter() bool {
 	l.currentDurable()
-	l.liveWriter = writerLive(l.dir)
-	l.ack, l.ackOK = durableState{}, true
-	if l.liveWriter && l.durable != nil {
-		l.ack, l.ackOK = l.durable.read()
+	l.followed.live = writerLive(l.dir)
+	l.followed.ack, l.followed.ackOK = durableState{}, true
+	if l.followed.live && l.followed.durable != nil {
+		l.followed.ack, l.followed.ackOK = l.followed.durable.read()
 	}
-	return l.ackOK
+	return l.followed.ackOK
 }
 
 // ackLimit says how far a read-only log may show segment s, as its last
@@ -278,12 +290,12 @@ func (l *Log) lookAtWriter() bool {
 // nothing of s if it publishes none or its words could not be read.
 func (l *Log) ackLimit(s *segment) (end position, bounded bool) {
 	switch {
-	case !l.liveWriter:
+	case !l.followed.live:
 		return position{}, false
-	case l.durable == nil || !l.ackOK:
+	case l.followed.durable == nil || !l.followed.ackOK:
 		return position{pos: wal.DataStart, off: s.base}, true
 	default:
-		return l.ack.limit(s.base)
+		return l.followed.ack.limit(s.base)
 	}
 }
 
@@ -318,7 +330,7 @@ func (l *Log) openDurable() error {
 	}
 	var err error
 	if !l.opts.ReadOnly {
-		if l.durable, err = createDurable(l.dir.Path()); err != nil {
+		if l.pub, err = createDurable(l.dir.Path()); err != nil {
 			// Appends work without it; readers in other processes then
 			// show none of the active segment while this writer lives.
 			l.opts.Logger.Warn("segstore: cannot publish the acknowledged end for readers in other processes: until this writer closes they show none of its active segment; make "+durableName+" in the log's directory creatable and mappable",
@@ -362,7 +374,7 @@ func (l *Log) publishDurable() {
 // (a segment followed by another but without its footer would look like
 // one a crash left unsealed, and they would take it as sealed).
 func (l *Log) publishDurableLocked() {
-	if l.durable == nil || l.opts.ReadOnly {
+	if l.pub == nil || l.opts.ReadOnly {
 		return
 	}
 	if segs := *l.segs.Load(); len(segs) > 0 {
@@ -370,7 +382,7 @@ func (l *Log) publishDurableLocked() {
 		if n := len(segs); n > 1 && segs[n-2].retired.Load() && !segs[n-2].isSealed() {
 			s = segs[n-2]
 		}
-		l.durable.publish(s.base, s.vis())
+		l.pub.publish(s.base, s.vis())
 	}
 }
 

@@ -85,7 +85,7 @@ func TestCloseClosesTheWakeDescriptors(t *testing.T) {
 	path := t.TempDir()
 	for range 3 {
 		l := realLog(t, path)
-		d := l.durable
+		d := l.pub
 		require.NotNil(t, d)
 		_, err := l.Append([]byte("one"))
 		require.NoError(t, err)

@@ -110,16 +110,13 @@ type Log struct {
 	// cleanPending: the manifest on disk still holds the clean close record
 	// this log was opened from; the first change removes it first.
 	cleanPending atomic.Bool
-	refreshMu    sync.Mutex // serializes Refresh (read-only logs)
-	// durable: the DURABLE file, written by a writer (under durMu) and
-	// read by read-only logs (under refreshMu; nil until the writer made
-	// it, or in a simulated directory).
-	durable    *durableFile
-	liveWriter bool         // read-only logs: a writer held the lock at the last look (under refreshMu)
-	ack        durableState // read-only logs: what the live writer had published at the last look (under refreshMu)
-	ackOK      bool         // ack was read consistently (under refreshMu)
+	// pub: the DURABLE file a writer publishes its acknowledged end to
+	// (under durMu); nil for a read-only log, or in a simulated directory.
+	pub *durableFile
+	// followed: what a read-only log knows of the writer beside it.
+	followed follower
 	// refreshHook, set by tests only, runs at named steps of a look
-	// (under refreshMu): after it read the writer's words ("words"),
+	// (under followed.mu): after it read the writer's words ("words"),
 	// after it listed the directory ("listed", with the segment files
 	// listed), and after it checked the segments it knows against the
 	// listing and its last one's file ("known"), before it follows the
@@ -170,26 +167,26 @@ func (l *Log) Close() error {
 	l.dropSpare()
 	if !l.opts.ReadOnly {
 		l.durMu.Lock()
-		if l.durable != nil {
+		if l.pub != nil {
 			l.publishDurableLocked()
-			l.durable.close(true)
-			l.durable = nil
+			l.pub.close(true)
+			l.pub = nil
 		}
 		l.durMu.Unlock()
 	}
 	l.mu.Unlock()
 	l.changeMu.Unlock()
-	l.bg.Wait()        // a roll goroutine that had not begun finds the log closed
-	l.bufs.Release()   // every writer is closed: a closed log holds no write buffer
-	l.wakeWaiters()    // Wait returns ErrClosed, WaitActive returns
-	l.refreshMu.Lock() // a Refresh in progress finishes with the files open
+	l.bg.Wait()          // a roll goroutine that had not begun finds the log closed
+	l.bufs.Release()     // every writer is closed: a closed log holds no write buffer
+	l.wakeWaiters()      // Wait returns ErrClosed, WaitActive returns
+	l.followed.mu.Lock() // a Refresh in progress finishes with the files open
 	l.closeFiles()
 	l.forgetFiles()
-	if l.durable != nil && l.opts.ReadOnly {
-		l.durable.close(false)
-		l.durable = nil
+	if l.followed.durable != nil && l.opts.ReadOnly {
+		l.followed.durable.close(false)
+		l.followed.durable = nil
 	}
-	l.refreshMu.Unlock()
+	l.followed.mu.Unlock()
 	l.closeReadAhead()
 	l.keepTail(nil)
 	l.indexRuns.drop()

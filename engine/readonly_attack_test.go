@@ -28,7 +28,7 @@ func frameLog(t *testing.T, batches int) (path string, ends []position) {
 		}
 		_, err := w.Append(recs...)
 		require.NoError(t, err)
-		st, ok := w.durable.read()
+		st, ok := w.pub.read()
 		require.True(t, ok)
 		ends = append(ends, st.end)
 	}

@@ -29,8 +29,8 @@ func (l *Log) Refresh() (changed bool, err error) {
 	if _, ok := l.dir.(*blockdev.OSDir); !ok {
 		return false, errors.New("engine: Refresh needs a real directory")
 	}
-	l.refreshMu.Lock()
-	defer l.refreshMu.Unlock()
+	l.followed.mu.Lock()
+	defer l.followed.mu.Unlock()
 	if l.isClosed.Load() {
 		return false, ErrClosed
 	}
@@ -175,7 +175,7 @@ type WriterInfo struct {
 func (l *Log) Writer() WriterInfo {
 	if !l.opts.ReadOnly {
 		l.durMu.Lock() // Close clears durable under it
-		w := WriterInfo{Live: true, Acknowledged: l.DurableOffset(), Published: l.durable != nil}
+		w := WriterInfo{Live: true, Acknowledged: l.DurableOffset(), Published: l.pub != nil}
 		l.durMu.Unlock()
 		if l.isClosed.Load() { // set before Close lets go of anything: w was read before it began
 			return WriterInfo{}
@@ -186,8 +186,8 @@ func (l *Log) Writer() WriterInfo {
 		return WriterInfo{}
 	}
 	w := WriterInfo{Live: writerLive(l.dir)}
-	l.refreshMu.Lock()
-	defer l.refreshMu.Unlock()
+	l.followed.mu.Lock()
+	defer l.followed.mu.Unlock()
 	d := l.currentDurable()
 	if d == nil {
 		return w
@@ -320,7 +320,7 @@ func (l *Log) follow(s *segment, rolled bool) (grew bool, err error) {
 	if err != nil {
 		return false, err
 	}
-	if !bounded && (!l.liveWriter || rolled) {
+	if !bounded && (!l.followed.live || rolled) {
 		// No writer has the log open, or the live one has rolled past s
 		// (it publishes the next segment once s's footer is durable, and
 		// changes s in place no more): nothing past the frames is in

@@ -122,7 +122,7 @@ type segment struct {
 	footerBad atomic.Bool // footer found damaged on a lazy load; kept out of the manifest
 
 	// looked: the file's modification time at the last Refresh that read
-	// it, and when that look started (read-only logs; under refreshMu).
+	// it, and when that look started (read-only logs; under followed.mu).
 	looked struct{ mod, at time.Time }
 
 	// sum: for a sealed segment of version 3 whose footer is sound, the

@@ -297,8 +297,8 @@ func (l *Log) writePrefix(s *segment, from uint64) (string, error) {
 func (l *Log) hideFromReaders(base uint64) {
 	l.durMu.Lock()
 	defer l.durMu.Unlock()
-	if l.durable != nil {
-		l.durable.publish(base, position{pos: wal.DataStart, off: base})
+	if l.pub != nil {
+		l.pub.publish(base, position{pos: wal.DataStart, off: base})
 	}
 }
 
