@@ -123,6 +123,13 @@ func (f *fresh) insert(ns cache.Namespace, first uint64, count int, v *cache.Val
 	if v == nil {
 		return
 	}
+	size := int(v.Size())
+	if size > f.maxBytes {
+		// Its block (rounded up to the pool's class) is more than the
+		// bound: keeping it would drop every batch held, itself too.
+		v.Release()
+		return
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	// Batches come in the order their appenders got here, which is not
@@ -134,7 +141,6 @@ func (f *fresh) insert(ns cache.Namespace, first uint64, count int, v *cache.Val
 	}
 	f.batches = append(f.batches, freshBatch{})
 	copy(f.batches[i+1:], f.batches[i:])
-	size := int(v.Size())
 	f.batches[i] = freshBatch{ns: ns, first: first, count: count, size: size, v: v}
 	f.bytes += size
 	drop := 0
