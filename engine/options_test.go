@@ -10,6 +10,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -296,7 +297,7 @@ func TestZeroOptionsAreTheDefaults(t *testing.T) {
 // TestZeroOptionsOpenAndWork: a log opened with nothing set but the
 // directory appends, reads back and reopens, with a preallocated segment.
 func TestZeroOptionsOpenAndWork(t *testing.T) {
-	dir := blockdev.NewSimDir(blockdev.SimOptions{})
+	dir := zeroGrowDir{blockdev.NewSimDir(blockdev.SimOptions{})}
 	for range 2 {
 		l, err := Open("sim", Options{Dir: dir, Logger: quiet})
 		require.NoError(t, err)
@@ -312,6 +313,38 @@ func TestZeroOptionsOpenAndWork(t *testing.T) {
 		assert.Equal(t, DefaultOptions().SegmentSize, size, "preallocated by default")
 		require.NoError(t, l.Close())
 	}
+}
+
+// zeroGrowDir is a simulated directory whose devices take an aligned
+// write of zeros wholly past a file's end as a growth of the file to the
+// write's end, which reads back the same zeros. Preallocating a segment of
+// the default 64 MiB then costs one allocation instead of 64 MiB copied
+// into the simulated device's images (about 2.5 s per open under -race).
+// Any other write, and a misaligned one (so that it is refused as the
+// device refuses it), goes to the device as it is.
+type zeroGrowDir struct{ blockdev.Dir }
+
+func (d zeroGrowDir) Open(name string, opts blockdev.Options) (blockdev.Device, error) {
+	dev, err := d.Dir.Open(name, opts)
+	if err != nil {
+		return nil, err
+	}
+	return zeroGrowDevice{dev}, nil
+}
+
+type zeroGrowDevice struct{ blockdev.Device }
+
+func (d zeroGrowDevice) WriteAt(p []byte, off int64) (int, error) {
+	a := d.Alignment()
+	aligned := len(p) > 0 && off%int64(a.Offset) == 0 && len(p)%a.Offset == 0 &&
+		uintptr(unsafe.Pointer(&p[0]))%uintptr(a.Memory) == 0
+	if size, err := d.Size(); err == nil && aligned && off >= size && bytes.Count(p, []byte{0}) == len(p) {
+		if err := d.Allocate(off, int64(len(p))); err != nil {
+			return 0, err
+		}
+		return len(p), nil
+	}
+	return d.Device.WriteAt(p, off)
 }
 
 // optionRow sets one Options field to a value other than its default.
@@ -349,7 +382,7 @@ func optionRows(t *testing.T) []optionRow {
 		{"ExportDropCache", func(o *Options) { o.ExportDropCache = true }},
 		{"Logger", func(o *Options) { o.Logger = other }},
 		{"Now", func(o *Options) { o.Now = clock }},
-		{"Dir", func(o *Options) { o.Dir = blockdev.NewSimDir(blockdev.SimOptions{Seed: 2}) }},
+		{"Dir", func(o *Options) { o.Dir = zeroGrowDir{blockdev.NewSimDir(blockdev.SimOptions{Seed: 2})} }},
 	}
 }
 
@@ -404,7 +437,7 @@ func TestOpenKeepsEveryOptionAsGiven(t *testing.T) {
 	require.NoError(t, err)
 	for _, row := range optionRows(t) {
 		t.Run(row.field, func(t *testing.T) {
-			o := Options{Dir: blockdev.NewSimDir(blockdev.SimOptions{}), Logger: quiet}
+			o := Options{Dir: zeroGrowDir{blockdev.NewSimDir(blockdev.SimOptions{})}, Logger: quiet}
 			row.set(&o)
 			path := t.TempDir()
 			if o.ReadOnly { // a read-only open needs a log
