@@ -35,12 +35,23 @@ func sweepRec(gen int, off uint64) []byte {
 	return b
 }
 
+// sweepOptions are the options of the sweep store's writer and readers:
+// realOptions with a cache of 1 MiB, more than the store holds. Each case
+// opens a writer and several readers, and under -race making and clearing
+// the counters of the default 64 MiB cache cost more than the case's reads.
+func sweepOptions() Options {
+	o := realOptions()
+	o.CacheBytes = 1 << 20
+	return o
+}
+
 // sweepStore writes the store in a fresh directory and returns its path
 // and writer (closed when the test ends).
 func sweepStore(t *testing.T) (string, *Log) {
 	t.Helper()
 	path := t.TempDir()
-	w := realLog(t, path)
+	w, err := Open(path, sweepOptions())
+	require.NoError(t, err)
 	t.Cleanup(func() { w.Close() })
 	for seg := range sweepSegments {
 		if seg > 0 {
@@ -225,7 +236,7 @@ func sweepRows(picks ...int) []truncateRow {
 // offsets, all of them, after a refresh, show exactly the writer's log,
 // never an old record there.
 func TestReadOnlyLogsAtEveryStepOfTruncateBack(t *testing.T) {
-	ro := realOptions()
+	ro := sweepOptions()
 	ro.ReadOnly = true
 	for _, row := range sweepRows(0, 1, 4, 6, 9) {
 		for _, step := range row.steps {
@@ -389,7 +400,7 @@ func (p *pausedTruncation) drain() {
 // ones, each read right; after a refresh (a reopen if it says
 // ErrRewritten) exactly the writer's log.
 func TestReadOnlyOpenAcrossTruncateBack(t *testing.T) {
-	ro := realOptions()
+	ro := sweepOptions()
 	ro.ReadOnly = true
 	for _, row := range sweepRows(1, 4, 9) {
 		points := append([]string{"before"}, row.steps...)
@@ -443,7 +454,7 @@ func TestReadOnlyOpenAcrossTruncateBack(t *testing.T) {
 // told at most ErrRewritten or, past the cut, ErrOutOfRange; after
 // another refresh, exactly the writer's log.
 func TestRefreshAcrossTruncateBack(t *testing.T) {
-	ro := realOptions()
+	ro := sweepOptions()
 	ro.ReadOnly = true
 	for _, row := range sweepRows(1, 4, 9) {
 		points := append([]string{"before"}, row.steps...)
