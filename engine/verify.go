@@ -326,6 +326,22 @@ func (r *VerifyReport) verifySegment(d blockdev.Dir, base uint64, last, sealing 
 		return err
 	}
 	r.endUnknown = false
+	foot := r.verifyEnd(problem, sc, last, sealing, acked, size)
+	if foot == nil {
+		return nil
+	}
+	return verifyFooterIndex(problem, dev, &segment{base: base, name: name, path: path, hdr: sc.Header()}, foot, check, indexBad)
+}
+
+// problemFunc records a problem of one segment file.
+type problemFunc func(pos int64, kind string, repairable bool, format string, args ...any)
+
+// verifyEnd judges how a scanned segment ends: a torn tail (corruption
+// before what a live writer acknowledged, a write in flight, repairable,
+// or damage in a segment that is not the last), frames that end before
+// the acknowledged end, a missing footer, and an unfinished seal. It
+// returns the footer to check further (nil: none).
+func (r *VerifyReport) verifyEnd(problem problemFunc, sc *wal.Scanner, last, sealing bool, acked, size int64) *wal.Footer {
 	if t := sc.Torn(); t != nil {
 		switch {
 		case last && r.LiveWriter && t.Pos < acked:
@@ -359,7 +375,15 @@ func (r *VerifyReport) verifySegment(d blockdev.Dir, base uint64, last, sealing 
 			problem(foot.End, ProblemUnfinishedSeal, true, "the footer ends at byte %d, followed by %d zero bytes: the seal's final truncate did not happen", foot.End, size-foot.End)
 		}
 	}
-	s := &segment{base: base, name: name, path: path, hdr: sc.Header()}
+	return foot
+}
+
+// verifyFooterIndex checks that the footer of s decodes and that every
+// index entry is a record (a frame, before version 3) the scan found, with
+// its offset and time. check is the index as the scan checked it, frame
+// by frame, and indexBad the first entry that did not match (-1: none); a
+// nil check (the file does not end at its footer) reads the frames again.
+func verifyFooterIndex(problem problemFunc, dev blockdev.Device, s *segment, foot *wal.Footer, check *entryCheck, indexBad int) error {
 	if err := s.decodeFooter(foot); err != nil {
 		problem(foot.Pos, ProblemFooter, true, "%v", err)
 		return nil
