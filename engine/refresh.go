@@ -174,7 +174,7 @@ type WriterInfo struct {
 // and how far it has acknowledged appends.
 func (l *Log) Writer() WriterInfo {
 	if !l.opts.ReadOnly {
-		l.durMu.Lock() // Close clears durable under it
+		l.durMu.Lock() // Close clears pub under it
 		w := WriterInfo{Live: true, Acknowledged: l.DurableOffset(), Published: l.pub != nil}
 		l.durMu.Unlock()
 		if l.isClosed.Load() { // set before Close lets go of anything: w was read before it began
