@@ -94,7 +94,8 @@ func (f *fresh) add(c *cache.Cache, ns cache.Namespace, first uint64, records []
 }
 
 // copyOf copies records into one value laid out as fresh keeps a batch
-// (nil if f is nil or the batch is larger than the whole bound).
+// (nil if f is nil or the batch, in its block, is larger than the whole
+// bound).
 func (f *fresh) copyOf(c *cache.Cache, records [][]byte) *cache.Value {
 	if f == nil || len(records) == 0 {
 		return nil
@@ -107,6 +108,13 @@ func (f *fresh) copyOf(c *cache.Cache, records [][]byte) *cache.Value {
 		return nil
 	}
 	v := c.Alloc(n)
+	if v.Size() > int64(f.maxBytes) {
+		// Its block (rounded up to the pool's class) is more than the
+		// bound: kept, it would drop every batch held, itself too. Not
+		// copied either.
+		v.Release()
+		return nil
+	}
 	b := v.Bytes()
 	table := n - 4*len(records)
 	p := 0
@@ -124,12 +132,6 @@ func (f *fresh) insert(ns cache.Namespace, first uint64, count int, v *cache.Val
 		return
 	}
 	size := int(v.Size())
-	if size > f.maxBytes {
-		// Its block (rounded up to the pool's class) is more than the
-		// bound: keeping it would drop every batch held, itself too.
-		v.Release()
-		return
-	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	// Batches come in the order their appenders got here, which is not

@@ -106,25 +106,36 @@ func requireFreshConsistent(t *testing.T, f *fresh, ns cache.Namespace, end uint
 
 // A batch whose records fit the bound but whose block, rounded up to the
 // pool's class, does not is not kept, and the batches held stay: keeping
-// it would have dropped them all, and then itself.
+// it would have dropped them all, and then itself. Swept over batch sizes
+// across the classes, each against a bound one byte below its block (not
+// kept) and at its block (kept).
 func TestFreshKeepsWhatItHoldsPastABatchWhoseBlockIsTooLarge(t *testing.T) {
 	c, err := cache.New(64 << 20)
 	require.NoError(t, err)
 	defer c.Close()
 	const ns = cache.Namespace(3)
 	small := [][]byte{freshRecord(0, 100, 0)}
-	probe := c.Alloc(9 << 10) // a size just past a class boundary
-	bound := int(probe.Size()) - 1
-	probe.Release()
-	require.Greater(t, bound, 9<<10, "the block of 9 KiB is larger than 9 KiB")
-	f := &fresh{maxBytes: bound}
-	f.add(c, ns, 0, small)
-	large := [][]byte{make([]byte, 9<<10-4)} // 9 KiB with its end table: within the bound
-	f.add(c, ns, 1, large)
-	got, ok := f.get(ns, 0, nil)
-	require.True(t, ok, "the small batch is still held")
-	assert.Equal(t, small[0], got)
-	_, ok = f.get(ns, 1, nil)
-	assert.False(t, ok, "the large batch is not kept")
-	assert.LessOrEqual(t, f.bytes, f.maxBytes)
+	for n := 1 << 10; n <= 2<<20; n = n*9/8 + 1 {
+		probe := c.Alloc(n)
+		block := int(probe.Size())
+		probe.Release()
+		large := [][]byte{make([]byte, n-4)} // n bytes with its end table
+		for _, tc := range []struct {
+			bound int
+			kept  bool
+		}{{block - 1, false}, {block, true}} {
+			f := &fresh{maxBytes: tc.bound}
+			f.add(c, ns, 0, small)
+			f.add(c, ns, 1, large)
+			_, ok := f.get(ns, 1, nil)
+			require.Equal(t, tc.kept, ok, "a batch of %d bytes in a block of %d, bound %d", n, block, tc.bound)
+			if !tc.kept {
+				got, ok := f.get(ns, 0, nil)
+				require.True(t, ok, "the small batch is still held (batch of %d bytes, bound %d)", n, tc.bound)
+				require.Equal(t, small[0], got)
+			}
+			require.LessOrEqual(t, f.bytes, f.maxBytes)
+			f.release()
+		}
+	}
 }
