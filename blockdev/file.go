@@ -106,6 +106,9 @@ func (d *File) ReadAt(p []byte, off int64) (int, error) {
 	if err := checkAligned("read", d.path, d.align, p, off); err != nil {
 		return 0, err
 	}
+	if d.direct {
+		return readDirect(d.f, p, off)
+	}
 	return d.f.ReadAt(p, off)
 }
 
