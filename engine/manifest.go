@@ -38,9 +38,8 @@ import (
 // next offset is the next file's base; anything else is opened eagerly.
 // A stale or missing manifest therefore costs time, never correctness.
 const (
-	manifestName     = "MANIFEST"
-	metaManifest     = layout.KindManifest
-	manifestEntryLen = layout.ManifestEntryLen
+	manifestName = "MANIFEST"
+	metaManifest = layout.KindManifest
 )
 
 // cleanEnd is where a clean Close left the last segment. index is nil

@@ -22,11 +22,9 @@ import (
 // directory for its own change next). A crash before the rename leaves
 // the old file (or none).
 const (
-	metaMagic  = layout.MetaMagic
-	metaStart  = layout.KindStart // START: the first retained offset (TruncateFront)
-	startName  = "START"
-	tmpSuffix  = ".tmp" // files being written; open removes leftovers
-	metaHeader = layout.MetaHeaderLen
+	metaStart = layout.KindStart // START: the first retained offset (TruncateFront)
+	startName = "START"
+	tmpSuffix = ".tmp" // files being written; open removes leftovers
 )
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
