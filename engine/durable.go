@@ -12,6 +12,7 @@ import (
 	"unsafe"
 
 	"github.com/segstore/segstore/blockdev"
+	"github.com/segstore/segstore/engine/internal/layout"
 	"github.com/segstore/segstore/wal"
 )
 
@@ -22,36 +23,29 @@ import (
 // mapped shared by the writer and its readers; the kernel writes it back
 // like any file, but nothing depends on it surviving a crash.
 //
-//	0        8        16       24       32       40       48       56
-//	+--------+--------+--------+--------+--------+--------+--------+
-//	| magic  | seq    | base   | pos    | offset | open   | order  |   magic "segdur01"; native-endian u64 words
-//	+--------+--------+--------+--------+--------+--------+--------+
-//
-// seq is a sequence lock: odd while the writer updates base, pos and
-// offset (the active segment, its durable end as a file position and as a
-// record offset); open is 1 while a writer has the log open.
-//
-// The words are native endian, unlike every other file of a store: they
-// are atomic loads and stores on a shared mapping, between processes of
-// one machine, and the file is never exported. order is durableOrder as
-// its writer stores it: a process of the other byte order (an emulated
-// one, or a directory moved between machines) reads it swapped, and then
-// trusts none of the words (read fails closed) instead of taking open's
-// swapped 1 for a closed log or pos for a huge durable end. A writer
-// whose order the file does not have starts its words afresh.
+// Its layout is layout's (layout.DurableMagic and the word offsets): u64
+// words in the machine's own byte order, unlike every other file of a
+// store, since they are atomic loads and stores on a shared mapping
+// between processes of one machine; the file is never exported. Its
+// order word is layout.DurableOrderMark as its writer stored it: a
+// process of the other byte order (an emulated one, or a directory moved
+// between machines) reads it swapped, and then trusts none of the words
+// (read fails closed) instead of taking open's swapped 1 for a closed log
+// or pos for a huge durable end. A writer whose order the file does not
+// have starts its words afresh.
 const durableName = "DURABLE"
 
 const (
-	durableMagic = "segdur01"
-	durableSize  = 4096
-	durSeq       = 8
-	durBase      = 16
-	durPos       = 24
-	durOffset    = 32
-	durOpen      = 40
-	durOrder     = 48
+	durableMagic = layout.DurableMagic
+	durableSize  = layout.DurableSize
+	durSeq       = layout.DurableSeq
+	durBase      = layout.DurableBase
+	durPos       = layout.DurablePos
+	durOffset    = layout.DurableOffset
+	durOpen      = layout.DurableOpen
+	durOrder     = layout.DurableOrder
 	// durableOrder reads the same only in the byte order that stored it.
-	durableOrder = 0x0102030405060708
+	durableOrder = layout.DurableOrderMark
 )
 
 // durableFile is the mapped DURABLE file.
@@ -198,7 +192,7 @@ func (d *durableFile) publish(base uint64, p position) {
 
 // durableWakeAt is the byte publish reads and Close writes, away from the
 // words.
-const durableWakeAt = durableSize - 1
+const durableWakeAt = layout.DurableWakeAt
 
 // close marks the log closed by its writer and unmaps the file (callers
 // serialize it with publish, and publish nothing after it). A writer's

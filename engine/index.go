@@ -1,14 +1,13 @@
 package engine
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"io"
 
 	"github.com/segstore/segstore/alignedbuf"
 	"github.com/segstore/segstore/cache"
+	"github.com/segstore/segstore/engine/internal/layout"
 	"github.com/segstore/segstore/wal"
 )
 
@@ -338,313 +337,20 @@ func (l *Log) pointReadCorrupt(s *segment, e indexEntry, off uint64, p int64, ca
 	return s.corrupt("read", p, fmt.Errorf("offset %d (walking from the index entry of offset %d at byte %d): %w%s", off, e.off, e.pos, cause, detail))
 }
 
-// Footer version 2 (the engine's bytes in the wal footer frame of a
-// version 3 file), little endian. The index entries are kept in 4 KiB
-// blocks that start at 4 KiB file positions, each with its own checksum,
-// so a reader can fetch and verify one block without reading the footer;
-// a summary (each block's first offset and time) and a trailer end the
-// footer, so the file's last bytes describe it:
-//
-//	footer:  0        4        8
-//	         +--------+--------+--- - - ---+------- - - -------+---------- - -+----------+
-//	         |version | flags  | zero pad   | blocks × 4096     | summary       | trailer  |
-//	         +--------+--------+--- - - ---+------- - - -------+---------- - -+----------+
-//	                             (to a 4 KiB file position)      blocks × (first offset | first time)
-//
-//	trailer: 0        4        8                16               24      28       32       36       40       44      48
-//	         +--------+--------+----------------+----------------+-------+--------+--------+--------+--------+-------+
-//	         |version | flags  | record count   | data end (pos) |interv.|entries | blocks | blocksAt (u64)  | crc32c|
-//	         +--------+--------+----------------+----------------+-------+--------+--------+--------+--------+-------+
-//
-//	block:   0        4        8                16               24               32
-//	         +--------+--------+----------------+----------------+----------------+---- - ----------------+-- - --+
-//	         | crc32c | count  | first offset   | next position  | reserved (0)   | count × entry (32 B)   | zeros |
-//	         +--------+--------+----------------+----------------+----------------+---- - ----------------+-- - --+
-//
-//	entry:   0                8                16       20       24       28       32
-//	         +----------------+----------------+--------+--------+--------+--------+
-//	         | position       | time (ns)      |off−base| back   | before | left   |
-//	         +----------------+----------------+--------+--------+--------+--------+
-//
-// A block's next position is where the record of its last entry ends at
-// the latest: the next block's first entry's position, or the data end. A
-// block's crc32c covers the segment id (8 bytes), the block's file
-// position (8 bytes) and block bytes [4, 4096); the trailer's covers the
-// segment id, the trailer's file position, trailer bytes [0, 44) and the
-// summary. The wal frame's checksum covers the whole footer as well.
+// A sealed segment's footer (version 2 in a file of version 3, version 1
+// in older ones) is encoded and decoded by package layout, which draws
+// it; these are the sizes the engine reads index blocks by.
 const (
-	footerVersion2   = 2
-	footerHeadLen    = 8
-	footerTrailerLen = 48
-	summaryEntryLen  = 16
-	indexBlockLen    = 4096
-	indexBlockHead   = 32
-	indexEntryLen    = 32
-	entriesPerBlock  = (indexBlockLen - indexBlockHead) / indexEntryLen // 127
+	indexBlockLen   = layout.IndexBlockLen
+	indexBlockHead  = layout.IndexBlockHead
+	indexEntryLen   = layout.IndexEntryLen
+	entriesPerBlock = layout.EntriesPerBlock
 )
 
-// footerV2Size is the size of a version 2 footer of n entries whose frame
-// is at dataEnd, and where its blocks start.
-func footerV2Size(dataEnd int64, n int) (size int, blocksAt int64) {
-	payload := dataEnd + wal.FrameHeaderLen
-	blocksAt = alignedbuf.AlignUp(payload+footerHeadLen, indexBlockLen)
-	nb := (n + entriesPerBlock - 1) / entriesPerBlock
-	return int(blocksAt-payload) + nb*(indexBlockLen+summaryEntryLen) + footerTrailerLen, blocksAt
-}
-
-// footerV2Fits is how many entries a version 2 footer holds in a footer
-// frame of at most batch payload bytes, wherever it starts.
-func footerV2Fits(batch int) int {
-	room := batch - wal.FooterTailLen - footerHeadLen - (indexBlockLen - wal.FrameAlign) - footerTrailerLen
-	return max(room/(indexBlockLen+summaryEntryLen), 0) * entriesPerBlock
-}
-
-func encodeEntry(b []byte, base uint64, e indexEntry) {
-	binary.LittleEndian.PutUint64(b[0:], uint64(e.pos))
-	binary.LittleEndian.PutUint64(b[8:], uint64(e.time))
-	binary.LittleEndian.PutUint32(b[16:], uint32(e.off-base))
-	binary.LittleEndian.PutUint32(b[20:], e.back)
-	binary.LittleEndian.PutUint32(b[24:], e.before)
-	binary.LittleEndian.PutUint32(b[28:], e.left)
-}
-
-func decodeEntry(b []byte, base uint64) indexEntry {
-	return indexEntry{pos: int64(binary.LittleEndian.Uint64(b[0:])), time: int64(binary.LittleEndian.Uint64(b[8:])),
-		off: base + uint64(binary.LittleEndian.Uint32(b[16:])), back: binary.LittleEndian.Uint32(b[20:]),
-		before: binary.LittleEndian.Uint32(b[24:]), left: binary.LittleEndian.Uint32(b[28:])}
-}
-
-// blockChecksum is the checksum of an index block or trailer at file
-// position pos of the file with identity segID.
-func blockChecksum(segID uint64, pos int64, parts ...[]byte) uint32 {
-	var seed [16]byte
-	binary.LittleEndian.PutUint64(seed[0:], segID)
-	binary.LittleEndian.PutUint64(seed[8:], uint64(pos))
-	c := crc32.Update(0, castagnoli, seed[:])
-	for _, p := range parts {
-		c = crc32.Update(c, castagnoli, p)
-	}
-	return c
-}
-
-// encodeFooterV2 encodes the version 2 footer of a segment with identity
-// segID at base whose records (count of them) end at dataEnd, with the
-// entries index at interval.
-func encodeFooterV2(segID, base uint64, count uint64, dataEnd int64, interval int64, index []indexEntry) []byte {
-	size, blocksAt := footerV2Size(dataEnd, len(index))
-	payload := dataEnd + wal.FrameHeaderLen
-	b := make([]byte, size)
-	binary.LittleEndian.PutUint32(b[0:], footerVersion2)
-	nb := (len(index) + entriesPerBlock - 1) / entriesPerBlock
-	sum := b[blocksAt-payload+int64(nb*indexBlockLen):]
-	for k := range nb {
-		blk := b[blocksAt-payload+int64(k*indexBlockLen):][:indexBlockLen]
-		part := index[k*entriesPerBlock : min(len(index), (k+1)*entriesPerBlock)]
-		next := dataEnd
-		if k+1 < nb {
-			next = index[(k+1)*entriesPerBlock].pos
-		}
-		binary.LittleEndian.PutUint32(blk[4:], uint32(len(part)))
-		binary.LittleEndian.PutUint64(blk[8:], part[0].off)
-		binary.LittleEndian.PutUint64(blk[16:], uint64(next))
-		for i, e := range part {
-			encodeEntry(blk[indexBlockHead+i*indexEntryLen:], base, e)
-		}
-		binary.LittleEndian.PutUint32(blk[0:], blockChecksum(segID, blocksAt+int64(k*indexBlockLen), blk[4:]))
-		binary.LittleEndian.PutUint64(sum[summaryEntryLen*k:], part[0].off)
-		binary.LittleEndian.PutUint64(sum[summaryEntryLen*k+8:], uint64(part[0].time))
-	}
-	tr := b[size-footerTrailerLen:]
-	binary.LittleEndian.PutUint32(tr[0:], footerVersion2)
-	binary.LittleEndian.PutUint64(tr[8:], count)
-	binary.LittleEndian.PutUint64(tr[16:], uint64(dataEnd))
-	binary.LittleEndian.PutUint32(tr[24:], uint32(interval))
-	binary.LittleEndian.PutUint32(tr[28:], uint32(len(index)))
-	binary.LittleEndian.PutUint32(tr[32:], uint32(nb))
-	binary.LittleEndian.PutUint64(tr[36:], uint64(blocksAt))
-	binary.LittleEndian.PutUint32(tr[44:], blockChecksum(segID, payload+int64(size-footerTrailerLen), tr[:44], sum[:summaryEntryLen*nb]))
-	return b
-}
-
-// footerSummary is what a segment keeps in memory of a version 2 footer:
-// the trailer's facts and each block's first offset and time.
-type footerSummary struct {
-	count    uint64 // records
-	dataEnd  int64
-	interval int64
-	entries  int
-	blocksAt int64
-	first    []blockFirst
-}
-
-// blockFirst is a summary slot: an index block's first offset and time.
-type blockFirst struct {
-	off  uint64
-	time int64
-}
-
-// decodeFooterSummary checks the trailer and summary at the end of b, the
-// last bytes of a version 2 footer (at least the trailer and summary; all
-// of it, or its end) of the segment at base with identity segID, whose
-// footer frame is at pos with next offset next and whose footer is size
-// bytes.
-func decodeFooterSummary(b []byte, size int, segID, base, next uint64, pos int64) (*footerSummary, error) {
-	payload := pos + wal.FrameHeaderLen
-	if len(b) < footerTrailerLen || size%wal.FrameAlign != 0 || len(b) > size {
-		return nil, fmt.Errorf("footer of %d bytes cannot be a version 2 footer", size)
-	}
-	tr := b[len(b)-footerTrailerLen:]
-	sm := &footerSummary{count: binary.LittleEndian.Uint64(tr[8:]), dataEnd: int64(binary.LittleEndian.Uint64(tr[16:])),
-		interval: int64(binary.LittleEndian.Uint32(tr[24:])), entries: int(binary.LittleEndian.Uint32(tr[28:])),
-		blocksAt: int64(binary.LittleEndian.Uint64(tr[36:]))}
-	nb := int(binary.LittleEndian.Uint32(tr[32:]))
-	want, wantAt := footerV2Size(pos, sm.entries)
-	switch {
-	case binary.LittleEndian.Uint32(tr[0:]) != footerVersion2:
-		return nil, fmt.Errorf("footer trailer version %d, want %d", binary.LittleEndian.Uint32(tr[0:]), footerVersion2)
-	case want != size || sm.blocksAt != wantAt || nb != (sm.entries+entriesPerBlock-1)/entriesPerBlock:
-		return nil, fmt.Errorf("footer of %d bytes claims %d entries in %d blocks from byte %d", size, sm.entries, nb, sm.blocksAt)
-	case len(b) < footerTrailerLen+summaryEntryLen*nb:
-		return nil, fmt.Errorf("footer summary of %d blocks is not in the %d bytes read", nb, len(b))
-	case base+sm.count != next:
-		return nil, fmt.Errorf("footer counts %d records from %d, the frame says the next offset is %d", sm.count, base, next)
-	case sm.dataEnd != pos:
-		return nil, fmt.Errorf("footer says records end at %d, the footer frame is at %d", sm.dataEnd, pos)
-	case sm.interval <= 0:
-		return nil, fmt.Errorf("footer index interval %d", sm.interval)
-	case (sm.count == 0) != (sm.entries == 0):
-		return nil, fmt.Errorf("footer of %d records has %d index entries", sm.count, sm.entries)
-	}
-	sum := b[len(b)-footerTrailerLen-summaryEntryLen*nb : len(b)-footerTrailerLen]
-	if got, want := blockChecksum(segID, payload+int64(size-footerTrailerLen), tr[:44], sum), binary.LittleEndian.Uint32(tr[44:]); got != want {
-		return nil, fmt.Errorf("footer trailer checksum %#08x, want %#08x", got, want)
-	}
-	sm.first = make([]blockFirst, nb)
-	for k := range sm.first {
-		sm.first[k] = blockFirst{off: binary.LittleEndian.Uint64(sum[summaryEntryLen*k:]), time: int64(binary.LittleEndian.Uint64(sum[summaryEntryLen*k+8:]))}
-		if sm.first[k].off < base || sm.first[k].off >= next || (k > 0 && (sm.first[k].off <= sm.first[k-1].off || sm.first[k].time < sm.first[k-1].time)) {
-			return nil, fmt.Errorf("footer summary slot %d (offset %d) is out of order or range", k, sm.first[k].off)
-		}
-	}
-	if nb > 0 && sm.first[0].off != base {
-		return nil, errors.New("footer index does not start at the first record")
-	}
-	return sm, nil
-}
-
-// decodeFooterV2 checks a whole version 2 footer b of the segment at base
-// with identity segID, whose footer frame is at pos with next offset next,
-// and returns its entries and interval: the trailer and summary, every
-// block, and entries that ascend inside the segment's record range.
-func decodeFooterV2(b []byte, segID, base, next uint64, pos int64) (index []indexEntry, interval int64, err error) {
-	sm, err := walkFooterV2(b, segID, base, next, pos, func(part []indexEntry) { index = append(index, part...) })
-	if err != nil {
-		return nil, 0, err
-	}
-	return index, sm.interval, nil
-}
-
-// walkFooterV2 checks a whole version 2 footer as decodeFooterV2 does and
-// returns its summary, handing each block's entries to each (if not nil)
-// in order: a caller that keeps only the summary holds one block's
-// entries at a time.
-func walkFooterV2(b []byte, segID, base, next uint64, pos int64, each func([]indexEntry)) (*footerSummary, error) {
-	sm, err := decodeFooterSummary(b, len(b), segID, base, next, pos)
-	if err != nil {
-		return nil, err
-	}
-	payload := pos + wal.FrameHeaderLen
-	if !zeroBytes(b[footerHeadLen : sm.blocksAt-payload]) {
-		return nil, fmt.Errorf("footer padding before its index blocks (bytes %d to %d) is not zero", payload+footerHeadLen, sm.blocksAt)
-	}
-	var prev *indexEntry
-	for k := range sm.first {
-		at := sm.blocksAt + int64(k*indexBlockLen)
-		part, err := sm.checkBlock(b[at-payload:][:indexBlockLen], k, segID, base, next, prev)
-		if err != nil {
-			return nil, err
-		}
-		if k > 0 {
-			if prevNext := binary.LittleEndian.Uint64(b[at-indexBlockLen-payload+16:]); int64(prevNext) != part[0].pos {
-				return nil, fmt.Errorf("index block %d says the next block starts at byte %d, it starts at %d", k-1, prevNext, part[0].pos)
-			}
-		}
-		prev = &part[len(part)-1]
-		if each != nil {
-			each(part)
-		}
-	}
-	return sm, nil
-}
-
-// checkBlock decodes index block k of the footer sm describes, blk (read
-// from its file position), and checks it: its own checksum and head, that
-// it agrees with its summary slot (first offset and time, entry count; the
-// last block's next position is the data end), and that its entries
-// ascend (from prev, the previous block's last entry, if known) inside
-// the segment's record range. A lone block read through the cache is
-// checked the same way as a block of a whole footer.
-func (sm *footerSummary) checkBlock(blk []byte, k int, segID, base, next uint64, prev *indexEntry) ([]indexEntry, error) {
-	at := sm.blocksAt + int64(k*indexBlockLen)
-	part, bnext, err := decodeIndexBlock(blk, segID, base, at)
-	if err != nil {
-		return nil, err
-	}
-	first := sm.first[k]
-	last := k+1 == len(sm.first)
-	if want := min(entriesPerBlock, sm.entries-k*entriesPerBlock); len(part) != want || part[0].off != first.off || part[0].time != first.time || (last && bnext != sm.dataEnd) || bnext > sm.dataEnd {
-		return nil, fmt.Errorf("index block %d at byte %d (%d entries from offset %d) disagrees with the summary (%d from %d)", k, at, len(part), part[0].off, want, first.off)
-	}
-	for j := range part {
-		e, i := part[j], k*entriesPerBlock+j
-		if j > 0 {
-			prev = &part[j-1]
-		}
-		if e.off < base || e.off >= next || e.pos < wal.DataStart+wal.FrameHeaderLen || e.pos >= sm.dataEnd ||
-			int64(e.back) > e.pos-wal.DataStart || uint64(e.before) > e.off-base || e.left == 0 ||
-			(prev != nil && (e.off <= prev.off || e.pos <= prev.pos || e.time < prev.time)) {
-			return nil, fmt.Errorf("footer index entry %d (offset %d at %d) is out of order or range", i, e.off, e.pos)
-		}
-	}
-	if k == 0 && (part[0].pos != wal.DataStart+wal.FrameHeaderLen || part[0].before != 0) {
-		return nil, errors.New("footer index does not start at the first record")
-	}
-	return part, nil
-}
-
-// decodeIndexBlock checks the index block at file position at and
-// returns its entries and its next position.
-func decodeIndexBlock(blk []byte, segID, base uint64, at int64) ([]indexEntry, int64, error) {
-	if got, want := blockChecksum(segID, at, blk[4:indexBlockLen]), binary.LittleEndian.Uint32(blk[0:]); got != want {
-		return nil, 0, fmt.Errorf("index block at byte %d: checksum %#08x, want %#08x", at, got, want)
-	}
-	n := int(binary.LittleEndian.Uint32(blk[4:]))
-	if n == 0 || n > entriesPerBlock {
-		return nil, 0, fmt.Errorf("index block at byte %d claims %d entries", at, n)
-	}
-	out := make([]indexEntry, n)
-	for i := range out {
-		out[i] = decodeEntry(blk[indexBlockHead+i*indexEntryLen:], base)
-	}
-	next := int64(binary.LittleEndian.Uint64(blk[16:]))
-	if !zeroBytes(blk[24:indexBlockHead]) || !zeroBytes(blk[indexBlockHead+n*indexEntryLen:indexBlockLen]) {
-		return nil, 0, fmt.Errorf("index block at byte %d: reserved bytes, or those after its %d entries, are not zero", at, n)
-	}
-	if out[0].off != binary.LittleEndian.Uint64(blk[8:]) || next <= out[n-1].pos {
-		return nil, 0, fmt.Errorf("index block at byte %d: its head (offset %d, next position %d) disagrees with its entries", at, binary.LittleEndian.Uint64(blk[8:]), next)
-	}
-	return out, next, nil
-}
-
-// zeroBytes reports whether b holds only zeros.
-func zeroBytes(b []byte) bool {
-	for _, c := range b {
-		if c != 0 {
-			return false
-		}
-	}
-	return true
-}
+// footerSummary is what a sealed segment of version 3 keeps of its
+// footer: its trailer's facts and each index block's first offset and
+// time.
+type footerSummary = layout.Summary
 
 // entryCheck matches a footer's index entries, in order, against the
 // frames a scan of the file finds, in order: each entry must be a record

@@ -6,6 +6,8 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/segstore/segstore/engine/internal/layout"
 )
 
 // FuzzIndexBlockFind: an index block's find (an interpolated first guess,
@@ -47,7 +49,7 @@ func FuzzIndexBlockFind(f *testing.F) {
 		for i := range offs {
 			o = min(o+uint64(binary.LittleEndian.Uint32(gaps[4*i:])), math.MaxUint32)
 			offs[i] = o
-			encodeEntry(b[indexBlockHead+i*indexEntryLen:], base, indexEntry{pos: int64(100 * (i + 1)), off: base + o})
+			layout.EncodeEntry(b[indexBlockHead+i*indexEntryLen:], base, layout.IndexEntry{Pos: int64(100 * (i + 1)), Off: base + o})
 		}
 		rel := off - base
 		j := 0

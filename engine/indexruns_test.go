@@ -71,12 +71,12 @@ func TestIndexRunsEveryDamagedBlock(t *testing.T) {
 	defer func() { require.NoError(t, l.Close()) }()
 	s := (*l.segs.Load())[1]
 	sum := s.sum.Load()
-	nb := len(sum.first)
+	nb := len(sum.First)
 	require.Greater(t, nb, raIndexBlocks+4)
 	file := filepath.Join(dir, s.name)
 	orig, err := os.ReadFile(file)
 	require.NoError(t, err)
-	blockAt := func(k int) int64 { return sum.blocksAt + int64(k*indexBlockLen) }
+	blockAt := func(k int) int64 { return sum.BlocksAt + int64(k*indexBlockLen) }
 
 	check := func(t *testing.T, bad int, badAt int64) {
 		forgetIndex(l)
@@ -116,7 +116,7 @@ func TestIndexRunsEveryDamagedBlock(t *testing.T) {
 			r.v.Release()
 		}
 		t.Logf("%d blocks cached", cached)
-		_, _, err := coldRead(t, l, d, sum.first[bad].off+1)
+		_, _, err := coldRead(t, l, d, sum.First[bad].Off+1)
 		var ce *CorruptionError
 		require.True(t, errors.As(err, &ce), "a point read through the damaged block %d: %v", bad, err)
 		assert.Equal(t, badAt, ce.Position)
@@ -156,7 +156,7 @@ func TestIndexRunsWithLargeMemoryAlignment(t *testing.T) {
 			segs := *l.segs.Load()
 			runs := 0
 			for _, s := range segs[:len(segs)-1] {
-				runs += (len(s.sum.Load().first) + raIndexBlocks - 1) / raIndexBlocks
+				runs += (len(s.sum.Load().First) + raIndexBlocks - 1) / raIndexBlocks
 			}
 			before := l.indexMisses.Load()
 			end := segs[len(segs)-2].vis().off

@@ -1,12 +1,11 @@
 package engine
 
 import (
-	"encoding/binary"
-	"errors"
 	"fmt"
 	"hash/crc32"
 	"path/filepath"
 
+	"github.com/segstore/segstore/engine/internal/layout"
 	"github.com/segstore/segstore/wal"
 )
 
@@ -17,45 +16,20 @@ import (
 // directory listing and one small read whatever the number of segments.
 //
 // MANIFEST is a metadata file (see meta.go) of kind metaManifest whose
-// payload is a count and the entries, little endian:
-//
-//	0        4        8
-//	+--------+--------+---- - -
-//	| count  | 0      | count × entry
-//	+--------+--------+---- - -
-//
-//	entry: 0      8      16        24     32         40          48      52    56
-//	       +------+------+---------+------+----------+-----------+-------+-----+
-//	       | base | next | dataEnd | size | sealedAt | firstTime | crc   | 0   |
-//	       +------+------+---------+------+----------+-----------+-------+-----+
-//
-// next is the offset after the last record, dataEnd the footer frame's
-// position, size the file's, sealedAt and firstTime unix nanoseconds (seal
-// time, first frame's time), crc the CRC-32C of the footer bytes.
-//
-// A clean Close appends one more record, which the first change after
-// the next open removes (rewriting the manifest, durably) before anything
-// is written:
-//
-//	0          8      16     24     32     40         48        56     60     64
-//	+----------+------+------+------+------+----------+---------+------+------+---- - -
-//	| cleanen2 | base | end  | size | next | lastTime | lastRec | n    | 0    | index (n bytes)
-//	+----------+------+------+------+------+----------+---------+------+------+---- - -
-//
-// The last segment's records end at position end with next offset next,
-// the last frame stamped lastTime, in a file of size bytes; lastRec is
-// where its last record starts (what the record-granular index goes on
-// from; 0 for older formats); index is its index in the footer's encoding
-// (encodeFooter, decodeFooterIndex). An
-// open that finds that segment's file of that size, with zeros after end
-// in end's block, takes all of it from here and reads none of its records
-// (Recovery.CleanIndex). The commit point that keeps this true is the
-// manifest rewrite without the record that the first change after the
-// open makes, durably, before it writes anything (dropCleanRecord): a
-// crash after a write never finds the record. A manifest written by an earlier version ends
-// in a 32-byte record, "cleanend" base end size: the open then scans the
-// last segment's frames up to end, but not the preallocated zeros after
-// it (wal TrustCleanEnd).
+// payload is layout's (layout.EncodeManifest): an entry per sealed
+// segment, then, after a clean Close, one record about the last segment,
+// which the first change after the next open removes (rewriting the
+// manifest, durably) before anything is written. An open that finds that
+// segment's file of the size the record says, with zeros after its end
+// in the end's block, takes its end, last time and index from the record
+// and reads none of its records (Recovery.CleanIndex). The commit point
+// that keeps this true is the manifest rewrite without the record that
+// the first change after the open makes, durably, before it writes
+// anything (dropCleanRecord): a crash after a write never finds the
+// record. A manifest written by an earlier version ends in a shorter
+// record (base, end, size): the open then scans the last segment's
+// frames up to end, but not the preallocated zeros after it (wal
+// TrustCleanEnd).
 //
 // It is rewritten whole at every roll, before the directory fsync that
 // commits the new segment, so a sealed segment is never followed by a
@@ -64,13 +38,8 @@ import (
 // next offset is the next file's base; anything else is opened eagerly.
 // A stale or missing manifest therefore costs time, never correctness.
 const (
-	manifestName     = "MANIFEST"
-	metaManifest     = 2
-	manifestEntryLen = 56
-	cleanMagic       = "cleanend" // an earlier version's record: base, end, size
-	cleanLen         = 32
-	clean2Magic      = "cleanen2"
-	clean2Len        = 64 // before the index bytes
+	manifestName = "MANIFEST"
+	metaManifest = layout.KindManifest
 )
 
 // cleanEnd is where a clean Close left the last segment. index is nil
@@ -103,8 +72,8 @@ func footerEntry(s *segment, f *wal.Footer) manifestEntry {
 	if !s.recordIndexed() {
 		e.crc = crc32.Checksum(f.Data, castagnoli)
 	}
-	if sm := s.sum.Load(); sm != nil && len(sm.first) > 0 {
-		e.firstTime = sm.first[0].time
+	if sm := s.sum.Load(); sm != nil && len(sm.First) > 0 {
+		e.firstTime = sm.First[0].Time
 	} else if len(s.index) > 0 {
 		e.firstTime = s.index[0].time
 	}
@@ -112,75 +81,38 @@ func footerEntry(s *segment, f *wal.Footer) manifestEntry {
 }
 
 func encodeManifest(entries []manifestEntry, clean *cleanEnd) []byte {
-	b := make([]byte, 8+manifestEntryLen*len(entries), 8+manifestEntryLen*len(entries)+cleanLen)
-	binary.LittleEndian.PutUint32(b, uint32(len(entries)))
+	es := make([]layout.ManifestEntry, len(entries))
 	for i, e := range entries {
-		p := b[8+i*manifestEntryLen:]
-		binary.LittleEndian.PutUint64(p[0:], e.base)
-		binary.LittleEndian.PutUint64(p[8:], e.next)
-		binary.LittleEndian.PutUint64(p[16:], uint64(e.dataEnd))
-		binary.LittleEndian.PutUint64(p[24:], uint64(e.size))
-		binary.LittleEndian.PutUint64(p[32:], uint64(e.sealedAt))
-		binary.LittleEndian.PutUint64(p[40:], uint64(e.firstTime))
-		binary.LittleEndian.PutUint32(p[48:], e.crc)
+		es[i] = layout.ManifestEntry{Base: e.base, Next: e.next, DataEnd: e.dataEnd, Size: e.size, SealedAt: e.sealedAt, FirstTime: e.firstTime, Checksum: e.crc}
 	}
+	var c *layout.CleanEnd
 	if clean != nil {
-		b = append(b, clean2Magic...)
-		b = binary.LittleEndian.AppendUint64(b, clean.base)
-		b = binary.LittleEndian.AppendUint64(b, uint64(clean.end))
-		b = binary.LittleEndian.AppendUint64(b, uint64(clean.size))
-		b = binary.LittleEndian.AppendUint64(b, clean.next)
-		b = binary.LittleEndian.AppendUint64(b, uint64(clean.lastTime))
-		b = binary.LittleEndian.AppendUint64(b, uint64(clean.lastRec))
-		b = binary.LittleEndian.AppendUint32(b, uint32(len(clean.index)))
-		b = binary.LittleEndian.AppendUint32(b, 0)
-		b = append(b, clean.index...)
+		// Always the current record: an earlier version's one read back
+		// (index nil) encodes as a record that differs from the bytes
+		// read, so an open that found one writes the manifest anew.
+		c = &layout.CleanEnd{Base: clean.base, End: clean.end, Size: clean.size, Next: clean.next,
+			LastTime: clean.lastTime, LastRec: clean.lastRec, Index: clean.index}
 	}
-	return b
+	return layout.EncodeManifest(es, c)
 }
 
+// decodeManifest returns a manifest payload's entries by base (of two for
+// one base, the later) and its clean close record.
 func decodeManifest(b []byte) (map[uint64]manifestEntry, *cleanEnd, error) {
-	if len(b) < 8 {
-		return nil, nil, errors.New("manifest shorter than its header")
+	lm, err := layout.DecodeManifest(b)
+	if err != nil {
+		return nil, nil, err
 	}
-	n := int(binary.LittleEndian.Uint32(b))
 	var clean *cleanEnd
-	if n > (len(b)-8)/manifestEntryLen {
-		return nil, nil, fmt.Errorf("manifest claims %d entries in %d bytes", n, len(b))
+	if c := lm.Clean; c != nil {
+		clean = &cleanEnd{base: c.Base, end: c.End, size: c.Size}
+		if !c.Earlier {
+			clean.next, clean.lastTime, clean.lastRec, clean.index = c.Next, c.LastTime, c.LastRec, c.Index
+		}
 	}
-	tail := b[8+n*manifestEntryLen:]
-	switch {
-	case len(tail) == 0:
-	case len(tail) == cleanLen && string(tail[:8]) == cleanMagic:
-		c := tail[8:]
-		clean = &cleanEnd{base: binary.LittleEndian.Uint64(c), end: int64(binary.LittleEndian.Uint64(c[8:])), size: int64(binary.LittleEndian.Uint64(c[16:]))}
-	case len(tail) >= clean2Len && string(tail[:8]) == clean2Magic:
-		c := tail[8:]
-		clean = &cleanEnd{base: binary.LittleEndian.Uint64(c), end: int64(binary.LittleEndian.Uint64(c[8:])), size: int64(binary.LittleEndian.Uint64(c[16:])),
-			next: binary.LittleEndian.Uint64(c[24:]), lastTime: int64(binary.LittleEndian.Uint64(c[32:])), lastRec: int64(binary.LittleEndian.Uint64(c[40:]))}
-		if k := int64(binary.LittleEndian.Uint32(c[48:])); k == 0 || k != int64(len(tail)-clean2Len) || binary.LittleEndian.Uint32(c[52:]) != 0 {
-			return nil, nil, fmt.Errorf("manifest's clean close record claims %d index bytes in %d", k, len(tail)-clean2Len)
-		}
-		clean.index = tail[clean2Len:]
-		if clean.end < wal.DataStart || clean.size < clean.end || clean.next < clean.base || clean.lastRec < 0 || clean.lastRec >= clean.end {
-			return nil, nil, fmt.Errorf("manifest's clean close record (segment %d, end %d, size %d, next %d) is out of range", clean.base, clean.end, clean.size, clean.next)
-		}
-	default:
-		return nil, nil, fmt.Errorf("manifest claims %d entries in %d bytes", n, len(b))
-	}
-	m := make(map[uint64]manifestEntry, n)
-	for i := range n {
-		p := b[8+i*manifestEntryLen:]
-		e := manifestEntry{
-			base: binary.LittleEndian.Uint64(p[0:]), next: binary.LittleEndian.Uint64(p[8:]),
-			dataEnd: int64(binary.LittleEndian.Uint64(p[16:])), size: int64(binary.LittleEndian.Uint64(p[24:])),
-			sealedAt: int64(binary.LittleEndian.Uint64(p[32:])), firstTime: int64(binary.LittleEndian.Uint64(p[40:])),
-			crc: binary.LittleEndian.Uint32(p[48:]),
-		}
-		if e.next <= e.base || e.dataEnd < wal.DataStart || e.size <= e.dataEnd {
-			return nil, nil, fmt.Errorf("manifest entry %d (segment %d) is out of range", i, e.base)
-		}
-		m[e.base] = e
+	m := make(map[uint64]manifestEntry, len(lm.Entries))
+	for _, e := range lm.Entries {
+		m[e.Base] = manifestEntry{base: e.Base, next: e.Next, dataEnd: e.DataEnd, size: e.Size, sealedAt: e.SealedAt, firstTime: e.FirstTime, crc: e.Checksum}
 	}
 	return m, clean, nil
 }

@@ -2,7 +2,6 @@ package engine
 
 import (
 	"bytes"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash/crc32"
@@ -12,25 +11,20 @@ import (
 
 	"github.com/segstore/segstore/alignedbuf"
 	"github.com/segstore/segstore/blockdev"
+	"github.com/segstore/segstore/engine/internal/layout"
 )
 
-// A metadata file holds one small record, written whole:
-//
-//	0        8        12       16              16+n     20+n
-//	+--------+--------+--------+---------- - - -+--------+
-//	| magic  | kind   | n      | payload (n)    | crc32c |  then zeros to the block
-//	+--------+--------+--------+---------- - - -+--------+
+// A metadata file holds one small record, written whole (its format is
+// layout's: see layout.EncodeMeta).
 //
 // Commit point: write to NAME.tmp, fdatasync, rename to NAME, fsync the
 // directory (here, or by the caller with syncDir false when it syncs the
 // directory for its own change next). A crash before the rename leaves
 // the old file (or none).
 const (
-	metaMagic  = "segmeta1"
-	metaStart  = 1 // START: the first retained offset (TruncateFront)
-	startName  = "START"
-	tmpSuffix  = ".tmp" // files being written; open removes leftovers
-	metaHeader = 16
+	metaStart = layout.KindStart // START: the first retained offset (TruncateFront)
+	startName = "START"
+	tmpSuffix = ".tmp" // files being written; open removes leftovers
 )
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
@@ -44,13 +38,8 @@ func writeMeta(dir blockdev.Dir, name string, kind uint32, payload []byte, syncD
 	}
 	defer dev.Close()
 	a := dev.Alignment()
-	n := metaHeader + len(payload) + 4
-	buf := a.Alloc(int(alignedbuf.AlignUp(int64(n), int64(a.Block))))
-	copy(buf, metaMagic)
-	binary.LittleEndian.PutUint32(buf[8:], kind)
-	binary.LittleEndian.PutUint32(buf[12:], uint32(len(payload)))
-	copy(buf[metaHeader:], payload)
-	binary.LittleEndian.PutUint32(buf[n-4:], crc32.Checksum(buf[:n-4], castagnoli))
+	buf := a.Alloc(int(alignedbuf.AlignUp(int64(layout.MetaLen(len(payload))), int64(a.Block))))
+	layout.EncodeMeta(buf, kind, payload)
 	if _, err := dev.WriteAt(buf, 0); err != nil {
 		return fmt.Errorf("engine: write %s: %w", tmp, err)
 	}
@@ -86,25 +75,11 @@ func readMeta(dir blockdev.Dir, name string, kind uint32) ([]byte, error) {
 // decodeMeta returns the payload of the metadata file at path, whose bytes
 // are b, or a *CorruptionError.
 func decodeMeta(b []byte, path string, kind uint32) ([]byte, error) {
-	bad := func(why string) error {
-		return &CorruptionError{File: path, Op: "open", Err: errors.New(why)}
+	p, err := layout.DecodeMeta(b, kind)
+	if err != nil {
+		return nil, &CorruptionError{File: path, Op: "open", Err: err}
 	}
-	size := int64(len(b))
-	if size < metaHeader+4 || string(b[:8]) != metaMagic {
-		return nil, bad("not a segstore metadata file")
-	}
-	n := int64(binary.LittleEndian.Uint32(b[12:]))
-	if binary.LittleEndian.Uint32(b[8:]) != kind || metaHeader+n+4 > size {
-		return nil, bad("metadata of the wrong kind or length")
-	}
-	end := metaHeader + n
-	if crc32.Checksum(b[:end], castagnoli) != binary.LittleEndian.Uint32(b[end:]) {
-		return nil, bad("metadata checksum mismatch")
-	}
-	if len(bytes.Trim(b[end+4:], "\x00")) != 0 {
-		return nil, bad("non-zero bytes after the metadata record (written as zeros)")
-	}
-	return append([]byte(nil), b[metaHeader:end]...), nil
+	return bytes.Clone(p), nil
 }
 
 func isNotExist(err error) bool { return errors.Is(err, fs.ErrNotExist) }

@@ -8,6 +8,7 @@ import (
 	"github.com/segstore/segstore/alignedbuf"
 	"github.com/segstore/segstore/blockdev"
 	"github.com/segstore/segstore/cache"
+	"github.com/segstore/segstore/engine/internal/layout"
 	"github.com/segstore/segstore/wal"
 )
 
@@ -194,13 +195,6 @@ func (e *OptionError) Error() string {
 	return fmt.Sprintf("engine: Options.%s %s %s", e.Option, e.Value, e.Problem)
 }
 
-// footerFits is how many index entries fit in a version 1 footer whose
-// frame carries at most batch bytes (wal.Writer.MaxBatchBytes: one write
-// less a block), with its tail.
-func footerFits(batch int) int {
-	return (batch - wal.FooterTailLen - footerHeaderLen) / footerEntryLen
-}
-
 // footerSpare: Append rolls a segment once its index is this close to
 // what its footer holds (shouldRollLocked), leaving room for the appends in
 // flight beside the one that decided to roll (each adds at most one
@@ -212,7 +206,7 @@ const footerSpare = 64
 // holds, less footerSpare.
 func footerEntries(mw int) int64 {
 	batch := alignedbuf.AlignDown(int64(mw), footerBlock) - footerBlock - wal.FrameHeaderLen
-	return int64(footerV2Fits(int(batch)) - footerSpare)
+	return int64(layout.FooterV2Fits(int(batch)) - footerSpare)
 }
 
 // segmentEntries bounds the index entries of a segment of size seg at

@@ -17,6 +17,7 @@ import (
 
 	"github.com/segstore/segstore/blockdev"
 	"github.com/segstore/segstore/cache"
+	"github.com/segstore/segstore/engine/internal/layout"
 	"github.com/segstore/segstore/wal"
 )
 
@@ -114,7 +115,7 @@ func TestOptionsDeriveEverySegmentSize(t *testing.T) {
 			// seals (its frame within a write less a block).
 			// (Its padding to the blocks is largest for a footer frame 32
 			// bytes before a 4 KiB position.)
-			footer, _ := footerV2Size(2*4096-wal.FrameHeaderLen, int(footerEntries(got.MaxWrite)))
+			footer, _ := layout.FooterV2Size(2*4096-wal.FrameHeaderLen, int(footerEntries(got.MaxWrite)))
 			require.LessOrEqual(t, wal.FooterFrameSize(footer), got.MaxWrite-footerBlock)
 		}
 	}
@@ -171,7 +172,7 @@ func TestSegmentOfOtherOptionsRollsBeforeItsFooterFills(t *testing.T) {
 	}
 	first := l.Segments()[0]
 	assert.Less(t, first.DataEnd, big.SegmentSize/2, "rolled for its footer, not its size")
-	assert.LessOrEqual(t, first.IndexEntries, footerV2Fits(16<<10-4096-wal.FrameHeaderLen))
+	assert.LessOrEqual(t, first.IndexEntries, layout.FooterV2Fits(16<<10-4096-wal.FrameHeaderLen))
 	assert.NotContains(t, logged.String(), "thinned")
 	requireRecords(t, l, n)
 	require.NoError(t, l.Close())

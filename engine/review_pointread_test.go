@@ -92,7 +92,7 @@ func TestThinnedFooterPointReads(t *testing.T) {
 				require.NoError(t, err, "offset %d", s.base)
 				require.True(t, bytes.Equal(want[s.base], rec), "offset %d", s.base)
 				if sum := s.sum.Load(); sum != nil {
-					wide = max(wide, sum.interval)
+					wide = max(wide, sum.Interval)
 				}
 			}
 			require.Greater(t, wide, int64(o.IndexInterval), "the reopened footers' interval is the thinned one")

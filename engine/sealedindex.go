@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 
 	"github.com/segstore/segstore/cache"
+	"github.com/segstore/segstore/engine/internal/layout"
 	"github.com/segstore/segstore/wal"
 )
 
@@ -19,7 +20,7 @@ import (
 // of records shares the key) and searches its encoded entries in place.
 // A block read from the device is checked before it is cached and used:
 // its checksum, its head, its agreement with the summary and the order and
-// range of its entries (footerSummary.checkBlock, the check a whole
+// range of its entries (layout.Summary.CheckBlock, the check a whole
 // footer's blocks get). The active segment, and segments of older versions
 // or whose footer was found damaged (served from an index rebuilt from the
 // records), keep their index in memory.
@@ -30,7 +31,7 @@ func (s *segment) keepSummary(f *wal.Footer) {
 	if !s.recordIndexed() {
 		return
 	}
-	sum, err := decodeFooterSummary(f.Data, len(f.Data), s.hdr.SegmentID, s.base, f.Next, f.Pos)
+	sum, err := layout.DecodeSummary(f.Data, len(f.Data), s.hdr.SegmentID, s.base, f.Next, f.Pos)
 	if err != nil {
 		return // cannot be (the seal encoded it): the index stays in memory
 	}
@@ -43,10 +44,10 @@ func (s *segment) keepSummary(f *wal.Footer) {
 // indexBlock is a checked index block: its 4096 encoded bytes.
 type indexBlock []byte
 
-func (b indexBlock) count() int { return int(binary.LittleEndian.Uint32(b[4:])) }
+func (b indexBlock) count() int { return int(binary.LittleEndian.Uint32(b[layout.BlockCountAt:])) }
 
 func (b indexBlock) entry(j int, base uint64) indexEntry {
-	return decodeEntry(b[indexBlockHead+j*indexEntryLen:], base)
+	return fromLayoutEntry(layout.DecodeEntry(b[indexBlockHead+j*indexEntryLen:], base))
 }
 
 // field is entry j's uint64 (width 8) or uint32 (width 4) at byte at.
@@ -73,31 +74,31 @@ func (b indexBlock) find(base, off uint64) (indexEntry, int64) {
 		// without a look at the next one: entries of equal offsets (never
 		// in a checked block) resolve to the last of them, as the binary
 		// search does.
-		switch first, last := b.field(0, 16, 4), b.field(n-1, 16, 4); {
+		switch first, last := b.field(0, layout.EntryRel, 4), b.field(n-1, layout.EntryRel, 4); {
 		case rel < first:
 			hi = 1
 		case rel >= last:
 			lo = n - 1
 		default:
 			g := int((rel - first) * uint64(n-1) / (last - first)) // at most n-2
-			if b.field(g, 16, 4) > rel {
+			if b.field(g, layout.EntryRel, 4) > rel {
 				hi = g
-			} else if lo = g; b.field(g+1, 16, 4) > rel {
+			} else if lo = g; b.field(g+1, layout.EntryRel, 4) > rel {
 				hi = g + 1
 			}
 		}
 	}
 	for hi-lo > 1 {
-		if m := int(uint(lo+hi) >> 1); b.field(m, 16, 4) > rel {
+		if m := int(uint(lo+hi) >> 1); b.field(m, layout.EntryRel, 4) > rel {
 			hi = m
 		} else {
 			lo = m
 		}
 	}
 	j := lo
-	end := int64(binary.LittleEndian.Uint64(b[16:]))
+	end := int64(binary.LittleEndian.Uint64(b[layout.BlockNextAt:]))
 	if j+1 < n {
-		end = int64(b.field(j+1, 0, 8))
+		end = int64(b.field(j+1, layout.EntryPos, 8))
 	}
 	return b.entry(j, base), end
 }
@@ -105,7 +106,7 @@ func (b indexBlock) find(base, off uint64) (indexEntry, int64) {
 // before returns the block's last entry whose time is before ts (the
 // first if none is).
 func (b indexBlock) before(base uint64, ts int64) indexEntry {
-	j := sort.Search(b.count(), func(j int) bool { return int64(b.field(j, 8, 8)) >= ts }) - 1
+	j := sort.Search(b.count(), func(j int) bool { return int64(b.field(j, layout.EntryTime, 8)) >= ts }) - 1
 	return b.entry(max(j, 0), base)
 }
 
@@ -121,9 +122,10 @@ func (s *segment) inMemory(use func()) *footerSummary {
 	return nil
 }
 
-// block is the index block that holds off's entry.
-func (sum *footerSummary) block(off uint64) int {
-	return max(sort.Search(len(sum.first), func(k int) bool { return sum.first[k].off > off })-1, 0)
+// blockOf is the index block of the footer sum describes that holds off's
+// entry.
+func blockOf(sum *footerSummary, off uint64) int {
+	return max(sort.Search(len(sum.First), func(k int) bool { return sum.First[k].Off > off })-1, 0)
 }
 
 // lookup finds off's index entry in s (see segment.lookupLocked): in the
@@ -141,7 +143,7 @@ func (l *Log) lookup(s *segment, off uint64, vis position) (e indexEntry, end in
 			return e, end, complete, nil
 		}
 	}
-	v, err := l.indexBlock(s, sum, sum.block(off))
+	v, err := l.indexBlock(s, sum, blockOf(sum, off))
 	if err != nil {
 		return e, 0, false, err
 	}
@@ -166,7 +168,7 @@ func (l *Log) runEnd(s *segment, next uint64, from, span int64, vis position) (e
 	}
 	var last, past indexEntry
 	found, over := false, false
-	for k := sum.block(next); k < len(sum.first) && !over; k++ {
+	for k := blockOf(sum, next); k < len(sum.First) && !over; k++ {
 		b, v, err := l.indexBlockAhead(s, sum, k)
 		if err != nil {
 			return vis.pos, indexEntry{}, false
@@ -199,7 +201,7 @@ func (l *Log) entriesIn(s *segment, first, next uint64) (es []indexEntry) {
 	if sum == nil {
 		return es
 	}
-	for k := sum.block(first); k < len(sum.first) && sum.first[k].off <= next; k++ {
+	for k := blockOf(sum, first); k < len(sum.First) && sum.First[k].Off <= next; k++ {
 		b, v, err := l.indexBlockAhead(s, sum, k)
 		if err != nil {
 			return nil
@@ -227,7 +229,7 @@ func (l *Log) entryBefore(s *segment, ts int64) (e indexEntry, err error) {
 	if sum == nil {
 		return e, nil
 	}
-	k := max(sort.Search(len(sum.first), func(k int) bool { return sum.first[k].time >= ts })-1, 0)
+	k := max(sort.Search(len(sum.First), func(k int) bool { return sum.First[k].Time >= ts })-1, 0)
 	v, err := l.indexBlock(s, sum, k)
 	if err != nil {
 		return e, err
@@ -264,7 +266,7 @@ func (h *indexHints) slot(ns cache.Namespace, at int64) *atomic.Pointer[indexHin
 // block that fails its checks is corruption, reported with the block's
 // position.
 func (l *Log) indexBlock(s *segment, sum *footerSummary, k int) (*cache.Value, error) {
-	at := sum.blocksAt + int64(k*indexBlockLen)
+	at := sum.BlocksAt + int64(k*indexBlockLen)
 	slot := l.indexHints.slot(s.ns, at)
 	h := slot.Load()
 	ours := h != nil && h.ns == s.ns && h.at == at
@@ -315,10 +317,10 @@ func checkIndexBlock(s *segment, sum *footerSummary, k int, at int64, b []byte) 
 	if len(b) < indexBlockLen {
 		err = fmt.Errorf("the file ends at byte %d, inside the block", at+int64(len(b)))
 	} else {
-		_, err = sum.checkBlock(b[:indexBlockLen], k, s.hdr.SegmentID, s.base, s.vis().off, nil)
+		_, err = sum.CheckBlock(b[:indexBlockLen], k, s.hdr.SegmentID, s.base, s.vis().off, nil)
 	}
 	if err != nil {
-		return s.corrupt("read", at, fmt.Errorf("index block %d of the footer (offsets from %d): %w; the records are intact: reopen the log, whose open rebuilds the index from them, or run segtool verify", k, sum.first[k].off, err))
+		return s.corrupt("read", at, fmt.Errorf("index block %d of the footer (offsets from %d): %w; the records are intact: reopen the log, whose open rebuilds the index from them, or run segtool verify", k, sum.First[k].Off, err))
 	}
 	return nil
 }
@@ -360,20 +362,20 @@ type indexRun struct {
 // run ends before the first other block that fails (a read of it
 // reports it).
 func (l *Log) indexBlockAhead(s *segment, sum *footerSummary, k int) (indexBlock, *cache.Value, error) {
-	at := sum.blocksAt + int64(k*indexBlockLen)
+	at := sum.BlocksAt + int64(k*indexBlockLen)
 	if v, ok := l.cache.Get(s.ns, at); ok {
 		l.indexHits.Add(1)
 		return indexBlock(v.Bytes()), v, nil
 	}
 	for i := range l.indexRuns.slots {
 		r := l.indexRuns.slots[i].Load()
-		if r != nil && r.ns == s.ns && r.at == sum.blocksAt && k >= r.k && k < r.k+r.n && r.v.Acquire(r.id) {
+		if r != nil && r.ns == s.ns && r.at == sum.BlocksAt && k >= r.k && k < r.k+r.n && r.v.Acquire(r.id) {
 			l.indexHits.Add(1)
 			j := (k - r.k) * indexBlockLen
 			return indexBlock(r.v.Bytes()[j : j+indexBlockLen]), r.v, nil
 		}
 	}
-	n := min(raIndexBlocks, len(sum.first)-k)
+	n := min(raIndexBlocks, len(sum.First)-k)
 	if n <= 1 {
 		v, err := l.indexBlock(s, sum, k)
 		if err != nil {
@@ -419,7 +421,7 @@ func (l *Log) indexBlockAhead(s *segment, sum *footerSummary, k int) (indexBlock
 		good++
 	}
 	if v.Acquire(v.ID()) { // the slot's reference
-		r := &indexRun{ns: s.ns, at: sum.blocksAt, k: k, n: good, v: v, id: v.ID()}
+		r := &indexRun{ns: s.ns, at: sum.BlocksAt, k: k, n: good, v: v, id: v.ID()}
 		slot := &l.indexRuns.slots[l.indexRuns.next.Add(1)%raStreams]
 		if old := slot.Swap(r); old != nil {
 			old.v.Release()

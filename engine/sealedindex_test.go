@@ -15,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/segstore/segstore/blockdev"
+	"github.com/segstore/segstore/engine/internal/layout"
 )
 
 // heapObjects is the Go heap in use by live objects, after collections:
@@ -72,7 +73,7 @@ func TestHeapDoesNotGrowWithSealedSegments(t *testing.T) {
 			require.True(t, s.loaded.Load(), "segment %d was read", s.base)
 			require.Nil(t, s.index, "segment %d keeps no index entries in memory", s.base)
 			require.NotNil(t, s.sum.Load(), "segment %d keeps its footer's summary", s.base)
-			entries = max(entries, s.sum.Load().entries)
+			entries = max(entries, s.sum.Load().Entries)
 		}
 		grown[n] = after - before
 		t.Logf("%d sealed segments: the open log holds %d KiB of heap", len(segs)-1, grown[n]>>10)
@@ -130,13 +131,13 @@ func TestFlippedIndexBlockByte(t *testing.T) {
 		require.NoError(t, err)
 		sum := s.sum.Load()
 		require.NotNil(t, sum)
-		require.Greater(t, len(sum.first), 1, "the sweep needs segments of several index blocks")
-		for k, f := range sum.first {
+		require.Greater(t, len(sum.First), 1, "the sweep needs segments of several index blocks")
+		for k, f := range sum.First {
 			last := s.vis().off - 1
-			if k+1 < len(sum.first) {
-				last = sum.first[k+1].off - 1
+			if k+1 < len(sum.First) {
+				last = sum.First[k+1].Off - 1
 			}
-			blocks = append(blocks, block{seg: s, pos: sum.blocksAt + int64(k*indexBlockLen), offs: []uint64{f.off, (f.off + last) / 2, last}})
+			blocks = append(blocks, block{seg: s, pos: sum.BlocksAt + int64(k*indexBlockLen), offs: []uint64{f.Off, (f.Off + last) / 2, last}})
 		}
 	}
 	var bytesAt []int
@@ -240,7 +241,7 @@ func TestIndexBlockFind(t *testing.T) {
 			binary.LittleEndian.PutUint32(b[4:], uint32(len(offs)))
 			binary.LittleEndian.PutUint64(b[16:], next)
 			for i, o := range offs {
-				encodeEntry(b[indexBlockHead+i*indexEntryLen:], base, indexEntry{pos: int64(100 * (i + 1)), off: base + o})
+				layout.EncodeEntry(b[indexBlockHead+i*indexEntryLen:], base, layout.IndexEntry{Pos: int64(100 * (i + 1)), Off: base + o})
 			}
 			var rels []uint64 // every offset up to a few past the last, or a few around each entry's
 			for rel := uint64(0); rel <= offs[len(offs)-1]+3 && rel < 1<<16; rel++ {

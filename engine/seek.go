@@ -58,8 +58,8 @@ func (s *segment) firstEntry() (indexEntry, bool) {
 	defer s.mu.RUnlock()
 	switch {
 	case s.sum.Load() != nil: // the first record's entry, as far as SeekTime and info look
-		if sum := s.sum.Load(); len(sum.first) > 0 {
-			return indexEntry{off: s.base, pos: wal.DataStart + wal.FrameHeaderLen, time: sum.first[0].time, back: wal.FrameHeaderLen}, true
+		if sum := s.sum.Load(); len(sum.First) > 0 {
+			return indexEntry{off: s.base, pos: wal.DataStart + wal.FrameHeaderLen, time: sum.First[0].Time, back: wal.FrameHeaderLen}, true
 		}
 		return indexEntry{}, false
 	case len(s.index) > 0:

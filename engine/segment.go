@@ -16,6 +16,7 @@ import (
 	"github.com/segstore/segstore/alignedbuf"
 	"github.com/segstore/segstore/blockdev"
 	"github.com/segstore/segstore/cache"
+	"github.com/segstore/segstore/engine/internal/layout"
 	"github.com/segstore/segstore/wal"
 )
 
@@ -62,6 +63,29 @@ type indexEntry struct {
 	back   uint32
 	before uint32
 	left   uint32
+}
+
+// layout is e in the footer codec's form.
+func (e indexEntry) layout() layout.IndexEntry {
+	return layout.IndexEntry{Off: e.off, Pos: e.pos, Time: e.time, Back: e.back, Before: e.before, Left: e.left}
+}
+
+// fromLayoutEntry is the footer codec's entry e as the engine keeps it.
+func fromLayoutEntry(e layout.IndexEntry) indexEntry {
+	return indexEntry{off: e.Off, pos: e.Pos, time: e.Time, back: e.Back, before: e.Before, left: e.Left}
+}
+
+// fromLayout is the footer codec's entries as the engine keeps them (nil
+// for nil).
+func fromLayout(es []layout.IndexEntry) []indexEntry {
+	if es == nil {
+		return nil
+	}
+	out := make([]indexEntry, len(es))
+	for i, e := range es {
+		out[i] = fromLayoutEntry(e)
+	}
+	return out
 }
 
 // position is a (file position, record offset) pair that belong together.
@@ -296,26 +320,13 @@ func (s *segment) addIndex(first uint64, pos, ts int64) {
 	s.mu.Unlock()
 }
 
-// Footer layout (the engine's bytes inside the wal footer frame), little
-// endian:
-//
-//	0        4        8                16               24      28       32
-//	+--------+--------+----------------+----------------+-------+--------+---- - -
-//	|version | flags  | record count   | data end (pos) |interv.|entries | entries × (offset u64 | position u64 | time i64)
-//	+--------+--------+----------------+----------------+-------+--------+---- - -
-const (
-	footerVersion   = 1
-	footerHeaderLen = 32
-	footerEntryLen  = 24
-)
-
 // footerFits is how many index entries s's footer holds in a footer frame
 // of at most batch payload bytes.
 func (s *segment) footerFits(batch int) int {
 	if s.recordIndexed() {
-		return footerV2Fits(batch)
+		return layout.FooterV2Fits(batch)
 	}
-	return footerFits(batch)
+	return layout.FooterV1Fits(batch)
 }
 
 // encodeFooter encodes s's footer (version 2 for a file of version 3,
@@ -332,27 +343,15 @@ func (s *segment) encodeFooter(next uint64, dataEnd int64, fit int) (footer []by
 	stride = (len(s.index) + fit - 1) / fit
 	stride = max(stride, 1)
 	n := (len(s.index) + stride - 1) / stride
+	kept := make([]layout.IndexEntry, n)
+	for i := range kept {
+		kept[i] = s.index[i*stride].layout()
+	}
+	interval := s.interval.Load() * int64(stride)
 	if s.recordIndexed() {
-		kept := make([]indexEntry, n)
-		for i := range kept {
-			kept[i] = s.index[i*stride]
-		}
-		return encodeFooterV2(s.hdr.SegmentID, s.base, next-s.base, dataEnd, s.interval.Load()*int64(stride), kept), stride
+		return layout.EncodeFooterV2(s.hdr.SegmentID, s.base, next-s.base, dataEnd, interval, kept), stride
 	}
-	b := make([]byte, footerHeaderLen+footerEntryLen*n)
-	binary.LittleEndian.PutUint32(b[0:], footerVersion)
-	binary.LittleEndian.PutUint64(b[8:], next-s.base)
-	binary.LittleEndian.PutUint64(b[16:], uint64(dataEnd))
-	binary.LittleEndian.PutUint32(b[24:], uint32(s.interval.Load()*int64(stride)))
-	binary.LittleEndian.PutUint32(b[28:], uint32(n))
-	for i := range n {
-		e := s.index[i*stride]
-		p := b[footerHeaderLen+i*footerEntryLen:]
-		binary.LittleEndian.PutUint64(p[0:], e.off)
-		binary.LittleEndian.PutUint64(p[8:], uint64(e.pos))
-		binary.LittleEndian.PutUint64(p[16:], uint64(e.time))
-	}
-	return b, stride
+	return layout.EncodeFooterV1(next-s.base, dataEnd, interval, kept), stride
 }
 
 // decodeFooter checks a footer against the wal footer frame it came in and
@@ -365,8 +364,8 @@ func (s *segment) decodeFooter(f *wal.Footer) error {
 	interval := int64(0)
 	var err error
 	if s.recordIndexed() {
-		if sum, err = walkFooterV2(f.Data, s.hdr.SegmentID, s.base, f.Next, f.Pos, nil); err == nil {
-			interval = sum.interval
+		if sum, err = layout.WalkFooterV2(f.Data, s.hdr.SegmentID, s.base, f.Next, f.Pos, nil); err == nil {
+			interval = sum.Interval
 		}
 	} else {
 		index, interval, err = s.decodeFooterIndex(f)
@@ -389,46 +388,20 @@ func (s *segment) decodeFooter(f *wal.Footer) error {
 // sealed footer and the manifest's clean close record (encodeFooter's
 // bytes for the active segment) both go through here.
 func (s *segment) decodeFooterIndex(f *wal.Footer) ([]indexEntry, int64, error) {
-	b := f.Data
 	if s.recordIndexed() {
 		// The wal pads the footer to 8 bytes; a version 2 footer is a
 		// multiple of 8 already.
-		return decodeFooterV2(b, s.hdr.SegmentID, s.base, f.Next, f.Pos)
-	}
-	if len(b) < footerHeaderLen {
-		return nil, 0, fmt.Errorf("footer of %d bytes is shorter than its header", len(b))
-	}
-	if v := binary.LittleEndian.Uint32(b[0:]); v != footerVersion {
-		return nil, 0, fmt.Errorf("footer version %d, this build reads %d", v, footerVersion)
-	}
-	count := binary.LittleEndian.Uint64(b[8:])
-	dataEnd := int64(binary.LittleEndian.Uint64(b[16:]))
-	interval := int64(binary.LittleEndian.Uint32(b[24:]))
-	n := int(binary.LittleEndian.Uint32(b[28:]))
-	switch {
-	case s.base+count != f.Next:
-		return nil, 0, fmt.Errorf("footer counts %d records from %d, the frame says the next offset is %d", count, s.base, f.Next)
-	case dataEnd != f.Pos:
-		return nil, 0, fmt.Errorf("footer says records end at %d, the footer frame is at %d", dataEnd, f.Pos)
-	case n > (len(b)-footerHeaderLen)/footerEntryLen:
-		return nil, 0, fmt.Errorf("footer claims %d index entries in %d bytes", n, len(b))
-	case interval <= 0:
-		return nil, 0, fmt.Errorf("footer index interval %d", interval)
-	}
-	index := make([]indexEntry, n)
-	for i := range index {
-		p := b[footerHeaderLen+i*footerEntryLen:]
-		e := indexEntry{off: binary.LittleEndian.Uint64(p[0:]), pos: int64(binary.LittleEndian.Uint64(p[8:])), time: int64(binary.LittleEndian.Uint64(p[16:]))}
-		if e.off < s.base || e.off >= f.Next || e.pos < wal.DataStart || e.pos >= dataEnd ||
-			(i > 0 && (e.off <= index[i-1].off || e.pos <= index[i-1].pos)) {
-			return nil, 0, fmt.Errorf("footer index entry %d (offset %d at %d) is out of order or range", i, e.off, e.pos)
+		index, interval, err := layout.DecodeFooterV2(f.Data, s.hdr.SegmentID, s.base, f.Next, f.Pos)
+		if err != nil {
+			return nil, 0, err
 		}
-		index[i] = e
+		return fromLayout(index), interval, nil
 	}
-	if count > 0 && (n == 0 || index[0].off != s.base || index[0].pos != wal.DataStart) {
-		return nil, 0, errors.New("footer index does not start at the first frame")
+	v1, err := layout.DecodeFooterV1(f.Data, s.base, f.Next, f.Pos)
+	if err != nil {
+		return nil, 0, err
 	}
-	return index, interval, nil
+	return fromLayout(v1.Entries), v1.Interval, nil
 }
 
 // readRange reads the file bytes [from, to) with one aligned O_DIRECT read

@@ -314,8 +314,8 @@ func TestReadAheadReadsIndexBlocksInRuns(t *testing.T) {
 			runs := 0
 			for _, s := range sealed {
 				sum := s.sum.Load()
-				require.Greater(t, len(sum.first), raIndexBlocks+4, "segment %d: the test needs segments of several runs of blocks", s.base)
-				runs += (len(sum.first) + raIndexBlocks - 1) / raIndexBlocks
+				require.Greater(t, len(sum.First), raIndexBlocks+4, "segment %d: the test needs segments of several runs of blocks", s.base)
+				runs += (len(sum.First) + raIndexBlocks - 1) / raIndexBlocks
 			}
 			end := sealed[len(sealed)-1].vis().off
 			before := l.indexMisses.Load()
@@ -333,13 +333,13 @@ func TestReadAheadReadsIndexBlocksInRuns(t *testing.T) {
 			s := sealed[1]
 			sum := s.sum.Load()
 			k := raIndexBlocks + 3
-			flipByte(t, filepath.Join(dir, s.name), sum.blocksAt+int64(k*indexBlockLen)+100)
+			flipByte(t, filepath.Join(dir, s.name), sum.BlocksAt+int64(k*indexBlockLen)+100)
 			for _, ss := range *l.segs.Load() {
 				ss.ns = l.cache.NewNamespace() // nothing cached
 			}
 			l.tail.Store(nil)
 			l.indexRuns.drop()
-			at := sum.blocksAt + int64(k*indexBlockLen)
+			at := sum.BlocksAt + int64(k*indexBlockLen)
 			for off := s.base; off < s.vis().off; off++ {
 				got, err := l.Read(off, nil)
 				var ce *CorruptionError
@@ -353,7 +353,7 @@ func TestReadAheadReadsIndexBlocksInRuns(t *testing.T) {
 			// The run kept (and cached) only the blocks before the damaged
 			// one: a point read that needs it reads it and reports it.
 			l.ra.wg.Wait()
-			_, _, err = coldRead(t, l, d, sum.first[k].off+1)
+			_, _, err = coldRead(t, l, d, sum.First[k].Off+1)
 			var ce *CorruptionError
 			require.True(t, errors.As(err, &ce), "a point read through the damaged block: %v", err)
 			assert.Equal(t, at, ce.Position)

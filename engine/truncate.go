@@ -1,7 +1,6 @@
 package engine
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"path/filepath"
@@ -9,6 +8,7 @@ import (
 	"time"
 
 	"github.com/segstore/segstore/blockdev"
+	"github.com/segstore/segstore/engine/internal/layout"
 	"github.com/segstore/segstore/wal"
 )
 
@@ -33,10 +33,11 @@ func (l *Log) loadStart() error {
 
 // setStart takes the start offset from START's payload b.
 func (l *Log) setStart(b []byte) error {
-	if len(b) != 8 {
-		return &CorruptionError{File: filepath.Join(l.dir.Path(), startName), Op: "open", Err: fmt.Errorf("START holds %d bytes, want 8", len(b))}
+	first, err := layout.DecodeStart(b)
+	if err != nil {
+		return &CorruptionError{File: filepath.Join(l.dir.Path(), startName), Op: "open", Err: err}
 	}
-	l.start.Store(binary.LittleEndian.Uint64(b))
+	l.start.Store(first)
 	return nil
 }
 
@@ -60,8 +61,7 @@ func (l *Log) truncateFrontLocked(before uint64) error {
 	if end := l.DurableOffset(); before > end {
 		return fmt.Errorf("%w: TruncateFront(%d) is past the durable end %d", ErrOutOfRange, before, end)
 	}
-	b := binary.LittleEndian.AppendUint64(nil, before)
-	if err := writeMeta(l.dir, startName, metaStart, b, true); err != nil {
+	if err := writeMeta(l.dir, startName, metaStart, layout.EncodeStart(before), true); err != nil {
 		return err
 	}
 	l.start.Store(before)

@@ -97,7 +97,7 @@ func (s *segment) info() SegmentInfo {
 	vis := s.vis() // one snapshot for the record range and the data end
 	si := SegmentInfo{Base: s.base, Next: vis.off, DataEnd: vis.pos, Sealed: s.sealed, File: s.name, IndexEntries: len(s.index)}
 	if sum := s.sum.Load(); sum != nil {
-		si.IndexEntries = sum.entries
+		si.IndexEntries = sum.Entries
 	}
 	if s.sealed {
 		si.SealedAt, si.FooterCRC = time.Unix(0, s.sealedAt), s.man.crc

@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/segstore/segstore/blockdev"
+	"github.com/segstore/segstore/engine/internal/layout"
 	"github.com/segstore/segstore/engine/internal/stracetest"
 	"github.com/segstore/segstore/wal"
 )
@@ -462,11 +463,13 @@ func handSealed(t *testing.T, base uint64, batches int, index func([]handFrame) 
 	}
 	require.NoError(t, w.Sync())
 	end, next := w.Durable()
-	var entries []indexEntry
+	var entries []layout.IndexEntry
 	if index != nil {
-		entries = index(frames)
+		for _, e := range index(frames) {
+			entries = append(entries, e.layout())
+		}
 	}
-	footer := encodeFooterV2(w.Header().SegmentID, base, next-base, end, 4096, entries)
+	footer := layout.EncodeFooterV2(w.Header().SegmentID, base, next-base, end, 4096, entries)
 	_, err = w.Seal(footer)
 	require.NoError(t, err)
 	require.NoError(t, dev.Close())
