@@ -89,7 +89,8 @@ type PlainFile interface {
 type PlainOpener interface {
 	// OpenPlain opens name with flag, as os.OpenFile does (os.O_RDONLY,
 	// os.O_WRONLY or os.O_RDWR, with os.O_CREATE and os.O_TRUNC), a
-	// created file with mode 0o644.
+	// created file with mode 0o644. It never waits: a name that is not
+	// a regular file (a FIFO) is refused with ErrNotRegular.
 	OpenPlain(name string, flag int) (PlainFile, error)
 }
 

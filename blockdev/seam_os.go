@@ -45,14 +45,16 @@ func osFileStat(fi os.FileInfo) FileStat {
 	return FileStat{Size: fi.Size(), ModTime: fi.ModTime(), id: fi}
 }
 
-// OpenPlain is os.OpenFile of name (mode 0o644).
+// OpenPlain is OpenRegular of name (os.OpenFile, mode 0o644, that
+// never waits and refuses anything but a regular file with
+// ErrNotRegular: opening a FIFO to read it waits for a writer forever).
 func (d *OSDir) OpenPlain(name string, flag int) (PlainFile, error) {
 	if err := checkName(d.path, name); err != nil {
 		return nil, err
 	}
-	f, err := os.OpenFile(filepath.Join(d.path, name), flag, 0o644)
+	f, err := OpenRegular(filepath.Join(d.path, name), flag)
 	if err != nil {
-		return nil, err // an *fs.PathError, as os.OpenFile's callers had it
+		return nil, err // an *fs.PathError from the open, as os.OpenFile's callers had it
 	}
 	return f, nil
 }
