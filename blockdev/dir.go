@@ -303,6 +303,7 @@ type SimDir struct {
 	files   map[string]*Sim // the names as they are now
 	durable map[string]*Sim // the names as Sync last made them durable
 	changes *simChanges     // shared with every file of the directory
+	locks   map[string]bool // the Lock names held
 }
 
 var _ Dir = (*SimDir)(nil)
@@ -320,6 +321,25 @@ type simChanges struct {
 	count int
 	limit int      // -1: no limit
 	ops   []string // "op name" of each change taken, in order
+	// watches are the directory's Watch channels. A change wakes them
+	// from enter, before it is made, but enter is called under the lock
+	// that the change is made under (the directory's or the device's),
+	// which every read of what it changes takes: a woken watcher sees it.
+	watches map[*simWatch]bool
+}
+
+// simWatch is one Watch of a SimDir: ch is ready after a change, and
+// after a read of one of the files named in reads.
+type simWatch struct {
+	ch    chan struct{}
+	reads []string
+}
+
+func (w *simWatch) wake() {
+	select {
+	case w.ch <- struct{}{}:
+	default:
+	}
 }
 
 // enter counts one change of op on name, or refuses it once the limit is
@@ -332,7 +352,21 @@ func (c *simChanges) enter(op, name string) error {
 	}
 	c.count++
 	c.ops = append(c.ops, op+" "+name)
+	for w := range c.watches {
+		w.wake()
+	}
 	return nil
+}
+
+// read wakes the watches that watch the reads of file name.
+func (c *simChanges) read(name string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for w := range c.watches {
+		if slices.Contains(w.reads, name) {
+			w.wake()
+		}
+	}
 }
 
 // Changes is how many changes the directory and its files have taken so
@@ -373,22 +407,43 @@ func (d *SimDir) Open(name string, opts Options) (Device, error) {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	s, ok := d.files[name]
-	if !ok {
-		if !opts.Create {
-			return nil, fmt.Errorf("blockdev: open sim:%s: %w", name, fs.ErrNotExist)
-		}
-		if err := d.changes.enter("create", "sim:"+name); err != nil {
-			return nil, err
-		}
-		o := d.opts
-		o.Name = name
-		o.Seed = d.opts.Seed ^ uint64(len(d.files)+1)*0x9e3779b97f4a7c15
-		s = NewSim(o)
-		s.changes = d.changes
-		d.files[name] = s
+	s, err := d.fileLocked("open", name, opts.Create, false)
+	if err != nil {
+		return nil, err
 	}
 	return s.handle(), nil
+}
+
+// fileLocked returns the Sim of name, creating it if create is set (op
+// names the caller in errors); mapped says the caller is MapShared. d.mu
+// must be held.
+func (d *SimDir) fileLocked(op, name string, create, mapped bool) (*Sim, error) {
+	if s, ok := d.files[name]; ok {
+		return s, nil
+	}
+	if !create {
+		return nil, fmt.Errorf("blockdev: %s sim:%s: %w", op, name, fs.ErrNotExist)
+	}
+	if err := d.changes.enter("create", "sim:"+name); err != nil {
+		return nil, err
+	}
+	// A device's seed (its tearing) depends on how many devices the
+	// directory holds, not on the mapped files beside them, so that a
+	// DURABLE file leaves every device's tearing as it is without one.
+	devices := 0
+	for _, f := range d.files {
+		if !f.mapOnly {
+			devices++
+		}
+	}
+	o := d.opts
+	o.Name = name
+	o.Seed = d.opts.Seed ^ uint64(devices+1)*0x9e3779b97f4a7c15
+	s := NewSim(o)
+	s.changes = d.changes
+	s.mapOnly = mapped
+	d.files[name] = s
+	return s, nil
 }
 
 func (d *SimDir) Remove(name string) error {

@@ -85,6 +85,8 @@ type Sim struct {
 	crashed bool
 	closed  bool
 	changes *simChanges // the directory's change counter, nil outside a SimDir
+	mapped  []byte      // the memory every SharedMapping of the file shares (SimDir.MapShared)
+	mapOnly bool        // created by SimDir.MapShared, not as a device
 
 	ops       [numOps]int // completed calls per Op
 	failAt    [numOps]map[int]bool
@@ -294,6 +296,14 @@ func (s *Sim) ReadAt(p []byte, off int64) (int, error) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return s.readAtLocked(p, off)
+}
+
+// readAtLocked is ReadAt without the alignment check. s.mu must be held.
+func (s *Sim) readAtLocked(p []byte, off int64) (int, error) {
+	if off < 0 {
+		return 0, fmt.Errorf("blockdev: read %s: negative offset %d", s.label(), off)
+	}
 	if _, err := s.enterLocked(OpRead); err != nil {
 		return 0, err
 	}
@@ -313,6 +323,14 @@ func (s *Sim) WriteAt(p []byte, off int64) (int, error) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return s.writeAtLocked(p, off)
+}
+
+// writeAtLocked is WriteAt without the alignment check. s.mu must be held.
+func (s *Sim) writeAtLocked(p []byte, off int64) (int, error) {
+	if off < 0 {
+		return 0, fmt.Errorf("blockdev: write %s: negative offset %d", s.label(), off)
+	}
 	n, err := s.enterLocked(OpWrite)
 	if err != nil {
 		return 0, err

@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -51,54 +49,36 @@ const (
 // durableFile is the mapped DURABLE file.
 type durableFile struct {
 	mem []byte
-	// f (the writer's) is the file, for the byte Close writes; wake (the
-	// writer's) reads one byte of it after each publish, so that readers
-	// watching the file (inotify, which reports reads) wake: the
-	// mapping's stores make no file event. A read costs the publisher a
-	// system call of about a microsecond on the appender's path, and
-	// nothing else: the file is opened O_NOATIME where the system has it,
-	// so the read never updates the inode (a write would, through the
-	// file system's journal, which can make it wait).
-	f, wake *os.File
-	woken   [1]byte // what wake's reads read (publish is serialized)
-	// file (a reader's) identifies the file mapped: a writer that finds
+	// m is the mapping of mem. The writer reads one byte of the file
+	// (m.ReadAt) after each publish, so that readers watching the file
+	// (inotify, which reports reads) wake: the mapping's stores make no
+	// file event. A read costs the publisher a system call of about a
+	// microsecond on the appender's path, and nothing else: the read
+	// never updates the inode where the system allows (a write would,
+	// through the file system's journal, which can make it wait). The
+	// writer's Close writes the byte instead (m.WriteAt).
+	//
+	// A reader's m.Stat identifies the file mapped: a writer that finds
 	// no DURABLE (removed while no writer had it) creates another file,
 	// whose words a reader still mapping the old one would never see.
-	file os.FileInfo
+	m     blockdev.SharedMapping
+	woken [1]byte // what the wake-up reads read (publish is serialized)
 }
 
 func (d *durableFile) word(off int) *atomic.Uint64 {
 	return (*atomic.Uint64)(unsafe.Pointer(&d.mem[off]))
 }
 
-// createDurable opens (creating) the DURABLE file of the writer of dir and
-// maps it for writing.
-func createDurable(dir string) (*durableFile, error) {
-	path := filepath.Join(dir, durableName)
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+// createDurable opens (creating) the DURABLE file of the writer of a
+// directory that maps files (share) and maps it for writing.
+func createDurable(share blockdev.Mapper) (*durableFile, error) {
+	m, err := share.MapShared(durableName, durableSize, true)
 	if err != nil {
 		return nil, fmt.Errorf("engine: the durable-position file: %w", err)
 	}
-	if err := f.Truncate(durableSize); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("engine: the durable-position file: %w", err)
-	}
-	wake, err := os.OpenFile(path, os.O_RDONLY|noAtime, 0)
-	if err != nil && noAtime != 0 { // O_NOATIME is for the file's owner only
-		wake, err = os.OpenFile(path, os.O_RDONLY, 0)
-	}
-	if err != nil {
-		f.Close()
-		return nil, fmt.Errorf("engine: the durable-position file: %w", err)
-	}
-	mem, err := blockdev.Map(f, durableSize, true)
-	if err != nil {
-		f.Close()
-		wake.Close()
-		return nil, fmt.Errorf("engine: mapping the durable-position file: %w", err)
-	}
+	mem := m.Bytes()
 	copy(mem, durableMagic)
-	d := &durableFile{mem: mem, f: f, wake: wake}
+	d := &durableFile{mem: mem, m: m}
 	switch {
 	case d.word(durOrder).Load() != durableOrder:
 		// New, or written in the other byte order: readers of this
@@ -113,39 +93,39 @@ func createDurable(dir string) (*durableFile, error) {
 	return d, nil
 }
 
-// openDurable maps the DURABLE file of dir read-only; nil if there is
-// none, or none usable (being created, not a regular file, not mappable):
-// readers then treat a live writer as publishing nothing.
-func openDurable(dir string) *durableFile {
-	// OpenRegular never waits (opening a FIFO to read it would wait for
-	// a writer) and refuses anything but a regular file.
-	f, err := blockdev.OpenRegular(filepath.Join(dir, durableName), os.O_RDONLY)
+// openDurable maps the DURABLE file of a directory of caps c read-only;
+// nil if there is none, or none usable (being created, not a regular
+// file, not mappable, or a directory that maps nothing): readers then
+// treat a live writer as publishing nothing.
+func openDurable(c dirCaps) *durableFile {
+	if c.share == nil {
+		return nil
+	}
+	// A read-only MapShared never waits (on a FIFO) and refuses anything
+	// but a regular file of at least durableSize bytes.
+	m, err := c.share.MapShared(durableName, durableSize, false)
 	if err != nil {
 		return nil
 	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil || fi.Size() < durableSize {
-		return nil
-	}
-	mem, err := blockdev.Map(f, durableSize, false)
-	if err != nil {
-		return nil
-	}
+	mem := m.Bytes()
 	if string(mem[:8]) != durableMagic {
-		blockdev.Unmap(mem)
+		m.Close()
 		return nil
 	}
-	return &durableFile{mem: mem, file: fi}
+	return &durableFile{mem: mem, m: m}
 }
 
 // replaced reports whether another file than the one a reader's d maps
-// is the DURABLE file of dir now. One removed and not replaced is not:
-// the writer that has it open publishes there still (a writer that
-// finds none creates one).
-func (d *durableFile) replaced(dir string) bool {
-	fi, err := os.Stat(filepath.Join(dir, durableName))
-	return err == nil && !os.SameFile(fi, d.file)
+// is the DURABLE file of the directory (of caps c) now. One removed and
+// not replaced is not: the writer that has it open publishes there still
+// (a writer that finds none creates one). A directory that cannot tell
+// files apart replaces none.
+func (d *durableFile) replaced(c dirCaps) bool {
+	if c.stat == nil {
+		return false
+	}
+	st, err := c.stat.Stat(durableName)
+	return err == nil && !st.SameFile(d.m.Stat())
 }
 
 // follower is what a read-only log knows of the writer it follows: its
@@ -153,7 +133,7 @@ func (d *durableFile) replaced(dir string) bool {
 // serializes Refresh (and Close with it).
 type follower struct {
 	mu      sync.Mutex
-	durable *durableFile // the writer's DURABLE, mapped; nil until the writer made it, or in a simulated directory
+	durable *durableFile // the writer's DURABLE, mapped; nil until the writer made it, or in a directory that maps nothing
 	live    bool         // a writer held the lock at the last look
 	ack     durableState // what the live writer had published at the last look
 	ackOK   bool         // ack was read consistently
@@ -167,12 +147,12 @@ type follower struct {
 // end it has long passed, which would hold the reader there). Callers
 // hold followed.mu.
 func (l *Log) currentDurable() *durableFile {
-	if l.followed.durable != nil && l.followed.durable.replaced(l.dir.Path()) {
+	if l.followed.durable != nil && l.followed.durable.replaced(l.caps) {
 		l.followed.durable.close(false)
 		l.followed.durable = nil
 	}
 	if l.followed.durable == nil && !l.isClosed.Load() { // the writer may have made it since
-		l.followed.durable = openDurable(l.dir.Path())
+		l.followed.durable = openDurable(l.caps)
 	}
 	return l.followed.durable
 }
@@ -187,7 +167,7 @@ func (d *durableFile) publish(base uint64, p position) {
 	d.word(durOffset).Store(p.off)
 	seq.Add(1)
 	d.word(durOpen).Store(1)
-	d.wake.ReadAt(d.woken[:], durableWakeAt) // a wake-up only: its bytes and error do not matter
+	d.m.ReadAt(d.woken[:], durableWakeAt) // a wake-up only: its bytes and error do not matter
 }
 
 // durableWakeAt is the byte publish reads and Close writes, away from the
@@ -201,11 +181,9 @@ const durableWakeAt = layout.DurableWakeAt
 func (d *durableFile) close(writer bool) {
 	if writer {
 		d.word(durOpen).Store(0)
-		d.f.WriteAt([]byte{1}, durableWakeAt)
-		d.f.Close()
-		d.wake.Close()
+		d.m.WriteAt([]byte{1}, durableWakeAt)
 	}
-	blockdev.Unmap(d.mem)
+	d.m.Close()
 }
 
 // durableTries bounds how many times a reader reads the words before it
@@ -269,7 +247,7 @@ func (st durableState) limit(seg uint64) (end position, bounded bool) {
 // readers again after the update it is in).
 func (l *Log) lookAtWriter() bool {
 	l.currentDurable()
-	l.followed.live = writerLive(l.dir)
+	l.followed.live = writerLive(l.caps)
 	l.followed.ack, l.followed.ackOK = durableState{}, true
 	if l.followed.live && l.followed.durable != nil {
 		l.followed.ack, l.followed.ackOK = l.followed.durable.read()
@@ -319,12 +297,12 @@ func (l *Log) wakeLocked() {
 // where its active segment is durable; a read-only log maps it if it
 // exists, and hides what the writer has not acknowledged yet.
 func (l *Log) openDurable() error {
-	if _, ok := l.dir.(*blockdev.OSDir); !ok {
+	if l.caps.share == nil {
 		return nil
 	}
 	var err error
 	if !l.opts.ReadOnly {
-		if l.pub, err = createDurable(l.dir.Path()); err != nil {
+		if l.pub, err = createDurable(l.caps.share); err != nil {
 			// Appends work without it; readers in other processes then
 			// show none of the active segment while this writer lives.
 			l.opts.Logger.Warn("segstore: cannot publish the acknowledged end for readers in other processes: until this writer closes they show none of its active segment; make "+durableName+" in the log's directory creatable and mappable",

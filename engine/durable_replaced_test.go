@@ -6,8 +6,6 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
-
-	"github.com/segstore/segstore/blockdev"
 )
 
 // TestAReaderFollowsAReplacedDurableFile: a read-only log that mapped the
@@ -38,11 +36,9 @@ func TestAReaderFollowsAReplacedDurableFile(t *testing.T) {
 			if tc.closed {
 				fw.d.word(durOpen).Store(0)
 			}
-			fw.d.f.Close()
-			fw.d.wake.Close()
-			blockdev.Unmap(fw.d.mem)
+			fw.d.m.Close()
 			require.NoError(t, os.Remove(filepath.Join(path, durableName)))
-			d, err := createDurable(path)
+			d, err := createDurable(osDir(t, path))
 			require.NoError(t, err)
 			defer func() {
 				d.close(true)

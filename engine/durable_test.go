@@ -24,7 +24,7 @@ import (
 // wakes it too. The bound on each wait detects a wedge, not a speed.
 func TestPublishWakesAWatcherOfTheFile(t *testing.T) {
 	path := t.TempDir()
-	d, err := createDurable(path)
+	d, err := createDurable(osDir(t, path))
 	require.NoError(t, err)
 	changes, stop, err := blockdev.WatchDir(path, durableName)
 	if errors.Is(err, blockdev.ErrNoWatch) {
@@ -89,4 +89,12 @@ func TestDurableOfTheOtherByteOrderIsNotTrusted(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, uint64(3), reader.EndOffset())
 	assert.Equal(t, WriterInfo{Live: true, Acknowledged: 3, Published: true}, reader.Writer())
+}
+
+// osDir is the real directory at path, for the DURABLE file's tests.
+func osDir(t *testing.T, path string) *blockdev.OSDir {
+	t.Helper()
+	d, err := blockdev.OpenDir(path, false)
+	require.NoError(t, err)
+	return d
 }

@@ -90,9 +90,9 @@ func TestCloseClosesTheWakeDescriptors(t *testing.T) {
 		_, err := l.Append([]byte("one"))
 		require.NoError(t, err)
 		require.NoError(t, l.Close())
-		_, err = d.f.WriteAt([]byte{1}, durableWakeAt)
+		_, err = d.m.WriteAt([]byte{1}, durableWakeAt)
 		require.ErrorIs(t, err, os.ErrClosed, "the DURABLE file is closed")
-		_, err = d.wake.ReadAt(make([]byte, 1), durableWakeAt)
+		_, err = d.m.ReadAt(make([]byte, 1), durableWakeAt)
 		require.ErrorIs(t, err, os.ErrClosed, "the wake-up descriptor is closed")
 	}
 }

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"slices"
 
 	"github.com/segstore/segstore/blockdev"
@@ -24,7 +23,8 @@ const importSuffix = ".import" + tmpSuffix
 // written to NAME.import.tmp, fsynced, verified completely (header, footer,
 // every frame's checksum, offsets contiguous from base), then renamed into
 // place with a directory fsync: a partial or bad import leaves nothing
-// visible. It needs a real directory.
+// visible. It needs a directory that opens files without direct I/O
+// (see Options.Dir).
 func (l *Log) ImportSegment(r io.Reader, base uint64, size int64) (SegmentInfo, error) {
 	return l.importFile(r, base, size, false)
 }
@@ -45,8 +45,8 @@ func (l *Log) importFile(r io.Reader, base uint64, size int64, active bool) (Seg
 	refuse := func(format string, args ...any) error {
 		return fmt.Errorf("%w: segment %d: %s", ErrImport, base, fmt.Sprintf(format, args...))
 	}
-	if _, ok := l.dir.(*blockdev.OSDir); !ok {
-		return SegmentInfo{}, refuse("imports need a real directory")
+	if l.caps.plain == nil {
+		return SegmentInfo{}, refuse("imports need a directory that opens files without direct I/O (a blockdev.PlainOpener, as a real directory is)")
 	}
 	if err := l.importFits(base); err != nil {
 		return SegmentInfo{}, err
@@ -59,8 +59,7 @@ func (l *Log) importFile(r io.Reader, base uint64, size int64, active bool) (Seg
 			size, limit, l.opts.SegmentSize, l.opts.IndexInterval, l.opts.MaxWrite)
 	}
 	tmp := segName(base) + importSuffix
-	path := filepath.Join(l.dir.Path(), tmp)
-	s, err := l.receive(r, path, tmp, base, size)
+	s, err := l.receive(r, tmp, base, size)
 	if err == nil {
 		var rec *wal.Recovery
 		if active {
@@ -81,7 +80,7 @@ func (l *Log) importFile(r io.Reader, base uint64, size int64, active bool) (Seg
 		}
 	}
 	if err != nil {
-		_ = os.Remove(path)
+		_ = l.dir.Remove(tmp)
 		return SegmentInfo{}, err
 	}
 	return s.info(), nil
@@ -158,10 +157,10 @@ func (l *Log) importFitsLocked(base uint64) error {
 	return nil
 }
 
-// receive copies the file from r into path and syncs it, returning it as
-// a segment whose device is open, read-only, on the temporary name.
-func (l *Log) receive(r io.Reader, path, tmp string, base uint64, size int64) (*segment, error) {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644) // not O_APPEND: splice
+// receive copies the file from r into the temporary file tmp and syncs
+// it, returning it as a segment whose device is open, read-only, on tmp.
+func (l *Log) receive(r io.Reader, tmp string, base uint64, size int64) (*segment, error) {
+	f, err := l.caps.plain.OpenPlain(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC) // not O_APPEND: splice
 	if err != nil {
 		return nil, fmt.Errorf("engine: import segment %d: %w", base, err)
 	}

@@ -20,6 +20,7 @@ import (
 type Log struct {
 	opts     Options
 	dir      blockdev.Dir
+	caps     dirCaps // what dir offers beyond blockdev.Dir, set once at open
 	cache    *cache.Cache
 	ownCache bool
 	unlock   func() error

@@ -157,12 +157,12 @@ func open(dir string, opts Options) (*Log, error) {
 		}
 		l.dir = d
 	}
-	// A writer locks every directory that can be locked: the one Open
-	// opened, and an Options.Dir that is a real directory (or any Dir with
-	// a Lock method). The simulated directory cannot be shared between
-	// processes and has none.
-	if lk, ok := l.dir.(dirLocker); ok && !opts.ReadOnly {
-		if l.unlock, err = lk.Lock(lockName); err != nil {
+	l.caps = capsOf(l.dir)
+	// A writer locks every directory that can be locked (a
+	// blockdev.Locker): the one Open opened, and an Options.Dir that is a
+	// real or a simulated directory.
+	if l.caps.lock != nil && !opts.ReadOnly {
+		if l.unlock, err = l.caps.lock.Lock(lockName); err != nil {
 			return nil, err
 		}
 	}

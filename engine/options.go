@@ -126,8 +126,14 @@ type Options struct {
 	Now func() time.Time
 	// Dir, if set, replaces the directory named in Open (for the simulated
 	// directory in tests); the name passed to Open is then only used in
-	// messages. A writer takes the lock of a Dir that has a Lock method
-	// (a *blockdev.OSDir) as it does of the directory Open opens.
+	// messages. What a log does beyond its own files it asks of the Dir
+	// through blockdev's optional interfaces, once, at Open: a writer
+	// takes the lock of a blockdev.Locker; Refresh needs a
+	// blockdev.Stater and a blockdev.PlainOpener, imports a PlainOpener;
+	// the acknowledged end a writer publishes for readers (DURABLE) needs
+	// a blockdev.Mapper, and KeepRefreshed wakes on a blockdev.Watcher's
+	// events (it polls without). *blockdev.OSDir and *blockdev.SimDir
+	// have them all.
 	Dir blockdev.Dir
 }
 

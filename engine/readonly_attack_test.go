@@ -48,7 +48,7 @@ func newFakeWriter(t *testing.T, path string, end position) *fakeWriter {
 	require.NoError(t, err)
 	unlock, err := dir.Lock(lockName)
 	require.NoError(t, err)
-	d, err := createDurable(path)
+	d, err := createDurable(osDir(t, path))
 	require.NoError(t, err)
 	d.publish(0, end)
 	return &fakeWriter{unlock: unlock, d: d}
@@ -56,9 +56,7 @@ func newFakeWriter(t *testing.T, path string, end position) *fakeWriter {
 
 func (f *fakeWriter) gone(t *testing.T) {
 	// Killed: the lock goes with the process, the words stay as they were.
-	f.d.f.Close()
-	f.d.wake.Close()
-	blockdev.Unmap(f.d.mem)
+	f.d.m.Close()
 	require.NoError(t, f.unlock())
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -21,13 +22,14 @@ import (
 // a writer holds the log's lock, no record is shown before the writer has
 // acknowledged it (it publishes how far in its DURABLE file). After a
 // TruncateBack by the writer it returns an error wrapping ErrRewritten:
-// reopen the log. It needs a real directory.
+// reopen the log. It needs a directory that tells its files apart and
+// opens them through the page cache (see Options.Dir).
 func (l *Log) Refresh() (changed bool, err error) {
 	if !l.opts.ReadOnly {
 		return false, errors.New("engine: Refresh is for read-only logs (a writer's log is always current)")
 	}
-	if _, ok := l.dir.(*blockdev.OSDir); !ok {
-		return false, errors.New("engine: Refresh needs a real directory")
+	if !l.caps.follows() {
+		return false, errors.New("engine: Refresh needs a directory that tells its files apart and opens them through the page cache (a blockdev.Stater and blockdev.PlainOpener, as a real directory is)")
 	}
 	l.followed.mu.Lock()
 	defer l.followed.mu.Unlock()
@@ -133,7 +135,11 @@ func (l *Log) KeepRefreshed(ctx context.Context, interval time.Duration) error {
 	if interval <= 0 {
 		return fmt.Errorf("engine: KeepRefreshed needs a positive polling interval, not %v (it also looks at least that often where file events do not come)", interval)
 	}
-	changes, stop, err := blockdev.WatchDir(l.dir.Path(), durableName)
+	var changes <-chan struct{}
+	stop, err := func() {}, error(blockdev.ErrNoWatch)
+	if l.caps.watch != nil {
+		changes, stop, err = l.caps.watch.Watch(durableName)
+	}
 	switch {
 	case errors.Is(err, blockdev.ErrNoWatch): // expected where there is no inotify
 		l.opts.Logger.Debug("segstore: polling the log's directory", "dir", l.Dir(), "every", interval)
@@ -182,10 +188,10 @@ func (l *Log) Writer() WriterInfo {
 		}
 		return w
 	}
-	if _, ok := l.dir.(*blockdev.OSDir); !ok {
+	if l.caps.lock == nil {
 		return WriterInfo{}
 	}
-	w := WriterInfo{Live: writerLive(l.dir)}
+	w := WriterInfo{Live: writerLive(l.caps)}
 	l.followed.mu.Lock()
 	defer l.followed.mu.Unlock()
 	d := l.currentDurable()
@@ -203,10 +209,15 @@ func (l *Log) Writer() WriterInfo {
 // from memory, not read from the device at every look.
 func (l *Log) refreshStart() error {
 	path := filepath.Join(l.dir.Path(), startName)
-	raw, err := os.ReadFile(path)
+	f, err := l.caps.plain.OpenPlain(startName, os.O_RDONLY)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
+	if err != nil {
+		return err
+	}
+	raw, err := io.ReadAll(f)
+	f.Close()
 	if err != nil {
 		return err
 	}
@@ -260,22 +271,21 @@ func (l *Log) sameFile(s *segment) (bool, error) {
 	if !s.loaded.Load() {
 		return true, nil // sealed, not opened yet (or closed by the open-file bound)
 	}
-	named, err := os.Stat(filepath.Join(l.dir.Path(), s.name))
+	if l.caps.stat == nil {
+		return true, nil // nothing tells files apart: the one listed
+	}
+	named, err := l.caps.stat.Stat(s.name)
 	if errors.Is(err, os.ErrNotExist) {
 		return false, nil
 	}
 	if err != nil {
 		return false, err
 	}
-	f, ok := s.dev.(*blockdev.File)
-	if !ok {
-		return true, nil
-	}
-	open, err := f.File().Stat()
+	open, err := l.caps.stat.StatDevice(s.dev)
 	if err != nil {
 		return false, err
 	}
-	return os.SameFile(named, open), nil
+	return named.SameFile(open), nil
 }
 
 // quietFor: a look skips reading the active segment when its modification
@@ -306,10 +316,10 @@ func (l *Log) follow(s *segment, rolled bool) (grew bool, err error) {
 	if bounded && !rolled && v.pos >= limit.pos {
 		return false, nil
 	}
-	var mod time.Time
-	if f, ok := s.dev.(*blockdev.File); ok {
-		if fi, err := f.File().Stat(); err == nil {
-			mod = fi.ModTime()
+	var mod time.Time // zero where the directory keeps no time: always read
+	if l.caps.stat != nil {
+		if st, err := l.caps.stat.StatDevice(s.dev); err == nil {
+			mod = st.ModTime
 		}
 	}
 	if !bounded && !rolled && !mod.IsZero() && mod.Equal(s.looked.mod) && s.looked.at.Sub(mod) >= quietFor {
@@ -461,7 +471,7 @@ func (l *Log) refreshNew(segs *[]*segment, bases []uint64) (added, held bool, er
 // either: it removes every segment after the one it cuts into, and
 // replaces that one.
 func (l *Log) rewrittenAfter(s *segment) bool {
-	if _, ok := l.dir.(*blockdev.OSDir); !ok {
+	if l.caps.stat == nil {
 		return false
 	}
 	segs := *l.segs.Load()
@@ -481,7 +491,7 @@ func (l *Log) rewrittenAfter(s *segment) bool {
 // segmentExists reports whether the file of the segment at base is in
 // the directory now.
 func (l *Log) segmentExists(base uint64) bool {
-	_, err := os.Stat(filepath.Join(l.dir.Path(), segName(base)))
+	_, err := l.dir.Size(segName(base)) // a stat
 	return err == nil
 }
 

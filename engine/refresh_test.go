@@ -285,7 +285,7 @@ func TestReaderSeesOnlyAcknowledged(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, writer.Close())
 	// As a writer that died having acknowledged nothing would leave it.
-	d, err := createDurable(path)
+	d, err := createDurable(osDir(t, path))
 	require.NoError(t, err)
 	d.publish(0, position{pos: wal.DataStart, off: 0})
 	d.close(false)
@@ -452,7 +452,7 @@ func TestWriterOpensBesideProbingReaders(t *testing.T) {
 					_, err = reader.Refresh()
 					reader.Writer()
 				default: // the probe alone, as often as it can run
-					writerLive(reader.dir)
+					writerLive(reader.caps)
 				}
 				if err != nil {
 					probeErrs <- err
@@ -469,7 +469,7 @@ func TestWriterOpensBesideProbingReaders(t *testing.T) {
 			continue
 		}
 		require.NoError(t, err)
-		require.True(t, writerLive(w.dir))
+		require.True(t, writerLive(w.caps))
 		require.NoError(t, w.Close())
 	}
 	close(stop)

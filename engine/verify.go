@@ -3,7 +3,6 @@ package engine
 import (
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"slices"
 
@@ -137,7 +136,7 @@ var verifyHook func(step string)
 // at the next segment (the ones read before it were dropped too). Any
 // other segment that is gone is skipped as well, and the next one's start
 // reports the gap it leaves (ProblemMissing).
-func verifyListed(d *blockdev.OSDir, names []string, opts VerifyOptions) (*VerifyReport, error) {
+func verifyListed(d blockdev.Dir, names []string, opts VerifyOptions) (*VerifyReport, error) {
 	bases := segmentBases(names)
 	var total int64
 	for _, b := range bases {
@@ -147,10 +146,11 @@ func verifyListed(d *blockdev.OSDir, names []string, opts VerifyOptions) (*Verif
 		}
 		total += size
 	}
-	r := &VerifyReport{LiveWriter: writerLive(d)}
+	caps := capsOf(d)
+	r := &VerifyReport{LiveWriter: writerLive(caps)}
 	var published *durableFile // a live writer's acknowledged end
 	if r.LiveWriter {
-		if published = openDurable(d.Path()); published != nil {
+		if published = openDurable(caps); published != nil {
 			defer published.close(false)
 		}
 	}
@@ -174,7 +174,7 @@ func verifyListed(d *blockdev.OSDir, names []string, opts VerifyOptions) (*Verif
 			if !ok || !bounded { // unknown, as without DURABLE; or not the writer's active segment
 				return -1
 			}
-			if !namedFile(d, segName(base), dev) {
+			if !namedFile(caps, segName(base), dev) {
 				return -1
 			}
 			return end.pos
@@ -237,18 +237,18 @@ func (r *VerifyReport) verifyMetadata(d blockdev.Dir) {
 	}
 }
 
-// namedFile reports whether name in d is still the file dev has open.
-func namedFile(d blockdev.Dir, name string, dev blockdev.Device) bool {
-	f, ok := dev.(*blockdev.File)
-	if !ok {
+// namedFile reports whether name in a directory of caps c is still the
+// file dev has open (true where nothing tells files apart).
+func namedFile(c dirCaps, name string, dev blockdev.Device) bool {
+	if c.stat == nil {
 		return true
 	}
-	named, err := os.Stat(filepath.Join(d.Path(), name))
+	named, err := c.stat.Stat(name)
 	if err != nil {
 		return false
 	}
-	open, err := f.File().Stat()
-	return err == nil && os.SameFile(named, open)
+	open, err := c.stat.StatDevice(dev)
+	return err == nil && named.SameFile(open)
 }
 
 // verifySegment checks one segment file. ackedOf, given the file once it

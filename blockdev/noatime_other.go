@@ -1,7 +1,7 @@
 //go:build !linux
 
-package engine
+package blockdev
 
 // noAtime: only Linux has O_NOATIME (elsewhere readers poll, and the
-// wake-up reads wake nobody).
+// reads of a SharedMapping wake nobody).
 const noAtime = 0

@@ -1,7 +1,7 @@
-package engine
+package blockdev
 
 import "golang.org/x/sys/unix"
 
-// noAtime opens the writer's wake-up descriptor of DURABLE so that its
+// noAtime opens a writable SharedMapping's read descriptor so that its
 // reads never update the file's access time.
 const noAtime = unix.O_NOATIME
