@@ -104,8 +104,9 @@ type Log struct {
 	// Atomics, read and written without a lock.
 	//
 	// segs: an immutable snapshot of the segments, ascending by base;
-	// every change stores a new slice (with changeMu held, or by Refresh
-	// under followed.mu).
+	// every change stores a new slice: by Open, with changeMu held (a
+	// writer's changes), or under followed.mu (Refresh, and Close's
+	// final drop of the files).
 	segs  atomic.Pointer[[]*segment]
 	start atomic.Uint64 // first retained offset (TruncateFront, retention)
 	// rolling is the roll an append triggered, run by a goroutine of its
@@ -170,7 +171,7 @@ type Log struct {
 	// footer, which goes to rebuiltSince.
 	reportMu     sync.Mutex
 	reportFinal  bool     // Open has returned
-	report       Recovery // written under reportMu until reportFinal, immutable after
+	report       Recovery // written by Open (its parallel steps under reportMu), immutable once it returns
 	rebuiltSince []uint64 // segments whose damaged footer a load after Open found, each once
 }
 
