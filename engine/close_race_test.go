@@ -80,7 +80,7 @@ func TestDurableMappingDuringClose(t *testing.T) {
 						if err := tc.call(ctx, target); err != nil {
 							return err
 						}
-						if target.isClosed.Load() {
+						if target.closed() {
 							return ErrClosed
 						}
 						return nil

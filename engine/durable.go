@@ -151,7 +151,7 @@ func (l *Log) currentDurable() *durableFile {
 		l.followed.durable.close(false)
 		l.followed.durable = nil
 	}
-	if l.followed.durable == nil && !l.isClosed.Load() { // the writer may have made it since
+	if l.followed.durable == nil && !l.closed() { // the writer may have made it since
 		l.followed.durable = openDurable(l.caps)
 	}
 	return l.followed.durable
@@ -301,7 +301,7 @@ func (l *Log) openDurable() error {
 		return nil
 	}
 	var err error
-	if !l.opts.ReadOnly {
+	if !l.openedReadOnly() {
 		if l.pub, err = createDurable(l.caps.share); err != nil {
 			// Appends work without it; readers in other processes then
 			// show none of the active segment while this writer lives.
@@ -346,7 +346,7 @@ func (l *Log) publishDurable() {
 // (a segment followed by another but without its footer would look like
 // one a crash left unsealed, and they would take it as sealed).
 func (l *Log) publishDurableLocked() {
-	if l.pub == nil || l.opts.ReadOnly {
+	if l.pub == nil { // a read-only log publishes nothing
 		return
 	}
 	if segs := *l.segs.Load(); len(segs) > 0 {
@@ -386,17 +386,19 @@ func (l *Log) Wait(ctx context.Context, offset uint64) error {
 // or the failure that stopped it; nil while it works (or is read-only and
 // open, when its writer may still append).
 func (l *Log) stopped() error {
-	if l.isClosed.Load() {
+	switch l.loadState() {
+	case stateClosed:
 		return ErrClosed
-	}
-	l.mu.RLock()
-	defer l.mu.RUnlock()
-	switch {
-	case l.failed != nil:
-		return l.failed
-	case l.active != nil && l.active.w != nil:
-		if err := l.active.w.Err(); err != nil {
-			return fmt.Errorf("engine: segment %s stopped taking appends; reopen the log to recover: %w", l.active.path, err)
+	case stateFailed:
+		l.mu.RLock()
+		defer l.mu.RUnlock()
+		if l.failed != nil {
+			return l.failed
+		}
+		if a := l.active; a != nil && a.w != nil {
+			if err := a.w.Err(); err != nil {
+				return fmt.Errorf("engine: segment %s stopped taking appends; reopen the log to recover: %w", a.path, err)
+			}
 		}
 	}
 	return nil

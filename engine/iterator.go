@@ -87,7 +87,7 @@ func (it *Iterator) nextInFrame() bool {
 // at the end of a sealed (or retired) one. It returns false when caught up.
 func (it *Iterator) nextFrame() (bool, error) {
 	for {
-		if it.l.isClosed.Load() {
+		if it.l.closed() {
 			return false, ErrClosed
 		}
 		if it.seg != nil && it.seg.gone.Load() { // truncated or rewritten

@@ -17,65 +17,106 @@ import (
 
 // Log is an append-only log of records. All methods are safe for
 // concurrent use.
+//
+// Its fields are grouped by what guards them. Locks are taken in the
+// order changeMu, mu, then any one of statsMu, durMu, spareMu,
+// manifestMu, reportMu (followed.mu is taken by Refresh and Close, never
+// with mu held). Where a log stands (writable, read-only, failed, closed)
+// is state; see logState.
 type Log struct {
-	opts     Options
-	dir      blockdev.Dir
-	caps     dirCaps // what dir offers beyond blockdev.Dir, set once at open
-	cache    *cache.Cache
-	ownCache bool
-	unlock   func() error
+	// Immutable after Open: set by Open before the log is shared, never
+	// changed after. (fresh, bufs, files, ra, indexHints, indexRuns and
+	// followed are set up here too and guard their own insides; the hooks
+	// are set by tests only, before the log is used.)
+	opts      Options
+	dir       blockdev.Dir
+	caps      dirCaps // what dir offers beyond blockdev.Dir
+	cache     *cache.Cache
+	ownCache  bool
+	unlock    func() error
+	readPool  *alignedbuf.Pool // aligned buffers for point-read misses (copied into the cache)
+	raPool    *alignedbuf.Pool // aligned buffers of read-ahead reads
+	syncHist  *hist            // fdatasync latency
+	batchHist *hist            // appends per flush
+	// fresh: the batches appended last, served without a device read (nil
+	// for a read-only log).
+	fresh *fresh
+	// bufs: the write buffers the segments' writers hand on at each roll.
+	bufs       wal.Buffers
+	files      openFiles  // the sealed segments whose files are open, bounded
+	ra         readAheads // sequential point reads (readahead.go)
+	indexHints indexHints // sealedindex.go
+	indexRuns  indexRuns  // sealedindex.go
+	followed   follower   // what a read-only log knows of the writer beside it; guarded by followed.mu
+	// rollHook runs at named steps of a roll an append triggered: "start"
+	// (in its goroutine, before anything is locked) and "cut" (the next
+	// segment takes appends; the old one is not sealed yet).
+	rollHook func(step string)
+	// truncHook runs at each step of a TruncateBack that changes the files
+	// or DURABLE, with the writer's locks held: "hidden" (DURABLE says
+	// nothing of the segment cut into is durable), "removed NAME" (each
+	// segment file dropped, once removed; TruncateFront and retention,
+	// which drop files the same way, run it too), "prefix" (the kept
+	// records are durable in NAME.tmp), "renamed" (NAME.tmp is NAME),
+	// "synced" (the directory fsync after the rename), "reopened" (the
+	// rewrite is the active segment) or, at a segment boundary, "started"
+	// (the new active segment exists), and "published" (DURABLE holds the
+	// new end).
+	truncHook func(step string)
+	// refreshHook runs at named steps of a look (under followed.mu): after
+	// it read the writer's words ("words"), after it listed the directory
+	// ("listed", with the segment files listed), and after it checked the
+	// segments it knows against the listing and its last one's file
+	// ("known"), before it follows the files.
+	refreshHook func(step string, bases *[]uint64)
 
 	// changeMu serializes the changes to the log's files and segment list
 	// other than appends: a roll (from the creation of its next segment
 	// until the old one is sealed, the manifest written and retention
 	// applied), truncations, imports and Close. It is taken before mu.
+	// A roll's second half (finishRoll: the seal, the manifest, retention)
+	// runs under changeMu alone, with appends going on.
 	changeMu sync.Mutex
+	bg       sync.WaitGroup // roll goroutines; Close waits for them
+
 	// mu: Append holds it shared; a roll holds it exclusively only while
 	// it makes the next segment the active one (no append is then in
 	// flight), truncations, imports and Close for their whole change.
 	// Readers never take it.
-	mu       sync.RWMutex
-	active   *segment    // guarded by mu; nil when read-only or failed
-	failed   error       // guarded by mu, set with changeMu held too: a roll or truncation stopped halfway; no more changes
-	isClosed atomic.Bool // set once by Close, under mu; readers check it without mu
+	mu sync.RWMutex
+	// Guarded by mu.
+	//
+	// active is the segment appends go to. Its writer (active.w) is
+	// guarded by mu too: set and cleared with mu held exclusively, used
+	// with mu held (shared is enough). nil for a read-only log, and after
+	// a change stopped halfway (state failed, failed set); a closed log
+	// keeps it, its writer closed.
+	active *segment
+	// failed: why a change stopped halfway (a roll, truncation or
+	// import); set once, with changeMu held too, so it may be read under
+	// either lock. nil while the log works, and when only the active
+	// writer failed.
+	failed error
+	// state is a logState. An atomic, read without a lock; written with mu
+	// held exclusively (enterLocked), or by the active writer's OnFail
+	// hook from writable to failed only (writerFailed).
+	state atomic.Uint32
+
+	// Atomics, read and written without a lock.
+	//
+	// segs: an immutable snapshot of the segments, ascending by base;
+	// every change stores a new slice: by Open, with changeMu held (a
+	// writer's changes), or under followed.mu (Refresh, and Close's
+	// final drop of the files).
+	segs  atomic.Pointer[[]*segment]
+	start atomic.Uint64 // first retained offset (TruncateFront, retention)
 	// rolling is the roll an append triggered, run by a goroutine of its
 	// own (so the appender returns once its batch is durable): appends
 	// wait for its next segment instead of filling the full one further.
 	rolling atomic.Pointer[pendingRoll]
-	bg      sync.WaitGroup // roll goroutines; Close waits for them
-	// retiring is the segment a roll has retired and not sealed yet (its
-	// writer's counters are neither the active segment's nor in sealed).
-	// statsMu guards it, and orders the seal's move of those counters into
-	// sealed against Stats, which reads both.
-	statsMu  sync.Mutex
-	retiring *segment
-	// rollHook, set by tests only, runs at named steps of a roll an append
-	// triggered: "start" (in its goroutine, before anything is locked) and
-	// "cut" (the next segment takes appends; the old one is not sealed yet).
-	rollHook func(step string)
-	// truncHook, set by tests only, runs at each step of a TruncateBack
-	// that changes the files or DURABLE, with the writer's locks held:
-	// "hidden" (DURABLE says nothing of the segment cut into is durable),
-	// "removed NAME" (each segment file dropped, once removed; TruncateFront
-	// and retention, which drop files the same way, run it too), "prefix"
-	// (the kept records are durable in NAME.tmp), "renamed" (NAME.tmp is
-	// NAME), "synced" (the directory fsync after the rename), "reopened"
-	// (the rewrite is the active segment) or, at a segment boundary,
-	// "started" (the new active segment exists), and "published" (DURABLE
-	// holds the new end).
-	truncHook func(step string)
-
-	segs  atomic.Pointer[[]*segment] // immutable snapshot, ascending by base
-	files openFiles                  // the sealed segments whose files are open, bounded
-	start atomic.Uint64              // first retained offset (TruncateFront, retention)
-
-	durMu     sync.Mutex
-	durCh     chan struct{}    // closed and replaced when durability advances, a segment is sealed or the end is cut, if durWaited
-	durWaited bool             // guarded by durMu: a Wait took durCh
-	readPool  *alignedbuf.Pool // aligned buffers for point-read misses (copied into the cache)
-	spareMu   sync.Mutex
-	spare     *spareFile // guarded by spareMu: the next segment file, being prepared
-	sealed    atomic.Pointer[wal.Stats]
+	// sealed: the summed counters of the writers that are gone (sealed,
+	// closed); a writer's counters move into it when it goes (see statsMu).
+	sealed atomic.Pointer[wal.Stats]
 	// tail: the growing last index interval of the active segment (or of
 	// a read-only log's last one) as a read last built it, not in the
 	// cache, whose values never change, so reads of the newest records
@@ -83,12 +124,9 @@ type Log struct {
 	// time. One per log: only the newest segment grows, and a chunk of an
 	// older one is never kept after its segment stops growing.
 	tail atomic.Pointer[tailChunk]
-	// fresh: the batches appended last, served without a device read (nil
-	// for a read-only log).
-	fresh *fresh
-	// bufs: the write buffers the segments' writers hand on at each roll.
-	bufs wal.Buffers
-
+	// cleanPending: the manifest on disk still holds the clean close record
+	// this log was opened from; the first change removes it first.
+	cleanPending atomic.Bool
 	// Point reads: Read calls that returned a record, and the bytes they
 	// read from the device (read-ahead included).
 	pointReads, readDeviceBytes atomic.Int64
@@ -96,44 +134,46 @@ type Log struct {
 	// segments' index blocks (sealedindex.go); indexHits, indexMisses:
 	// the cache's hits and misses that were lookups of index blocks.
 	indexReadBytes, indexHits, indexMisses atomic.Int64
-	indexHints                             indexHints // sealedindex.go
-	indexRuns                              indexRuns  // sealedindex.go
+	exportSendfile                         atomic.Int64 // bytes exported by sendfile (Section.WriteTo to a socket)
+	exportCopied                           atomic.Int64 // bytes exported by a copy (any other writer)
+	manifestWrites                         atomic.Int64 // manifest writes so far (putManifest)
 
-	ra     readAheads       // sequential point reads (readahead.go)
-	raPool *alignedbuf.Pool // aligned buffers of read-ahead reads
+	// Guarded by statsMu, which also orders a writer's counters moving
+	// into sealed (a seal, under statsMu) against Stats, which reads both.
+	//
+	// retiring is the segment a roll has retired and not sealed yet (its
+	// writer's counters are neither the active segment's nor in sealed).
+	// Its writer (retiring.w) is no longer guarded by mu: only the roll
+	// (holding changeMu) uses it, and its seal clears it under statsMu,
+	// under which Stats reads it.
+	statsMu  sync.Mutex
+	retiring *segment
 
-	syncHist, batchHist *hist // fdatasync latency, appends per flush
-
-	exportSendfile atomic.Int64 // bytes exported by sendfile (Section.WriteTo to a socket)
-	exportCopied   atomic.Int64 // bytes exported by a copy (any other writer)
-	manifestMu     sync.Mutex   // serializes manifest writes
-	manifestWrites atomic.Int64 // manifest writes so far (putManifest)
-	// cleanPending: the manifest on disk still holds the clean close record
-	// this log was opened from; the first change removes it first.
-	cleanPending atomic.Bool
-	// pub: the DURABLE file a writer publishes its acknowledged end to
-	// (under durMu); nil for a read-only log, or in a simulated directory.
+	// Guarded by durMu.
+	durMu     sync.Mutex
+	durCh     chan struct{} // closed and replaced when durability advances, a segment is sealed or the end is cut, if durWaited
+	durWaited bool          // a Wait took durCh
+	// pub: the DURABLE file a writer publishes its acknowledged end to;
+	// nil for a read-only log, in a simulated directory, and once closed.
 	pub *durableFile
-	// followed: what a read-only log knows of the writer beside it.
-	followed follower
-	// refreshHook, set by tests only, runs at named steps of a look
-	// (under followed.mu): after it read the writer's words ("words"),
-	// after it listed the directory ("listed", with the segment files
-	// listed), and after it checked the segments it knows against the
-	// listing and its last one's file ("known"), before it follows the
-	// files.
-	refreshHook func(step string, bases *[]uint64)
-	clean       *cleanEnd // the manifest's clean close record, while opening
-	// report is what Open found and did. Open's segments, opened in
-	// parallel, note in it under reportMu; it is final once Open returns
-	// (reportFinal), so Stats copies it without a lock. What a segment
-	// opened later (a lazy load, Refresh, TruncateBack's reopen) finds is
-	// not Open's: noteReport drops it, except a damaged footer, which goes
-	// to rebuiltSince.
+
+	// Guarded by spareMu.
+	spareMu sync.Mutex
+	spare   *spareFile // the next segment file, being prepared
+
+	// manifestMu serializes manifest writes (it guards no field).
+	manifestMu sync.Mutex
+
+	// Guarded by reportMu. report is what Open found and did. Open's
+	// segments, opened in parallel, note in it under reportMu; it is final
+	// once Open returns (reportFinal), so Stats copies it without a lock.
+	// What a segment opened later (a lazy load, Refresh, TruncateBack's
+	// reopen) finds is not Open's: noteReport drops it, except a damaged
+	// footer, which goes to rebuiltSince.
 	reportMu     sync.Mutex
-	reportFinal  bool // guarded by reportMu: Open has returned
-	report       Recovery
-	rebuiltSince []uint64 // guarded by reportMu: segments whose damaged footer a load after Open found, each once
+	reportFinal  bool     // Open has returned
+	report       Recovery // written by Open (its parallel steps under reportMu), immutable once it returns
+	rebuiltSince []uint64 // segments whose damaged footer a load after Open found, each once
 }
 
 // poolAlign is the alignment of pooled read buffers: it covers the direct
@@ -154,19 +194,22 @@ func (l *Log) Options() Options { return l.opts }
 func (l *Log) Close() error {
 	l.changeMu.Lock() // a roll in progress finishes first
 	l.mu.Lock()
-	if l.isClosed.Swap(true) {
+	was := l.enterLocked(stateClosed) // before anything is let go: readers see it first
+	if was == stateClosed {
 		l.mu.Unlock()
 		l.changeMu.Unlock()
 		return ErrClosed
 	}
 	var err error
-	if l.active != nil && l.active.w != nil {
-		if err = l.active.w.Close(); err == nil && l.failed == nil {
+	if l.active != nil && l.active.w != nil { // writable, or failed by its writer alone
+		// A clean close record only for a log that is wholly well: a
+		// failed writer's Close fails too.
+		if err = l.active.w.Close(); err == nil && was == stateWritable {
 			err = l.recordCleanClose(l.active)
 		}
 	}
 	l.dropSpare()
-	if !l.opts.ReadOnly {
+	if was != stateReadOnly {
 		l.durMu.Lock()
 		if l.pub != nil {
 			l.publishDurableLocked()
@@ -183,7 +226,7 @@ func (l *Log) Close() error {
 	l.followed.mu.Lock() // a Refresh in progress finishes with the files open
 	l.closeFiles()
 	l.forgetFiles()
-	if l.followed.durable != nil && l.opts.ReadOnly {
+	if l.followed.durable != nil && was == stateReadOnly {
 		l.followed.durable.close(false)
 		l.followed.durable = nil
 	}

@@ -102,7 +102,7 @@ var readOnlyOpenHook func(step string)
 
 // openStep runs readOnlyOpenHook at a step of a read-only open.
 func (l *Log) openStep(step string) {
-	if l.opts.ReadOnly && readOnlyOpenHook != nil {
+	if l.openedReadOnly() && readOnlyOpenHook != nil {
 		readOnlyOpenHook(step)
 	}
 }
@@ -134,6 +134,11 @@ func open(dir string, opts Options) (*Log, error) {
 		return nil, err
 	}
 	l := &Log{opts: opts, dir: opts.Dir, durCh: make(chan struct{}), syncHist: newHist(syncBuckets), batchHist: newHist(batchBuckets)}
+	initial := stateWritable
+	if opts.ReadOnly {
+		initial = stateReadOnly
+	}
+	l.state.Store(uint32(initial)) // before the log is shared: what Open's steps ask
 	// One pool block holds an index interval plus a batch that starts at
 	// its end; larger reads allocate.
 	pool, err := alignedbuf.NewPool(int(alignedbuf.AlignUp(int64(2*opts.IndexInterval), 1<<16)), poolAlign)
@@ -148,7 +153,7 @@ func open(dir string, opts Options) (*Log, error) {
 	l.sealed.Store(&wal.Stats{})
 	if l.dir == nil {
 		open := blockdev.OpenDir
-		if opts.ReadOnly { // a read-only open creates nothing
+		if l.openedReadOnly() { // a read-only open creates nothing
 			open = openExistingDir
 		}
 		d, err := open(dir, opts.Buffered)
@@ -161,7 +166,7 @@ func open(dir string, opts Options) (*Log, error) {
 	// A writer locks every directory that can be locked (a
 	// blockdev.Locker): the one Open opened, and an Options.Dir that is a
 	// real or a simulated directory.
-	if l.caps.lock != nil && !opts.ReadOnly {
+	if l.caps.lock != nil && !l.openedReadOnly() {
 		if l.unlock, err = l.caps.lock.Lock(lockName); err != nil {
 			return nil, err
 		}
@@ -175,7 +180,7 @@ func open(dir string, opts Options) (*Log, error) {
 		}
 		l.cache = c
 	}
-	if !opts.ReadOnly {
+	if !l.openedReadOnly() {
 		l.fresh = newFresh(l.cache.MaxBytes())
 	}
 	if err := l.load(); err != nil {
@@ -233,12 +238,15 @@ func (l *Log) load() error {
 	}
 	var manifest map[uint64]manifestEntry
 	var manifestBytes []byte // as read, to compare with what open found
+	// clean: the manifest's clean close record. It describes the last
+	// segment as the last Close left it, so only this load may trust it:
+	// it is passed down, never kept on the log.
+	var clean *cleanEnd
 	if !l.opts.VerifyOnOpen {
-		manifest, l.clean, manifestBytes = l.readManifest()
+		manifest, clean, manifestBytes = l.readManifest()
 	}
-	defer func() { l.clean = nil }() // it described the files as open found them
 	writes := l.manifestWrites.Load()
-	segs, err := l.chainSegments(l.openSegments(bases, manifest))
+	segs, err := l.chainSegments(l.openSegments(bases, manifest, clean))
 	l.segs.Store(&segs)
 	if err != nil {
 		return err
@@ -248,13 +256,13 @@ func (l *Log) load() error {
 	if err := l.loadStart(); err != nil {
 		return err
 	}
-	if l.opts.ReadOnly {
+	if l.openedReadOnly() {
 		return nil
 	}
 	if err := l.makeActive(segs); err != nil {
 		return err
 	}
-	return l.keepManifest(manifestBytes, writes)
+	return l.keepManifest(manifestBytes, writes, clean)
 }
 
 // listSegments lists the bases of the segment files in order, and (for a
@@ -266,7 +274,7 @@ func (l *Log) listSegments() ([]uint64, error) {
 	}
 	l.openStep("listed")
 	for _, n := range names {
-		if strings.HasSuffix(n, tmpSuffix) && !l.opts.ReadOnly {
+		if strings.HasSuffix(n, tmpSuffix) && !l.openedReadOnly() {
 			// A file being written when the process stopped (a truncation's
 			// rewrite, a metadata update): never committed, so discarded.
 			if err := l.dir.Remove(n); err != nil {
@@ -285,8 +293,9 @@ type openedSegment struct {
 
 // openSegments opens the segments at bases: the sealed ones through the
 // manifest, or in parallel through their footers; then the last one
-// (which may create or repair files) alone, if every other opened.
-func (l *Log) openSegments(bases []uint64, manifest map[uint64]manifestEntry) []openedSegment {
+// (which may create or repair files) alone, if every other opened,
+// from the clean close record clean if it describes that file.
+func (l *Log) openSegments(bases []uint64, manifest map[uint64]manifestEntry, clean *cleanEnd) []openedSegment {
 	results := make([]openedSegment, len(bases))
 	var loaded atomic.Int64 // sealed segments opened here: those past the bound are closed again
 	var wg sync.WaitGroup
@@ -318,7 +327,7 @@ func (l *Log) openSegments(bases []uint64, manifest map[uint64]manifestEntry) []
 	sealedOK := !slices.ContainsFunc(results, func(r openedSegment) bool { return r.err != nil })
 	if n := len(bases); n > 0 && sealedOK {
 		t := time.Now()
-		results[n-1].s, results[n-1].err = l.openSegment(bases[n-1], true, 0, false)
+		results[n-1].s, results[n-1].err = l.openSegmentFrom(clean, bases[n-1], true, 0, false)
 		l.report.ActiveScan = time.Since(t)
 	}
 	return results
@@ -337,7 +346,7 @@ func (l *Log) chainSegments(results []openedSegment) ([]*segment, error) {
 		}
 		if firstErr == nil && r.err != nil {
 			firstErr = r.err
-			if l.opts.ReadOnly && isNotExist(r.err) {
+			if l.openedReadOnly() && isNotExist(r.err) {
 				// Listed, then removed before it was opened: a live writer's
 				// retention or truncation. A later open finds it gone.
 				firstErr = fmt.Errorf("%w: a segment was removed by the log's writer (retention or a truncation) while this read-only open read the directory; open it again: %w", ErrOutOfRange, r.err)
@@ -383,8 +392,9 @@ func (l *Log) makeActive(segs []*segment) error {
 
 // keepManifest writes the manifest anew unless the one on disk (read as
 // manifestBytes, before the open made writes of its own if the count
-// moved from writes) already says what the open found.
-func (l *Log) keepManifest(manifestBytes []byte, writes int64) error {
+// moved from writes) already says what the open found, or that and the
+// clean close record clean the open was made from.
+func (l *Log) keepManifest(manifestBytes []byte, writes int64, clean *cleanEnd) error {
 	current, err := manifestBytes, error(nil)
 	if manifestBytes == nil || l.manifestWrites.Load() != writes {
 		// None was read, or this open rewrote it (sealing a segment).
@@ -392,7 +402,7 @@ func (l *Log) keepManifest(manifestBytes []byte, writes int64) error {
 	}
 	switch {
 	case err == nil && bytes.Equal(current, l.manifest()):
-	case err == nil && l.clean != nil && bytes.Equal(current, encodeManifest(l.manifestEntries(), l.clean)):
+	case err == nil && clean != nil && bytes.Equal(current, encodeManifest(l.manifestEntries(), clean)):
 		// Only the clean close record differs: the first change removes it
 		// before it writes (dropCleanRecord), so an open writes nothing.
 		l.cleanPending.Store(true)
@@ -415,17 +425,24 @@ func (l *Log) keepManifest(manifestBytes []byte, writes int64) error {
 // serveUnsealed (read-only) or resumeUnsealed (writable: cut, resume or
 // seal).
 func (l *Log) openSegment(base uint64, last bool, nextBase uint64, lazy bool) (*segment, error) {
+	return l.openSegmentFrom(nil, base, last, nextBase, lazy)
+}
+
+// openSegmentFrom is openSegment for Open's load, which passes the
+// manifest's clean close record (nil if none): the last segment is opened
+// from it if it describes that file.
+func (l *Log) openSegmentFrom(clean *cleanEnd, base uint64, last bool, nextBase uint64, lazy bool) (*segment, error) {
 	readOnly := l.opts.ReadOnly || lazy
 	dev, err := l.dir.Open(segName(base), blockdev.Options{ReadOnly: readOnly})
 	if err != nil {
 		return nil, err
 	}
 	s := l.newSegment(base, dev)
-	s, damaged, done, err := l.openByFooter(s, last, lazy, readOnly)
+	s, damaged, done, err := l.openByFooter(s, clean, last, lazy, readOnly)
 	if done {
 		return s, err
 	}
-	sc, frames, done, err := l.scanSegment(s, last, lazy, readOnly, &damaged)
+	sc, frames, done, err := l.scanSegment(s, clean, last, lazy, readOnly, &damaged)
 	if done {
 		return s, err
 	}
@@ -454,7 +471,7 @@ func (l *Log) openSegment(base uint64, last bool, nextBase uint64, lazy bool) (*
 // zeros: removed, and nil returned). done says whether the open ended
 // here (with err); otherwise the file needs a scan, and damaged is the
 // position of a damaged footer (-1: none).
-func (l *Log) openByFooter(s *segment, last, lazy, readOnly bool) (_ *segment, damaged int64, done bool, err error) {
+func (l *Log) openByFooter(s *segment, clean *cleanEnd, last, lazy, readOnly bool) (_ *segment, damaged int64, done bool, err error) {
 	hdr, foot, err := wal.ReadSealed(s.dev)
 	var ce *wal.CorruptionError
 	switch {
@@ -491,7 +508,7 @@ func (l *Log) openByFooter(s *segment, last, lazy, readOnly bool) (_ *segment, d
 	case !errors.Is(err, wal.ErrNotSealed):
 		return s, -1, true, err
 	case last:
-		if ok, err := l.openFromCleanClose(s, hdr, readOnly); ok || err != nil {
+		if ok, err := l.openFromCleanClose(s, clean, hdr, readOnly); ok || err != nil {
 			return s, -1, true, err
 		}
 	}
@@ -502,11 +519,11 @@ func (l *Log) openByFooter(s *segment, last, lazy, readOnly bool) (_ *segment, d
 // scanner and the frames it found. A scan that ends at a good footer
 // (sealed, but the seal's final truncate did not happen) opens s as
 // sealed: done. A damaged footer the scan finds is recorded in *damaged.
-func (l *Log) scanSegment(s *segment, last, lazy, readOnly bool, damaged *int64) (sc *wal.Scanner, frames int, done bool, err error) {
+func (l *Log) scanSegment(s *segment, clean *cleanEnd, last, lazy, readOnly bool, damaged *int64) (sc *wal.Scanner, frames int, done bool, err error) {
 	if sc, err = wal.NewScanner(s.dev); err != nil {
 		return nil, 0, true, err
 	}
-	if c := l.clean; last && c != nil && c.base == s.base {
+	if c := clean; last && c != nil && c.base == s.base {
 		if size, err := s.dev.Size(); err == nil && size == c.size {
 			sc.TrustCleanEnd(c.end)
 			l.noteReport(func(r *Recovery) { r.CleanEnd = true })
@@ -613,8 +630,7 @@ func (l *Log) resumeUnsealed(s *segment, sc *wal.Scanner, last bool, damaged int
 // block): the index and the end come from the record, and no record is
 // read. It reports whether it opened s; false (nil error) means the caller
 // scans the file.
-func (l *Log) openFromCleanClose(s *segment, hdr wal.FileHeader, readOnly bool) (bool, error) {
-	c := l.clean
+func (l *Log) openFromCleanClose(s *segment, c *cleanEnd, hdr wal.FileHeader, readOnly bool) (bool, error) {
 	if c == nil || c.base != s.base || c.index == nil {
 		return false, nil
 	}

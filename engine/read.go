@@ -14,7 +14,7 @@ import (
 // since rewritten (TruncateBack) with an error wrapping ErrRewritten:
 // reopen the log.
 func (l *Log) Read(offset uint64, dst []byte) ([]byte, error) {
-	if l.isClosed.Load() {
+	if l.closed() {
 		return dst, ErrClosed
 	}
 	s, err := l.segmentFor(offset)
@@ -56,8 +56,8 @@ func (l *Log) Read(offset uint64, dst []byte) ([]byte, error) {
 func (l *Log) segmentFor(offset uint64) (*segment, error) {
 	for attempt := 0; ; attempt++ {
 		segs := *l.segs.Load()
-		if l.isClosed.Load() {
-			// Close sets isClosed before it drops the segments: a Close
+		if l.closed() {
+			// Close enters the closed state before it drops the segments: a Close
 			// that emptied this snapshot, or released a segment in it, is
 			// seen here, and the caller learns why rather than "empty".
 			return nil, ErrClosed
@@ -163,7 +163,7 @@ func (l *Log) keepTail(t *tailChunk) {
 	if old := l.tail.Swap(t); old != nil {
 		old.v.Release()
 	}
-	if t != nil && l.isClosed.Load() { // Close let go of the tail before this read kept one
+	if t != nil && l.closed() { // Close let go of the tail before this read kept one
 		l.keepTail(nil)
 	}
 }

@@ -599,101 +599,140 @@ func (l *Log) readAhead(st *raStream, p raPlan, gen uint64) {
 // (the chunk returned names where that is) and the read after it is
 // planned. One that does not fit now is not made either: the run's next
 // read plans it again.
+//
+// The steps: raSegment (where the read starts), raServed (records served
+// without a read ahead), then readRunAhead (version 3) or readFramesAhead
+// (versions 1 and 2).
 func (l *Log) readChunkAhead(st *raStream, p raPlan, plan func(raPlan)) (raChunk, bool) {
-	ns, next, pos, left := p.ns, p.next, p.pos, p.left
-	if l.isClosed.Load() {
-		return raChunk{}, false
-	}
-	s, err := l.segmentFor(next)
-	if err != nil {
+	s, pos, left, ok := l.raSegment(p)
+	if !ok {
 		return raChunk{}, false
 	}
 	defer s.done()
-	if s.ns != ns {
-		pos, left = wal.DataStart, 0 // the next segment
-		if s.base != next {
-			return raChunk{}, false
-		}
-	}
 	vis := s.vis()
-	if l.fresh.has(s.ns, next) {
-		return raChunk{}, false // appended last: served from memory anyway
-	}
-	if end := l.cached(s, next); end > next {
-		return raChunk{next: end}, false // read-ahead waits for the run to pass end
+	if c, served := l.raServed(s, p.next); served {
+		return c, false
 	}
 	if s.recordIndexed() {
-		e := indexEntry{off: next, pos: pos, left: left}
-		end, at, entry := l.runEnd(s, next, pos, raSpan, vis)
-		pooled := runRead(s, e, end, raSpan) <= int64(l.raPool.Size()) && s.dev.Alignment().Memory <= poolAlign
-		// The most the read holds: the pool's buffer, and a buffer of the
-		// whole run if it is longer (a record longer than the span).
-		a := int64(s.dev.Alignment().Offset)
-		need := alignedbuf.AlignUp(end, a) - alignedbuf.AlignDown(pos, a)
-		if pooled {
-			if need <= int64(l.raPool.Size()) {
-				need = 0
-			}
-			need += int64(l.raPool.Size())
-		}
-		if need > raStreamBytes {
-			skipTo := vis.off
-			if entry {
-				plan(raPlan{ns: s.ns, next: at.off, pos: at.pos, left: at.left, ok: true})
-				skipTo = at.off
-			}
-			return raChunk{next: skipTo}, false
-		}
-		held, ok := l.ra.reserve(st, need)
-		if !ok {
-			return raChunk{}, false
-		}
+		return l.readRunAhead(st, s, indexEntry{off: p.next, pos: pos, left: left}, vis, plan)
+	}
+	return l.readFramesAhead(st, s, p.next, pos, vis)
+}
+
+// raSegment finds the segment read-ahead plan p reads, with a reference
+// on it (the caller lets go of it), and the file position and the records
+// left of their frame where the read starts: p's, or the start of the
+// next segment if p.next is past p's segment. ok is false if the log is
+// closed, or p.next is in no segment (or not at the start of the next).
+func (l *Log) raSegment(p raPlan) (s *segment, pos int64, left uint32, ok bool) {
+	if l.closed() {
+		return nil, 0, 0, false
+	}
+	s, err := l.segmentFor(p.next)
+	if err != nil {
+		return nil, 0, 0, false
+	}
+	if s.ns == p.ns {
+		return s, p.pos, p.left, true
+	}
+	if s.base != p.next {
+		s.done()
+		return nil, 0, 0, false
+	}
+	return s, wal.DataStart, 0, true // the next segment
+}
+
+// raServed reports whether the records from next on in s are served
+// without reading them ahead: appended last (from memory), or cached
+// already, when the chunk returned says where the cached records end (the
+// read-ahead waits for the run to pass it).
+func (l *Log) raServed(s *segment, next uint64) (raChunk, bool) {
+	if l.fresh.has(s.ns, next) {
+		return raChunk{}, true
+	}
+	if end := l.cached(s, next); end > next {
+		return raChunk{next: end}, true
+	}
+	return raChunk{}, false
+}
+
+// readRunAhead reads ahead in s, a segment of version 3, from index entry
+// e (e.off the next offset): a run of records checked one by one
+// (readRecordRun), up to the span of a read ahead or the index entry
+// after it, which plan is given as the next read.
+func (l *Log) readRunAhead(st *raStream, s *segment, e indexEntry, vis position, plan func(raPlan)) (raChunk, bool) {
+	next, pos := e.off, e.pos
+	end, at, entry := l.runEnd(s, next, pos, raSpan, vis)
+	pooled := runRead(s, e, end, raSpan) <= int64(l.raPool.Size()) && s.dev.Alignment().Memory <= poolAlign
+	need := l.runAheadNeed(s, pos, end, pooled)
+	if need > raStreamBytes {
+		skipTo := vis.off
 		if entry {
 			plan(raPlan{ns: s.ns, next: at.off, pos: at.pos, left: at.left, ok: true})
+			skipTo = at.off
 		}
-		var buf []byte
-		if pooled {
-			buf = l.raPool.Get()
-		}
-		run, read, err := l.readRecords(s, e, end, next, raSpan, buf)
-		l.readDeviceBytes.Add(read)
-		l.ra.bytes.Add(read)
-		if err == nil && len(run.table) == 0 {
-			err = io.EOF // nothing whole in the span: the durable end
-		}
-		if err != nil {
-			l.raPool.Put(buf)
-			held.done()
-			return raChunk{}, false
-		}
-		if buf != nil && &run.buf[0] != &buf[0] {
-			l.raPool.Put(buf) // a record longer than the span: read into a buffer of its own
-		}
-		held.shrink(int64(cap(run.buf)))
-		c := raChunk{ns: s.ns, first: next, next: next + uint64(len(run.table)/2), pos: pos, end: pos + int64(len(run.raw)), left: run.left,
-			run: run, own: &raBuf{b: run.buf, held: held}, ahead: true, indexed: true}
-		c.own.refs.Store(1)
-		if l.cache.Room() >= int64(len(run.raw)+4*len(run.table)) {
-			c.carve = l.entriesIn(s, c.first, c.next)
-		}
-		return c, true
+		return raChunk{next: skipTo}, false
 	}
+	held, ok := l.ra.reserve(st, need)
+	if !ok {
+		return raChunk{}, false
+	}
+	if entry {
+		plan(raPlan{ns: s.ns, next: at.off, pos: at.pos, left: at.left, ok: true})
+	}
+	var buf []byte
+	if pooled {
+		buf = l.raPool.Get()
+	}
+	run, read, err := l.readRecords(s, e, end, next, raSpan, buf)
+	l.readDeviceBytes.Add(read)
+	l.ra.bytes.Add(read)
+	if err == nil && len(run.table) == 0 {
+		err = io.EOF // nothing whole in the span: the durable end
+	}
+	if err != nil {
+		l.raPool.Put(buf)
+		held.done()
+		return raChunk{}, false
+	}
+	if buf != nil && &run.buf[0] != &buf[0] {
+		l.raPool.Put(buf) // a record longer than the span: read into a buffer of its own
+	}
+	held.shrink(int64(cap(run.buf)))
+	c := raChunk{ns: s.ns, first: next, next: next + uint64(len(run.table)/2), pos: pos, end: pos + int64(len(run.raw)), left: run.left,
+		run: run, own: &raBuf{b: run.buf, held: held}, ahead: true, indexed: true}
+	c.own.refs.Store(1)
+	if l.cache.Room() >= int64(len(run.raw)+4*len(run.table)) {
+		c.carve = l.entriesIn(s, c.first, c.next)
+	}
+	return c, true
+}
+
+// runAheadNeed is the most a run read of s from pos to end holds, which it
+// reserves against the stream's bound: the pool's buffer (if pooled), and
+// a buffer of the whole run if it is longer (a record longer than the
+// span).
+func (l *Log) runAheadNeed(s *segment, pos, end int64, pooled bool) int64 {
+	a := int64(s.dev.Alignment().Offset)
+	need := alignedbuf.AlignUp(end, a) - alignedbuf.AlignDown(pos, a)
+	if pooled {
+		if need <= int64(l.raPool.Size()) {
+			need = 0
+		}
+		need += int64(l.raPool.Size())
+	}
+	return need
+}
+
+// readFramesAhead reads ahead in s, a segment of version 1 or 2, whole
+// frames from offset next at file position pos, over the span of a read
+// ahead, or over one frame wider than that, read whole.
+func (l *Log) readFramesAhead(st *raStream, s *segment, next uint64, pos int64, vis position) (raChunk, bool) {
 	span := int64(raSpan)
 	skipTo := uint64(0) // where a frame too wide to read ahead ends (0: unknown)
 	for {
 		to := min(pos+span, vis.pos)
-		// The most the read holds: the pool's buffer, the read (if it is
-		// longer, into a buffer of its own) and the chunk built from it.
-		a := int64(s.dev.Alignment().Offset)
-		rng := alignedbuf.AlignUp(to, a) - alignedbuf.AlignDown(pos, a)
-		need := 2 * rng
-		var buf []byte
-		if s.dev.Alignment().Memory <= poolAlign {
-			need = int64(l.raPool.Size()) + rng
-			if rng > int64(l.raPool.Size()) {
-				need += rng
-			}
-		}
+		need, pooled := l.framesAheadNeed(s, pos, to)
 		if need > raStreamBytes {
 			return raChunk{next: skipTo}, false // left to the run's point reads
 		}
@@ -701,7 +740,8 @@ func (l *Log) readChunkAhead(st *raStream, p raPlan, plan func(raPlan)) (raChunk
 		if !ok {
 			return raChunk{}, false // the run's next read plans it again
 		}
-		if s.dev.Alignment().Memory <= poolAlign {
+		var buf []byte
+		if pooled {
 			buf = l.raPool.Get()
 		}
 		raw, aligned, err := s.readRange(pos, to, buf)
@@ -713,15 +753,9 @@ func (l *Log) readChunkAhead(st *raStream, p raPlan, plan func(raPlan)) (raChunk
 		l.readDeviceBytes.Add(int64(len(aligned)))
 		l.ra.bytes.Add(int64(len(aligned)))
 		v, stop, err := buildChunk(raw, s.hdr, indexEntry{off: next, pos: pos}, l.cache.Alloc)
-		// One frame wider than the span: read it whole, as wide as its
-		// header says (no wider than MaxWrite; a header that lies only
-		// sizes this read, whose bytes are verified like any other).
 		wide := alignedbuf.AlignUp(int64(s.hdr.MaxWrite), 4096)
 		if err == nil && stop == pos {
-			if h, herr := wal.DecodeFrameHeader(raw, int(s.hdr.MaxWrite)); herr == nil && h.First == next {
-				wide = min(wide, alignedbuf.AlignUp(int64(wal.FrameSize(int(h.Length))), 4096))
-				skipTo = next + uint64(h.Count)
-			}
+			wide, skipTo = wideFrame(raw, s, next, wide, skipTo)
 		}
 		l.raPool.Put(buf) // buildChunk copied what it keeps (a larger read allocated its own)
 		if err != nil {
@@ -740,6 +774,37 @@ func (l *Log) readChunkAhead(st *raStream, p raPlan, plan func(raPlan)) (raChunk
 		held.shrink(int64(cap(v.Bytes())))
 		return raChunk{ns: s.ns, first: next, next: next + uint64(chunk(v.Bytes()).count()), pos: pos, end: stop, v: v, ahead: true, held: held}, true
 	}
+}
+
+// framesAheadNeed is the most a frames read of s from pos to to holds,
+// which it reserves against the stream's bound: the pool's buffer (if
+// pooled: the device's memory alignment allows it), the read (if it is
+// longer, into a buffer of its own) and the chunk built from it.
+func (l *Log) framesAheadNeed(s *segment, pos, to int64) (need int64, pooled bool) {
+	a := int64(s.dev.Alignment().Offset)
+	rng := alignedbuf.AlignUp(to, a) - alignedbuf.AlignDown(pos, a)
+	if s.dev.Alignment().Memory > poolAlign {
+		return 2 * rng, false
+	}
+	need = int64(l.raPool.Size()) + rng
+	if rng > int64(l.raPool.Size()) {
+		need += rng
+	}
+	return need, true
+}
+
+// wideFrame is for a read of raw that held no whole frame at offset next:
+// one frame wider than the span, to be read whole, as wide as its header
+// says (no wider than wide, from MaxWrite; a header that lies only sizes
+// that read, whose bytes are verified like any other). It returns the
+// width to read and where the frame ends (skipTo, as given if the header
+// does not decode or is not the frame at next).
+func wideFrame(raw []byte, s *segment, next uint64, wide int64, skipTo uint64) (int64, uint64) {
+	h, err := wal.DecodeFrameHeader(raw, int(s.hdr.MaxWrite))
+	if err != nil || h.First != next {
+		return wide, skipTo
+	}
+	return min(wide, alignedbuf.AlignUp(int64(wal.FrameSize(int(h.Length))), 4096)), next + uint64(h.Count)
 }
 
 // closeReadAhead stops read-ahead, waits for the goroutines and lets go

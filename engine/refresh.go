@@ -33,7 +33,7 @@ func (l *Log) Refresh() (changed bool, err error) {
 	}
 	l.followed.mu.Lock()
 	defer l.followed.mu.Unlock()
-	if l.isClosed.Load() {
+	if l.closed() {
 		return false, ErrClosed
 	}
 	defer func() {
@@ -183,7 +183,7 @@ func (l *Log) Writer() WriterInfo {
 		l.durMu.Lock() // Close clears pub under it
 		w := WriterInfo{Live: true, Acknowledged: l.DurableOffset(), Published: l.pub != nil}
 		l.durMu.Unlock()
-		if l.isClosed.Load() { // set before Close lets go of anything: w was read before it began
+		if l.closed() { // set before Close lets go of anything: w was read before it began
 			return WriterInfo{}
 		}
 		return w

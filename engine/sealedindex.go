@@ -426,7 +426,7 @@ func (l *Log) indexBlockAhead(s *segment, sum *footerSummary, k int) (indexBlock
 		if old := slot.Swap(r); old != nil {
 			old.v.Release()
 		}
-		if l.isClosed.Load() { // Close let go of the runs before this one was kept
+		if l.closed() { // Close let go of the runs before this one was kept
 			l.indexRuns.drop()
 		}
 	}

@@ -13,7 +13,7 @@ import (
 // reads frames from there. Times are as the Options.Now clock gave them;
 // within a segment they never go back.
 func (l *Log) SeekTime(t time.Time) (uint64, error) {
-	if l.isClosed.Load() {
+	if l.closed() {
 		return 0, ErrClosed
 	}
 	ts := t.UnixNano()

@@ -25,7 +25,7 @@ func (l *Log) loadStart() error {
 	if err != nil {
 		return err
 	}
-	if l.opts.ReadOnly {
+	if l.openedReadOnly() {
 		return nil
 	}
 	return l.dropBelowLocked(l.start.Load())

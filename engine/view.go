@@ -36,7 +36,7 @@ type SegmentView struct {
 // OpenSegment opens the segment whose first offset is base for export.
 // Close the view when done.
 func (l *Log) OpenSegment(base uint64) (*SegmentView, error) {
-	if l.isClosed.Load() {
+	if l.closed() {
 		return nil, ErrClosed
 	}
 	s, err := l.segmentAt(base)
@@ -62,7 +62,7 @@ func (l *Log) WaitActive(ctx context.Context, base uint64, pos int64) error {
 	return l.waitUntil(ctx, func() (bool, error) {
 		segs := *l.segs.Load()
 		i := sort.Search(len(segs), func(i int) bool { return segs[i].base >= base })
-		if i == len(segs) || segs[i].base != base || l.isClosed.Load() {
+		if i == len(segs) || segs[i].base != base || l.closed() {
 			return true, nil
 		}
 		return segs[i].isSealed() || segs[i].vis().pos != pos, nil

@@ -25,7 +25,7 @@ func (l *Log) walOptions(s *segment) wal.Options {
 			l.notifyDurable()
 		},
 		OnFlush: l.noteFlush,
-		OnFail:  func(error) { l.wakeWaiters() },
+		OnFail:  func(error) { l.writerFailed(s) },
 		Version: formatVersion,
 		Buffers: &l.bufs,
 	}
@@ -308,10 +308,12 @@ func (l *Log) shouldRollLocked(s *segment) (roll, prepare bool) {
 	return l.opts.SegmentAge > 0 && l.opts.Now().Sub(time.Unix(0, first.time)) >= l.opts.SegmentAge, prepare
 }
 
-// fail records a change that stopped halfway: the log refuses further
-// changes until it is reopened (recovery finishes or undoes it).
+// fail records a change that stopped halfway: the log is failed and
+// refuses further changes until it is reopened (recovery finishes or
+// undoes it). The caller holds changeMu, and mu exclusively.
 func (l *Log) fail(what string, err error) error {
 	l.failed = &failure{what: what, err: err}
+	l.enterLocked(stateFailed)
 	if a := l.active; a != nil && a.w != nil {
 		// Its records are written and synced (in SyncNever and SyncInterval
 		// modes they may be in its buffer still), its goroutines stopped.
@@ -482,27 +484,37 @@ func (l *Log) Sync() error {
 func (l *Log) syncActive() error {
 	l.mu.RLock()
 	defer l.mu.RUnlock()
-	if l.isClosed.Load() {
+	switch l.loadState() {
+	case stateClosed:
 		return ErrClosed
-	}
-	if l.failed != nil {
-		return l.failed
-	}
-	if l.active == nil {
-		return nil // read-only: nothing to sync
+	case stateReadOnly:
+		return nil // nothing to sync
+	case stateFailed:
+		if l.failed != nil {
+			return l.failed
+		}
+		// The active writer failed: its Sync returns why.
 	}
 	return l.active.w.Sync()
 }
 
+// writableLocked returns why the log takes no change now (see logState),
+// or nil; the caller holds mu (shared is enough). The first change of a
+// log opened from a clean close record removes the record first.
 func (l *Log) writableLocked() error {
-	switch {
-	case l.isClosed.Load():
+	switch l.loadState() {
+	case stateClosed:
 		return ErrClosed
-	case l.failed != nil:
-		return l.failed
-	case l.active == nil:
+	case stateReadOnly:
 		return ErrReadOnly
-	case l.cleanPending.Load():
+	case stateFailed:
+		if l.failed != nil {
+			return l.failed
+		}
+		// Only the active writer failed: a change that needs it meets its
+		// sticky error, as an append does.
+	}
+	if l.cleanPending.Load() {
 		return l.dropCleanRecord()
 	}
 	return nil
