@@ -138,6 +138,13 @@ type ring struct {
 const (
 	ringEntries = 64
 
+	// maxRingRead caps one entry's read: the entry's length field has
+	// 32 bits, so a longer buffer would be read modulo 4 GiB (0 bytes, a
+	// false end of file, for a buffer of exactly 4 GiB). It is a multiple
+	// of every direct-I/O alignment and below the kernel's own cap on one
+	// read (2 GiB less a page), so readAt's loop reads the rest.
+	maxRingRead = 1 << 30
+
 	opRead          = 22         // IORING_OP_READ
 	registerEventfd = 4          // IORING_REGISTER_EVENTFD
 	featSingleMmap  = 1          // IORING_FEAT_SINGLE_MMAP
@@ -279,7 +286,9 @@ func (r *ring) readAt(f *os.File, p []byte, off int64) (int, error) {
 // read issues one read of b at off on fd and waits for it: the bytes
 // read, or the kernel's error. ok is false if the read was not issued
 // (every entry is in flight, or the ring is down): b was not touched.
+// At most maxRingRead bytes are read.
 func (r *ring) read(fd int, b []byte, off int64) (n int, errno unix.Errno, ok bool) {
+	b = b[:min(len(b), maxRingRead)]
 	var slot uint64
 	select {
 	case slot = <-r.slots:

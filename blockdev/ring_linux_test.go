@@ -269,3 +269,36 @@ func TestRingWithMoreReadersThanEntries(t *testing.T) {
 	wg.Wait()
 	assert.Len(t, r.slots, cap(r.slots), "every entry is free again")
 }
+
+// TestRingReadsOfFourGiBAndMore reads into buffers whose length does not
+// fit the entry's 32-bit length field. The buffer is an anonymous
+// mapping that is never touched beyond the file's bytes, so it costs
+// address space only. Each read must return what pread returns: the
+// whole file and io.EOF.
+func TestRingReadsOfFourGiBAndMore(t *testing.T) {
+	f, want := directFile(t)
+	r := testRing(t, 8)
+	tests := []struct {
+		name string
+		n    int
+	}{
+		{"4 GiB: the field would read 0", 4 << 30},
+		{"4 GiB and a block: the field would read one block", 4<<30 + 4096},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			buf, err := unix.Mmap(-1, 0, tt.n, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
+			if err != nil {
+				t.Skipf("no address space for the buffer: %v", err)
+			}
+			defer unix.Munmap(buf)
+			pn, perr := f.ReadAt(buf, 0)
+			require.Equal(t, len(want), pn, "pread")
+			clear(buf[:pn])
+			n, err := r.readAt(f, buf, 0)
+			require.Equal(t, pn, n, "bytes read")
+			require.Equal(t, perr, err)
+			require.Equal(t, want, buf[:n])
+		})
+	}
+}
