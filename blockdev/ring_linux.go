@@ -121,6 +121,13 @@ type ring struct {
 	// flight than the completion ring holds.
 	slots chan uint64
 	done  []chan int32 // per slot: the result of its read
+	// bufs holds, per slot, the buffer the kernel is reading into; only
+	// the reader holding the slot touches it. Storing the buffer here
+	// makes it escape, so a caller's array is never on a goroutine
+	// stack: a parked reader's stack can be shrunk (copied elsewhere)
+	// while the kernel still holds the old address. Heap objects do not
+	// move, and this reference keeps the buffer alive until completion.
+	bufs [][]byte
 
 	// enter submits n entries; a variable so that tests can make it fail.
 	enter func(fd, n int) (int, error)
@@ -211,6 +218,7 @@ func newRing(entries int) (r *ring, err error) {
 	n := int(min(p.sqEntries, p.cqEntries))
 	r.slots = make(chan uint64, n)
 	r.done = make([]chan int32, n)
+	r.bufs = make([][]byte, n)
 	for i := range n {
 		r.done[i] = make(chan int32, 1)
 		r.slots <- uint64(i)
@@ -295,9 +303,11 @@ func (r *ring) read(fd int, b []byte, off int64) (n int, errno unix.Errno, ok bo
 	default:
 		return 0, 0, false
 	}
+	r.bufs[slot] = b
 	r.mu.Lock()
 	if r.down != nil {
 		r.mu.Unlock()
+		r.bufs[slot] = nil
 		r.slots <- slot
 		return 0, 0, false
 	}
@@ -320,6 +330,7 @@ func (r *ring) read(fd int, b []byte, off int64) (n int, errno unix.Errno, ok bo
 		// b is the caller's again.
 		r.down = err
 		r.mu.Unlock()
+		r.bufs[slot] = nil
 		r.slots <- slot
 		return 0, 0, false
 	}
@@ -329,6 +340,7 @@ func (r *ring) read(fd int, b []byte, off int64) (n int, errno unix.Errno, ok bo
 	r.mu.Unlock()
 	res := <-r.done[slot]
 	runtime.KeepAlive(b) // the kernel wrote to b until the completion
+	r.bufs[slot] = nil
 	r.slots <- slot
 	ringReads.Add(1)
 	if res < 0 {
