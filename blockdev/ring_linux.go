@@ -269,6 +269,14 @@ func (r *ring) readAt(f *os.File, p []byte, off int64) (int, error) {
 			case !ok:
 				ringUsed = false
 				return
+			case errno == unix.ECANCELED || errno == unix.EINTR:
+				// The kernel cancels the requests a thread submitted when
+				// the thread exits (a goroutine that ends locked to its
+				// thread ends the thread, and this read's submitter may
+				// be any thread), and a worker it interrupts reports
+				// EINTR. Neither is the read's answer: issue it again,
+				// from this thread, as os.File.ReadAt retries EINTR.
+				continue
 			case errno != 0:
 				readErr = &os.PathError{Op: "read", Path: f.Name(), Err: errno}
 				return
