@@ -121,6 +121,13 @@ type ring struct {
 	// flight than the completion ring holds.
 	slots chan uint64
 	done  []chan int32 // per slot: the result of its read
+	// bufs holds, per slot, the buffer the kernel is reading into; only
+	// the reader holding the slot touches it. Storing the buffer here
+	// makes it escape, so a caller's array is never on a goroutine
+	// stack: a parked reader's stack can be shrunk (copied elsewhere)
+	// while the kernel still holds the old address. Heap objects do not
+	// move, and this reference keeps the buffer alive until completion.
+	bufs [][]byte
 
 	// enter submits n entries; a variable so that tests can make it fail.
 	enter func(fd, n int) (int, error)
@@ -137,6 +144,13 @@ type ring struct {
 
 const (
 	ringEntries = 64
+
+	// maxRingRead caps one entry's read: the entry's length field has
+	// 32 bits, so a longer buffer would be read modulo 4 GiB (0 bytes, a
+	// false end of file, for a buffer of exactly 4 GiB). It is a multiple
+	// of every direct-I/O alignment and below the kernel's own cap on one
+	// read (2 GiB less a page), so readAt's loop reads the rest.
+	maxRingRead = 1 << 30
 
 	opRead          = 22         // IORING_OP_READ
 	registerEventfd = 4          // IORING_REGISTER_EVENTFD
@@ -204,6 +218,7 @@ func newRing(entries int) (r *ring, err error) {
 	n := int(min(p.sqEntries, p.cqEntries))
 	r.slots = make(chan uint64, n)
 	r.done = make([]chan int32, n)
+	r.bufs = make([][]byte, n)
 	for i := range n {
 		r.done[i] = make(chan int32, 1)
 		r.slots <- uint64(i)
@@ -254,6 +269,14 @@ func (r *ring) readAt(f *os.File, p []byte, off int64) (int, error) {
 			case !ok:
 				ringUsed = false
 				return
+			case errno == unix.ECANCELED || errno == unix.EINTR:
+				// The kernel cancels the requests a thread submitted when
+				// the thread exits (a goroutine that ends locked to its
+				// thread ends the thread, and this read's submitter may
+				// be any thread), and a worker it interrupts reports
+				// EINTR. Neither is the read's answer: issue it again,
+				// from this thread, as os.File.ReadAt retries EINTR.
+				continue
 			case errno != 0:
 				readErr = &os.PathError{Op: "read", Path: f.Name(), Err: errno}
 				return
@@ -279,16 +302,20 @@ func (r *ring) readAt(f *os.File, p []byte, off int64) (int, error) {
 // read issues one read of b at off on fd and waits for it: the bytes
 // read, or the kernel's error. ok is false if the read was not issued
 // (every entry is in flight, or the ring is down): b was not touched.
+// At most maxRingRead bytes are read.
 func (r *ring) read(fd int, b []byte, off int64) (n int, errno unix.Errno, ok bool) {
+	b = b[:min(len(b), maxRingRead)]
 	var slot uint64
 	select {
 	case slot = <-r.slots:
 	default:
 		return 0, 0, false
 	}
+	r.bufs[slot] = b
 	r.mu.Lock()
 	if r.down != nil {
 		r.mu.Unlock()
+		r.bufs[slot] = nil
 		r.slots <- slot
 		return 0, 0, false
 	}
@@ -311,6 +338,7 @@ func (r *ring) read(fd int, b []byte, off int64) (n int, errno unix.Errno, ok bo
 		// b is the caller's again.
 		r.down = err
 		r.mu.Unlock()
+		r.bufs[slot] = nil
 		r.slots <- slot
 		return 0, 0, false
 	}
@@ -320,6 +348,7 @@ func (r *ring) read(fd int, b []byte, off int64) (n int, errno unix.Errno, ok bo
 	r.mu.Unlock()
 	res := <-r.done[slot]
 	runtime.KeepAlive(b) // the kernel wrote to b until the completion
+	r.bufs[slot] = nil
 	r.slots <- slot
 	ringReads.Add(1)
 	if res < 0 {

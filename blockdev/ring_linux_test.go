@@ -269,3 +269,92 @@ func TestRingWithMoreReadersThanEntries(t *testing.T) {
 	wg.Wait()
 	assert.Len(t, r.slots, cap(r.slots), "every entry is free again")
 }
+
+// TestRingReadsOfFourGiBAndMore reads into buffers whose length does not
+// fit the entry's 32-bit length field. The buffer is an anonymous
+// mapping that is never touched beyond the file's bytes, so it costs
+// address space only. Each read must return what pread returns: the
+// whole file and io.EOF.
+func TestRingReadsOfFourGiBAndMore(t *testing.T) {
+	f, want := directFile(t)
+	r := testRing(t, 8)
+	tests := []struct {
+		name string
+		n    int
+	}{
+		{"4 GiB: the field would read 0", 4 << 30},
+		{"4 GiB and a block: the field would read one block", 4<<30 + 4096},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			buf, err := unix.Mmap(-1, 0, tt.n, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
+			if err != nil {
+				t.Skipf("no address space for the buffer: %v", err)
+			}
+			defer unix.Munmap(buf)
+			pn, perr := f.ReadAt(buf, 0)
+			require.Equal(t, len(want), pn, "pread")
+			clear(buf[:pn])
+			n, err := r.readAt(f, buf, 0)
+			require.Equal(t, pn, n, "bytes read")
+			require.Equal(t, perr, err)
+			require.Equal(t, want, buf[:n])
+		})
+	}
+}
+
+// TestRingSweepAcrossFiles reads many direct files of different sizes
+// at once, with every read made beside another one (so through the
+// ring), at block offsets and lengths that fall inside, across and past
+// each file's end, and checks each read's count, error and bytes
+// against pread's.
+func TestRingSweepAcrossFiles(t *testing.T) {
+	if processRing() == nil {
+		t.Skipf("no io_uring here: %v", ringErr)
+	}
+	sizes := []int{0, 512, 4096, 4096 + 512, 64<<10 + 1536, 1 << 20}
+	type file struct {
+		f    *os.File
+		want []byte
+	}
+	files := make([]file, len(sizes))
+	for i, size := range sizes {
+		want := make([]byte, size)
+		rng := rand.New(rand.NewPCG(uint64(i), 9))
+		for j := range want {
+			want[j] = byte(rng.Uint32())
+		}
+		path := filepath.Join(t.TempDir(), "file")
+		require.NoError(t, os.WriteFile(path, want, 0o644))
+		f, err := openFile(path, os.O_RDONLY, 0, true)
+		require.NoError(t, err)
+		t.Cleanup(func() { f.Close() })
+		files[i] = file{f, want}
+	}
+	directInFlight.Add(1)
+	defer directInFlight.Add(-1)
+	before := ReadPaths()
+	var wg sync.WaitGroup
+	for g := range 12 {
+		wg.Go(func() {
+			rng := rand.New(rand.NewPCG(uint64(g), 10))
+			for range 300 {
+				fl := files[rng.IntN(len(files))]
+				blocks := int64(len(fl.want))/4096 + 2
+				off := rng.Int64N(blocks) * 4096
+				n := (1 + rng.IntN(40)) * 4096
+				got, viaPread := alignedBuf(n), alignedBuf(n)
+				m, err := readDirect(fl.f, got, off)
+				pm, perr := fl.f.ReadAt(viaPread, off)
+				if !assert.Equal(t, pm, m, "count at %d+%d of %d", off, n, len(fl.want)) || !assert.Equal(t, perr, err) {
+					return
+				}
+				assert.Equal(t, viaPread[:pm], got[:m])
+			}
+		})
+	}
+	wg.Wait()
+	after := ReadPaths()
+	assert.GreaterOrEqual(t, after.Ring-before.Ring, uint64(12*300), "reads through the ring")
+	assert.Empty(t, after.RingOff)
+}
