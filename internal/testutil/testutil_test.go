@@ -91,18 +91,23 @@ func TestStamped(t *testing.T) {
 	assert.NotEqual(t, Stamped(40, 1, 2, 3), Stamped(40, 1, 2, 4))
 }
 
+// TestFillXor: FillXor writes what a loop of stores does, for every start
+// and a length on either side of each period boundary.
 func TestFillXor(t *testing.T) {
-	b := make([]byte, 700)
-	for i := range b {
-		b[i] = 0xee
-	}
-	FillXor(b, 10, 0x5a)
-	for i := range b {
-		want := byte(i) ^ 0x5a
-		if i < 10 {
-			want = 0xee
+	for _, n := range []int{0, 1, 8, 255, 256, 257, 511, 512, 513, 3000} {
+		for _, from := range []int{0, 1, 8, 255, 256, 300} {
+			if from > n {
+				continue
+			}
+			x := byte(n*31 + from)
+			want := make([]byte, n)
+			for i := from; i < n; i++ {
+				want[i] = byte(i) ^ x
+			}
+			got := make([]byte, n)
+			FillXor(got, from, x)
+			require.Equal(t, want, got, "n %d from %d", n, from)
 		}
-		require.Equal(t, want, b[i], "byte %d", i)
 	}
 }
 
