@@ -3,9 +3,7 @@
 package engine
 
 import (
-	"fmt"
 	"math/rand/v2"
-	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -35,22 +33,15 @@ func TestEngineKillChild(t *testing.T) {
 	if !ok {
 		t.Skip("child process of TestEngineKillLoop")
 	}
-	var cycle int
-	var dir string
-	if _, err := fmt.Sscanf(arg, "%d,%s", &cycle, &dir); err != nil {
-		os.Exit(2)
-	}
+	cycle, dir := testutil.ParseCycleArg(arg)
 	l, err := Open(dir, killOptions())
 	testutil.ExitOn(err, "child open")
-	testutil.AppendForever(4, func(a, seq int) (testutil.Ack, error) {
-		n := 1 + (a+seq)%4
-		recs := make([][]byte, n)
-		for j := range recs {
-			recs[j] = killRecord(cycle*8+a, seq, j)
-		}
-		first, err := l.Append(recs...)
-		return testutil.Ack{First: first, N: n, ID: cycle*8 + a, Seq: seq}, err
-	})
+	testutil.Appenders{
+		N: 4, MaxBatch: 4,
+		ID:     func(a int) int { return cycle*8 + a },
+		Record: killRecord,
+		Append: l.Append,
+	}.Run()
 }
 
 // TestEngineKillLoop kills a child appending durably (segments rolling all
@@ -69,7 +60,7 @@ func TestEngineKillLoop(t *testing.T) {
 	want := map[uint64][]byte{}
 	var batches int
 	for cycle := 0; cycle < cycles; cycle++ {
-		child := testutil.Child{Test: "TestEngineKillChild", Env: killChildEnv, Arg: fmt.Sprintf("%d,%s", cycle, dir)}
+		child := testutil.Child{Test: "TestEngineKillChild", Env: killChildEnv, Arg: testutil.CycleArg(cycle, dir)}
 		acks := testutil.ParseAcks(child.Kill(t, time.Duration(1+rng.IntN(40))*time.Millisecond, func() {}))
 		testutil.AddTo(want, acks, killRecord)
 		batches += len(acks)

@@ -3,9 +3,7 @@
 package wal
 
 import (
-	"fmt"
 	"math/rand/v2"
-	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -27,13 +25,7 @@ func TestKillChild(t *testing.T) {
 	if !ok {
 		t.Skip("child process of TestKillLoop")
 	}
-	var path string
-	var cycle int
-	_, err := fmt.Sscanf(arg, "%d,%s", &cycle, &path)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "bad", killChildEnv, arg, err)
-		os.Exit(2)
-	}
+	cycle, path := testutil.ParseCycleArg(arg)
 	dev, err := blockdev.Open(path, blockdev.Options{Create: true})
 	testutil.ExitOn(err, "child")
 	var w *Writer
@@ -46,15 +38,12 @@ func TestKillChild(t *testing.T) {
 		w, _, err = Open(dev, Options{})
 	}
 	testutil.ExitOn(err, "child")
-	testutil.AppendForever(4, func(a, i int) (testutil.Ack, error) {
-		n := 1 + (a+i)%3
-		recs := make([][]byte, n)
-		for j := range recs {
-			recs[j] = crashRecord(cycle*16+a, i, j)
-		}
-		first, err := w.Append(recs...)
-		return testutil.Ack{First: first, N: n, ID: cycle*16 + a, Seq: i}, err
-	})
+	testutil.Appenders{
+		N: 4, MaxBatch: 3,
+		ID:     func(a int) int { return cycle*16 + a },
+		Record: crashRecord,
+		Append: w.Append,
+	}.Run()
 }
 
 // TestKillLoop starts a child that appends durably and reports acks through
@@ -89,7 +78,7 @@ func TestKillLoop(t *testing.T) {
 // the power), kills the child with SIGKILL, and returns every
 // acknowledgement it printed.
 func runChild(t *testing.T, rng *rand.Rand, cycle int, path string, interrupt func()) []testutil.Ack {
-	child := testutil.Child{Test: "TestKillChild", Env: killChildEnv, Arg: fmt.Sprintf("%d,%s", cycle, path)}
+	child := testutil.Child{Test: "TestKillChild", Env: killChildEnv, Arg: testutil.CycleArg(cycle, path)}
 	return testutil.ParseAcks(child.Kill(t, time.Duration(1+rng.IntN(30))*time.Millisecond, interrupt))
 }
 

@@ -114,7 +114,7 @@ type Ack struct {
 }
 
 // ParseAcks returns the acknowledgements among lines (in the form
-// AppendForever prints them), skipping any other line.
+// Appenders prints them), skipping any other line.
 func ParseAcks(lines []string) []Ack {
 	var acks []Ack
 	for _, line := range lines {
@@ -136,24 +136,54 @@ func AddTo(want map[uint64][]byte, acks []Ack, record func(id, seq, j int) []byt
 	}
 }
 
-// AppendForever is a child's body: it runs appenders goroutines, each
-// calling appendBatch(a, seq) for seq 0, 1, 2, … and printing every Ack it
-// returns on standard output, flushed at once, until the process is
-// killed. The first error appendBatch returns ends the process with exit
-// status 3, the error on standard error.
-func AppendForever(appenders int, appendBatch func(a, seq int) (Ack, error)) {
+// CycleArg is a child's argument that names the cycle of the test it is
+// started in and the path it works on, as ParseCycleArg reads it back.
+func CycleArg(cycle int, path string) string { return fmt.Sprintf("%d,%s", cycle, path) }
+
+// ParseCycleArg reads what CycleArg wrote. In a child, where there is no
+// test to fail, an argument of another form ends the process with exit
+// status 2.
+func ParseCycleArg(arg string) (cycle int, path string) {
+	if _, err := fmt.Sscanf(arg, "%d,%s", &cycle, &path); err != nil {
+		fmt.Fprintf(os.Stderr, "bad child argument %q: %v\n", arg, err)
+		os.Exit(2)
+	}
+	return cycle, path
+}
+
+// Appenders is a child's body: goroutines that append batches of stamped
+// records and print an Ack for each acknowledged one.
+type Appenders struct {
+	N        int                                  // how many goroutines
+	MaxBatch int                                  // batch seq of goroutine a holds 1 + (a+seq)%MaxBatch records
+	ID       func(a int) int                      // the identity goroutine a stamps its records with
+	Record   func(id, seq, j int) []byte          // record j of batch seq of the appender named id
+	Append   func(recs ...[]byte) (uint64, error) // appends one batch, returns its first offset
+}
+
+// Run starts the goroutines, each appending its batches 0, 1, 2, … and
+// printing the Ack of each on standard output, flushed at once, until the
+// process is killed. The first error Append returns ends the process with
+// exit status 3, the error on standard error.
+func (p Appenders) Run() {
 	out := bufio.NewWriter(os.Stdout)
 	var mu sync.Mutex
 	var wg sync.WaitGroup
-	for a := 0; a < appenders; a++ {
+	for a := 0; a < p.N; a++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			id := p.ID(a)
 			for seq := 0; ; seq++ {
-				k, err := appendBatch(a, seq)
+				n := 1 + (a+seq)%p.MaxBatch
+				recs := make([][]byte, n)
+				for j := range recs {
+					recs[j] = p.Record(id, seq, j)
+				}
+				first, err := p.Append(recs...)
 				ExitOn(err, "child append")
 				mu.Lock()
-				fmt.Fprintf(out, "%d %d %d %d\n", k.First, k.N, k.ID, k.Seq)
+				fmt.Fprintf(out, "%d %d %d %d\n", first, n, id, seq)
 				out.Flush()
 				mu.Unlock()
 			}

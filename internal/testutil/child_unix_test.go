@@ -24,14 +24,19 @@ func TestChildAppends(t *testing.T) {
 	if !ok {
 		t.Skip("child process of TestKillCollectsEveryAck")
 	}
+	_, arg = ParseCycleArg(arg)
 	var next atomic.Uint64
-	AppendForever(3, func(a, seq int) (Ack, error) {
-		if arg == "fail" {
-			return Ack{}, errors.New("the device is gone")
-		}
-		n := 1 + (a+seq)%3
-		return Ack{First: next.Add(uint64(n)) - uint64(n), N: n, ID: 100 + a, Seq: seq}, nil
-	})
+	Appenders{
+		N: 3, MaxBatch: 3,
+		ID:     func(a int) int { return 100 + a },
+		Record: func(id, seq, j int) []byte { return []byte(strconv.Itoa(id*1000 + seq*10 + j)) },
+		Append: func(recs ...[]byte) (uint64, error) {
+			if arg == "fail" {
+				return 0, errors.New("the device is gone")
+			}
+			return next.Add(uint64(len(recs))) - uint64(len(recs)), nil
+		},
+	}.Run()
 }
 
 // TestKillCollectsEveryAck: the child's acks are all collected, each
@@ -43,10 +48,13 @@ func TestKillCollectsEveryAck(t *testing.T) {
 		t.Skip("in the child")
 	}
 	interrupts := 0
-	lines := Child{Test: "TestChildAppends", Env: childEnv, Arg: "ok"}.Kill(t, 5*time.Millisecond, func() { interrupts++ })
+	lines := Child{Test: "TestChildAppends", Env: childEnv, Arg: CycleArg(3, "ok")}.Kill(t, 5*time.Millisecond, func() { interrupts++ })
 	assert.Equal(t, 1, interrupts)
 	acks := ParseAcks(append(lines, "not an ack"))
 	require.NotEmpty(t, acks)
+	for _, k := range acks {
+		require.Equal(t, 1+(k.ID-100+k.Seq)%3, k.N, "batch %d of appender %d", k.Seq, k.ID)
+	}
 	require.GreaterOrEqual(t, len(lines), len(acks), "a line cut by the kill is no ack")
 	seqs := map[int]int{}
 	covered := map[uint64]bool{}
@@ -67,7 +75,7 @@ func TestKillCollectsEveryAck(t *testing.T) {
 	rec := &recorder{TB: t}
 	func() {
 		defer func() { _ = recover() }()
-		Child{Test: "TestChildAppends", Env: childEnv, Arg: "fail"}.Kill(rec, 0, func() { interrupts++ })
+		Child{Test: "TestChildAppends", Env: childEnv, Arg: CycleArg(4, "fail")}.Kill(rec, 0, func() { interrupts++ })
 	}()
 	assert.True(t, rec.failed, "a child that made no progress fails the test")
 	assert.Contains(t, rec.msg, "made no progress: child append: the device is gone", "with what the child said")
