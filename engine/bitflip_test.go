@@ -25,7 +25,8 @@ type flipStore struct {
 }
 
 func flipRecord(off uint64) []byte {
-	return []byte(fmt.Sprintf("flip record %06d %s", off, strings.Repeat("x", int(off%53))))
+	label := fmt.Sprintf("flip record %06d ", off)
+	return testutil.Labelled(label, 'x', len(label)+int(off%53))
 }
 
 // flipCacheBytes is the cache of the flip store's logs: more than the
