@@ -7,8 +7,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
+	"github.com/segstore/segstore/internal/testutil"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
@@ -23,26 +23,18 @@ func TestWatchDirSeesReadsOfANamedFileCreatedLater(t *testing.T) {
 	changes, stop, err := WatchDir(dir, "NAMED")
 	require.NoError(t, err)
 	defer stop()
-	woken := func(what string) {
-		t.Helper()
-		select {
-		case <-changes:
-		case <-time.After(time.Minute):
-			t.Fatalf("the watch was not ready after %s", what)
-		}
-	}
 	// Written elsewhere and renamed in: one event (IN_MOVED_TO) before the
 	// read, which must return a byte to count as one.
 	other := filepath.Join(t.TempDir(), "file")
 	require.NoError(t, os.WriteFile(other, []byte("x"), 0o644))
 	require.NoError(t, os.Rename(other, filepath.Join(dir, "NAMED")))
-	woken("the file's appearance")
+	testutil.Receive(t, changes, "the watch was not ready after the file's appearance")
 	f, err := os.Open(filepath.Join(dir, "NAMED"))
 	require.NoError(t, err)
 	defer f.Close()
 	_, err = f.ReadAt(make([]byte, 1), 0)
 	require.NoError(t, err)
-	woken("a read of the named file")
+	testutil.Receive(t, changes, "the watch was not ready after a read of the named file")
 }
 
 // TestInotifyEvents: whole events are decoded with their names (NUL

@@ -13,6 +13,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/segstore/segstore/internal/testutil"
 	"github.com/segstore/segstore/wal"
 )
 
@@ -24,7 +25,8 @@ type flipStore struct {
 }
 
 func flipRecord(off uint64) []byte {
-	return []byte(fmt.Sprintf("flip record %06d %s", off, strings.Repeat("x", int(off%53))))
+	label := fmt.Sprintf("flip record %06d ", off)
+	return testutil.Labelled(label, 'x', len(label)+int(off%53))
 }
 
 // flipCacheBytes is the cache of the flip store's logs: more than the
@@ -112,7 +114,7 @@ func (fs flipStore) flipInPlace(t *testing.T, f storeFlip) {
 // and of every stride-th byte after them; with SEGSTORE_LONG=1 every bit of
 // the first 64 bytes and one of every 61st byte.
 func (fs flipStore) flips(stride int) (out []storeFlip) {
-	if longRun() {
+	if testutil.Long() {
 		stride = 61
 	}
 	names := make([]string, 0, len(fs.files))
@@ -123,7 +125,7 @@ func (fs flipStore) flips(stride int) (out []storeFlip) {
 	for _, n := range names {
 		for p := range len(fs.files[n]) {
 			switch {
-			case p < 64 && longRun():
+			case p < 64 && testutil.Long():
 				for b := uint(0); b < 8; b++ {
 					out = append(out, storeFlip{n, p, b})
 				}
@@ -141,8 +143,6 @@ type storeFlip struct {
 	pos  int
 	bit  uint
 }
-
-func longRun() bool { return os.Getenv("SEGSTORE_LONG") != "" }
 
 // checkReads opens the store (read-only or not) and reads every
 // acknowledged record by offset and by an iterator: each comes back exact

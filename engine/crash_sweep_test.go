@@ -2,13 +2,13 @@ package engine
 
 import (
 	"fmt"
-	"os"
 	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
 
 	"github.com/segstore/segstore/blockdev"
+	"github.com/segstore/segstore/internal/testutil"
 )
 
 // sweepRecord is the record size of the crash sweep: about 40 records per
@@ -115,7 +115,7 @@ func crashAtEveryStep(t *testing.T, reopen bool) {
 	// The default run crashes each step one way, taking the modes in turn
 	// (so each mode meets every kind of step across the operations);
 	// SEGSTORE_LONG=1 crashes every step every way, tearing with 8 seeds.
-	long := os.Getenv("SEGSTORE_LONG") != ""
+	long := testutil.Long()
 	tears := 1
 	if long {
 		tears = 8

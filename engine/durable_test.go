@@ -3,17 +3,16 @@ package engine
 import (
 	"encoding/binary"
 	"errors"
-	"fmt"
 	"math/bits"
 	"os"
 	"path/filepath"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/segstore/segstore/blockdev"
+	"github.com/segstore/segstore/internal/testutil"
 	"github.com/segstore/segstore/wal"
 )
 
@@ -32,20 +31,12 @@ func TestPublishWakesAWatcherOfTheFile(t *testing.T) {
 	}
 	require.NoError(t, err)
 	defer stop()
-	woken := func(what string) {
-		t.Helper()
-		select {
-		case <-changes:
-		case <-time.After(time.Minute):
-			t.Fatalf("the watch was not ready after %s", what)
-		}
-	}
 	for i := range 3 {
 		d.publish(0, position{pos: wal.DataStart + int64(i), off: uint64(i)})
-		woken(fmt.Sprint("publish ", i))
+		testutil.Receive(t, changes, "the watch was not ready after publish %d", i)
 	}
 	d.close(true)
-	woken("the writer's close")
+	testutil.Receive(t, changes, "the watch was not ready after the writer's close")
 }
 
 // TestDurableOfTheOtherByteOrderIsNotTrusted: a DURABLE file whose words

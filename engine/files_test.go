@@ -16,6 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/segstore/segstore/blockdev"
+	"github.com/segstore/segstore/internal/testutil"
 )
 
 // openFDs counts the process's open file descriptors.
@@ -37,9 +38,7 @@ func liveHeap() int64 {
 
 // sizedRecord is record off of the file tests: its offset, then filler.
 func sizedRecord(off uint64, n int) []byte {
-	b := bytes.Repeat([]byte{byte(off)}, n)
-	copy(b, fmt.Sprintf("record-%08d|", off))
-	return b
+	return testutil.Labelled(fmt.Sprintf("record-%08d|", off), byte(off), n)
 }
 
 // fileOptions: small segments, rolled by hand, a tiny cache and bound.

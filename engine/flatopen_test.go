@@ -2,7 +2,6 @@ package engine
 
 import (
 	"fmt"
-	"os"
 	"sync/atomic"
 	"testing"
 
@@ -10,6 +9,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/segstore/segstore/blockdev"
+	"github.com/segstore/segstore/internal/testutil"
 )
 
 // TestOpenAfterCleanCloseReadsNoRecords: after a clean close, a read-only
@@ -97,7 +97,7 @@ func TestOpenAfterCleanCloseReadsNoRecords(t *testing.T) {
 // every way.
 func TestCleanCloseRecordAtEveryStep(t *testing.T) {
 	modes := []blockdev.CrashMode{blockdev.CrashDropUnsynced, blockdev.CrashTear, blockdev.CrashKeepAll}
-	long := os.Getenv("SEGSTORE_LONG") != ""
+	long := testutil.Long()
 	for _, prealloc := range []bool{true, false} {
 		setup := func(seed uint64) (*blockdev.SimDir, Options, uint64) {
 			dir := blockdev.NewSimDir(blockdev.SimOptions{Seed: seed})

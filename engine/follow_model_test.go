@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/segstore/segstore/blockdev"
+	"github.com/segstore/segstore/internal/testutil"
 )
 
 // TestModelFollowers drives, on simulated directories, a writer (the
@@ -35,7 +36,7 @@ func TestModelFollowers(t *testing.T) {
 		require.NotZero(t, total.rewritten, "no reader saw a TruncateBack")
 		require.NotZero(t, total.grew, "no refresh showed new records")
 	})
-	for _, seed := range seeds(t, 4, 100) {
+	for _, seed := range testutil.Seeds(t, 4, 100) {
 		t.Run(fmt.Sprint("seed=", seed), func(t *testing.T) {
 			t.Parallel()
 			t.Cleanup(func() {

@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/segstore/segstore/blockdev"
+	"github.com/segstore/segstore/internal/testutil"
 	"github.com/segstore/segstore/wal"
 )
 
@@ -129,7 +130,7 @@ func TestAppendersMayReuseTheirRecordsOnReturn(t *testing.T) {
 							}
 							first, err := l.Append(recs...)
 							for _, r := range recs {
-								fillXor(r, 0, 0xee) // reused at once
+								testutil.FillXor(r, 0, 0xee) // reused at once
 							}
 							if !assert.NoError(t, err) {
 								return

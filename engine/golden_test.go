@@ -1,7 +1,6 @@
 package engine
 
 import (
-	"bytes"
 	"flag"
 	"fmt"
 	"os"
@@ -9,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/segstore/segstore/internal/testutil"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -48,9 +48,7 @@ func goldenBatches() [][][]byte {
 }
 
 func goldenRecord(off, size int) []byte {
-	r := bytes.Repeat([]byte{byte(off)}, size)
-	copy(r, fmt.Sprintf("golden-%d", off))
-	return r
+	return testutil.Labelled(fmt.Sprintf("golden-%d", off), byte(off), size)
 }
 
 func goldenOptions() Options {

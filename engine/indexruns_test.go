@@ -14,6 +14,7 @@ import (
 
 	"github.com/segstore/segstore/blockdev"
 	"github.com/segstore/segstore/cache"
+	"github.com/segstore/segstore/internal/testutil"
 )
 
 // indexRunsLog is a log of four segments of 2 MiB (29 index blocks each
@@ -125,9 +126,9 @@ func TestIndexRunsEveryDamagedBlock(t *testing.T) {
 	for _, k := range []int{0, 1, raIndexBlocks - 1, raIndexBlocks, raIndexBlocks + 1, nb - 2, nb - 1} {
 		t.Run(fmt.Sprintf("flip=%d", k), func(t *testing.T) {
 			for _, at := range []int64{0, 8, 100, indexBlockLen - 1} {
-				flipByte(t, file, blockAt(k)+at)
+				testutil.XorByte(t, file, blockAt(k)+at, 0x40)
 				check(t, k, blockAt(k))
-				flipByte(t, file, blockAt(k)+at)
+				testutil.XorByte(t, file, blockAt(k)+at, 0x40)
 			}
 		})
 	}

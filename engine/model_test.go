@@ -7,8 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
-	"os"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -19,26 +17,9 @@ import (
 
 	"github.com/segstore/segstore/blockdev"
 	"github.com/segstore/segstore/cache"
+	"github.com/segstore/segstore/internal/testutil"
 	"github.com/segstore/segstore/wal"
 )
-
-// SEGSTORE_LONG=1 runs more seeds; SEGSTORE_SEED=N replays one.
-func seeds(t *testing.T, short, long int) []uint64 {
-	if s := os.Getenv("SEGSTORE_SEED"); s != "" {
-		n, err := strconv.ParseUint(s, 10, 64)
-		require.NoError(t, err, "SEGSTORE_SEED")
-		return []uint64{n}
-	}
-	n := short
-	if os.Getenv("SEGSTORE_LONG") != "" {
-		n = long
-	}
-	out := make([]uint64, n)
-	for i := range out {
-		out[i] = uint64(i + 1)
-	}
-	return out
-}
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
@@ -59,7 +40,7 @@ func modelRecord(rng *rand.Rand, off uint64) []byte {
 // checks every answer against a slice of the records appended. SyncAlways:
 // every acknowledged append survives every crash.
 func TestModel(t *testing.T) {
-	ops := runSeeds(t, seeds(t, 150, 5000), fixedOptions, "go test ./engine -run 'TestModel$'")
+	ops := runSeeds(t, testutil.Seeds(t, 150, 5000), fixedOptions, "go test ./engine -run 'TestModel$'")
 	t.Cleanup(func() { t.Log(ops) })
 }
 
@@ -73,7 +54,7 @@ func TestModel(t *testing.T) {
 // model (appends with rolls, reads, iterators, truncations, reopens,
 // crashes) with every answer checked. SEGSTORE_LONG=1 runs 1,000 seeds.
 func TestModelOptions(t *testing.T) {
-	ops := runSeeds(t, seeds(t, 48, 1000), drawOptions, "go test ./engine -run TestModelOptions")
+	ops := runSeeds(t, testutil.Seeds(t, 48, 1000), drawOptions, "go test ./engine -run TestModelOptions")
 	t.Cleanup(func() {
 		t.Log(ops)
 		require.NotZero(t, ops[opRoll]+ops[opRolled], "no segment rolled")

@@ -1,7 +1,6 @@
 package engine
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"os"
@@ -11,6 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/segstore/segstore/blockdev"
+	"github.com/segstore/segstore/internal/testutil"
 	"github.com/segstore/segstore/wal"
 )
 
@@ -41,9 +41,7 @@ func coldRead(t *testing.T, l *Log, d *countingDir, off uint64) ([]byte, int64, 
 
 // pointRecord is record off of the sweep, size bytes long.
 func pointRecord(off uint64, size int) []byte {
-	r := bytes.Repeat([]byte{byte(off*7 + 1)}, size)
-	copy(r, fmt.Sprint(off))
-	return r
+	return testutil.Labelled(fmt.Sprint(off), byte(off*7+1), size)
 }
 
 // TestPointReadCostsTheRecordPlus8KiB: whatever the size of the batch that
@@ -178,7 +176,7 @@ func TestFlippedRecordByteIsDetected(t *testing.T) {
 	for i := len(recs) - 1; i >= 0; i-- {
 		r := recs[i]
 		var bytesToFlip []int
-		if longRun() {
+		if testutil.Long() {
 			for i := 0; i < r.n; i++ {
 				bytesToFlip = append(bytesToFlip, i)
 			}

@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/segstore/segstore/blockdev"
+	"github.com/segstore/segstore/internal/testutil"
 )
 
 // errInjected is the read error flakyDir's devices return.
@@ -54,7 +55,7 @@ func (f *flakyDevice) ReadAt(p []byte, off int64) (int, error) {
 // under -race) run with SEGSTORE_LONG=1.
 func TestReadAheadUnderAttack(t *testing.T) {
 	sizes := []int{300, 4096 - 8, 4096, 4096 + 1}
-	if longRun() {
+	if testutil.Long() {
 		sizes = append(sizes, 3<<20/2)
 	}
 	for _, size := range sizes {

@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/segstore/segstore/blockdev"
+	"github.com/segstore/segstore/internal/testutil"
 	"github.com/segstore/segstore/wal"
 )
 
@@ -55,7 +56,7 @@ func allowed(err error) bool { return err == nil || errors.Is(err, ErrOutOfRange
 // same readers on it. A real directory, so views and mappings work. Seeds
 // alternate preallocated files on and off; SEGSTORE_LONG=1 runs 30.
 func TestReadersDuringEveryStateChange(t *testing.T) {
-	for _, seed := range seeds(t, 2, 30) {
+	for _, seed := range testutil.Seeds(t, 2, 30) {
 		t.Run(fmt.Sprint("seed=", seed), func(t *testing.T) { readersDuringStateChanges(t, seed) })
 	}
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/segstore/segstore/alignedbuf"
 	"github.com/segstore/segstore/blockdev"
+	"github.com/segstore/segstore/internal/testutil"
 	"github.com/segstore/segstore/wal"
 )
 
@@ -60,37 +61,16 @@ func (f *fakeWriter) gone(t *testing.T) {
 	require.NoError(t, f.unlock())
 }
 
-func flipSegByte(t *testing.T, path string, at int64) {
-	f, err := os.OpenFile(filepath.Join(path, segName(0)), os.O_RDWR, 0)
-	require.NoError(t, err)
-	defer f.Close()
-	var b [1]byte
-	_, err = f.ReadAt(b[:], at)
-	require.NoError(t, err)
-	b[0] ^= 0x40
-	_, err = f.WriteAt(b[:], at)
-	require.NoError(t, err)
-}
-
 // damageSegment changes the bytes of segment 0 at [at, at+n): each is
 // flipped, or zeroed if zero is set.
 func damageSegment(t *testing.T, path string, at int64, n int, zero bool) {
 	t.Helper()
-	f, err := os.OpenFile(filepath.Join(path, segName(0)), os.O_RDWR, 0)
-	require.NoError(t, err)
-	defer f.Close()
-	b := make([]byte, n)
-	_, err = f.ReadAt(b, at)
-	require.NoError(t, err)
-	for i := range b {
-		if zero {
-			b[i] = 0
-		} else {
-			b[i] ^= 0x40
-		}
+	file := filepath.Join(path, segName(0))
+	if zero {
+		testutil.ZeroRange(t, file, at, n)
+	} else {
+		testutil.XorRange(t, file, at, n, 0x40)
 	}
-	_, err = f.WriteAt(b, at)
-	require.NoError(t, err)
 }
 
 // TestRefreshReportsDamageToAcknowledgedRecords: a read-only log beside a

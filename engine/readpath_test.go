@@ -9,6 +9,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/segstore/segstore/blockdev"
+	"github.com/segstore/segstore/internal/testutil"
 )
 
 // countingDir counts the bytes and calls of every device read made through
@@ -43,7 +44,7 @@ func (c *countingDevice) ReadAt(p []byte, off int64) (int, error) {
 // offset spelled out at the start; the rest varies with gen).
 func freshRecord(i uint64, size int, gen byte) []byte {
 	b := make([]byte, size)
-	fillXor(b, 0, byte(i)^gen)
+	testutil.FillXor(b, 0, byte(i)^gen)
 	copy(b, fmt.Sprintf("record-%08d/%d", i, gen))
 	return b
 }

@@ -46,7 +46,9 @@ func requireAll(t *testing.T, l *Log, n uint64) {
 	}
 }
 
+// footerPos is the position of the footer of the sealed segment on dev.
 func footerPos(t *testing.T, dev blockdev.Device) int64 {
+	t.Helper()
 	_, f, err := wal.ReadSealed(dev)
 	require.NoError(t, err)
 	return f.Pos

@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/segstore/segstore/blockdev"
+	"github.com/segstore/segstore/internal/testutil"
 	"github.com/segstore/segstore/wal"
 )
 
@@ -71,7 +72,7 @@ func requireSameView(t *testing.T, writer, reader *Log, rng *rand.Rand) {
 // the writer has each time, and a Refresh with nothing new reports no
 // change. SEGSTORE_LONG=1 runs 300 seeds.
 func TestRefreshFollowsWriter(t *testing.T) {
-	for _, seed := range seeds(t, 3, 300) {
+	for _, seed := range testutil.Seeds(t, 3, 300) {
 		t.Run(fmt.Sprint("seed=", seed), func(t *testing.T) { followWriter(t, seed) })
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/segstore/segstore/blockdev"
+	"github.com/segstore/segstore/internal/testutil"
 )
 
 // warnings is a slog handler that keeps the messages of warnings.
@@ -98,7 +99,7 @@ func TestThinnedFooterPointReads(t *testing.T) {
 			require.Greater(t, wide, int64(o.IndexInterval), "the reopened footers' interval is the thinned one")
 			read := func(off int) bool {
 				last := off == len(want)-1 || into[off+1] == 0
-				return longRun() || int64(into[off]) <= int64(8+big)+2*wide || last || off%61 == 0
+				return testutil.Long() || int64(into[off]) <= int64(8+big)+2*wide || last || off%61 == 0
 			}
 			reads := 0
 			for off := len(want) - 1; off >= 0; off-- {

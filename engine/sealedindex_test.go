@@ -16,6 +16,7 @@ import (
 
 	"github.com/segstore/segstore/blockdev"
 	"github.com/segstore/segstore/engine/internal/layout"
+	"github.com/segstore/segstore/internal/testutil"
 )
 
 // heapObjects is the Go heap in use by live objects, after collections:
@@ -142,7 +143,7 @@ func TestFlippedIndexBlockByte(t *testing.T) {
 	}
 	var bytesAt []int
 	for p := range indexBlockLen {
-		if longRun() || p < 64 || p%61 == 0 || p == indexBlockLen-1 {
+		if testutil.Long() || p < 64 || p%61 == 0 || p == indexBlockLen-1 {
 			bytesAt = append(bytesAt, p)
 		}
 	}
@@ -183,7 +184,7 @@ func TestFlippedIndexBlockByte(t *testing.T) {
 	// Before an open: the segment's first use finds its footer damaged.
 	for _, b := range blocks {
 		for i, p := range bytesAt {
-			if !longRun() && i%8 != 0 { // an open per flip: every eighth byte of the sweep
+			if !testutil.Long() && i%8 != 0 { // an open per flip: every eighth byte of the sweep
 				continue
 			}
 			what := fmt.Sprintf("reopened, segment %d, index block at %d, byte %d flipped", b.seg.base, b.pos, p)

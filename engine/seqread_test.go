@@ -17,6 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/segstore/segstore/blockdev"
+	"github.com/segstore/segstore/internal/testutil"
 )
 
 // seqCaches are the two cache sizes the sequential-read tests use: one
@@ -165,7 +166,7 @@ func TestSequentialReadFindsEveryFlippedRecord(t *testing.T) {
 			require.Greater(t, len(files), 2)
 			var aheadHits int64
 			stride := uint64(9)
-			if longRun() {
+			if testutil.Long() {
 				stride = 1
 			}
 			for off := uint64(0); off < end; off += stride {
@@ -333,7 +334,7 @@ func TestReadAheadReadsIndexBlocksInRuns(t *testing.T) {
 			s := sealed[1]
 			sum := s.sum.Load()
 			k := raIndexBlocks + 3
-			flipByte(t, filepath.Join(dir, s.name), sum.BlocksAt+int64(k*indexBlockLen)+100)
+			testutil.XorByte(t, filepath.Join(dir, s.name), sum.BlocksAt+int64(k*indexBlockLen)+100, 0x40)
 			for _, ss := range *l.segs.Load() {
 				ss.ns = l.cache.NewNamespace() // nothing cached
 			}

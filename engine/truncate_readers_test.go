@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/segstore/segstore/internal/testutil"
 	"github.com/stretchr/testify/require"
 )
 
@@ -210,7 +211,7 @@ var truncateRows = []truncateRow{
 // each row it gets, with a real directory: the whole table took about two
 // minutes of the engine's tests under -race).
 func sweepRows(picks ...int) []truncateRow {
-	if longRun() {
+	if testutil.Long() {
 		return truncateRows
 	}
 	rows := make([]truncateRow, len(picks))

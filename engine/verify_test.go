@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/segstore/segstore/blockdev"
+	"github.com/segstore/segstore/internal/testutil"
 	"github.com/segstore/segstore/wal"
 )
 
@@ -31,27 +32,13 @@ func damagedStore(t *testing.T, damage func(t *testing.T, path string, segs []Se
 	return path, segs
 }
 
-func flipByte(t *testing.T, file string, pos int64) {
-	t.Helper()
-	b, err := os.ReadFile(file)
-	require.NoError(t, err)
-	b[pos] ^= 0x40
-	require.NoError(t, os.WriteFile(file, b, 0o644))
-}
-
+// footerAt is the position of the footer of the sealed segment file.
 func footerAt(t *testing.T, file string) int64 {
 	t.Helper()
-	l, err := Open(filepath.Dir(file), Options{ReadOnly: true, Logger: quiet})
+	dev, err := blockdev.Open(file, blockdev.Options{ReadOnly: true, Buffered: true})
 	require.NoError(t, err)
-	defer l.Close()
-	for _, s := range *l.segs.Load() {
-		if s.path == file {
-			require.NoError(t, l.ensure(s))
-			return s.vis().pos
-		}
-	}
-	t.Fatalf("no segment %s", file)
-	return 0
+	defer dev.Close()
+	return footerPos(t, dev)
 }
 
 func TestVerify(t *testing.T) {
@@ -76,10 +63,10 @@ func TestVerify(t *testing.T) {
 			require.NoError(t, err)
 		}, ProblemTornTail, 4, true},
 		{"flipped byte in a record", func(t *testing.T, path string, segs []SegmentInfo, _ int64) {
-			flipByte(t, file(path, segs[1]), wal.DataStart+wal.FrameHeaderLen+50)
+			testutil.XorByte(t, file(path, segs[1]), wal.DataStart+wal.FrameHeaderLen+50, 0x40)
 		}, ProblemCorruption, 1, false},
 		{"damaged footer", func(t *testing.T, path string, segs []SegmentInfo, _ int64) {
-			flipByte(t, file(path, segs[2]), footerAt(t, file(path, segs[2]))+wal.FrameHeaderLen+40)
+			testutil.XorByte(t, file(path, segs[2]), footerAt(t, file(path, segs[2]))+wal.FrameHeaderLen+40, 0x40)
 		}, ProblemFooter, 2, true},
 		{"missing segment", func(t *testing.T, path string, segs []SegmentInfo, _ int64) {
 			require.NoError(t, os.Remove(file(path, segs[2])))

@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/segstore/segstore/blockdev"
+	"github.com/segstore/segstore/internal/testutil"
 	"github.com/segstore/segstore/wal"
 )
 
@@ -25,22 +26,8 @@ func offRecord(off uint64, size int) []byte {
 	n := max(8, size-int(off*37%64))
 	b := make([]byte, n)
 	binary.LittleEndian.PutUint64(b, off)
-	fillXor(b, 8, byte(off))
+	testutil.FillXor(b, 8, byte(off))
 	return b
-}
-
-// fillXor sets b[i] = byte(i) ^ x for every i from from on. It copies a
-// 256-byte period rather than storing byte by byte: the race detector
-// checks a copy once, and each store of a loop, which made generating and
-// checking records a large part of some tests' time under -race.
-func fillXor(b []byte, from int, x byte) {
-	var period [256]byte
-	for j := range period {
-		period[j] = byte(j) ^ x
-	}
-	for i := from; i < len(b); {
-		i += copy(b[i:], period[i&255:])
-	}
 }
 
 // checkOffRecord says what is wrong with got as the record at off.
@@ -331,24 +318,4 @@ func TestImportedSegmentNamesItsFile(t *testing.T) {
 	require.NoError(t, err)
 	defer s.done()
 	assert.Equal(t, s.path, s.dev.Name())
-}
-
-// TestFillXor: fillXor writes what a loop of stores does, for every start
-// and a length on either side of each period boundary.
-func TestFillXor(t *testing.T) {
-	for _, n := range []int{0, 1, 8, 255, 256, 257, 511, 512, 513, 3000} {
-		for _, from := range []int{0, 1, 8, 255, 256, 300} {
-			if from > n {
-				continue
-			}
-			x := byte(n*31 + from)
-			want := make([]byte, n)
-			for i := from; i < n; i++ {
-				want[i] = byte(i) ^ x
-			}
-			got := make([]byte, n)
-			fillXor(got, from, x)
-			require.Equal(t, want, got, "n %d from %d", n, from)
-		}
-	}
 }

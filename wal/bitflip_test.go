@@ -9,6 +9,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/segstore/segstore/blockdev"
+	"github.com/segstore/segstore/internal/testutil"
 )
 
 // flipFile is a small, fully acknowledged wal file: what every bit-flip
@@ -41,13 +42,13 @@ func buildFlipFile(t *testing.T) flipFile {
 		}
 	}
 	zeros := func(off uint64) []byte { // a record with two whole zero sectors inside
-		r := record(off, 1500)
+		r := testutil.Record(off, 1500)
 		clear(r[100:1400])
 		return r
 	}
 	for i := 0; i < 8; i++ {
 		if i == 3 {
-			add(w, zeros(next), record(next+1, 40))
+			add(w, zeros(next), testutil.Record(next+1, 40))
 			continue
 		}
 		add(w, batch(next, 1+i%3)...)
@@ -83,7 +84,7 @@ func flips(t *testing.T, image []byte, end int64) []flip {
 	var fs []flip
 	every := func(from, to int64, step int64, allBits bool) {
 		for p := from; p < min(to, int64(len(image))); p += step {
-			if allBits || longRun() {
+			if allBits || testutil.Long() {
 				for b := uint(0); b < 8; b++ {
 					fs = append(fs, flip{p, b})
 				}
@@ -92,7 +93,7 @@ func flips(t *testing.T, image []byte, end int64) []flip {
 			}
 		}
 	}
-	if longRun() {
+	if testutil.Long() {
 		every(0, int64(len(image)), 1, true)
 		return fs
 	}

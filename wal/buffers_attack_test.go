@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/segstore/segstore/blockdev"
+	"github.com/segstore/segstore/internal/testutil"
 )
 
 // poison fills a buffer handed back to a Buffers: a device write that
@@ -119,7 +120,7 @@ func lentBuffersChain(t *testing.T, mode SyncMode) {
 					n := 1 + (a+k)%5
 					recs := make([][]byte, n)
 					for j := range recs {
-						recs[j] = record(uint64(i<<20|a<<12|k<<4|j), 1+(a*7919+k*104729+j*31)%3000)
+						recs[j] = testutil.Record(uint64(i<<20|a<<12|k<<4|j), 1+(a*7919+k*104729+j*31)%3000)
 					}
 					first, err := c.w.Append(recs...)
 					if err != nil {

@@ -4,52 +4,21 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math/rand/v2"
-	"os"
 	"runtime"
-	"strconv"
 	"sync"
 	"testing"
 
 	"github.com/stretchr/testify/require"
 
 	"github.com/segstore/segstore/blockdev"
+	"github.com/segstore/segstore/internal/testutil"
 )
-
-// Long runs are enabled with SEGSTORE_LONG=1 (an environment variable, so
-// that `go test ./...` works for every package); SEGSTORE_SEED=N replays one
-// seed of the randomized crash test.
-func longRun() bool { return os.Getenv("SEGSTORE_LONG") != "" }
-
-func seeds(t *testing.T, short, long int) []uint64 {
-	if s := os.Getenv("SEGSTORE_SEED"); s != "" {
-		n, err := strconv.ParseUint(s, 10, 64)
-		require.NoError(t, err, "SEGSTORE_SEED")
-		return []uint64{n}
-	}
-	n := short
-	if longRun() {
-		n = long
-	}
-	out := make([]uint64, n)
-	for i := range out {
-		out[i] = uint64(i + 1)
-	}
-	return out
-}
 
 // crashRecord is the content of record j of batch i of appender a: its
 // identity in the first 12 bytes, then filler, so any record read back can
 // be checked against what was attempted.
 func crashRecord(a, i, j int) []byte {
-	size := 12 + (a*7919+i*104729+j*31)%300
-	b := make([]byte, size)
-	binary.LittleEndian.PutUint32(b[0:], uint32(a))
-	binary.LittleEndian.PutUint32(b[4:], uint32(i))
-	binary.LittleEndian.PutUint32(b[8:], uint32(j))
-	for k := 12; k < size; k++ {
-		b[k] = byte(a ^ i*3 ^ j*5 ^ k)
-	}
-	return b
+	return testutil.Stamped(12+(a*7919+i*104729+j*31)%300, a, i, j)
 }
 
 type crashModel struct {
@@ -64,7 +33,7 @@ type crashModel struct {
 // every record there is one that some appender attempted, whole.
 func TestRandomizedCrash(t *testing.T) {
 	var stats struct{ acked, present, torn, tornBytes, seeds int64 }
-	for _, seed := range seeds(t, 1000, 20000) {
+	for _, seed := range testutil.Seeds(t, 1000, 20000) {
 		ok := t.Run(fmt.Sprint("seed=", seed), func(t *testing.T) {
 			a, p, tr, tb := runCrashSeed(t, seed)
 			stats.acked += a

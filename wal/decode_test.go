@@ -4,6 +4,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/segstore/segstore/internal/testutil"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -29,7 +30,7 @@ func TestDecodeFrames(t *testing.T) {
 	for i, f := range frames {
 		assert.Equal(t, tf.frames[i].Pos, f.Pos)
 		Records(Version, f.Payload, func(j int, r []byte) bool {
-			require.Equal(t, record(f.First+uint64(j), recordSize(f.First+uint64(j))), r)
+			require.Equal(t, testutil.Record(f.First+uint64(j), recordSize(f.First+uint64(j))), r)
 			return true
 		})
 	}

@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/segstore/segstore/blockdev"
+	"github.com/segstore/segstore/internal/testutil"
 )
 
 // TestInjectedErrorsAreSticky fails the device's next write or sync while
@@ -125,7 +126,7 @@ func TestFailNthSweep(t *testing.T) {
 			img := dev.Crash(blockdev.CrashTear)
 			got, _ := readAll(t, blockdev.NewSimFrom(img, blockdev.SimOptions{}))
 			for o := uint64(0); o < acked; o++ {
-				require.Equal(t, record(o, recordSize(o)), got[o], "%s #%d: acknowledged record %d", op, n, o)
+				require.Equal(t, testutil.Record(o, recordSize(o)), got[o], "%s #%d: acknowledged record %d", op, n, o)
 			}
 		}
 	}

@@ -9,6 +9,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/segstore/segstore/blockdev"
+	"github.com/segstore/segstore/internal/testutil"
 )
 
 // The writer's two MaxWrite buffers are allocated at its first append;
@@ -63,7 +64,7 @@ func (a appended) append(t *testing.T, w *Writer, sizes ...int) {
 	next := w.NextOffset()
 	recs := make([][]byte, len(sizes))
 	for i, s := range sizes {
-		recs[i] = record(next+uint64(i), s)
+		recs[i] = testutil.Record(next+uint64(i), s)
 	}
 	first, err := w.Append(recs...)
 	require.NoError(t, err)
@@ -201,7 +202,7 @@ func TestConcurrentFirstAppends(t *testing.T) {
 						size := tc.sizes[a%len(tc.sizes)]
 						// The record's bytes name its appender and size: the
 						// offset it gets is known only after.
-						r := record(uint64(1000+a), size)
+						r := testutil.Record(uint64(1000+a), size)
 						first, err := w.Append(r)
 						if !assert.NoError(t, err) {
 							return
@@ -241,7 +242,7 @@ func TestFirstAppendAfterAFailedWrite(t *testing.T) {
 				require.NoError(t, err)
 
 				dev.FailNth(blockdev.OpWrite, dev.Calls(blockdev.OpWrite)+1)
-				_, err = w.Append(record(w.NextOffset(), size))
+				_, err = w.Append(testutil.Record(w.NextOffset(), size))
 				if mode == SyncAlways {
 					require.ErrorIs(t, err, ErrFailed)
 				} else {
@@ -249,7 +250,7 @@ func TestFirstAppendAfterAFailedWrite(t *testing.T) {
 					require.ErrorIs(t, w.Sync(), ErrFailed)
 				}
 				for range 3 {
-					_, err = w.Append(record(w.NextOffset(), size))
+					_, err = w.Append(testutil.Record(w.NextOffset(), size))
 					require.ErrorIs(t, err, ErrFailed)
 				}
 				require.ErrorIs(t, w.Sync(), ErrFailed)

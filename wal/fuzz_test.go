@@ -6,6 +6,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/segstore/segstore/blockdev"
+	"github.com/segstore/segstore/internal/testutil"
 )
 
 // FuzzDecodeFrame feeds arbitrary bytes to the frame decoder, as a frame of
@@ -93,7 +94,7 @@ func FuzzRecover(f *testing.F) {
 			next += uint64(fr.Count)
 			Records(Version, fr.Payload, func(i int, r []byte) bool {
 				o := fr.First + uint64(i)
-				require.Equal(t, record(o, recordSize(o)), r, "record %d returned with wrong bytes", o)
+				require.Equal(t, testutil.Record(o, recordSize(o)), r, "record %d returned with wrong bytes", o)
 				return true
 			})
 		}

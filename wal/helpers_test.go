@@ -1,7 +1,6 @@
 package wal
 
 import (
-	"encoding/binary"
 	"fmt"
 	"path/filepath"
 	"testing"
@@ -9,21 +8,11 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/segstore/segstore/blockdev"
+	"github.com/segstore/segstore/internal/testutil"
 )
 
-// record returns the deterministic content of the record at offset off:
-// tests regenerate it to check what they read back, byte for byte.
-func record(off uint64, size int) []byte {
-	b := make([]byte, size)
-	for i := range b {
-		b[i] = byte(off*131 + uint64(i)*7 + 1)
-	}
-	if size >= 8 {
-		binary.LittleEndian.PutUint64(b, off)
-	}
-	return b
-}
-
+// recordSize is the size of the record at offset off in the tests that
+// write testutil.Record(off, recordSize(off)).
 func recordSize(off uint64) int { return int(off*37%700) + 1 }
 
 // batch returns n records starting at offset first.
@@ -31,7 +20,7 @@ func batch(first uint64, n int) [][]byte {
 	recs := make([][]byte, n)
 	for i := range recs {
 		o := first + uint64(i)
-		recs[i] = record(o, recordSize(o))
+		recs[i] = testutil.Record(o, recordSize(o))
 	}
 	return recs
 }

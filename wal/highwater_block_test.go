@@ -7,6 +7,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/segstore/segstore/blockdev"
+	"github.com/segstore/segstore/internal/testutil"
 )
 
 // TestHighWaterMarkOnLargeBlocks: on a device whose block is larger than
@@ -56,7 +57,7 @@ func TestHighWaterMarkOnLargeBlocks(t *testing.T) {
 					}
 					recs := batch(next, 1+i%5)
 					if i%4 == 3 {
-						recs = [][]byte{record(next, blk+100*i)}
+						recs = [][]byte{testutil.Record(next, blk+100*i)}
 					}
 					first, err := w.Append(recs...)
 					require.NoError(t, err, what)

@@ -7,6 +7,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/segstore/segstore/blockdev"
+	"github.com/segstore/segstore/internal/testutil"
 )
 
 // reopenBases are the files a reopen starts from: closed cleanly, of an
@@ -41,7 +42,7 @@ func reopenBases(t *testing.T) map[string][]byte {
 			tdev := blockdev.NewSimFrom(dev.Bytes(), blockdev.SimOptions{Seed: 9})
 			w, trec, err := Open(tdev, Options{SyncMode: SyncNever, highWaterStep: 512})
 			require.NoError(t, err)
-			_, err = w.Append(record(36, 12000))
+			_, err = w.Append(testutil.Record(36, 12000))
 			require.NoError(t, err)
 			require.Eventually(t, func() bool { p, _ := w.Written(); return p > trec.End+12000 }, 10e9, 1e6)
 			bases["torn tail"] = tdev.Crash(blockdev.CrashTear)
@@ -71,7 +72,7 @@ func TestReopenMarkMoveCrashSweep(t *testing.T) {
 		for i := 0; i < 16; i++ {
 			recs := batch(next, 1+i%4)
 			if i%3 == 2 {
-				recs = [][]byte{record(next, 7000+i)}
+				recs = [][]byte{testutil.Record(next, 7000+i)}
 			}
 			first, err := w.Append(recs...)
 			if err != nil {

@@ -9,6 +9,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/segstore/segstore/blockdev"
+	"github.com/segstore/segstore/internal/testutil"
 )
 
 // readCounter counts the bytes read from a device.
@@ -125,7 +126,7 @@ func TestHighWaterBoundsRecoveryReads(t *testing.T) {
 // first error. v is the file's format version (0: the current one).
 func highWaterScript(dev *blockdev.Sim, mode SyncMode, v uint32) (acked map[uint64][]byte, w *Writer, err error) {
 	records := uint64(120)
-	if longRun() {
+	if testutil.Long() {
 		records = 400
 	}
 	acked = map[uint64][]byte{}
@@ -138,7 +139,7 @@ func highWaterScript(dev *blockdev.Sim, mode SyncMode, v uint32) (acked map[uint
 	for i := 0; next < records; i++ {
 		recs := batch(next, 1+i%7)
 		if i%5 == 4 {
-			recs = [][]byte{record(next, 9000+i)} // a frame of several blocks
+			recs = [][]byte{testutil.Record(next, 9000+i)} // a frame of several blocks
 		}
 		first, err := w.Append(recs...)
 		if err != nil {
@@ -180,7 +181,7 @@ func TestHighWaterCrashSweep(t *testing.T) {
 		}
 		calls := map[blockdev.Op]int{blockdev.OpWrite: dry.Calls(blockdev.OpWrite), blockdev.OpSync: dry.Calls(blockdev.OpSync)}
 		crashes := []blockdev.CrashMode{blockdev.CrashDropUnsynced, blockdev.CrashTear, blockdev.CrashKeepAll}
-		if longRun() {
+		if testutil.Long() {
 			crashes = append(crashes, blockdev.CrashTear, blockdev.CrashTear)
 		}
 		runs := 0
@@ -210,7 +211,7 @@ func TestHighWaterCrashSweep(t *testing.T) {
 						require.Equal(t, want, got[off], "%s: acknowledged record %d", what, off)
 					}
 					for off, r := range got {
-						require.Equal(t, record(off, len(r)), r, "%s: record %d", what, off)
+						require.Equal(t, testutil.Record(off, len(r)), r, "%s: record %d", what, off)
 					}
 					dev = blockdev.NewSimFrom(img, blockdev.SimOptions{})
 					w2, _, err := Open(dev, Options{highWaterStep: 512})
@@ -240,7 +241,7 @@ func TestAppendsCrossingMarksCostNoExtraSync(t *testing.T) {
 		before, marks := dev.Calls(blockdev.OpSync), w.Stats().MarkWrites
 		recs := batch(uint64(i*3), 3)
 		if i%4 == 0 {
-			recs = [][]byte{record(uint64(i*3), 9000), record(uint64(i*3+1), 10), record(uint64(i*3+2), 10)}
+			recs = [][]byte{testutil.Record(uint64(i*3), 9000), testutil.Record(uint64(i*3+1), 10), testutil.Record(uint64(i*3+2), 10)}
 		}
 		_, err := w.Append(recs...)
 		require.NoError(t, err)

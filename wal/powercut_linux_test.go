@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/segstore/segstore/internal/testutil"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 )
@@ -86,12 +87,12 @@ func (m *loopMount) close() {
 // remounts, and checks every acknowledged record. Unlike SIGKILL this loses
 // whatever was not durable, the new file's directory entry included.
 func TestPowerCutLoop(t *testing.T) {
-	if os.Getenv(killChildEnv) != "" {
+	if _, ok := testutil.ChildArg(killChildEnv); ok {
 		t.Skip("in the child")
 	}
 	m := newLoopMount(t)
 	cycles := 20
-	if longRun() {
+	if testutil.Long() {
 		cycles = 200
 	}
 	path := filepath.Join(m.dir, "00000000000000000000.wal")

@@ -8,6 +8,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/segstore/segstore/blockdev"
+	"github.com/segstore/segstore/internal/testutil"
 )
 
 // testFile is a small wal file built on a Sim, with what we know about it.
@@ -62,7 +63,7 @@ func checkSurvivors(t *testing.T, got map[uint64][]byte, upTo uint64) {
 	t.Helper()
 	require.Len(t, got, int(upTo), "records that survive")
 	for o := uint64(0); o < upTo; o++ {
-		require.Equal(t, record(o, recordSize(o)), got[o], "record %d", o)
+		require.Equal(t, testutil.Record(o, recordSize(o)), got[o], "record %d", o)
 	}
 }
 

@@ -17,6 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/segstore/segstore/blockdev"
+	"github.com/segstore/segstore/internal/testutil"
 )
 
 // ackedFile appends the batches one after another in SyncAlways mode (each
@@ -68,7 +69,7 @@ func requireNotCut(t *testing.T, img []byte, acked map[uint64][]byte, msg string
 // frame has no zero sector) are corruption: the records, walked by their
 // own prefixes, end within the data, so the length is not believed.
 func TestTwoLengthBitsOfTheLastFrameAreCorruption(t *testing.T) {
-	img0, acked, last, _ := ackedFile(t, Options{}, batch(0, 3), batch(3, 2), [][]byte{record(5, 300)})
+	img0, acked, last, _ := ackedFile(t, Options{}, batch(0, 3), batch(3, 2), [][]byte{testutil.Record(5, 300)})
 	cut, tried := 0, 0
 	var example string
 	for b1 := 0; b1 < 32; b1++ {
@@ -112,12 +113,12 @@ func TestTornHeaderAcrossASectorIsATornTail(t *testing.T) {
 		dev := blockdev.NewSim(blockdev.SimOptions{Name: "tear", Seed: seed})
 		w, err := Create(dev, 0, Options{})
 		require.NoError(t, err)
-		_, err = w.Append(record(0, 464)) // frame 4096..4600
+		_, err = w.Append(testutil.Record(0, 464)) // frame 4096..4600
 		require.NoError(t, err)
 		pos, _ := w.Durable()
 		require.EqualValues(t, 504, pos%512)
 		dev.FailNth(blockdev.OpSync, dev.Calls(blockdev.OpSync)+1)
-		_, err = w.Append(record(1, 100)) // written, never acknowledged
+		_, err = w.Append(testutil.Record(1, 100)) // written, never acknowledged
 		require.Error(t, err)
 		img := dev.Crash(blockdev.CrashTear)
 		if !bytes.Equal(img[pos:pos+8], make([]byte, 8)) && isZero(img[pos+8:]) {
@@ -144,7 +145,7 @@ func TestVersion1TornGroupFlushIsATornTail(t *testing.T) {
 		require.NoError(t, err)
 		next := rec.NextOffset
 		for i := 0; i < 8; i++ { // eight frames, one write, one sync
-			_, err := w.Append(record(next, 1000))
+			_, err := w.Append(testutil.Record(next, 1000))
 			require.NoError(t, err)
 			next++
 		}
@@ -167,12 +168,12 @@ func TestVersion2TornGroupFlushIsATornTail(t *testing.T) {
 		w, err := Create(dev, 0, Options{SyncMode: SyncNever})
 		require.NoError(t, err)
 		for i := 0; i < 4; i++ {
-			_, err := w.Append(record(uint64(i), 100))
+			_, err := w.Append(testutil.Record(uint64(i), 100))
 			require.NoError(t, err)
 		}
 		require.NoError(t, w.Sync())
 		for i := 4; i < 12; i++ {
-			_, err := w.Append(record(uint64(i), 1000))
+			_, err := w.Append(testutil.Record(uint64(i), 1000))
 			require.NoError(t, err)
 		}
 		dev.FailNth(blockdev.OpSync, dev.Calls(blockdev.OpSync)+1)
@@ -267,7 +268,7 @@ func (d *gateDev) WriteAt(p []byte, off int64) (int, error) {
 // and a tear of its unsynced writes is a torn tail (with SEGSTORE_LONG=1:
 // it holds about 200 MiB).
 func TestMarksReachPastTheLargestWindow(t *testing.T) {
-	if !longRun() {
+	if !testutil.Long() {
 		t.Skip("holds about 200 MiB: SEGSTORE_LONG=1")
 	}
 	const mb = 1 << 20
@@ -278,7 +279,7 @@ func TestMarksReachPastTheLargestWindow(t *testing.T) {
 	next := uint64(0)
 	app := func(n, size int) {
 		for i := 0; i < n; i++ {
-			_, err := w.Append(record(next, size))
+			_, err := w.Append(testutil.Record(next, size))
 			require.NoError(t, err)
 			next++
 		}
@@ -332,7 +333,7 @@ func TestMarksReachPastTheLargestWindow(t *testing.T) {
 // was a single set bit differs from what was written in one bit, but the
 // bit lies in a sector that reads all zero: a tear, not a flip.
 func TestLostSectorHoldingOneSetBitIsATornTail(t *testing.T) {
-	recs := [][]byte{record(0, 984), make([]byte, 8)} // the 8-byte record's header starts at 5120, a sector boundary
+	recs := [][]byte{testutil.Record(0, 984), make([]byte, 8)} // the 8-byte record's header starts at 5120, a sector boundary
 	require.Equal(t, 5120, DataStart+FrameHeaderLen+RecordHeaderLen+984)
 	bad, hit := 0, 0
 	for seed := uint64(1); seed <= 48; seed++ {
@@ -422,7 +423,7 @@ func TestDamageBeforeASealedFilesFooterIsCorruption(t *testing.T) {
 	require.NoError(t, err)
 	acked := map[uint64][]byte{}
 	for i := uint64(0); i < 6; i++ {
-		r := record(i, 900)
+		r := testutil.Record(i, 900)
 		_, err := w.Append(r)
 		require.NoError(t, err)
 		acked[i] = r

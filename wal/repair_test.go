@@ -3,13 +3,14 @@ package wal
 import (
 	"testing"
 
+	"github.com/segstore/segstore/internal/testutil"
 	"github.com/stretchr/testify/require"
 )
 
 // TestSingleBitFlipFindsEveryBit flips every bit of a frame, one at a time,
 // and checks that the syndrome names exactly that bit.
 func TestSingleBitFlipFindsEveryBit(t *testing.T) {
-	recs := [][]byte{record(3, 300), make([]byte, 700), record(5, 1)}
+	recs := [][]byte{testutil.Record(3, 300), make([]byte, 700), testutil.Record(5, 1)}
 	frame := make([]byte, FrameSize(PayloadSize(recs)))
 	EncodeFrame(frame, 99, 4096, 4000, 3, 1234, recs)
 	plen := PayloadSize(recs)

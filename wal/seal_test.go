@@ -9,6 +9,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/segstore/segstore/blockdev"
+	"github.com/segstore/segstore/internal/testutil"
 )
 
 var testFooter = []byte("an index the engine owns: 17 bytes")
@@ -57,7 +58,7 @@ func TestSealRoundTrip(t *testing.T) {
 			got, _ := readAll(t, dev)
 			assert.Len(t, got, 60)
 			for o := uint64(100); o < 160; o++ {
-				require.Equal(t, record(o, recordSize(o)), got[o])
+				require.Equal(t, testutil.Record(o, recordSize(o)), got[o])
 			}
 			_, _, err = Open(dev, Options{})
 			assert.ErrorIs(t, err, ErrSealed, "a sealed file takes no appends")

@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/segstore/segstore/blockdev"
+	"github.com/segstore/segstore/internal/testutil"
 )
 
 func TestAppendAndScanRoundTrip(t *testing.T) {
@@ -128,7 +129,7 @@ func TestReopenContinuesAfterPartialBlock(t *testing.T) {
 	got, _ := readAll(t, dev)
 	require.Len(t, got, int(next))
 	for o := uint64(0); o < next; o++ {
-		require.Equal(t, record(o, recordSize(o)), got[o], "offset %d", o)
+		require.Equal(t, testutil.Record(o, recordSize(o)), got[o], "offset %d", o)
 	}
 }
 
@@ -306,7 +307,7 @@ func TestWriteBuffersAreAllocatedAtTheFirstAppend(t *testing.T) {
 	got, _ := readAll(t, dev)
 	require.Len(t, got, 10)
 	for o := uint64(0); o < 10; o++ {
-		require.Equal(t, record(o, recordSize(o)), got[o], "offset %d", o)
+		require.Equal(t, testutil.Record(o, recordSize(o)), got[o], "offset %d", o)
 	}
 }
 
@@ -378,7 +379,7 @@ func TestBuffersAreLentToTheNextWriter(t *testing.T) {
 		recs, _ := readAll(t, dev)
 		require.Len(t, recs, 120, "writer %d", i)
 		for off, r := range recs {
-			require.Equal(t, record(off, recordSize(off)), r, "writer %d offset %d", i, off)
+			require.Equal(t, testutil.Record(off, recordSize(off)), r, "writer %d offset %d", i, off)
 		}
 		require.Equal(t, int64(2), bufs.Allocs(), "after writer %d", i)
 	}

@@ -25,6 +25,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/segstore/segstore/engine"
+	"github.com/segstore/segstore/internal/testutil"
 	"github.com/segstore/segstore/wal"
 )
 
@@ -204,7 +205,7 @@ func cutLeaders() []fakeLeader {
 		at    func(n int) int
 	}
 	cuts := []cut{{"mid-body", func(n int) int { return n / 2 }}}
-	if os.Getenv("SEGSTORE_LONG") != "" {
+	if testutil.Long() {
 		cuts = append(cuts, cut{"at byte 0", func(int) int { return 0 }}, cut{"at byte 1", func(n int) int { return min(1, n) }},
 			cut{"at byte 4096", func(n int) int { return min(4096, n/2) }}, cut{"before the last byte", func(n int) int { return max(n-1, 0) }})
 	}

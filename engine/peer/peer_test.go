@@ -28,6 +28,7 @@ import (
 
 	"github.com/segstore/segstore/engine"
 	"github.com/segstore/segstore/engine/internal/stracetest"
+	"github.com/segstore/segstore/internal/testutil"
 	"github.com/segstore/segstore/wal"
 )
 
@@ -47,7 +48,8 @@ func appendBatches(t *testing.T, l *engine.Log, n int) {
 	for range n {
 		batch := make([][]byte, 8)
 		for i := range batch {
-			batch[i] = []byte(fmt.Sprintf("record %08d %s", l.EndOffset()+uint64(i), strings.Repeat("z", 100)))
+			label := fmt.Sprintf("record %08d ", l.EndOffset()+uint64(i))
+			batch[i] = testutil.Labelled(label, 'z', len(label)+100)
 		}
 		_, err := l.Append(batch...)
 		require.NoError(t, err)

@@ -22,6 +22,7 @@ import (
 
 	"github.com/segstore/segstore/blockdev"
 	"github.com/segstore/segstore/engine"
+	"github.com/segstore/segstore/internal/testutil"
 	"github.com/segstore/segstore/wal"
 )
 
@@ -162,7 +163,8 @@ func rewriteLastBatch(t *testing.T, l *engine.Log) {
 	require.NoError(t, l.TruncateBack(l.EndOffset()-8))
 	batch := make([][]byte, 8)
 	for i := range batch {
-		batch[i] = []byte(fmt.Sprintf("RECORD %08d %s", l.EndOffset()+uint64(i), strings.Repeat("Q", 100)))
+		label := fmt.Sprintf("RECORD %08d ", l.EndOffset()+uint64(i))
+		batch[i] = testutil.Labelled(label, 'Q', len(label)+100) // appendBatches' sizes
 	}
 	_, err := l.Append(batch...)
 	require.NoError(t, err)

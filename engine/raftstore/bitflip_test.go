@@ -1,13 +1,13 @@
 package raftstore
 
 import (
-	"os"
 	"testing"
 
 	"github.com/stretchr/testify/require"
 
 	"github.com/segstore/segstore/blockdev"
 	"github.com/segstore/segstore/engine"
+	"github.com/segstore/segstore/internal/testutil"
 	"github.com/segstore/segstore/wal"
 )
 
@@ -32,7 +32,7 @@ func TestStableStoreNeverGoesBackAfterABitFlip(t *testing.T) {
 	require.NoError(t, err)
 	image := f.Bytes()
 	bits := []uint{0}
-	if os.Getenv("SEGSTORE_LONG") != "" {
+	if testutil.Long() {
 		bits = []uint{0, 1, 2, 3, 4, 5, 6, 7}
 	}
 	for p := int64(0); p < rec.End; p++ {

@@ -28,6 +28,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/segstore/segstore/blockdev"
+	"github.com/segstore/segstore/internal/testutil"
 	"github.com/segstore/segstore/wal"
 )
 
@@ -217,7 +218,7 @@ func TestExitCodes(t *testing.T) {
 	clean := smallStore(t)
 	damaged := smallStore(t)
 	names, _ := filepath.Glob(filepath.Join(damaged, "*.seg"))
-	flip(t, names[1], 4096+100)
+	testutil.XorByte(t, names[1], 4096+100, 0x20)
 	notStore := notAStore(t, tmp)
 	locked := smallStore(t)
 	openWriter(t, locked)
@@ -281,7 +282,7 @@ func TestErrorMessagesGolden(t *testing.T) {
 	require.NoError(t, os.Rename(smallStore(t), damaged))
 	segs, err := filepath.Glob(filepath.Join(damaged, "*.seg"))
 	require.NoError(t, err)
-	flip(t, segs[1], 4096+100) // in the second segment
+	testutil.XorByte(t, segs[1], 4096+100, 0x20) // in the second segment
 	notStore := notAStore(t, tmp)
 	var b strings.Builder
 	for _, tc := range []struct {
@@ -621,7 +622,7 @@ func TestDumpJSONRecords(t *testing.T) {
 func TestVerifyVerbose(t *testing.T) {
 	dir := smallStore(t)
 	names, _ := filepath.Glob(filepath.Join(dir, "*.seg"))
-	flip(t, names[1], 4096+100)
+	testutil.XorByte(t, names[1], 4096+100, 0x20)
 	out, err := runSegtool(t, "verify", dir)
 	require.ErrorIs(t, err, ErrDamage)
 	assert.NotContains(t, out, "why:")

@@ -24,6 +24,7 @@ import (
 
 	"github.com/segstore/segstore/blockdev"
 	"github.com/segstore/segstore/engine"
+	"github.com/segstore/segstore/internal/testutil"
 	"github.com/segstore/segstore/wal"
 )
 
@@ -330,14 +331,14 @@ func TestRepair(t *testing.T) {
 		}, "cut the torn tail of", true, 1},
 		{"damaged footer", func(t *testing.T, files []string) {
 			end, _ := scanEnd(t, files[1])
-			flip(t, files[1], end+wal.FrameHeaderLen+40)
+			testutil.XorByte(t, files[1], end+wal.FrameHeaderLen+40, 0x20)
 		}, "rebuild the footer of", true, 1},
 		{"unsealed segment", func(t *testing.T, files []string) {
 			end, _ := scanEnd(t, files[1])
 			require.NoError(t, os.Truncate(files[1], end))
 		}, "seal ", true, 1},
 		{"flipped byte in a record", func(t *testing.T, files []string) {
-			flip(t, files[1], 4096+100)
+			testutil.XorByte(t, files[1], 4096+100, 0x20)
 		}, "cannot be repaired without dropping records", false, 1},
 		{"missing segment", func(t *testing.T, files []string) {
 			require.NoError(t, os.Remove(files[1]))
@@ -373,14 +374,6 @@ func TestRepair(t *testing.T) {
 			require.NoError(t, err)
 		})
 	}
-}
-
-func flip(t *testing.T, file string, pos int64) {
-	t.Helper()
-	b, err := os.ReadFile(file)
-	require.NoError(t, err)
-	b[pos] ^= 0x20
-	require.NoError(t, os.WriteFile(file, b, 0o644))
 }
 
 // snapshot is every file of dir with its bytes.
@@ -471,10 +464,8 @@ func TestInspectWarnsOfADamagedFooter(t *testing.T) {
 	dir := smallStore(t)
 	names, _ := filepath.Glob(filepath.Join(dir, "*.seg"))
 	require.Greater(t, len(names), 2)
-	b, err := os.ReadFile(names[1])
-	require.NoError(t, err)
-	footer := int64(binary.LittleEndian.Uint64(b[len(b)-wal.FooterTailLen:]))
-	flip(t, names[1], footer+wal.FrameHeaderLen+1)
+	footer := int64(binary.LittleEndian.Uint64(testutil.ReadTail(t, names[1], wal.FooterTailLen)))
+	testutil.XorByte(t, names[1], footer+wal.FrameHeaderLen+1, 0x20)
 	base, err := strconv.ParseUint(strings.TrimSuffix(filepath.Base(names[1]), ".seg"), 10, 64)
 	require.NoError(t, err)
 
