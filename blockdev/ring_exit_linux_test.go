@@ -1,13 +1,10 @@
 package blockdev
 
 import (
-	"os"
 	"runtime"
-	"sync/atomic"
 	"testing"
 
 	"github.com/stretchr/testify/require"
-	"golang.org/x/sys/unix"
 )
 
 // TestRingReadOutlivesTheThreadThatSubmittedIt submits a read through
@@ -18,11 +15,7 @@ import (
 // the read must still return what pread returns, here the pipe's bytes.
 func TestRingReadOutlivesTheThreadThatSubmittedIt(t *testing.T) {
 	r := testRing(t, 8)
-	var fds [2]int
-	require.NoError(t, unix.Pipe2(fds[:], unix.O_CLOEXEC))
-	rf, wf := os.NewFile(uintptr(fds[0]), "pipe read"), os.NewFile(uintptr(fds[1]), "pipe write")
-	defer rf.Close()
-	defer wf.Close()
+	rf, wf := ringPipe(t)
 	want := make([]byte, 512)
 	for i := range want {
 		want[i] = byte(i*5 + 3)
@@ -37,15 +30,7 @@ func TestRingReadOutlivesTheThreadThatSubmittedIt(t *testing.T) {
 		n, err := r.readAt(rf, buf, 0)
 		results <- result{n, err}
 	}()
-	for {
-		r.mu.Lock()
-		submitted := len(r.slots) == cap(r.slots)-1 && atomic.LoadUint32(r.sqHead) == r.sqLocal && r.sqLocal != 0
-		r.mu.Unlock()
-		if submitted {
-			break
-		}
-		runtime.Gosched()
-	}
+	waitParked(r)
 	for range 256 {
 		exited := make(chan struct{})
 		go func() {

@@ -5,7 +5,9 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -21,10 +23,13 @@ const ringFileSize = 1<<20 + 1536
 
 // directFile writes ringFileSize random bytes to a file and opens it
 // again with O_DIRECT, read-only. It returns the file and its bytes.
-func directFile(t *testing.T) (*os.File, []byte) {
+func directFile(t *testing.T) (*os.File, []byte) { return directFileOf(t, ringFileSize, 2) }
+
+// directFileOf is directFile for size bytes drawn from seed.
+func directFileOf(t *testing.T, size int, seed uint64) (*os.File, []byte) {
 	t.Helper()
-	want := make([]byte, ringFileSize)
-	rng := rand.New(rand.NewPCG(1, 2))
+	want := make([]byte, size)
+	rng := rand.New(rand.NewPCG(1, seed))
 	for i := range want {
 		want[i] = byte(rng.Uint32())
 	}
@@ -34,6 +39,31 @@ func directFile(t *testing.T) (*os.File, []byte) {
 	require.NoError(t, err)
 	t.Cleanup(func() { f.Close() })
 	return f, want
+}
+
+// ringPipe is a blocking pipe: a ring read of its read end stays in
+// flight until the test writes to the other.
+func ringPipe(t *testing.T) (rf, wf *os.File) {
+	t.Helper()
+	var fds [2]int
+	require.NoError(t, unix.Pipe2(fds[:], unix.O_CLOEXEC))
+	rf, wf = os.NewFile(uintptr(fds[0]), "pipe read"), os.NewFile(uintptr(fds[1]), "pipe write")
+	t.Cleanup(func() { rf.Close(); wf.Close() })
+	return rf, wf
+}
+
+// waitParked returns once r has exactly one read submitted and not
+// completed.
+func waitParked(r *ring) {
+	for {
+		r.mu.Lock()
+		submitted := len(r.slots) == cap(r.slots)-1 && atomic.LoadUint32(r.sqHead) == r.sqLocal && r.sqLocal != 0
+		r.mu.Unlock()
+		if submitted {
+			return
+		}
+		runtime.Gosched()
+	}
 }
 
 // testRing is a ring of its own for a test, or a skip saying why this
@@ -319,16 +349,7 @@ func TestRingSweepAcrossFiles(t *testing.T) {
 	}
 	files := make([]file, len(sizes))
 	for i, size := range sizes {
-		want := make([]byte, size)
-		rng := rand.New(rand.NewPCG(uint64(i), 9))
-		for j := range want {
-			want[j] = byte(rng.Uint32())
-		}
-		path := filepath.Join(t.TempDir(), "file")
-		require.NoError(t, os.WriteFile(path, want, 0o644))
-		f, err := openFile(path, os.O_RDONLY, 0, true)
-		require.NoError(t, err)
-		t.Cleanup(func() { f.Close() })
+		f, want := directFileOf(t, size, 9+uint64(i))
 		files[i] = file{f, want}
 	}
 	directInFlight.Add(1)

@@ -1,13 +1,11 @@
 package blockdev
 
 import (
-	"os"
 	"runtime"
 	"sync/atomic"
 	"testing"
 
 	"github.com/stretchr/testify/require"
-	"golang.org/x/sys/unix"
 )
 
 // growStack uses about depth KiB of the goroutine's stack and returns,
@@ -34,11 +32,7 @@ func growStack(depth int) byte {
 // build shows the fault.)
 func TestRingReadIntoAStackBuffer(t *testing.T) {
 	r := testRing(t, 8)
-	var fds [2]int
-	require.NoError(t, unix.Pipe2(fds[:], unix.O_CLOEXEC)) // blocking: the ring waits for data
-	rf, wf := os.NewFile(uintptr(fds[0]), "pipe read"), os.NewFile(uintptr(fds[1]), "pipe write")
-	defer rf.Close()
-	defer wf.Close()
+	rf, wf := ringPipe(t)
 	want := make([]byte, 512)
 	for i := range want {
 		want[i] = byte(i*7 + 1)
@@ -56,16 +50,7 @@ func TestRingReadIntoAStackBuffer(t *testing.T) {
 		n, err := r.readAt(rf, a[:], 0)
 		results <- result{n, err, a}
 	}()
-	// Wait until the read is submitted and parked.
-	for {
-		r.mu.Lock()
-		submitted := len(r.slots) == cap(r.slots)-1 && atomic.LoadUint32(r.sqHead) == r.sqLocal && r.sqLocal != 0
-		r.mu.Unlock()
-		if submitted {
-			break
-		}
-		runtime.Gosched()
-	}
+	waitParked(r)
 	for range 4 {
 		runtime.GC()
 	}
