@@ -153,24 +153,22 @@ func (p *simPlain) WriteAt(b []byte, off int64) (int, error) {
 }
 
 func (p *simPlain) Read(b []byte) (int, error) {
-	p.mu.Lock()
-	off := p.pos
-	p.mu.Unlock()
-	n, err := p.ReadAt(b, off)
-	p.mu.Lock()
-	p.pos += int64(n)
-	p.mu.Unlock()
+	n, err := p.atPos(b, p.ReadAt)
 	if n > 0 && err == io.EOF {
 		err = nil
 	}
 	return n, err
 }
 
-func (p *simPlain) Write(b []byte) (int, error) {
+func (p *simPlain) Write(b []byte) (int, error) { return p.atPos(b, p.WriteAt) }
+
+// atPos runs a ReadAt or WriteAt at the file position and moves the
+// position past what it did.
+func (p *simPlain) atPos(b []byte, at func([]byte, int64) (int, error)) (int, error) {
 	p.mu.Lock()
 	off := p.pos
 	p.mu.Unlock()
-	n, err := p.WriteAt(b, off)
+	n, err := at(b, off)
 	p.mu.Lock()
 	p.pos += int64(n)
 	p.mu.Unlock()
