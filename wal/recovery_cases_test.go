@@ -391,6 +391,22 @@ func TestDamagedTypeByteIsNotAFooter(t *testing.T) {
 	require.False(t, ce.InFooter, "a records frame followed by 7 valid, later frames reported as a damaged footer at %d", ce.Pos)
 }
 
+// TestLastFrameDamagedIntoAFooterHeaderIsNotCut: the last acknowledged
+// frame, its header damaged into a footer's (type 2, count 0; its durable
+// mark is already 1), is not cut as a torn seal: a torn seal is a footer
+// whose tail lies in the zeros after the data, and this frame's length
+// still ends it within the data.
+func TestLastFrameDamagedIntoAFooterHeaderIsNotCut(t *testing.T) {
+	img0, acked, last, _ := ackedFile(t, Options{Preallocate: 64 << 10}, batch(0, 3), batch(3, 2), batch(5, 2))
+	img := append([]byte(nil), img0...)
+	h, err := DecodeFrameHeader(img[last:], MaxFramePayload)
+	require.NoError(t, err)
+	require.Equal(t, uint32(1), h.mark, "the case needs a frame made when all before it was durable, as a footer is")
+	img[last+4] = FrameFooter
+	clear(img[last+12 : last+16])
+	requireNotCut(t, img, acked, "a records frame damaged into a footer's header")
+}
+
 // TestZeroedTailBeforeACleanEndIsCorruption: frames that end, at zeros,
 // before the end a clean close recorded are corruption, not a clean end.
 func TestZeroedTailBeforeACleanEndIsCorruption(t *testing.T) {

@@ -453,12 +453,26 @@ func (s *Scanner) tornAt(p int64, b []byte, data int, sealed int64) string {
 	// file): its last sectors were not written. Its records say so, walked
 	// by their own length prefixes as far as the data goes, and its header
 	// agrees; the header's length alone decides nothing.
-	if recordsRunPast(b, written, s.hdr.RecordHeaderLen()) {
-		if h, err := DecodeFrameHeader(b, int(s.hdr.MaxWrite)); err == nil {
-			if end := p + int64(FrameSize(int(h.Length))); end > p+int64(written) || end > s.size {
-				return ""
-			}
-		}
+	h, err := DecodeFrameHeader(b, int(s.hdr.MaxWrite))
+	if err != nil {
+		return "damaged frame with every sector written: a crash cannot explain it"
+	}
+	runsPast := func() bool {
+		end := p + int64(FrameSize(int(h.Length)))
+		return end > p+int64(written) || end > s.size
+	}
+	if h.Type == FrameRecords && recordsRunPast(b, written, s.hdr.RecordHeaderLen()) && runsPast() {
+		return ""
+	}
+	// A footer's payload may hold whole zero sectors (an index of small
+	// numbers), so a seal torn after them leaves no zero sector inside the
+	// data; but a footer ends in its tail, whose magic is never zero. A
+	// header that is a footer's, made once every record before it was
+	// durable (mark 1, as Seal makes it), whose tail lies in the zeros
+	// after the data, is the mark of a torn seal. Cutting it loses no
+	// record: they are all before p.
+	if h.Type == FrameFooter && h.mark == 1 && runsPast() {
+		return ""
 	}
 	return "damaged frame with every sector written: a crash cannot explain it"
 }
