@@ -50,6 +50,9 @@ type Stats struct {
 	Allocs, Reuses, Unmapped int64
 	Pooled, MaxPooled        int64
 	Mapped                   int64
+	// Reclaimed counts values evicted because their blocks kept slabs of
+	// mostly free blocks mapped while more than MaxPooled bytes were free.
+	Reclaimed int64
 }
 
 // HitRatio is Hits / (Hits + Misses), or 0.
@@ -79,6 +82,10 @@ type Cache struct {
 	pending    atomic.Int64
 	maxPending int64
 	dropped    atomic.Int64 // Sets dropped for that
+	// reclaiming is set while a reclaim runs; reclaimed counts the values
+	// it evicted.
+	reclaiming atomic.Bool
+	reclaimed  atomic.Int64
 	// hints is the set-associative table in front of ristretto's index
 	// that serves most hits (see Get); hintShift turns a key's hash into
 	// its set.
@@ -406,7 +413,42 @@ func (c *Cache) unhint(e *entry) {
 // holding one reference (the caller's). Its bytes are whatever its block
 // held before; a pooled block starts at a BlockAlign-aligned address.
 // Values of a closed cache work, but their blocks are not reused.
-func (c *Cache) Alloc(n int) *Value { return c.pools.get(n) }
+func (c *Cache) Alloc(n int) *Value {
+	if c.pools.excess() > c.pools.maxFree {
+		c.reclaim()
+	}
+	return c.pools.get(n)
+}
+
+// reclaim evicts the values left in the slabs with the most free blocks
+// once more than twice MaxPooled bytes of blocks are free (the margin
+// keeps it from running at every Alloc while a few slabs are held by
+// readers), so that those slabs empty and are unmapped, down to MaxPooled
+// (see pools.sparsest). It runs in Alloc, in the
+// caller's goroutine (never in ristretto's, whose buffer a Del from there
+// could wait on for ever), one call at a time; the others go on.
+func (c *Cache) reclaim() {
+	if !c.reclaiming.CompareAndSwap(false, true) {
+		return
+	}
+	defer c.reclaiming.Store(false)
+	vals, ids := c.pools.sparsest(c.pools.excess())
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if c.closed.Load() {
+		return
+	}
+	for i, v := range vals {
+		if ids[i] == 0 {
+			continue // not cached: its holder's Release frees it
+		}
+		k := v.key.Load()
+		if e, ok := c.rc.Get(k); ok && e.v == v && e.id == ids[i] {
+			c.rc.Del(k) // OnExit drops the cache's reference
+			c.reclaimed.Add(1)
+		}
+	}
+}
 
 // Set offers v, filled and verified, for (ns, pos), any position; the
 // admission policy may refuse it, and so does a slot held by another key.
@@ -434,6 +476,7 @@ func (c *Cache) Set(ns Namespace, pos int64, v *Value) {
 	v.refs.Add(1)
 	e := &entry{v: v, id: v.id, pos: pos, ns: ns}
 	k := slot(ns, pos)
+	v.key.Store(k)
 	if old, ok := c.rc.Get(k); ok && old.ns == ns && old.pos == pos && old.v.Acquire(old.id) {
 		// A shorter value held for the key: ristretto would apply a
 		// longer one's cost as an update, without evicting anything, and
@@ -493,7 +536,7 @@ func (c *Cache) Stats() Stats {
 		Refused: int64(m.SetsDropped()+m.SetsRejected()) + c.dropped.Load(),
 		Bytes:   int64(m.CostAdded()) - int64(m.CostEvicted()), MaxBytes: c.maxBytes,
 		Allocs: p.allocs.Load(), Reuses: p.reuses.Load(), Unmapped: p.unmapped.Load(),
-		Pooled: free, MaxPooled: p.maxFree, Mapped: mapped,
+		Pooled: free, MaxPooled: p.maxFree, Mapped: mapped, Reclaimed: c.reclaimed.Load(),
 	}
 }
 

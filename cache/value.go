@@ -1,6 +1,8 @@
 package cache
 
 import (
+	"cmp"
+	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -30,6 +32,9 @@ type Value struct {
 	cachedID atomic.Uint64
 	slab     *slab // nil for a block on the Go heap
 	pools    *pools
+	// key is the ristretto slot the value was last set for, so that
+	// reclaim can evict it: written by Set before the cache holds it.
+	key atomic.Uint64
 }
 
 // Bytes is the value's bytes; valid while the caller holds a reference.
@@ -143,6 +148,7 @@ type slab struct {
 	mem     []byte
 	class   int
 	blocks  int
+	vals    []Value  // its blocks' descriptors
 	free    []*Value // its free blocks
 	partial int      // index in pools.partial[class], -1 when none is free
 }
@@ -236,6 +242,7 @@ func (p *pools) newSlab(k int) *Value {
 	for i := range vs {
 		vs[i] = Value{buf: mem[i*size : (i+1)*size : (i+1)*size], class: k, slab: s, pools: p}
 	}
+	s.vals = vs
 	p.mapped.Add(int64(len(mem)))
 	if count == 1 {
 		return &vs[0]
@@ -301,6 +308,53 @@ func (p *pools) release(s *slab) {
 		panic("cache: unmapping a slab failed: " + err.Error()) // only on a bad address: a bug here
 	}
 	p.unmapped.Add(1)
+}
+
+// excess is how many bytes of free blocks the pools hold past maxFree.
+func (p *pools) excess() int64 { return p.bytes.Load() - p.maxFree }
+
+// sparsest returns the values still in use in the slabs of small blocks
+// that hold the most free bytes, enough slabs for their free blocks to
+// cover want bytes: once those values are released, the slabs are all
+// free and are unmapped. Free blocks of a class the workload has moved
+// away from are held by the few values left in their slabs, and no other
+// class can use them: the cache mapped nearly twice its budget after the
+// value sizes moved through the classes. Each value comes with the cache
+// ID it had (0: not cached), read under its class's lock, so a block
+// reused since is not taken for it.
+func (p *pools) sparsest(want int64) (vals []*Value, ids []uint64) {
+	type cand struct {
+		s    *slab
+		free int64
+	}
+	var cands []cand
+	for k := range p.classes {
+		cp := &p.classes[k]
+		cp.mu.Lock()
+		for _, s := range cp.partial {
+			if s.blocks > 1 && len(s.free) < s.blocks {
+				cands = append(cands, cand{s, int64(len(s.free) * classes[k])})
+			}
+		}
+		cp.mu.Unlock()
+	}
+	slices.SortFunc(cands, func(a, b cand) int { return cmp.Compare(b.free, a.free) })
+	for _, c := range cands {
+		if want <= 0 {
+			break
+		}
+		want -= c.free
+		cp := &p.classes[c.s.class]
+		cp.mu.Lock()
+		for i := range c.s.vals {
+			v := &c.s.vals[i]
+			if v.refs.Load() > 0 {
+				vals, ids = append(vals, v), append(ids, v.cachedID.Load())
+			}
+		}
+		cp.mu.Unlock()
+	}
+	return vals, ids
 }
 
 // usage returns the bytes free and mapped now.
