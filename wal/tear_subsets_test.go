@@ -80,9 +80,11 @@ func everyTear(t *testing.T, versions [][]byte, check func(name string, img []by
 // TestTornSealEverySubsetOfSectors tears the seal's write in every way a
 // crash can (every subset of the sectors it changed), for footers whose
 // payload has no zero sector, has whole zero sectors between non-zero
-// bytes (an index of small numbers), and is all zeros. Every image must
-// recover with every record, either sealed with the footer intact or
-// unsealed with the footer cut as a torn tail, and reopen for appends.
+// bytes (an index of small numbers), and is all zeros, in every format
+// version (a version 1 file's footer carries no durable mark), with and
+// without preallocation. Every image must recover with every record,
+// either sealed with the footer intact or unsealed with the footer cut as
+// a torn tail, and reopen for appends.
 func TestTornSealEverySubsetOfSectors(t *testing.T) {
 	zeroRuns := make([]byte, 3000)
 	zeroRuns[0], zeroRuns[1300], zeroRuns[2999] = 1, 2, 3
@@ -92,34 +94,44 @@ func TestTornSealEverySubsetOfSectors(t *testing.T) {
 		"all zeros":            make([]byte, 2500),
 	}
 	for name, footer := range footers {
-		t.Run(name, func(t *testing.T) {
-			dev := newSim(11)
-			w, err := Create(dev, 100, Options{SyncMode: SyncAlways, MaxWrite: 16 << 10, Preallocate: 64 << 10, PreZero: true})
-			require.NoError(t, err)
-			for i := 0; i < 20; i++ {
-				_, err := w.Append(batch(100+uint64(i)*2, 2)...)
-				require.NoError(t, err)
+		for v := uint32(MinVersion); v <= Version; v++ {
+			for _, prealloc := range []int64{0, 64 << 10} {
+				t.Run(fmt.Sprintf("%s/version=%d/prealloc=%d", name, v, prealloc), func(t *testing.T) {
+					tornSealEverySubset(t, footer, Options{Version: v, SyncMode: SyncAlways, MaxWrite: 16 << 10, Preallocate: prealloc, PreZero: true})
+				})
 			}
-			before := dev.Bytes()
-			_, err = w.Seal(footer)
-			require.NoError(t, err)
-			everyTear(t, [][]byte{before, dev.Bytes()}, func(tear string, img []byte) {
-				dev := blockdev.NewSimFrom(img, blockdev.SimOptions{})
-				rec, err := Recover(dev)
-				require.NoError(t, err, tear)
-				require.Equal(t, uint64(140), rec.NextOffset, tear)
-				if rec.Footer != nil {
-					require.True(t, bytes.HasPrefix(rec.Footer.Data, footer), "%s: the footer is the one written", tear)
-					return
-				}
-				_, _, err = ReadSealed(dev)
-				require.Error(t, err, "%s: an unsealed file must not read as sealed", tear)
-				w, _, err := Open(dev, Options{})
-				require.NoError(t, err, "%s: an interrupted seal reopens as an active file", tear)
-				require.NoError(t, w.Close())
-			})
-		})
+		}
 	}
+}
+
+// tornSealEverySubset is TestTornSealEverySubsetOfSectors for one footer
+// and one writer's options.
+func tornSealEverySubset(t *testing.T, footer []byte, opts Options) {
+	dev := newSim(11)
+	w, err := Create(dev, 100, opts)
+	require.NoError(t, err)
+	for i := 0; i < 20; i++ {
+		_, err := w.Append(batch(100+uint64(i)*2, 2)...)
+		require.NoError(t, err)
+	}
+	before := dev.Bytes()
+	_, err = w.Seal(footer)
+	require.NoError(t, err)
+	everyTear(t, [][]byte{before, dev.Bytes()}, func(tear string, img []byte) {
+		dev := blockdev.NewSimFrom(img, blockdev.SimOptions{})
+		rec, err := Recover(dev)
+		require.NoError(t, err, tear)
+		require.Equal(t, uint64(140), rec.NextOffset, tear)
+		if rec.Footer != nil {
+			require.True(t, bytes.HasPrefix(rec.Footer.Data, footer), "%s: the footer is the one written", tear)
+			return
+		}
+		_, _, err = ReadSealed(dev)
+		require.Error(t, err, "%s: an unsealed file must not read as sealed", tear)
+		w, _, err := Open(dev, Options{})
+		require.NoError(t, err, "%s: an interrupted seal reopens as an active file", tear)
+		require.NoError(t, w.Close())
+	})
 }
 
 // TestTornAppendEverySubsetOfSectors tears the last appends' writes in
