@@ -3,78 +3,19 @@ package wal
 import (
 	"bytes"
 	"fmt"
-	"slices"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 
 	"github.com/segstore/segstore/blockdev"
+	"github.com/segstore/segstore/internal/testutil"
 )
 
-// maxTears bounds the images everyTear may make, so that a case can try
-// every one of them.
-const maxTears = 1 << 12
-
-// everyTear calls check with every image a crash can leave after the
-// writes that took the file through versions (versions[0] is what was
-// durable, each later one the file after one more write, none synced):
-// each sector is, independently, what any one of the versions holds there
-// (the device writes sectors atomically, in any order, and a sector
-// written twice may keep either write, or neither). A sector that every
-// version holds alike reads the same whatever happened to it. The image
-// has the largest of the lengths: a file a write grew keeps its new size
-// (torn sectors read as zeros). Every combination is tried, not a sample:
-// the case fails if there are more than maxTears.
+// everyTear is testutil.EveryTear on the sectors of a blockdev device.
 func everyTear(t *testing.T, versions [][]byte, check func(name string, img []byte)) {
 	t.Helper()
-	size := 0
-	for _, v := range versions {
-		size = max(size, len(v))
-	}
-	padded := make([][]byte, len(versions))
-	for i, v := range versions {
-		padded[i] = make([]byte, size)
-		copy(padded[i], v)
-	}
-	// A sector that differs between versions, and its distinct contents.
-	type choice struct {
-		at       int
-		contents [][]byte
-	}
-	var choices []choice
-	var ats []int
-	images := 1
-	for s := 0; s < size; s += blockdev.SectorSize {
-		e := min(s+blockdev.SectorSize, size)
-		c := choice{at: s}
-		for _, v := range padded {
-			if !slices.ContainsFunc(c.contents, func(b []byte) bool { return bytes.Equal(b, v[s:e]) }) {
-				c.contents = append(c.contents, v[s:e])
-			}
-		}
-		if len(c.contents) > 1 {
-			choices = append(choices, c)
-			ats = append(ats, s)
-			images *= len(c.contents)
-			require.LessOrEqual(t, images, maxTears, "too many ways to tear to try every one")
-		}
-	}
-	require.NotEmpty(t, choices, "the writes change nothing")
-	pick := make([]int, len(choices))
-	for n := 0; n < images; n++ {
-		img := append([]byte(nil), padded[0]...)
-		for i, c := range choices {
-			copy(img[c.at:], c.contents[pick[i]])
-		}
-		check(fmt.Sprintf("tear %d of %d: sectors %v picked %v", n, images, ats, pick), img)
-		for i := range pick { // the next combination, like an odometer
-			if pick[i]++; pick[i] < len(choices[i].contents) {
-				break
-			}
-			pick[i] = 0
-		}
-	}
+	testutil.EveryTear(t, blockdev.SectorSize, versions, check)
 }
 
 // TestTornSealEverySubsetOfSectors tears the seal's write in every way a
