@@ -397,14 +397,16 @@ func TestDamagedTypeByteIsNotAFooter(t *testing.T) {
 // whose tail lies in the zeros after the data, and this frame's length
 // still ends it within the data.
 func TestLastFrameDamagedIntoAFooterHeaderIsNotCut(t *testing.T) {
-	img0, acked, last, _ := ackedFile(t, Options{Preallocate: 64 << 10}, batch(0, 3), batch(3, 2), batch(5, 2))
-	img := append([]byte(nil), img0...)
-	h, err := DecodeFrameHeader(img[last:], MaxFramePayload)
-	require.NoError(t, err)
-	require.Equal(t, uint32(1), h.mark, "the case needs a frame made when all before it was durable, as a footer is")
-	img[last+4] = FrameFooter
-	clear(img[last+12 : last+16])
-	requireNotCut(t, img, acked, "a records frame damaged into a footer's header")
+	for _, v := range []uint32{1, Version} { // a version 1 footer's mark is 0, as every frame's
+		img0, acked, last, _ := ackedFile(t, Options{Version: v, Preallocate: 64 << 10}, batch(0, 3), batch(3, 2), batch(5, 2))
+		img := append([]byte(nil), img0...)
+		h, err := DecodeFrameHeader(img[last:], MaxFramePayload)
+		require.NoError(t, err)
+		require.Equal(t, min(v-1, 1), h.mark, "the case needs a frame made when all before it was durable, as a footer is")
+		img[last+4] = FrameFooter
+		clear(img[last+12 : last+16])
+		requireNotCut(t, img, acked, fmt.Sprintf("version %d: a records frame damaged into a footer's header", v))
+	}
 }
 
 // TestZeroedTailBeforeACleanEndIsCorruption: frames that end, at zeros,

@@ -468,10 +468,15 @@ func (s *Scanner) tornAt(p int64, b []byte, data int, sealed int64) string {
 	// numbers), so a seal torn after them leaves no zero sector inside the
 	// data; but a footer ends in its tail, whose magic is never zero. A
 	// header that is a footer's, made once every record before it was
-	// durable (mark 1, as Seal makes it), whose tail lies in the zeros
-	// after the data, is the mark of a torn seal. Cutting it loses no
-	// record: they are all before p.
-	if h.Type == FrameFooter && h.mark == 1 && runsPast() {
+	// durable (mark 1, as Seal makes it; in a version 1 file, whose frames
+	// carry no mark, 0), whose tail lies in the zeros after the data, is
+	// the mark of a torn seal. Cutting it loses no record: they are all
+	// before p.
+	sealMark := uint32(1)
+	if s.hdr.Version < 2 {
+		sealMark = 0
+	}
+	if h.Type == FrameFooter && h.mark == sealMark && runsPast() {
 		return ""
 	}
 	return "damaged frame with every sector written: a crash cannot explain it"
