@@ -184,3 +184,62 @@ func TestEveryBitFlipOfAnImport(t *testing.T) {
 	}
 	t.Logf("%d flips of %s (%d bytes): %d imported, %d refused", len(flips), seg.File, seg.Bytes, taken, refused)
 }
+
+// refreshFlip is the store a read-only log follows in the refresh sweep,
+// at the point where the reader is to look again.
+type refreshFlip struct {
+	dir            *blockdev.SimDir
+	writer, reader *Log
+	start          uint64
+	rolled, next   SegmentInfo // the segment the reader was following, sealed since, and the writer's new one
+}
+
+// buildRefreshFlip writes two sealed segments and an active one, opens a
+// reader on them, then has the writer append to the active segment, roll
+// it and append to the new one: what the reader's next Refresh reads is
+// the rest and the footer of the rolled segment and all of the new one.
+func buildRefreshFlip(t *testing.T) refreshFlip {
+	t.Helper()
+	r := refreshFlip{dir: blockdev.NewSimDir(blockdev.SimOptions{Seed: 1})}
+	var err error
+	r.writer, err = Open("sim", followFlipOptions(r.dir, false))
+	require.NoError(t, err)
+	for range 2 {
+		appendFlipRecords(t, r.writer, 12)
+		require.NoError(t, r.writer.Roll())
+	}
+	appendFlipRecords(t, r.writer, 6)
+	r.reader, err = Open("sim", followFlipOptions(r.dir, true))
+	require.NoError(t, err)
+	require.Equal(t, r.writer.EndOffset(), r.reader.EndOffset())
+	appendFlipRecords(t, r.writer, 6)
+	require.NoError(t, r.writer.Roll())
+	settle(r.writer)
+	appendFlipRecords(t, r.writer, 4)
+	segs := r.writer.Segments()
+	r.rolled, r.next, r.start = segs[2], segs[3], r.writer.StartOffset()
+	require.True(t, r.rolled.Sealed)
+	return r
+}
+
+func (r refreshFlip) close(t *testing.T) {
+	t.Helper()
+	require.NoError(t, r.reader.Close())
+	require.NoError(t, r.writer.Close())
+}
+
+// TestRefreshReportsADamagedHeaderOfALiveFile: the header of the writer's
+// new active segment, which holds records the writer acknowledged, is
+// damaged (its magic's first bit flipped). Refresh reports the damage,
+// naming the file and the byte; it showed the log up to the file's base
+// as if the header were not written yet, and a Wait for the acknowledged
+// records would have waited for ever.
+func TestRefreshReportsADamagedHeaderOfALiveFile(t *testing.T) {
+	r := buildRefreshFlip(t)
+	defer r.close(t)
+	require.Greater(t, r.next.Next, r.next.Base, "the new segment holds acknowledged records")
+	r.dir.File(r.next.File).FlipBit(0, 0)
+	_, err := r.reader.Refresh()
+	require.ErrorIs(t, err, ErrCorrupt, "shown up to %d of %d", r.reader.EndOffset(), r.writer.DurableOffset())
+	requireDamageSaysWhere(t, "refresh", err, r.next.File)
+}

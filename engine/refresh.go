@@ -505,6 +505,14 @@ func (l *Log) openLive(base uint64) (*segment, error) {
 	s := l.newSegment(base, dev)
 	sc, err := wal.NewScanner(dev)
 	if errors.Is(err, wal.ErrNotWAL) {
+		// A header not written yet, unless the live writer has
+		// acknowledged records in this file: then it was written, and is
+		// damaged (taken for an unwritten one, the reader stayed behind
+		// without a word, and a Wait for those records never returned).
+		l.lookAtWriter()
+		if limit, bounded := l.ackLimit(s); bounded && limit.off > base {
+			return s, s.corrupt("refresh", 0, fmt.Errorf("the writer acknowledged records up to offset %d in this file, and it has no valid header: %w", limit.off, err))
+		}
 		s.release()
 		return nil, nil
 	}
