@@ -12,7 +12,7 @@ import (
 
 // Problem kinds reported by Verify.
 const (
-	ProblemTornTail = "torn-tail" // a crash's unfinished write at the end of the last segment: open cuts it
+	ProblemTornTail = "torn-tail" // a crash's unfinished write at the end of a segment: open cuts it (and seals a segment that is not the last)
 	ProblemFooter   = "footer"    // a damaged or wrong footer over sound records: open rebuilds it
 	ProblemUnsealed = "unsealed"  // a segment before the last without a footer (a crash before its seal): open seals it
 	// ProblemUnfinishedSeal: a sound footer followed by zeros (a crash
@@ -337,8 +337,8 @@ func (r *VerifyReport) verifySegment(d blockdev.Dir, base uint64, last, sealing 
 type problemFunc func(pos int64, kind string, repairable bool, format string, args ...any)
 
 // verifyEnd judges how a scanned segment ends: a torn tail (corruption
-// before what a live writer acknowledged, a write in flight, repairable,
-// or damage in a segment that is not the last), frames that end before
+// before what a live writer acknowledged, a write in flight, or
+// repairable, in any segment: an open cuts it), frames that end before
 // the acknowledged end, a missing footer, and an unfinished seal. It
 // returns the footer to check further (nil: none).
 func (r *VerifyReport) verifyEnd(problem problemFunc, sc *wal.Scanner, last, sealing bool, acked, size int64) *wal.Footer {
@@ -351,7 +351,10 @@ func (r *VerifyReport) verifyEnd(problem problemFunc, sc *wal.Scanner, last, sea
 		case last:
 			problem(t.Pos, ProblemTornTail, true, "%d bytes of an unfinished write: %s", t.Bytes, t.Reason)
 		default:
-			problem(t.Pos, ProblemCorruption, false, "damaged bytes at the end of a segment that is not the last: %s", t.Reason)
+			// A roll makes the next file before it seals this one, so a
+			// crash in between leaves this tear; an open cuts it and
+			// seals the segment, as it does for a last segment's.
+			problem(t.Pos, ProblemTornTail, true, "%d bytes of an unfinished write (a seal or the segment's last append, stopped while the log rolled): %s", t.Bytes, t.Reason)
 		}
 	}
 	foot := sc.Footer()
@@ -362,7 +365,7 @@ func (r *VerifyReport) verifyEnd(problem problemFunc, sc *wal.Scanner, last, sea
 		switch {
 		case sealing && sc.Torn() == nil:
 			r.TailInFlight = true // the writer has not written the footer yet
-		case !last && !sealing:
+		case !last && !sealing && sc.Torn() == nil:
 			problem(sc.End(), ProblemUnsealed, true, "no footer: the log was stopped between the segment's last append and its seal")
 		}
 		return nil

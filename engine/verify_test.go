@@ -76,6 +76,17 @@ func TestVerify(t *testing.T) {
 			pos := footerAt(t, f)
 			require.NoError(t, os.Truncate(f, pos))
 		}, ProblemUnsealed, 1, true},
+		{"torn seal of a segment before the last", func(t *testing.T, path string, segs []SegmentInfo, _ int64) {
+			// A crash during a roll: the next file was made, the old
+			// one's footer write kept its header's sector only.
+			f := file(path, segs[1])
+			pos := footerAt(t, f)
+			st, err := os.Stat(f)
+			require.NoError(t, err)
+			at := (pos + wal.FrameHeaderLen + 511) &^ 511
+			require.Less(t, at, st.Size(), "the footer runs past its header's sector")
+			testutil.ZeroRange(t, f, at, int(st.Size()-at))
+		}, ProblemTornTail, 1, true},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
