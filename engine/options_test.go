@@ -18,6 +18,7 @@ import (
 	"github.com/segstore/segstore/blockdev"
 	"github.com/segstore/segstore/cache"
 	"github.com/segstore/segstore/engine/internal/layout"
+	"github.com/segstore/segstore/internal/testutil"
 	"github.com/segstore/segstore/wal"
 )
 
@@ -223,7 +224,8 @@ func TestSealThinsAnOverfullIndex(t *testing.T) {
 
 // modelRec is record i of the option tests: its offset, padded.
 func modelRec(i int) []byte {
-	return []byte(fmt.Sprintf("record %06d %s", i, bytes.Repeat([]byte{byte(i)}, 500)))
+	label := fmt.Sprintf("record %06d ", i)
+	return testutil.Labelled(label, byte(i), len(label)+500)
 }
 
 // requireRecords checks that l holds modelRec(i) at every offset below n.

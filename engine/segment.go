@@ -105,14 +105,25 @@ type segment struct {
 	ns   cache.Namespace
 
 	visible atomic.Pointer[position] // readers see records below it
-	// w is the active segment's writer; nil once sealed or truncated away.
-	// Ownership: while s is the active segment, w is set and cleared only
-	// with Log.mu held exclusively (or while opening, before the segment is
-	// shared), and read only with Log.mu held, shared or exclusive, and
-	// only through Log.active (s.w is then not nil). A goroutine that let go
-	// of Log.mu must not touch w: a roll or TruncateBack may have cleared
-	// it. Once a roll has retired s, only that roll uses w (to seal s,
-	// holding Log.changeMu).
+	// w is the active segment's writer; nil once sealed or truncated away
+	// (a closed log's active segment keeps its closed writer).
+	//
+	// Guarded by Log.mu while s is the active segment: cleared only with
+	// Log.mu held exclusively (and Log.changeMu: fail, TruncateBack,
+	// makeRoomFor), and read only with Log.mu held, shared or exclusive,
+	// through Log.active (s.w is then not nil). A goroutine that let go of
+	// Log.mu must not touch w: a roll or TruncateBack may have cleared it.
+	//
+	// Guarded by Log.statsMu once a roll's cut has retired s (made it
+	// Log.retiring, under Log.mu held exclusively): Log.mu no longer
+	// guards w, only that roll uses it, holding Log.changeMu, and clears it
+	// under Log.statsMu, its seal together with Log.retiring (failAfterRoll
+	// holding Log.mu too); Stats reads it through Log.retiring under
+	// Log.statsMu.
+	//
+	// Set only before s is shared (createSegment, an import's
+	// commitActive) or while opening, which also seals the segments before
+	// the last and clears w of all of them when it fails (abandon).
 	w *wal.Writer
 	// retired: a roll made the next segment the active one; s takes no
 	// more appends and its records end at visible, but its seal may not be

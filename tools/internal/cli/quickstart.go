@@ -100,30 +100,74 @@ func Quickstart(out io.Writer, opts QuickstartOptions) error {
 			}
 		}()
 	}
-	dir := opts.Dir
-	if dir == "" {
-		parent, err := os.MkdirTemp("", "segstore-quickstart-")
-		if err != nil {
-			return fmt.Errorf("quickstart: %w", err)
-		}
-		dir = filepath.Join(parent, "store") // the replica goes beside it
-		if !opts.Keep {
-			defer func() {
-				if err := os.RemoveAll(parent); err != nil {
-					fmt.Fprintf(out, "warning:      removing %s: %v\n", parent, err)
-					return
-				}
-				fmt.Fprintf(out, "removed:      %s (the store and its replica; --keep keeps them)\n", parent)
-			}()
-		}
-	} else if entries, _ := os.ReadDir(dir); len(entries) > 0 {
-		return usageError{fmt.Errorf("quickstart: %s already exists and is not empty: choose an empty --dir", dir)}
-	} else if _, err := os.Stat(dir + "-replica"); err == nil {
-		return usageError{fmt.Errorf("quickstart: %s-replica, where the replica goes, already exists: remove it or choose another --dir", dir)}
+	dir, cleanup, err := quickstartDir(out, opts)
+	if err != nil {
+		return err
 	}
+	defer cleanup()
 	fmt.Fprintf(out, "store:        %s\n", dir)
 	rep.Dir = dir
 
+	l, eopts, err := openQuickstartStore(out, dir, opts, rep)
+	if err != nil {
+		return err
+	}
+	total, err := writeWorkload(out, l, eopts, opts, rep)
+	if err != nil {
+		return err
+	}
+	l, err = reopenStore(out, dir, eopts, rep)
+	if err != nil {
+		return err
+	}
+	defer l.Close()
+	if err := readBackAtRandom(out, l, total, opts, rep); err != nil {
+		return err
+	}
+	if err := scanAndCheck(out, l, total, opts, rep); err != nil {
+		return err
+	}
+	if err := exportOnce(out, dir, l, rep); err != nil {
+		return err
+	}
+	return replicateOnce(out, dir, l, rep)
+}
+
+// quickstartDir returns where the store goes and a cleanup for Quickstart to
+// defer. With opts.Dir set it is opts.Dir, which must be empty (or new) and
+// must not have a "-replica" sibling yet; without, it is "store" in a new
+// temporary directory, which cleanup removes (the store and its replica,
+// which goes beside it) unless opts.Keep.
+func quickstartDir(out io.Writer, opts QuickstartOptions) (dir string, cleanup func(), err error) {
+	cleanup = func() {}
+	if opts.Dir != "" {
+		if entries, _ := os.ReadDir(opts.Dir); len(entries) > 0 {
+			return "", nil, usageError{fmt.Errorf("quickstart: %s already exists and is not empty: choose an empty --dir", opts.Dir)}
+		} else if _, err := os.Stat(opts.Dir + "-replica"); err == nil {
+			return "", nil, usageError{fmt.Errorf("quickstart: %s-replica, where the replica goes, already exists: remove it or choose another --dir", opts.Dir)}
+		}
+		return opts.Dir, cleanup, nil
+	}
+	parent, err := os.MkdirTemp("", "segstore-quickstart-")
+	if err != nil {
+		return "", nil, fmt.Errorf("quickstart: %w", err)
+	}
+	if !opts.Keep {
+		cleanup = func() {
+			if err := os.RemoveAll(parent); err != nil {
+				fmt.Fprintf(out, "warning:      removing %s: %v\n", parent, err)
+				return
+			}
+			fmt.Fprintf(out, "removed:      %s (the store and its replica; --keep keeps them)\n", parent)
+		}
+	}
+	return filepath.Join(parent, "store"), cleanup, nil
+}
+
+// openQuickstartStore creates the store in dir with segments of
+// opts.SegmentSize, falling back to buffered I/O (and saying so) where the
+// file system refuses O_DIRECT. The options it returns reopen the store.
+func openQuickstartStore(out io.Writer, dir string, opts QuickstartOptions, rep *QuickstartReport) (*engine.Log, engine.Options, error) {
 	eopts := engine.DefaultOptions()
 	// The engine's default MaxWrite, said here so that the output can
 	// tell how full a segment gets before it is sealed.
@@ -136,8 +180,15 @@ func Quickstart(out io.Writer, opts QuickstartOptions) error {
 		l, err = engine.Open(dir, eopts)
 	}
 	if err != nil {
-		return fmt.Errorf("quickstart: %w", flagError(err, map[string]string{"SegmentSize": "segment-size"}))
+		return nil, eopts, fmt.Errorf("quickstart: %w", flagError(err, map[string]string{"SegmentSize": "segment-size"}))
 	}
+	return l, eopts, nil
+}
+
+// writeWorkload appends the workload of opts to l from opts.Appenders
+// concurrent appenders, reports the append rate and group commit, and
+// closes l, in every case. It returns how many records it appended.
+func writeWorkload(out io.Writer, l *engine.Log, eopts engine.Options, opts QuickstartOptions, rep *QuickstartReport) (uint64, error) {
 	fmt.Fprintf(out, "appending:    %d appenders x %d batches x %d records of %d B, fdatasync before each ack, segments of %s (sealed once within one write, %s, of it)\n",
 		opts.Appenders, opts.Appends, opts.Batch, opts.RecordSize, formatSize(opts.SegmentSize), formatSize(int64(eopts.MaxWrite)))
 	batch := make([][]byte, opts.Batch)
@@ -146,9 +197,32 @@ func Quickstart(out io.Writer, opts QuickstartOptions) error {
 	}
 	if !wal.BatchFits(batch, eopts.MaxWrite, int64(l.Storage().Alignment.Block)) {
 		l.Close()
-		return usageError{fmt.Errorf("quickstart: --batch %d records of --record-size %d do not fit in one write (%s with segments of %s): lower --batch or --record-size, or raise --segment-size",
+		return 0, usageError{fmt.Errorf("quickstart: --batch %d records of --record-size %d do not fit in one write (%s with segments of %s): lower --batch or --record-size, or raise --segment-size",
 			opts.Batch, opts.RecordSize, formatSize(int64(eopts.MaxWrite)), formatSize(opts.SegmentSize))}
 	}
+	elapsed, err := appendConcurrently(l, opts)
+	if err != nil {
+		l.Close()
+		return 0, fmt.Errorf("quickstart: %w", err)
+	}
+	st := l.Stats()
+	mb := float64(st.Records*int64(opts.RecordSize)) / 1e6
+	rep.Records, rep.RecordsPerSec, rep.AppendMBPerSec = st.Records, float64(st.Records)/elapsed.Seconds(), mb/elapsed.Seconds()
+	rep.Appends, rep.Fsyncs, rep.AppendsPerFlush, rep.MeanFsyncUs = st.Appends, st.Syncs, st.MeanBatch, float64(st.MeanSync.Nanoseconds())/1e3
+	fmt.Fprintf(out, "appended:     %d records in %v: %.0f records/s, %.1f MB/s\n",
+		st.Records, elapsed.Round(time.Millisecond), float64(st.Records)/elapsed.Seconds(), mb/elapsed.Seconds())
+	fmt.Fprintf(out, "group commit: %d appends in %d writes and %d fdatasyncs: %.1f appends per flush, mean fdatasync %v\n",
+		st.Appends, st.Writes, st.Syncs, st.MeanBatch, st.MeanSync.Round(time.Microsecond))
+	if err := l.Close(); err != nil {
+		return 0, fmt.Errorf("quickstart: %w", err)
+	}
+	return uint64(st.Records), nil
+}
+
+// appendConcurrently runs opts.Appenders goroutines, each making
+// opts.Appends Append calls of opts.Batch records filled by fillRecord, and
+// returns how long they took and the first appender's error, if any.
+func appendConcurrently(l *engine.Log, opts QuickstartOptions) (time.Duration, error) {
 	start := time.Now()
 	var wg sync.WaitGroup
 	errs := make([]error, opts.Appenders)
@@ -175,37 +249,35 @@ func Quickstart(out io.Writer, opts QuickstartOptions) error {
 	elapsed := time.Since(start)
 	for _, err := range errs {
 		if err != nil { // the first: the others most likely say the same
-			l.Close()
-			return fmt.Errorf("quickstart: %w", err)
+			return elapsed, err
 		}
 	}
-	st := l.Stats()
-	mb := float64(st.Records*int64(opts.RecordSize)) / 1e6
-	rep.Records, rep.RecordsPerSec, rep.AppendMBPerSec = st.Records, float64(st.Records)/elapsed.Seconds(), mb/elapsed.Seconds()
-	rep.Appends, rep.Fsyncs, rep.AppendsPerFlush, rep.MeanFsyncUs = st.Appends, st.Syncs, st.MeanBatch, float64(st.MeanSync.Nanoseconds())/1e3
-	fmt.Fprintf(out, "appended:     %d records in %v: %.0f records/s, %.1f MB/s\n",
-		st.Records, elapsed.Round(time.Millisecond), float64(st.Records)/elapsed.Seconds(), mb/elapsed.Seconds())
-	fmt.Fprintf(out, "group commit: %d appends in %d writes and %d fdatasyncs: %.1f appends per flush, mean fdatasync %v\n",
-		st.Appends, st.Writes, st.Syncs, st.MeanBatch, st.MeanSync.Round(time.Microsecond))
-	if err := l.Close(); err != nil {
-		return fmt.Errorf("quickstart: %w", err)
-	}
+	return elapsed, nil
+}
 
-	l, err = engine.Open(dir, eopts)
+// reopenStore opens the closed store again and reports what recovery did
+// and how long it took.
+func reopenStore(out io.Writer, dir string, eopts engine.Options, rep *QuickstartReport) (*engine.Log, error) {
+	l, err := engine.Open(dir, eopts)
 	if err != nil {
-		return fmt.Errorf("quickstart: reopen: %w", err)
+		return nil, fmt.Errorf("quickstart: reopen: %w", err)
 	}
-	defer l.Close()
 	rec := l.Stats().LastOpenRecovery
 	rep.Segments, rep.OpenMs = rec.Segments, float64(rec.Duration.Microseconds())/1e3
 	fmt.Fprintf(out, "reopened:     %d segments (%d sealed, trusted through the manifest), offsets [%d, %d), in %v\n",
 		rec.Segments, rec.Sealed+rec.Deferred, l.StartOffset(), l.EndOffset(), rec.Duration.Round(time.Microsecond))
+	return l, nil
+}
 
-	total := uint64(st.Records)
+// readBackAtRandom makes opts.Reads point reads at random offsets below
+// total (through the cache), checks each record, and reports the read rate
+// and the cache hit ratio.
+func readBackAtRandom(out io.Writer, l *engine.Log, total uint64, opts QuickstartOptions, rep *QuickstartReport) error {
 	want := make([]byte, opts.RecordSize)
 	r := rand.New(rand.NewPCG(1, 2))
 	buf := make([]byte, 0, opts.RecordSize)
-	start = time.Now()
+	var err error
+	start := time.Now()
 	for i := 0; i < opts.Reads; i++ {
 		off := r.Uint64N(total)
 		if buf, err = l.Read(off, buf[:0]); err != nil {
@@ -215,13 +287,22 @@ func Quickstart(out io.Writer, opts QuickstartOptions) error {
 			return fmt.Errorf("quickstart: record %d: %w", off, err)
 		}
 	}
-	elapsed = time.Since(start)
+	elapsed := time.Since(start)
 	cs := l.Stats().Cache
 	rep.ReadsPerSec, rep.CacheHitRatio = float64(opts.Reads)/elapsed.Seconds(), cs.HitRatio()
 	fmt.Fprintf(out, "point reads:  %d random reads checked in %v (%.0f reads/s), cache hit ratio %.2f\n",
 		opts.Reads, elapsed.Round(time.Millisecond), float64(opts.Reads)/elapsed.Seconds(), cs.HitRatio())
+	return nil
+}
 
-	start = time.Now()
+// scanAndCheck reads the whole log in order with an iterator, checks that
+// the offsets run from 0 without a gap, that every record is one that was
+// appended and none comes twice, and that there are total of them, and
+// reports the scan rate.
+func scanAndCheck(out io.Writer, l *engine.Log, total uint64, opts QuickstartOptions, rep *QuickstartReport) error {
+	mb := float64(int64(total)*int64(opts.RecordSize)) / 1e6
+	want := make([]byte, opts.RecordSize)
+	start := time.Now()
 	it := l.NewIterator(0)
 	defer it.Close()
 	seen := make(map[[3]uint32]bool, total)
@@ -244,17 +325,14 @@ func Quickstart(out io.Writer, opts QuickstartOptions) error {
 	if err := it.Err(); err != nil {
 		return fmt.Errorf("quickstart: scan: %w", err)
 	}
-	elapsed = time.Since(start)
+	elapsed := time.Since(start)
 	rep.ScanMBPerSec = mb / elapsed.Seconds()
 	fmt.Fprintf(out, "scan:         %d records checked byte for byte in %v (%.0f MB/s, O_DIRECT read-ahead)\n",
 		n, elapsed.Round(time.Millisecond), mb/elapsed.Seconds())
 	if n != total {
 		return fmt.Errorf("quickstart: scanned %d records, appended %d", n, total)
 	}
-	if err := exportOnce(out, dir, l, rep); err != nil {
-		return err
-	}
-	return replicateOnce(out, dir, l, rep)
+	return nil
 }
 
 // replicateOnce serves the log on 127.0.0.1, replicates it into a second
