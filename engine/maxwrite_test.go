@@ -3,8 +3,10 @@ package engine
 import (
 	"bytes"
 	"fmt"
+	"sync"
 	"testing"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/segstore/segstore/blockdev"
@@ -71,6 +73,52 @@ func TestLargerMaxWriteAfterReopenTakesBatchesWithinIt(t *testing.T) {
 					check()
 				})
 			}
+		}
+	}
+}
+
+// TestConcurrentAppendsMakeRoomOnce: eight appenders at once send batches
+// that only the log's larger MaxWrite takes to a reopened log whose active
+// segment (holding a record) was made with the smaller one: each that
+// meets the old segment replaces it, or finds it replaced by another's
+// roll, without reading the writer of a segment sealed meanwhile (run
+// with -race), and every batch is acknowledged once and read back.
+func TestConcurrentAppendsMakeRoomOnce(t *testing.T) {
+	const oldMax, newMax, appenders, each = 16 << 10, 64 << 10, 8, 4
+	d := blockdev.NewSimDir(blockdev.SimOptions{})
+	o := testOptions(d)
+	o.MaxWrite, o.IndexInterval = oldMax, 0
+	l, err := Open("sim", o)
+	require.NoError(t, err)
+	_, err = l.Append([]byte("small"))
+	require.NoError(t, err)
+	require.NoError(t, l.Close())
+	o.MaxWrite = newMax
+	l, err = Open("sim", o)
+	require.NoError(t, err)
+	defer l.Close()
+	got := make([][]uint64, appenders)
+	var wg sync.WaitGroup
+	for g := range appenders {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range each {
+				off, err := l.Append(bytes.Repeat([]byte{byte(g*each + i + 1)}, oldMax+1))
+				if !assert.NoError(t, err, "appender %d, batch %d", g, i) {
+					return
+				}
+				got[g] = append(got[g], off)
+			}
+		}()
+	}
+	wg.Wait()
+	require.Equal(t, uint64(1+appenders*each), l.EndOffset())
+	for g, offs := range got {
+		for i, off := range offs {
+			rec, err := l.Read(off, nil)
+			require.NoError(t, err)
+			require.Equal(t, bytes.Repeat([]byte{byte(g*each + i + 1)}, oldMax+1), rec, "appender %d, batch %d at %d", g, i, off)
 		}
 	}
 }

@@ -371,16 +371,23 @@ func (l *Log) rollIf(s *segment) error {
 // and created again (as TruncateBack at a segment's start does). Nothing
 // happens if s is no longer the active segment.
 func (l *Log) makeRoomFor(s *segment) error {
-	if s.w.NextOffset() != s.base {
-		return l.rollIf(s)
-	}
-	defer l.lockChange()()
+	// s.w is read under mu: the caller let go of it, and another
+	// appender's roll may have sealed s (clearing s.w) since, or appended
+	// to it.
+	unlock := l.lockChange()
 	if err := l.writableLocked(); err != nil {
+		unlock()
 		return err
 	}
 	if l.active != s {
-		return nil
+		unlock()
+		return nil // replaced meanwhile: the caller appends to the new one
 	}
+	if s.w.NextOffset() != s.base {
+		unlock()
+		return l.rollIf(s)
+	}
+	defer unlock()
 	if err := s.w.Close(); err != nil {
 		return l.fail("closing the empty segment "+s.name, err)
 	}
