@@ -313,8 +313,9 @@ func (p *pools) release(s *slab) {
 // excess is how many bytes of free blocks the pools hold past maxFree.
 func (p *pools) excess() int64 { return p.bytes.Load() - p.maxFree }
 
-// sparsest returns the values still in use in the slabs of small blocks
-// that hold the most free bytes, enough slabs for their free blocks to
+// sparsest unmaps the slabs whose blocks are all free, and returns the
+// values still in use in the slabs of small blocks that hold the most
+// free bytes, enough slabs for their free blocks and those unmapped to
 // cover want bytes: once those values are released, the slabs are all
 // free and are unmapped. Free blocks of a class the workload has moved
 // away from are held by the few values left in their slabs, and no other
@@ -330,13 +331,24 @@ func (p *pools) sparsest(want int64) (vals []*Value, ids []uint64) {
 	var cands []cand
 	for k := range p.classes {
 		cp := &p.classes[k]
+		var empty []*slab // kept while fewer bytes were free: unmapped first
 		cp.mu.Lock()
 		for _, s := range cp.partial {
-			if s.blocks > 1 && len(s.free) < s.blocks {
+			switch {
+			case len(s.free) == s.blocks:
+				empty = append(empty, s)
+			case s.blocks > 1:
 				cands = append(cands, cand{s, int64(len(s.free) * classes[k])})
 			}
 		}
+		for _, s := range empty {
+			cp.unlinkLocked(s)
+		}
 		cp.mu.Unlock()
+		for _, s := range empty {
+			want -= int64(s.blocks * classes[k])
+			p.release(s)
+		}
 	}
 	slices.SortFunc(cands, func(a, b cand) int { return cmp.Compare(b.free, a.free) })
 	for _, c := range cands {
