@@ -86,6 +86,9 @@ type Cache struct {
 	// it evicted.
 	reclaiming atomic.Bool
 	reclaimed  atomic.Int64
+	// reclaimFloor: bytes free when the last reclaim ended, or fewer seen
+	// since (see Alloc).
+	reclaimFloor atomic.Int64
 	// hints is the set-associative table in front of ristretto's index
 	// that serves most hits (see Get); hintShift turns a key's hash into
 	// its set.
@@ -414,10 +417,19 @@ func (c *Cache) unhint(e *entry) {
 // held before; a pooled block starts at a BlockAlign-aligned address.
 // Values of a closed cache work, but their blocks are not reused.
 func (c *Cache) Alloc(n int) *Value {
-	if c.pools.excess() > c.pools.maxFree {
-		c.reclaim()
+	p := c.pools
+	if free := p.bytes.Load(); free > 2*p.maxFree {
+		// A reclaim that left free bytes (blocks its holders keep, free
+		// blocks of the slabs the classes fill next) is not run again
+		// until more are free: scanning every slab at every Alloc would
+		// find the same. floor is the fewest bytes free seen since.
+		if f := c.reclaimFloor.Load(); free < f {
+			c.reclaimFloor.Store(free)
+		} else if free > f+p.maxFree/4 {
+			c.reclaim()
+		}
 	}
-	return c.pools.get(n)
+	return p.get(n)
 }
 
 // reclaim evicts the values left in the slabs with the most free blocks
@@ -432,6 +444,9 @@ func (c *Cache) reclaim() {
 		return
 	}
 	defer c.reclaiming.Store(false)
+	// The Dels below drop the cache's references at once (a value no
+	// reader holds is free when they return).
+	defer func() { c.reclaimFloor.Store(c.pools.bytes.Load()) }()
 	vals, ids := c.pools.sparsest(c.pools.excess())
 	c.mu.RLock()
 	defer c.mu.RUnlock()

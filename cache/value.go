@@ -169,6 +169,7 @@ type pools struct {
 	allocs   atomic.Int64 // blocks taken from a new slab (or the heap)
 	reuses   atomic.Int64 // blocks reused
 	unmapped atomic.Int64 // slabs returned to the system
+	scans    atomic.Int64 // sparsest calls (reclaims that ran)
 }
 
 // classPool is one class's slabs that have a free block.
@@ -329,14 +330,21 @@ func (p *pools) sparsest(want int64) (vals []*Value, ids []uint64) {
 		free int64
 	}
 	var cands []cand
+	p.scans.Add(1)
 	for k := range p.classes {
 		cp := &p.classes[k]
 		var empty []*slab // kept while fewer bytes were free: unmapped first
 		cp.mu.Lock()
-		for _, s := range cp.partial {
+		for i, s := range cp.partial {
 			switch {
 			case len(s.free) == s.blocks:
 				empty = append(empty, s)
+			case i == len(cp.partial)-1:
+				// The slab the class takes its next blocks from (the
+				// slab a class may keep partly used): evicting its
+				// values, often just set, would only have the next
+				// Alloc of the class map another.
+				want -= int64(len(s.free) * classes[k])
 			case s.blocks > 1:
 				cands = append(cands, cand{s, int64(len(s.free) * classes[k])})
 			}
