@@ -36,26 +36,23 @@ func EveryTear(t testing.TB, sector int, versions [][]byte, check func(name stri
 		padded[i] = make([]byte, size)
 		copy(padded[i], v)
 	}
-	// A sector that differs between versions, and its distinct contents.
-	type choice struct {
-		at       int
-		contents [][]byte
-	}
-	var choices []choice
+	// The sectors that differ between versions (at ats), and the
+	// distinct contents of each.
 	var ats []int
+	var choices [][][]byte
 	images := 1
 	for s := 0; s < size; s += sector {
 		e := min(s+sector, size)
-		c := choice{at: s}
+		var contents [][]byte
 		for _, v := range padded {
-			if !slices.ContainsFunc(c.contents, func(b []byte) bool { return bytes.Equal(b, v[s:e]) }) {
-				c.contents = append(c.contents, v[s:e])
+			if !slices.ContainsFunc(contents, func(b []byte) bool { return bytes.Equal(b, v[s:e]) }) {
+				contents = append(contents, v[s:e])
 			}
 		}
-		if len(c.contents) > 1 {
-			choices = append(choices, c)
+		if len(contents) > 1 {
+			choices = append(choices, contents)
 			ats = append(ats, s)
-			images *= len(c.contents)
+			images *= len(contents)
 			require.LessOrEqual(t, images, MaxTears, "too many ways to tear to try every one")
 		}
 	}
@@ -63,12 +60,12 @@ func EveryTear(t testing.TB, sector int, versions [][]byte, check func(name stri
 	pick := make([]int, len(choices))
 	for n := 0; n < images; n++ {
 		img := append([]byte(nil), padded[0]...)
-		for i, c := range choices {
-			copy(img[c.at:], c.contents[pick[i]])
+		for i, contents := range choices {
+			copy(img[ats[i]:], contents[pick[i]])
 		}
 		check(fmt.Sprintf("tear %d of %d: sectors %v picked %v", n, images, ats, pick), img)
 		for i := range pick { // the next combination, like an odometer
-			if pick[i]++; pick[i] < len(choices[i].contents) {
+			if pick[i]++; pick[i] < len(choices[i]) {
 				break
 			}
 			pick[i] = 0
