@@ -230,7 +230,7 @@ func (l *Log) verifyImport(s *segment) error {
 	if err := s.decodeFooter(foot); err != nil {
 		return s.corrupt("import", foot.Pos, err)
 	}
-	index, _, err := s.decodeFooterIndex(foot) // all of it, for the checks (s keeps what reads need)
+	index, _, err := footerIndex(s.hdr, s.base, foot) // all of it, for the checks (s keeps what reads need)
 	if err != nil {
 		return s.corrupt("import", foot.Pos, err)
 	}

@@ -641,7 +641,7 @@ func (l *Log) openFromCleanClose(s *segment, c *cleanEnd, hdr wal.FileHeader, re
 	if err := l.checkHeader(s); err != nil {
 		return false, err
 	}
-	index, interval, err := s.decodeFooterIndex(&wal.Footer{Data: c.index, Next: c.next, Pos: c.end})
+	index, interval, err := footerIndex(s.hdr, s.base, &wal.Footer{Data: c.index, Next: c.next, Pos: c.end})
 	if err != nil {
 		l.opts.Logger.Warn("segstore: the manifest's clean close record does not fit the last segment; scanning it", "segment", s.path, "err", err)
 		return false, nil

@@ -379,7 +379,7 @@ func (s *segment) decodeFooter(f *wal.Footer) error {
 			interval = sum.Interval
 		}
 	} else {
-		index, interval, err = s.decodeFooterIndex(f)
+		index, interval, err = footerIndex(s.hdr, s.base, f)
 	}
 	if err != nil {
 		return err
@@ -394,21 +394,22 @@ func (s *segment) decodeFooter(f *wal.Footer) error {
 	return nil
 }
 
-// decodeFooterIndex checks the footer f of s and returns its index: a
-// version 2 footer in a file of version 3, version 1 in older ones. A
-// sealed footer and the manifest's clean close record (encodeFooter's
-// bytes for the active segment) both go through here.
-func (s *segment) decodeFooterIndex(f *wal.Footer) ([]indexEntry, int64, error) {
-	if s.recordIndexed() {
+// footerIndex checks the footer f of the segment file whose header is hdr
+// and whose first offset is base, and returns its index: a version 2
+// footer in a file of version 3, version 1 in older ones. A sealed footer
+// and the manifest's clean close record (encodeFooter's bytes for the
+// active segment) both go through here.
+func footerIndex(hdr wal.FileHeader, base uint64, f *wal.Footer) ([]indexEntry, int64, error) {
+	if hdr.Version >= 3 {
 		// The wal pads the footer to 8 bytes; a version 2 footer is a
 		// multiple of 8 already.
-		index, interval, err := layout.DecodeFooterV2(f.Data, s.hdr.SegmentID, s.base, f.Next, f.Pos)
+		index, interval, err := layout.DecodeFooterV2(f.Data, hdr.SegmentID, base, f.Next, f.Pos)
 		if err != nil {
 			return nil, 0, err
 		}
 		return fromLayout(index), interval, nil
 	}
-	v1, err := layout.DecodeFooterV1(f.Data, s.base, f.Next, f.Pos)
+	v1, err := layout.DecodeFooterV1(f.Data, base, f.Next, f.Pos)
 	if err != nil {
 		return nil, 0, err
 	}

@@ -299,9 +299,8 @@ func (r *VerifyReport) verifySegment(d blockdev.Dir, base uint64, last, sealing 
 	var check *entryCheck
 	indexBad := -1
 	if _, foot, err := wal.ReadSealed(dev); err == nil {
-		ix := &segment{base: base, name: name, path: path, hdr: sc.Header()}
-		if index, _, err := ix.decodeFooterIndex(foot); err == nil {
-			check = &entryCheck{index: index, hdr: ix.hdr}
+		if index, _, err := footerIndex(sc.Header(), base, foot); err == nil {
+			check = &entryCheck{index: index, hdr: sc.Header()}
 		}
 	}
 	for sc.Next() {
@@ -330,7 +329,7 @@ func (r *VerifyReport) verifySegment(d blockdev.Dir, base uint64, last, sealing 
 	if foot == nil {
 		return nil
 	}
-	return verifyFooterIndex(problem, dev, &segment{base: base, name: name, path: path, hdr: sc.Header()}, foot, check, indexBad)
+	return verifyFooterIndex(problem, dev, sc.Header(), base, foot, check, indexBad)
 }
 
 // problemFunc records a problem of one segment file.
@@ -381,13 +380,15 @@ func (r *VerifyReport) verifyEnd(problem problemFunc, sc *wal.Scanner, last, sea
 	return foot
 }
 
-// verifyFooterIndex checks that the footer of s decodes and that every
-// index entry is a record (a frame, before version 3) the scan found, with
-// its offset and time. check is the index as the scan checked it, frame
+// verifyFooterIndex checks that the footer of the file whose header is hdr
+// and whose first offset is base decodes, and that every index entry is a
+// record (a frame, before version 3) the scan found, with its offset and
+// time. check is the index as the scan checked it, frame
 // by frame, and indexBad the first entry that did not match (-1: none); a
 // nil check (the file does not end at its footer) reads the frames again.
-func verifyFooterIndex(problem problemFunc, dev blockdev.Device, s *segment, foot *wal.Footer, check *entryCheck, indexBad int) error {
-	if err := s.decodeFooter(foot); err != nil {
+func verifyFooterIndex(problem problemFunc, dev blockdev.Device, hdr wal.FileHeader, base uint64, foot *wal.Footer, check *entryCheck, indexBad int) error {
+	index, _, err := footerIndex(hdr, base, foot)
+	if err != nil {
 		problem(foot.Pos, ProblemFooter, true, "%v", err)
 		return nil
 	}
@@ -396,11 +397,7 @@ func verifyFooterIndex(problem problemFunc, dev blockdev.Device, s *segment, foo
 	if check == nil {
 		// The file does not end at its footer (an unfinished seal): the
 		// footer came from the scan, so the frames are read again.
-		index, _, err := s.decodeFooterIndex(foot)
-		if err != nil {
-			return err // decodeFooter checked the same bytes
-		}
-		check = &entryCheck{index: index, hdr: s.hdr}
+		check = &entryCheck{index: index, hdr: hdr}
 		sc2, err := wal.NewScanner(dev)
 		if err != nil {
 			return err
