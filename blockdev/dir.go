@@ -73,9 +73,25 @@ func OpenDir(path string, buffered bool) (*OSDir, error) {
 	case err != nil && !errors.Is(err, fs.ErrExist):
 		return nil, fmt.Errorf("blockdev: %w", err)
 	}
-	if fi, err := os.Stat(path); err != nil {
+	return statDir(path, buffered)
+}
+
+// OpenExistingDir returns the directory at path, which must exist: for a
+// reader, which creates nothing. A missing one is an error wrapping
+// fs.ErrNotExist.
+func OpenExistingDir(path string, buffered bool) (*OSDir, error) {
+	return statDir(path, buffered)
+}
+
+// statDir returns the OSDir at path after checking it is a directory.
+func statDir(path string, buffered bool) (*OSDir, error) {
+	fi, err := os.Stat(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil, fmt.Errorf("blockdev: %s is not an existing directory: check the path: %w", path, err)
+	case err != nil:
 		return nil, fmt.Errorf("blockdev: %w", err)
-	} else if !fi.IsDir() {
+	case !fi.IsDir():
 		kind := "regular file"
 		if !fi.Mode().IsRegular() {
 			kind = fileKind(fi.Mode())

@@ -110,6 +110,26 @@ func TestOpenDirCreatesOnlyItsOwnDirectory(t *testing.T) {
 	assert.ErrorContains(t, err, "is a regular file, not a directory")
 }
 
+// TestOpenExistingDirCreatesNothing: a reader's open of a missing path is
+// an error wrapping fs.ErrNotExist, and creates nothing.
+func TestOpenExistingDirCreatesNothing(t *testing.T) {
+	tmp := t.TempDir()
+	missing := filepath.Join(tmp, "store")
+	_, err := blockdev.OpenExistingDir(missing, false)
+	assert.ErrorIs(t, err, fs.ErrNotExist)
+	assert.ErrorContains(t, err, missing+" is not an existing directory")
+	assert.NoDirExists(t, missing)
+
+	file := filepath.Join(tmp, "file")
+	require.NoError(t, os.WriteFile(file, nil, 0o644))
+	_, err = blockdev.OpenExistingDir(file, false)
+	assert.ErrorContains(t, err, "is a regular file, not a directory")
+
+	d, err := blockdev.OpenExistingDir(tmp, true)
+	require.NoError(t, err)
+	assert.Equal(t, tmp, d.Path())
+}
+
 // TestOSDirLockHolder: LockHolder sees a lock (of any open, in this
 // process too) and its holder's process id, creates nothing, and leaves
 // the lock to its holder.

@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -118,7 +116,7 @@ const readOnlyOpenTries = 32
 func listNames(path string, opts Options) ([]string, error) {
 	d := opts.Dir
 	if d == nil {
-		od, err := openExistingDir(path, opts.Buffered)
+		od, err := blockdev.OpenExistingDir(path, opts.Buffered)
 		if err != nil {
 			return nil, err
 		}
@@ -154,7 +152,7 @@ func open(dir string, opts Options) (*Log, error) {
 	if l.dir == nil {
 		open := blockdev.OpenDir
 		if l.openedReadOnly() { // a read-only open creates nothing
-			open = openExistingDir
+			open = blockdev.OpenExistingDir
 		}
 		d, err := open(dir, opts.Buffered)
 		if err != nil {
@@ -763,13 +761,4 @@ func (l *Log) checkHeader(s *segment) error {
 		return s.corrupt("open", 0, fmt.Errorf("file header says base offset %d, the name says %d", s.hdr.BaseOffset, s.base))
 	}
 	return nil
-}
-
-// openExistingDir opens dir for reading, refusing (not creating) a
-// missing directory.
-func openExistingDir(dir string, buffered bool) (*blockdev.OSDir, error) {
-	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
-		return nil, fmt.Errorf("engine: %s is not an existing directory: %w", dir, errors.Join(err, fs.ErrNotExist))
-	}
-	return blockdev.OpenDir(dir, buffered)
 }

@@ -96,7 +96,7 @@ type VerifyOptions struct {
 // of the log), the check starts over, up to verifyTries times, so what is
 // reported comes from a listing that stood still across the check.
 func Verify(dir string, opts VerifyOptions) (*VerifyReport, error) {
-	d, err := openExistingDir(dir, opts.Buffered)
+	d, err := blockdev.OpenExistingDir(dir, opts.Buffered)
 	if err != nil {
 		return nil, err
 	}
