@@ -92,6 +92,12 @@ type PlainOpener interface {
 	// created file with mode 0o644. It never waits: a name that is not
 	// a regular file (a FIFO) is refused with ErrNotRegular.
 	OpenPlain(name string, flag int) (PlainFile, error)
+	// ReopenPlain opens again, read-only and with a position of its own,
+	// the file an open device of the directory holds, whatever happened
+	// to its name since (where the system can tell: see Reopen): to
+	// export a segment through the page cache while it is also read
+	// with direct I/O.
+	ReopenPlain(dev Device) (PlainFile, error)
 }
 
 // SharedMapping is a small file mapped into memory, shared with every

@@ -59,6 +59,19 @@ func (d *OSDir) OpenPlain(name string, flag int) (PlainFile, error) {
 	return f, nil
 }
 
+// ReopenPlain is Reopen of the file dev holds.
+func (d *OSDir) ReopenPlain(dev Device) (PlainFile, error) {
+	f := dev.File()
+	if f == nil {
+		return nil, fmt.Errorf("blockdev: reopen %s: not a device of a real directory", dev.Name())
+	}
+	nf, err := Reopen(f)
+	if err != nil {
+		return nil, fmt.Errorf("blockdev: reopen %s: %w", dev.Name(), err)
+	}
+	return nf, nil
+}
+
 // MapShared maps name with Map: a writable mapping keeps the file open
 // for WriteAt, and a second, read-only descriptor for ReadAt, opened
 // O_NOATIME where the system has it (and the caller owns the file), so

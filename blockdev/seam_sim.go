@@ -73,13 +73,21 @@ func (d *SimDir) Stat(name string) (FileStat, error) {
 
 // StatDevice describes the Sim an open device of the directory holds.
 func (d *SimDir) StatDevice(dev Device) (FileStat, error) {
-	switch x := dev.(type) {
-	case *simHandle:
-		return x.Sim.stat()
-	case *Sim:
-		return x.stat()
+	if s := simOf(dev); s != nil {
+		return s.stat()
 	}
 	return FileStat{}, fmt.Errorf("blockdev: stat %s: not a device of a simulated directory", dev.Name())
+}
+
+// simOf is the Sim a device of a SimDir holds; nil for another device.
+func simOf(dev Device) *Sim {
+	switch x := dev.(type) {
+	case *simHandle:
+		return x.Sim
+	case *Sim:
+		return x
+	}
+	return nil
 }
 
 func (s *Sim) stat() (FileStat, error) {
@@ -111,6 +119,15 @@ func (d *SimDir) OpenPlain(name string, flag int) (PlainFile, error) {
 		}
 	}
 	return p, nil
+}
+
+// ReopenPlain opens the Sim that dev holds as a read-only PlainFile.
+func (d *SimDir) ReopenPlain(dev Device) (PlainFile, error) {
+	s := simOf(dev)
+	if s == nil {
+		return nil, fmt.Errorf("blockdev: reopen %s: not a device of a simulated directory", dev.Name())
+	}
+	return &simPlain{s: s, read: true}, nil
 }
 
 // simPlain is a SimDir's PlainFile.

@@ -29,7 +29,7 @@ type SegmentView struct {
 	s      *segment
 	info   SegmentInfo
 	size   int64
-	f      *os.File // for ReadAt
+	f      blockdev.PlainFile // for ReadAt
 	closed atomic.Bool
 }
 
@@ -43,7 +43,7 @@ func (l *Log) OpenSegment(base uint64) (*SegmentView, error) {
 	if err != nil {
 		return nil, err
 	}
-	f, err := s.reopen()
+	f, err := l.reopen(s)
 	if err != nil {
 		s.done()
 		return nil, err
@@ -114,18 +114,27 @@ func (s *segment) info() SegmentInfo {
 }
 
 // reopen opens the segment's file again, read-only and without O_DIRECT,
-// with a file position of its own (blockdev.Reopen: on Linux the very
-// file the segment holds even if its name was removed or replaced since).
-func (s *segment) reopen() (*os.File, error) {
-	f := s.dev.File()
-	if f == nil {
-		return nil, fmt.Errorf("engine: segment %s has no file to export (a simulated device)", s.path)
+// with a file position of its own (blockdev.PlainOpener.ReopenPlain: on
+// Linux the very file the segment holds even if its name was removed or
+// replaced since).
+func (l *Log) reopen(s *segment) (blockdev.PlainFile, error) {
+	if l.caps.plain == nil {
+		return nil, fmt.Errorf("engine: segment %s cannot be exported: its directory opens no files through the page cache (a blockdev.PlainOpener, as a real directory is)", s.path)
 	}
-	nf, err := blockdev.Reopen(f)
+	f, err := l.caps.plain.ReopenPlain(s.dev)
 	if err != nil {
 		return nil, fmt.Errorf("engine: reopen segment %s for export: %w", s.path, err)
 	}
-	return nf, nil
+	return f, nil
+}
+
+// dropCache advises the system to drop the page cache of the bytes
+// [off, off+n) of an export's file (ExportDropCache); a file that is not
+// a real one has no page cache.
+func dropCache(f blockdev.PlainFile, off, n int64) {
+	if of, ok := f.(*os.File); ok {
+		blockdev.DropCache(of, off, n)
+	}
 }
 
 // Info describes the segment as it was when the view was opened.
@@ -194,15 +203,19 @@ func (sec *Section) WriteTo(w io.Writer) (int64, error) {
 	if v.closed.Load() {
 		return 0, ErrClosed
 	}
-	f, err := v.s.reopen()
+	f, err := v.l.reopen(v.s)
 	if err != nil {
 		return 0, err
 	}
 	defer f.Close()
-	if _, err := f.Seek(sec.off, io.SeekStart); err != nil {
-		return 0, err
+	r := io.Reader(io.NewSectionReader(f, sec.off, sec.n))
+	if of, ok := f.(*os.File); ok { // the form io.Copy hands to sendfile
+		if _, err := of.Seek(sec.off, io.SeekStart); err != nil {
+			return 0, err
+		}
+		r = &io.LimitedReader{R: of, N: sec.n}
 	}
-	n, err := io.Copy(w, &io.LimitedReader{R: f, N: sec.n})
+	n, err := io.Copy(w, r)
 	if sendsFile(w) {
 		v.l.exportSendfile.Add(n)
 	} else {
@@ -214,7 +227,7 @@ func (sec *Section) WriteTo(w io.Writer) (int64, error) {
 	if v.l.opts.ExportDropCache {
 		// Pages still in socket buffers cannot be dropped yet; Close
 		// advises again for the whole view.
-		blockdev.DropCache(f, sec.off, sec.n)
+		dropCache(f, sec.off, sec.n)
 	}
 	return n, err
 }
@@ -248,7 +261,7 @@ func (v *SegmentView) Close() error {
 		return ErrClosed
 	}
 	if v.l.opts.ExportDropCache {
-		blockdev.DropCache(v.f, 0, v.size)
+		dropCache(v.f, 0, v.size)
 	}
 	err := v.f.Close()
 	v.s.done()
@@ -279,7 +292,11 @@ func (v *SegmentView) Mmap() (*Mapping, error) {
 	if !v.info.Sealed {
 		return nil, fmt.Errorf("%w: segment %d is the active segment; map it once it is sealed (or read it through the view)", ErrNotSealed, v.info.Base)
 	}
-	data, err := blockdev.Map(v.f, int(v.size), false)
+	f, ok := v.f.(*os.File)
+	if !ok {
+		return nil, fmt.Errorf("engine: segment %s cannot be mapped: its directory holds no files the system can map (a simulated directory); read it through the view", v.s.path)
+	}
+	data, err := blockdev.Map(f, int(v.size), false)
 	if err != nil {
 		return nil, fmt.Errorf("engine: mmap segment %s: %w", v.s.path, err)
 	}

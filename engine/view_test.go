@@ -157,6 +157,56 @@ func TestViewOfActiveSegmentStopsAtDurableEnd(t *testing.T) {
 	assert.ErrorIs(t, err, ErrNotSealed)
 }
 
+// TestViewExportsOnASimulatedDirectory: export runs on any directory that
+// opens files through the page cache, the simulated one too: a sealed
+// view and an active one hold the file's bytes up to their end, by ReadAt,
+// WriteTo and Section, and what they export imports into another log.
+// Only Mmap needs a real file, and says so.
+func TestViewExportsOnASimulatedDirectory(t *testing.T) {
+	d := blockdev.NewSimDir(blockdev.SimOptions{Seed: 1})
+	l, err := Open("sim", followFlipOptions(d, false))
+	require.NoError(t, err)
+	defer l.Close()
+	appendFlipRecords(t, l, 12)
+	require.NoError(t, l.Roll())
+	appendFlipRecords(t, l, 5)
+	segs := l.Segments()
+	require.Len(t, segs, 2)
+
+	follower, err := Open("sim", followFlipOptions(blockdev.NewSimDir(blockdev.SimOptions{Seed: 2}), false))
+	require.NoError(t, err)
+	defer follower.Close()
+	for _, seg := range segs {
+		v, err := l.OpenSegment(seg.Base)
+		require.NoError(t, err)
+		file := d.File(seg.File).Bytes()[:v.Size()]
+		all := make([]byte, v.Size())
+		n, err := v.ReadAt(all, 0)
+		require.NoError(t, err)
+		assert.Equal(t, file, all[:n], "ReadAt of segment %d", seg.Base)
+		var buf bytes.Buffer
+		_, err = v.WriteTo(&buf)
+		require.NoError(t, err)
+		assert.Equal(t, file, buf.Bytes(), "WriteTo of segment %d", seg.Base)
+		exported := bytes.Clone(buf.Bytes())
+		buf.Reset()
+		_, err = v.Section(100, v.Size()-200).WriteTo(&buf)
+		require.NoError(t, err)
+		assert.Equal(t, file[100:v.Size()-100], buf.Bytes(), "a section of segment %d", seg.Base)
+		if seg.Sealed {
+			_, err = v.Mmap()
+			assert.ErrorContains(t, err, "cannot be mapped: its directory holds no files the system can map")
+			_, err = follower.ImportSegment(bytes.NewReader(exported), seg.Base, v.Size())
+		} else {
+			_, err = follower.ImportActive(bytes.NewReader(exported), seg.Base, v.Size())
+		}
+		require.NoError(t, err, "import of segment %d", seg.Base)
+		require.NoError(t, v.Close())
+	}
+	requireRecordsExact(t, "exported and imported", follower, 0, l.EndOffset(), false, "")
+	assert.Positive(t, l.Stats().ExportCopiedBytes)
+}
+
 // mapSegment maps the sealed segment at base through a view; both are
 // closed when the test ends.
 func mapSegment(t *testing.T, l *Log, base uint64) *Mapping {
