@@ -176,6 +176,55 @@ func TestSeamOpenPlain(t *testing.T) {
 	}
 }
 
+// TestSeamReopenPlain: a reopen of a device reads the very file the device
+// holds, after its name was renamed over, with a position of its own, and
+// writes nothing.
+func TestSeamReopenPlain(t *testing.T) {
+	for name, mk := range seamDirs() {
+		t.Run(name, func(t *testing.T) {
+			d := mk(t)
+			writePlain(t, d, "seg", "the segment's bytes")
+			dev, err := d.Open("seg", blockdev.Options{ReadOnly: true, Buffered: true})
+			require.NoError(t, err)
+			defer dev.Close()
+			writePlain(t, d, "other", "another file")
+			require.NoError(t, d.Rename("other", "seg"))
+
+			f, err := d.ReopenPlain(dev)
+			require.NoError(t, err)
+			b, err := io.ReadAll(f)
+			require.NoError(t, err)
+			assert.Equal(t, "the segment's bytes", string(b), "the file the device holds, not the one now named seg")
+			at := make([]byte, 7)
+			_, err = f.ReadAt(at, 4)
+			require.NoError(t, err)
+			assert.Equal(t, "segment", string(at))
+			_, err = f.WriteAt([]byte("x"), 0)
+			assert.Error(t, err, "reopened read-only")
+			require.NoError(t, f.Close())
+
+			_, err = d.ReopenPlain(foreignDevice{dev})
+			assert.ErrorContains(t, err, "not a device of")
+		})
+	}
+}
+
+// foreignDevice is a device no directory opened.
+type foreignDevice struct{ blockdev.Device }
+
+func (foreignDevice) File() *os.File { return nil }
+
+// writePlain makes name hold s, durably.
+func writePlain(t *testing.T, d seamDir, name, s string) {
+	t.Helper()
+	f, err := d.OpenPlain(name, os.O_WRONLY|os.O_CREATE|os.O_TRUNC)
+	require.NoError(t, err)
+	_, err = f.Write([]byte(s))
+	require.NoError(t, err)
+	require.NoError(t, f.Sync())
+	require.NoError(t, f.Close())
+}
+
 // TestSeamMapShared: a writable mapping creates the file at its size;
 // read-only mappings of it share its memory (an atomic store through one
 // is loaded through the other) and identify the file; a missing or short
