@@ -86,9 +86,25 @@ func Open(dir string, opts Options) (*Log, error) {
 			return nil, err
 		}
 		if try == readOnlyOpenTries {
-			return nil, fmt.Errorf("%w (the log's writer changed %s during each of %d attempts to open it read-only: open it again once the writer pauses)", err, dir, try)
+			return nil, fmt.Errorf("%w (%s)", err, churnAdvice(dir, opts, try))
 		}
 	}
+}
+
+// churnAdvice says who changed dir during each of the tries of a
+// read-only open, and what to do: a live writer is waited out; without
+// one, something else is changing the store's files.
+func churnAdvice(dir string, opts Options, tries int) string {
+	d := opts.Dir
+	if d == nil {
+		if od, err := blockdev.OpenExistingDir(dir, opts.Buffered); err == nil {
+			d = od
+		}
+	}
+	if d != nil && writerLive(capsOf(d)) {
+		return fmt.Sprintf("the log's writer changed %s during each of %d attempts to open it read-only: open it again once the writer pauses", dir, tries)
+	}
+	return fmt.Sprintf("%s changed during each of %d attempts to open it read-only, and no writer holds its lock: stop whatever else changes the files there (a copy, a repair, another program) and open it again", dir, tries)
 }
 
 // readOnlyOpenHook, set by tests only (and only while no other test opens

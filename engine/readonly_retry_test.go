@@ -122,6 +122,7 @@ func TestReadOnlyOpenRetriesLeakNothing(t *testing.T) {
 				if churn {
 					assert.Equal(t, int64(readOnlyOpenTries), d.opens.Load(), "attempts")
 					assert.Contains(t, err.Error(), fmt.Sprintf("during each of %d attempts", readOnlyOpenTries))
+					assert.Contains(t, err.Error(), "no writer holds its lock", "the churning directory has no lock: no writer is blamed")
 				} else {
 					assert.Equal(t, int64(1), d.opens.Load(), "attempts")
 					assert.NotContains(t, err.Error(), "attempts")
@@ -140,4 +141,17 @@ func TestReadOnlyOpenRetriesLeakNothing(t *testing.T) {
 			})
 		}
 	}
+}
+
+// TestChurnAdviceBlamesOnlyALiveWriter: a read-only open that gave up
+// because the directory kept changing blames the writer only while one
+// holds the store's lock.
+func TestChurnAdviceBlamesOnlyALiveWriter(t *testing.T) {
+	path := t.TempDir()
+	w := realLog(t, path)
+	assert.Contains(t, churnAdvice(path, realOptions(), 32), "the log's writer changed "+path+" during each of 32 attempts")
+	require.NoError(t, w.Close())
+	advice := churnAdvice(path, realOptions(), 32)
+	assert.Contains(t, advice, path+" changed during each of 32 attempts")
+	assert.Contains(t, advice, "no writer holds its lock")
 }
