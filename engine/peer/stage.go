@@ -33,7 +33,10 @@ type stage struct {
 
 // openStage opens the stage in dir, keeping of what an earlier run left
 // there the longest start that is a segment header and whole, verified
-// frames (bytes past them were in flight in a crash, or cut off).
+// frames (bytes past them were in flight in a crash, or cut off). It
+// syncs the directory: a name the open created is durable only after
+// that (blockdev.Dir), and the stage's bytes, once synced, are counted
+// as received (FollowStats.Received) and taken over by Promote.
 func openStage(dir blockdev.Dir) (*stage, error) {
 	path := filepath.Join(dir.Path(), StageFile)
 	po, ok := dir.(blockdev.PlainOpener)
@@ -45,7 +48,9 @@ func openStage(dir blockdev.Dir) (*stage, error) {
 		return nil, fmt.Errorf("peer: the follower's stage: %w", err)
 	}
 	st := &stage{dir: dir, f: f, path: path}
-	if st.base, st.size, err = verifiedStart(dir, path); err == nil {
+	if err = dir.Sync(); err != nil {
+		err = fmt.Errorf("peer: syncing the directory of the follower's stage %s: %w", path, err)
+	} else if st.base, st.size, err = verifiedStart(dir, path); err == nil {
 		err = st.cut(st.size)
 	}
 	if err != nil {
