@@ -71,14 +71,20 @@ func (a FileStat) SameFile(b FileStat) bool {
 
 // PlainFile is a file opened through the page cache, without direct I/O:
 // reads and writes of any length at any offset. Read and Write move a
-// position of its own. Sync is a data sync (fdatasync) and, as a Device's,
-// is never to be retried after it fails. An OSDir's is an *os.File, so
-// that io.Copy between it and a socket uses sendfile or splice.
+// position of its own. Sync makes what was written, and the file's size,
+// durable, and, as a Device's, is never to be retried after it fails.
+// Truncate sets the file's size (zeros past the old end), durable at the
+// next Sync; it needs a file opened for writing. An OSDir's is an
+// *os.File, so that io.Copy between it and a socket uses sendfile or
+// splice, and between it and another *os.File copy_file_range; its Sync
+// is os.File's (an fsync on Linux: Datasync, an fdatasync there, is the
+// cheaper way to make its data durable).
 type PlainFile interface {
 	io.Reader
 	io.ReaderAt
 	io.Writer
 	io.WriterAt
+	Truncate(size int64) error
 	Sync() error
 	Close() error
 }

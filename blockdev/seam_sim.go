@@ -192,6 +192,15 @@ func (p *simPlain) atPos(b []byte, at func([]byte, int64) (int, error)) (int, er
 	return n, err
 }
 
+// Truncate sets the Sim's size, as its own Truncate does: a size change
+// that a crash keeps or loses whole, durable at the next Sync.
+func (p *simPlain) Truncate(size int64) error {
+	if err := p.check("truncate", p.write); err != nil {
+		return err
+	}
+	return p.s.Truncate(size)
+}
+
 func (p *simPlain) Sync() error {
 	if err := p.check("sync", true); err != nil {
 		return err

@@ -219,6 +219,40 @@ func TestSeamReopenPlain(t *testing.T) {
 	}
 }
 
+// TestSeamPlainTruncate: Truncate cuts a plain file or extends it with
+// zeros; it needs a file opened for writing, and an open one.
+func TestSeamPlainTruncate(t *testing.T) {
+	for name, mk := range seamDirs() {
+		t.Run(name, func(t *testing.T) {
+			d := mk(t)
+			f, err := d.OpenPlain("p", os.O_RDWR|os.O_CREATE)
+			require.NoError(t, err)
+			_, err = f.Write([]byte("hello, world"))
+			require.NoError(t, err)
+			require.NoError(t, f.Truncate(5))
+			size, err := d.Size("p")
+			require.NoError(t, err)
+			assert.Equal(t, int64(5), size)
+			require.NoError(t, f.Truncate(8))
+			b := make([]byte, 8)
+			_, err = f.ReadAt(b, 0)
+			require.NoError(t, err)
+			assert.Equal(t, "hello\x00\x00\x00", string(b), "extended with zeros")
+			require.NoError(t, f.Sync())
+			require.NoError(t, f.Close())
+			assert.ErrorIs(t, f.Truncate(0), os.ErrClosed)
+
+			r, err := d.OpenPlain("p", os.O_RDONLY)
+			require.NoError(t, err)
+			assert.Error(t, r.Truncate(0), "opened read-only")
+			require.NoError(t, r.Close())
+			size, err = d.Size("p")
+			require.NoError(t, err)
+			assert.Equal(t, int64(8), size, "a refused Truncate changes nothing")
+		})
+	}
+}
+
 // foreignDevice is a device no directory opened.
 type foreignDevice struct{ blockdev.Device }
 
@@ -233,6 +267,29 @@ func writePlain(t *testing.T, d seamDir, name, s string) {
 	require.NoError(t, err)
 	require.NoError(t, f.Sync())
 	require.NoError(t, f.Close())
+}
+
+// TestSimPlainTruncateIsDurableAtSync: a simulated plain file's Truncate
+// is a size change that a crash drops until Sync makes it durable.
+func TestSimPlainTruncateIsDurableAtSync(t *testing.T) {
+	for _, synced := range []bool{false, true} {
+		d := blockdev.NewSimDir(blockdev.SimOptions{})
+		f, err := d.OpenPlain("p", os.O_RDWR|os.O_CREATE)
+		require.NoError(t, err)
+		require.NoError(t, d.Sync())
+		_, err = f.Write(make([]byte, 100))
+		require.NoError(t, err)
+		require.NoError(t, f.Sync())
+		require.NoError(t, f.Truncate(10))
+		want := int64(100)
+		if synced {
+			require.NoError(t, f.Sync())
+			want = 10
+		}
+		size, err := d.Crash(blockdev.CrashDropUnsynced).Size("p")
+		require.NoError(t, err)
+		assert.Equal(t, want, size, "synced after the truncate: %v", synced)
+	}
 }
 
 // TestSeamMapShared: a writable mapping creates the file at its size;

@@ -184,6 +184,16 @@ const poolAlign = 4096
 // Dir is the path of the log's directory ("sim" for a simulated one).
 func (l *Log) Dir() string { return l.dir.Path() }
 
+// Files is the directory the log was opened on (Options.Dir, or the
+// real directory Open named), for packages that keep files of their own
+// beside the log's (the follower's stage, engine/peer.StageFile). They
+// must use names the log does not (segment files, %020d.seg; MANIFEST,
+// START, DURABLE, LOCK; and no name ending in .tmp, which a writer's
+// open removes as a leftover of a crash), and never open, change, rename
+// or remove the log's own files: the log lists, opens and removes only
+// the names it knows, and leaves every other name alone.
+func (l *Log) Files() blockdev.Dir { return l.dir }
+
 // Options returns the options the log runs with: those given to Open,
 // with each zero field filled with its default (or the value derived for
 // it, as MaxWrite and IndexInterval are).

@@ -12,8 +12,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -183,7 +181,7 @@ func Follow(ctx context.Context, leaderURL string, l *engine.Log, opts FollowOpt
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	st, err := openStage(l.Dir())
+	st, err := openStage(l.Files())
 	if err != nil {
 		return err
 	}
@@ -486,7 +484,7 @@ func (f *follower) nextSegment(segs []SegmentEntry) (next *SegmentEntry, held *e
 // same sizes: its footer can be byte-identical. One ranged request reads
 // the leader's header.
 func (f *follower) sameFile(ctx context.Context, m engine.SegmentInfo) error {
-	mineID, err := localSegmentID(filepath.Join(f.log.Dir(), m.File))
+	mineID, err := f.localSegmentID(m)
 	if err != nil {
 		return err
 	}
@@ -511,23 +509,18 @@ func (f *follower) sameFile(ctx context.Context, m engine.SegmentInfo) error {
 	return nil
 }
 
-// localSegmentID reads the SegmentID in the header of the follower's
-// segment file at path.
-func localSegmentID(path string) (uint64, error) {
-	file, err := os.Open(path)
+// localSegmentID is the SegmentID in the header of the follower's
+// segment m, as the log holds it (a SegmentView's Info).
+func (f *follower) localSegmentID(m engine.SegmentInfo) (uint64, error) {
+	v, err := f.log.OpenSegment(m.Base)
 	if err != nil {
-		return 0, fmt.Errorf("peer: reading the follower's segment header: %w", err)
+		return 0, fmt.Errorf("peer: reading the header of the follower's segment %d (%s in %s): %w", m.Base, m.File, f.log.Dir(), err)
 	}
-	defer file.Close()
-	b := make([]byte, wal.FileHeaderLen)
-	if _, err := file.ReadAt(b, 0); err != nil {
-		return 0, fmt.Errorf("peer: reading the header of the follower's segment %s: %w", path, err)
+	id := v.Info().SegmentID
+	if err := v.Close(); err != nil {
+		return 0, fmt.Errorf("peer: closing the follower's segment %d (%s in %s): %w", m.Base, m.File, f.log.Dir(), err)
 	}
-	h, err := wal.DecodeFileHeader(b)
-	if err != nil {
-		return 0, fmt.Errorf("peer: the header of the follower's segment %s: %w", path, err)
-	}
-	return h.SegmentID, nil
+	return id, nil
 }
 
 func (f *follower) importSealed(ctx context.Context, s SegmentEntry) error {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 
@@ -20,25 +21,36 @@ import (
 const StageFile = "FOLLOW.stage"
 
 // stage is the follower's durable copy of the start of the leader's active
-// segment.
+// segment, kept in the log's directory (engine.Log.Files) through the
+// page cache (a blockdev.PlainOpener).
 type stage struct {
-	f    *os.File
-	path string
+	dir  blockdev.Dir
+	f    blockdev.PlainFile
+	path string // the file, for messages
 	base uint64 // the segment whose start it holds
 	size int64  // bytes held, all durable
 }
 
 // openStage opens the stage in dir, keeping of what an earlier run left
 // there the longest start that is a segment header and whole, verified
-// frames (bytes past them were in flight in a crash, or cut off).
-func openStage(dir string) (*stage, error) {
-	path := filepath.Join(dir, StageFile)
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+// frames (bytes past them were in flight in a crash, or cut off). It
+// syncs the directory: a name the open created is durable only after
+// that (blockdev.Dir), and the stage's bytes, once synced, are counted
+// as received (FollowStats.Received) and taken over by Promote.
+func openStage(dir blockdev.Dir) (*stage, error) {
+	path := filepath.Join(dir.Path(), StageFile)
+	po, ok := dir.(blockdev.PlainOpener)
+	if !ok {
+		return nil, fmt.Errorf("peer: the follower's stage %s: the follower keeps it through the page cache, and the log's directory opens no files that way (it is not a blockdev.PlainOpener): open the log on a directory that does, as a real directory does", path)
+	}
+	f, err := po.OpenPlain(StageFile, os.O_RDWR|os.O_CREATE)
 	if err != nil {
 		return nil, fmt.Errorf("peer: the follower's stage: %w", err)
 	}
-	st := &stage{f: f, path: path}
-	if st.base, st.size, err = verifiedStart(path); err == nil {
+	st := &stage{dir: dir, f: f, path: path}
+	if err = dir.Sync(); err != nil {
+		err = fmt.Errorf("peer: syncing the directory of the follower's stage %s: %w", path, err)
+	} else if st.base, st.size, err = verifiedStart(dir, path); err == nil {
 		err = st.cut(st.size)
 	}
 	if err != nil {
@@ -48,13 +60,16 @@ func openStage(dir string) (*stage, error) {
 	return st, nil
 }
 
-// verifiedStart returns the base offset of the segment staged at path and
+// verifiedStart returns the base offset of the segment staged in dir and
 // the length of its verified start (0 if not even its header is whole).
-func verifiedStart(path string) (base uint64, size int64, err error) {
-	if fi, err := os.Stat(path); err != nil || fi.Size() == 0 {
+func verifiedStart(dir blockdev.Dir, path string) (base uint64, size int64, err error) {
+	if n, err := dir.Size(StageFile); err != nil || n == 0 {
+		if err != nil {
+			err = fmt.Errorf("peer: the follower's stage %s: %w", path, err)
+		}
 		return 0, 0, err
 	}
-	dev, err := blockdev.Open(path, blockdev.Options{ReadOnly: true, Buffered: true})
+	dev, err := dir.Open(StageFile, blockdev.Options{ReadOnly: true, Buffered: true})
 	if err != nil {
 		return 0, 0, fmt.Errorf("peer: the follower's stage: %w", err)
 	}
@@ -88,10 +103,26 @@ func (st *stage) cut(size int64) error {
 	if err := st.f.Truncate(size); err != nil {
 		return fmt.Errorf("peer: cutting the follower's stage %s to %d bytes: %w", st.path, size, err)
 	}
-	if err := blockdev.Datasync(st.f); err != nil {
-		return fmt.Errorf("peer: the follower's stage: %w", err)
+	if err := st.sync(); err != nil {
+		return err
 	}
 	st.size = size
+	return nil
+}
+
+// sync makes what the stage was given durable: an fdatasync for a real
+// file (blockdev.Datasync; os.File's Sync is an fsync, which also writes
+// the times nothing here needs), the PlainFile's Sync otherwise.
+func (st *stage) sync() error {
+	var err error
+	if f, ok := st.f.(*os.File); ok {
+		err = blockdev.Datasync(f)
+	} else {
+		err = st.f.Sync()
+	}
+	if err != nil {
+		return fmt.Errorf("peer: the follower's stage: %w", err)
+	}
 	return nil
 }
 
@@ -108,27 +139,33 @@ func (st *stage) append(r io.Reader, want int64) error {
 	if n == 0 {
 		return err
 	}
-	if serr := blockdev.Datasync(st.f); serr != nil {
-		return errors.Join(fmt.Errorf("peer: the follower's stage: %w", serr), st.cut(0))
+	if serr := st.sync(); serr != nil {
+		return errors.Join(serr, st.cut(0))
 	}
 	st.size += n
 	return err
 }
 
-// reader reads what the stage holds (the imports read st.size bytes):
-// the file itself, from its start, so that an import copies it within the
-// kernel (copy_file_range).
+// reader reads what the stage holds (the imports read st.size bytes).
+// A real file is handed over itself, from its start, so that an import
+// into a real file copies it within the kernel (copy_file_range, which
+// io.Copy uses between two *os.File); another PlainFile is read through
+// a section of it.
 func (st *stage) reader() (io.Reader, error) {
-	if _, err := st.f.Seek(0, io.SeekStart); err != nil {
+	f, ok := st.f.(*os.File)
+	if !ok {
+		return io.NewSectionReader(st.f, 0, st.size), nil
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
 		return nil, fmt.Errorf("peer: the follower's stage %s: %w", st.path, err)
 	}
-	return st.f, nil
+	return f, nil
 }
 
 // remove deletes the stage (it holds nothing the log needs).
 func (st *stage) remove() error {
 	st.f.Close()
-	if err := os.Remove(st.path); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := st.dir.Remove(StageFile); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("peer: removing the follower's stage: %w", err)
 	}
 	return nil
@@ -145,7 +182,7 @@ func (st *stage) remove() error {
 // nothing was staged, or only the start of a segment l already has). Run
 // it with no Follow running on l.
 func Promote(l *engine.Log) (added uint64, err error) {
-	st, err := openStage(l.Dir())
+	st, err := openStage(l.Files())
 	if err != nil {
 		return 0, err
 	}
