@@ -28,6 +28,20 @@ func (d *countingDir) Open(name string, opts blockdev.Options) (blockdev.Device,
 	return &countingDevice{Device: dev, d: d}, nil
 }
 
+// OpenPlain and ReopenPlain pass the page-cache opens through, so a
+// counted log still exports (mapped walks, sendfile); they count nothing,
+// as they read no byte through the direct-I/O path.
+func (d *countingDir) OpenPlain(name string, flag int) (blockdev.PlainFile, error) {
+	return d.Dir.(blockdev.PlainOpener).OpenPlain(name, flag)
+}
+
+func (d *countingDir) ReopenPlain(dev blockdev.Device) (blockdev.PlainFile, error) {
+	if c, ok := dev.(*countingDevice); ok {
+		dev = c.Device
+	}
+	return d.Dir.(blockdev.PlainOpener).ReopenPlain(dev)
+}
+
 type countingDevice struct {
 	blockdev.Device
 	d *countingDir
