@@ -102,7 +102,8 @@ func TestStageOnASimDirKeepsTheSyncedStart(t *testing.T) {
 
 // TestFollowOnASimDir follows a real leader into a log on a simulated
 // directory: the active segment is staged there, then imported from the
-// stage once the leader seals it, or promoted.
+// stage once the leader seals it (and the next sealed segment after it),
+// or promoted.
 func TestFollowOnASimDir(t *testing.T) {
 	for _, promote := range []bool{false, true} {
 		t.Run(fmt.Sprintf("promote=%v", promote), func(t *testing.T) {
@@ -136,10 +137,19 @@ func TestFollowOnASimDir(t *testing.T) {
 			} else {
 				require.NoError(t, leader.Roll())
 				waitFor(t, "the follower to import the sealed segment", func() bool { return follower.EndOffset() == end })
+				// The next segment follows the one imported only once the
+				// follower's view of that one (on the SimDir) matches the
+				// leader's file.
+				appendBatches(t, leader, 10)
+				require.NoError(t, leader.Roll())
+				end = leader.EndOffset()
+				waitFor(t, "the follower to import the next sealed segment", func() bool { return follower.EndOffset() == end })
 				require.ErrorIs(t, stop(), context.Canceled)
-				file, err = os.ReadFile(filepath.Join(leader.Dir(), active.File))
-				require.NoError(t, err)
-				assert.Equal(t, file, d.File(active.File).Bytes(), "imported byte for byte")
+				for _, s := range leader.Segments()[:2] {
+					file, err = os.ReadFile(filepath.Join(leader.Dir(), s.File))
+					require.NoError(t, err)
+					assert.Equal(t, file, d.File(s.File).Bytes(), "%s imported byte for byte", s.File)
+				}
 			}
 			require.Equal(t, end, follower.EndOffset())
 			for _, off := range []uint64{active.Base, end - 1} {
