@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"os"
 	"regexp"
 	"strings"
 	"testing"
@@ -11,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/segstore/segstore/blockdev"
+	"github.com/segstore/segstore/cache"
 	"github.com/segstore/segstore/internal/testutil"
 	"github.com/segstore/segstore/wal"
 )
@@ -192,6 +194,7 @@ type refreshFlip struct {
 	writer, reader *Log
 	start          uint64
 	rolled, next   SegmentInfo // the segment the reader was following, sealed since, and the writer's new one
+	opened         dirImage    // the directory as it was when the reader opened
 }
 
 // buildRefreshFlip writes two sealed segments and an active one, opens a
@@ -212,6 +215,7 @@ func buildRefreshFlip(t *testing.T) refreshFlip {
 	r.reader, err = Open("sim", followFlipOptions(r.dir, true))
 	require.NoError(t, err)
 	require.Equal(t, r.writer.EndOffset(), r.reader.EndOffset())
+	r.opened = imageOf(t, r.dir)
 	appendFlipRecords(t, r.writer, 6)
 	require.NoError(t, r.writer.Roll())
 	settle(r.writer)
@@ -242,4 +246,269 @@ func TestRefreshReportsADamagedHeaderOfALiveFile(t *testing.T) {
 	_, err := r.reader.Refresh()
 	require.ErrorIs(t, err, ErrCorrupt, "shown up to %d of %d", r.reader.EndOffset(), r.writer.DurableOffset())
 	requireDamageSaysWhere(t, "refresh", err, r.next.File)
+}
+
+// dirImage is a copy of the files of a simulated directory at one point:
+// the bytes of each, and the words of its DURABLE file, which a writer
+// stores into the mapping (they are not in the file's bytes). It lets a
+// sweep put a directory in a state a live writer left without running
+// the writer again.
+type dirImage struct {
+	files   map[string][]byte
+	durable []byte
+}
+
+// imageOf copies the files of d.
+func imageOf(t *testing.T, d *blockdev.SimDir) dirImage {
+	t.Helper()
+	names, err := d.List()
+	require.NoError(t, err)
+	im := dirImage{files: map[string][]byte{}}
+	for _, n := range names {
+		if n != durableName {
+			im.files[n] = d.File(n).Bytes()
+		}
+	}
+	m, err := d.MapShared(durableName, durableSize, false)
+	require.NoError(t, err)
+	im.durable = bytes.Clone(m.Bytes())
+	require.NoError(t, m.Close())
+	return im
+}
+
+// liveDir makes a directory of im's files in which a writer is live: it
+// holds the lock and publishes through durable, the writer's mapping of
+// DURABLE (apply stores a later image's words there).
+func (im dirImage) liveDir(t *testing.T) (d *blockdev.SimDir, durable blockdev.SharedMapping) {
+	t.Helper()
+	d = blockdev.NewSimDir(blockdev.SimOptions{Seed: 1})
+	_, err := d.Lock(lockName)
+	require.NoError(t, err)
+	durable, err = d.MapShared(durableName, durableSize, true)
+	require.NoError(t, err)
+	im.apply(t, d, durable)
+	return d, durable
+}
+
+// apply brings the files of d to im, as the writer's later writes do:
+// it writes every file of im over the one of its name (creating it) from
+// the first byte where they differ, and stores im's words into durable.
+// No file of im is shorter than the one it is written over, and no file
+// of d is missing from im: the writer has removed none.
+func (im dirImage) apply(t *testing.T, d *blockdev.SimDir, durable blockdev.SharedMapping) {
+	t.Helper()
+	for name, b := range im.files {
+		from := 0
+		if f := d.File(name); f != nil {
+			was := f.Bytes()
+			require.LessOrEqual(t, len(was), len(b), name)
+			for from < len(was) && was[from] == b[from] {
+				from++
+			}
+			if from == len(b) {
+				continue
+			}
+		}
+		f, err := d.OpenPlain(name, os.O_CREATE|os.O_RDWR)
+		require.NoError(t, err)
+		_, err = f.WriteAt(b[from:], int64(from))
+		require.NoError(t, err)
+		require.NoError(t, f.Close())
+	}
+	names, err := d.List()
+	require.NoError(t, err)
+	for _, n := range names {
+		_, ok := im.files[n]
+		require.True(t, ok || n == durableName, "%s: removed by the writer", n)
+	}
+	copy(durable.Bytes(), im.durable)
+}
+
+// lastFrame returns the last frame of segment file b.
+func lastFrame(t *testing.T, b []byte) (last wal.Frame) {
+	t.Helper()
+	sc, err := wal.NewScanner(blockdev.NewSimFrom(b, blockdev.SimOptions{}))
+	require.NoError(t, err)
+	for sc.Next() {
+		last = sc.Frame()
+	}
+	require.NoError(t, sc.Err())
+	require.Positive(t, last.Pos)
+	return last
+}
+
+// recordsExact is requireRecordsExact's check, cheap enough to run for
+// every flip of a sweep: it reads [start, end) of l by offset, last first
+// (reads in order would start read-ahead, whose buffers a fresh log
+// allocates), and by an iterator, and returns the first record that is
+// not want's (want[i] is the record at offset i), or an error. A failing
+// check is run again by requireRecordsExact, which says more.
+func recordsExact(l *Log, start, end uint64, want [][]byte) error {
+	var buf []byte
+	for off := end; off > start; off-- {
+		got, err := l.Read(off-1, buf)
+		if err != nil {
+			return err
+		}
+		if !bytes.Equal(want[off-1], got) {
+			return fmt.Errorf("read %d returned wrong bytes", off-1)
+		}
+		buf = got[:0]
+	}
+	it := l.NewIterator(start)
+	defer it.Close()
+	off := start
+	for it.Next() {
+		if it.Offset() != off || !bytes.Equal(want[off], it.Record()) {
+			return fmt.Errorf("the iterator returned wrong bytes at %d", off)
+		}
+		off++
+	}
+	if it.Err() != nil || off != end {
+		return fmt.Errorf("the iterator stopped at %d, not %d: %v", off, end, it.Err())
+	}
+	return nil
+}
+
+// TestEveryBitFlipOfWhatRefreshReads flips, one at a time, bits of what
+// a read-only log's Refresh reads beside a live writer (buildRefreshFlip):
+// the rolled segment from where the reader had seen it to its end, footer
+// included, and the whole of the writer's new segment file. Bits as
+// byteFlips picks them: every bit of the file header, of the rolled
+// segment's footer and of the new segment's last frame and the zeros
+// after it; one bit of every 61st byte between (every bit of every byte
+// with SEGSTORE_LONG=1). The default run keeps every flip of the file
+// headers and one in 16 of the others; SEGSTORE_LONG=1 runs them all. Each flip gets a reader opened on the directory
+// as it was when the first reader opened, whose directory is then
+// brought to the writer's later state (dirImage), with the bit flipped:
+// its Refresh either reports damage (ErrCorrupt, naming the file and a
+// byte position, advising once) and shows what it showed before, and
+// perhaps more of what the writer acknowledged, exact; or succeeds and
+// shows every record the writer acknowledged, exact, and nothing more (a
+// reader that stays behind with no error would wait for those records
+// for ever). With the bit flipped back, the same reader's next Refresh
+// shows every acknowledged record.
+func TestEveryBitFlipOfWhatRefreshReads(t *testing.T) {
+	r := buildRefreshFlip(t)
+	defer r.close(t)
+	later := imageOf(t, r.dir)
+	acked := r.writer.DurableOffset()
+	require.Equal(t, r.writer.EndOffset(), acked)
+	shown := r.reader.EndOffset()
+	var seen int64 // where the reader had seen the rolled segment to
+	for _, s := range *r.reader.segs.Load() {
+		if s.base == r.rolled.Base {
+			seen = s.vis().pos
+		}
+	}
+	require.Greater(t, seen, int64(wal.DataStart))
+	want := make([][]byte, acked)
+	for off := range acked {
+		want[off] = flipRecord(off)
+	}
+
+	var flips []storeFlip
+	for _, f := range byteFlips(r.rolled.Bytes, r.rolled.DataEnd, 61) {
+		if int64(f.pos) >= seen {
+			flips = append(flips, storeFlip{file: r.rolled.File, pos: f.pos, bit: f.bit})
+		}
+	}
+	// The new segment: every bit of its header and of its last frame,
+	// where the acknowledged end is; the zeros after it (past that end)
+	// as the bytes between.
+	next := later.files[r.next.File]
+	last, size := lastFrame(t, next), int64(len(next))
+	nextFlips := byteFlips(last.End(), last.Pos, 61)
+	for _, f := range byteFlips(size, size, 61) {
+		if int64(f.pos) >= last.End() {
+			nextFlips = append(nextFlips, f)
+		}
+	}
+	for _, f := range nextFlips {
+		flips = append(flips, storeFlip{file: r.next.File, pos: f.pos, bit: f.bit})
+	}
+
+	// The readers share one cache (a log's own costs more to make than
+	// the rest of its open).
+	shared, err := cache.New(flipCacheBytes)
+	require.NoError(t, err)
+	defer shared.Close()
+	// refresh opens a reader on the directory as it was, brings the
+	// directory to the writer's later state with flip applied, and
+	// refreshes the reader.
+	refresh := func(flip *storeFlip) (*blockdev.SimDir, *Log, error) {
+		d, durable := r.opened.liveDir(t)
+		o := followFlipOptions(d, true)
+		o.Cache = shared
+		reader, err := Open("sim", o)
+		require.NoError(t, err)
+		require.Equal(t, shown, reader.EndOffset())
+		later.apply(t, d, durable)
+		if flip != nil {
+			d.File(flip.file).FlipBit(int64(flip.pos), flip.bit)
+		}
+		_, err = reader.Refresh()
+		return d, reader, err
+	}
+	exact := func(what string, l *Log, start, end uint64, file string) {
+		t.Helper()
+		if err := recordsExact(l, start, end, want); err != nil {
+			requireRecordsExact(t, what, l, start, end, false, file)
+			require.NoError(t, err, what)
+		}
+	}
+
+	_, reader, err := refresh(nil)
+	require.NoError(t, err)
+	require.Equal(t, acked, reader.EndOffset())
+	requireRecordsExact(t, "unflipped", reader, r.start, acked, false, "")
+	require.NoError(t, reader.Close())
+
+	if !testutil.Long() {
+		// Every bit of the file headers; one flip in 16 of the rest, which
+		// still lands in every field of the footer and the last frame.
+		var some []storeFlip
+		for i, f := range flips {
+			if f.pos < wal.FileHeaderLen || i%16 == 0 {
+				some = append(some, f)
+			}
+		}
+		flips = some
+	}
+	reported, taken := 0, 0
+	for _, f := range flips {
+		what := fmt.Sprintf("%s byte %d bit %d", f.file, f.pos, f.bit)
+		d, reader, err := refresh(&f)
+		if err != nil {
+			reported++
+			requireDamageSaysWhere(t, what, err, f.file)
+			// It may show more of what the writer acknowledged: records
+			// before the damage.
+			end := reader.EndOffset()
+			if end < shown || end > acked {
+				require.Fail(t, "a refused refresh moved the end", "%s: shows up to %d, not from %d to %d", what, end, shown, acked)
+			}
+			exact(what, reader, r.start, end, f.file)
+		} else {
+			taken++
+			for range 3 { // a reader behind the writer must say why, or catch up
+				if reader.EndOffset() == acked {
+					break
+				}
+				_, err = reader.Refresh()
+				require.NoError(t, err, "%s: the second refresh", what)
+			}
+			require.Equal(t, acked, reader.EndOffset(), "%s: the reader stays behind the writer's acknowledged end with no error", what)
+			exact(what, reader, r.start, acked, f.file)
+		}
+		// With the flip undone, the reader shows the rest: what it
+		// shows before the rolled segment was read exact above.
+		d.File(f.file).FlipBit(int64(f.pos), f.bit)
+		_, err = reader.Refresh()
+		require.NoError(t, err, "%s: refreshed with the flip undone", what)
+		require.Equal(t, acked, reader.EndOffset(), "%s: refreshed with the flip undone", what)
+		exact(what+", undone", reader, r.rolled.Base, acked, f.file)
+		require.NoError(t, reader.Close())
+	}
+	t.Logf("%d flips: %d reported as damage, %d refreshed in full", len(flips), reported, taken)
 }
