@@ -19,7 +19,7 @@ const closeRaceRounds = 8
 // TestDurableMappingDuringClose: every public method that reads the
 // DURABLE mapping (the writer's, which Close unmaps and clears under
 // durMu, and a read-only log's, which Close unmaps and clears under
-// refreshMu) called over and over from two goroutines while Close runs,
+// followed.mu) called over and over from two goroutines while Close runs,
 // on the writer and on a read-only log beside it, with appends publishing
 // on the writer meanwhile. Under go test -race this proves each read is
 // ordered with Close's clearing; each call returns nil or ErrClosed (or,

@@ -24,7 +24,8 @@ func damageFooter(t *testing.T, dir *blockdev.SimDir, base uint64) {
 // after: lazy loads of sealed segments (one of them with a damaged
 // footer, loaded again after the open-file bound closed it), a
 // TruncateBack that reopens the active segment, a Refresh that opens the
-// segments a writer sealed since. Each of them used to add to it.
+// segments a writer sealed since. Each of them used to add to it. Stats
+// runs meanwhile, from another goroutine.
 func TestLastOpenRecoveryIsASnapshotOfOpen(t *testing.T) {
 	tests := []struct {
 		name string
@@ -72,7 +73,29 @@ func TestLastOpenRecoveryIsASnapshotOfOpen(t *testing.T) {
 			l := tc.open(t)
 			t.Cleanup(func() { l.Close() })
 			at := l.Stats().LastOpenRecovery
+			// Stats and Writer run all along, so that under -race the
+			// report's copy is shown ordered with what act adds to the
+			// log's reports.
+			started, done, stopped := make(chan struct{}), make(chan struct{}), make(chan struct{})
+			go func() {
+				defer close(stopped)
+				for calls := 0; ; calls++ {
+					if calls == 1 {
+						close(started)
+					}
+					select {
+					case <-done:
+						return
+					default:
+					}
+					assert.Equal(t, at, l.Stats().LastOpenRecovery, "while acting")
+					l.Writer()
+				}
+			}()
+			<-started
 			tc.act(t, l)
+			close(done)
+			<-stopped
 			assert.Equal(t, at, l.Stats().LastOpenRecovery)
 		})
 	}
