@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"slices"
 
 	"github.com/segstore/segstore/blockdev"
 	"github.com/segstore/segstore/wal"
@@ -70,13 +69,11 @@ func (l *Log) importFile(r io.Reader, base uint64, size int64, active bool) (Seg
 		switch {
 		case err != nil:
 			err = fmt.Errorf("%w: %w", ErrImport, err)
+			s.release()
 		case active:
 			err = l.commitActive(s, tmp, rec)
 		default:
 			err = l.commitImport(s, tmp)
-		}
-		if err != nil {
-			s.release()
 		}
 	}
 	if err != nil {
@@ -292,39 +289,43 @@ func (l *Log) checkImportIndex(s *segment, index []indexEntry, dataEnd int64) er
 
 // replaceActiveLocked puts the verified file tmp in place of the log's
 // empty active segment (a rename over it, or beside it for an empty log
-// taking its first segment elsewhere) and returns the segment list with s
-// last. The caller holds mu, commits the rename with a directory fsync and
-// stores the list.
-func (l *Log) replaceActiveLocked(s *segment, tmp string) ([]*segment, error) {
+// taking its first segment elsewhere). The caller holds mu, commits the
+// rename with a directory fsync and puts s in the list in place of the
+// empty segment (replaceLastLocked).
+func (l *Log) replaceActiveLocked(s *segment, tmp string) error {
 	if err := l.importFitsLocked(s.base); err != nil { // checked again: the log may have moved
-		return nil, err
+		return err
 	}
 	old := l.active
 	if err := old.w.Close(); err != nil {
-		return nil, l.fail("importing segment "+s.name, err)
+		return l.fail("importing segment "+s.name, err)
 	}
 	l.active = nil
 	if old.base != s.base {
 		if err := l.dir.Remove(old.name); err != nil {
-			return nil, l.fail("importing segment "+s.name, err)
+			return l.fail("importing segment "+s.name, err)
 		}
 	}
 	if err := l.dir.Rename(tmp, s.name); err != nil {
-		return nil, l.fail("importing segment "+s.name, err)
+		return l.fail("importing segment "+s.name, err)
 	}
-	old.gone.Store(true)
-	old.release()
-	segs := *l.segs.Load()
-	return append(slices.Clone(segs[:len(segs)-1]), s), nil
+	return nil
 }
 
 // commitImport renames the verified file into place as the last sealed
 // segment and starts a new active segment after it. Commit point: the
 // rename's directory fsync (done by createSegment, after the manifest).
+// It takes the caller's reference to s: the list holds it once s is in
+// it, and a failure before lets go of it.
 func (l *Log) commitImport(s *segment, tmp string) error {
 	defer l.lockChange()()
-	segs, err := l.replaceActiveLocked(s, tmp)
-	if err != nil {
+	listed := false
+	defer func() {
+		if !listed {
+			s.release()
+		}
+	}()
+	if err := l.replaceActiveLocked(s, tmp); err != nil {
 		return err
 	}
 	// Opened again under its name, so errors reading it name the segment's
@@ -335,7 +336,8 @@ func (l *Log) commitImport(s *segment, tmp string) error {
 	}
 	s.dev.Close()
 	s.dev = dev
-	l.segs.Store(&segs)
+	l.replaceLastLocked(s)
+	listed = true
 	if err := l.writeManifest(false); err != nil {
 		return l.fail("writing the manifest after importing "+s.name, err)
 	}
@@ -346,11 +348,7 @@ func (l *Log) commitImport(s *segment, tmp string) error {
 	if err != nil {
 		return l.fail("creating the segment after "+s.name, err)
 	}
-	// A new slice: readers may hold the one published above, whose header
-	// must not change under them (appending to it rewrote it in place).
-	withNext := append(slices.Clone(segs), next)
-	l.segs.Store(&withNext)
-	l.active = next
+	l.pushLocked(next)
 	l.notifyDurable()
 	l.noteOpen(s)
 	return nil
@@ -389,11 +387,17 @@ func (l *Log) verifyActive(s *segment, size int64) (*wal.Recovery, error) {
 
 // commitActive renames the verified file into place as the log's active
 // segment, replacing the empty one, and opens its writer after the last
-// frame. Commit point: the rename's directory fsync.
+// frame. Commit point: the rename's directory fsync. It takes the
+// caller's reference to s, as commitImport does.
 func (l *Log) commitActive(s *segment, tmp string, rec *wal.Recovery) error {
 	defer l.lockChange()()
-	segs, err := l.replaceActiveLocked(s, tmp)
-	if err != nil {
+	listed := false
+	defer func() {
+		if !listed {
+			s.release()
+		}
+	}()
+	if err := l.replaceActiveLocked(s, tmp); err != nil {
 		return err
 	}
 	if err := l.dir.Sync(); err != nil {
@@ -401,16 +405,17 @@ func (l *Log) commitActive(s *segment, tmp string, rec *wal.Recovery) error {
 	}
 	// Reopen for writing under the final name; the scan's recovery still
 	// describes the file, which nothing has written since.
-	s.dev.Close()
 	dev, err := l.dir.Open(s.name, blockdev.Options{})
 	if err != nil {
 		return l.fail("opening imported active segment "+s.name, err)
 	}
+	s.dev.Close()
 	s.dev = dev
 	if s.w, err = wal.Resume(dev, rec, l.walOptions(s)); err != nil {
 		return l.fail("opening imported active segment "+s.name, err)
 	}
-	l.segs.Store(&segs)
+	l.replaceLastLocked(s)
+	listed = true
 	l.active = s
 	l.notifyDurable()
 	return nil

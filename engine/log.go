@@ -105,9 +105,10 @@ type Log struct {
 	// Atomics, read and written without a lock.
 	//
 	// segs: an immutable snapshot of the segments, ascending by base;
-	// every change stores a new slice: by Open, with changeMu held (a
-	// writer's changes), or under followed.mu (Refresh, and Close's
-	// final drop of the files).
+	// every change stores a new slice (publishLocked, pushLocked,
+	// replaceLastLocked; closeFiles at Close): by Open, with changeMu
+	// held (a writer's changes), or under followed.mu (Refresh, and
+	// Close's final drop of the files).
 	segs  atomic.Pointer[[]*segment]
 	start atomic.Uint64 // first retained offset (TruncateFront, retention)
 	// rolling is the roll an append triggered, run by a goroutine of its

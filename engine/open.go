@@ -261,7 +261,7 @@ func (l *Log) load() error {
 	}
 	writes := l.manifestWrites.Load()
 	segs, err := l.chainSegments(l.openSegments(bases, manifest, clean))
-	l.segs.Store(&segs)
+	l.publishLocked(segs)
 	if err != nil {
 		return err
 	}
@@ -391,10 +391,10 @@ func (l *Log) makeActive(segs []*segment) error {
 		if err != nil {
 			return err
 		}
-		segs = append(segs, s)
-		l.segs.Store(&segs)
+		l.pushLocked(s)
+	} else {
+		l.active = segs[len(segs)-1]
 	}
-	l.active = segs[len(segs)-1]
 	// The next segment is created with MaxWrite: a value its device cannot
 	// write would fail that roll, long after this open.
 	if blk := int64(l.active.dev.Alignment().Block); alignedbuf.AlignDown(int64(l.opts.MaxWrite), blk) < 4*blk {

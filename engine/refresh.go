@@ -101,10 +101,11 @@ func (l *Log) look() (changed, held bool, err error) {
 		}
 		changed = changed || grew
 	}
+	segs = slices.Clip(segs) // refreshNew's appends copy it: readers may hold it
 	added, held, err := l.refreshNew(&segs, bases)
 	if added {
 		changed = true
-		l.segs.Store(&segs)
+		l.publishLocked(segs)
 	}
 	if n := len(old); n > 0 { // the last known segment may be sealed now, and new ones were opened
 		l.noteOpen(segs[sort.Search(len(segs), func(i int) bool { return segs[i].base >= old[n-1].base }):]...)
@@ -254,11 +255,7 @@ func (l *Log) refreshKnown(segs []*segment, bases []uint64) ([]*segment, error) 
 		return segs, nil
 	}
 	keep := slices.Clone(segs[drop:])
-	l.segs.Store(&keep)
-	for _, s := range segs[:drop] {
-		s.gone.Store(true)
-		s.release()
-	}
+	l.publishLocked(keep, segs[:drop]...)
 	return keep, nil
 }
 

@@ -86,11 +86,9 @@ func (l *Log) dropLocked(gone, keep []*segment) error {
 	if len(gone) == 0 {
 		return nil
 	}
-	keep = slices.Clone(keep)
-	l.segs.Store(&keep)
+	l.publishLocked(slices.Clone(keep), gone...)
 	l.ra.reset() // chunks of the records dropped can never be read again
 	for _, s := range gone {
-		s.gone.Store(true) // iterators holding it move on
 		if err := l.dir.Remove(s.name); err != nil && !isNotExist(err) {
 			return err
 		}
@@ -98,7 +96,6 @@ func (l *Log) dropLocked(gone, keep []*segment) error {
 		if err := l.dir.Sync(); err != nil {
 			return err
 		}
-		s.release()
 	}
 	return nil
 }
@@ -306,15 +303,11 @@ func (l *Log) hideFromReaders(base uint64) {
 // segment: a fresh wal writer (recovery rebuilds its index) and a fresh
 // cache namespace, so no cached bytes of the old contents are served.
 func (l *Log) reopenActiveLocked(old *segment) error {
-	segs := *l.segs.Load()
 	s, err := l.openSegment(old.base, true, 0, false)
 	if err != nil {
 		return err
 	}
-	segs = append(slices.Clone(segs[:len(segs)-1]), s)
-	l.segs.Store(&segs)
-	old.gone.Store(true)
-	old.release()
+	l.replaceLastLocked(s)
 	l.active = s
 	return nil
 }
@@ -325,9 +318,7 @@ func (l *Log) startActiveLocked(base uint64) error {
 	if err != nil {
 		return err
 	}
-	segs := append(slices.Clone(*l.segs.Load()), s)
-	l.segs.Store(&segs)
-	l.active = s
+	l.pushLocked(s)
 	return nil
 }
 

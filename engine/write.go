@@ -424,9 +424,7 @@ func (l *Log) cutLocked(s *segment) error {
 	l.statsMu.Lock()
 	l.retiring = s
 	l.statsMu.Unlock()
-	segs := append(slices.Clone(*l.segs.Load()), next)
-	l.segs.Store(&segs)
-	l.active = next
+	l.pushLocked(next)
 	l.notifyDurable() // readers in other processes learn of the next segment
 	return nil
 }
@@ -525,4 +523,40 @@ func (l *Log) writableLocked() error {
 		return l.dropCleanRecord()
 	}
 	return nil
+}
+
+// The segment list is copy-on-write: readers load l.segs with no lock and
+// may keep the slice, so a change never writes into a published one.
+// Every change of a live log is one of the three primitives below, each a
+// single store of a new slice: the point where readers of this process
+// see the change. A segment that leaves the list is marked gone there
+// (iterators holding it move on) and loses the list's reference (its file
+// closes with its last reader), whatever the change does next, so a
+// change that fails half-way never leaves a listed segment released nor
+// a released one listed. The caller holds mu exclusively, and changeMu
+// too where files change (a read-only log's Refresh holds followed.mu).
+//
+// publishLocked stores segs, a slice nobody else holds, as the list, and
+// lets go of left, the segments no longer in it.
+func (l *Log) publishLocked(segs []*segment, left ...*segment) {
+	l.segs.Store(&segs)
+	for _, s := range left {
+		s.gone.Store(true)
+		s.release()
+	}
+}
+
+// pushLocked adds s, a new segment after the last, as the active one.
+func (l *Log) pushLocked(s *segment) {
+	l.publishLocked(append(slices.Clone(*l.segs.Load()), s))
+	l.active = s
+}
+
+// replaceLastLocked puts s in place of the last segment (a file of the
+// same base rewritten or imported over it), which it lets go of. It does
+// not change l.active.
+func (l *Log) replaceLastLocked(s *segment) {
+	segs := *l.segs.Load()
+	old := segs[len(segs)-1]
+	l.publishLocked(append(slices.Clone(segs[:len(segs)-1]), s), old)
 }
