@@ -63,7 +63,8 @@ func openStage(dir blockdev.Dir) (*stage, error) {
 // verifiedStart returns the base offset of the segment staged in dir and
 // the length of its verified start (0 if not even its header is whole).
 func verifiedStart(dir blockdev.Dir, path string) (base uint64, size int64, err error) {
-	if n, err := dir.Size(StageFile); err != nil || n == 0 {
+	n, err := dir.Size(StageFile)
+	if err != nil || n == 0 {
 		if err != nil {
 			err = fmt.Errorf("peer: the follower's stage %s: %w", path, err)
 		}
@@ -81,8 +82,12 @@ func verifiedStart(dir blockdev.Dir, path string) (base uint64, size int64, err 
 	for sc.Next() {
 	}
 	// Whatever stopped the scan (a partial frame, damage, a footer whose
-	// import did not happen), the frames before it were verified.
-	return sc.Header().BaseOffset, sc.End(), nil
+	// import did not happen), the frames before it were verified. A stage
+	// that ends inside the header block (a body cut short) keeps what it
+	// holds: the scan's end (DataStart) is past it, and cutting to that
+	// would put zeros where the leader's header block has its high-water
+	// mark.
+	return sc.Header().BaseOffset, min(sc.End(), n), nil
 }
 
 // holds reports whether the stage holds bytes of segment base.

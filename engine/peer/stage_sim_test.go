@@ -181,3 +181,34 @@ func TestFollowNeedsAPlainOpener(t *testing.T) {
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "opens no files that way")
 }
+
+// TestStageLeftShortKeepsOnlyTheLeadersBytes opens a stage that an
+// earlier run left holding the first n bytes of a leader's active segment
+// (a body cut short, then a restart), for every n up to past the first
+// frames: the stage keeps a start of what it held, byte for byte, and
+// never grows (a start that ends inside the header block was extended
+// with zeros over the leader's high-water mark, and the segment imported
+// from it differed from the leader's at byte 512).
+func TestStageLeftShortKeepsOnlyTheLeadersBytes(t *testing.T) {
+	leaderDir := blockdev.NewSimDir(blockdev.SimOptions{Seed: 1})
+	leader := simLog(t, leaderDir)
+	defer leader.Close()
+	appendBatches(t, leader, 3)
+	active := leader.Segments()[0]
+	file := leaderDir.File(active.File).Bytes()[:active.DataEnd]
+	for n := 0; n <= len(file); n++ {
+		d := blockdev.NewSimDir(blockdev.SimOptions{})
+		f, err := d.OpenPlain(StageFile, os.O_RDWR|os.O_CREATE)
+		require.NoError(t, err)
+		_, err = f.WriteAt(file[:n], 0)
+		require.NoError(t, err)
+		require.NoError(t, f.Sync())
+		require.NoError(t, f.Close())
+
+		st, err := openStage(d)
+		require.NoError(t, err, "stage of %d bytes", n)
+		require.LessOrEqual(t, st.size, int64(n), "a stage of %d bytes", n)
+		require.True(t, bytes.Equal(file[:st.size], d.File(StageFile).Bytes()), "a stage of %d bytes keeps a start of the leader's file", n)
+		require.NoError(t, st.f.Close())
+	}
+}
