@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -68,16 +69,25 @@ func isStore(dir string) error {
 	case !fi.IsDir():
 		return usageError{fmt.Errorf("%s is a file, not a store's directory", dir)}
 	}
-	ents, err := os.ReadDir(dir)
-	if err != nil {
+	if _, bases, err := segmentFiles(dir); err != nil || len(bases) > 0 {
 		return err
 	}
+	return usageError{fmt.Errorf("%s is not a store: it holds no segment files (segtool append creates a store)", dir)}
+}
+
+// segmentFiles lists the segment files of dir in the order of their base
+// offsets (their names' order): each file's path and base.
+func segmentFiles(dir string) (paths []string, bases []uint64, err error) {
+	ents, err := os.ReadDir(dir) // sorted by name
+	if err != nil {
+		return nil, nil, err
+	}
 	for _, e := range ents {
-		if _, ok := engine.ParseSegmentName(e.Name()); ok {
-			return nil
+		if base, ok := engine.ParseSegmentName(e.Name()); ok {
+			paths, bases = append(paths, filepath.Join(dir, e.Name())), append(bases, base)
 		}
 	}
-	return usageError{fmt.Errorf("%s is not a store: it holds no segment files (segtool append creates a store)", dir)}
+	return paths, bases, nil
 }
 
 // plural is "1 segment", "2 segments".

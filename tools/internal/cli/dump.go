@@ -6,14 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"path/filepath"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/segstore/segstore/blockdev"
-	"github.com/segstore/segstore/engine"
 	"github.com/segstore/segstore/wal"
 )
 
@@ -33,16 +31,9 @@ func Dump(out io.Writer, dir string, opts DumpOptions) error {
 	if err := isStore(dir); err != nil {
 		return err
 	}
-	ents, err := os.ReadDir(dir) // sorted by name: by base offset
+	names, bases, err := segmentFiles(dir)
 	if err != nil {
 		return err
-	}
-	var names []string
-	var bases []uint64
-	for _, e := range ents {
-		if base, ok := engine.ParseSegmentName(e.Name()); ok {
-			names, bases = append(names, filepath.Join(dir, e.Name())), append(bases, base)
-		}
 	}
 	w := bufio.NewWriter(out)
 	defer w.Flush()
