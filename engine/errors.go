@@ -36,8 +36,7 @@ var (
 	// Reopen it.
 	ErrRewritten = errors.New("engine: the writer rewrote the end of the log")
 	// ErrNotSealed: the operation needs a sealed segment (Mmap); the
-	// active one is not. (wal.ErrNotSealed is another error: a file without
-	// a footer, which the engine opens as the active segment.)
+	// active one is not.
 	ErrNotSealed = errors.New("engine: segment is not sealed")
 )
 

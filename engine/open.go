@@ -519,7 +519,7 @@ func (l *Log) openByFooter(s *segment, clean *cleanEnd, last, lazy, readOnly boo
 			return nil, -1, true, err
 		}
 		return nil, -1, true, l.dir.Sync()
-	case !errors.Is(err, wal.ErrNotSealed):
+	case !errors.Is(err, wal.ErrNoFooter):
 		return s, -1, true, err
 	case last:
 		if ok, err := l.openFromCleanClose(s, clean, hdr, readOnly); ok || err != nil {

@@ -214,8 +214,9 @@ var (
 	ErrEmptyBatch = errors.New("wal: empty batch")
 	// ErrSealed: Open was given a sealed file; sealed files are read-only.
 	ErrSealed = errors.New("wal: file is sealed (read-only)")
-	// ErrNotSealed: ReadSealed found no footer tail at the end of the file.
-	ErrNotSealed = errors.New("wal: file is not sealed")
+	// ErrNoFooter: ReadSealed found no footer tail at the end of the file
+	// (a file not sealed yet, or one whose seal a crash cut).
+	ErrNoFooter = errors.New("wal: no footer at the end of the file")
 	// ErrClosed: the writer was closed.
 	ErrClosed = errors.New("wal: writer closed")
 	// ErrFailed wraps the first write or sync error; the writer refuses

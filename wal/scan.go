@@ -765,7 +765,7 @@ func Recover(dev blockdev.Device) (*Recovery, error) {
 
 // ReadSealed reads the header and the footer of a sealed file without
 // scanning its records: the footer is found from the file's last 16 bytes
-// and verified (checksum, position, type). It returns ErrNotSealed when the
+// and verified (checksum, position, type). It returns ErrNoFooter when the
 // file does not end with a footer tail (an unsealed file, or a seal whose
 // final truncate did not happen: Recover handles both), and a
 // *CorruptionError with InFooter set when the footer is damaged.
@@ -777,7 +777,7 @@ func ReadSealed(dev blockdev.Device) (FileHeader, *Footer, error) {
 	s.readAhead = 0
 	size := s.size
 	if size < DataStart+FrameHeaderLen+FooterTailLen || size%FrameAlign != 0 {
-		return s.hdr, nil, fmt.Errorf("%s: %w (size %d)", dev.Name(), ErrNotSealed, size)
+		return s.hdr, nil, fmt.Errorf("%s: %w (size %d)", dev.Name(), ErrNoFooter, size)
 	}
 	// One read for the tail and, usually, the whole footer behind it.
 	back := min(footerReadBack, size-DataStart)
@@ -789,7 +789,7 @@ func ReadSealed(dev blockdev.Device) (FileHeader, *Footer, error) {
 		return s.hdr, nil, err
 	}
 	if len(tail) < FooterTailLen || string(tail[8:]) != FooterMagic {
-		return s.hdr, nil, fmt.Errorf("%s: %w", dev.Name(), ErrNotSealed)
+		return s.hdr, nil, fmt.Errorf("%s: %w", dev.Name(), ErrNoFooter)
 	}
 	pos := int64(binary.LittleEndian.Uint64(tail))
 	footerErr := func(reason string, err error) error {
