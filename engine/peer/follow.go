@@ -680,6 +680,9 @@ func (f *follower) waitTail(ctx context.Context, s SegmentEntry) error {
 	if !sealed || f.stage.size != size {
 		return nil
 	}
+	if err := f.restageHeader(ctx, s); err != nil {
+		return err
+	}
 	r, err := f.stage.reader()
 	if err == nil {
 		_, err = f.log.ImportSegment(r, s.Base, size)
@@ -693,6 +696,24 @@ func (f *follower) waitTail(ctx context.Context, s SegmentEntry) error {
 	}
 	f.stats.Imported++
 	return nil
+}
+
+// restageHeader fetches the header block of the sealed segment s again
+// and writes it over the staged one. The leader rewrites its high-water
+// mark, inside that block, as its active segment grows, so the block
+// staged with the segment's first bytes is older than the sealed file's;
+// without this the follower's copy would differ from the leader's there.
+func (f *follower) restageHeader(ctx context.Context, s SegmentEntry) error {
+	path := fmt.Sprintf("/v1/logs/%s/segments/%d", url.PathEscape(f.opts.Name), s.Base)
+	resp, err := f.get(ctx, path, nil, 0, fmt.Sprintf("bytes=0-%d", wal.DataStart-1))
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusPartialContent || resp.ContentLength != wal.DataStart {
+		return fmt.Errorf("%w: the header block of segment %d from %s: %s, %d bytes, where a segstore server answers 206 with the %d asked for", ErrBadAnswer, s.Base, f.base.Redacted(), resp.Status, resp.ContentLength, wal.DataStart)
+	}
+	return f.stage.overwrite(resp.Body, wal.DataStart)
 }
 
 // register exports the follower's figures as gauges, read at scrape

@@ -258,7 +258,8 @@ var (
 	lastStats          atomic.Pointer[FollowStats]
 )
 
-// follow runs Follow in a goroutine; stop cancels it and returns its error.
+// follow runs Follow in a goroutine; stop cancels it and returns its error
+// (the same error on every call).
 func follow(url string, l *engine.Log) (stop func() error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -280,7 +281,7 @@ func follow(url string, l *engine.Log) (stop func() error) {
 				}
 			}})
 	}()
-	return func() error { cancel(); return <-done }
+	return sync.OnceValue(func() error { cancel(); return <-done })
 }
 
 // waitFor polls cond for up to a minute (a liveness wait, not a timing check).
@@ -461,7 +462,9 @@ func TestStageIsDurableAndResumed(t *testing.T) {
 		return strings.Contains(string(b), "\nsegstore_peer_active_exports 0\n")
 	})
 	// Each step reads the header of the follower's last sealed segment
-	// from the leader (a 206 of wal.FileHeaderLen bytes): counted apart.
+	// from the leader (a 206 of wal.FileHeaderLen bytes), and the import
+	// from the stage reads the sealed segment's header block again (a 206
+	// of wal.DataStart bytes): counted apart.
 	headerReads := func() int64 {
 		_, b := getBody(t, "http://"+addr+"/metrics", nil)
 		m := regexp.MustCompile(`segstore_peer_requests_total\{code="206",endpoint="segment"\} (\d+)`).FindSubmatch(b)
@@ -486,14 +489,70 @@ func TestStageIsDurableAndResumed(t *testing.T) {
 	})
 	require.ErrorIs(t, stop(), context.Canceled)
 	headers := headerReads() - headersBefore
-	assert.Positive(t, headers, "the follower checks the leader's file of its last sealed segment")
-	assert.Equal(t, sealed.ExportSize()-active.ExportSize()+next.ExportSize(), sent()-before-headers*wal.FileHeaderLen,
-		"sent: what was not staged before the restart, and the next segment's header (besides the header checks)")
+	require.Greater(t, headers, int64(1), "the follower checks the leader's file of its last sealed segment, and restages a header block")
+	assert.Equal(t, sealed.ExportSize()-active.ExportSize()+next.ExportSize(), sent()-before-(headers-1)*wal.FileHeaderLen-wal.DataStart,
+		"sent: what was not staged before the restart, and the next segment's header (besides the header checks and the restaged header block)")
 	assert.Equal(t, leaderFile(t, leader, sealed.File), leaderFile(t, follower, sealed.File), "byte for byte")
 	rec, err := follower.Read(end-1, nil)
 	require.NoError(t, err)
 	want, _ := leader.Read(end-1, nil)
 	assert.Equal(t, want, rec)
+}
+
+// TestStagedSegmentCarriesTheLeadersHighWaterMark: the leader rewrites its
+// high-water mark (header block, byte 512) about once per MiB of data, so
+// a follower that staged the header block at its first tail answer holds
+// an older mark than the segment the leader seals. The segment imported
+// from the stage must still be the leader's file byte for byte.
+func TestStagedSegmentCarriesTheLeadersHighWaterMark(t *testing.T) {
+	open := func(dir string) *engine.Log {
+		opts := engine.DefaultOptions()
+		opts.SegmentSize, opts.MaxWrite, opts.Logger = 8<<20, 64<<10, quiet
+		l, err := engine.Open(dir, opts)
+		require.NoError(t, err)
+		t.Cleanup(func() { l.Close() })
+		return l
+	}
+	// appendBytes appends n bytes of records in batches of 32 KiB.
+	appendBytes := func(l *engine.Log, n int) {
+		for ; n > 0; n -= 32 << 10 {
+			batch := make([][]byte, 8)
+			for i := range batch {
+				batch[i] = testutil.Labelled(fmt.Sprintf("record %08d ", l.EndOffset()+uint64(i)), 'h', 4<<10)
+			}
+			_, err := l.Append(batch...)
+			require.NoError(t, err)
+		}
+	}
+	leader := open(t.TempDir())
+	appendBytes(leader, 64<<10)
+	active := leader.Segments()[0]
+	require.False(t, active.Sealed)
+	addr, stopServer := server(t, "127.0.0.1:0", leader)
+	t.Cleanup(stopServer)
+	follower := open(t.TempDir())
+	lastStats.Store(nil)
+	stop := follow("http://"+addr, follower)
+	defer stop()
+	waitFor(t, "the follower to stage the start of the active segment", func() bool {
+		s := lastStats.Load()
+		return s != nil && s.Staged == active.ExportSize()
+	})
+	staged := leaderFile(t, leader, active.File)[:wal.DataStart]
+
+	appendBytes(leader, 3<<20) // past the leader's mark: it moves
+	require.NoError(t, leader.Roll())
+	sealed := leader.Segments()[0]
+	require.True(t, sealed.Sealed)
+	want := leaderFile(t, leader, sealed.File)
+	require.NotEqual(t, staged, want[:wal.DataStart], "the leader's mark moved after the follower staged its header block")
+	waitFor(t, "the follower to import the sealed segment", func() bool { return follower.EndOffset() == sealed.Next })
+	require.ErrorIs(t, stop(), context.Canceled)
+	require.Equal(t, 1, lastStats.Load().Imported, "imported from the stage, not fetched whole")
+	got := leaderFile(t, follower, sealed.File)
+	require.Equal(t, len(want), len(got))
+	assert.Equal(t, want[:wal.DataStart], got[:wal.DataStart], "the header block, high-water mark included")
+	assert.True(t, bytes.Equal(want, got), "the imported file is the leader's byte for byte")
 }
 
 // TestStageOfARewrittenSegment: the leader cut its active segment

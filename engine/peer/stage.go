@@ -151,6 +151,23 @@ func (st *stage) append(r io.Reader, want int64) error {
 	return err
 }
 
+// overwrite writes n bytes of r over the stage's first n (which it
+// holds), durably. Bytes that did not all arrive leave the stage's start
+// in doubt, so it is emptied then.
+func (st *stage) overwrite(r io.Reader, n int64) error {
+	got, err := io.Copy(io.NewOffsetWriter(st.f, 0), io.LimitReader(r, n))
+	if got < n && (err == nil || errors.Is(err, io.ErrUnexpectedEOF)) {
+		err = fmt.Errorf("%w: the body ended after %d of its %d bytes", ErrBadAnswer, got, n)
+	}
+	if err == nil {
+		err = st.sync()
+	}
+	if err != nil {
+		return errors.Join(err, st.cut(0))
+	}
+	return nil
+}
+
 // reader reads what the stage holds (the imports read st.size bytes).
 // A real file is handed over itself, from its start, so that an import
 // into a real file copies it within the kernel (copy_file_range, which
