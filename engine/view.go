@@ -200,6 +200,12 @@ func (sec *Section) WriteTo(w io.Writer) (int64, error) {
 		return 0, sec.err
 	}
 	v := sec.v
+	// A reference of its own keeps the segment's file while it is
+	// reopened, even if the view is closed meanwhile.
+	if !v.s.acquire() {
+		return 0, ErrClosed
+	}
+	defer v.s.done()
 	if v.closed.Load() {
 		return 0, ErrClosed
 	}
