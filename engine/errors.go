@@ -71,8 +71,8 @@ func (e *CorruptionError) Error() string {
 	if we, ok := e.Err.(*wal.CorruptionError); ok {
 		// Said once: the segment, file and advice are this error's.
 		cause = we.Detail()
-		if we.Pos != e.Position {
-			cause += fmt.Sprintf(" (at byte %d)", we.Pos)
+		if we.Position != e.Position {
+			cause += fmt.Sprintf(" (at byte %d)", we.Position)
 		}
 	}
 	return fmt.Sprintf("engine: %s: segment %d (%s) at byte %d: %s (%s)", e.Op, e.Segment, e.File, e.Position, cause, advice)

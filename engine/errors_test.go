@@ -13,7 +13,7 @@ import (
 // the file and the advice once, keeps the wal's reason and where it lies,
 // and still matches both error types and ErrCorrupt.
 func TestCorruptionErrorSaysWhereAndWhatToDoOnce(t *testing.T) {
-	walErr := &wal.CorruptionError{File: "/s/00000000000000000005.seg", Segment: 5, Pos: 4096, Reason: "frame checksum", Err: errors.New("mismatch")}
+	walErr := &wal.CorruptionError{File: "/s/00000000000000000005.seg", Segment: 5, Position: 4096, Reason: "frame checksum", Err: errors.New("mismatch")}
 	for _, tc := range []struct {
 		name     string
 		err      *CorruptionError

@@ -104,7 +104,7 @@ func churnAdvice(dir string, opts Options, tries int) string {
 	if d != nil && writerLive(capsOf(d)) {
 		return fmt.Sprintf("the log's writer changed %s during each of %d attempts to open it read-only: open it again once the writer pauses", dir, tries)
 	}
-	return fmt.Sprintf("%s changed during each of %d attempts to open it read-only, and no writer holds its lock: stop whatever else changes the files there (a copy, a repair, another program) and open it again", dir, tries)
+	return fmt.Sprintf("%s changed during each of %d attempts to open it read-only, and no writer held its lock after the last one (one may have stopped just then): stop whatever else changes the files there (a copy, a repair, another program) and open it again", dir, tries)
 }
 
 // readOnlyOpenHook, set by tests only (and only while no other test opens
@@ -502,7 +502,7 @@ func (l *Log) openByFooter(s *segment, clean *cleanEnd, last, lazy, readOnly boo
 		}
 		return s, foot.Pos, false, nil
 	case errors.As(err, &ce) && ce.InFooter:
-		return s, ce.Pos, false, nil
+		return s, ce.Position, false, nil
 	case last && errors.Is(err, wal.ErrNotWAL):
 		// A crash while the file was being created: its header never became
 		// durable, so nothing in it was ever acknowledged. Drop it if it is
@@ -554,7 +554,7 @@ func (l *Log) scanSegment(s *segment, clean *cleanEnd, last, lazy, readOnly bool
 	var ce *wal.CorruptionError
 	switch err := sc.Err(); {
 	case errors.As(err, &ce) && ce.InFooter:
-		*damaged = ce.Pos
+		*damaged = ce.Position
 	case err != nil:
 		return nil, 0, true, err
 	case sc.Footer() != nil && *damaged < 0:

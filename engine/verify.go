@@ -315,11 +315,11 @@ func (r *VerifyReport) verifySegment(d blockdev.Dir, base uint64, last, sealing 
 	var ce *wal.CorruptionError
 	switch err := sc.Err(); {
 	case errors.As(err, &ce) && ce.InFooter:
-		problem(ce.Pos, ProblemFooter, true, "%v", err)
+		problem(ce.Position, ProblemFooter, true, "%v", err)
 		r.endUnknown = false // the records are whole
 		return nil
 	case errors.As(err, &ce):
-		problem(ce.Pos, ProblemCorruption, false, "%v", err)
+		problem(ce.Position, ProblemCorruption, false, "%v", err)
 		return nil
 	case err != nil:
 		return err

@@ -128,7 +128,7 @@ func checkFlip(t *testing.T, img []byte, pos, end int64, records map[uint64][]by
 		}
 		var ce *CorruptionError
 		require.ErrorAs(t, err, &ce, "byte %d: a flip is corruption, never another error", pos)
-		require.LessOrEqual(t, ce.Pos, pos, "byte %d: reported at %d, after the damage", pos, ce.Pos)
+		require.LessOrEqual(t, ce.Position, pos, "byte %d: reported at %d, after the damage", pos, ce.Position)
 		return
 	}
 	require.GreaterOrEqual(t, pos, end, "byte %d: a flip in acknowledged data was not reported as corruption (torn: %+v)", pos, rec.Torn)

@@ -167,7 +167,7 @@ func TestMediaFaultsThroughTheWriter(t *testing.T) {
 		_, err = Recover(dev)
 		var ce *CorruptionError
 		require.ErrorAs(t, err, &ce)
-		assert.Equal(t, int64(DataStart), ce.Pos, "the flipped byte is in the first frame")
-		assert.Less(t, ce.Pos, tf.End)
+		assert.Equal(t, int64(DataStart), ce.Position, "the flipped byte is in the first frame")
+		assert.Less(t, ce.Position, tf.End)
 	})
 }

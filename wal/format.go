@@ -226,18 +226,18 @@ var (
 
 // CorruptionError reports damage in a wal file: what, where, and the cause.
 type CorruptionError struct {
-	File    string // device name (path)
-	Segment uint64 // base offset of the file, if known
-	Pos     int64  // byte position of the damaged frame or header
-	Reason  string
-	Err     error // underlying cause, may be nil
+	File     string // device name (path)
+	Segment  uint64 // base offset of the file, if known
+	Position int64  // byte position of the damaged frame or header
+	Reason   string
+	Err      error // underlying cause, may be nil
 	// InFooter: the damaged frame's header claims to be the footer of a
 	// sealed file; every record frame before Pos is intact.
 	InFooter bool
 }
 
 func (e *CorruptionError) Error() string {
-	return fmt.Sprintf("wal: corruption in %s (segment %d) at byte %d: %s (data before this position is intact; the file was not modified: inspect it and repair explicitly)", e.File, e.Segment, e.Pos, e.Detail())
+	return fmt.Sprintf("wal: corruption in %s (segment %d) at byte %d: %s (data before this position is intact; the file was not modified: inspect it and repair explicitly)", e.File, e.Segment, e.Position, e.Detail())
 }
 
 // Detail is what is wrong, without the file, the position or the advice

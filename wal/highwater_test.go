@@ -282,7 +282,7 @@ func TestHighWaterMarkDamage(t *testing.T) {
 		_, err := Recover(blockdev.NewSimFrom(bad, blockdev.SimOptions{}))
 		var ce *CorruptionError
 		require.ErrorAs(t, err, &ce, "bit %d", i)
-		require.Equal(t, int64(HighWaterPos), ce.Pos)
+		require.Equal(t, int64(HighWaterPos), ce.Position)
 	}
 
 	stray := append([]byte(nil), img...)

@@ -138,7 +138,7 @@ func TestRecoveryTable(t *testing.T) {
 				var ce *CorruptionError
 				require.ErrorAs(t, err, &ce, "recovery must refuse: %v", err)
 				assert.ErrorIs(t, err, ErrCorrupt)
-				assert.Equal(t, tc.pos, ce.Pos, "reported position; error: %v", err)
+				assert.Equal(t, tc.pos, ce.Position, "reported position; error: %v", err)
 				assert.Contains(t, err.Error(), dev.Name(), "error names the file")
 				assert.Contains(t, err.Error(), fmt.Sprintf("byte %d", tc.pos))
 				// Open refuses too, and changes nothing.

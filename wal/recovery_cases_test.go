@@ -381,14 +381,14 @@ func TestDamagedTypeByteIsNotAFooter(t *testing.T) {
 	require.ErrorAs(t, err, &ce)
 	if ce.InFooter { // what the engine does with it
 		size, _ := dev.Size()
-		require.NoError(t, Cut(dev, ce.Pos, size))
+		require.NoError(t, Cut(dev, ce.Position, size))
 		w, _, err := Open(dev, Options{})
 		require.NoError(t, err)
 		require.NoError(t, w.Close())
 		got, _ := readAll(t, dev)
 		t.Logf("after the engine's footer repair %d of %d acknowledged records are left", len(got), len(acked))
 	}
-	require.False(t, ce.InFooter, "a records frame followed by 7 valid, later frames reported as a damaged footer at %d", ce.Pos)
+	require.False(t, ce.InFooter, "a records frame followed by 7 valid, later frames reported as a damaged footer at %d", ce.Position)
 }
 
 // TestLastFrameDamagedIntoAFooterHeaderIsNotCut: the last acknowledged

@@ -185,7 +185,7 @@ func NewScanner(dev blockdev.Device) (*Scanner, error) {
 		if errors.Is(err, ErrNotWAL) || errors.Is(err, ErrVersion) {
 			return nil, fmt.Errorf("%s: %w", dev.Name(), err)
 		}
-		return nil, &CorruptionError{File: dev.Name(), Pos: 0, Reason: "file header", Err: err}
+		return nil, &CorruptionError{File: dev.Name(), Position: 0, Reason: "file header", Err: err}
 	}
 	if err := s.readHeaderBlock(b); err != nil {
 		return nil, err
@@ -203,7 +203,7 @@ func (s *Scanner) readHeaderBlock(b []byte) error {
 			return nil
 		}
 		if i := lastNonZeroIn(b[from:min(to, len(b))]); i > 0 {
-			return &CorruptionError{File: s.dev.Name(), Segment: s.hdr.BaseOffset, Pos: int64(from + i - 1),
+			return &CorruptionError{File: s.dev.Name(), Segment: s.hdr.BaseOffset, Position: int64(from + i - 1),
 				Reason: "non-zero byte in the header block's padding (it is written as zeros)"}
 		}
 		return nil
@@ -228,10 +228,10 @@ func (s *Scanner) readHeaderBlock(b []byte) error {
 			return rerr
 		}
 		if len(again) < HighWaterLen {
-			return &CorruptionError{File: s.dev.Name(), Segment: s.hdr.BaseOffset, Pos: HighWaterPos, Reason: "high-water mark", Err: err}
+			return &CorruptionError{File: s.dev.Name(), Segment: s.hdr.BaseOffset, Position: HighWaterPos, Reason: "high-water mark", Err: err}
 		}
 		if hw, err = decodeHighWater(again, s.hdr.SegmentID); err != nil {
-			return &CorruptionError{File: s.dev.Name(), Segment: s.hdr.BaseOffset, Pos: HighWaterPos,
+			return &CorruptionError{File: s.dev.Name(), Segment: s.hdr.BaseOffset, Position: HighWaterPos,
 				Reason: "damaged high-water mark in the header block (a crash leaves it whole: it lies in one sector)", Err: err}
 		}
 	}
@@ -600,7 +600,7 @@ func (s *Scanner) oneBitExplains(p int64, b []byte) bool {
 }
 
 func (s *Scanner) corrupt(p int64, reason string, err error) error {
-	ce := &CorruptionError{File: s.dev.Name(), Segment: s.hdr.BaseOffset, Pos: p, Reason: reason, Err: err}
+	ce := &CorruptionError{File: s.dev.Name(), Segment: s.hdr.BaseOffset, Position: p, Reason: reason, Err: err}
 	// Say whether the damaged frame is the footer: a caller can then
 	// rebuild the footer from the records, which are all intact. Its type
 	// byte alone could be the damage: the file's last 16 bytes must be a
@@ -793,7 +793,7 @@ func ReadSealed(dev blockdev.Device) (FileHeader, *Footer, error) {
 	}
 	pos := int64(binary.LittleEndian.Uint64(tail))
 	footerErr := func(reason string, err error) error {
-		return &CorruptionError{File: dev.Name(), Segment: s.hdr.BaseOffset, Pos: pos, Reason: reason, Err: err, InFooter: true}
+		return &CorruptionError{File: dev.Name(), Segment: s.hdr.BaseOffset, Position: pos, Reason: reason, Err: err, InFooter: true}
 	}
 	if pos < DataStart || pos%FrameAlign != 0 || pos > size-FrameHeaderLen-FooterTailLen {
 		return s.hdr, nil, footerErr(fmt.Sprintf("footer tail names impossible position %d in a file of %d bytes", pos, size), nil)

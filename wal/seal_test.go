@@ -118,7 +118,7 @@ func TestSealedFileDamage(t *testing.T) {
 		_, err := Recover(blockdev.NewSimFrom(b, blockdev.SimOptions{}))
 		var ce *CorruptionError
 		require.ErrorAs(t, err, &ce)
-		assert.Equal(t, foot.End, ce.Pos)
+		assert.Equal(t, foot.End, ce.Position)
 		assert.Contains(t, ce.Reason, "after the footer")
 	})
 	t.Run("flipped byte in the footer", func(t *testing.T) {
@@ -129,7 +129,7 @@ func TestSealedFileDamage(t *testing.T) {
 		var ce *CorruptionError
 		require.ErrorAs(t, err, &ce)
 		assert.True(t, ce.InFooter, "the damage is reported as the footer's, so it can be rebuilt")
-		assert.Equal(t, foot.Pos, ce.Pos)
+		assert.Equal(t, foot.Pos, ce.Position)
 		_, _, err = ReadSealed(dev)
 		require.ErrorAs(t, err, &ce)
 		assert.True(t, ce.InFooter)

@@ -94,7 +94,7 @@ func TestVersionFieldFlip(t *testing.T) {
 			_, err := Recover(blockdev.NewSimFrom(bad, blockdev.SimOptions{}))
 			var ce *CorruptionError
 			require.ErrorAs(t, err, &ce)
-			require.Zero(t, ce.Pos)
+			require.Zero(t, ce.Position)
 			require.ErrorIs(t, err, ErrCorrupt)
 
 			flipped := append([]byte(nil), img...)

@@ -331,7 +331,7 @@ func TestMessage(t *testing.T) {
 		{fmt.Errorf("engine: segment import refused: engine: import: import: bad"), "segment import refused: import: bad"},
 		{&blockdev.UnsupportedError{Path: "/dev/shm/s/START", FS: "tmpfs", Reason: "is not durable"}, "/dev/shm/s is on tmpfs, which is not durable: put the store on a disk-backed filesystem (ext4, xfs)"},
 		{&blockdev.LockedError{Path: "/s/LOCK", PID: 42, Command: "segtool serve /s"}, "/s is being written by process 42 (segtool serve /s): stop it first, or use a command that only reads (cat, dump, inspect, verify, serve --read-only), which work beside it"},
-		{fmt.Errorf("x: %w", &wal.CorruptionError{File: "/s/1.seg", Segment: 1, Pos: 4096, Reason: "long story"}), "/s/1.seg (segment 1) is damaged at byte 4096; nothing damaged was printed and the file was not changed: segtool verify /s lists every problem (--verbose: the details)"},
+		{fmt.Errorf("x: %w", &wal.CorruptionError{File: "/s/1.seg", Segment: 1, Position: 4096, Reason: "long story"}), "/s/1.seg (segment 1) is damaged at byte 4096; nothing damaged was printed and the file was not changed: segtool verify /s lists every problem (--verbose: the details)"},
 		{fmt.Errorf("wal: write: %w", syscall.ENOSPC), "write: no space left on device (free space on the store's filesystem)"},
 	} {
 		assert.Equal(t, tc.want, Message(tc.err, false))

@@ -96,7 +96,7 @@ func Message(err error, verbose bool) string {
 	case errors.As(err, &ee):
 		return damaged(ee.File, ee.Segment, ee.Position)
 	case errors.As(err, &ce):
-		return damaged(ce.File, ce.Segment, ce.Pos)
+		return damaged(ce.File, ce.Segment, ce.Position)
 	case errors.As(err, &locked):
 		return lockedMessage(locked)
 	case errors.As(err, &unsupported):
