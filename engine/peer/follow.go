@@ -710,8 +710,9 @@ func (f *follower) restageHeader(ctx context.Context, s SegmentEntry) error {
 		return err
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusPartialContent || resp.ContentLength != wal.DataStart {
-		return fmt.Errorf("%w: the header block of segment %d from %s: %s, %d bytes, where a segstore server answers 206 with the %d asked for", ErrBadAnswer, s.Base, f.base.Redacted(), resp.Status, resp.ContentLength, wal.DataStart)
+	want := fmt.Sprintf("bytes 0-%d/%d", wal.DataStart-1, s.Size)
+	if cr := resp.Header.Get("Content-Range"); resp.StatusCode != http.StatusPartialContent || resp.ContentLength != wal.DataStart || cr != want {
+		return fmt.Errorf("%w: the header block of segment %d from %s: %s, %d bytes of %q, where a segstore server answers 206 with the %d asked for (%s)", ErrBadAnswer, s.Base, f.base.Redacted(), resp.Status, resp.ContentLength, cr, wal.DataStart, want)
 	}
 	return f.stage.overwrite(resp.Body, wal.DataStart)
 }

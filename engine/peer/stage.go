@@ -1,6 +1,7 @@
 package peer
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -152,17 +153,31 @@ func (st *stage) append(r io.Reader, want int64) error {
 }
 
 // overwrite writes n bytes of r over the stage's first n (which it
-// holds), durably. Bytes that did not all arrive leave the stage's start
-// in doubt, so it is emptied then.
+// holds), durably. The bytes are read whole first, and must be the header
+// block of the staged file (the same file header): an answer cut short
+// or stalled (or the follower stopped meanwhile) leaves the stage as it
+// was; a whole one of another file empties it.
 func (st *stage) overwrite(r io.Reader, n int64) error {
-	got, err := io.Copy(io.NewOffsetWriter(st.f, 0), io.LimitReader(r, n))
-	if got < n && (err == nil || errors.Is(err, io.ErrUnexpectedEOF)) {
-		err = fmt.Errorf("%w: the body ended after %d of its %d bytes", ErrBadAnswer, got, n)
+	b := make([]byte, n)
+	if got, err := io.ReadFull(r, b); err != nil {
+		if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
+			err = fmt.Errorf("%w: the body ended after %d of its %d bytes", ErrBadAnswer, got, n)
+		}
+		return err
 	}
-	if err == nil {
-		err = st.sync()
+	old := make([]byte, wal.FileHeaderLen)
+	if _, err := st.f.ReadAt(old, 0); err != nil {
+		return fmt.Errorf("peer: the follower's stage %s: %w", st.path, err)
 	}
-	if err != nil {
+	if !bytes.Equal(old, b[:wal.FileHeaderLen]) {
+		// A whole answer for another file: the leader's segment is not
+		// the one staged any more.
+		return errors.Join(fmt.Errorf("%w: the header block is another file's than the staged one", ErrBadAnswer), st.cut(0))
+	}
+	if _, err := st.f.WriteAt(b, 0); err != nil {
+		return errors.Join(err, st.cut(0))
+	}
+	if err := st.sync(); err != nil {
 		return errors.Join(err, st.cut(0))
 	}
 	return nil
