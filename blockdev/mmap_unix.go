@@ -17,7 +17,18 @@ func Map(f *os.File, size int, writable bool) ([]byte, error) {
 	if writable {
 		prot |= unix.PROT_WRITE
 	}
-	return unix.Mmap(int(f.Fd()), 0, size, prot, unix.MAP_SHARED)
+	// Through the descriptor's own reference (not Fd, which a concurrent
+	// Close frees, and another open may reuse, under the mmap).
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	var b []byte
+	var merr error
+	if err := rc.Control(func(fd uintptr) { b, merr = unix.Mmap(int(fd), 0, size, prot, unix.MAP_SHARED) }); err != nil {
+		return nil, err
+	}
+	return b, merr
 }
 
 // Unmap releases a mapping made by Map; b must be the whole slice Map
