@@ -17,7 +17,18 @@ func Map(f *os.File, size int, writable bool) ([]byte, error) {
 	if writable {
 		prot, access = windows.PAGE_READWRITE, windows.FILE_MAP_READ|windows.FILE_MAP_WRITE
 	}
-	h, err := windows.CreateFileMapping(windows.Handle(f.Fd()), nil, prot, uint32(uint64(size)>>32), uint32(size), nil)
+	// Through the handle's own reference (not Fd, which a concurrent
+	// Close frees under the call).
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	var h windows.Handle
+	if cerr := rc.Control(func(fd uintptr) {
+		h, err = windows.CreateFileMapping(windows.Handle(fd), nil, prot, uint32(uint64(size)>>32), uint32(size), nil)
+	}); cerr != nil {
+		return nil, cerr
+	}
 	if err != nil {
 		return nil, os.NewSyscallError("CreateFileMapping", err)
 	}
