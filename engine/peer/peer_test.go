@@ -26,6 +26,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/segstore/segstore/blockdev"
 	"github.com/segstore/segstore/engine"
 	"github.com/segstore/segstore/engine/internal/stracetest"
 	"github.com/segstore/segstore/internal/testutil"
@@ -499,6 +500,27 @@ func TestStageIsDurableAndResumed(t *testing.T) {
 	assert.Equal(t, want, rec)
 }
 
+// openBigSegments opens a log with 8 MiB segments, whose high-water mark
+// moves several times before a roll: in path, or on d when d is not nil.
+func openBigSegments(path string, d blockdev.Dir) (*engine.Log, error) {
+	opts := engine.DefaultOptions()
+	opts.SegmentSize, opts.MaxWrite, opts.Logger, opts.Dir = 8<<20, 64<<10, quiet, d
+	return engine.Open(path, opts)
+}
+
+// appendBytes appends n bytes of records, eight of 4 KiB per batch.
+func appendBytes(t *testing.T, l *engine.Log, n int) {
+	t.Helper()
+	for ; n > 0; n -= 32 << 10 {
+		batch := make([][]byte, 8)
+		for i := range batch {
+			batch[i] = testutil.Labelled(fmt.Sprintf("record %08d ", l.EndOffset()+uint64(i)), 'h', 4<<10)
+		}
+		_, err := l.Append(batch...)
+		require.NoError(t, err)
+	}
+}
+
 // TestStagedSegmentCarriesTheLeadersHighWaterMark: the leader rewrites its
 // high-water mark (header block, byte 512) about once per MiB of data, so
 // a follower that staged the header block at its first tail answer holds
@@ -506,26 +528,13 @@ func TestStageIsDurableAndResumed(t *testing.T) {
 // from the stage must still be the leader's file byte for byte.
 func TestStagedSegmentCarriesTheLeadersHighWaterMark(t *testing.T) {
 	open := func(dir string) *engine.Log {
-		opts := engine.DefaultOptions()
-		opts.SegmentSize, opts.MaxWrite, opts.Logger = 8<<20, 64<<10, quiet
-		l, err := engine.Open(dir, opts)
+		l, err := openBigSegments(dir, nil)
 		require.NoError(t, err)
 		t.Cleanup(func() { l.Close() })
 		return l
 	}
-	// appendBytes appends n bytes of records in batches of 32 KiB.
-	appendBytes := func(l *engine.Log, n int) {
-		for ; n > 0; n -= 32 << 10 {
-			batch := make([][]byte, 8)
-			for i := range batch {
-				batch[i] = testutil.Labelled(fmt.Sprintf("record %08d ", l.EndOffset()+uint64(i)), 'h', 4<<10)
-			}
-			_, err := l.Append(batch...)
-			require.NoError(t, err)
-		}
-	}
 	leader := open(t.TempDir())
-	appendBytes(leader, 64<<10)
+	appendBytes(t, leader, 64<<10)
 	active := leader.Segments()[0]
 	require.False(t, active.Sealed)
 	addr, stopServer := server(t, "127.0.0.1:0", leader)
@@ -540,7 +549,7 @@ func TestStagedSegmentCarriesTheLeadersHighWaterMark(t *testing.T) {
 	})
 	staged := leaderFile(t, leader, active.File)[:wal.DataStart]
 
-	appendBytes(leader, 3<<20) // past the leader's mark: it moves
+	appendBytes(t, leader, 3<<20) // past the leader's mark: it moves
 	require.NoError(t, leader.Roll())
 	sealed := leader.Segments()[0]
 	require.True(t, sealed.Sealed)

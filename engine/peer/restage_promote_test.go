@@ -2,14 +2,12 @@ package peer
 
 import (
 	"bytes"
-	"fmt"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/segstore/segstore/engine"
-	"github.com/segstore/segstore/internal/testutil"
 )
 
 // TestPromoteAfterRestage: a follower killed after the header block was
@@ -18,22 +16,13 @@ import (
 // record, the log takes appends and reopens with them.
 func TestPromoteAfterRestage(t *testing.T) {
 	open := func(dir string) *engine.Log {
-		opts := engine.DefaultOptions()
-		opts.SegmentSize, opts.MaxWrite, opts.Logger = 8<<20, 64<<10, quiet
-		l, err := engine.Open(dir, opts)
+		l, err := openBigSegments(dir, nil)
 		require.NoError(t, err)
 		return l
 	}
 	leader := open(t.TempDir())
 	defer leader.Close()
-	for n := 3 << 20; n > 0; n -= 32 << 10 {
-		batch := make([][]byte, 8)
-		for i := range batch {
-			batch[i] = testutil.Labelled(fmt.Sprintf("record %08d ", leader.EndOffset()+uint64(i)), 'h', 4<<10)
-		}
-		_, err := leader.Append(batch...)
-		require.NoError(t, err)
-	}
+	appendBytes(t, leader, 3<<20)
 	require.NoError(t, leader.Roll())
 	seg := leader.Segments()[0]
 	file := leaderFile(t, leader, seg.File)

@@ -10,7 +10,6 @@ import (
 
 	"github.com/segstore/segstore/blockdev"
 	"github.com/segstore/segstore/engine"
-	"github.com/segstore/segstore/internal/testutil"
 	"github.com/segstore/segstore/wal"
 )
 
@@ -22,35 +21,20 @@ import (
 // the leader's file (its header block the old or the new one) with every
 // record an append returned.
 func TestRestageCrashAtEveryStep(t *testing.T) {
-	open := func(d blockdev.Dir) (*engine.Log, error) {
-		opts := engine.DefaultOptions()
-		opts.SegmentSize, opts.MaxWrite, opts.Logger, opts.Dir = 8<<20, 64<<10, quiet, d
-		return engine.Open("sim", opts)
-	}
+	leaderDir := blockdev.NewSimDir(blockdev.SimOptions{Seed: 1})
 	big := func(d blockdev.Dir) *engine.Log {
-		l, err := open(d)
+		l, err := openBigSegments("sim", d)
 		require.NoError(t, err)
 		return l
 	}
-	appendBytes := func(l *engine.Log, n int) {
-		for ; n > 0; n -= 32 << 10 {
-			batch := make([][]byte, 8)
-			for i := range batch {
-				batch[i] = testutil.Labelled(fmt.Sprintf("record %08d ", l.EndOffset()+uint64(i)), 'h', 4<<10)
-			}
-			_, err := l.Append(batch...)
-			require.NoError(t, err)
-		}
-	}
-	leaderDir := blockdev.NewSimDir(blockdev.SimOptions{Seed: 1})
 	leader := big(leaderDir)
 	defer leader.Close()
-	appendBytes(leader, 64<<10)
+	appendBytes(t, leader, 64<<10)
 	require.NoError(t, leader.Sync())
 	seg0 := leader.Segments()[0]
 	first := seg0.DataEnd
 	oldStart := bytes.Clone(leaderDir.File(seg0.File).Bytes()[:first])
-	appendBytes(leader, 3<<20)
+	appendBytes(t, leader, 3<<20)
 	require.NoError(t, leader.Roll())
 	seg := leader.Segments()[0]
 	require.True(t, seg.Sealed)
@@ -60,7 +44,7 @@ func TestRestageCrashAtEveryStep(t *testing.T) {
 
 	var owFrom, owTo int
 	run := func(d *blockdev.SimDir) (imported bool, synced int64, err error) {
-		follower, err := open(d)
+		follower, err := openBigSegments("sim", d)
 		if err != nil {
 			return false, 0, err
 		}
