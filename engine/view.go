@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -159,7 +160,10 @@ func (v *SegmentView) ReadAt(p []byte, off int64) (int, error) {
 		p = p[:v.size-off]
 	}
 	n, err := v.f.ReadAt(p, off)
-	if err == nil && short {
+	switch {
+	case errors.Is(err, os.ErrClosed): // the view was closed meanwhile
+		err = ErrClosed
+	case err == nil && short:
 		err = io.EOF
 	}
 	return n, err

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
@@ -63,7 +64,7 @@ func TestMmapRacingCloseMapsOnlyTheSegment(t *testing.T) {
 
 // TestExportAndReadAtRacingCloseAndUnload: WriteTo and ReadAt racing the
 // view's Close and the segment's unload (and reloads by new views) end
-// with the exact bytes or an error, never a panic, and leave the
+// with the exact bytes or ErrClosed, never a panic, and leave the
 // segment's references at the owner's.
 func TestExportAndReadAtRacingCloseAndUnload(t *testing.T) {
 	path := t.TempDir()
@@ -82,14 +83,18 @@ func TestExportAndReadAtRacingCloseAndUnload(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			var b bytes.Buffer
-			if _, err := v.WriteTo(&b); err == nil && !bytes.Equal(b.Bytes(), want) {
+			if _, err := v.WriteTo(&b); err != nil {
+				assert.ErrorIs(t, err, ErrClosed, "WriteTo")
+			} else if !bytes.Equal(b.Bytes(), want) {
 				t.Errorf("WriteTo: wrong bytes")
 			}
 		}()
 		go func() {
 			defer wg.Done()
 			b := make([]byte, len(want))
-			if n, err := v.ReadAt(b, 0); (err == nil || n == len(want)) && !bytes.Equal(b[:n], want[:n]) {
+			if n, err := v.ReadAt(b, 0); err != nil {
+				assert.ErrorIs(t, err, ErrClosed, "ReadAt")
+			} else if !bytes.Equal(b[:n], want) {
 				t.Errorf("ReadAt: wrong bytes")
 			}
 		}()
