@@ -18,11 +18,16 @@ import (
 // simLog opens a log on the simulated directory d, with openLog's options.
 func simLog(t *testing.T, d blockdev.Dir) *engine.Log {
 	t.Helper()
-	opts := engine.DefaultOptions()
-	opts.SegmentSize, opts.MaxWrite, opts.Logger, opts.Dir = 256<<10, 64<<10, quiet, d
-	l, err := engine.Open("sim", opts)
+	l, err := openSim(d)
 	require.NoError(t, err)
 	return l
+}
+
+// openSim is simLog's open, which may fail.
+func openSim(d blockdev.Dir) (*engine.Log, error) {
+	opts := engine.DefaultOptions()
+	opts.SegmentSize, opts.MaxWrite, opts.Logger, opts.Dir = 256<<10, 64<<10, quiet, d
+	return engine.Open("sim", opts)
 }
 
 // crashAtSync is a stage's file that crashes its directory when it is
