@@ -20,10 +20,8 @@ func TestMmapRacingCloseMapsOnlyTheSegment(t *testing.T) {
 	l := realLog(t, path)
 	defer l.Close()
 	fillSegments(t, l, 1)
-	info := l.Segments()[0]
+	info, want := firstSegment(t, l, path)
 	require.True(t, info.Sealed)
-	want, err := os.ReadFile(filepath.Join(path, info.File))
-	require.NoError(t, err)
 	other := filepath.Join(t.TempDir(), "other")
 	require.NoError(t, os.WriteFile(other, bytes.Repeat([]byte{0xee}, len(want)+4096), 0o644))
 
@@ -71,9 +69,7 @@ func TestExportAndReadAtRacingCloseAndUnload(t *testing.T) {
 	l := realLog(t, path)
 	defer l.Close()
 	fillSegments(t, l, 1)
-	info := l.Segments()[0]
-	want, err := os.ReadFile(filepath.Join(path, info.File))
-	require.NoError(t, err)
+	info, want := firstSegment(t, l, path)
 	for i := 0; i < 500; i++ {
 		v, err := l.OpenSegment(info.Base)
 		require.NoError(t, err)

@@ -75,6 +75,16 @@ func overTCP(t *testing.T, send func(w io.Writer) (int64, error)) []byte {
 	return <-got
 }
 
+// firstSegment is the first segment of l, whose directory is path, and
+// its file's bytes.
+func firstSegment(t *testing.T, l *Log, path string) (SegmentInfo, []byte) {
+	t.Helper()
+	info := l.Segments()[0]
+	file, err := os.ReadFile(filepath.Join(path, info.File))
+	require.NoError(t, err)
+	return info, file
+}
+
 // sealedSegment opens a log in a fresh directory with two sealed
 // segments and returns it (closed when the test ends), its directory and
 // its second segment.
@@ -263,9 +273,7 @@ func TestViewsHoldTheFile(t *testing.T) {
 	l := realLog(t, path)
 	defer l.Close()
 	fillSegments(t, l, 3)
-	info := l.Segments()[0]
-	file, err := os.ReadFile(filepath.Join(path, info.File))
-	require.NoError(t, err)
+	info, file := firstSegment(t, l, path)
 	v, err := l.OpenSegment(info.Base)
 	require.NoError(t, err)
 	m, err := v.Mmap()
@@ -324,9 +332,7 @@ func TestViewClosedDuringAnExport(t *testing.T) {
 	require.NoError(t, err)
 	defer l.Close()
 	fillSegments(t, l, 2)
-	info := l.Segments()[0]
-	file, err := os.ReadFile(filepath.Join(path, info.File))
-	require.NoError(t, err)
+	info, file := firstSegment(t, l, path)
 	v, err := l.OpenSegment(info.Base)
 	require.NoError(t, err)
 	d.hook = func() {

@@ -488,7 +488,7 @@ func (f *follower) sameFile(ctx context.Context, m engine.SegmentInfo) error {
 	if err != nil {
 		return err
 	}
-	path := fmt.Sprintf("/v1/logs/%s/segments/%d", url.PathEscape(f.opts.Name), m.Base)
+	path := f.segmentPath(m.Base)
 	resp, err := f.get(ctx, path, nil, 0, fmt.Sprintf("bytes=0-%d", wal.FileHeaderLen-1))
 	if err != nil {
 		return err
@@ -524,7 +524,7 @@ func (f *follower) localSegmentID(m engine.SegmentInfo) (uint64, error) {
 }
 
 func (f *follower) importSealed(ctx context.Context, s SegmentEntry) error {
-	path := fmt.Sprintf("/v1/logs/%s/segments/%d", url.PathEscape(f.opts.Name), s.Base)
+	path := f.segmentPath(s.Base)
 	if f.base.Scheme == "http" && f.opts.Client == nil {
 		return f.importRaw(ctx, path, s)
 	}
@@ -541,6 +541,12 @@ func (f *follower) importSealed(ctx context.Context, s SegmentEntry) error {
 	}
 	f.stats.Imported++
 	return nil
+}
+
+// segmentPath is the leader's path of the sealed segment whose base is
+// base.
+func (f *follower) segmentPath(base uint64) string {
+	return fmt.Sprintf("/v1/logs/%s/segments/%d", url.PathEscape(f.opts.Name), base)
 }
 
 // importRaw fetches a segment over a connection of its own: one GET, the
@@ -704,7 +710,7 @@ func (f *follower) waitTail(ctx context.Context, s SegmentEntry) error {
 // staged with the segment's first bytes is older than the sealed file's;
 // without this the follower's copy would differ from the leader's there.
 func (f *follower) restageHeader(ctx context.Context, s SegmentEntry) error {
-	path := fmt.Sprintf("/v1/logs/%s/segments/%d", url.PathEscape(f.opts.Name), s.Base)
+	path := f.segmentPath(s.Base)
 	resp, err := f.get(ctx, path, nil, 0, fmt.Sprintf("bytes=0-%d", wal.DataStart-1))
 	if err != nil {
 		return err
